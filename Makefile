@@ -1,0 +1,14 @@
+# The two commands of the README. Both install everything first (editable, so conf/ is found).
+PYTHON ?= python3
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install run test test-all
+
+install:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+
+run: install  ## the main job on its embedded default (untrained ViT-B/32, chelsea)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PYTHON) -m repinv $(ARGS)
+
+test: install  ## the test suite (what .ci/run runs)
+	WANDB_MODE=offline $(PYTHON) -m pytest -q $(PYTEST_ARGS)

@@ -1,0 +1,21 @@
+"""User-facing errors: one paragraph saying what was wrong and what would be right."""
+
+import difflib
+from collections.abc import Iterable
+
+
+class RepinvError(Exception):
+    """Bad input from the user. The CLI prints the message alone, without a traceback."""
+
+
+def suggest(word: str, choices: Iterable[str], n: int = 5) -> str:
+    """A ' Did you mean ...?' sentence for the closest choices, or an empty string."""
+    close = difflib.get_close_matches(str(word), list(choices), n=n, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def listing(items: Iterable[str], limit: int = 24) -> str:
+    """A comma-separated list cut to `limit` items, saying how many were left out."""
+    items = list(items)
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")

@@ -1,0 +1,126 @@
+"""Target photographs: embedded scikit-image photographs, files, directories or lists of these."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from repinv.errors import RepinvError, listing, suggest
+
+log = logging.getLogger(__name__)
+
+# scikit-image's bundled colour or grey photographs (not its synthetic test patterns).
+EMBEDDED = (
+    "astronaut", "brick", "camera", "cat", "chelsea", "coffee", "coins", "grass",
+    "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "motorcycle_left",
+    "page", "retina", "rocket", "skin",
+)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+@dataclass(frozen=True)
+class TargetImage:
+    """A named photograph as a float tensor [3, H, W] in [0, 1]."""
+
+    name: str
+    pixels: torch.Tensor
+
+
+def _embedded(name: str) -> np.ndarray:
+    from skimage import data
+
+    return getattr(data, name)()
+
+
+def _to_rgb(img: Image.Image, source: str) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, warning when information is dropped or invented."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.max() > 0 else 1.0
+        img = Image.fromarray((arr / hi * 255).round().astype(np.uint8))
+        log.warning("%s: 16-bit image scaled to 8 bits and converted to RGB", source)
+    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        log.warning("%s: %s image composited on white and converted to RGB", source, img.mode)
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    else:
+        log.warning("%s: %s image converted to RGB", source, img.mode)
+    return img.convert("RGB")
+
+
+def _read_file(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(_to_rgb(img, str(path)))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise RepinvError(
+            f"image={path} could not be read as an image ({err}). Pass a readable PNG, JPEG, "
+            "TIFF or BMP file, a directory of them, or an embedded photograph name such as 'chelsea'."
+        ) from None
+
+
+def _expand(entry: str) -> list[tuple[str, np.ndarray]]:
+    if entry in EMBEDDED:
+        arr = _embedded(entry)
+        if arr.ndim == 2:
+            log.warning("embedded image %s is grayscale: repeated to RGB", entry)
+            arr = np.repeat(arr[..., None], 3, axis=-1)
+        return [(entry, arr[..., :3])]
+    path = Path(entry).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise RepinvError(
+                f"image={entry} is a directory with no images in it (looked for "
+                f"{', '.join(sorted(IMAGE_SUFFIXES))}). Point image= at a directory holding "
+                "image files, at one file, or at an embedded photograph such as 'chelsea'."
+            )
+        return [(p.stem, _read_file(p)) for p in files]
+    if path.is_file():
+        return [(path.stem, _read_file(path))]
+    raise RepinvError(
+        f"image={entry} is neither an embedded photograph nor an existing file or directory."
+        f"{suggest(entry, EMBEDDED)} Embedded photographs: {listing(EMBEDDED)}; otherwise give "
+        "the path of an image file or of a directory of images (absolute, or relative to where "
+        "you ran the command)."
+    )
+
+
+def resize_center_crop(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 HxWx3 -> float [3, H, W] in [0, 1]: shorter side to size, then a centre crop."""
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(255)
+    h, w = x.shape[-2:]
+    scale = max(size[0] / h, size[1] / w)
+    nh, nw = max(size[0], round(h * scale)), max(size[1], round(w * scale))
+    x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (nh - size[0]) // 2, (nw - size[1]) // 2
+    return x[:, top : top + size[0], left : left + size[1]].clamp(0, 1).contiguous()
+
+
+def load_images(spec: str | list | tuple, size: int | tuple[int, int]) -> list[TargetImage]:
+    """Resolve `image=` (a name, path, directory or list of these) to RGB tensors at `size`."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    entries = [spec] if isinstance(spec, (str, Path)) else list(spec or [])
+    if not entries:
+        raise RepinvError(
+            "image= is empty. Give an embedded photograph such as 'chelsea', a file, a "
+            "directory, or a list such as image=[chelsea,astronaut]."
+        )
+    out: list[TargetImage] = []
+    seen: dict[str, int] = {}
+    for entry in entries:
+        for name, arr in _expand(str(entry)):
+            seen[name] = seen.get(name, 0) + 1
+            unique = name if seen[name] == 1 else f"{name}_{seen[name]}"
+            out.append(TargetImage(unique, resize_center_crop(arr, size)))
+    return out

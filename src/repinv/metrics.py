@@ -1,0 +1,17 @@
+"""Pixel-space metrics per target image (torchmetrics where it has them)."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+
+@torch.no_grad()
+def pixel_metrics(image: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+    """PSNR and SSIM (data range 1, image clamped to [0, 1]) and input-space L2, one value per image."""
+    x = image.detach().float()
+    ref = reference.float()
+    clamped = x.clamp(0, 1)
+    psnr = peak_signal_noise_ratio(clamped, ref, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(clamped, ref, data_range=1.0, reduction="none")
+    return {"input_l2": (x - ref).flatten(1).norm(dim=1), "psnr": psnr, "ssim": ssim}

@@ -1,0 +1,179 @@
+"""The LightningModule whose only trainable parameter is the input image batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from repinv.images import TargetImage
+from repinv.metrics import pixel_metrics
+from repinv.models import LoadedModel
+from repinv.objectives import Objective
+from repinv.regularizers import GaussianBlur, Jitter
+
+
+class ImageOptimization(pl.LightningModule):
+    """Gradient descent on an image batch [targets, 3, H, W] against a frozen network.
+
+    The network is frozen (no gradients, eval mode even while Lightning trains) and left out
+    of checkpoints; the objective's targets are computed once here. Each step: forward the
+    (jittered) view, sum the per-target losses, one optimiser step, then the blur. Only the
+    jitter crop takes the update. Metrics are computed every `log_every` steps from the
+    step's own forward pass, so they cost no extra forward.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        objective: Objective,
+        images: Sequence[TargetImage],
+        optimizer: Callable,
+        steps: int,
+        scheduler: Callable | None = None,
+        blur: GaussianBlur | None = None,
+        jitter: Jitter | None = None,
+        init_mean: float = 0.7,
+        init_std: float = 1 / 20,
+        log_every: int = 50,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.strict_loading = False
+        self.net = model.net
+        self.model_info = model
+        self.register_buffer("mean", torch.tensor(model.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(model.std).view(1, 3, 1, 1), persistent=False)
+        self.objective = objective
+        objective.setup(self.net, self.normalize, images, seed)
+        self.records = objective.records
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.blur, self.jitter = blur, jitter or Jitter(0)
+        self.steps, self.log_every = int(steps), int(log_every)
+        self.input_size = model.input_size
+        h, w = self.input_size
+        canvas = (h + self.jitter.pixels, w + self.jitter.pixels)
+        init = []
+        for s in objective.init_seeds(seed):
+            gen = torch.Generator().manual_seed(s)
+            init.append(torch.randn((3, *canvas), generator=gen) * init_std + init_mean)
+        self.img = nn.Parameter(torch.stack(init))
+        self.register_buffer("diverged", torch.zeros(len(self.records), dtype=torch.bool))
+        self.jitter_gen = torch.Generator().manual_seed(seed)
+        self.last_good: torch.Tensor | None = None
+
+    # -- the frozen network -------------------------------------------------------------
+    def train(self, mode: bool = True):
+        """Lightning switches modules to train mode; the frozen network stays in eval mode."""
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("net.")}
+        checkpoint["jitter_rng"] = self.jitter_gen.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "jitter_rng" in checkpoint:
+            self.jitter_gen.set_state(checkpoint["jitter_rng"])
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory([self.img])
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    # -- the step -----------------------------------------------------------------------
+    def view(self, offset: tuple[int, int] | None = None) -> torch.Tensor:
+        """The part of the canvas the network sees (the centre crop unless an offset is given)."""
+        dy, dx = offset or self.jitter.center()
+        h, w = self.input_size
+        return self.img[:, :, dy : dy + h, dx : dx + w]
+
+    def target_key(self, i: int) -> str:
+        return "/".join(str(v) for k, v in self.records[i].items() if k != "module")
+
+    def training_step(self, batch, batch_idx):
+        step = self.global_step
+        log_now = step % self.log_every == 0 or step == self.steps - 1
+        offset = self.jitter.offset(step, self.jitter_gen)
+        view = self.view(offset)
+        losses, stats = self.objective(self.net, self.normalize(view))
+        loss = torch.where(self.diverged, torch.zeros_like(losses), losses).sum()
+        if log_now:
+            self._check_finite(losses)
+            self._log_step(losses, stats, view)
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        before = self.img.detach().clone() if self.jitter.pixels else None
+        opt.step()
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        with torch.no_grad():
+            if self.blur is not None:
+                self.blur(self.img.data, step, self.steps)
+            if before is not None:
+                crop = self.view(offset).detach().clone()
+                self.img.data.copy_(before)
+                self.view(offset).data.copy_(crop)
+            if self.last_good is not None and self.diverged.any():
+                self.img.data[self.diverged] = self.last_good[self.diverged]
+        return loss.detach()
+
+    @torch.no_grad()
+    def _check_finite(self, losses: torch.Tensor) -> None:
+        """Targets whose loss or image went non-finite go back to their last finite image and stop."""
+        finite = torch.isfinite(losses.detach()) & torch.isfinite(self.img.detach()).flatten(1).all(1)
+        bad = ~finite & ~self.diverged
+        if bad.any():
+            if self.last_good is not None:
+                self.img.data[bad] = self.last_good[bad]
+            self.diverged |= bad
+        self.last_good = self.img.detach().clone()
+
+    @torch.no_grad()
+    def measure(self, losses: torch.Tensor, stats: dict, view: torch.Tensor) -> list[dict[str, float]]:
+        """Per-target metric dicts from a forward pass's losses and stats and the image it saw."""
+        values = {"loss": losses.detach().float(), **{k: v.float() for k, v in stats.items()}}
+        if self.objective.reference is not None:
+            values.update(pixel_metrics(view, self.objective.reference))
+        table = {k: v.cpu().tolist() for k, v in values.items()}
+        return [{k: table[k][i] for k in table} for i in range(len(self.records))]
+
+    def _log_step(self, losses, stats, view) -> None:
+        rows = self.measure(losses, stats, view)
+        flat = {f"{name}/{self.target_key(i)}": value for i, row in enumerate(rows) for name, value in row.items()}
+        total = float(sum(r["loss"] for r, d in zip(rows, self.diverged.tolist()) if not d))
+        flat["lr"] = self.optimizers().param_groups[0]["lr"]
+        if self.blur is not None:
+            flat["blur_sigma"] = self.blur.sigma(self.global_step, self.steps)
+        flat["loss"] = total
+        for logger in self.loggers:
+            logger.log_metrics(flat, step=self.global_step)
+        self.log("loss", total, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
+
+    # -- results ------------------------------------------------------------------------
+    @torch.no_grad()
+    def final_metrics(self) -> list[dict]:
+        """One record per target: identity, the metrics of the current image, and its state."""
+        view = self.view()
+        with torch.autocast(device_type=view.device.type, enabled=False):
+            losses, stats = self.objective(self.net, self.normalize(view.float()))
+        rows = self.measure(losses, stats, view)
+        out = []
+        for record, row, div in zip(self.records, rows, self.diverged.tolist()):
+            row["accurate"] = bool(row["accurate"]) if "accurate" in row else None
+            out.append({**record, **row, "diverged": bool(div)})
+        return out
+
+    def current_images(self) -> torch.Tensor:
+        """The reconstructions as the network sees them, clamped to [0, 1]."""
+        return self.view().detach().float().clamp(0, 1)

@@ -1,0 +1,116 @@
+"""Objectives: what the image batch is optimised for.
+
+Each objective owns its targets (computed once, never trained), returns one loss per
+target image, and reports per-target statistics. The LightningModule knows nothing of
+layers or classes; it sums the per-target losses so every target's gradient is the same
+as in a run of its own.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repinv.errors import RepinvError
+from repinv.images import TargetImage
+from repinv.taps import LayerTap, resolve_layers
+
+LOSSES = ("l1", "mse", "cosine")
+
+
+def distance(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-sample distance over all non-batch dims: l1 = Σ|d|, mse = mean d², cosine = 1 − cos."""
+    o, t = output.flatten(1).float(), target.flatten(1).float()
+    if kind == "l1":
+        return (o - t).abs().sum(1)
+    if kind == "mse":
+        return (o - t).pow(2).mean(1)
+    if kind == "cosine":
+        return 1 - F.cosine_similarity(o, t, dim=1)
+    raise RepinvError(f"objective.loss={kind} is not a layer loss. Use one of {', '.join(LOSSES)}.")
+
+
+def target_seed(seed: int, *parts) -> int:
+    """A seed that depends on the run seed and the target's identity only (never on rank)."""
+    return (seed * 1_000_003 + zlib.crc32("|".join(map(str, parts)).encode())) % (2**63)
+
+
+class Objective(nn.Module):
+    """Base class: `setup` computes the targets, `forward` gives per-target losses and stats."""
+
+    kind = "objective"
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[dict] = []
+        # target pixels per record for input-space metrics; None when there is no target photograph
+        self.register_buffer("reference", None, persistent=False)
+
+    def setup(self, net: nn.Module, prep: Callable, images: Sequence[TargetImage], seed: int) -> None:
+        raise NotImplementedError
+
+    def init_seeds(self, seed: int) -> list[int]:
+        """One noise seed per target, from the seed and the target's record."""
+        return [target_seed(seed, *r.values()) for r in self.records]
+
+
+class LayerInversion(Objective):
+    """Match a layer's output for a target photograph: one target per (layer, image), layer-major.
+
+    The noise-shift baseline ‖O(a) − O(a + N(0, noise_std))‖ is the study's bar for an
+    accurate reconstruction: `accurate` means the output distance is below it.
+    """
+
+    kind = "layer"
+
+    def __init__(self, layers, loss: str = "l1", scale: float = 0.15, noise_std: float = 1 / 18):
+        super().__init__()
+        if loss not in LOSSES:
+            raise RepinvError(f"objective.loss={loss} is not a layer loss. Use one of {', '.join(LOSSES)}.")
+        self.layer_specs = layers
+        self.loss = loss
+        self.scale = float(scale)
+        self.noise_std = float(noise_std)
+        self.taps: list[LayerTap] = []
+
+    @torch.no_grad()
+    def setup(self, net, prep, images, seed):
+        self.taps = resolve_layers(net, self.layer_specs)
+        pixels = torch.stack([im.pixels for im in images])
+        gen = torch.Generator().manual_seed(target_seed(seed, "noise-shift"))
+        shifted = pixels + torch.randn(pixels.shape, generator=gen) * self.noise_std
+        dev = next(net.parameters()).device
+        pixels, shifted = pixels.to(dev), shifted.to(dev)
+        baseline = []
+        for g, tap in enumerate(self.taps):
+            target = tap(net, prep(pixels)).float()
+            self.register_buffer(f"target_{g}", target, persistent=False)
+            baseline.append((tap(net, prep(shifted)).float() - target).flatten(1).norm(dim=1))
+        self.register_buffer("noise_shift_l2", torch.cat(baseline), persistent=False)
+        self.reference = pixels.repeat(len(self.taps), 1, 1, 1)
+        self.group = len(images)
+        self.records = [
+            {"image": im.name, "layer": tap.label, "module": tap.module or tap.label}
+            for tap in self.taps
+            for im in images
+        ]
+
+    def forward(self, net, x):
+        losses, l2 = [], []
+        n = self.group
+        for g, tap in enumerate(self.taps):
+            out = tap(net, x[g * n : (g + 1) * n])
+            target = getattr(self, f"target_{g}")
+            losses.append(distance(out, target, self.loss))
+            l2.append((out.detach().float() - target).flatten(1).norm(dim=1))
+        output_l2 = torch.cat(l2)
+        stats = {
+            "output_l2": output_l2,
+            "noise_shift_l2": self.noise_shift_l2,
+            "accurate": (output_l2 < self.noise_shift_l2).float(),
+        }
+        return self.scale * torch.cat(losses), stats

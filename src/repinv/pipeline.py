@@ -1,0 +1,145 @@
+"""One run from a composed config: build everything, optimise, write results.
+
+This is the only library module that reads a Hydra config (through `instantiate`); the
+pieces it assembles know nothing of Hydra.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from repinv.callbacks import ImageTimeline, ResultWriter
+from repinv.errors import RepinvError
+from repinv.images import load_images
+from repinv.module import ImageOptimization
+
+log = logging.getLogger(__name__)
+
+
+class Steps(Dataset):
+    """One dummy batch per step: the image is the parameter, Trainer.max_steps ends the run."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _positive(name: str, value, hint: str) -> None:
+    if value is None or not isinstance(value, (int, float)) or value <= 0:
+        raise RepinvError(f"{name}={value} must be a positive number; {hint}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the numbers a run cannot start with, before anything is built."""
+    _positive("steps", cfg.steps, "the study uses steps=1500 (up to 105000 for slow-converging layers).")
+    _positive("optimizer.lr", cfg.optimizer.get("lr"), "the default SGD uses optimizer.lr=0.05.")
+    _positive("log_every", cfg.log_every, "e.g. log_every=25.")
+    if cfg.init.std < 0:
+        raise RepinvError(f"init.std={cfg.init.std} must be non-negative; the study initialises from N(0.7, 1/20).")
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, ListConfig)):
+        return list(value)
+    return [value]
+
+
+def run_name(cfg: DictConfig, kind: str, label: str, trained: bool) -> str:
+    """Readable run names: model, what was inverted, trained state (e.g. vit_b_32-L5-untrained)."""
+    if kind == "layer":
+        what = "+".join(f"L{x}" if isinstance(x, int) else str(x) for x in _as_list(cfg.layers))
+    else:
+        what = "+".join(str(c) for c in _as_list(cfg.get("classes")))
+    return "-".join([label, what, "trained" if trained else "untrained"])
+
+
+def make_loggers(cfg: DictConfig, name: str, tags: list[str], job_type: str) -> list:
+    """Instantiate the configured loggers; a logger that fails to start is dropped with a warning."""
+    loggers = []
+    for key, lcfg in (cfg.logger or {}).items():
+        if lcfg is None:
+            continue
+        is_wandb = "Wandb" in str(lcfg.get("_target_", ""))
+        extra = {"name": name, "tags": tags, "job_type": job_type} if is_wandb else {}
+        try:
+            lg = instantiate(lcfg, **extra)
+            if is_wandb:
+                lg.experiment  # start the W&B run now so a failure is caught here
+        except Exception as err:  # W&B failures must not cost the run
+            warnings.warn(f"logger '{key}' could not start ({type(err).__name__}: {err}); continuing with local logs only")
+            continue
+        loggers.append(lg)
+    return loggers
+
+
+def finish_wandb() -> None:
+    """End the W&B run of this job so the next multirun job gets its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+def run(cfg: DictConfig) -> list[dict]:
+    """Run the configured objective and return the per-target result records."""
+    validate(cfg)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, verbose=False)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+
+    model = instantiate(cfg.model)
+    objective = instantiate(cfg.objective)
+    images = load_images(cfg.image, model.input_size) if objective.kind == "layer" else []
+    reg = cfg.regularizer
+    module = ImageOptimization(
+        model=model,
+        objective=objective,
+        images=images,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        blur=instantiate(reg.blur) if reg.get("blur") else None,
+        jitter=instantiate(reg.jitter) if reg.get("jitter") else None,
+        steps=cfg.steps,
+        init_mean=cfg.init.mean,
+        init_std=cfg.init.std,
+        log_every=cfg.log_every,
+        seed=cfg.seed,
+    )
+    name = run_name(cfg, objective.kind, model.label, model.trained)
+    tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery]
+    tags += [f"layer:{x}" for x in _as_list(cfg.get("layers"))] if objective.kind == "layer" else []
+    loggers = make_loggers(cfg, name, tags, objective.kind)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    writer = ResultWriter(out_dir, title=name)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=[writer, ImageTimeline(cfg.image_every)],
+        max_steps=cfg.steps,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        try:
+            trainer.fit(module, train_dataloaders=DataLoader(Steps(cfg.steps), batch_size=None))
+        finally:
+            finish_wandb()
+    return writer.records

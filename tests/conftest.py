@@ -1,0 +1,64 @@
+"""Shared fixtures: offline environment, an in-process run on a tiny model, result readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Never reach a hub or W&B server; keep W&B's own files out of the home directory.
+_WANDB_HOME = Path(tempfile.mkdtemp(prefix="repinv-wandb-"))
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    WANDB_MODE="offline",
+    WANDB_SILENT="true",
+    WANDB_CONSOLE="off",
+    WANDB_CACHE_DIR=str(_WANDB_HOME / "cache"),
+    WANDB_CONFIG_DIR=str(_WANDB_HOME / "config"),
+    WANDB_DATA_DIR=str(_WANDB_HOME / "data"),
+)
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+from repinv.cli import CONFIG_DIR  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# A tiny ViT (2 blocks, width 64, 64x64) on which 60 plain SGD steps clearly improve the image.
+TINY = ["model=vit_tiny", "layers=[0,patch_embed]", "optimizer.lr=1.0", "steps=60", "log_every=10", "image_every=30"]
+
+
+def compose_cfg(overrides: list[str], out_dir: Path):
+    """Compose the app's config as the CLI would, with `out_dir` as the run folder."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def run_repinv(tmp_path):
+    """Run repinv in-process; returns (records, run folder)."""
+    from repinv.pipeline import run
+
+    def _run(*overrides: str, tiny: bool = True, name: str = "run"):
+        out = tmp_path / name
+        cfg = compose_cfg([*(TINY if tiny else []), *overrides], out)
+        return run(cfg), out
+
+    return _run
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return json.loads((out / "metrics.json").read_text())

@@ -1,0 +1,61 @@
+"""Target photographs: names, files, directories, conversions and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repinv.errors import RepinvError
+from repinv.images import load_images
+
+
+def test_embedded_name_gives_rgb_at_model_size():
+    [img] = load_images("chelsea", 224)
+    assert img.name == "chelsea" and img.pixels.shape == (3, 224, 224)
+    assert 0 <= img.pixels.min() and img.pixels.max() <= 1 and img.pixels.std() > 0.1
+
+
+def test_list_file_and_directory(tmp_path):
+    arr = (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    Image.fromarray(arr).save(tmp_path / "b.jpg")
+    imgs = load_images([str(tmp_path / "a.png"), "astronaut", str(tmp_path)], 32)
+    assert [i.name for i in imgs] == ["a", "astronaut", "a_2", "b"]
+    assert all(i.pixels.shape == (3, 32, 32) for i in imgs)
+    # shorter side resized, then centre crop: the centre column of a.png survives
+    assert torch.allclose(imgs[0].pixels, imgs[2].pixels)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_non_rgb_modes_are_converted_with_a_warning(tmp_path, mode, caplog):
+    arr = (np.random.default_rng(1).random((20, 20)) * 255).astype(np.uint8)
+    img = Image.fromarray(arr)
+    if mode == "RGBA":
+        img = img.convert("RGBA")
+    elif mode == "P":
+        img = img.convert("P")
+    elif mode == "I;16":
+        img = Image.fromarray(arr.astype(np.uint16) * 256)
+    img.save(tmp_path / "x.png")
+    [loaded] = load_images(str(tmp_path / "x.png"), 16)
+    assert loaded.pixels.shape == (3, 16, 16) and loaded.pixels.max() > 0.5
+    assert "converted to RGB" in caplog.text
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ("chelsey", "Did you mean 'chelsea'"),
+    ("/no/such/file.png", "neither an embedded photograph nor an existing file"),
+])
+def test_unknown_names_and_paths_are_clear_errors(bad, needle):
+    with pytest.raises(RepinvError, match=needle):
+        load_images(bad, 32)
+
+
+def test_empty_directory_and_broken_file(tmp_path):
+    with pytest.raises(RepinvError, match="no images in it"):
+        load_images(str(tmp_path), 32)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(RepinvError, match="could not be read as an image"):
+        load_images(str(tmp_path / "broken.jpg"), 32)

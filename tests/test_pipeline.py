@@ -1,0 +1,129 @@
+"""End-to-end inversion runs on a tiny ViT: the image gets closer, the files hold the right things."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import wandb_reader
+from conftest import read_metrics
+
+SCHEMA = {"image": str, "layer": str, "steps": int, "psnr": float, "ssim": float, "input_l2": float,
+          "output_l2": float, "noise_shift_l2": float, "accurate": bool, "seconds_per_step": float}
+
+
+def _csv_rows(out):
+    with open(out / "csv" / "metrics.csv") as f:
+        return [row for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One tiny run with both loggers, at an index layer and a module-path layer."""
+    from conftest import TINY, compose_cfg
+    from repinv.pipeline import run
+
+    out = tmp_path_factory.mktemp("run")
+    records = run(compose_cfg([*TINY, "layers=[0,blocks.0.norm1]", "logger=default"], out))
+    return records, out
+
+
+def test_inversion_improves_psnr_and_output_l2(default_run):
+    records, out = default_run
+    rows = _csv_rows(out)
+    first = rows[0]
+    assert {r["layer"] for r in records} == {"L0", "blocks.0.norm1"}
+    for r in records:
+        key = f"{r['image']}/{r['layer']}"
+        assert r["psnr"] > float(first[f"psnr/{key}"]) + 5, f"{key}: PSNR did not improve over the noise"
+        assert r["output_l2"] < 0.5 * float(first[f"output_l2/{key}"]), f"{key}: output L2 did not halve"
+        assert r["steps"] == 60 and r["status"] == "finished"
+
+
+def test_metrics_json_follows_schema(default_run):
+    _, out = default_run
+    records = read_metrics(out)
+    assert len(records) == 2
+    for r in records:
+        for key, kind in SCHEMA.items():
+            assert isinstance(r[key], kind), f"{key} should be {kind.__name__}, got {r[key]!r}"
+        assert r["accurate"] == (r["output_l2"] < r["noise_shift_l2"])
+        assert 0 < r["seconds_per_step"] < 5
+        assert (out / r["png"]).is_file()
+
+
+def test_run_folder_holds_pngs_grid_and_resolved_config(default_run):
+    records, out = default_run
+    for r in records:
+        png = np.asarray(Image.open(out / r["png"]))
+        assert png.shape == (64, 64, 3) and png.std() > 5, "a reconstruction PNG is empty or flat"
+    grid = Image.open(out / "grid.png")
+    assert grid.size[0] > grid.size[1] * 2, "the grid shows target + 2 layers side by side"
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"]["name"] == "vit_base_patch32_224" and cfg["steps"] == 60
+    assert "${" not in (out / "config.yaml").read_text(), "config.yaml must be resolved"
+
+
+def test_wandb_offline_run_holds_scalars_and_images_like_csv(default_run):
+    _, out = default_run
+    runs = wandb_reader.find_runs(out)
+    assert len(runs) == 1, "one offline W&B run under the run folder"
+    history = wandb_reader.history(runs[0])
+    scalar_rows = [h for h in history if "psnr/chelsea/L0" in h]
+    csv_rows = _csv_rows(out)
+    assert len(scalar_rows) == len(csv_rows) == 7  # steps 0,10,...,50 and the last step 59
+    for h, c in zip(scalar_rows, csv_rows):
+        assert h["psnr/chelsea/L0"] == pytest.approx(float(c["psnr/chelsea/L0"]), rel=1e-5)
+        assert h["output_l2/chelsea/blocks.0.norm1"] == pytest.approx(float(c["output_l2/chelsea/blocks.0.norm1"]), rel=1e-5)
+    images = [h["reconstruction"] for h in history if "reconstruction" in h]
+    assert images and images[0]["_type"] == "images/separated" and images[0]["count"] == 2
+    media = runs[0].parent / "files" / images[-1]["filenames"][0]
+    assert np.asarray(Image.open(media)).std() > 5, "logged image must not be black (uint8, not float)"
+    info = wandb_reader.run_info(runs[0])
+    assert info["name"] == "vit_tiny-L0+blocks.0.norm1-untrained" and "untrained" in info["tags"]
+    assert wandb_reader.config(runs[0])["steps"] == 60
+
+
+def test_frozen_model_unchanged_and_only_image_trained(run_repinv, monkeypatch):
+    import repinv.pipeline as pipeline
+
+    seen = {}
+    real = pipeline.ImageOptimization
+
+    class Spy(real):
+        def on_train_start(self):
+            seen["module"] = self
+            seen["before"] = {k: v.clone() for k, v in self.net.state_dict().items()}
+
+    monkeypatch.setattr(pipeline, "ImageOptimization", Spy)
+    run_repinv("layers=[1]", "logger=none")
+    module = seen["module"]
+    assert [n for n, p in module.named_parameters() if p.requires_grad] == ["img"]
+    assert all(not p.requires_grad for p in module.net.parameters())
+    assert not module.net.training, "the frozen network must stay in eval mode"
+    for k, v in module.net.state_dict().items():
+        assert (v == seen["before"][k]).all(), f"weight {k} changed during the run"
+
+
+def test_invertible_layer_recovers_the_target(run_repinv):
+    """A square patch embedding (2x2x3 -> 12) loses nothing: its inversion must reach the photo."""
+    records, out = run_repinv(
+        "model.kwargs.patch_size=2", "model.kwargs.embed_dim=12", "model.kwargs.num_heads=2", "model.input_size=32",
+        "layers=[patch_embed]", "regularizer=none", "optimizer=adam", "optimizer.lr=0.05", "objective.loss=mse",
+        "objective.scale=1000", "steps=400", "logger=none",
+    )
+    assert records[0]["psnr"] > 30, records[0]
+    assert records[0]["accurate"] is True
+
+
+def test_csv_only_and_no_logger(run_repinv):
+    _, out = run_repinv("logger=csv", name="csv")
+    assert (out / "csv" / "metrics.csv").is_file() and not (out / "wandb").exists()
+    _, out = run_repinv("logger=none", "steps=5", name="none")
+    assert not (out / "csv").exists() and not (out / "wandb").exists()
+    assert json.loads((out / "metrics.json").read_text())[0]["steps"] == 5
