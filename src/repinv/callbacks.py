@@ -35,12 +35,14 @@ class ImageTimeline(pl.Callback):
         for lg in _image_loggers(trainer):
             lg.log_image(key="target", images=[to_uint8(x) for x in refs], step=0, caption=list(names))
 
-    @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if step % self.every and step != pl_module.steps:
             return
-        imgs = [to_uint8(x) for x in pl_module.current_images()]
+        imgs = pl_module.all_images()  # every rank takes part; only rank 0's loggers write
+        if not trainer.is_global_zero:
+            return
+        imgs = [to_uint8(x) for x in imgs]
         captions = [pl_module.target_key(i) for i in range(len(imgs))]
         for lg in _image_loggers(trainer):
             lg.log_image(key="reconstruction", images=imgs, step=step, caption=captions)
@@ -70,17 +72,20 @@ class ResultWriter(pl.Callback):
             return None
         return (time.perf_counter() - self._t0) / done
 
-    @rank_zero_only
-    def write(self, trainer, pl_module, status: str) -> None:
+    def write(self, trainer, pl_module, status: str, gathered: bool = True) -> None:
+        """Gather every rank's targets (collective), then rank 0 writes the files."""
         extra = {"steps": trainer.global_step, "seconds_per_step": self.seconds_per_step(trainer), "status": status,
                  "model": pl_module.model_info.label, "trained": pl_module.model_info.trained}
-        records = [{**r, **extra} for r in pl_module.final_metrics()]
+        records = [{**r, **extra} for r in pl_module.final_metrics(gathered)]
+        images = pl_module.all_images() if gathered else pl_module.current_images()
+        if not trainer.is_global_zero:
+            return
         ref = pl_module.objective.reference
         refs = {}
         if ref is not None:
             names = list(dict.fromkeys(r["image"] for r in pl_module.records))
             refs = dict(zip(names, ref[: len(names)].cpu()))
-        self.records, self.paths = write_results(self.out_dir, records, pl_module.current_images().cpu(), refs, self.title)
+        self.records, self.paths = write_results(self.out_dir, records, images.cpu(), refs, self.title)
         log.info("results written to %s", self.out_dir)
 
     def on_train_end(self, trainer, pl_module):
@@ -89,6 +94,30 @@ class ResultWriter(pl.Callback):
     def on_exception(self, trainer, pl_module, exception):
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "crashed"
         try:
-            self.write(trainer, pl_module, status)
+            self.write(trainer, pl_module, status, gathered=trainer.world_size == 1)
         except Exception:  # the original exception matters more than a failed write
             log.exception("could not write results after the run was %s", status)
+
+
+class ResultTable(pl.Callback):
+    """At the end of fit, one W&B Table row per target: its metrics and its reconstruction.
+
+    Every job of a sweep logs the same columns under `results`, so one dashboard panel
+    compares the whole sweep. Runs after `ResultWriter`, whose records and PNGs it reads.
+    """
+
+    def __init__(self, writer: ResultWriter, key: str = "results"):
+        self.writer, self.key = writer, key
+
+    @rank_zero_only
+    def on_train_end(self, trainer, pl_module):
+        loggers = [lg for lg in trainer.loggers if hasattr(lg, "log_table")]
+        records = self.writer.records
+        if not loggers or not records:
+            return
+        import wandb  # only W&B loggers have tables
+
+        columns = [k for k in dict.fromkeys(k for r in records for k in r) if k != "png"]
+        data = [[r.get(k) for k in columns] + [wandb.Image(str(self.writer.out_dir / r["png"]))] for r in records]
+        for lg in loggers:
+            lg.log_table(key=self.key, columns=[*columns, "reconstruction"], data=data, step=trainer.global_step)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import logging
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from repinv.errors import RepinvError
 from repinv.pipeline import run
+from repinv.summary import report as summary_report
+from repinv.summary import score, summarize
 
 log = logging.getLogger("repinv")
 
@@ -30,15 +35,48 @@ def report(err: RepinvError, out_dir: str | None) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig):
-    """Run one job; bad input ends it with a one-paragraph error and exit code 2."""
+def main(cfg: DictConfig) -> float:
+    """Run one job and return its score (what Hydra's Optuna sweeper minimises).
+
+    A single run ends bad input with a one-paragraph error and exit code 2. In a multirun a
+    failing job must not end the sweep (SystemExit would stop it, and any exception skips the
+    sweep summary), so the job leaves `error.txt` and returns NaN; the summary marks it failed.
+    """
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        return run(cfg)
+        records = run(cfg)
     except RepinvError as err:
         if cfg.get("debug"):
             raise
-        report(err, HydraConfig.get().runtime.output_dir)
-        sys.exit(2)
+        report(err, hc.runtime.output_dir)
+        if not multirun:
+            sys.exit(2)
+        return float("nan")
+    except Exception:
+        if not multirun:
+            raise
+        log.exception("job %s crashed; the sweep goes on", hc.job.num)
+        Path(hc.runtime.output_dir, "error.txt").write_text(traceback.format_exc().strip().splitlines()[-1] + "\n\n" + traceback.format_exc())
+        return float("nan")
+    return score(records, cfg.get("optimized_metric") or "output_l2")
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: the sweep summary, the W&B sync command, exit 1 if a job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            out = summarize(sweep_dir)
+        except FileNotFoundError as err:
+            log.warning("no sweep summary: %s", err)
+            return
+        print(summary_report(out))
+        if any(sweep_dir.glob("*/wandb/offline-run-*")):
+            print(f"W&B offline runs: upload with `wandb sync {sweep_dir}/*/wandb/offline-run-*`")
+        if out["failed"]:
+            sys.exit(1)
 
 
 if __name__ == "__main__":

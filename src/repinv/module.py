@@ -13,6 +13,7 @@ from repinv.metrics import pixel_metrics
 from repinv.models import LoadedModel
 from repinv.objectives import Objective
 from repinv.regularizers import GaussianBlur, Jitter
+from repinv.sharding import gather, gather_tensor, shard_bounds
 
 
 class ImageOptimization(pl.LightningModule):
@@ -64,6 +65,18 @@ class ImageOptimization(pl.LightningModule):
         self.register_buffer("diverged", torch.zeros(len(self.records), dtype=torch.bool))
         self.jitter_gen = torch.Generator().manual_seed(seed)
         self.last_good: torch.Tensor | None = None
+        self.shard: list[int] = list(range(len(self.records)))  # the targets this process optimises
+
+    def setup(self, stage: str) -> None:
+        """With several processes, keep only this rank's share of the targets (`records` stays whole)."""
+        world = self.trainer.world_size
+        if world == 1 or len(self.shard) < len(self.records):
+            return
+        start, stop = shard_bounds(len(self.records), self.trainer.global_rank, world)
+        self.shard = list(range(start, stop))
+        self.objective.shard(self.shard)
+        self.img = nn.Parameter(self.img.data[start:stop].clone())
+        self.diverged = self.diverged[start:stop].clone()
 
     # -- the frozen network -------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -144,14 +157,14 @@ class ImageOptimization(pl.LightningModule):
         """Per-target metric dicts from a forward pass's losses and stats and the image it saw."""
         values = {"loss": losses.detach().float(), **{k: v.float() for k, v in stats.items()}}
         if self.objective.reference is not None:
-            values.update(pixel_metrics(view, self.objective.reference))
+            values.update(pixel_metrics(view, self.objective.reference[self.shard]))
         table = {k: v.cpu().tolist() for k, v in values.items()}
-        return [{k: table[k][i] for k in table} for i in range(len(self.records))]
+        return [{k: table[k][i] for k in table} for i in range(len(losses))]
 
     def _log_step(self, losses, stats, view) -> None:
-        rows = self.measure(losses, stats, view)
+        rows, diverged = gather(self.measure(losses, stats, view)), gather(self.diverged.tolist())
         flat = {f"{name}/{self.target_key(i)}": value for i, row in enumerate(rows) for name, value in row.items()}
-        total = float(sum(r["loss"] for r, d in zip(rows, self.diverged.tolist()) if not d))
+        total = float(sum(r["loss"] for r, d in zip(rows, diverged) if not d))
         flat["lr"] = self.optimizers().param_groups[0]["lr"]
         if self.blur is not None:
             flat["blur_sigma"] = self.blur.sigma(self.global_step, self.steps)
@@ -162,18 +175,26 @@ class ImageOptimization(pl.LightningModule):
 
     # -- results ------------------------------------------------------------------------
     @torch.no_grad()
-    def final_metrics(self) -> list[dict]:
-        """One record per target: identity, the metrics of the current image, and its state."""
+    def final_metrics(self, gathered: bool = True) -> list[dict]:
+        """One record per target: identity, the metrics of the current image, and its state.
+
+        With several processes this is collective: every rank calls it, each gets all targets
+        (`gathered=False`: only this rank's, e.g. after a crash when other ranks may be gone).
+        """
         view = self.view()
         with torch.autocast(device_type=view.device.type, enabled=False):
             losses, stats = self.objective(self.net, self.normalize(view.float()))
         rows = self.measure(losses, stats, view)
         out = []
-        for record, row, div in zip(self.records, rows, self.diverged.tolist()):
+        for i, row, div in zip(self.shard, rows, self.diverged.tolist()):
             row["accurate"] = bool(row["accurate"]) if "accurate" in row else None
-            out.append({**record, **row, "diverged": bool(div)})
-        return out
+            out.append({**self.records[i], **row, "diverged": bool(div)})
+        return gather(out) if gathered else out
 
     def current_images(self) -> torch.Tensor:
         """The reconstructions as the network sees them, clamped to [0, 1]."""
         return self.view().detach().float().clamp(0, 1)
+
+    def all_images(self) -> torch.Tensor:
+        """`current_images` of every rank in target order (collective with several processes)."""
+        return gather_tensor(self.current_images())

@@ -53,6 +53,16 @@ class Objective(nn.Module):
     def setup(self, net: nn.Module, prep: Callable, images: Sequence[TargetImage], seed: int) -> None:
         raise NotImplementedError
 
+    def shard(self, index: list[int]) -> None:
+        """From now on `forward` takes and scores only the targets in `index` (this process's share).
+
+        `records` and `reference` stay whole so rank 0 can name and write every target.
+        """
+        raise RepinvError(
+            f"objective '{self.kind}' cannot split its targets across processes; "
+            "run it with trainer.devices=1 trainer.num_nodes=1."
+        )
+
     def init_seeds(self, seed: int) -> list[int]:
         """One noise seed per target, from the seed and the target's record."""
         return [target_seed(seed, *r.values()) for r in self.records]
@@ -93,18 +103,26 @@ class LayerInversion(Objective):
         self.register_buffer("noise_shift_l2", torch.cat(baseline), persistent=False)
         self.reference = pixels.repeat(len(self.taps), 1, 1, 1)
         self.group = len(images)
+        self.index = torch.arange(len(self.taps) * len(images))
         self.records = [
             {"image": im.name, "layer": tap.label, "module": tap.module or tap.label}
             for tap in self.taps
             for im in images
         ]
 
+    def shard(self, index):
+        self.index = torch.as_tensor(index)
+        self.noise_shift_l2 = self.noise_shift_l2[self.index]
+
     def forward(self, net, x):
         losses, l2 = [], []
-        n = self.group
+        layer, image = self.index // self.group, self.index % self.group  # targets are layer-major
         for g, tap in enumerate(self.taps):
-            out = tap(net, x[g * n : (g + 1) * n])
-            target = getattr(self, f"target_{g}")
+            rows = (layer == g).nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            out = tap(net, x[rows[0] : rows[-1] + 1])
+            target = getattr(self, f"target_{g}")[image[rows]]
             losses.append(distance(out, target, self.loss))
             l2.append((out.detach().float() - target).flatten(1).norm(dim=1))
         output_l2 = torch.cat(l2)

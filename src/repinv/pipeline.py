@@ -13,14 +13,17 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.callbacks import ImageTimeline, ResultWriter
+from repinv.callbacks import ImageTimeline, ResultTable, ResultWriter
 from repinv.errors import RepinvError
 from repinv.images import load_images
 from repinv.module import ImageOptimization
+from repinv.sharding import ShardedDDP
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ def make_loggers(cfg: DictConfig, name: str, tags: list[str], job_type: str) -> 
             continue
         is_wandb = "Wandb" in str(lcfg.get("_target_", ""))
         extra = {"name": name, "tags": tags, "job_type": job_type} if is_wandb else {}
+        if is_wandb and lcfg.get("group") is None and sweep_name():
+            extra["group"] = sweep_name()  # one dashboard group per sweep
         try:
             lg = instantiate(lcfg, **extra)
             if is_wandb:
@@ -88,11 +93,50 @@ def make_loggers(cfg: DictConfig, name: str, tags: list[str], job_type: str) -> 
     return loggers
 
 
-def finish_wandb() -> None:
-    """End the W&B run of this job so the next multirun job gets its own."""
+def finish_wandb() -> Path | None:
+    """End the W&B run of this job so the next multirun job gets its own; returns an offline run's folder."""
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None:
+        return None
+    offline = Path(run.settings.sync_dir) if run.offline else None
+    wandb.finish()
+    return offline
+
+
+def _hydra():
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def sweep_name() -> str | None:
+    """The sweep folder's name inside a multirun job (the W&B group), else None."""
+    hc = _hydra()
+    return Path(str(hc.sweep.dir)).name if hc is not None and hc.mode == RunMode.MULTIRUN else None
+
+
+def job_device(job_num: int, n_gpus: int) -> int:
+    """Multirun job k runs on GPU k mod N, so parallel jobs (joblib) spread over the GPUs."""
+    return job_num % n_gpus
+
+
+def trainer_overrides(cfg: DictConfig) -> dict:
+    """Devices and strategy for this job.
+
+    Several processes (trainer.devices x trainer.num_nodes > 1) shard the targets through
+    `ShardedDDP` unless a strategy is given. A one-device multirun job on a machine with several
+    GPUs takes GPU `job_device(k, N)`.
+    """
+    t = cfg.trainer
+    devices = t.get("devices", 1)
+    per_node = len(devices) if isinstance(devices, (list, ListConfig)) else devices
+    out = {}
+    if isinstance(per_node, int) and per_node * int(t.get("num_nodes", 1)) > 1 and t.get("strategy", "auto") == "auto":
+        out.update(strategy=ShardedDDP(), use_distributed_sampler=False)  # every rank takes every step
+    hc, n_gpus = _hydra(), torch.cuda.device_count()
+    if (devices == 1 and n_gpus > 1 and hc is not None and hc.mode == RunMode.MULTIRUN
+            and t.get("accelerator", "auto") in ("auto", "gpu", "cuda")):
+        out.update(accelerator="gpu", devices=[job_device(int(hc.job.num), n_gpus)])
+    return out
 
 
 def run(cfg: DictConfig) -> list[dict]:
@@ -132,8 +176,9 @@ def run(cfg: DictConfig) -> list[dict]:
     trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
-        callbacks=[writer, ImageTimeline(cfg.image_every)],
+        callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every)],
         max_steps=cfg.steps,
+        **trainer_overrides(cfg),
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -141,5 +186,7 @@ def run(cfg: DictConfig) -> list[dict]:
         try:
             trainer.fit(module, train_dataloaders=DataLoader(Steps(cfg.steps), batch_size=None))
         finally:
-            finish_wandb()
+            offline = finish_wandb()
+    if offline is not None and trainer.is_global_zero and sweep_name() is None:
+        print(f"W&B offline run: upload it with `wandb sync {offline}`")
     return writer.records

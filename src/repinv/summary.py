@@ -1,0 +1,233 @@
+"""Sweep summary: one figure, one plot and one table for all jobs of a multirun.
+
+`repinv-summary SWEEP_DIR` (also run by the CLI when a multirun ends) reads every job folder's
+`metrics.json`, PNGs and `.hydra/overrides.yaml` and writes into the sweep folder:
+`summary.png` (rows: the swept conditions, columns: the target then each layer),
+`summary_metrics.png` (PSNR and SSIM against layer, one line per condition), `summary.csv`
+and `summary.md`. A job without a finished `metrics.json` shows as failed, with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from repinv.figures import plt, titled_grid
+from repinv.results import METRICS_FILE, column_name, slug
+
+SWEPT_COLUMNS = ("layers",)  # overrides that pick a column, not a row
+CSV_FIELDS = ["job", "condition", "status", "image", "layer", "psnr", "ssim", "output_l2", "input_l2",
+              "noise_shift_l2", "accurate", "steps", "seconds_per_step", "png", "error"]
+FAILED_CELL = np.full((64, 64, 3), (235, 200, 200), dtype=np.uint8)
+
+
+@dataclass
+class Job:
+    """One multirun job folder as the summary sees it."""
+
+    path: Path
+    overrides: list[str]
+    records: list[dict] = field(default_factory=list)
+    status: str = "finished"
+    error: str = ""
+    condition: str = "default"  # the swept overrides other than layers, e.g. "model=resnet50"
+
+    def override(self, key: str) -> str | None:
+        return next((o.partition("=")[2] for o in self.overrides if o.partition("=")[0].lstrip("+~") == key), None)
+
+    @property
+    def layers(self) -> list[str]:
+        """The layer columns this job was meant to fill (from its records, else its overrides)."""
+        if self.records:
+            return list(dict.fromkeys(column_name(r) for r in self.records))
+        value = self.override("layers")
+        if value is None:
+            return ["?"]
+        values = yaml.safe_load(value)
+        return [f"L{v}" if isinstance(v, int) else str(v) for v in (values if isinstance(values, list) else [values])]
+
+
+def _job_number(path: Path):
+    return (0, int(path.name)) if path.name.isdigit() else (1, path.name)
+
+
+def read_job(path: Path) -> Job:
+    """A job's overrides, records and status: failed when it left an error or no finished metrics."""
+    overrides_file = path / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
+    job = Job(path, [str(o) for o in overrides])
+    metrics, error = path / METRICS_FILE, path / "error.txt"
+    if metrics.is_file():
+        job.records = json.loads(metrics.read_text())
+        bad = sorted({r.get("status", "finished") for r in job.records} - {"finished"})
+        if bad:
+            job.status = bad[0]
+    if error.is_file():
+        text = error.read_text().strip()
+        job.status, job.error = "failed", text.splitlines()[0] if text else "failed"
+    elif not metrics.is_file():
+        job.status, job.error = "failed", "no metrics.json: the job crashed or is still running"
+    if job.status != "finished" and not job.error:
+        job.error = f"the run ended with status {job.status}"
+    return job
+
+
+def find_jobs(sweep_dir: str | Path) -> list[Job]:
+    """Every job folder under the sweep (those Hydra gave a `.hydra/` or that hold results)."""
+    root = Path(sweep_dir)
+    marks = (".hydra", METRICS_FILE, "error.txt", "config.yaml")
+    folders = [p for p in root.iterdir() if p.is_dir() and any((p / m).exists() for m in marks)]
+    jobs = [read_job(p) for p in sorted(folders, key=_job_number)]
+    keys = dict.fromkeys(o.partition("=")[0].lstrip("+~") for j in jobs for o in j.overrides)
+    swept = [k for k in keys if k not in SWEPT_COLUMNS and len({j.override(k) for j in jobs}) > 1]
+    for job in jobs:
+        job.condition = ", ".join(f"{k}={job.override(k)}" for k in swept) or "default"
+    return jobs
+
+
+def rows(jobs: list[Job], root: Path) -> list[dict]:
+    """One table row per (job, record); a failed job without records gets one row per planned layer."""
+    out = []
+    for job in jobs:
+        base = {"job": job.path.name, "condition": job.condition, "error": job.error}
+        if not job.records:
+            out += [{**base, "status": job.status, "layer": layer} for layer in job.layers]
+        for r in job.records:
+            row = {**base, **{k: r.get(k) for k in CSV_FIELDS if k in r}, "layer": column_name(r)}
+            row["status"] = "failed" if job.status == "failed" else r.get("status", job.status)
+            if r.get("png"):
+                row["png"] = str((job.path / r["png"]).relative_to(root))
+            out.append(row)
+    return out
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def write_tables(table: list[dict], root: Path, n_jobs: int, n_failed: int) -> tuple[Path, Path]:
+    csv_path, md_path = root / "summary.csv", root / "summary.md"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in table)
+    cols = ["job", "condition", "image", "layer", "status", "psnr", "ssim", "output_l2", "accurate", "error"]
+    lines = [f"# Sweep {root.name}", "", f"{n_jobs} jobs, {n_failed} failed.", "",
+             "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(row.get(c)).replace("|", "/") for c in cols) + " |" for row in table]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def _png(path: Path):
+    return np.asarray(Image.open(path).convert("RGB")) if path.is_file() else None
+
+
+def write_grid(jobs: list[Job], table: list[dict], root: Path) -> Path:
+    """Rows: (condition, image); columns: the target, then every layer of the sweep in order."""
+    layers = list(dict.fromkeys(row["layer"] for row in table))
+    grid: dict[tuple[str, str], dict] = {}
+    for job in sorted(jobs, key=lambda j: not j.records):  # jobs without records join their condition's rows
+        images = list(dict.fromkeys(r.get("image") for r in job.records))
+        if not images:
+            keys = [k for k in grid if k[0] == job.condition] or [(job.condition, None)]
+            for key in keys:
+                grid.setdefault(key, {}).update({layer: (FAILED_CELL, f"{layer} · {job.status}") for layer in job.layers})
+        for image in images:
+            cells = grid.setdefault((job.condition, image), {})
+            if "target" not in cells:
+                cells["target"] = (_png(job.path / "targets" / f"{slug(image)}.png"), "target")
+            for r in job.records:
+                if r.get("image") != image:
+                    continue
+                ok = job.status == "finished"
+                metric = f"{r['psnr']:.1f} dB" if r.get("psnr") is not None else r.get("status", "")
+                img = _png(job.path / r["png"]) if ok and r.get("png") else FAILED_CELL
+                cells[column_name(r)] = (img, f"{column_name(r)} · {metric if ok else job.status}")
+    fig_rows, labels = [], []
+    for (condition, image), cells in grid.items():
+        fig_rows.append([cells.get(c, (None, "")) for c in ["target", *layers]])
+        labels.append(f"{condition}\n{image}" if image else condition)
+    return titled_grid(fig_rows, root / "summary.png", row_labels=labels, suptitle=f"sweep {root.name}")
+
+
+def write_metric_plot(table: list[dict], root: Path) -> Path:
+    """PSNR and SSIM against layer, one line per (condition, image); failed points are left out."""
+    layers = list(dict.fromkeys(row["layer"] for row in table))
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(layers)) * 2, 4), squeeze=False)
+    lines: dict[str, dict[str, dict]] = {}
+    for row in table:
+        if row.get("status") == "finished" and row.get("psnr") is not None:
+            name = row["condition"] + (f" / {row['image']}" if row.get("image") else "")
+            lines.setdefault(name, {})[row["layer"]] = row
+    for ax, metric in zip(axes[0], ("psnr", "ssim")):
+        for name, points in lines.items():
+            xs = [layers.index(layer) for layer in points]
+            ax.plot(xs, [points[layer][metric] for layer in points], marker="o", label=name)
+        ax.set_xticks(range(len(layers)), layers, rotation=30, fontsize=8)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
+        ax.grid(alpha=0.3)
+    if lines:
+        axes[0][1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = root / "summary_metrics.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def summarize(sweep_dir: str | Path) -> dict:
+    """Write the summary files of a sweep folder; returns their paths and the failed jobs."""
+    root = Path(sweep_dir)
+    jobs = find_jobs(root)
+    if not jobs:
+        raise FileNotFoundError(f"{root} holds no job folders (expected 0/, 1/, ... from `repinv -m`)")
+    table = rows(jobs, root)
+    failed = [j for j in jobs if j.status != "finished"]
+    csv_path, md_path = write_tables(table, root, len(jobs), len(failed))
+    return {"grid": write_grid(jobs, table, root), "plot": write_metric_plot(table, root), "csv": csv_path,
+            "md": md_path, "jobs": jobs, "failed": failed}
+
+
+def score(records: list[dict], metric: str = "output_l2") -> float:
+    """The number a sweeper optimises: the mean of `metric` over a run's records (NaN if none)."""
+    values = [r[metric] for r in records if isinstance(r.get(metric), (int, float)) and not isinstance(r.get(metric), bool)]
+    values = [v for v in values if math.isfinite(v)]
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`repinv-summary SWEEP_DIR`: exit 1 when a job failed, 2 when the folder holds no jobs."""
+    parser = argparse.ArgumentParser(prog="repinv-summary", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="a multirun folder, e.g. logs/multiruns/2025-01-01_12-00-00")
+    args = parser.parse_args(argv)
+    try:
+        out = summarize(args.sweep_dir)
+    except FileNotFoundError as err:
+        print(f"repinv-summary: error: {err}", file=sys.stderr)
+        return 2
+    print(report(out))
+    return 1 if out["failed"] else 0
+
+
+def report(out: dict) -> str:
+    """What a person reads at the end of a sweep: the files and the failed jobs."""
+    lines = [f"sweep summary: {out['grid']} {out['plot'].name} {out['csv'].name} {out['md'].name}"]
+    lines += [f"  job {j.path.name} ({j.condition}) {j.status}: {j.error}" for j in out["failed"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
