@@ -1,0 +1,154 @@
+"""Multirun sweeps through the real CLI, the sweep summary, sharded runs and W&B review."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import wandb_reader
+from conftest import REPO, TINY, read_metrics
+
+FAST = ["model=vit_tiny", "optimizer.lr=1.0", "steps=12", "log_every=4", "image_every=6"]
+
+
+def repinv(*args: str, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """The `repinv` command in a subprocess (multirun needs the real CLI), with this test's environment."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "repinv", *args], cwd=cwd or REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _check_sweep(sweep, layers):
+    """Both job folders, the summary files and one offline W&B run with its table per job."""
+    for job, layer in enumerate(layers):
+        records = read_metrics(sweep / str(job))
+        assert [r["layer"] for r in records] == [layer] and records[0]["status"] == "finished"
+        runs = wandb_reader.find_runs(sweep / str(job))
+        assert len(runs) == 1, f"job {job} must have exactly one W&B run, found {runs}"
+        info = wandb_reader.run_info(runs[0])
+        assert info["group"] == sweep.name and info["job_type"] == "layer"
+        assert {"vit_tiny", "untrained"} <= set(info["tags"])
+        tables = [h["results"] for h in wandb_reader.history(runs[0]) if "results" in h]
+        assert tables and tables[0]["_type"] == "table-file" and tables[0]["nrows"] == 1
+        table = json.loads((runs[0].parent / "files" / tables[0]["path"]).read_text())
+        assert "psnr" in table["columns"] and "reconstruction" in table["columns"]
+    rows = _csv(sweep / "summary.csv")
+    assert [r["layer"] for r in rows] == layers and all(r["status"] == "finished" for r in rows)
+    assert all(float(r["psnr"]) > 5 for r in rows)
+    assert "2 jobs, 0 failed" in (sweep / "summary.md").read_text()
+    grid = Image.open(sweep / "summary.png")
+    assert grid.size[0] > 2 * grid.size[1], "summary.png: one row, the target and two layer columns"
+    assert np.asarray(Image.open(sweep / "summary_metrics.png")).std() > 5
+
+
+@pytest.mark.slow
+def test_basic_multirun_two_jobs_summary_and_wandb(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = repinv("-m", *FAST, "layers=0,patch_embed", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    _check_sweep(sweep, ["L0", "patch_embed"])
+    assert f"wandb sync {sweep}" in res.stdout
+
+
+@pytest.mark.slow
+def test_joblib_multirun_two_jobs_summary_and_wandb(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = repinv("-m", "hydra/launcher=joblib", *FAST, "layers=0,patch_embed", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Joblib.Parallel" in res.stdout + res.stderr, "the joblib launcher must have run the jobs"
+    _check_sweep(sweep, ["L0", "patch_embed"])
+
+
+@pytest.mark.slow
+def test_sweep_with_a_failing_job_finishes_the_others_and_marks_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = repinv("-m", *FAST, "logger=none", "layers=0,no_such_layer,patch_embed", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 1, "a sweep with a failed job exits 1 after its summary"
+    assert read_metrics(sweep / "0")[0]["status"] == read_metrics(sweep / "2")[0]["status"] == "finished"
+    assert "no_such_layer" in (sweep / "1" / "error.txt").read_text()
+    rows = {r["job"]: r for r in _csv(sweep / "summary.csv")}
+    assert rows["1"]["status"] == "failed" and "no_such_layer" in rows["1"]["error"]
+    assert rows["0"]["status"] == rows["2"]["status"] == "finished"
+    assert "3 jobs, 1 failed" in (sweep / "summary.md").read_text()
+    assert "job 1" in res.stdout and "failed" in res.stdout
+
+
+def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
+    """Jobs that crashed (status crashed, or no metrics.json at all) show as failed, not missing."""
+    from repinv.summary import main
+
+    sweep = tmp_path
+    for job, layer in enumerate(["0", "patch_embed"]):
+        run_repinv(f"layers={layer}", "logger=none", "steps=5", name=str(job))
+        (sweep / str(job) / ".hydra").mkdir()
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(f"- model=vit_tiny\n- layers={layer}\n- seed={job}\n")
+    records = read_metrics(sweep / "1")
+    (sweep / "1" / "metrics.json").write_text(json.dumps([{**r, "status": "crashed"} for r in records]))
+    (sweep / "2" / ".hydra").mkdir(parents=True)
+    (sweep / "2" / ".hydra" / "overrides.yaml").write_text("- model=vit_tiny\n- layers=1\n- seed=2\n")
+    assert main([str(sweep)]) == 1
+    rows = {r["job"]: r for r in _csv(sweep / "summary.csv")}
+    assert rows["0"]["status"] == "finished" and rows["0"]["condition"] == "seed=0"
+    assert rows["1"]["status"] == "crashed"
+    assert rows["2"]["status"] == "failed" and rows["2"]["layer"] == "L1" and "no metrics.json" in rows["2"]["error"]
+    assert (sweep / "summary.png").is_file() and "3 jobs, 2 failed" in (sweep / "summary.md").read_text()
+    assert main([str(sweep / "0" / "reconstructions")]) == 2, "a folder without jobs is an error"
+
+
+def test_score_is_what_optuna_optimises():
+    from repinv.summary import score
+
+    assert score([{"output_l2": 1.0}, {"output_l2": 3.0}, {"output_l2": None}]) == 2.0
+    assert score([{"psnr": 20.0}], "psnr") == 20.0
+    assert np.isnan(score([]))
+
+
+def test_job_k_takes_gpu_k_mod_n():
+    from repinv.pipeline import job_device
+
+    assert [job_device(k, 3) for k in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_shards_cover_all_targets_in_order():
+    from repinv.errors import RepinvError
+    from repinv.sharding import shard_bounds
+
+    for total, world in [(3, 2), (4, 2), (7, 3), (2, 2)]:
+        bounds = [shard_bounds(total, r, world) for r in range(world)]
+        assert [i for a, b in bounds for i in range(a, b)] == list(range(total))
+        assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
+    with pytest.raises(RepinvError, match="at most 1 devices"):
+        shard_bounds(1, 0, 2)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(run_repinv, tmp_path):
+    """trainer.devices=2 on the CPU (gloo): each rank optimises its own targets, rank 0 writes them all."""
+    layers = "layers=[0,1,patch_embed]"  # 3 targets: shards of 2 and 1
+    one, one_dir = run_repinv(layers, "logger=none", name="one")
+    two_dir = tmp_path / "two"
+    res = repinv(*TINY, layers, "logger=csv", "trainer.devices=2", "trainer.accelerator=cpu", f"hydra.run.dir={two_dir}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Starting with 2 processes" in res.stdout + res.stderr
+    two = read_metrics(two_dir)
+    assert [r["layer"] for r in two] == [r["layer"] for r in one] == ["L0", "L1", "patch_embed"]
+    for a, b in zip(one, two):
+        for key in ("psnr", "ssim", "output_l2", "input_l2", "loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["layer"], key)
+        png_a = np.asarray(Image.open(one_dir / a["png"]), dtype=int)
+        png_b = np.asarray(Image.open(two_dir / b["png"]), dtype=int)
+        assert np.abs(png_a - png_b).max() <= 1
+    header = _csv(two_dir / "csv" / "metrics.csv")[0]
+    assert {"psnr/chelsea/L0", "psnr/chelsea/patch_embed"} <= set(header), "rank 0 logs every rank's scalars"
