@@ -152,3 +152,38 @@ def test_two_processes_equal_one_process(run_repinv, tmp_path):
         assert np.abs(png_a - png_b).max() <= 1
     header = _csv(two_dir / "csv" / "metrics.csv")[0]
     assert {"psnr/chelsea/L0", "psnr/chelsea/patch_embed"} <= set(header), "rank 0 logs every rank's scalars"
+
+
+@pytest.mark.slow
+def test_optuna_search_minimises_the_mean_output_l2(tmp_path):
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    res = repinv("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "steps=choice(4,8)", "model=vit_tiny",
+                 "layers=[0]", "logger=none", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    scores = [read_metrics(sweep / str(job))[0]["output_l2"] for job in range(2)]
+    assert best == pytest.approx(min(scores), rel=1e-6)
+    assert len(_csv(sweep / "summary.csv")) == 2
+
+
+def test_devices_inside_a_local_multirun_are_refused(tmp_path, monkeypatch):
+    """Lightning would re-run the whole `-m` command for each extra process: refuse with a clear error."""
+    from types import SimpleNamespace
+
+    from hydra.types import RunMode
+
+    import repinv.pipeline as pipeline
+    from conftest import compose_cfg
+    from repinv.errors import RepinvError
+    from repinv.pipeline import trainer_overrides
+
+    cfg = compose_cfg(["trainer.devices=2"], tmp_path)
+    assert type(trainer_overrides(cfg)["strategy"]).__name__ == "ShardedDDP"
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    monkeypatch.setattr(pipeline, "_hydra", lambda: SimpleNamespace(mode=RunMode.MULTIRUN, job=SimpleNamespace(num=0)))
+    with pytest.raises(RepinvError, match="hydra/launcher=slurm"):
+        trainer_overrides(cfg)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    assert type(trainer_overrides(cfg)["strategy"]).__name__ == "ShardedDDP"

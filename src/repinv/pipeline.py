@@ -7,6 +7,7 @@ pieces it assembles know nothing of Hydra.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -130,9 +131,15 @@ def trainer_overrides(cfg: DictConfig) -> dict:
     devices = t.get("devices", 1)
     per_node = len(devices) if isinstance(devices, (list, ListConfig)) else devices
     out = {}
-    if isinstance(per_node, int) and per_node * int(t.get("num_nodes", 1)) > 1 and t.get("strategy", "auto") == "auto":
-        out.update(strategy=ShardedDDP(), use_distributed_sampler=False)  # every rank takes every step
     hc, n_gpus = _hydra(), torch.cuda.device_count()
+    if isinstance(per_node, int) and per_node * int(t.get("num_nodes", 1)) > 1 and t.get("strategy", "auto") == "auto":
+        if hc is not None and hc.mode == RunMode.MULTIRUN and "SLURM_NTASKS" not in os.environ:
+            raise RepinvError(
+                f"trainer.devices={devices} inside a local multirun: Lightning would start the extra processes by "
+                "re-running the whole sweep command. Run the sweep with hydra/launcher=slurm (tasks_per_node="
+                "gpus_per_node=N, SLURM starts the processes), or run single jobs with trainer.devices=N."
+            )
+        out.update(strategy=ShardedDDP(), use_distributed_sampler=False)  # every rank takes every step
     if (devices == 1 and n_gpus > 1 and hc is not None and hc.mode == RunMode.MULTIRUN
             and t.get("accelerator", "auto") in ("auto", "gpu", "cuda")):
         out.update(accelerator="gpu", devices=[job_device(int(hc.job.num), n_gpus)])
