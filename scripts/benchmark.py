@@ -1,0 +1,281 @@
+"""Benchmark repinv's inversion step against a plain PyTorch loop and the study's loop style.
+
+For each (layer, batch) the three variants are timed in one process, interleaved round by
+round so machine drift cancels:
+  repinv  - ImageOptimization inside Lightning's Trainer with CSV logging (the real code path)
+  plain   - the same work as a bare loop: frozen weights, forward stopping at the layer, blur
+  study   - the study's loop style: weights keep requires_grad, no early stop, original conv
+It also measures one run inverting many layers at once against separate runs, bf16 autocast
+against fp32, and optionally ViT-L/16 at 512x512. Prints a table; `--out FILE` writes JSON.
+
+    python scripts/benchmark.py                 # full (minutes on 2 CPU cores)
+    python scripts/benchmark.py --quick --out logs/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import pytorch_lightning as pl
+import timm
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from repinv.images import load_images
+from repinv.metrics import pixel_metrics
+from repinv.models import create_model
+from repinv.models.factory import freeze
+from repinv.module import ImageOptimization
+from repinv.objectives import LayerInversion, distance
+from repinv.pipeline import Steps
+from repinv.regularizers import GaussianBlur
+from repinv.taps import resolve_layer
+
+FIELDS = ["variant", "layer", "batch", "precision", "seconds_per_step", "image_steps_per_second", "gflops_per_step",
+          "gflops_per_second", "fraction_of_matmul_peak", "peak_memory_mib"]
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peak_mib() -> float | None:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of a large fp32 matmul, measured now on this device."""
+    a = torch.randn(n, n, device=device())
+    b = torch.randn(n, n, device=device())
+    a @ b
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+class StepTimer(pl.Callback):
+    """Wall time of each training step, measured around Lightning's whole batch."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, *args):
+        sync()
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, *args):
+        sync()
+        self.times.append(time.perf_counter() - self._t)
+
+
+def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25):
+    """Seconds per step of the real module inside a Trainer (first step dropped as warm-up)."""
+    module = ImageOptimization(
+        model=loaded, objective=LayerInversion(layers), images=images,
+        optimizer=partial(torch.optim.SGD, lr=0.05), steps=steps + 1, blur=GaussianBlur(), log_every=log_every,
+    )
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = pl.Trainer(
+            max_steps=steps + 1, logger=pl.loggers.CSVLogger(tmp, name="csv", version=""), callbacks=[timer],
+            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+            precision=precision, accelerator="auto", devices=1, log_every_n_steps=1,
+        )
+        trainer.fit(module, DataLoader(Steps(steps + 1), batch_size=None))
+    return sum(timer.times[1:]) / len(timer.times[1:]), module
+
+
+def plain_step(net, mean, std, tap, target, batch, steps, size):
+    """The same work as a bare loop: frozen weights, early stop at the layer, SGD, blur."""
+    img = torch.full((batch, 3, *size), 0.7, device=device()).add_(torch.randn(batch, 3, *size, device=device()) / 20)
+    img.requires_grad_(True)
+    opt = torch.optim.SGD([img], lr=0.05)
+    blur = GaussianBlur()
+    times = []
+    for s in range(steps + 1):
+        sync()
+        t = time.perf_counter()
+        loss = 0.15 * distance(tap(net, (img - mean) / std), target, "l1").sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        blur(img.data, s, steps)
+        sync()
+        times.append(time.perf_counter() - t)
+    return sum(times[1:]) / steps
+
+
+def study_net(name, kwargs):
+    """The model as the study's scripts hold it: weights keep requires_grad, original conv."""
+    torch.manual_seed(0)
+    net = timm.create_model(name, **kwargs).to(device()).eval()
+    return net
+
+
+def study_step(net, mean, std, index, target, batch, steps, size):
+    img = torch.full((batch, 3, *size), 0.7, device=device()).add_(torch.randn(batch, 3, *size, device=device()) / 20)
+    img.requires_grad_(True)
+    blur = GaussianBlur()
+    times = []
+    for s in range(steps + 1):
+        sync()
+        t = time.perf_counter()
+        out = net.forward_intermediates((img - mean) / std, indices=[index], intermediates_only=True)[0]
+        loss = 0.15 * (out - target).abs().sum()
+        loss.backward()
+        with torch.no_grad():
+            img -= 0.05 * img.grad
+            img.grad = None
+            net.zero_grad(set_to_none=True)
+        blur(img.data, s, steps)
+        sync()
+        times.append(time.perf_counter() - t)
+    return sum(times[1:]) / steps
+
+
+def step_flops(net, mean, std, tap, target, batch, size) -> float:
+    img = torch.rand(batch, 3, *size, device=device(), requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        distance(tap(net, (img - mean) / std), target, "l1").sum().backward()
+    return counter.get_total_flops() / 1e9
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a tiny ViT and a few steps (what the tests run)")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--steps", type=int, help="timed steps per variant and round")
+    p.add_argument("--rounds", type=int, help="interleaved rounds")
+    p.add_argument("--vit-l", action="store_true", help="also invert ViT-L/16 at 512x512, batch 1, and report its memory")
+    args = p.parse_args(argv)
+
+    if args.quick:
+        name, kwargs, size, layers, batches = "vit_base_patch32_224", dict(img_size=64, patch_size=16, depth=4, embed_dim=64, num_heads=2), 64, [0, 1, 3], [1, 4]
+    else:
+        name, kwargs, size, layers, batches = "vit_base_patch32_224", dict(img_size=224), 224, [0, 5, 11], [1, 12]
+    steps = args.steps or (3 if args.quick else 10)
+    rounds = args.rounds or (1 if args.quick else 2)
+    dev = device()
+    loaded = create_model(name, input_size=size, kwargs=kwargs)
+    loaded.net.to(dev)
+    mean = torch.tensor(loaded.mean, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(loaded.std, device=dev).view(1, 3, 1, 1)
+    study = study_net(name, kwargs)
+    photos = load_images(["chelsea", "astronaut", "coffee", "rocket"], size)
+    peak = matmul_peak(1024 if args.quick else 2048)
+    sums: dict[tuple, list[float]] = {}
+    mem: dict[tuple, float | None] = {}
+    flops: dict[tuple, float] = {}
+    for r in range(rounds):
+        for layer in layers:
+            tap = resolve_layer(loaded.net, layer)
+            for batch in batches:
+                images = [photos[i % len(photos)] for i in range(batch)]
+                pix = torch.stack([im.pixels for im in images]).to(dev)
+                with torch.no_grad():
+                    target = tap(loaded.net, (pix - mean) / std)
+                if r == 0:
+                    flops[(layer, batch)] = step_flops(loaded.net, mean, std, tap, target, batch, (size, size))
+                for variant in ("repinv", "plain", "study"):
+                    reset_peak()
+                    if variant == "repinv":
+                        sec, _ = repinv_step(loaded, images, [layer], steps)
+                    elif variant == "plain":
+                        sec = plain_step(loaded.net, mean, std, tap, target, batch, steps, (size, size))
+                    else:
+                        sec = study_step(study, mean, std, tap.index, target, batch, steps, (size, size))
+                    sums.setdefault((variant, layer, batch), []).append(sec)
+                    mem[(variant, layer, batch)] = peak_mib()
+    rows = []
+    for (variant, layer, batch), secs in sums.items():
+        sec = min(secs)
+        gf = flops[(layer, batch)]
+        rows.append({"variant": variant, "layer": layer, "batch": batch, "precision": "fp32", "seconds_per_step": sec,
+                     "image_steps_per_second": batch / sec, "gflops_per_step": gf, "gflops_per_second": gf / sec,
+                     "fraction_of_matmul_peak": gf / sec / peak, "peak_memory_mib": mem[(variant, layer, batch)]})
+
+    def sec_of(variant, layer, batch):
+        return next(r["seconds_per_step"] for r in rows if (r["variant"], r["layer"], r["batch"]) == (variant, layer, batch))
+
+    mid = layers[1]
+    ratios = {
+        "repinv_over_plain_batch1_mid_layer": sec_of("repinv", mid, 1) / sec_of("plain", mid, 1),
+        "study_over_repinv": {f"L{l}_b{b}": sec_of("study", l, b) / sec_of("repinv", l, b) for l in layers for b in batches},
+    }
+    # all layers in one run against one run per layer (batch 1)
+    all_layers = list(range(len(loaded.net.blocks)))
+    one_run, _ = repinv_step(loaded, photos[:1], all_layers, steps)
+    separate = sum(repinv_step(loaded, photos[:1], [i], steps)[0] for i in all_layers)
+    ratios["all_layers_one_run_over_separate_runs"] = one_run / separate
+    # bf16 autocast against fp32: speed, and final PSNR after the same steps
+    quality_steps = 20 if args.quick else 150
+    results = {}
+    for precision in ("32-true", "bf16-mixed"):
+        start = time.perf_counter()
+        _, module = repinv_step(loaded, photos[:1], [mid], quality_steps, precision=precision, log_every=quality_steps)
+        results[precision] = (time.perf_counter() - start,
+                              float(pixel_metrics(module.current_images(), module.objective.reference)["psnr"][0]))
+    ratios["bf16_speedup"] = results["32-true"][0] / results["bf16-mixed"][0]
+    ratios["bf16_psnr_minus_fp32"] = results["bf16-mixed"][1] - results["32-true"][1]
+    extra = {}
+    if args.vit_l:
+        big = create_model("vit_large_patch16_224", input_size=512, kwargs=dict(img_size=512))
+        big.net.to(dev)
+        reset_peak()
+        sec, _ = repinv_step(big, photos[:1], [len(big.net.blocks) - 1], 2)
+        extra["vit_l16_512"] = {"seconds_per_step": sec, "peak_memory_mib": peak_mib()}
+    report = {
+        "machine": {"device": str(dev), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "cores": os.cpu_count()},
+        "model": name, "quick": args.quick, "steps": steps, "rounds": rounds, "matmul_peak_gflops": peak,
+        "rows": rows, "ratios": ratios, **extra,
+    }
+    print(f"{'variant':8} {'layer':>5} {'batch':>5} {'s/step':>8} {'img-steps/s':>11} {'GFLOP/s':>8} {'peak%':>6} {'mem MiB':>8}")
+    for r in rows:
+        print(f"{r['variant']:8} {r['layer']:>5} {r['batch']:>5} {r['seconds_per_step']:8.4f} {r['image_steps_per_second']:11.2f} "
+              f"{r['gflops_per_second']:8.1f} {100 * r['fraction_of_matmul_peak']:5.1f}% {r['peak_memory_mib'] or 0:8.0f}")
+    print(json.dumps({"ratios": ratios, **extra}, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

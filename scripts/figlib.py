@@ -1,0 +1,122 @@
+"""Shared driver for the figure scripts: run each panel through the `repinv` CLI, then assemble.
+
+Every panel is one `repinv` run (a subprocess, so the figures use exactly the CLI's code
+path) in `logs/figures/<figure>/<panel>/`. The figure is a grid with one row per panel and
+the target first, then each reconstruction titled with its PSNR (or class probability);
+its numbers go to a CSV beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from repinv.figures import titled_grid
+from repinv.results import column_name
+
+REPO = Path(__file__).resolve().parents[1]
+CSV_FIELDS = ["panel", "status", "image", "column", "psnr", "ssim", "output_l2", "noise_shift_l2",
+              "accurate", "logit", "prob", "rank", "steps", "seconds_per_step"]
+
+
+@dataclass
+class Panel:
+    """One row of a figure: a label, the CLI overrides for it, and what changes in --smoke mode."""
+
+    label: str
+    overrides: list[str]
+    smoke: list[str] = field(default_factory=list)
+    trained: bool = False
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--smoke", action="store_true", help="tiny untrained models and a few steps (what the tests run)")
+    p.add_argument("--out", type=Path, default=REPO / "logs" / "figures", help="where the figure and its runs go")
+    p.add_argument("--checkpoint", help="trained weights file for the trained panels (model.checkpoint=...)")
+    p.add_argument("--pretrained", action="store_true", help="trained panels load timm's pretrained weights (hub or cache)")
+    p.add_argument("--image", help="photograph(s) to invert, e.g. a path to the study's dalmatian (image=...)")
+    p.add_argument("--steps", type=int, help="override the figure's number of steps")
+    p.add_argument("overrides", nargs="*", help="extra repinv overrides applied to every panel, e.g. model.source=torchvision")
+    return p
+
+
+SMOKE = ["steps=3", "log_every=1", "logger=none"]
+
+
+def run_panel(panel: Panel, experiment: str, run_dir: Path, args) -> str:
+    """Run one panel through the CLI; returns 'finished' or 'failed'."""
+    cmd = [sys.executable, "-m", "repinv", f"experiment={experiment}", *panel.overrides]
+    if args.smoke:
+        cmd += [*panel.smoke, *SMOKE]
+    elif panel.trained:
+        cmd += [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else ["model.pretrained=true"] if args.pretrained else []
+    if args.image:
+        cmd.append(f"image={args.image}")
+    if args.steps:
+        cmd.append(f"steps={args.steps}")
+    cmd += [*args.overrides, f"hydra.run.dir={run_dir}"]
+    log = run_dir.parent / f"{run_dir.name}.log"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
+    if code != 0:
+        print(f"panel '{panel.label}' failed (exit {code}); see {log}", file=sys.stderr)
+    return "finished" if code == 0 and (run_dir / "metrics.json").is_file() else "failed"
+
+
+def assemble(name: str, title: str, panels: list[Panel], results: dict[str, tuple[str, Path]], out: Path) -> tuple[Path, Path]:
+    """Grid PNG (rows = panels, target first) and CSV of every panel's numbers."""
+    rows, labels, table = [], [], []
+    for panel in panels:
+        status, run_dir = results[panel.label]
+        records = json.loads((run_dir / "metrics.json").read_text()) if status == "finished" else []
+        row = []
+        target = next(iter(sorted((run_dir / "targets").glob("*.png"))), None) if records else None
+        if target is not None:
+            row.append((Image.open(target).convert("RGB"), "target"))
+        for r in records:
+            metric = f"{r['psnr']:.1f} dB" if r.get("psnr") is not None else f"p={r.get('prob', 0):.2f}"
+            row.append((Image.open(run_dir / r["png"]).convert("RGB"), f"{column_name(r)} · {metric}"))
+            table.append({"panel": panel.label, "status": status, "column": column_name(r),
+                          **{k: r.get(k) for k in CSV_FIELDS if k in r}})
+        if not records:
+            table.append({"panel": panel.label, "status": status})
+            row = [(None, "")]
+        rows.append(row)
+        labels.append(panel.label if status == "finished" else f"{panel.label} (failed)")
+    import numpy as np
+
+    rows = [[(np.asarray(img) if img is not None else None, t) for img, t in row] for row in rows]
+    png = titled_grid(rows, out / f"{name}.png", row_labels=labels, suptitle=title)
+    csv_path = out / f"{name}.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+    return png, csv_path
+
+
+def main(name: str, title: str, experiment: str, panels: list[Panel], argv=None) -> int:
+    """Parse the script's arguments, run every panel, write `<out>/<name>.png` and `.csv`, print the paths."""
+    args = parser(title).parse_args(argv)
+    out = args.out / ("smoke" if args.smoke else "")
+    started = time.perf_counter()
+    results = {}
+    for i, panel in enumerate(panels):
+        run_dir = out / name / f"{i:02d}"
+        results[panel.label] = (run_panel(panel, experiment, run_dir, args), run_dir)
+    png, csv_path = assemble(name, title, panels, results, out)
+    print(png)
+    print(csv_path)
+    print(f"{name}: {len(panels)} panels in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return 0 if all(s == "finished" for s, _ in results.values()) else 1

@@ -1,0 +1,39 @@
+"""The benchmark script runs in quick mode and writes every field; bf16 runs give valid results."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import benchmark  # noqa: E402
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_field(tmp_path):
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    variants = {(r["variant"], r["layer"], r["batch"]) for r in report["rows"]}
+    assert variants == {(v, l, b) for v in ("repinv", "plain", "study") for l in (0, 1, 3) for b in (1, 4)}
+    for row in report["rows"]:
+        for field in benchmark.FIELDS:
+            assert field in row, field
+        assert row["seconds_per_step"] > 0 and row["gflops_per_step"] > 0
+        assert 0 < row["fraction_of_matmul_peak"] < 5
+    assert report["matmul_peak_gflops"] > 0
+    for key in ("repinv_over_plain_batch1_mid_layer", "all_layers_one_run_over_separate_runs", "bf16_speedup", "bf16_psnr_minus_fp32"):
+        assert math.isfinite(report["ratios"][key] if not isinstance(report["ratios"][key], dict) else 1.0), key
+
+
+def test_bf16_run_gives_valid_results(run_repinv):
+    records, _ = run_repinv("trainer.precision=bf16-mixed", "logger=none")
+    fp32, _ = run_repinv("logger=none", name="fp32")
+    for bf, fp in zip(records, fp32):
+        assert math.isfinite(bf["psnr"]) and bf["psnr"] > 15
+        assert abs(bf["psnr"] - fp["psnr"]) < 1.0
