@@ -188,7 +188,7 @@ def main(argv=None) -> int:
         name, kwargs, size, layers, batches = "vit_base_patch32_224", dict(img_size=64, patch_size=16, depth=4, embed_dim=64, num_heads=2), 64, [0, 1, 3], [1, 4]
     else:
         name, kwargs, size, layers, batches = "vit_base_patch32_224", dict(img_size=224), 224, [0, 5, 11], [1, 12]
-    steps = args.steps or (3 if args.quick else 10)
+    steps = args.steps or (3 if args.quick else 6)
     rounds = args.rounds or (1 if args.quick else 2)
     dev = device()
     loaded = create_model(name, input_size=size, kwargs=kwargs)
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
     separate = sum(repinv_step(loaded, photos[:1], [i], steps)[0] for i in all_layers)
     ratios["all_layers_one_run_over_separate_runs"] = one_run / separate
     # bf16 autocast against fp32: speed, and final PSNR after the same steps
-    quality_steps = 20 if args.quick else 150
+    quality_steps = 20 if args.quick else 100
     results = {}
     for precision in ("32-true", "bf16-mixed"):
         start = time.perf_counter()

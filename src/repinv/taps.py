@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from repinv.errors import RepinvError, listing, suggest
+from repinv.models.torchvision_source import torchvision_hidden_layers
 
 
 class _Reached(Exception):
@@ -34,14 +35,18 @@ def _first_tensor(out):
 
 
 def hidden_layer_names(net: nn.Module) -> list[str]:
-    """Module names of the layers that integer indices refer to (timm's feature_info order)."""
+    """Module names of the layers that integer indices refer to.
+
+    timm models: their feature_info order (what forward_intermediates numbers). Models without
+    forward_intermediates (torchvision): encoder blocks or ResNet stages, reached by module path.
+    """
     info = getattr(net, "feature_info", None)
     if isinstance(info, list) and info and hasattr(net, "forward_intermediates"):
         return [str(f.get("module", f"#{i}")) for i, f in enumerate(info)]
     blocks = getattr(net, "blocks", None) or getattr(net, "layers", None)
     if isinstance(blocks, nn.Sequential) and hasattr(net, "forward_intermediates"):
         return [f"blocks.{i}" for i in range(len(blocks))]
-    return []
+    return torchvision_hidden_layers(net)
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class LayerTap:
 
     def __call__(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Run `net` on `x` up to this layer and return that layer's output."""
-        if self.index is not None:
+        if self.index is not None and hasattr(net, "forward_intermediates"):
             out = net.forward_intermediates(x, indices=[self.index], stop_early=True, intermediates_only=True)
             return out[0]
         target = net.get_submodule(self.module)

@@ -13,6 +13,7 @@ from torch import nn
 
 from repinv.errors import RepinvError, suggest
 from repinv.models.patchify import patchify_convs
+from repinv.models.torchvision_source import IMAGENET_MEAN, IMAGENET_STD, create_torchvision_model
 
 
 @dataclass
@@ -74,6 +75,8 @@ def create_model(
     std: list[float] | None = None,
     seed: int = 0,
     kwargs: dict[str, Any] | None = None,
+    source: str = "timm",
+    weights: str | None = None,
 ) -> LoadedModel:
     """Build `name` through timm and freeze it.
 
@@ -83,6 +86,13 @@ def create_model(
     head resizing apply as usual. Patch convolutions are switched to their faster matmul form.
     """
     kwargs = dict(kwargs or {})
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if source == "torchvision":
+        net, trained = create_torchvision_model(name, weights, checkpoint, seed, kwargs)
+        patchify_convs(net)
+        return LoadedModel(freeze(net), label or name, name, size, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD), trained)
+    if source != "timm":
+        raise RepinvError(f"model.source={source} is not a model source; use timm or torchvision.")
     if name not in timm.list_models() and not timm.is_model(name):
         raise _unknown_model(name)
     if checkpoint:
@@ -116,7 +126,6 @@ def create_model(
             raise
     patchify_convs(net)
     cfg = getattr(net, "pretrained_cfg", {}) or {}
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     return LoadedModel(
         net=freeze(net),
         label=label or name,
