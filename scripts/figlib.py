@@ -46,20 +46,41 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="store_true", help="trained panels load timm's pretrained weights (hub or cache)")
     p.add_argument("--image", help="photograph(s) to invert, e.g. a path to the study's dalmatian (image=...)")
     p.add_argument("--steps", type=int, help="override the figure's number of steps")
+    p.add_argument("--source", choices=["timm", "torchvision"], default="timm",
+                   help="model library: torchvision runs the study's own models (tv_* configs)")
     p.add_argument("overrides", nargs="*", help="extra repinv overrides applied to every panel, e.g. model.source=torchvision")
     return p
 
 
 SMOKE = ["steps=3", "log_every=1", "logger=none"]
+# timm configs -> the study's torchvision models, and timm module names -> torchvision's
+TV_MODELS = {"model=vit_b_32": "model=tv_vit_b_32", "model=vit_l_16": "model=tv_vit_l_16",
+             "model=resnet50": "model=tv_resnet50", "model=vit_tiny": "model=tv_vit_tiny"}
+TV_MODULES = {"patch_embed": "conv_proj"}
+
+
+def to_torchvision(overrides: list[str]) -> list[str]:
+    """The same panel with torchvision's models (Mixers have no torchvision counterpart)."""
+    out = []
+    for o in overrides:
+        o = TV_MODELS.get(o, o)
+        for timm_name, tv_name in TV_MODULES.items():
+            o = o.replace(timm_name, tv_name)
+        out.append(o)
+    return out
 
 
 def run_panel(panel: Panel, experiment: str, run_dir: Path, args) -> str:
     """Run one panel through the CLI; returns 'finished' or 'failed'."""
-    cmd = [sys.executable, "-m", "repinv", f"experiment={experiment}", *panel.overrides]
-    if args.smoke:
-        cmd += [*panel.smoke, *SMOKE]
-    elif panel.trained:
-        cmd += [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else ["model.pretrained=true"] if args.pretrained else []
+    overrides = [*panel.overrides, *(panel.smoke + SMOKE if args.smoke else [])]
+    if args.source == "torchvision":
+        overrides = to_torchvision(overrides)
+    cmd = [sys.executable, "-m", "repinv", f"experiment={experiment}", *overrides]
+    if panel.trained and not args.smoke:
+        if args.checkpoint:
+            cmd.append(f"model.checkpoint={args.checkpoint}")
+        elif args.pretrained:
+            cmd.append("model.weights=IMAGENET1K_V1" if args.source == "torchvision" else "model.pretrained=true")
     if args.image:
         cmd.append(f"image={args.image}")
     if args.steps:
