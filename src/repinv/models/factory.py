@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import timm
 import torch
@@ -65,6 +68,28 @@ def _weights_missing(name: str, checkpoint: str | None, err: Exception) -> Repin
     )
 
 
+def _timm_create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """timm.create_model, where `kwargs` may also override what an architecture fixes itself.
+
+    Some timm entry points pass their own patch size, depth or width next to the caller's
+    kwargs (mixer_b16_224, convmixer_768_32), which Python refuses as a duplicate keyword. Then
+    the module's `_create_*` builder is wrapped so the caller's kwargs win, e.g. a patch-8 Mixer.
+    """
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as err:
+        if "multiple values for keyword argument" not in str(err):
+            raise
+    module = sys.modules[timm.models.model_entrypoint(name).__module__]
+    arch = {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
+    with ExitStack() as stack:
+        for attr in [a for a in vars(module) if a.startswith("_create_")]:
+            real = getattr(module, attr)
+            wrapped = lambda variant, pretrained=False, _real=real, **a: _real(variant, pretrained, **{**a, **arch})  # noqa: E731
+            stack.enter_context(mock.patch.object(module, attr, wrapped))
+        return timm.create_model(name, pretrained=pretrained, **{k: v for k, v in kwargs.items() if k not in arch})
+
+
 def create_model(
     name: str,
     label: str | None = None,
@@ -108,7 +133,7 @@ def create_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            net = timm.create_model(name, pretrained=use_weights, **kwargs)
+            net = _timm_create(name, use_weights, kwargs)
         except TypeError as err:
             raise RepinvError(
                 f"model.kwargs={kwargs} do not fit {name}: {err}. Use keyword arguments that "
