@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
@@ -54,6 +55,16 @@ def validate(cfg: DictConfig) -> None:
     _positive("log_every", cfg.log_every, "e.g. log_every=25.")
     if cfg.init.std < 0:
         raise RepinvError(f"init.std={cfg.init.std} must be non-negative; the study initialises from N(0.7, 1/20).")
+
+
+def build(node, **kwargs):
+    """`instantiate`, letting a RepinvError raised inside the target through unwrapped (Hydra wraps it)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, RepinvError):
+            raise err.__cause__ from None
+        raise
 
 
 def _as_list(value) -> list:
@@ -155,7 +166,7 @@ def run(cfg: DictConfig) -> list[dict]:
     pl.seed_everything(cfg.seed, verbose=False)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
 
-    model = instantiate(cfg.model)
+    model = build(cfg.model)
     objective = instantiate(cfg.objective)
     images = load_images(cfg.image, model.input_size) if objective.kind == "layer" else []
     reg = cfg.regularizer

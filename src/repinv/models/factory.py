@@ -61,7 +61,7 @@ def _weights_missing(name: str, checkpoint: str | None, err: Exception) -> Repin
     return RepinvError(
         f"trained weights for model.name={name} could not be loaded"
         f"{' (HF_HUB_OFFLINE is set and nothing is cached)' if offline else ''}: "
-        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}.{where} "
+        f"{type(err).__name__}: {str(err).splitlines()[0].rstrip('.') if str(err) else ''}.{where} "
         "Download the weights file on a machine with internet and pass it with "
         "model.checkpoint=/path/to/model.safetensors, or run with model.pretrained=false "
         "for an untrained model."
