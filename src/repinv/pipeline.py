@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from repinv.callbacks import ImageTimeline, ResultTable, ResultWriter
 from repinv.errors import RepinvError
 from repinv.images import load_images
+from repinv.models.surgery import apply_surgery
 from repinv.module import ImageOptimization
 from repinv.sharding import ShardedDDP
 
@@ -166,7 +167,7 @@ def run(cfg: DictConfig) -> list[dict]:
     pl.seed_everything(cfg.seed, verbose=False)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
 
-    model = build(cfg.model)
+    model = apply_surgery(build(cfg.model), {k: build(op) for k, op in (cfg.get("surgery") or {}).items()})
     objective = instantiate(cfg.objective)
     images = load_images(cfg.image, model.input_size) if objective.kind == "layer" else []
     reg = cfg.regularizer
@@ -184,7 +185,7 @@ def run(cfg: DictConfig) -> list[dict]:
         log_every=cfg.log_every,
         seed=cfg.seed,
     )
-    name = run_name(cfg, objective.kind, model.label, model.trained)
+    name = run_name(cfg, objective.kind, "-".join([model.label, *model.surgery]), model.trained)
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery]
     tags += [f"layer:{x}" for x in _as_list(cfg.get("layers"))] if objective.kind == "layer" else []
     loggers = make_loggers(cfg, name, tags, objective.kind)

@@ -31,6 +31,7 @@ class LoadedModel:
     std: tuple[float, float, float]
     trained: bool
     surgery: list[str] = field(default_factory=list)
+    spec: dict[str, Any] = field(default_factory=dict)  # create_model's arguments: surgery rebuilds and donors reuse them
 
     @property
     def tag(self) -> str:
@@ -57,6 +58,12 @@ def _weights_missing(name: str, checkpoint: str | None, err: Exception) -> Repin
     where = ""
     if cfg is not None and cfg.hf_hub_id:
         where = f" timm looks for hub repo '{cfg.hf_hub_id}' (file model.safetensors or pytorch_model.bin)."
+    if checkpoint and "size mismatch" in str(err):
+        return RepinvError(
+            f"model.checkpoint={checkpoint} does not fit model.name={name} as configured: "
+            f"{str(err).splitlines()[0]} {' '.join(l.strip() for l in str(err).splitlines()[1:3])} "
+            "Pass weights saved from the same architecture with the same timm kwargs (patch size, width, depth)."
+        )
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     return RepinvError(
         f"trained weights for model.name={name} could not be loaded"
@@ -110,12 +117,14 @@ def create_model(
     torch file through the same machinery (`pretrained_cfg_overlay`), so timm's filtering and
     head resizing apply as usual. Patch convolutions are switched to their faster matmul form.
     """
+    spec = dict(name=name, label=label, input_size=input_size, pretrained=pretrained, checkpoint=checkpoint, mean=mean,
+                std=std, seed=seed, kwargs=dict(kwargs or {}), source=source, weights=weights)
     kwargs = dict(kwargs or {})
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if source == "torchvision":
         net, trained = create_torchvision_model(name, weights, checkpoint, seed, kwargs)
         patchify_convs(net)
-        return LoadedModel(freeze(net), label or name, name, size, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD), trained)
+        return LoadedModel(freeze(net), label or name, name, size, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD), trained, spec=spec)
     if source != "timm":
         raise RepinvError(f"model.source={source} is not a model source; use timm or torchvision.")
     if name not in timm.list_models() and not timm.is_model(name):
@@ -159,4 +168,5 @@ def create_model(
         mean=tuple(mean or cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(std or cfg.get("std", (0.229, 0.224, 0.225))),
         trained=use_weights,
+        spec=spec,
     )

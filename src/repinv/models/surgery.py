@@ -1,0 +1,168 @@
+"""Model surgery by config: operations applied in order to a loaded model.
+
+- `Transplant` copies named parameters or submodules from a donor: the same architecture
+  built with trained weights (timm's pretrained weights or a local checkpoint), e.g. the
+  trained patch embedding in an untrained ViT.
+- `Remove` replaces every module whose class name or path matches a pattern with identity,
+  e.g. every LayerNorm of a Mixer.
+- `Rebuild` builds the model again with other timm kwargs (patch size, depth, width, image
+  size); trained weights are loaded again through timm, which resamples what it can.
+
+Each operation checks its input and raises a RepinvError naming what exists. `apply_surgery`
+records every operation's name in `LoadedModel.surgery` (run names, W&B tags).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from repinv.errors import RepinvError, listing, suggest
+from repinv.models.factory import LoadedModel, create_model, freeze
+
+
+class Operation:
+    """One surgery step; `__call__` changes the model (in place or by returning a new one)."""
+
+    def __call__(self, model: LoadedModel) -> LoadedModel:
+        raise NotImplementedError
+
+
+def _top_names(net: nn.Module) -> list[str]:
+    """Parameter and module names a user would pick from: up to two levels deep."""
+    names = [n for n, _ in net.named_modules() if n and n.count(".") <= 1]
+    names += [n for n, _ in net.named_parameters(recurse=False)]
+    return names
+
+
+class Transplant(Operation):
+    """Copy `names` (parameters, buffers or whole submodules) from a trained donor of the same architecture.
+
+    The donor is the model's own configuration built with `donor` settings: `pretrained`
+    (timm's weights), `checkpoint` (a local file) or, for torchvision models, `weights`.
+    `donor.name` may be given to say which architecture the weights belong to; it must be the
+    model's own.
+    """
+
+    def __init__(self, names: list[str] | str, donor: Mapping[str, Any] | None = None):
+        self.names = [names] if isinstance(names, str) else [str(n) for n in names]
+        self.donor = dict(donor or {"pretrained": True})
+        if not self.names:
+            raise RepinvError("a transplant needs names: the parameters or modules to copy, e.g. names: [patch_embed, pos_embed].")
+
+    def _donor(self, model: LoadedModel) -> nn.Module:
+        unknown = set(self.donor) - {"name", "pretrained", "checkpoint", "weights"}
+        if unknown:
+            raise RepinvError(f"transplant donor settings {sorted(unknown)} are unknown; a donor takes pretrained, checkpoint, weights and name.")
+        name = self.donor.get("name") or model.arch
+        if name != model.arch:
+            raise RepinvError(
+                f"transplant donor {name} is another architecture than the model ({model.arch}); parameters can only "
+                f"be copied between two builds of {model.arch}. Leave donor.name unset or set it to {model.arch}."
+            )
+        if not (self.donor.get("pretrained") or self.donor.get("checkpoint") or self.donor.get("weights")):
+            raise RepinvError(
+                "a transplant donor must be trained: set donor.pretrained=true (timm's weights), donor.checkpoint=FILE "
+                "(e.g. surgery.trained_patch_embed.donor.checkpoint=/path/to/model.safetensors) or, for torchvision, donor.weights."
+            )
+        spec = {**model.spec, **{k: v for k, v in self.donor.items() if k != "name"}}
+        try:
+            return create_model(**spec).net
+        except RepinvError as err:
+            raise RepinvError(
+                f"the transplant donor ({model.arch}, {self.donor}) could not be built: {err} For a donor, pass the file "
+                "as surgery.<operation>.donor.checkpoint=FILE (e.g. surgery.trained_patch_embed.donor.checkpoint=...)."
+            ) from None
+
+    def __call__(self, model: LoadedModel) -> LoadedModel:
+        net = model.net
+        own = {**dict(net.named_parameters()), **dict(net.named_buffers())}
+        modules = dict(net.named_modules())
+        keys = []
+        for name in self.names:
+            if name in own:
+                keys.append(name)
+            elif name in modules and name:
+                keys += [k for k in own if k.startswith(name + ".")]
+            else:
+                raise RepinvError(
+                    f"transplant name '{name}' is neither a parameter nor a module of {model.arch}.{suggest(name, list(own) + list(modules))} "
+                    f"It has {listing(_top_names(net), 30)} (any name from named_modules() or named_parameters())."
+                )
+        donor = self._donor(model)
+        theirs = {**dict(donor.named_parameters()), **dict(donor.named_buffers())}
+        with torch.no_grad():
+            for key in keys:
+                if key not in theirs or theirs[key].shape != own[key].shape:
+                    shape = tuple(theirs[key].shape) if key in theirs else "nothing"
+                    raise RepinvError(
+                        f"transplant of {key}: the donor holds {shape} where the model has {tuple(own[key].shape)}. "
+                        "Donor and model must be built with the same timm kwargs (patch size, width, image size)."
+                    )
+                own[key].copy_(theirs[key])
+        return model
+
+
+def _set_module(net: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, child, new)
+
+
+class Remove(Operation):
+    """Replace every module whose class name or path matches `pattern` (shell-style, e.g. LayerNorm, blocks.*.norm1) with identity."""
+
+    def __init__(self, pattern: str):
+        self.pattern = str(pattern)
+
+    def __call__(self, model: LoadedModel) -> LoadedModel:
+        hits = [
+            path for path, m in model.net.named_modules()
+            if path and (fnmatch.fnmatchcase(type(m).__name__, self.pattern) or fnmatch.fnmatchcase(path, self.pattern))
+        ]
+        # a match inside a module that is itself removed needs no replacing of its own
+        hits = [p for p in hits if not any(p.startswith(q + ".") for q in hits)]
+        if not hits:
+            classes = sorted({type(m).__name__ for m in model.net.modules()})
+            raise RepinvError(
+                f"remove pattern '{self.pattern}' matches no module of {model.arch}.{suggest(self.pattern, classes)} "
+                f"Match a class name ({listing(classes, 30)}) or a module path such as {listing(_top_names(model.net), 12)}; "
+                "* and ? work as in shell patterns."
+            )
+        for path in hits:
+            _set_module(model.net, path, nn.Identity())
+        return model
+
+
+class Rebuild(Operation):
+    """Build the model again with `kwargs` merged into its timm kwargs; must come before other operations."""
+
+    def __init__(self, **kwargs: Any):
+        if not kwargs:
+            raise RepinvError("a rebuild needs timm kwargs, e.g. patch_size: 8 or depth: 4.")
+        self.kwargs = kwargs
+
+    def __call__(self, model: LoadedModel) -> LoadedModel:
+        if model.surgery:
+            raise RepinvError(f"a rebuild (kwargs {self.kwargs}) builds a new model and would undo {model.surgery}; list it first in surgery.")
+        spec = {**model.spec, "kwargs": {**model.spec.get("kwargs", {}), **self.kwargs}}
+        if "img_size" in self.kwargs:
+            spec["input_size"] = self.kwargs["img_size"]
+        return create_model(**spec)
+
+
+def apply_surgery(model: LoadedModel, operations: Mapping[str, Operation]) -> LoadedModel:
+    """Apply `operations` (name -> Operation) in order; every name is recorded in `model.surgery`."""
+    for name, op in operations.items():
+        if not isinstance(op, Operation):
+            raise RepinvError(
+                f"surgery.{name} is not a surgery operation ({type(op).__name__}); give a preset (surgery=no_layernorm) "
+                "or an operation with _target_ repinv.models.surgery.Transplant, Remove or Rebuild."
+            )
+        result = op(model)
+        model = replace(result, net=freeze(result.net), surgery=[*model.surgery, str(name)])
+    return model
