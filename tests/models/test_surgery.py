@@ -66,9 +66,22 @@ def test_rebuild_with_patch_size(tmp_path):
     assert model.surgery == ["patch8"]
 
 
+def test_preset_keeps_the_named_part_of_the_configured_weights_and_resets_the_rest(tmp_path, trained_file):
+    path, trained = trained_file
+    untrained = _model(tmp_path).net.state_dict()
+    cfg = compose_cfg(["model=vit_tiny", f"model.checkpoint={path}", "surgery=trained_input_untrained_encoders"], tmp_path)
+    from repinv.pipeline import build
+
+    model = apply_surgery(build(cfg.model), {k: build(op) for k, op in cfg.surgery.items()})
+    kept = ("patch_embed.", "pos_embed", "cls_token")
+    for key, value in model.net.state_dict().items():
+        assert torch.equal(value, trained[key] if key.startswith(kept) else untrained[key]), key
+    assert not model.trained and model.surgery == ["trained_input_untrained_encoders"]
+
+
 def test_presets_compose_in_order_and_reach_run_name_config_and_wandb_tags(run_repinv, trained_file):
     path, trained = trained_file
-    records, out = run_repinv("surgery=[trained_pos_embed,no_layernorm]", f"surgery.trained_pos_embed.donor.checkpoint={path}",
+    records, out = run_repinv("surgery=[trained_pos_embed,no_layernorm]", f"surgery.trained_pos_embed.donor={{checkpoint:{path}}}",
                               "steps=2", "log_every=1", "logger=wandb")
     assert len(records) == 2
     assert "trained_pos_embed:" in (out / "config.yaml").read_text()
@@ -82,6 +95,7 @@ def test_presets_compose_in_order_and_reach_run_name_config_and_wandb_tags(run_r
     (Transplant(["patch_embedding"], donor={"pretrained": True}), r"transplant name 'patch_embedding' is neither.*Did you mean 'patch_embed'.*It has .*blocks"),
     (Transplant(["pos_embed"], donor={"name": "resnet50", "pretrained": True}), r"donor resnet50 is another architecture than the model \(vit_base_patch32_224\)"),
     (Transplant(["pos_embed"], donor={"pretrained": False}), r"donor must be trained.*donor.checkpoint=FILE"),
+    (Transplant(["pos_embed"], donor={"file": "x"}), r"donor settings \['file'\] are unknown"),
     (Remove("BatchNorm2d"), r"remove pattern 'BatchNorm2d' matches no module of vit_base_patch32_224.*LayerNorm"),
 ])
 def test_bad_specs_are_clear_errors(op, message, tmp_path):

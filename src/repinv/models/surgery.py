@@ -1,8 +1,8 @@
 """Model surgery by config: operations applied in order to a loaded model.
 
-- `Transplant` copies named parameters or submodules from a donor: the same architecture
-  built with trained weights (timm's pretrained weights or a local checkpoint), e.g. the
-  trained patch embedding in an untrained ViT.
+- `Transplant` keeps named parameters or submodules trained in an untrained model: from the
+  model's own configured weights or from a donor (the same architecture built with timm's
+  pretrained weights or a local checkpoint), e.g. the trained patch embedding in an untrained ViT.
 - `Remove` replaces every module whose class name or path matches a pattern with identity,
   e.g. every LayerNorm of a Mixer.
 - `Rebuild` builds the model again with other timm kwargs (patch size, depth, width, image
@@ -15,6 +15,7 @@ records every operation's name in `LoadedModel.surgery` (run names, W&B tags).
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -41,17 +42,19 @@ def _top_names(net: nn.Module) -> list[str]:
 
 
 class Transplant(Operation):
-    """Copy `names` (parameters, buffers or whole submodules) from a trained donor of the same architecture.
+    """Trained `names` (parameters, buffers or whole submodules) in an otherwise untrained model.
 
-    The donor is the model's own configuration built with `donor` settings: `pretrained`
-    (timm's weights), `checkpoint` (a local file) or, for torchvision models, `weights`.
-    `donor.name` may be given to say which architecture the weights belong to; it must be the
-    model's own.
+    Without `donor`, the model's own configured weights (model.pretrained or model.checkpoint)
+    are the trained ones: `names` keep them and everything else is reset to the seeded untrained
+    weights, so `model.pretrained=true surgery=trained_norm1` is an untrained ViT with the trained
+    first LayerNorm. With `donor` (`pretrained`, `checkpoint` or, for torchvision, `weights`),
+    `names` are copied from that build of the same architecture into the model as configured.
+    `donor.name` may say which architecture the weights belong to; it must be the model's own.
     """
 
     def __init__(self, names: list[str] | str, donor: Mapping[str, Any] | None = None):
         self.names = [names] if isinstance(names, str) else [str(n) for n in names]
-        self.donor = dict(donor or {"pretrained": True})
+        self.donor = None if donor is None else dict(donor)
         if not self.names:
             raise RepinvError("a transplant needs names: the parameters or modules to copy, e.g. names: [patch_embed, pos_embed].")
 
@@ -68,21 +71,16 @@ class Transplant(Operation):
         if not (self.donor.get("pretrained") or self.donor.get("checkpoint") or self.donor.get("weights")):
             raise RepinvError(
                 "a transplant donor must be trained: set donor.pretrained=true (timm's weights), donor.checkpoint=FILE "
-                "(e.g. surgery.trained_patch_embed.donor.checkpoint=/path/to/model.safetensors) or, for torchvision, donor.weights."
+                "or, for torchvision, donor.weights; or leave donor unset to take the model's own configured weights."
             )
         spec = {**model.spec, **{k: v for k, v in self.donor.items() if k != "name"}}
         try:
             return create_model(**spec).net
         except RepinvError as err:
-            raise RepinvError(
-                f"the transplant donor ({model.arch}, {self.donor}) could not be built: {err} For a donor, pass the file "
-                "as surgery.<operation>.donor.checkpoint=FILE (e.g. surgery.trained_patch_embed.donor.checkpoint=...)."
-            ) from None
+            raise RepinvError(f"the transplant donor ({model.arch}, {self.donor}) could not be built: {err}") from None
 
-    def __call__(self, model: LoadedModel) -> LoadedModel:
-        net = model.net
-        own = {**dict(net.named_parameters()), **dict(net.named_buffers())}
-        modules = dict(net.named_modules())
+    def _keys(self, model: LoadedModel, own: dict[str, torch.Tensor]) -> list[str]:
+        modules = dict(model.net.named_modules())
         keys = []
         for name in self.names:
             if name in own:
@@ -92,16 +90,29 @@ class Transplant(Operation):
             else:
                 raise RepinvError(
                     f"transplant name '{name}' is neither a parameter nor a module of {model.arch}.{suggest(name, list(own) + list(modules))} "
-                    f"It has {listing(_top_names(net), 30)} (any name from named_modules() or named_parameters())."
+                    f"It has {listing(_top_names(model.net), 30)} (any name from named_modules() or named_parameters())."
                 )
-        donor = self._donor(model)
-        theirs = {**dict(donor.named_parameters()), **dict(donor.named_buffers())}
+        return keys
+
+    def __call__(self, model: LoadedModel) -> LoadedModel:
+        own = {**dict(model.net.named_parameters()), **dict(model.net.named_buffers())}
+        keys = self._keys(model, own)
+        if self.donor is None:
+            if not model.trained:
+                warnings.warn(f"transplant of {self.names} into an untrained model without a donor changes nothing; "
+                              "set model.pretrained=true or model.checkpoint=FILE for the trained weights")
+            untrained = {**model.spec, "pretrained": False, "checkpoint": None, "weights": None}
+            source, keys = create_model(**untrained).net, [k for k in own if k not in keys]
+            model = replace(model, trained=False)
+        else:
+            source = self._donor(model)
+        theirs = {**dict(source.named_parameters()), **dict(source.named_buffers())}
         with torch.no_grad():
             for key in keys:
                 if key not in theirs or theirs[key].shape != own[key].shape:
                     shape = tuple(theirs[key].shape) if key in theirs else "nothing"
                     raise RepinvError(
-                        f"transplant of {key}: the donor holds {shape} where the model has {tuple(own[key].shape)}. "
+                        f"transplant of {key}: the source holds {shape} where the model has {tuple(own[key].shape)}. "
                         "Donor and model must be built with the same timm kwargs (patch size, width, image size)."
                     )
                 own[key].copy_(theirs[key])
