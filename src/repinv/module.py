@@ -40,6 +40,7 @@ class ImageOptimization(pl.LightningModule):
         init_std: float = 1 / 20,
         log_every: int = 50,
         seed: int = 0,
+        compile: bool = False,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -65,7 +66,10 @@ class ImageOptimization(pl.LightningModule):
         self.register_buffer("diverged", torch.zeros(len(self.records), dtype=torch.bool))
         self.jitter_gen = torch.Generator().manual_seed(seed)
         self.last_good: torch.Tensor | None = None
+        self.any_diverged = False  # host copy of diverged.any(), refreshed at log steps: no sync per step
         self.shard: list[int] = list(range(len(self.records)))  # the targets this process optimises
+        if compile:
+            self.compile_net()
 
     def setup(self, stage: str) -> None:
         """With several processes, keep only this rank's share of the targets (`records` stays whole)."""
@@ -84,6 +88,21 @@ class ImageOptimization(pl.LightningModule):
         super().train(mode)
         self.net.eval()
         return self
+
+    def compile_net(self) -> None:
+        """torch.compile the frozen network's `forward_intermediates` (what index taps call).
+
+        Targets are already computed. Each layer (and autocast state) is its own graph, so the
+        recompile limit is raised to cover them. Module-path taps stay eager: their forward ends
+        by raising from a hook.
+        """
+        if not hasattr(self.net, "forward_intermediates"):
+            return
+        import torch._dynamo
+
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, 4 * len(self.records) + 8)
+        self.net.forward_intermediates = torch.compile(self.net.forward_intermediates)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -137,7 +156,7 @@ class ImageOptimization(pl.LightningModule):
                 crop = self.view(offset).detach().clone()
                 self.img.data.copy_(before)
                 self.view(offset).data.copy_(crop)
-            if self.last_good is not None and self.diverged.any():
+            if self.last_good is not None and self.any_diverged:
                 self.img.data[self.diverged] = self.last_good[self.diverged]
         return loss.detach()
 
@@ -150,6 +169,7 @@ class ImageOptimization(pl.LightningModule):
             if self.last_good is not None:
                 self.img.data[bad] = self.last_good[bad]
             self.diverged |= bad
+        self.any_diverged = bool(self.diverged.any())
         self.last_good = self.img.detach().clone()
 
     @torch.no_grad()

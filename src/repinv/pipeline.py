@@ -184,6 +184,7 @@ def run(cfg: DictConfig) -> list[dict]:
         init_std=cfg.init.std,
         log_every=cfg.log_every,
         seed=cfg.seed,
+        compile=cfg.get("compile", False),
     )
     name = run_name(cfg, objective.kind, "-".join([model.label, *model.surgery]), model.trained)
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery]
