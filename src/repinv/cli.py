@@ -59,7 +59,8 @@ def main(cfg: DictConfig) -> float:
         log.exception("job %s crashed; the sweep goes on", hc.job.num)
         Path(hc.runtime.output_dir, "error.txt").write_text(traceback.format_exc().strip().splitlines()[-1] + "\n\n" + traceback.format_exc())
         return float("nan")
-    return score(records, cfg.get("optimized_metric") or "output_l2")
+    default = "rank" if records and "rank" in records[0] else "output_l2"  # class generation: the class's rank
+    return score(records, cfg.get("optimized_metric") or default)
 
 
 class SweepSummary(Callback):

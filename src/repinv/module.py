@@ -12,7 +12,7 @@ from repinv.images import TargetImage
 from repinv.metrics import pixel_metrics
 from repinv.models import LoadedModel
 from repinv.objectives import Objective
-from repinv.regularizers import GaussianBlur, Jitter
+from repinv.regularizers import GaussianBlur, Jitter, Octaves
 from repinv.sharding import gather, gather_tensor, shard_bounds
 
 
@@ -36,6 +36,7 @@ class ImageOptimization(pl.LightningModule):
         scheduler: Callable | None = None,
         blur: GaussianBlur | None = None,
         jitter: Jitter | None = None,
+        octaves: Octaves | None = None,
         init_mean: float = 0.7,
         init_std: float = 1 / 20,
         log_every: int = 50,
@@ -53,7 +54,7 @@ class ImageOptimization(pl.LightningModule):
         objective.setup(self.net, self.normalize, images, seed)
         self.records = objective.records
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.blur, self.jitter = blur, jitter or Jitter(0)
+        self.blur, self.jitter, self.octaves = blur, jitter or Jitter(0), octaves
         self.steps, self.log_every = int(steps), int(log_every)
         self.input_size = model.input_size
         h, w = self.input_size
@@ -152,6 +153,8 @@ class ImageOptimization(pl.LightningModule):
         with torch.no_grad():
             if self.blur is not None:
                 self.blur(self.img.data, step, self.steps)
+            if self.octaves is not None:
+                self.octaves(self.img.data, step, self.steps)
             if before is not None:
                 crop = self.view(offset).detach().clone()
                 self.img.data.copy_(before)

@@ -168,7 +168,7 @@ def run(cfg: DictConfig) -> list[dict]:
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
 
     model = apply_surgery(build(cfg.model), {k: build(op) for k, op in (cfg.get("surgery") or {}).items()})
-    objective = instantiate(cfg.objective)
+    objective = build(cfg.objective)
     images = load_images(cfg.image, model.input_size) if objective.kind == "layer" else []
     reg = cfg.regularizer
     module = ImageOptimization(
@@ -177,8 +177,9 @@ def run(cfg: DictConfig) -> list[dict]:
         images=images,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        blur=instantiate(reg.blur) if reg.get("blur") else None,
-        jitter=instantiate(reg.jitter) if reg.get("jitter") else None,
+        blur=build(reg.blur) if reg.get("blur") else None,
+        jitter=build(reg.jitter) if reg.get("jitter") else None,
+        octaves=build(reg.octaves) if reg.get("octaves") else None,
         steps=cfg.steps,
         init_mean=cfg.init.mean,
         init_std=cfg.init.std,
@@ -188,7 +189,10 @@ def run(cfg: DictConfig) -> list[dict]:
     )
     name = run_name(cfg, objective.kind, "-".join([model.label, *model.surgery]), model.trained)
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery]
-    tags += [f"layer:{x}" for x in _as_list(cfg.get("layers"))] if objective.kind == "layer" else []
+    if objective.kind == "layer":
+        tags += [f"layer:{x}" for x in _as_list(cfg.get("layers"))]
+    else:
+        tags += [f"class:{r['class']}" for r in objective.records if r["image"] == "sample0"]
     loggers = make_loggers(cfg, name, tags, objective.kind)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -26,7 +26,8 @@ from repinv.results import METRICS_FILE, column_name, slug
 
 SWEPT_COLUMNS = ("layers",)  # overrides that pick a column, not a row
 CSV_FIELDS = ["job", "condition", "status", "image", "layer", "psnr", "ssim", "output_l2", "input_l2",
-              "noise_shift_l2", "accurate", "steps", "seconds_per_step", "png", "error"]
+              "noise_shift_l2", "accurate", "class", "class_name", "logit", "prob", "rank", "steps", "seconds_per_step",
+              "png", "error"]
 FAILED_CELL = np.full((64, 64, 3), (235, 200, 200), dtype=np.uint8)
 
 

@@ -1,0 +1,108 @@
+"""Class generation (objective=class) on tiny untrained models: the drawn classes win."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from conftest import compose_cfg, read_metrics
+from repinv.module import ImageOptimization
+from repinv.regularizers import Jitter, Octaves
+
+CLASS = ["model=vit_tiny", "objective=class", "steps=40", "log_every=10", "image_every=20", "logger=csv"]
+
+
+def test_each_class_logit_rises_and_ends_as_the_top_class(run_repinv):
+    records, out = run_repinv(*CLASS, "classes=[goldfish,207,'tench']", tiny=False)
+    assert [(r["class"], r["class_name"]) for r in records] == [(1, "goldfish"), (207, "golden retriever"), (0, "tench")]
+    with open(out / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("logit/sample0/1/goldfish")]
+    for r in records:
+        key = f"sample0/{r['class']}/{r['class_name']}"
+        first = float(rows[0][f"logit/{key}"])
+        assert float(rows[0][f"rank/{key}"]) > 10  # noise is not the class to begin with
+        assert r["logit"] > first + 0.1 and r["rank"] == 0 and r["prob"] > 1 / 1000
+    disk = read_metrics(out)
+    assert all({"class", "class_name", "logit", "prob", "rank", "steps", "seconds_per_step"} <= set(d) for d in disk)
+    assert all(d["steps"] == 40 and d["status"] == "finished" for d in disk)
+    for d in disk:
+        assert Image.open(out / d["png"]).size == (64, 64)
+    assert Image.open(out / "grid.png").size[0] > 3 * 100
+
+
+def test_samples_are_distinct_images_of_one_class(run_repinv):
+    records, out = run_repinv(*CLASS, "classes=207", "objective.samples=2", "steps=2", tiny=False)
+    assert [(r["image"], r["class"]) for r in records] == [("sample0", 207), ("sample1", 207)]
+    a, b = (torch.tensor(list(Image.open(out / r["png"]).getdata())) for r in records)
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("model", ["mixer_tiny", "resnet_tiny", "convmixer_tiny", "tv_vit_tiny"])
+def test_every_zoo_family_generates_classes(model, run_repinv):
+    records, _ = run_repinv(*CLASS, f"model={model}", "classes=[3]", "steps=3", "log_every=1", "logger=none", tiny=False)
+    (r,) = records
+    assert r["class"] == 3 and r["steps"] == 3 and 0 < r["prob"] < 1 and r["rank"] >= 0
+
+
+class _Record(pl.Callback):
+    """The canvas before and after each step, and the crop offset the step used."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        gen = torch.Generator()
+        gen.set_state(module.jitter_gen.get_state())
+        offset = module.jitter.offset(trainer.global_step, gen)
+        self.steps.append([module.img.detach().clone(), offset])
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.steps[-1].append(module.img.detach().clone())
+
+
+def test_jitter_updates_only_the_crop(tmp_path):
+    cfg = compose_cfg(["model=vit_tiny", "objective=class", "classes=[1,2]"], tmp_path)
+    from repinv.pipeline import Steps
+
+    module = ImageOptimization(
+        model=instantiate(cfg.model), objective=instantiate(cfg.objective), images=[],
+        optimizer=instantiate(cfg.optimizer), blur=instantiate(cfg.regularizer.blur), jitter=Jitter(pixels=12, start=1),
+        steps=4,
+    )
+    rec = _Record()
+    trainer = pl.Trainer(max_steps=4, logger=False, callbacks=[rec], enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, torch.utils.data.DataLoader(Steps(4), batch_size=None))
+    assert module.img.shape[-1] == 64 + 12
+    offsets = {tuple(o) for _, o, _ in rec.steps[1:]}
+    assert rec.steps[0][1] == (6, 6) and len(offsets) > 1  # centre before `start`, random crops after
+    for before, (dy, dx), after in rec.steps:
+        inside = torch.zeros_like(before, dtype=torch.bool)
+        inside[:, :, dy : dy + 64, dx : dx + 64] = True
+        assert torch.equal(before[~inside], after[~inside])
+        assert (before[inside] - after[inside]).abs().max() > 1e-4
+
+
+def _roughness(img: torch.Tensor) -> float:
+    return float((img[..., 1:, :] - img[..., :-1, :]).abs().mean() + (img[..., 1:] - img[..., :-1]).abs().mean())
+
+
+def test_octaves_generate_small_then_leave_the_full_size_alone():
+    oct = Octaves([0.25, 0.5, 1.0])
+    assert [oct.scale(s, 9) for s in range(9)] == [0.25] * 3 + [0.5] * 3 + [1.0] * 3
+    noise = torch.rand(1, 3, 32, 32)
+    coarse, finer = noise.clone(), noise.clone()
+    oct(coarse, 0, 9)
+    oct(finer, 4, 9)
+    assert _roughness(coarse) < 0.3 * _roughness(finer) < 0.3 * _roughness(noise)
+    again = coarse.clone()
+    oct(again, 1, 9)  # a second step at the same octave barely moves the image
+    assert (again - coarse).abs().mean() < 0.1 * (coarse - noise).abs().mean()
+    full = noise.clone()
+    oct(full, 8, 9)
+    assert torch.equal(full, noise)
