@@ -123,7 +123,7 @@ class Checkpoints(pl.Callback):
             return
         self.dirpath.mkdir(parents=True, exist_ok=True)
         tmp = self.last.with_name(self.last.name + ".tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the whole state: optimiser, schedule, loops
         os.replace(tmp, self.last)
         log.info("checkpoint at step %d: %s", trainer.global_step, self.last)
 

@@ -90,9 +90,9 @@ def resume_path(resume, out_dir: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     found = sorted(str(p) for p in path.rglob("*.ckpt"))[:5] if path.is_dir() else []
-    there = f"it holds {', '.join(found)}" if found else ("it holds no .ckpt file" if path.is_dir() else "it does not exist")
+    there = f"holds only {', '.join(found)}" if found else ("holds no .ckpt file" if path.is_dir() else "does not exist")
     raise RepinvError(
-        f"resume={resume} names no checkpoint: looked for {path / CHECKPOINT_DIR / LAST_CHECKPOINT} and {there}. "
+        f"resume={resume} names no checkpoint: there is no {path / CHECKPOINT_DIR / LAST_CHECKPOINT}, and {path} {there}. "
         "Pass a .ckpt file, the folder of the run to continue (runs save checkpoints/last.ckpt every checkpoint_every "
         "steps and when interrupted), or resume=last together with hydra.run.dir=<that folder>."
     )
