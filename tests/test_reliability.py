@@ -58,21 +58,58 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(run_repinv, monkeypatch
     assert ckpt["global_step"] == 14 and "net.patch_embed.proj.weight" not in ckpt["state_dict"]
 
     monkeypatch.setattr(pipeline, "ImageOptimization", plain)
-    resumed, resumed_dir = run_repinv(*RESUMABLE, f"resume={cut_dir}", name="resumed")
+    resumed, _ = run_repinv(*RESUMABLE, "resume=last", name="cut")  # in its own folder, as after a requeue
     assert [(r["status"], r["steps"]) for r in resumed] == [("finished", 30)] * 2
-    assert torch.equal(_image(resumed_dir), _image(whole_dir)), "resumed image differs from the uninterrupted one"
+    assert [r["status"] for r in read_metrics(cut_dir)] == ["finished"] * 2
+    assert torch.equal(_image(cut_dir), _image(whole_dir)), "resumed image differs from the uninterrupted one"
     for a, b in zip(whole, resumed):
         assert a["psnr"] == b["psnr"] and a["output_l2"] == b["output_l2"]
 
 
-def test_same_seed_same_result_and_resume_from_last_in_the_run_folder(run_repinv):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR2], ids=["SIGINT", "SIGUSR2-requeue"])
+def test_ctrl_c_and_a_launchers_requeue_signal_stop_with_results(run_repinv, monkeypatch, tmp_path, signum):
+    """Ctrl+C exits 130; a signal a launcher already handles (submitit requeues on SIGUSR2) reaches
+    that handler once the results and the checkpoint are written."""
+    import repinv.pipeline as pipeline
+
+    run_dir, seen = tmp_path / "run", []
+
+    def requeue(sig, frame):
+        seen.append((sig, read_metrics(run_dir)[0]["status"], (run_dir / "checkpoints" / "last.ckpt").is_file()))
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        _signal_at(pipeline, monkeypatch, 2, signum)
+        with pytest.raises(SystemExit) as stop:
+            run_repinv("steps=30", "checkpoint_every=0", "logger=none")
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert stop.value.code == 128 + signum
+    assert [(r["status"], r["steps"]) for r in read_metrics(run_dir)] == [("interrupted", 3)] * 2
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file(), "checkpoint_every=0 still saves an interrupted run"
+    assert seen == ([(signal.SIGUSR2, "interrupted", True)] if signum == signal.SIGUSR2 else [])
+
+
+def test_same_seed_same_result(run_repinv):
     _, first = run_repinv(*RESUMABLE, "steps=12", name="first")
     _, second = run_repinv(*RESUMABLE, "steps=12", name="second")
+    _, other = run_repinv(*RESUMABLE, "steps=12", "seed=1", name="other")
     assert torch.equal(_image(first), _image(second))
-    assert read_metrics(first)[0]["psnr"] == read_metrics(second)[0]["psnr"]
-    # a finished run resumed from its own folder (resume=last) has nothing left to do
-    again, _ = run_repinv(*RESUMABLE, "steps=12", "resume=last", name="first")
-    assert torch.equal(_image(first), _image(second))
+    timeless = [[{k: v for k, v in r.items() if k != "seconds_per_step"} for r in read_metrics(d)] for d in (first, second)]
+    assert timeless[0] == timeless[1]
+    assert not torch.equal(_image(first), _image(other)), "another seed must give another image"
+
+
+def test_a_finished_or_different_run_is_not_resumed(run_repinv):
+    from repinv.errors import RepinvError
+
+    _, done = run_repinv(*RESUMABLE, "steps=4", name="done")
+    with pytest.raises(RepinvError, match="already finished its 4 steps"):
+        run_repinv(*RESUMABLE, "steps=4", f"resume={done}", name="again")
+    with pytest.raises(RepinvError, match="steps: 4 there, 8 here"):
+        run_repinv(*RESUMABLE, "steps=8", f"resume={done}", name="longer")
+    with pytest.raises(RepinvError, match="targets"):
+        run_repinv(*RESUMABLE, "steps=4", "layers=[1]", f"resume={done}", name="other-layer")
 
 
 def test_a_diverging_target_keeps_its_last_finite_image_and_the_others_go_on(run_repinv, monkeypatch):

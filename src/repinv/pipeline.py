@@ -101,7 +101,8 @@ def resume_path(resume, out_dir: Path) -> Path | None:
 def check_checkpoint(path: Path, module: ImageOptimization) -> None:
     """Refuse a checkpoint written by a run with other targets, steps or image size, before Lightning loads it."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("repinv")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        saved = checkpoint.get("repinv")
     except Exception as err:
         raise RepinvError(f"resume={path} could not be read as a checkpoint ({type(err).__name__}: {err}). "
                           "Pass a checkpoints/last.ckpt written by repinv, or start afresh without resume=.") from None
@@ -112,6 +113,11 @@ def check_checkpoint(path: Path, module: ImageOptimization) -> None:
         raise RepinvError(
             f"resume={path} was written by a different run ({diff}). Resume with the overrides of the run that wrote "
             "it (its config.yaml); steps must be the same because the blur and learning-rate schedules depend on them."
+        )
+    if checkpoint.get("global_step", 0) >= module.steps:
+        raise RepinvError(
+            f"resume={path}: that run already finished its {module.steps} steps, so there is nothing to continue; its "
+            "results are in its folder. For a longer run start a new one with more steps (the schedules depend on them)."
         )
 
 
