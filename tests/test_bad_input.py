@@ -127,6 +127,7 @@ def test_wandb_failures_warn_and_the_run_finishes_with_local_logs(run_repinv, mo
     assert records[0]["status"] == "finished" and read_metrics(out)[0]["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_the_real_command_exits_2_without_a_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run([sys.executable, "-m", "repinv", *FAST, "image=/no/such/photo.png", f"hydra.run.dir={tmp_path}"],

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from repinv.figures import to_uint8
 from repinv.results import write_results
@@ -97,7 +98,7 @@ class ResultWriter(pl.Callback):
         self.write(trainer, pl_module, "finished" if trainer.global_step >= pl_module.steps else "interrupted")
 
     def on_exception(self, trainer, pl_module, exception):
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "crashed"
+        status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) else "crashed"
         try:
             self.write(trainer, pl_module, status, gathered=trainer.world_size == 1)
         except Exception:  # the original exception matters more than a failed write
@@ -170,7 +171,8 @@ class StopOnSignal(pl.Callback):
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        log.warning("received %s: stopping after this step (send it again to stop at once)", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        log.warning("received %s: stopping after this step (send it again to stop at once)", name)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.signum is not None and self.stopped_at is None and trainer.global_step < pl_module.steps:

@@ -151,7 +151,8 @@ class ImageOptimization(pl.LightningModule):
         if log_now:
             self._check_finite(losses)
             self._log_step(losses, stats, view)
-        loss = torch.where(self.diverged, torch.zeros_like(losses), losses).sum()  # after the check: it updates the mask
+        # masked after the check, which updates the mask in place (autograd would refuse it afterwards)
+        loss = torch.where(self.diverged, torch.zeros_like(losses), losses).sum()
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)

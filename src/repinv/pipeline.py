@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
 from repinv.callbacks import LAST_CHECKPOINT, Checkpoints, ImageTimeline, ResultTable, ResultWriter, StopOnSignal
@@ -59,7 +60,8 @@ def validate(cfg: DictConfig) -> None:
         raise RepinvError(f"init.std={cfg.init.std} must be non-negative; the study initialises from N(0.7, 1/20).")
     every = cfg.get("checkpoint_every", 0)
     if not isinstance(every, int) or every < 0:
-        raise RepinvError(f"checkpoint_every={every} must be a whole number of steps, or 0 for no periodic checkpoints; e.g. checkpoint_every=500.")
+        raise RepinvError(f"checkpoint_every={every} must be a whole number of steps, or 0 for no periodic "
+                          "checkpoints; e.g. checkpoint_every=500.")
 
 
 CHECKPOINT_DIR = "checkpoints"
@@ -101,7 +103,7 @@ def resume_path(resume, out_dir: Path) -> Path | None:
 def check_checkpoint(path: Path, module: ImageOptimization) -> None:
     """Refuse a checkpoint written by a run with other targets, steps or image size, before Lightning loads it."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # as Lightning loads it right after
         saved = checkpoint.get("repinv")
     except Exception as err:
         raise RepinvError(f"resume={path} could not be read as a checkpoint ({type(err).__name__}: {err}). "
@@ -257,15 +259,15 @@ def run(cfg: DictConfig) -> list[dict]:
     name = run_name(cfg, objective.kind, "-".join([model.label, *model.surgery]), model.trained)
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery]
     tags += [f"layer:{x}" for x in _as_list(cfg.get("layers"))] if objective.kind == "layer" else []
-    loggers = make_loggers(cfg, name, tags, objective.kind)
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     overrides = trainer_overrides(cfg)
     if ckpt is not None:
         if isinstance(overrides.get("strategy"), ShardedDDP):
             raise RepinvError(f"resume={cfg.resume}: runs on several processes save no checkpoints and cannot resume; "
                               "resume with trainer.devices=1 trainer.num_nodes=1.")
         check_checkpoint(ckpt, module)
+    loggers = make_loggers(cfg, name, tags, objective.kind)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     writer = ResultWriter(out_dir, title=name)
     checkpoints, stopper = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.get("checkpoint_every", 0)), StopOnSignal()
     trainer = instantiate(
@@ -281,6 +283,8 @@ def run(cfg: DictConfig) -> list[dict]:
         try:
             trainer.fit(module, train_dataloaders=DataLoader(Steps(cfg.steps), batch_size=None),
                         ckpt_path=str(ckpt) if ckpt else None)
+        except SIGTERMException:  # several processes: Lightning's own SIGTERM handling, which would exit 0
+            raise SystemExit(128 + signal.SIGTERM) from None
         finally:
             offline = finish_wandb()
     if offline is not None and trainer.is_global_zero and sweep_name() is None:
