@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from repinv.figures import to_uint8
 from repinv.results import write_results
 
 log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.ckpt"
 
 
 def _image_loggers(trainer: pl.Trainer):
@@ -89,14 +95,102 @@ class ResultWriter(pl.Callback):
         log.info("results written to %s", self.out_dir)
 
     def on_train_end(self, trainer, pl_module):
-        self.write(trainer, pl_module, "finished")
+        self.write(trainer, pl_module, "finished" if trainer.global_step >= pl_module.steps else "interrupted")
 
     def on_exception(self, trainer, pl_module, exception):
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "crashed"
+        status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) else "crashed"
         try:
             self.write(trainer, pl_module, status, gathered=trainer.world_size == 1)
         except Exception:  # the original exception matters more than a failed write
             log.exception("could not write results after the run was %s", status)
+
+
+class Checkpoints(pl.Callback):
+    """Lightning checkpoints of the run as `<dirpath>/last.ckpt`, written atomically.
+
+    Saved every `every` steps (0: never), at the end of a run when `every` > 0, and always at the
+    end of an interrupted run, so `resume=` can continue it. Lightning's own atomic save goes
+    through a temporary file in /tmp and a move, which is a copy across filesystems; here the
+    file is written beside its destination and renamed. With several processes each holds only
+    its share of the image, so nothing is saved.
+    """
+
+    def __init__(self, dirpath: str | Path, every: int):
+        self.dirpath, self.every = Path(dirpath), int(every)
+        self.last = self.dirpath / LAST_CHECKPOINT
+
+    def save(self, trainer) -> None:
+        if trainer.world_size > 1:
+            return
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        tmp = self.last.with_name(self.last.name + ".tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)  # the whole state: optimiser, schedule, loops
+        os.replace(tmp, self.last)
+        log.info("checkpoint at step %d: %s", trainer.global_step, self.last)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every and step % self.every == 0 and step < pl_module.steps:
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.every or trainer.global_step < pl_module.steps:
+            self.save(trainer)
+
+
+class StopOnSignal(pl.Callback):
+    """SIGINT, SIGTERM (and a requeue signal someone already handles) end the run at the next step boundary.
+
+    The step in progress finishes and fit ends as usual, so the results are written (status
+    `interrupted`) and `Checkpoints` saves the run. `exit()` then hands the signal on: to the
+    handler that was there before the run (submitit's requeue on SIGUSR2), otherwise the process
+    ends with 128 + the signal number. Lightning's own SIGTERM handler would raise mid-loop and
+    exit 0; it is replaced while the run trains. A second signal stops at once. One process only.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    HANDED_ON = (signal.SIGUSR1, signal.SIGUSR2)  # caught only when a handler is already installed
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.stopped_at: int | None = None
+        self.previous: dict = {}
+
+    def setup(self, trainer, pl_module, stage):
+        """Record the handlers from before the run (Lightning installs its own right after this hook)."""
+        if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
+            return
+        handlers = {s: signal.getsignal(s) for s in (*self.SIGNALS, *self.HANDED_ON)}
+        self.previous = {s: h for s, h in handlers.items() if s in self.SIGNALS or callable(h)}
+
+    def on_train_start(self, trainer, pl_module):
+        for signum in self.previous:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        name = signal.Signals(signum).name
+        log.warning("received %s: stopping after this step (send it again to stop at once)", name)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.signum is not None and self.stopped_at is None and trainer.global_step < pl_module.steps:
+            self.stopped_at = trainer.global_step
+            trainer.should_stop = True
+
+    def teardown(self, trainer, pl_module, stage):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def exit(self) -> None:
+        """After an early stop: pass the signal to the handler from before the run, else exit 128 + signum."""
+        if self.stopped_at is None:
+            return
+        handler = self.previous.get(self.signum)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(self.signum, None)
+        raise SystemExit(128 + self.signum)
 
 
 class ResultTable(pl.Callback):

@@ -109,12 +109,23 @@ class ImageOptimization(pl.LightningModule):
         return (x - self.mean) / self.std
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Everything a resumed run needs besides what Lightning saves: RNG, divergence state, what was run."""
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("net.")}
         checkpoint["jitter_rng"] = self.jitter_gen.get_state()
+        checkpoint["last_good"] = self.last_good
+        checkpoint["repinv"] = self.run_identity()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "jitter_rng" in checkpoint:
             self.jitter_gen.set_state(checkpoint["jitter_rng"])
+        self.last_good = checkpoint.get("last_good")
+        diverged = checkpoint["state_dict"].get("diverged")
+        self.any_diverged = bool(diverged.any()) if diverged is not None else False
+
+    def run_identity(self) -> dict:
+        """What a checkpoint must agree on to be resumed by this module: the targets, the steps, the canvas."""
+        return {"targets": [self.target_key(i) for i in range(len(self.records))], "steps": self.steps,
+                "canvas": list(self.img.shape[1:])}
 
     def configure_optimizers(self):
         opt = self.optimizer_factory([self.img])
@@ -138,10 +149,11 @@ class ImageOptimization(pl.LightningModule):
         offset = self.jitter.offset(step, self.jitter_gen)
         view = self.view(offset)
         losses, stats = self.objective(self.net, self.normalize(view))
-        loss = torch.where(self.diverged, torch.zeros_like(losses), losses).sum()
         if log_now:
             self._check_finite(losses)
             self._log_step(losses, stats, view)
+        # masked after the check, which updates the mask in place (autograd would refuse it afterwards)
+        loss = torch.where(self.diverged, torch.zeros_like(losses), losses).sum()
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -164,16 +176,23 @@ class ImageOptimization(pl.LightningModule):
         return loss.detach()
 
     @torch.no_grad()
-    def _check_finite(self, losses: torch.Tensor) -> None:
-        """Targets whose loss or image went non-finite go back to their last finite image and stop."""
+    def _check_finite(self, losses: torch.Tensor, remember: bool = True) -> bool:
+        """Targets whose loss or image went non-finite go back to their last finite image and stop.
+
+        Returns whether a target was stopped now. `remember`: the current image becomes the
+        last finite one (at log steps; a check at the end leaves the state as the steps left it).
+        """
         finite = torch.isfinite(losses.detach()) & torch.isfinite(self.img.detach()).flatten(1).all(1)
         bad = ~finite & ~self.diverged
-        if bad.any():
+        stopped = bool(bad.any())
+        if stopped:
             if self.last_good is not None:
                 self.img.data[bad] = self.last_good[bad]
             self.diverged |= bad
         self.any_diverged = bool(self.diverged.any())
-        self.last_good = self.img.detach().clone()
+        if remember:
+            self.last_good = self.img.detach().clone()
+        return stopped
 
     @torch.no_grad()
     def measure(self, losses: torch.Tensor, stats: dict, view: torch.Tensor) -> list[dict[str, float]]:
@@ -207,6 +226,8 @@ class ImageOptimization(pl.LightningModule):
         view = self.view()
         with torch.autocast(device_type=view.device.type, enabled=False):
             losses, stats = self.objective(self.net, self.normalize(view.float()))
+            if self._check_finite(losses, remember=False):  # the steps since the last check went non-finite
+                losses, stats = self.objective(self.net, self.normalize(view.float()))
         rows = self.measure(losses, stats, view)
         out = []
         for i, row, div in zip(self.shard, rows, self.diverged.tolist()):

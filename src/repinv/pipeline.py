@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -19,9 +20,10 @@ from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.callbacks import ImageTimeline, ResultTable, ResultWriter
+from repinv.callbacks import LAST_CHECKPOINT, Checkpoints, ImageTimeline, ResultTable, ResultWriter, StopOnSignal
 from repinv.errors import RepinvError
 from repinv.images import load_images
 from repinv.models.surgery import apply_surgery
@@ -56,6 +58,69 @@ def validate(cfg: DictConfig) -> None:
     _positive("log_every", cfg.log_every, "e.g. log_every=25.")
     if cfg.init.std < 0:
         raise RepinvError(f"init.std={cfg.init.std} must be non-negative; the study initialises from N(0.7, 1/20).")
+    every = cfg.get("checkpoint_every", 0)
+    if not isinstance(every, int) or every < 0:
+        raise RepinvError(f"checkpoint_every={every} must be a whole number of steps, or 0 for no periodic "
+                          "checkpoints; e.g. checkpoint_every=500.")
+
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def requeued() -> bool:
+    """Whether this is a SLURM job started again after a requeue (submitit's on a time limit, or a preemption)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
+def resume_path(resume, out_dir: Path) -> Path | None:
+    """The checkpoint a run continues from.
+
+    `resume=` is a .ckpt file, a run folder (its checkpoints/last.ckpt) or `last` (this run
+    folder's). With `resume=null` a requeued SLURM job continues from its own folder's last
+    checkpoint when there is one: the requeued job has the same folder, and nothing else reuses one.
+    """
+    own = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if resume is None:
+        if requeued() and own.is_file():
+            log.info("requeued job: resuming from %s", own)
+            return own
+        return None
+    path = out_dir if str(resume) == "last" else Path(str(resume)).expanduser()
+    if path.is_file():
+        return path
+    for candidate in (path / CHECKPOINT_DIR / LAST_CHECKPOINT, path / LAST_CHECKPOINT):
+        if candidate.is_file():
+            return candidate
+    found = sorted(str(p) for p in path.rglob("*.ckpt"))[:5] if path.is_dir() else []
+    there = f"holds only {', '.join(found)}" if found else ("holds no .ckpt file" if path.is_dir() else "does not exist")
+    raise RepinvError(
+        f"resume={resume} names no checkpoint: there is no {path / CHECKPOINT_DIR / LAST_CHECKPOINT}, and {path} {there}. "
+        "Pass a .ckpt file, the folder of the run to continue (runs save checkpoints/last.ckpt every checkpoint_every "
+        "steps and when interrupted), or resume=last together with hydra.run.dir=<that folder>."
+    )
+
+
+def check_checkpoint(path: Path, module: ImageOptimization) -> None:
+    """Refuse a checkpoint written by a run with other targets, steps or image size, before Lightning loads it."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # as Lightning loads it right after
+        saved = checkpoint.get("repinv")
+    except Exception as err:
+        raise RepinvError(f"resume={path} could not be read as a checkpoint ({type(err).__name__}: {err}). "
+                          "Pass a checkpoints/last.ckpt written by repinv, or start afresh without resume=.") from None
+    mine = module.run_identity()
+    if saved != mine:
+        diff = ", ".join(f"{k}: {saved.get(k) if saved else None} there, {mine[k]} here" for k in mine
+                         if not saved or saved.get(k) != mine[k])
+        raise RepinvError(
+            f"resume={path} was written by a different run ({diff}). Resume with the overrides of the run that wrote "
+            "it (its config.yaml); steps must be the same because the blur and learning-rate schedules depend on them."
+        )
+    if checkpoint.get("global_step", 0) >= module.steps:
+        raise RepinvError(
+            f"resume={path}: that run already finished its {module.steps} steps, so there is nothing to continue; its "
+            "results are in its folder. For a longer run start a new one with more steps (the schedules depend on them)."
+        )
 
 
 def build(node, **kwargs):
@@ -113,7 +178,11 @@ def finish_wandb() -> Path | None:
     if run is None:
         return None
     offline = Path(run.settings.sync_dir) if run.offline else None
-    wandb.finish()
+    try:
+        wandb.finish()
+    except Exception as err:  # W&B failures must not cost the run: its local files are written
+        warnings.warn(f"W&B could not finish the run ({type(err).__name__}: {err}); the local logs and results are complete")
+        return None
     return offline
 
 
@@ -162,6 +231,7 @@ def run(cfg: DictConfig) -> list[dict]:
     """Run the configured objective and return the per-target result records."""
     validate(cfg)
     out_dir = Path(cfg.output_dir)
+    ckpt = resume_path(cfg.get("resume"), out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, verbose=False)
@@ -175,8 +245,8 @@ def run(cfg: DictConfig) -> list[dict]:
         model=model,
         objective=objective,
         images=images,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        optimizer=build(cfg.optimizer),
+        scheduler=build(cfg.scheduler) if cfg.get("scheduler") else None,
         blur=build(reg.blur) if reg.get("blur") else None,
         jitter=build(reg.jitter) if reg.get("jitter") else None,
         octaves=build(reg.octaves) if reg.get("octaves") else None,
@@ -193,24 +263,38 @@ def run(cfg: DictConfig) -> list[dict]:
         tags += [f"layer:{x}" for x in _as_list(cfg.get("layers"))]
     else:
         tags += [f"class:{r['class']}" for r in objective.records if r["image"] == "sample0"]
+    overrides = trainer_overrides(cfg)
+    if ckpt is not None:
+        if isinstance(overrides.get("strategy"), ShardedDDP):
+            raise RepinvError(f"resume={cfg.resume}: runs on several processes save no checkpoints and cannot resume; "
+                              "resume with trainer.devices=1 trainer.num_nodes=1.")
+        check_checkpoint(ckpt, module)
     loggers = make_loggers(cfg, name, tags, objective.kind)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     writer = ResultWriter(out_dir, title=name)
+    checkpoints, stopper = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.get("checkpoint_every", 0)), StopOnSignal()
     trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
-        callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every)],
+        callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every), checkpoints, stopper],
         max_steps=cfg.steps,
-        **trainer_overrides(cfg),
+        **overrides,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         try:
-            trainer.fit(module, train_dataloaders=DataLoader(Steps(cfg.steps), batch_size=None))
+            trainer.fit(module, train_dataloaders=DataLoader(Steps(cfg.steps), batch_size=None),
+                        ckpt_path=str(ckpt) if ckpt else None)
+        except SIGTERMException:  # several processes: Lightning's own SIGTERM handling, which would exit 0
+            raise SystemExit(128 + signal.SIGTERM) from None
         finally:
             offline = finish_wandb()
     if offline is not None and trainer.is_global_zero and sweep_name() is None:
         print(f"W&B offline run: upload it with `wandb sync {offline}`")
+    if stopper.stopped_at is not None:
+        print(f"repinv: {signal.Signals(stopper.signum).name} at step {stopper.stopped_at} of {cfg.steps}: results in "
+              f"{out_dir}, continue with resume={checkpoints.last}", file=sys.stderr)
+        stopper.exit()
     return writer.records

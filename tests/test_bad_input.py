@@ -1,0 +1,138 @@
+"""Bad input through the `repinv` command: one paragraph saying what is wrong and what would be right, exit 2.
+
+The command runs in-process (its Hydra app with a patched argv, ~0.5 s) for each case; one
+subprocess checks the real process's exit code and stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
+
+from conftest import REPO, TINY, read_metrics
+
+FAST = [*TINY, "steps=2", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A file that is not an image, a truncated PNG, an empty directory, and grey, palette, RGBA and 16-bit PNGs."""
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "notes.png").write_text("not an image")
+    arr = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
+    Image.fromarray(arr).convert("RGB").save(d / "whole.png")
+    data = (d / "whole.png").read_bytes()
+    (d / "truncated.png").write_bytes(data[: len(data) // 2])
+    (d / "empty").mkdir()
+    modes = d / "modes"
+    modes.mkdir()
+    Image.fromarray(arr).save(modes / "grey.png")
+    Image.fromarray(arr).convert("P").save(modes / "palette.png")
+    Image.fromarray(arr).convert("RGBA").save(modes / "rgba.png")
+    Image.fromarray(arr.astype(np.uint16) * 256).save(modes / "deep.png")
+    return d
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """Run `repinv ARGS` in-process; returns (exit code, stderr, run folder)."""
+    from repinv.cli import main
+
+    def _cli(*args: str):
+        run_dir = tmp_path / "run"
+        GlobalHydra.instance().clear()
+        monkeypatch.setattr(sys, "argv", ["repinv", *args, f"hydra.run.dir={run_dir}"])
+        code = 0
+        try:
+            main()
+        except SystemExit as exit:
+            code = exit.code
+        return code, capsys.readouterr().err, run_dir
+
+    return _cli
+
+
+CASES = {
+    "missing image": (["image={d}/missing.png"], "neither an embedded photograph nor an existing file"),
+    "not an image": (["image={d}/notes.png"], "could not be read as an image"),
+    "truncated image": (["image={d}/truncated.png"], "image file is truncated"),
+    "empty directory": (["image={d}/empty"], "is a directory with no images in it"),
+    "unknown model": (["model.name=vit_base_patch32_22"], "Did you mean 'vit_base_patch32_224'"),
+    "unknown layer": (["layers=[blocks.7]"], "Valid layers are indices 0..1 (or -1 for the last)"),
+    "layer index out of range": (["layers=[2]"], "Valid layers are indices 0..1 (or -1 for the last)"),
+    "no steps": (["steps=0"], "steps=0 must be a positive number"),
+    "negative lr": (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be a positive number"),
+    "negative sigma": (["regularizer.blur.sigma_start=-1"], "blur sigma must be positive"),
+    "unknown loss": (["objective.loss=l3"], "Use one of l1, mse, cosine"),
+    "trained weights offline": (["model.pretrained=true"], "pass it with model.checkpoint=/path/to/model.safetensors"),
+    "negative checkpoint_every": (["checkpoint_every=-1"], "checkpoint_every=-1 must be a whole number"),
+    "unknown class name": (["objective=class", "classes=[goldfsh]"], "Did you mean 'goldfish'"),
+    "class without classes": (["objective=class"], "objective=class needs classes"),
+    "resume without a checkpoint": (["resume={d}/empty"], "names no checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_paragraph_and_exit_2(case, cli, files, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    overrides, needle = CASES[case]
+    code, err, run_dir = cli(*FAST, *(o.format(d=files) for o in overrides))
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    assert err.startswith("repinv: error: ") and "\n\n" not in err.strip(), err
+    message = (run_dir / "error.txt").read_text().strip()
+    assert needle in message and "\n" not in message, message
+
+
+def test_debug_shows_the_traceback(cli):
+    code, err, _ = cli(*FAST, "steps=0", "debug=true")
+    assert code != 0 and "Traceback" in err and "RepinvError" in err
+
+
+def test_grey_palette_rgba_and_16_bit_images_are_converted_with_a_warning(cli, files):
+    code, err, run_dir = cli(*FAST, "layers=[0]", f"image={files}/modes")
+    assert code == 0, err[-2000:]
+    assert sorted(r["image"] for r in read_metrics(run_dir)) == ["deep", "grey", "palette", "rgba"]
+    log = (run_dir / "cli.log").read_text()
+    assert "deep.png: 16-bit image scaled to 8 bits and converted to RGB" in log
+    assert "grey.png: L image converted to RGB" in log and "palette.png: P image converted to RGB" in log
+    assert "rgba.png: RGBA image composited on white and converted to RGB" in log
+
+
+def test_wandb_failures_warn_and_the_run_finishes_with_local_logs(run_repinv, monkeypatch):
+    import wandb
+
+    def fail(*args, **kwargs):
+        raise wandb.errors.CommError("no route to api.wandb.ai")
+
+    monkeypatch.setattr(wandb, "init", fail)
+    with pytest.warns(UserWarning, match="logger 'wandb' could not start .*no route"):
+        records, out = run_repinv("logger=default", "steps=3", name="no-start")
+    assert records[0]["status"] == "finished" and (out / "csv" / "metrics.csv").is_file()
+    monkeypatch.undo()
+
+    monkeypatch.setattr(wandb, "finish", fail)
+    try:
+        with pytest.warns(UserWarning, match="W&B could not finish the run"):
+            records, out = run_repinv("logger=default", "steps=3", name="no-finish")
+    finally:
+        monkeypatch.undo()
+        wandb.finish()
+    assert records[0]["status"] == "finished" and read_metrics(out)[0]["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_the_real_command_exits_2_without_a_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "repinv", *FAST, "image=/no/such/photo.png", f"hydra.run.dir={tmp_path}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.startswith("repinv: error: image=/no/such/photo.png is neither") and "Traceback" not in res.stderr

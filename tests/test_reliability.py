@@ -1,0 +1,192 @@
+"""Interruptions, resume, divergence: a stopped run keeps its results and continues exactly."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, TINY, read_metrics
+
+# Blur, linear learning-rate decay and jitter all depend on the step: a resume that got the step,
+# the schedule or the jitter RNG wrong would end with a different image.
+RESUMABLE = ["steps=30", "log_every=5", "checkpoint_every=10", "regularizer=blur_jitter",
+             "regularizer.jitter.pixels=4", "regularizer.jitter.start=3", "logger=none"]
+
+
+def _signal_at(pipeline, monkeypatch, step: int, signum=signal.SIGTERM):
+    """Make the module send `signum` to this process during step `step`, as SLURM or Ctrl+C would."""
+
+    class SignalledAt(pipeline.ImageOptimization):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == step:
+                os.kill(os.getpid(), signum)
+            return super().training_step(batch, batch_idx)
+
+    monkeypatch.setattr(pipeline, "ImageOptimization", SignalledAt)
+
+
+def _image(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["img"]
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(run_repinv, monkeypatch):
+    import repinv.pipeline as pipeline
+
+    plain = pipeline.ImageOptimization
+    whole, whole_dir = run_repinv(*RESUMABLE, name="whole")
+    assert [r["status"] for r in whole] == ["finished", "finished"]
+
+    _signal_at(pipeline, monkeypatch, 13)
+    with pytest.raises(SystemExit) as stop:
+        run_repinv(*RESUMABLE, name="cut")
+    cut_dir = whole_dir.parent / "cut"
+    assert stop.value.code == 128 + signal.SIGTERM
+    cut = read_metrics(cut_dir)
+    assert [(r["status"], r["steps"]) for r in cut] == [("interrupted", 14)] * 2, "stops after the step in progress"
+    assert all((cut_dir / r["png"]).is_file() for r in cut)
+    ckpt = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 14 and "net.patch_embed.proj.weight" not in ckpt["state_dict"]
+
+    monkeypatch.setattr(pipeline, "ImageOptimization", plain)
+    resumed, _ = run_repinv(*RESUMABLE, "resume=last", name="cut")  # in its own folder, as after a requeue
+    assert [(r["status"], r["steps"]) for r in resumed] == [("finished", 30)] * 2
+    assert [r["status"] for r in read_metrics(cut_dir)] == ["finished"] * 2
+    assert torch.equal(_image(cut_dir), _image(whole_dir)), "resumed image differs from the uninterrupted one"
+    for a, b in zip(whole, resumed):
+        assert a["psnr"] == b["psnr"] and a["output_l2"] == b["output_l2"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR2], ids=["SIGINT", "SIGUSR2-requeue"])
+def test_ctrl_c_and_a_launchers_requeue_signal_stop_with_results(run_repinv, monkeypatch, tmp_path, signum):
+    """Ctrl+C exits 130; a signal a launcher already handles (submitit requeues on SIGUSR2) reaches
+    that handler once the results and the checkpoint are written."""
+    import repinv.pipeline as pipeline
+
+    run_dir, seen = tmp_path / "run", []
+
+    def requeue(sig, frame):
+        seen.append((sig, read_metrics(run_dir)[0]["status"], (run_dir / "checkpoints" / "last.ckpt").is_file()))
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        _signal_at(pipeline, monkeypatch, 2, signum)
+        with pytest.raises(SystemExit) as stop:
+            run_repinv("steps=30", "checkpoint_every=0", "logger=none")
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert stop.value.code == 128 + signum
+    assert [(r["status"], r["steps"]) for r in read_metrics(run_dir)] == [("interrupted", 3)] * 2
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file(), "checkpoint_every=0 still saves an interrupted run"
+    assert seen == ([(signal.SIGUSR2, "interrupted", True)] if signum == signal.SIGUSR2 else [])
+
+
+def test_same_seed_same_result(run_repinv):
+    _, first = run_repinv(*RESUMABLE, "steps=12", name="first")
+    _, second = run_repinv(*RESUMABLE, "steps=12", name="second")
+    _, other = run_repinv(*RESUMABLE, "steps=12", "seed=1", name="other")
+    assert torch.equal(_image(first), _image(second))
+    timeless = [[{k: v for k, v in r.items() if k != "seconds_per_step"} for r in read_metrics(d)] for d in (first, second)]
+    assert timeless[0] == timeless[1]
+    assert not torch.equal(_image(first), _image(other)), "another seed must give another image"
+
+
+def test_a_finished_or_different_run_is_not_resumed(run_repinv):
+    from repinv.errors import RepinvError
+
+    _, done = run_repinv(*RESUMABLE, "steps=4", name="done")
+    with pytest.raises(RepinvError, match="already finished its 4 steps"):
+        run_repinv(*RESUMABLE, "steps=4", f"resume={done}", name="again")
+    with pytest.raises(RepinvError, match="steps: 4 there, 8 here"):
+        run_repinv(*RESUMABLE, "steps=8", f"resume={done}", name="longer")
+    with pytest.raises(RepinvError, match="targets"):
+        run_repinv(*RESUMABLE, "steps=4", "layers=[1]", f"resume={done}", name="other-layer")
+    with pytest.raises(RepinvError, match="several processes .* cannot resume"):
+        run_repinv(*RESUMABLE, "steps=4", "trainer.devices=2", f"resume={done}", name="sharded")
+    (done / "broken.ckpt").write_bytes(b"half a checkpoint")
+    with pytest.raises(RepinvError, match="could not be read as a checkpoint"):
+        run_repinv(*RESUMABLE, "steps=4", f"resume={done}/broken.ckpt", name="broken")
+
+
+def test_a_diverging_target_keeps_its_last_finite_image_and_the_others_go_on(run_repinv, monkeypatch):
+    import repinv.pipeline as pipeline
+
+    class Poisoned(pipeline.ImageOptimization):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            if self.global_step == 13:  # after step 12: target 0's image turns NaN
+                self.img.data[0] = float("nan")
+            return out
+
+    monkeypatch.setattr(pipeline, "ImageOptimization", Poisoned)
+    records, out = run_repinv("steps=30", "log_every=5", "logger=csv")
+    with open(out / "csv" / "metrics.csv") as f:
+        rows = {int(r["step"]): r for r in csv.DictReader(f)}
+    bad, good = read_metrics(out)
+    assert bad["diverged"] is True and good["diverged"] is False
+    assert bad["status"] == good["status"] == "finished"
+    key = f"{bad['image']}/{bad['layer']}"
+    # its image is the last one checked finite (step 10), with that step's metrics
+    assert bad["psnr"] == pytest.approx(float(rows[10][f"psnr/{key}"]), rel=1e-5)
+    assert all(math.isfinite(bad[k]) for k in ("psnr", "ssim", "output_l2", "loss"))
+    png = np.asarray(Image.open(out / bad["png"]))
+    assert png.std() > 5, "the diverged target's PNG must show its last finite image"
+    key = f"{good['image']}/{good['layer']}"
+    assert good["psnr"] > float(rows[10][f"psnr/{key}"]) + 1, "the other target must go on improving"
+    assert math.isfinite(float(rows[25]["loss"])), "the run's total loss leaves the diverged target out"
+
+
+def test_requeued_job_resumes_from_its_own_folder(tmp_path, monkeypatch):
+    from repinv.errors import RepinvError
+    from repinv.pipeline import resume_path
+
+    own = tmp_path / "checkpoints" / "last.ckpt"
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert resume_path(None, tmp_path) is None
+    own.parent.mkdir()
+    own.write_bytes(b"")
+    assert resume_path(None, tmp_path) is None, "a first start never picks up a checkpoint by itself"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert resume_path(None, tmp_path) == own
+    assert resume_path("last", tmp_path) == resume_path(str(tmp_path), tmp_path) == resume_path(str(own), tmp_path) == own
+    with pytest.raises(RepinvError, match="does not exist"):
+        resume_path(str(tmp_path / "elsewhere"), tmp_path)
+
+
+def test_slurm_launcher_requeues_on_time_limit():
+    import yaml
+
+    slurm = yaml.safe_load((REPO / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text())
+    assert slurm["max_num_timeout"] > 0 and slurm["signal_delay_s"] > 0
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_cli_leaves_results_and_a_checkpoint_then_resume_finishes(run_repinv, tmp_path):
+    """The real command: SIGTERM mid-run exits 143 without a traceback, and the run can be continued."""
+    run_dir = tmp_path / "killed"
+    args = [*TINY, "steps=60", "checkpoint_every=2", "logger=csv"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "repinv", *args, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err and "SIGTERM at step" in err
+    records = read_metrics(run_dir)
+    assert all(r["status"] == "interrupted" and 2 <= r["steps"] < 60 for r in records)
+    assert all((run_dir / r["png"]).is_file() for r in records) and (run_dir / "grid.png").is_file()
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == records[0]["steps"]
+    resumed, _ = run_repinv("steps=60", "checkpoint_every=2", "logger=none", f"resume={run_dir}", name="resumed")
+    assert all(r["status"] == "finished" and r["steps"] == 60 for r in resumed)
