@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.callbacks import ImageTimeline, ResultTable, ResultWriter
+from repinv.callbacks import FilterGrid, ImageTimeline, ResultTable, ResultWriter
 from repinv.errors import RepinvError
 from repinv.images import load_images
 from repinv.models.surgery import apply_surgery
@@ -196,7 +196,7 @@ def run(cfg: DictConfig) -> list[dict]:
     trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
-        callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every)],
+        callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every), FilterGrid(out_dir)],
         max_steps=cfg.steps,
         **trainer_overrides(cfg),
     )

@@ -13,6 +13,7 @@ from torch import nn
 import wandb_reader
 from conftest import compose_cfg
 from repinv.errors import RepinvError
+from repinv.figures import input_conv
 from repinv.models.surgery import Rebuild, Remove, Stem, Transplant, apply_surgery
 from repinv.taps import hidden_layer_names, resolve_layer
 
@@ -154,6 +155,7 @@ def test_stem_runs_the_donor_conv_first_and_counts_it_as_layer_0(tmp_path, resne
     torch.testing.assert_close(resolve_layer(net, 0)(net, x), expected)
     torch.testing.assert_close(resolve_layer(net, "stem")(net, x), expected)
     assert resolve_layer(net, "stem.conv1")(net, x).shape == (2, 64, 32, 32)
+    assert input_conv(net)[0] == "stem.conv1", "the filters a run draws are the stem's: they see the image"
     entry = "patch_embed" if vit == "vit_tiny" else "conv_proj"
     assert resolve_layer(net, entry)(net, x).shape == ((2, 16, 64) if vit == "vit_tiny" else (2, 768, 2, 2))
     first, last = resolve_layer(net, 1)(net, x), resolve_layer(net, -1)(net, x)
