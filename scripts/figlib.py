@@ -2,8 +2,8 @@
 
 Every panel is one `repinv` run (a subprocess, so the figures use exactly the CLI's code
 path) in `logs/figures/<figure>/<panel>/`. The figure is a grid with one row per panel and
-the target first, then each reconstruction titled with its PSNR (or class probability);
-its numbers go to a CSV beside it.
+the target first, then each reconstruction titled with its PSNR (or class probability), or
+the run's filter grid (filters.png); its numbers go to a CSV beside it.
 """
 
 from __future__ import annotations
@@ -25,17 +25,23 @@ from repinv.results import column_name
 
 REPO = Path(__file__).resolve().parents[1]
 CSV_FIELDS = ["panel", "status", "image", "column", "psnr", "ssim", "output_l2", "noise_shift_l2",
-              "accurate", "logit", "prob", "rank", "steps", "seconds_per_step"]
+              "accurate", "logit", "prob", "rank", "steps", "seconds_per_step",
+              "filters", "kernel", "neighbour_corr", "structured"]
 
 
 @dataclass
 class Panel:
-    """One row of a figure: a label, the CLI overrides for it, and what changes in --smoke mode."""
+    """One row of a figure: a label, the CLI overrides for it, and what changes in --smoke mode.
+
+    `show` is what the row holds: the run's target and reconstructions, or (`filters`) the
+    model's first filters on the image that every run draws as filters.png.
+    """
 
     label: str
     overrides: list[str]
     smoke: list[str] = field(default_factory=list)
     trained: bool = False
+    show: str = "reconstructions"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -95,30 +101,48 @@ def run_panel(panel: Panel, experiment: str, run_dir: Path, args) -> str:
     return "finished" if code == 0 and (run_dir / "metrics.json").is_file() else "failed"
 
 
+def _reconstruction_row(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
+    """The target, then each reconstruction titled with its PSNR (or class probability); one CSV row each."""
+    row, table = [], []
+    target = next(iter(sorted((run_dir / "targets").glob("*.png"))), None) if records else None
+    if target is not None:
+        row.append((Image.open(target).convert("RGB"), "target"))
+    for r in records:
+        metric = f"{r['psnr']:.1f} dB" if r.get("psnr") is not None else f"p={r.get('prob', 0):.2f}"
+        row.append((Image.open(run_dir / r["png"]).convert("RGB"), f"{column_name(r)} · {metric}"))
+        table.append({"panel": panel.label, "status": status, "column": column_name(r),
+                      **{k: r.get(k) for k in CSV_FIELDS if k in r}})
+    return row, table
+
+
+def _filter_row(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
+    """The run's filters.png (the model's first filters on the image) and one CSV row of their numbers."""
+    if not records or not (run_dir / "filters.png").is_file():
+        return [], []
+    stats = json.loads((run_dir / "filters.json").read_text())
+    title = f"{stats['module']} · {stats['filters']} filters · {stats['structured']:.0%} structured"
+    return ([(Image.open(run_dir / "filters.png").convert("RGB"), title)],
+            [{"panel": panel.label, "status": status, "steps": records[0].get("steps"), "column": stats["module"], **stats}])
+
+
 def assemble(name: str, title: str, panels: list[Panel], results: dict[str, tuple[str, Path]], out: Path) -> tuple[Path, Path]:
-    """Grid PNG (rows = panels, target first) and CSV of every panel's numbers."""
+    """Grid PNG (rows = panels) and CSV of every panel's numbers."""
     rows, labels, table = [], [], []
     for panel in panels:
         status, run_dir = results[panel.label]
         records = json.loads((run_dir / "metrics.json").read_text()) if status == "finished" else []
-        row = []
-        target = next(iter(sorted((run_dir / "targets").glob("*.png"))), None) if records else None
-        if target is not None:
-            row.append((Image.open(target).convert("RGB"), "target"))
-        for r in records:
-            metric = f"{r['psnr']:.1f} dB" if r.get("psnr") is not None else f"p={r.get('prob', 0):.2f}"
-            row.append((Image.open(run_dir / r["png"]).convert("RGB"), f"{column_name(r)} · {metric}"))
-            table.append({"panel": panel.label, "status": status, "column": column_name(r),
-                          **{k: r.get(k) for k in CSV_FIELDS if k in r}})
-        if not records:
-            table.append({"panel": panel.label, "status": status})
-            row = [(None, "")]
+        row, panel_rows = (_filter_row if panel.show == "filters" else _reconstruction_row)(panel, status, run_dir, records)
+        if not panel_rows:
+            status = "failed"
+            panel_rows, row = [{"panel": panel.label, "status": status}], [(None, "")]
+        table += panel_rows
         rows.append(row)
         labels.append(panel.label if status == "finished" else f"{panel.label} (failed)")
     import numpy as np
 
     rows = [[(np.asarray(img) if img is not None else None, t) for img, t in row] for row in rows]
-    png = titled_grid(rows, out / f"{name}.png", row_labels=labels, suptitle=title)
+    cell = 4.4 if all(p.show == "filters" for p in panels) else 2.2  # a filter grid holds many small pictures
+    png = titled_grid(rows, out / f"{name}.png", row_labels=labels, suptitle=title, cell=cell)
     csv_path = out / f"{name}.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")

@@ -1,7 +1,8 @@
-"""Lightning callbacks: image timelines for the loggers and the run's result files."""
+"""Lightning callbacks: image timelines for the loggers, the model's input filters and the run's result files."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -13,7 +14,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from repinv.figures import to_uint8
+from repinv.figures import filter_grid, filter_stats, input_conv, to_uint8
 from repinv.results import write_results
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,28 @@ class ImageTimeline(pl.Callback):
         captions = [pl_module.target_key(i) for i in range(len(imgs))]
         for lg in _image_loggers(trainer):
             lg.log_image(key="reconstruction", images=imgs, step=step, caption=captions)
+
+
+class FilterGrid(pl.Callback):
+    """At train start, the model's first filters on the image as `filters.png` (and their numbers
+    as `filters.json`) in the run folder, also logged as image `filters`. Models without a
+    3-channel first convolution are skipped."""
+
+    def __init__(self, out_dir: str | Path, key: str = "filters"):
+        self.out_dir, self.key = Path(out_dir), key
+
+    @rank_zero_only
+    def on_train_start(self, trainer, pl_module):
+        found = input_conv(pl_module.net)
+        if found is None or trainer.global_step:
+            return
+        module, conv = found
+        filters = conv.weight.detach().float().cpu()
+        path = filter_grid(filters, self.out_dir / f"{self.key}.png")
+        (self.out_dir / f"{self.key}.json").write_text(json.dumps({"module": module, **filter_stats(filters)}, indent=1))
+        caption = f"{module}: {filters.shape[0]} filters {filters.shape[-2]}x{filters.shape[-1]}"
+        for lg in _image_loggers(trainer):
+            lg.log_image(key=self.key, images=[str(path)], step=0, caption=[caption])
 
 
 class ResultWriter(pl.Callback):

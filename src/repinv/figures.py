@@ -1,7 +1,8 @@
-"""Pictures a person looks at: single PNGs and titled grids."""
+"""Pictures a person looks at: single PNGs, titled grids and a model's input filters."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,3 +59,65 @@ def titled_grid(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def input_conv(net: torch.nn.Module) -> tuple[str, torch.nn.Conv2d] | None:
+    """The first convolution that takes the 3-channel image, in module order, with its path; None if there is none.
+
+    ViTs' patch embedding (patch_embed.proj, conv_proj), a ResNet's conv1, a Mixer's stem.proj,
+    and a stem surgery's stem.conv1, which is listed first because it runs first.
+    """
+    for path, module in net.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3 and module.groups == 1:
+            return path, module
+    return None
+
+
+def input_filters(net: torch.nn.Module) -> torch.Tensor | None:
+    """The image's first filters [N, 3, k, k] (see `input_conv`), or None."""
+    found = input_conv(net)
+    return None if found is None else found[1].weight.detach().float().cpu().clone()
+
+
+def minmax(filters: torch.Tensor) -> torch.Tensor:
+    """Each filter scaled to [0, 1] on its own (a constant filter becomes 0)."""
+    flat = filters.flatten(1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(filters)
+
+
+def grid_layout(count: int, kernel: int) -> tuple[int, int, int]:
+    """Columns, rows and the pixel scale of `filter_grid` (cells of about 32 px)."""
+    cols = math.ceil(math.sqrt(count))
+    return cols, math.ceil(count / cols), max(1, 32 // kernel)
+
+
+def filter_grid(filters: torch.Tensor, path: str | Path) -> Path:
+    """PNG of `filters` [N, 3, k, k] as a near-square grid, each filter min-max normalised and
+    enlarged to about 32 px (nearest neighbour), on a black background with 1-px gaps."""
+    n, _, kh, kw = filters.shape
+    cols, rows, scale = grid_layout(n, max(kh, kw))
+    cells = minmax(filters).repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    ch, cw = kh * scale, kw * scale
+    canvas = torch.zeros(3, rows * (ch + 1) + 1, cols * (cw + 1) + 1)
+    for i, cell in enumerate(cells):
+        r, c = divmod(i, cols)
+        canvas[:, 1 + r * (ch + 1) : 1 + r * (ch + 1) + ch, 1 + c * (cw + 1) : 1 + c * (cw + 1) + cw] = cell
+    return save_png(canvas, path)
+
+
+def filter_stats(filters: torch.Tensor) -> dict[str, float | int]:
+    """Numbers for a filter figure: how many, their size, and how smooth they are.
+
+    `neighbour_corr` is the mean correlation of horizontally and vertically adjacent weights;
+    noise (an untrained filter) gives about 0, smooth patterns such as wavelets a clearly positive
+    value. `structured` is the fraction of filters whose correlation exceeds 0.5.
+    """
+    centred = filters - filters.mean(dim=(1, 2, 3), keepdim=True)
+    pairs = [(centred[..., :, 1:], centred[..., :, :-1]), (centred[..., 1:, :], centred[..., :-1, :])]
+    corr = torch.stack([
+        (a * b).flatten(1).sum(1) / (a.flatten(1).norm(dim=1) * b.flatten(1).norm(dim=1)).clamp_min(1e-12)
+        for a, b in pairs
+    ]).mean(0)
+    return {"filters": filters.shape[0], "kernel": filters.shape[-1],
+            "neighbour_corr": round(corr.mean().item(), 4), "structured": round((corr > 0.5).float().mean().item(), 4)}

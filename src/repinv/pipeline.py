@@ -23,7 +23,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.callbacks import LAST_CHECKPOINT, Checkpoints, ImageTimeline, ResultTable, ResultWriter, StopOnSignal
+from repinv.callbacks import (
+    LAST_CHECKPOINT, Checkpoints, FilterGrid, ImageTimeline, ResultTable, ResultWriter, StopOnSignal,
+)
 from repinv.errors import RepinvError
 from repinv.images import load_images
 from repinv.models.surgery import apply_surgery
@@ -277,7 +279,7 @@ def run(cfg: DictConfig) -> list[dict]:
     trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
-        callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every), checkpoints, stopper],
+        callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every), FilterGrid(out_dir), checkpoints, stopper],
         max_steps=cfg.steps,
         **overrides,
     )

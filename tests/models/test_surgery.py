@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -11,7 +13,9 @@ from torch import nn
 import wandb_reader
 from conftest import compose_cfg
 from repinv.errors import RepinvError
-from repinv.models.surgery import Rebuild, Remove, Transplant, apply_surgery
+from repinv.figures import input_conv
+from repinv.models.surgery import Rebuild, Remove, Stem, Transplant, apply_surgery
+from repinv.taps import hidden_layer_names, resolve_layer
 
 
 def _model(tmp_path, *overrides):
@@ -116,3 +120,76 @@ def test_rebuild_after_other_operations_and_non_operations_are_errors(tmp_path):
         apply_surgery(_model(tmp_path), {"cut": Remove("LayerNorm"), "p8": Rebuild(patch_size=8)})
     with pytest.raises(RepinvError, match="surgery.x is not a surgery operation"):
         apply_surgery(_model(tmp_path), {"x": "LayerNorm"})
+
+
+# resnet_tiny as a donor: timm's resnet18 with one block per stage; its conv1 is ResNet50's (64 filters, 7x7, stride 2)
+TINY_RESNET = {"name": "resnet18", "kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8}}
+
+
+@pytest.fixture
+def resnet_file(tmp_path):
+    """A 'trained' resnet_tiny: its untrained weights moved by noise, saved as a torch file."""
+    net = instantiate(compose_cfg(["model=resnet_tiny"], tmp_path).model).net
+    gen = torch.Generator().manual_seed(2)
+    state = {k: v + 0.1 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    path = tmp_path / "resnet.pth"
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.mark.parametrize("vit,encoders", [("vit_tiny", ["blocks.0", "blocks.1"]),
+                                           ("tv_vit_tiny", [f"encoder.layers.encoder_layer_{i}" for i in range(12)])])
+def test_stem_runs_the_donor_conv_first_and_counts_it_as_layer_0(tmp_path, resnet_file, vit, encoders):
+    path, state = resnet_file
+    model = _model(tmp_path, f"model={vit}")
+    vit_state = {k: v.clone() for k, v in model.net.state_dict().items()}
+    model = apply_surgery(model, {"resnet_stem": Stem({**TINY_RESNET, "checkpoint": str(path)}, layers=["conv1"], channels=3)})
+    net, x = model.net, torch.rand(2, 3, 64, 64)
+    assert torch.equal(net.stem.conv1.weight, state["conv1.weight"])
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in vit_state.items()), "the ViT must stay as configured"
+    assert hidden_layer_names(net) == ["stem", *encoders]
+    assert model.mean == (0.485, 0.456, 0.406) and model.surgery == ["resnet_stem"] and not model.trained
+    # layer 0: the first three conv1 maps (32x32 for a 64x64 image), resized to the ViT's 64x64 input
+    conv = torch.nn.functional.conv2d(x, state["conv1.weight"], stride=2, padding=3)[:, :3]
+    expected = torch.nn.functional.interpolate(conv, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(resolve_layer(net, 0)(net, x), expected)
+    torch.testing.assert_close(resolve_layer(net, "stem")(net, x), expected)
+    assert resolve_layer(net, "stem.conv1")(net, x).shape == (2, 64, 32, 32)
+    assert input_conv(net)[0] == "stem.conv1", "the filters a run draws are the stem's: they see the image"
+    entry = "patch_embed" if vit == "vit_tiny" else "conv_proj"
+    assert resolve_layer(net, entry)(net, x).shape == ((2, 16, 64) if vit == "vit_tiny" else (2, 768, 2, 2))
+    first, last = resolve_layer(net, 1)(net, x), resolve_layer(net, -1)(net, x)
+    assert first.shape == last.shape == ((2, 64, 4, 4) if vit == "vit_tiny" else (2, 5, 768))
+    # the encoders see the stem's maps, not the image
+    plain = _model(tmp_path, f"model={vit}").net
+    assert not torch.allclose(resolve_layer(plain, 0)(plain, x), first)
+    assert net(x).shape == (2, 1000)
+
+
+def test_stem_preset_inversion_improves_the_image(run_repinv):
+    records, out = run_repinv("surgery=resnet_stem", "surgery.resnet_stem.donor.name=resnet18", "layers=[0,1]", "logger=csv")
+    rows = list(csv.DictReader(open(out / "csv" / "metrics.csv")))
+    assert [r["layer"] for r in records] == ["L0", "L1"]
+    for r in records:
+        key = f"{r['image']}/{r['layer']}"
+        assert r["psnr"] > float(rows[0][f"psnr/{key}"]) + 3, f"{key}: PSNR did not improve over the noise"
+        assert r["output_l2"] < 0.5 * float(rows[0][f"output_l2/{key}"]), f"{key}: output L2 did not halve"
+    assert "resnet_stem:" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("model,op,message", [
+    ("resnet_tiny", Stem(TINY_RESNET), r"a stem goes in front of a ViT's encoder stack, but resnet18 is a ResNet"),
+    ("vit_tiny", Stem(TINY_RESNET, layers=["conv_1"]), r"stem layer 'conv_1' is not a module of the donor resnet18\. Did you mean 'conv1'.*It has .*layer1"),
+    ("vit_tiny", Stem(TINY_RESNET, channels=65), r"stem channels=65 but resnet18's conv1 gives 64 channels; pick channels from 1 to 64"),
+    ("vit_tiny", Stem({**TINY_RESNET, "name": "resnet_51"}), r"stem donor .* could not be built: model.name=resnet_51 is not a timm architecture"),
+])
+def test_bad_stems_are_clear_errors(tmp_path, model, op, message):
+    with pytest.raises(RepinvError, match=message):
+        apply_surgery(_model(tmp_path, f"model={model}"), {"stem": op})
+
+
+def test_stem_twice_or_without_a_donor_name_is_an_error(tmp_path):
+    with pytest.raises(RepinvError, match="needs a model name"):
+        Stem({"pretrained": True})
+    with pytest.raises(RepinvError, match="already has a stem"):
+        apply_surgery(_model(tmp_path), {"a": Stem(TINY_RESNET), "b": Stem(TINY_RESNET)})

@@ -7,6 +7,8 @@
   e.g. every LayerNorm of a Mixer.
 - `Rebuild` builds the model again with other timm kwargs (patch size, depth, width, image
   size); trained weights are loaded again through timm, which resamples what it can.
+- `Stem` puts another model's first layers in front of a ViT's encoder stack, e.g. ResNet50's
+  conv1 (first three filters) feeding ViT-B/32 encoders.
 
 Each operation checks its input and raises a RepinvError naming what exists. `apply_surgery`
 records every operation's name in `LoadedModel.surgery` (run names, W&B tags).
@@ -25,6 +27,7 @@ from torch import nn
 
 from repinv.errors import RepinvError, listing, suggest
 from repinv.models.factory import LoadedModel, create_model, freeze
+from repinv.models.stem import STEM_CLASSES, StemLayers, put_stem_first
 
 
 class Operation:
@@ -166,13 +169,81 @@ class Rebuild(Operation):
         return create_model(**spec)
 
 
+class Stem(Operation):
+    """A donor's first `layers` in front of a ViT: their first `channels` maps replace the image.
+
+    `donor` holds create_model's arguments (name, source, pretrained, checkpoint, weights,
+    kwargs); it is built at the model's input size and seed. The donor's `layers` (module paths,
+    run in order) become the frozen module `stem`; its output is resized bilinearly to the ViT's
+    input size, so the ViT runs as configured (ResNet50's 112x112 conv1 maps feed ViT-B/32's
+    7x7 patch grid, each 32x32 patch covering 16x16 of the map). The image is normalised the
+    donor's way, since the donor sees it first. Layer index 0 becomes the stem's output and
+    index k the k-th encoder; module paths keep their names (stem.conv1, patch_embed, blocks.0).
+    """
+
+    DONOR_KEYS = {"name", "source", "pretrained", "checkpoint", "weights", "kwargs", "mean", "std"}
+
+    def __init__(self, donor: Mapping[str, Any], layers: list[str] | str = "conv1", channels: int = 3):
+        self.donor = dict(donor or {})
+        self.layers = [layers] if isinstance(layers, str) else [str(n) for n in layers]
+        self.channels = int(channels)
+        unknown = set(self.donor) - self.DONOR_KEYS
+        if unknown or not self.donor.get("name"):
+            raise RepinvError(
+                f"stem donor {self.donor} needs a model name and takes only {sorted(self.DONOR_KEYS)}"
+                f"{f'; {sorted(unknown)} are unknown' if unknown else ''}, e.g. donor: {{name: resnet50, pretrained: true}}."
+            )
+        if not self.layers or self.channels < 1:
+            raise RepinvError(f"a stem needs donor layers and at least one channel (layers={self.layers}, channels={self.channels}), e.g. layers: [conv1], channels: 3.")
+
+    def _build_donor(self, model: LoadedModel) -> LoadedModel:
+        spec = {"input_size": model.input_size, "seed": model.spec.get("seed", 0), **self.donor}
+        try:
+            return create_model(**spec)
+        except RepinvError as err:
+            raise RepinvError(f"the stem donor {self.donor} could not be built: {err}") from None
+
+    def _stem(self, model: LoadedModel, donor: LoadedModel) -> StemLayers:
+        modules = dict(donor.net.named_modules())
+        for path in self.layers:
+            if not path or path not in modules:
+                raise RepinvError(
+                    f"stem layer '{path}' is not a module of the donor {donor.arch}.{suggest(path, [m for m in modules if m])} "
+                    f"It has {listing(_top_names(donor.net), 30)}; the study's stem is layers: [conv1]."
+                )
+        stem = StemLayers({p: modules[p] for p in self.layers}, self.channels, model.input_size)
+        try:
+            with torch.no_grad():
+                out = stem.run_layers(torch.zeros(1, 3, *model.input_size))
+        except RuntimeError as err:
+            raise RepinvError(f"stem layers {self.layers} of {donor.arch} do not run in that order on an image: {str(err).splitlines()[0]}") from None
+        if out.ndim != 4 or out.shape[1] < self.channels:
+            have = f"{out.shape[1]} channels" if out.ndim == 4 else f"a {out.ndim}-D output"
+            raise RepinvError(
+                f"stem channels={self.channels} but {donor.arch}'s {self.layers[-1]} gives {have}; "
+                f"pick channels from 1 to {out.shape[1] if out.ndim == 4 else 'its channel count'} (the study keeps 3)."
+            )
+        return stem
+
+    def __call__(self, model: LoadedModel) -> LoadedModel:
+        if type(model.net) not in STEM_CLASSES:
+            already = " already has a stem" if type(model.net) in STEM_CLASSES.values() else f" is a {type(model.net).__name__}"
+            raise RepinvError(
+                f"a stem goes in front of a ViT's encoder stack, but {model.arch}{already}. Use it on a timm or "
+                "torchvision VisionTransformer (model=vit_b_32, tv_vit_b_32, vit_tiny), once."
+            )
+        donor = self._build_donor(model)
+        net = put_stem_first(model.net, self._stem(model, donor))
+        return replace(model, net=net, mean=donor.mean, std=donor.std, trained=model.trained and donor.trained)
+
+
 def apply_surgery(model: LoadedModel, operations: Mapping[str, Operation]) -> LoadedModel:
     """Apply `operations` (name -> Operation) in order; every name is recorded in `model.surgery`."""
     for name, op in operations.items():
         if not isinstance(op, Operation):
             raise RepinvError(
                 f"surgery.{name} is not a surgery operation ({type(op).__name__}); give a preset (surgery=no_layernorm) "
-                "or an operation with _target_ repinv.models.surgery.Transplant, Remove or Rebuild."
+                "or an operation with _target_ repinv.models.surgery.Transplant, Remove, Rebuild or Stem."
             )
         result = op(model)
         model = replace(result, net=freeze(result.net), surgery=[*model.surgery, str(name)])

@@ -21,10 +21,14 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def torchvision_hidden_layers(net: nn.Module) -> list[str]:
-    """Module paths that layer indices refer to in a torchvision model (empty if unknown)."""
+    """Module paths that layer indices refer to in a torchvision model (empty if unknown).
+
+    A ViT with a `stem` (the Stem surgery) counts the stem's output as layer 0.
+    """
     names = dict(net.named_modules())
     if "encoder.layers" in names:
-        return [f"encoder.layers.{n}" for n, _ in names["encoder.layers"].named_children()]
+        stem = ["stem"] if "stem" in names else []
+        return stem + [f"encoder.layers.{n}" for n, _ in names["encoder.layers"].named_children()]
     if all(f"layer{i}" in names for i in range(1, 5)):
         return ["relu", "layer1", "layer2", "layer3", "layer4"]
     if "features" in names:

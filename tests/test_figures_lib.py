@@ -1,0 +1,97 @@
+"""A model's input filters: found, normalised, drawn as a grid, written and logged by every run."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+import wandb_reader
+from conftest import compose_cfg
+from repinv.callbacks import FilterGrid
+from repinv.figures import filter_grid, filter_stats, grid_layout, input_conv, input_filters, minmax
+
+
+def _cells(png, count: int, kernel: int) -> np.ndarray:
+    """The filter cells of a filter_grid PNG, as [count, k, k, 3] floats in [0, 1] at the filters' own size."""
+    img = np.asarray(Image.open(png).convert("RGB")).astype(np.float64) / 255
+    cols, _, scale = grid_layout(count, kernel)
+    side = kernel * scale
+    cells = []
+    for i in range(count):
+        r, c = divmod(i, cols)
+        top, left = 1 + r * (side + 1), 1 + c * (side + 1)
+        cells.append(img[top : top + side : scale, left : left + side : scale])
+    return np.stack(cells)
+
+
+@pytest.fixture
+def trained_vit(tmp_path):
+    """A 'trained' vit_tiny checkpoint: untrained weights moved by noise."""
+    net = instantiate(compose_cfg(["model=vit_tiny"], tmp_path).model).net
+    gen = torch.Generator().manual_seed(3)
+    state = {k: (v + 0.1 * torch.randn(v.shape, generator=gen)).contiguous() for k, v in net.state_dict().items()}
+    path = tmp_path / "vit.safetensors"
+    save_file(state, str(path))
+    return path, state
+
+
+def test_run_writes_and_logs_the_checkpoints_patch_filters(run_repinv, trained_vit):
+    path, state = trained_vit
+    _, out = run_repinv(f"model.checkpoint={path}", "steps=2", "log_every=1", "logger=wandb")
+    weights = state["patch_embed.proj.weight"]  # vit_tiny: 64 filters of 3x16x16
+    cols, rows, scale = grid_layout(64, 16)
+    png = Image.open(out / "filters.png")
+    assert png.size == (cols * (16 * scale + 1) + 1, rows * (16 * scale + 1) + 1) == (265, 265)
+    expected = minmax(weights).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(_cells(out / "filters.png", 64, 16), expected, atol=0.5 / 255 + 1e-6)
+    stats = json.loads((out / "filters.json").read_text())
+    assert stats["module"] == "patch_embed.proj" and stats["filters"] == 64 and stats["kernel"] == 16
+    [run] = wandb_reader.find_runs(out)
+    logged = [h["filters"] for h in wandb_reader.history(run) if "filters" in h]
+    assert len(logged) == 1 and logged[0]["_type"] == "images/separated" and logged[0]["count"] == 1
+    media = np.asarray(Image.open(run.parent / "files" / logged[0]["filenames"][0]).convert("RGB"))
+    assert np.array_equal(media, np.asarray(png.convert("RGB")))
+    info = wandb_reader.run_info(run)
+    assert "trained" in info["tags"] and info["name"].startswith("vit_tiny-")
+    assert wandb_reader.config(run)["steps"] == 2
+
+
+def test_input_filters_of_checkpoint_equal_its_conv_weights(tmp_path, trained_vit):
+    path, state = trained_vit
+    model = instantiate(compose_cfg(["model=vit_tiny", f"model.checkpoint={path}"], tmp_path).model)
+    assert torch.equal(input_filters(model.net), state["patch_embed.proj.weight"])
+    normed = minmax(input_filters(model.net))
+    assert torch.allclose(normed.flatten(1).amin(1), torch.zeros(64)) and torch.allclose(normed.flatten(1).amax(1), torch.ones(64))
+
+
+@pytest.mark.parametrize("model,module", [("resnet_tiny", "conv1"), ("tv_vit_tiny", "conv_proj"), ("mixer_tiny", "stem.proj")])
+def test_input_conv_is_the_first_conv_on_the_image(tmp_path, model, module):
+    path, conv = input_conv(instantiate(compose_cfg([f"model={model}"], tmp_path).model).net)
+    assert path == module and conv.in_channels == 3
+
+
+def test_models_without_an_image_conv_are_skipped(tmp_path):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    assert input_conv(net) is None and input_filters(net) is None
+    trainer = SimpleNamespace(global_step=0, loggers=[])
+    FilterGrid(tmp_path).on_train_start(trainer, SimpleNamespace(net=net))
+    assert not list(tmp_path.iterdir())
+
+
+def test_filter_stats_tell_smooth_filters_from_noise(tmp_path):
+    ramp = torch.linspace(0, 1, 8)
+    smooth = (ramp[:, None] + ramp[None, :]).expand(10, 3, 8, 8)
+    noise = torch.randn(10, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert filter_stats(smooth)["structured"] == 1.0 and filter_stats(smooth)["neighbour_corr"] > 0.8
+    assert filter_stats(noise)["structured"] == 0.0 and abs(filter_stats(noise)["neighbour_corr"]) < 0.2
+    png = filter_grid(torch.cat([smooth, noise[:3]]), tmp_path / "f.png")
+    cols, rows, scale = grid_layout(13, 8)
+    assert (cols, rows, scale) == (4, 4, 4) and Image.open(png).size == (4 * 33 + 1, 4 * 33 + 1)
