@@ -103,11 +103,12 @@ class StepTimer(pl.Callback):
         self.times.append(time.perf_counter() - self._t)
 
 
-def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25):
-    """Seconds per step of the real module inside a Trainer (first step dropped as warm-up)."""
+def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25, compile=False):
+    """Seconds per step of the real module inside a Trainer (first step, and compiling, dropped as warm-up)."""
     module = ImageOptimization(
         model=loaded, objective=LayerInversion(layers), images=images,
         optimizer=partial(torch.optim.SGD, lr=0.05), steps=steps + 1, blur=GaussianBlur(), log_every=log_every,
+        compile=compile,
     )
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,6 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="timed steps per variant and round")
     p.add_argument("--rounds", type=int, help="interleaved rounds")
     p.add_argument("--vit-l", action="store_true", help="also invert ViT-L/16 at 512x512, batch 1, and report its memory")
+    p.add_argument("--compile", action="store_true", help="also time compile=true (torch.compile) against eager")
     args = p.parse_args(argv)
 
     if args.quick:
@@ -253,6 +255,13 @@ def main(argv=None) -> int:
     ratios["bf16_speedup"] = results["32-true"][0] / results["bf16-mixed"][0]
     ratios["bf16_psnr_minus_fp32"] = results["bf16-mixed"][1] - results["32-true"][1]
     extra = {}
+    if args.compile:
+        eager, _ = repinv_step(loaded, photos[:1], [mid], steps)
+        start = time.perf_counter()
+        compiled, _ = repinv_step(loaded, photos[:1], [mid], steps, compile=True)
+        ratios["compile_speedup"] = eager / compiled
+        extra["compile"] = {"eager_seconds_per_step": eager, "compiled_seconds_per_step": compiled,
+                            "wall_seconds_including_compilation": time.perf_counter() - start}
     if args.vit_l:
         big = create_model("vit_large_patch16_224", input_size=512, kwargs=dict(img_size=512))
         big.net.to(dev)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from safetensors.torch import save_file
 
+from conftest import compose_cfg
 from repinv.errors import RepinvError
 from repinv.images import load_images
 from repinv.models import create_model
+from repinv.models.surgery import Remove, apply_surgery
+from repinv.pipeline import build
 from repinv.taps import resolve_layers
 
 TV_TINY = ["model=tv_vit_tiny", "optimizer.lr=1.0"]
@@ -65,3 +69,34 @@ def test_offline_weights_and_bad_names_are_clear_errors(tmp_path, monkeypatch):
         create_model("vit_b_23", source="torchvision")
     with pytest.raises(RepinvError, match="IMAGENET1K_V1"):
         create_model("resnet50", source="torchvision", weights="IMAGENET")
+
+
+PRESET_PARTS = {
+    "trained_patch_embed": ("conv_proj.",),
+    "trained_pos_embed": ("encoder.pos_embedding",),
+    "trained_norm1": ("encoder.layers.encoder_layer_0.ln_1.",),
+    "trained_input_untrained_encoders": ("conv_proj.", "class_token", "encoder.pos_embedding"),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_PARTS))
+def test_transplant_presets_keep_torchvision_parts_and_reset_the_rest(preset, tmp_path):
+    untrained = instantiate(compose_cfg(["model=tv_vit_tiny"], tmp_path).model).net.state_dict()
+    gen = torch.Generator().manual_seed(1)
+    trained = {k: (v + 0.1 * torch.randn(v.shape, generator=gen)).contiguous() for k, v in untrained.items()}
+    save_file(trained, str(tmp_path / "w.safetensors"))
+    cfg = compose_cfg(["model=tv_vit_tiny", f"model.checkpoint={tmp_path / 'w.safetensors'}", f"surgery={preset}"], tmp_path)
+    model = apply_surgery(build(cfg.model), {k: build(op) for k, op in cfg.surgery.items()})
+    kept = [k for k in untrained if k.startswith(PRESET_PARTS[preset])]
+    assert kept
+    for key, value in model.net.state_dict().items():
+        assert torch.equal(value, trained[key] if key in kept else untrained[key]), key
+
+
+def test_no_layernorm_removes_every_torchvision_layernorm_and_the_run_still_inverts(run_repinv):
+    records, out = run_repinv(*TV_TINY, "surgery=no_layernorm", "layers=[1]", "logger=csv")
+    header, row0 = ((out / "csv" / "metrics.csv").read_text().splitlines()[i].split(",") for i in (0, 1))
+    assert records[0]["psnr"] > float(row0[header.index("psnr/chelsea/L1")]) + 3
+    model = Remove("LayerNorm")(instantiate(compose_cfg(["model=tv_vit_tiny"], out).model))
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.net.modules())
+    assert "no_layernorm" in (out / "config.yaml").read_text()

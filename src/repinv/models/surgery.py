@@ -44,6 +44,10 @@ def _top_names(net: nn.Module) -> list[str]:
     return names
 
 
+def _name_list(names) -> list[str]:
+    return [names] if isinstance(names, str) else [str(n) for n in names]
+
+
 class Transplant(Operation):
     """Trained `names` (parameters, buffers or whole submodules) in an otherwise untrained model.
 
@@ -53,13 +57,29 @@ class Transplant(Operation):
     first LayerNorm. With `donor` (`pretrained`, `checkpoint` or, for torchvision, `weights`),
     `names` are copied from that build of the same architecture into the model as configured.
     `donor.name` may say which architecture the weights belong to; it must be the model's own.
+    `names` may be a mapping per model source (`{timm: [patch_embed], torchvision: [conv_proj]}`) so
+    one preset serves both libraries.
     """
 
-    def __init__(self, names: list[str] | str, donor: Mapping[str, Any] | None = None):
-        self.names = [names] if isinstance(names, str) else [str(n) for n in names]
+    def __init__(self, names: list[str] | str | Mapping[str, list[str]], donor: Mapping[str, Any] | None = None):
+        if isinstance(names, Mapping):  # per model source: {timm: [patch_embed], torchvision: [conv_proj]}
+            self.by_source = {str(k): _name_list(v) for k, v in names.items()}
+        else:
+            self.by_source = {"*": _name_list(names)}
         self.donor = None if donor is None else dict(donor)
-        if not self.names:
+        if not all(self.by_source.values()):
             raise RepinvError("a transplant needs names: the parameters or modules to copy, e.g. names: [patch_embed, pos_embed].")
+
+    def _names(self, model: LoadedModel) -> list[str]:
+        source = model.spec.get("source", "timm")
+        if "*" in self.by_source:
+            return self.by_source["*"]
+        if source not in self.by_source:
+            raise RepinvError(
+                f"this transplant names parts for {listing(self.by_source)} models, not for {source} ones; add "
+                f"names.{source}: [...] with {source}'s module names."
+            )
+        return self.by_source[source]
 
     def _donor(self, model: LoadedModel) -> nn.Module:
         unknown = set(self.donor) - {"name", "pretrained", "checkpoint", "weights"}
@@ -82,10 +102,10 @@ class Transplant(Operation):
         except RepinvError as err:
             raise RepinvError(f"the transplant donor ({model.arch}, {self.donor}) could not be built: {err}") from None
 
-    def _keys(self, model: LoadedModel, own: dict[str, torch.Tensor]) -> list[str]:
+    def _keys(self, model: LoadedModel, own: dict[str, torch.Tensor], names: list[str]) -> list[str]:
         modules = dict(model.net.named_modules())
         keys = []
-        for name in self.names:
+        for name in names:
             if name in own:
                 keys.append(name)
             elif name in modules and name:
@@ -98,11 +118,12 @@ class Transplant(Operation):
         return keys
 
     def __call__(self, model: LoadedModel) -> LoadedModel:
+        names = self._names(model)
         own = {**dict(model.net.named_parameters()), **dict(model.net.named_buffers())}
-        keys = self._keys(model, own)
+        keys = self._keys(model, own, names)
         if self.donor is None:
             if not model.trained:
-                warnings.warn(f"transplant of {self.names} into an untrained model without a donor changes nothing; "
+                warnings.warn(f"transplant of {names} into an untrained model without a donor changes nothing; "
                               "set model.pretrained=true or model.checkpoint=FILE for the trained weights")
             untrained = {**model.spec, "pretrained": False, "checkpoint": None, "weights": None}
             source, keys = create_model(**untrained).net, [k for k in own if k not in keys]
