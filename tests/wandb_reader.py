@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -84,5 +85,19 @@ def run_info(path: str | Path) -> dict:
     return {}
 
 
-def find_runs(root: str | Path) -> list[Path]:
-    return sorted(Path(root).glob("**/offline-run-*/run-*.wandb"))
+def complete(path: str | Path) -> bool:
+    """Whether the run's log ends with its exit record (W&B's writer may still be flushing after `finish`)."""
+    try:
+        return any(rec.WhichOneof("record_type") == "exit" for rec in records(path))
+    except Exception:  # a partly written record
+        return False
+
+
+def find_runs(root: str | Path, timeout: float = 60.0) -> list[Path]:
+    """The offline runs under root, once each one's log is completely written (W&B's service writes it
+    asynchronously, so it can lag the end of the run by a moment)."""
+    deadline = time.monotonic() + timeout
+    runs = sorted(Path(root).glob("**/offline-run-*/run-*.wandb"))
+    while not all(complete(r) for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return runs
