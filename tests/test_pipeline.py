@@ -127,3 +127,15 @@ def test_csv_only_and_no_logger(run_repinv):
     _, out = run_repinv("logger=none", "steps=5", name="none")
     assert not (out / "csv").exists() and not (out / "wandb").exists()
     assert json.loads((out / "metrics.json").read_text())[0]["steps"] == 5
+
+
+def test_layers_inverted_in_one_run_end_as_they_do_alone(run_repinv):
+    """Batching targets of several layers (given out of depth order) changes no target's result."""
+    common = ("steps=20", "log_every=19", "image_every=0")
+    together, _ = run_repinv("layers=[1,patch_embed,0]", *common, name="together")
+    assert [r["layer"] for r in together] == ["L1", "patch_embed", "L0"]
+    for record in together:
+        layer = record["layer"].removeprefix("L")
+        [alone], _ = run_repinv(f"layers=[{layer}]", *common, name=f"alone_{layer}")
+        for key in ("psnr", "output_l2", "input_l2"):
+            assert record[key] == pytest.approx(alone[key], rel=1e-3), (record["layer"], key)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from timm.models.mlp_mixer import MlpMixer
 
 from repinv.errors import RepinvError
-from repinv.taps import hidden_layer_names, resolve_layers
+from repinv.taps import SharedPass, hidden_layer_names, resolve_layers
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +47,60 @@ def test_unknown_layers_list_the_valid_ones(vit, bad):
     with pytest.raises(RepinvError) as err:
         resolve_layers(vit, [bad])
     assert "indices 0..2" in str(err.value) and "patch_embed" in str(err.value)
+
+
+def _tiny(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "mixer":
+        return MlpMixer(img_size=64, patch_size=16, num_blocks=3, embed_dim=32).eval()
+    arch, kwargs = {
+        "vit": ("vit_base_patch32_224", dict(img_size=64, patch_size=16, depth=3, embed_dim=32, num_heads=2)),
+        "resnet": ("resnet50", dict(layers=[1, 1, 1, 1])),
+    }[name]
+    return timm.create_model(arch, **kwargs).eval()
+
+
+@pytest.mark.parametrize("name,layers", [
+    ("vit", [0, 1, 2, "patch_embed"]),
+    ("mixer", [2, 0, "stem"]),
+    ("resnet", [0, 2, 4, "maxpool"]),
+])
+def test_shared_pass_gives_each_layer_its_own_output_and_gradient(name, layers):
+    """One pass for several layers equals each layer's own forward, rows of different images included."""
+    net = _tiny(name)
+    taps = resolve_layers(net, layers)
+    x = torch.rand(2, 3, 64, 64)
+    shared = SharedPass.build(net, taps, x, [t(net, x) for t in taps])
+    assert shared is not None
+    batch = torch.rand(len(taps) * 2, 3, 64, 64, requires_grad=True)
+    groups = batch.split(2)
+    outs = shared(net, torch.cat([groups[g] for g in shared.order]), [2] * len(taps))
+    sum(o.abs().sum() for o in outs).backward()
+    for g, tap in enumerate(taps):
+        alone = groups[g].detach().requires_grad_()
+        own = tap(net, alone)
+        own.abs().sum().backward()
+        assert outs[g].shape == own.shape and torch.allclose(outs[g], own, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(batch.grad[2 * g : 2 * g + 2], alone.grad, rtol=1e-3, atol=1e-6), tap.label
+
+
+def test_shared_pass_runs_each_block_on_the_rows_that_still_need_it():
+    """Layers 0, 1, 2 with one row each: block 0 sees 3 rows, block 1 two, block 2 one (6 row passes, not 9)."""
+    net = _tiny("vit")
+    taps = resolve_layers(net, [0, 1, 2])
+    x = torch.rand(1, 3, 64, 64)
+    shared = SharedPass.build(net, taps, x, [t(net, x) for t in taps])
+    seen = []
+    handles = [b.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[0])) for b in net.blocks]
+    shared(net, torch.rand(3, 3, 64, 64), [1, 1, 1])
+    for h in handles:
+        h.remove()
+    assert seen == [3, 2, 1]
+
+
+def test_a_tap_inside_a_residual_block_is_not_shared():
+    """Splitting rows at a block's norm1 would break its residual sum: the layers then run one by one."""
+    net = _tiny("vit")
+    taps = resolve_layers(net, ["blocks.0.norm1", 1])
+    x = torch.rand(1, 3, 64, 64)
+    assert SharedPass.build(net, taps, x, [t(net, x) for t in taps]) is None

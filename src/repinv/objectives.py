@@ -17,7 +17,7 @@ from torch import nn
 
 from repinv.errors import RepinvError
 from repinv.images import TargetImage
-from repinv.taps import LayerTap, resolve_layers
+from repinv.taps import LayerTap, SharedPass, resolve_layers
 
 LOSSES = ("l1", "mse", "cosine")
 
@@ -86,6 +86,8 @@ class LayerInversion(Objective):
         self.scale = float(scale)
         self.noise_std = float(noise_std)
         self.taps: list[LayerTap] = []
+        self.shared: SharedPass | None = None
+        self._rows = None
 
     @torch.no_grad()
     def setup(self, net, prep, images, seed):
@@ -95,15 +97,18 @@ class LayerInversion(Objective):
         shifted = pixels + torch.randn(pixels.shape, generator=gen) * self.noise_std
         dev = next(net.parameters()).device
         pixels, shifted = pixels.to(dev), shifted.to(dev)
-        baseline = []
+        baseline, raw = [], []
         for g, tap in enumerate(self.taps):
-            target = tap(net, prep(pixels)).float()
+            raw.append(tap(net, prep(pixels)))
+            target = raw[-1].float()
             self.register_buffer(f"target_{g}", target, persistent=False)
             baseline.append((tap(net, prep(shifted)).float() - target).flatten(1).norm(dim=1))
         self.register_buffer("noise_shift_l2", torch.cat(baseline), persistent=False)
+        self.shared = SharedPass.build(net, self.taps, prep(pixels), raw)
         self.reference = pixels.repeat(len(self.taps), 1, 1, 1)
         self.group = len(images)
         self.index = torch.arange(len(self.taps) * len(images))
+        self._rows = None
         self.records = [
             {"image": im.name, "layer": tap.label, "module": tap.module or tap.label}
             for tap in self.taps
@@ -112,26 +117,42 @@ class LayerInversion(Objective):
 
     def shard(self, index):
         self.index = torch.as_tensor(index)
+        self._rows = None
         self.noise_shift_l2 = self.noise_shift_l2[self.index]
 
+    def _plan(self):
+        """Rows of each layer in this process's batch, the order layers are run in, and the permutation
+        that puts rows in that order (None when they already are). Fixed once the targets are."""
+        if self._rows is None:
+            layer = self.index // self.group  # targets are layer-major
+            rows = [(layer == g).nonzero().flatten() for g in range(len(self.taps))]
+            order = [g for g in (self.shared.order if self.shared else range(len(self.taps))) if len(rows[g])]
+            perm = torch.cat([rows[g] for g in order])
+            self._rows = (rows, order, None if torch.equal(perm, torch.arange(len(perm))) else perm)
+        return self._rows
+
     def forward(self, net, x):
+        rows, order, perm = self._plan()
+        if self.shared is not None:
+            outs = self.shared(net, x if perm is None else x[perm], [len(r) for r in rows])
+        else:
+            outs = {g: self.taps[g](net, x[rows[g][0] : rows[g][-1] + 1]) for g in order}
+        image = self.index % self.group
         losses, l2 = [], []
-        layer, image = self.index // self.group, self.index % self.group  # targets are layer-major
-        for g, tap in enumerate(self.taps):
-            rows = (layer == g).nonzero().flatten()
-            if len(rows) == 0:
-                continue
-            out = tap(net, x[rows[0] : rows[-1] + 1])
-            target = getattr(self, f"target_{g}")[image[rows]]
-            losses.append(distance(out, target, self.loss))
-            l2.append((out.detach().float() - target).flatten(1).norm(dim=1))
-        output_l2 = torch.cat(l2)
+        for g in order:
+            target = getattr(self, f"target_{g}")[image[rows[g]]]
+            losses.append(distance(outs[g], target, self.loss))
+            l2.append((outs[g].detach().float() - target).flatten(1).norm(dim=1))
+        loss, output_l2 = torch.cat(losses), torch.cat(l2)
+        if perm is not None:
+            back = torch.argsort(perm)
+            loss, output_l2 = loss[back], output_l2[back]
         stats = {
             "output_l2": output_l2,
             "noise_shift_l2": self.noise_shift_l2,
             "accurate": (output_l2 < self.noise_shift_l2).float(),
         }
-        return self.scale * torch.cat(losses), stats
+        return self.scale * loss, stats
 
 
 CLASS_LOSSES = ("abs", "logit", "ce")

@@ -9,6 +9,7 @@ stop the forward pass as soon as it has run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -123,3 +124,129 @@ def resolve_layers(net: nn.Module, specs) -> list[LayerTap]:
     if not taps:
         raise RepinvError("layers= is empty. Give at least one layer, e.g. layers=[patch_embed,5].")
     return taps
+
+
+def _layout(module_out: torch.Tensor, tap_out: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """How a tap's own output is read from its module's output, if it holds the same numbers.
+
+    Identity (module taps, ResNet stages) or tokens to a feature map: timm's
+    `forward_intermediates` drops a ViT's prefix tokens and reshapes the rest to NCHW.
+    None when neither reproduces the tap's output.
+    """
+    m, a = module_out, tap_out
+    candidates: list[Callable[[torch.Tensor], torch.Tensor]] = [lambda t: t]
+    if m.dim() == 3 and a.dim() == 4 and m.shape[2] == a.shape[1] and m.shape[1] >= a.shape[2] * a.shape[3]:
+        p, (h, w) = m.shape[1] - a.shape[2] * a.shape[3], a.shape[2:]
+        candidates.append(lambda t: t[:, p:].unflatten(1, (h, w)).permute(0, 3, 1, 2))
+    if m.dim() == 4 and a.dim() == 4:
+        candidates.append(lambda t: t.permute(0, 3, 1, 2))
+    for f in candidates:
+        out = f(m)
+        if out.shape == a.shape and _close(out, a):
+            return f
+    return None
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to the rounding that a different batch size gives a matmul."""
+    a, b = a.float(), b.float()
+    return bool(((a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-6).item())
+
+
+class SharedPass:
+    """One forward pass for targets at several layers: each target's rows leave the batch at its layer.
+
+    The rows are grouped by layer, shallowest first; when a tapped module has run, its rows are
+    split off and the rest go on, and the pass ends at the deepest tap. Inverting layers 0..11
+    of a 12-block model thus costs 78 block passes in batches, as twelve separate runs do
+    one by one (a shared batch cut at the deepest layer would cost 144). Built only where a check
+    shows it gives what each tap's own forward gives; otherwise taps run one by one.
+    """
+
+    def __init__(self, modules: list[str], layouts: list[Callable], order: list[int]):
+        self.modules, self.layouts, self.order = modules, layouts, order
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, net: nn.Module, taps: list[LayerTap], x: torch.Tensor, targets: list[torch.Tensor]) -> SharedPass | None:
+        """Check the pass on `x` (one row per image) against each tap's `targets`; None where it does not hold."""
+        if len(taps) < 2 or any(t.module is None for t in taps):
+            return None
+        try:
+            layouts = []
+            for tap, target in zip(taps, targets):
+                f = _layout(LayerTap(tap.label, module=tap.module)(net, x), target)
+                if f is None:
+                    return None
+                layouts.append(f)
+            order = cls._forward_order(net, [t.module for t in taps], x[:1])
+            shared = cls([t.module for t in taps], layouts, order)
+            gen = torch.Generator().manual_seed(0)
+            inputs = [x + 0.1 * g * torch.randn(x.shape, generator=gen).to(x) for g in range(len(taps))]
+            expected = [tap(net, xg) for tap, xg in zip(taps, inputs)]
+            outs = shared(net, torch.cat([inputs[g] for g in order]), [len(x)] * len(taps))
+        except Exception:  # a model whose forward mixes rows across a tapped module: run taps one by one
+            return None
+        # distinct rows per layer, so a split that only broadcasts (a residual of one row) shows up
+        ok = all(out.shape == e.shape and _close(out, e) for out, e in zip(outs, expected))
+        return shared if ok else None
+
+    @staticmethod
+    def _forward_order(net: nn.Module, modules: list[str], x: torch.Tensor) -> list[int]:
+        """Tap numbers in the order their modules first run (ties keep the given order)."""
+        first: dict[str, int] = {}
+        names = set(modules)
+
+        def hook_for(name):
+            def hook(_mod, _inp, out):
+                first.setdefault(name, len(first))
+                if len(first) == len(names):
+                    raise _Reached(out)
+            return hook
+
+        handles = [net.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
+        try:
+            net(x)
+        except _Reached:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        if len(first) < len(names):
+            raise RuntimeError(f"modules {sorted(names - set(first))} did not run in the forward pass")
+        return sorted(range(len(modules)), key=lambda g: first[modules[g]])
+
+    def __call__(self, net: nn.Module, x: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
+        """Outputs per tap for `x`, whose rows come in `self.order` groups of `counts[g]` rows (tap order)."""
+        exits: dict[str, list[int]] = {}
+        for g in self.order:
+            if counts[g]:
+                exits.setdefault(self.modules[g], []).append(g)
+        outs: dict[int, torch.Tensor] = {}
+        left = [sum(counts)]
+
+        def hook_for(name):
+            def hook(_mod, _inp, out):
+                if name not in exits:  # a module that runs twice: only its first run is the tap
+                    return None
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(f"module {name} returns {type(out).__name__}, not a tensor to split by rows")
+                for g in exits.pop(name):
+                    outs[g], out = self.layouts[g](out[: counts[g]]), out[counts[g] :]
+                    left[0] -= counts[g]
+                if not left[0]:
+                    raise _Reached(out)
+                return out
+            return hook
+
+        handles = [net.get_submodule(n).register_forward_hook(hook_for(n)) for n in list(exits)]
+        try:
+            net(x)
+        except _Reached:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        if exits:
+            raise RuntimeError(f"modules {sorted(exits)} did not run in the forward pass")
+        return [outs.get(g) for g in range(len(counts))]
