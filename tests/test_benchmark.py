@@ -7,6 +7,7 @@ import math
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -31,9 +32,24 @@ def test_quick_benchmark_writes_every_field(tmp_path):
         assert math.isfinite(report["ratios"][key] if not isinstance(report["ratios"][key], dict) else 1.0), key
 
 
-def test_bf16_run_gives_valid_results(run_repinv):
-    records, _ = run_repinv("trainer.precision=bf16-mixed", "logger=none")
+def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
+    """precision=bf16 steps through a bfloat16 copy of the weights; the run's own network stays fp32."""
+    from repinv import module as module_lib
+
+    seen = {}
+    original = module_lib.ImageOptimization.on_fit_start
+
+    def spy(self):
+        before = {k: v.clone() for k, v in self.net.state_dict().items()}
+        original(self)
+        seen.update(step=next(self.step_net.parameters()).dtype, net=next(self.net.parameters()).dtype, before=before, module=self)
+
+    monkeypatch.setattr(module_lib.ImageOptimization, "on_fit_start", spy)
+    records, _ = run_repinv("precision=bf16", "logger=none")
+    assert seen["step"] == torch.bfloat16 and seen["net"] == torch.float32
+    assert all(torch.equal(v, seen["before"][k]) for k, v in seen["module"].net.state_dict().items())
+    monkeypatch.undo()
     fp32, _ = run_repinv("logger=none", name="fp32")
     for bf, fp in zip(records, fp32):
         assert math.isfinite(bf["psnr"]) and bf["psnr"] > 15
-        assert abs(bf["psnr"] - fp["psnr"]) < 1.0
+        assert abs(bf["psnr"] - fp["psnr"]) < 0.5

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from repinv.images import TargetImage
 from repinv.metrics import pixel_metrics
@@ -69,8 +72,9 @@ class ImageOptimization(pl.LightningModule):
         self.last_good: torch.Tensor | None = None
         self.any_diverged = False  # host copy of diverged.any(), refreshed at log steps: no sync per step
         self.shard: list[int] = list(range(len(self.records)))  # the targets this process optimises
-        if compile:
-            self.compile_net()
+        self.compile = compile
+        self.__dict__["step_net"] = self.net  # the network the steps use (see on_fit_start); never a submodule
+        self.sdpa_backends: list | None = None
 
     def setup(self, stage: str) -> None:
         """With several processes, keep only this rank's share of the targets (`records` stays whole)."""
@@ -90,20 +94,37 @@ class ImageOptimization(pl.LightningModule):
         self.net.eval()
         return self
 
-    def compile_net(self) -> None:
-        """torch.compile the frozen network's `forward_intermediates` (what index taps call).
+    def on_fit_start(self) -> None:
+        """Choose the network the steps run through, now that precision and device are known.
+
+        Under bf16 the steps use a bfloat16 copy of the frozen weights: autocast would cast them
+        again every step (its cache keeps only weights that require grad), while targets and final
+        metrics stay with the fp32 network. On CPU, attention then takes SDPA's math kernel,
+        whose bf16 backward is several times faster there than the fused one.
+        """
+        step_net = self.net
+        if "bf16" in str(self.trainer.precision):
+            step_net = copy.deepcopy(self.net).to(torch.bfloat16)
+        self.__dict__["step_net"] = step_net  # not a submodule: not in checkpoints, not synced by DDP
+        if step_net is not self.net and self.device.type == "cpu":
+            self.sdpa_backends = [SDPBackend.MATH]
+        if self.compile:
+            self.compile_net(self.step_net)
+
+    def compile_net(self, net: nn.Module) -> None:
+        """torch.compile a network's `forward_intermediates` (what a single index tap calls).
 
         Targets are already computed. Each layer (and autocast state) is its own graph, so the
-        recompile limit is raised to cover them. Module-path taps stay eager: their forward ends
-        by raising from a hook.
+        recompile limit is raised to cover them. Module-path taps and the shared pass of several
+        layers stay eager: their forward ends by raising from a hook.
         """
-        if not hasattr(self.net, "forward_intermediates"):
+        if not hasattr(net, "forward_intermediates"):
             return
         import torch._dynamo
 
         cfg = torch._dynamo.config
         cfg.recompile_limit = max(cfg.recompile_limit, 4 * len(self.records) + 8)
-        self.net.forward_intermediates = torch.compile(self.net.forward_intermediates)
+        net.forward_intermediates = torch.compile(net.forward_intermediates)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -148,7 +169,8 @@ class ImageOptimization(pl.LightningModule):
         log_now = step % self.log_every == 0 or step == self.steps - 1
         offset = self.jitter.offset(step, self.jitter_gen)
         view = self.view(offset)
-        losses, stats = self.objective(self.net, self.normalize(view))
+        with sdpa_kernel(self.sdpa_backends) if self.sdpa_backends else nullcontext():
+            losses, stats = self.objective(self.step_net, self.normalize(view))
         if log_now:
             self._check_finite(losses)
             self._log_step(losses, stats, view)
