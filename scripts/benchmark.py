@@ -3,6 +3,7 @@
 For each (layer, batch) the three variants are timed in one process, interleaved round by
 round so machine drift cancels:
   repinv  - ImageOptimization inside Lightning's Trainer with CSV logging (the real code path)
+  repinv_bf16 - the same with precision=bf16 (bf16 copy of the frozen weights, autocast)
   plain   - the same work as a bare loop: frozen weights, forward stopping at the layer, blur
   study   - the study's loop style: weights keep requires_grad, no early stop, original conv
 It also measures one run inverting many layers at once against separate runs, bf16 autocast
@@ -219,10 +220,12 @@ def main(argv=None) -> int:
                     target = tap(loaded.net, (pix - mean) / std)
                 if r == 0:
                     flops[(layer, batch)] = step_flops(loaded.net, mean, std, tap, target, batch, (size, size))
-                for variant in ("repinv", "plain", "study"):
+                for variant in ("repinv", "repinv_bf16", "plain", "study"):
                     reset_peak()
                     if variant == "repinv":
                         sec, _ = repinv_step(loaded, images, [layer], steps)
+                    elif variant == "repinv_bf16":
+                        sec, _ = repinv_step(loaded, images, [layer], steps, precision="bf16-mixed")
                     elif variant == "plain":
                         sec = plain_step(loaded.net, mean, std, tap, target, batch, steps, (size, size))
                     else:
@@ -233,7 +236,8 @@ def main(argv=None) -> int:
     for (variant, layer, batch), secs in sums.items():
         sec = min(secs)
         gf = flops[(layer, batch)]
-        rows.append({"variant": variant, "layer": layer, "batch": batch, "precision": "fp32", "seconds_per_step": sec,
+        rows.append({"variant": variant, "layer": layer, "batch": batch, "precision": "bf16" if "bf16" in variant else "fp32",
+                     "seconds_per_step": sec,
                      "image_steps_per_second": batch / sec, "gflops_per_step": gf, "gflops_per_second": gf / sec,
                      "fraction_of_matmul_peak": gf / sec / peak, "peak_memory_mib": mem[(variant, layer, batch)]})
 
@@ -244,6 +248,7 @@ def main(argv=None) -> int:
     ratios = {
         "repinv_over_plain_batch1_mid_layer": sec_of("repinv", mid, 1) / sec_of("plain", mid, 1),
         "study_over_repinv": {f"L{l}_b{b}": sec_of("study", l, b) / sec_of("repinv", l, b) for l in layers for b in batches},
+        "study_over_repinv_bf16": {f"L{l}_b{b}": sec_of("study", l, b) / sec_of("repinv_bf16", l, b) for l in layers for b in batches},
     }
     # all layers in one run against one run per layer (batch 1)
     all_layers = list(range(len(loaded.net.blocks)))
@@ -278,9 +283,9 @@ def main(argv=None) -> int:
         "model": name, "quick": args.quick, "steps": steps, "rounds": rounds, "matmul_peak_gflops": peak,
         "rows": rows, "ratios": ratios, **extra,
     }
-    print(f"{'variant':8} {'layer':>5} {'batch':>5} {'s/step':>8} {'img-steps/s':>11} {'GFLOP/s':>8} {'peak%':>6} {'mem MiB':>8}")
+    print(f"{'variant':11} {'layer':>5} {'batch':>5} {'s/step':>8} {'img-steps/s':>11} {'GFLOP/s':>8} {'peak%':>6} {'mem MiB':>8}")
     for r in rows:
-        print(f"{r['variant']:8} {r['layer']:>5} {r['batch']:>5} {r['seconds_per_step']:8.4f} {r['image_steps_per_second']:11.2f} "
+        print(f"{r['variant']:11} {r['layer']:>5} {r['batch']:>5} {r['seconds_per_step']:8.4f} {r['image_steps_per_second']:11.2f} "
               f"{r['gflops_per_second']:8.1f} {100 * r['fraction_of_matmul_peak']:5.1f}% {r['peak_memory_mib'] or 0:8.0f}")
     print(json.dumps({"ratios": ratios, **extra}, indent=2))
     if args.out:

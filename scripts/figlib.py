@@ -1,7 +1,7 @@
 """Shared driver for the figure scripts: run each panel through the `repinv` CLI, then assemble.
 
 Every panel is one `repinv` run (a subprocess, so the figures use exactly the CLI's code
-path) in `logs/figures/<figure>/<panel>/`. The figure is a grid with one row per panel and
+path) in `logs/figures/<figure>/<panel>/`; `--jobs N` runs N panels at once. The figure is a grid with one row per panel and
 the target first, then each reconstruction titled with its PSNR (or class probability), or
 the run's filter grid (filters.png); its numbers go to a CSV beside it.
 """
@@ -9,6 +9,7 @@ the run's filter grid (filters.png); its numbers go to a CSV beside it.
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 import csv
 import json
 import os
@@ -54,6 +55,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="override the figure's number of steps")
     p.add_argument("--source", choices=["timm", "torchvision"], default="timm",
                    help="model library: torchvision runs the study's own models (tv_* configs)")
+    p.add_argument("--jobs", type=int, default=1, help="panels run at once (each its own repinv process)")
     p.add_argument("overrides", nargs="*", help="extra repinv overrides applied to every panel, e.g. model.source=torchvision")
     return p
 
@@ -156,10 +158,10 @@ def main(name: str, title: str, experiment: str, panels: list[Panel], argv=None)
     args = parser(title).parse_args(argv)
     out = args.out / ("smoke" if args.smoke else "")
     started = time.perf_counter()
-    results = {}
-    for i, panel in enumerate(panels):
-        run_dir = out / name / f"{i:02d}"
-        results[panel.label] = (run_panel(panel, experiment, run_dir, args), run_dir)
+    dirs = [out / name / f"{i:02d}" for i in range(len(panels))]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        statuses = list(pool.map(lambda pd: run_panel(pd[0], experiment, pd[1], args), zip(panels, dirs)))
+    results = {panel.label: (status, d) for panel, status, d in zip(panels, statuses, dirs)}
     png, csv_path = assemble(name, title, panels, results, out)
     print(png)
     print(csv_path)

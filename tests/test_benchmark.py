@@ -21,13 +21,15 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     assert benchmark.main(["--quick", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     variants = {(r["variant"], r["layer"], r["batch"]) for r in report["rows"]}
-    assert variants == {(v, l, b) for v in ("repinv", "plain", "study") for l in (0, 1, 3) for b in (1, 4)}
+    assert variants == {(v, l, b) for v in ("repinv", "repinv_bf16", "plain", "study") for l in (0, 1, 3) for b in (1, 4)}
     for row in report["rows"]:
         for field in benchmark.FIELDS:
             assert field in row, field
         assert row["seconds_per_step"] > 0 and row["gflops_per_step"] > 0
         assert 0 < row["fraction_of_matmul_peak"] < 5
+        assert row["precision"] == ("bf16" if row["variant"] == "repinv_bf16" else "fp32")
     assert report["matmul_peak_gflops"] > 0
+    assert set(report["ratios"]["study_over_repinv_bf16"]) == {f"L{l}_b{b}" for l in (0, 1, 3) for b in (1, 4)}
     for key in ("repinv_over_plain_batch1_mid_layer", "all_layers_one_run_over_separate_runs", "bf16_speedup", "bf16_psnr_minus_fp32"):
         assert math.isfinite(report["ratios"][key] if not isinstance(report["ratios"][key], dict) else 1.0), key
 
@@ -53,3 +55,18 @@ def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
     for bf, fp in zip(records, fp32):
         assert math.isfinite(bf["psnr"]) and bf["psnr"] > 15
         assert abs(bf["psnr"] - fp["psnr"]) < 0.5
+
+
+def test_compile_run_gives_the_eager_result(run_repinv):
+    """compile=true compiles the step's forward and ends where the eager run ends."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    common = ("layers=[0]", "steps=8", "log_every=7", "logger=none")
+    compiled, _ = run_repinv("compile=true", *common)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    eager, _ = run_repinv(*common, name="eager")
+    for c, e in zip(compiled, eager):
+        assert c["psnr"] > 10 and c["psnr"] == pytest.approx(e["psnr"], abs=0.05)
+        assert c["output_l2"] == pytest.approx(e["output_l2"], rel=1e-2)
