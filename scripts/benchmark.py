@@ -16,6 +16,8 @@ against fp32, and optionally ViT-L/16 at 512x512. Prints a table; `--out FILE` w
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import platform
@@ -50,13 +52,20 @@ def device() -> torch.device:
 
 
 def reset_peak() -> None:
+    """Start a new peak-memory window. On CPU the window is the process's resident peak, so the
+    previous variant's garbage is collected and handed back to the OS first."""
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def peak_mib() -> float | None:

@@ -75,6 +75,8 @@ CASES = {
     "unknown class name": (["objective=class", "classes=[goldfsh]"], "Did you mean 'goldfish'"),
     "class without classes": (["objective=class"], "objective=class needs classes"),
     "resume without a checkpoint": (["resume={d}/empty"], "names no checkpoint"),
+    "unknown precision": (["precision=fp8"], "precision=fp8 is not a precision repinv knows. Use precision=32-true"),
+    "half-precision image": (["precision=bf16-true"], "would make the image itself half precision"),
 }
 
 

@@ -64,6 +64,15 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(every, int) or every < 0:
         raise RepinvError(f"checkpoint_every={every} must be a whole number of steps, or 0 for no periodic "
                           "checkpoints; e.g. checkpoint_every=500.")
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        why = (" would make the image itself half precision, too coarse for small steps" if precision.endswith("-true")
+               else " is not a precision repinv knows")
+        raise RepinvError(f"precision={precision}{why}. Use precision=32-true (the default), precision=bf16 "
+                          "(bfloat16 steps, fp32 image, targets and metrics) or precision=16-mixed (float16 autocast, GPUs).")
+
+
+PRECISIONS = ("32-true", "32", "bf16", "bf16-mixed", "16-mixed", "16")
 
 
 CHECKPOINT_DIR = "checkpoints"
