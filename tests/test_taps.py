@@ -104,3 +104,18 @@ def test_a_tap_inside_a_residual_block_is_not_shared():
     taps = resolve_layers(net, ["blocks.0.norm1", 1])
     x = torch.rand(1, 3, 64, 64)
     assert SharedPass.build(net, taps, x, [t(net, x) for t in taps]) is None
+
+
+def test_stack_false_runs_one_pass_per_layer():
+    """objective.stack=false switches the shared pass off (for models where stacking does not pay)."""
+    from repinv.images import TargetImage
+    from repinv.objectives import LayerInversion
+
+    net, image = _tiny("vit"), [TargetImage(name="a", pixels=torch.rand(3, 64, 64))]
+    stacked, separate = LayerInversion([0, 2]), LayerInversion([0, 2], stack=False)
+    for objective in (stacked, separate):
+        objective.setup(net, lambda x: x, image, 0)
+    assert stacked.shared is not None and separate.shared is None
+    x = torch.rand(2, 3, 64, 64)
+    (a, sa), (b, sb) = stacked(net, x), separate(net, x)
+    assert torch.allclose(a, b, rtol=1e-4) and torch.allclose(sa["output_l2"], sb["output_l2"], rtol=1e-4)

@@ -77,7 +77,7 @@ class LayerInversion(Objective):
 
     kind = "layer"
 
-    def __init__(self, layers, loss: str = "l1", scale: float = 0.15, noise_std: float = 1 / 18):
+    def __init__(self, layers, loss: str = "l1", scale: float = 0.15, noise_std: float = 1 / 18, stack: bool = True):
         super().__init__()
         if loss not in LOSSES:
             raise RepinvError(f"objective.loss={loss} is not a layer loss. Use one of {', '.join(LOSSES)}.")
@@ -85,6 +85,7 @@ class LayerInversion(Objective):
         self.loss = loss
         self.scale = float(scale)
         self.noise_std = float(noise_std)
+        self.stack = bool(stack)  # several layers in one shared pass (SharedPass) where it checks out
         self.taps: list[LayerTap] = []
         self.shared: SharedPass | None = None
         self._rows = None
@@ -104,7 +105,7 @@ class LayerInversion(Objective):
             self.register_buffer(f"target_{g}", target, persistent=False)
             baseline.append((tap(net, prep(shifted)).float() - target).flatten(1).norm(dim=1))
         self.register_buffer("noise_shift_l2", torch.cat(baseline), persistent=False)
-        self.shared = SharedPass.build(net, self.taps, prep(pixels), raw)
+        self.shared = SharedPass.build(net, self.taps, prep(pixels), raw) if self.stack else None
         self.reference = pixels.repeat(len(self.taps), 1, 1, 1)
         self.group = len(images)
         self.index = torch.arange(len(self.taps) * len(images))
