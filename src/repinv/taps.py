@@ -20,11 +20,15 @@ from repinv.models.torchvision_source import torchvision_hidden_layers
 
 
 class _Reached(Exception):
-    """Raised by a forward hook to end the forward pass at the tapped module."""
+    """Raised by a forward hook to end the forward pass once every tapped module has run."""
 
-    def __init__(self, output: torch.Tensor):
+
+class _Passing(Exception):
+    """Raised by a `forward_until` hook to record a value and pass a different output on."""
+
+    def __init__(self, record, output: torch.Tensor):
         super().__init__()
-        self.output = output
+        self.record, self.output = record, output
 
 
 def _first_tensor(out):
@@ -67,19 +71,43 @@ class LayerTap:
         if self.index is not None and hasattr(net, "forward_intermediates"):
             out = net.forward_intermediates(x, indices=[self.index], stop_early=True, intermediates_only=True)
             return out[0]
-        target = net.get_submodule(self.module)
+        reached = forward_until(net, x, {self.module: lambda _m, _i, out: _first_tensor(out)})
+        if self.module not in reached:
+            raise RuntimeError(f"module {self.module} did not run in the forward pass")
+        return reached[self.module]
 
-        def hook(_mod, _inp, output):
-            raise _Reached(_first_tensor(output))
 
-        handle = target.register_forward_hook(hook)
-        try:
-            net(x)
-        except _Reached as reached:
-            return reached.output
-        finally:
-            handle.remove()
-        raise RuntimeError(f"module {self.module} did not run in the forward pass")
+def forward_until(net: nn.Module, x: torch.Tensor, hooks: dict[str, Callable]) -> dict:
+    """Run `net` on `x` with a forward hook on each named module, until every one has run.
+
+    A hook returns the value to record for its module (on its first run only); the pass ends
+    as soon as all have run. A hook may also replace the module's output by raising
+    `_Passing(record, output)`. Returns module name -> recorded value.
+    """
+    seen: dict = {}
+
+    def wrap(name, fn):
+        def hook(mod, inp, out):
+            if name in seen:  # a module that runs twice: only its first run is the tap
+                return None
+            try:
+                seen[name], replaced = fn(mod, inp, out), None
+            except _Passing as passing:
+                seen[name], replaced = passing.record, passing.output
+            if len(seen) == len(hooks):
+                raise _Reached
+            return replaced
+        return hook
+
+    handles = [net.get_submodule(n).register_forward_hook(wrap(n, fn)) for n, fn in hooks.items()]
+    try:
+        net(x)
+    except _Reached:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def _invalid(spec, net: nn.Module) -> RepinvError:
@@ -194,27 +222,12 @@ class SharedPass:
     @staticmethod
     def _forward_order(net: nn.Module, modules: list[str], x: torch.Tensor) -> list[int]:
         """Tap numbers in the order their modules first run (ties keep the given order)."""
-        first: dict[str, int] = {}
-        names = set(modules)
-
-        def hook_for(name):
-            def hook(_mod, _inp, out):
-                first.setdefault(name, len(first))
-                if len(first) == len(names):
-                    raise _Reached(out)
-            return hook
-
-        handles = [net.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
-        try:
-            net(x)
-        except _Reached:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        names = list(dict.fromkeys(modules))
+        first = forward_until(net, x, {n: (lambda _m, _i, _o, n=n: n) for n in names})
         if len(first) < len(names):
-            raise RuntimeError(f"modules {sorted(names - set(first))} did not run in the forward pass")
-        return sorted(range(len(modules)), key=lambda g: first[modules[g]])
+            raise RuntimeError(f"modules {sorted(set(names) - set(first))} did not run in the forward pass")
+        rank = {n: i for i, n in enumerate(first)}
+        return sorted(range(len(modules)), key=lambda g: rank[modules[g]])
 
     def __call__(self, net: nn.Module, x: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
         """Outputs per tap for `x`, whose rows come in `self.order` groups of `counts[g]` rows (tap order)."""
@@ -223,30 +236,17 @@ class SharedPass:
             if counts[g]:
                 exits.setdefault(self.modules[g], []).append(g)
         outs: dict[int, torch.Tensor] = {}
-        left = [sum(counts)]
 
-        def hook_for(name):
+        def split(name):
             def hook(_mod, _inp, out):
-                if name not in exits:  # a module that runs twice: only its first run is the tap
-                    return None
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(f"module {name} returns {type(out).__name__}, not a tensor to split by rows")
-                for g in exits.pop(name):
+                for g in exits[name]:
                     outs[g], out = self.layouts[g](out[: counts[g]]), out[counts[g] :]
-                    left[0] -= counts[g]
-                if not left[0]:
-                    raise _Reached(out)
-                return out
+                raise _Passing(None, out)
             return hook
 
-        handles = [net.get_submodule(n).register_forward_hook(hook_for(n)) for n in list(exits)]
-        try:
-            net(x)
-        except _Reached:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        if exits:
-            raise RuntimeError(f"modules {sorted(exits)} did not run in the forward pass")
+        reached = forward_until(net, x, {n: split(n) for n in exits})
+        if len(reached) < len(exits):
+            raise RuntimeError(f"modules {sorted(set(exits) - set(reached))} did not run in the forward pass")
         return [outs.get(g) for g in range(len(counts))]
