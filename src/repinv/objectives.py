@@ -98,14 +98,13 @@ class LayerInversion(Objective):
         shifted = pixels + torch.randn(pixels.shape, generator=gen) * self.noise_std
         dev = next(net.parameters()).device
         pixels, shifted = pixels.to(dev), shifted.to(dev)
-        baseline, raw = [], []
+        baseline, targets = [], []
         for g, tap in enumerate(self.taps):
-            raw.append(tap(net, prep(pixels)))
-            target = raw[-1].float()
-            self.register_buffer(f"target_{g}", target, persistent=False)
-            baseline.append((tap(net, prep(shifted)).float() - target).flatten(1).norm(dim=1))
+            targets.append(tap(net, prep(pixels)).float())
+            self.register_buffer(f"target_{g}", targets[-1], persistent=False)
+            baseline.append((tap(net, prep(shifted)).float() - targets[-1]).flatten(1).norm(dim=1))
         self.register_buffer("noise_shift_l2", torch.cat(baseline), persistent=False)
-        self.shared = SharedPass.build(net, self.taps, prep(pixels), raw) if self.stack else None
+        self.shared = SharedPass.build(net, self.taps, prep(pixels), targets) if self.stack else None
         self.reference = pixels.repeat(len(self.taps), 1, 1, 1)
         self.group = len(images)
         self.index = torch.arange(len(self.taps) * len(images))
@@ -122,31 +121,31 @@ class LayerInversion(Objective):
         self.noise_shift_l2 = self.noise_shift_l2[self.index]
 
     def _plan(self):
-        """Rows of each layer in this process's batch, the order layers are run in, and the permutation
-        that puts rows in that order (None when they already are). Fixed once the targets are."""
+        """Derived once per set of targets: rows of each layer in this process's batch, their target
+        indices, the order layers run in, and the permutation into that order and back (None when
+        the rows already are in it)."""
         if self._rows is None:
-            layer = self.index // self.group  # targets are layer-major
+            layer, image = self.index // self.group, self.index % self.group  # targets are layer-major
             rows = [(layer == g).nonzero().flatten() for g in range(len(self.taps))]
             order = [g for g in (self.shared.order if self.shared else range(len(self.taps))) if len(rows[g])]
             perm = torch.cat([rows[g] for g in order])
-            self._rows = (rows, order, None if torch.equal(perm, torch.arange(len(perm))) else perm)
+            moved = not torch.equal(perm, torch.arange(len(perm)))
+            self._rows = (rows, [image[r] for r in rows], order, perm if moved else None, torch.argsort(perm) if moved else None)
         return self._rows
 
     def forward(self, net, x):
-        rows, order, perm = self._plan()
+        rows, images, order, perm, back = self._plan()
         if self.shared is not None:
             outs = self.shared(net, x if perm is None else x[perm], [len(r) for r in rows])
         else:
             outs = {g: self.taps[g](net, x[rows[g][0] : rows[g][-1] + 1]) for g in order}
-        image = self.index % self.group
         losses, l2 = [], []
         for g in order:
-            target = getattr(self, f"target_{g}")[image[rows[g]]]
+            target = getattr(self, f"target_{g}")[images[g]]
             losses.append(distance(outs[g], target, self.loss))
             l2.append((outs[g].detach().float() - target).flatten(1).norm(dim=1))
         loss, output_l2 = torch.cat(losses), torch.cat(l2)
-        if perm is not None:
-            back = torch.argsort(perm)
+        if back is not None:
             loss, output_l2 = loss[back], output_l2[back]
         stats = {
             "output_l2": output_l2,

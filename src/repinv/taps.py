@@ -71,10 +71,7 @@ class LayerTap:
         if self.index is not None and hasattr(net, "forward_intermediates"):
             out = net.forward_intermediates(x, indices=[self.index], stop_early=True, intermediates_only=True)
             return out[0]
-        reached = forward_until(net, x, {self.module: lambda _m, _i, out: _first_tensor(out)})
-        if self.module not in reached:
-            raise RuntimeError(f"module {self.module} did not run in the forward pass")
-        return reached[self.module]
+        return forward_until(net, x, {self.module: lambda _m, _i, out: _first_tensor(out)})[self.module]
 
 
 def forward_until(net: nn.Module, x: torch.Tensor, hooks: dict[str, Callable]) -> dict:
@@ -82,7 +79,8 @@ def forward_until(net: nn.Module, x: torch.Tensor, hooks: dict[str, Callable]) -
 
     A hook returns the value to record for its module (on its first run only); the pass ends
     as soon as all have run. A hook may also replace the module's output by raising
-    `_Passing(record, output)`. Returns module name -> recorded value.
+    `_Passing(record, output)`. Returns module name -> recorded value; a module that never
+    ran is an error.
     """
     seen: dict = {}
 
@@ -107,6 +105,8 @@ def forward_until(net: nn.Module, x: torch.Tensor, hooks: dict[str, Callable]) -
     finally:
         for h in handles:
             h.remove()
+    if len(seen) < len(hooks):
+        raise RuntimeError(f"modules {sorted(set(hooks) - set(seen))} did not run in the forward pass")
     return seen
 
 
@@ -224,8 +224,6 @@ class SharedPass:
         """Tap numbers in the order their modules first run (ties keep the given order)."""
         names = list(dict.fromkeys(modules))
         first = forward_until(net, x, {n: (lambda _m, _i, _o, n=n: n) for n in names})
-        if len(first) < len(names):
-            raise RuntimeError(f"modules {sorted(set(names) - set(first))} did not run in the forward pass")
         rank = {n: i for i, n in enumerate(first)}
         return sorted(range(len(modules)), key=lambda g: rank[modules[g]])
 
@@ -246,7 +244,5 @@ class SharedPass:
                 raise _Passing(None, out)
             return hook
 
-        reached = forward_until(net, x, {n: split(n) for n in exits})
-        if len(reached) < len(exits):
-            raise RuntimeError(f"modules {sorted(set(exits) - set(reached))} did not run in the forward pass")
+        forward_until(net, x, {n: split(n) for n in exits})
         return [outs.get(g) for g in range(len(counts))]
