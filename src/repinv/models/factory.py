@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from repinv.errors import RepinvError, suggest
+from repinv.models.packed import pack_linears
 from repinv.models.patchify import patchify_convs
 from repinv.models.torchvision_source import IMAGENET_MEAN, IMAGENET_STD, create_torchvision_model
 
@@ -115,7 +116,8 @@ def create_model(
     Untrained weights depend only on `seed`. `pretrained=True` goes through timm's own
     pretrained machinery (hub or local cache); `checkpoint=PATH` feeds a local safetensors or
     torch file through the same machinery (`pretrained_cfg_overlay`), so timm's filtering and
-    head resizing apply as usual. Patch convolutions are switched to their faster matmul form.
+    head resizing apply as usual. Patch convolutions are switched to their faster matmul form
+    and linear layers to MKL-packed weights for the step (both compute the same values).
     """
     spec = dict(name=name, label=label, input_size=input_size, pretrained=pretrained, checkpoint=checkpoint, mean=mean,
                 std=std, seed=seed, kwargs=dict(kwargs or {}), source=source, weights=weights)
@@ -124,6 +126,7 @@ def create_model(
     if source == "torchvision":
         net, trained = create_torchvision_model(name, weights, checkpoint, seed, kwargs)
         patchify_convs(net)
+        pack_linears(net)
         return LoadedModel(freeze(net), label or name, name, size, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD), trained, spec=spec)
     if source != "timm":
         raise RepinvError(f"model.source={source} is not a model source; use timm or torchvision.")
@@ -159,6 +162,7 @@ def create_model(
                 raise _weights_missing(name, checkpoint, err) from None
             raise
     patchify_convs(net)
+    pack_linears(net)
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     return LoadedModel(
         net=freeze(net),

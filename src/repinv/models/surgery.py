@@ -148,6 +148,11 @@ def _set_module(net: nn.Module, path: str, new: nn.Module) -> None:
     setattr(net.get_submodule(parent) if parent else net, child, new)
 
 
+def _class_name(m: nn.Module) -> str:
+    """The class name a user knows: repinv's faster drop-ins (PatchConv2d, PackedLinear) answer to their base's."""
+    return next(c.__name__ for c in type(m).__mro__ if not c.__module__.startswith("repinv."))
+
+
 class Remove(Operation):
     """Replace every module whose class name or path matches `pattern` (shell-style, e.g. LayerNorm, blocks.*.norm1) with identity."""
 
@@ -157,12 +162,12 @@ class Remove(Operation):
     def __call__(self, model: LoadedModel) -> LoadedModel:
         hits = [
             path for path, m in model.net.named_modules()
-            if path and (fnmatch.fnmatchcase(type(m).__name__, self.pattern) or fnmatch.fnmatchcase(path, self.pattern))
+            if path and (fnmatch.fnmatchcase(_class_name(m), self.pattern) or fnmatch.fnmatchcase(path, self.pattern))
         ]
         # a match inside a module that is itself removed needs no replacing of its own
         hits = [p for p in hits if not any(p.startswith(q + ".") for q in hits)]
         if not hits:
-            classes = sorted({type(m).__name__ for m in model.net.modules()})
+            classes = sorted({_class_name(m) for m in model.net.modules()})
             raise RepinvError(
                 f"remove pattern '{self.pattern}' matches no module of {model.arch}.{suggest(self.pattern, classes)} "
                 f"Match a class name ({listing(classes, 30)}) or a module path such as {listing(_top_names(model.net), 12)}; "

@@ -1,0 +1,124 @@
+"""Linear layers on MKL-packed weights compute what nn.Linear computes, and only where they may."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from repinv.models import create_model
+from repinv.models.packed import _AVAILABLE, _PACKS, BF16_MAX_ROWS, PackedLinear
+from repinv.models.surgery import Remove
+from repinv.taps import resolve_layer
+
+pytestmark = pytest.mark.skipif(not _AVAILABLE, reason="this torch has no MKL packed sgemm")
+
+TINY = {
+    "vit_base_patch32_224": dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2),
+    "mixer_b16_224": dict(img_size=32, patch_size=8, num_blocks=2, embed_dim=32),
+}
+
+
+def unpacked(net: nn.Module) -> nn.Module:
+    """A copy of `net` with every PackedLinear turned back into nn.Linear."""
+    plain = copy.deepcopy(net)
+    for m in plain.modules():
+        if type(m) is PackedLinear:
+            m.__class__ = nn.Linear
+    return plain
+
+
+def output_and_input_grad(net, layer, x, target):
+    x = x.clone().requires_grad_(True)
+    out = resolve_layer(net, layer)(net, x)
+    (out - target).abs().sum().backward()
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_packed_step_matches_nn_linear_in_output_and_input_gradient(name):
+    model = create_model(name, input_size=32, kwargs=TINY[name])
+    linears = [m for m in model.net.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is PackedLinear for m in linears)
+    plain = unpacked(model.net)
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        target = resolve_layer(plain, 1)(plain, torch.randn(3, 3, 32, 32))
+    _PACKS.clear()
+    out, grad = output_and_input_grad(model.net, 1, x, target)
+    ref_out, ref_grad = output_and_input_grad(plain, 1, x, target)
+    # the packed path really ran (Mixer's token MLP sees transposed, non-contiguous input)
+    assert sum(m in _PACKS for m in linears) >= 4
+    stem = getattr(model.net, "patch_embed", None) or model.net.stem
+    assert stem.proj in _PACKS  # the patch convolution's matmul too
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in model.net.parameters())
+
+
+def test_packs_follow_weight_changes_and_stay_out_of_copies_and_state_dicts():
+    layer = PackedLinear(8, 5)
+    layer.requires_grad_(False)
+    x = torch.randn(4, 8, requires_grad=True)
+    layer(x)
+    assert layer in _PACKS
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)
+    torch.testing.assert_close(layer(x), x @ layer.weight.T + layer.bias)
+    assert set(layer.state_dict()) == {"weight", "bias"}
+    twin = copy.deepcopy(layer)
+    assert twin not in _PACKS
+    torch.testing.assert_close(twin(x), layer(x))
+
+
+def test_trainable_weights_no_grad_and_foreign_autocast_take_nn_linear():
+    layer = PackedLinear(8, 5)
+    x = torch.randn(4, 8, requires_grad=True)
+    _PACKS.clear()
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None and layer not in _PACKS
+    layer.requires_grad_(False)
+    with torch.no_grad():
+        layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 weights: autocast's own bf16 matmul
+        assert layer(x).dtype == torch.bfloat16
+    assert layer not in _PACKS
+
+
+def test_bf16_weights_under_autocast_pack_up_to_the_row_limit_and_match_nn_linear():
+    layer = PackedLinear(64, 48).requires_grad_(False).to(torch.bfloat16)
+    plain = unpacked(layer)
+    for rows, packs in ((20, True), (BF16_MAX_ROWS + 1, False)):
+        _PACKS.clear()
+        x = torch.randn(rows, 64)
+        outs, grads = [], []
+        for net in (layer, plain):
+            xi = x.clone().requires_grad_(True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = net(xi)
+            out.float().square().sum().backward()
+            outs.append(out)
+            grads.append(xi.grad)
+        assert (layer in _PACKS) is packs and outs[0].dtype == torch.bfloat16 and grads[0].dtype == torch.float32
+        torch.testing.assert_close(outs[0], outs[1], rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(grads[0], grads[1], rtol=2e-2, atol=5e-2)
+
+
+def test_flop_counter_counts_packed_matmuls_as_matmuls():
+    layer = PackedLinear(32, 16).requires_grad_(False)
+    x = torch.randn(2, 10, 32, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        layer(x).sum().backward()
+    assert layer in _PACKS
+    assert counter.get_total_flops() == 2 * (2 * 20 * 32 * 16)  # forward and input gradient
+
+
+def test_remove_by_class_name_still_finds_packed_and_patchified_layers():
+    model = create_model("vit_base_patch32_224", input_size=32, kwargs=TINY["vit_base_patch32_224"])
+    Remove("Linear")(model)
+    Remove("Conv2d")(model)
+    assert not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.net.modules())
