@@ -7,8 +7,9 @@ round so machine drift cancels:
   plain   - the same work as a bare loop: the same frozen (packed) network, forward stopping at
             the layer, blur; repinv against it is the framework's overhead
   study   - the study's loop style: weights keep requires_grad, no early stop, original conv
-It also measures one run inverting many layers at once against separate runs, bf16 autocast
-against fp32 (speed per cell of the grid; PSNR after 100 steps), and optionally ViT-L/16 at 512x512. Prints a table; `--out FILE` writes JSON.
+It also measures one run inverting many layers at once against separate runs, bf16 against
+fp32 (speed per cell of the grid; PSNR after 100 steps), and optionally ViT-L/16 at 512x512.
+Prints a table; `--out FILE` writes JSON.
 
     python scripts/benchmark.py                 # full (minutes on 2 CPU cores)
     python scripts/benchmark.py --quick --out logs/bench.json

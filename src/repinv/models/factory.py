@@ -117,7 +117,7 @@ def create_model(
     pretrained machinery (hub or local cache); `checkpoint=PATH` feeds a local safetensors or
     torch file through the same machinery (`pretrained_cfg_overlay`), so timm's filtering and
     head resizing apply as usual. Patch convolutions are switched to their faster matmul form
-    and linear layers to MKL-packed weights for the step (both compute the same values).
+    and linear layers to packed weights for the step (`repinv.models.packed`; same values).
     """
     spec = dict(name=name, label=label, input_size=input_size, pretrained=pretrained, checkpoint=checkpoint, mean=mean,
                 std=std, seed=seed, kwargs=dict(kwargs or {}), source=source, weights=weights)

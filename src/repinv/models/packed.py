@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 BF16_MAX_ROWS = 128
-_FP32 = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
-_BF16 = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+_FP32 = torch.backends.mkl.is_available() and all(hasattr(torch.ops.mkl, op) for op in ("_mkl_reorder_linear_weight", "_mkl_linear"))
+_BF16 = torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise"))
 _AVAILABLE = _FP32 or _BF16
 _PACKS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
@@ -74,7 +74,7 @@ def _linear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * prod(x_shape) * out_shape[-1]
 
 
-for _op in (torch.ops.mkl._mkl_linear, torch.ops.mkldnn._linear_pointwise):
+for _op in [torch.ops.mkl._mkl_linear] * _FP32 + [torch.ops.mkldnn._linear_pointwise] * _BF16:
     if _op not in flop_registry:  # torch.utils.flop_counter counts these like the matmuls they replace
         register_flop_formula(_op)(_linear_flops)
 
