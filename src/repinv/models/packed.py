@@ -29,6 +29,7 @@ from torch.utils.flop_counter import flop_registry, register_flop_formula
 BF16_MAX_ROWS = 128
 _FP32 = torch.backends.mkl.is_available() and all(hasattr(torch.ops.mkl, op) for op in ("_mkl_reorder_linear_weight", "_mkl_linear"))
 _BF16 = torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise"))
+_BF16_FAST = _BF16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 _AVAILABLE = _FP32 or _BF16
 _PACKS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
@@ -82,18 +83,18 @@ for _op in [torch.ops.mkl._mkl_linear] * _FP32 + [torch.ops.mkldnn._linear_point
 def _packable(w: torch.Tensor, rows: int) -> bool:
     if w.dtype == torch.float32:
         return _FP32
-    return w.dtype == torch.bfloat16 and _BF16 and rows <= BF16_MAX_ROWS and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return w.dtype == torch.bfloat16 and _BF16_FAST and rows <= BF16_MAX_ROWS
 
 
 def linear(module: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """F.linear(x, w, bias) for `module`'s frozen 2-D weight `w`, on packed weights where it may."""
     rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-    autocast = torch.is_autocast_enabled("cpu")
-    if autocast and w.dtype == torch.get_autocast_dtype("cpu") and x.is_floating_point():
+    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    if autocast == w.dtype and x.is_floating_point():
         x = x.to(w.dtype)
     if (
         rows == 0
-        or (autocast and w.dtype != torch.get_autocast_dtype("cpu"))
+        or autocast not in (None, w.dtype)
         or not (x.requires_grad and torch.is_grad_enabled())
         or w.requires_grad
         or (bias is not None and (bias.requires_grad or bias.dtype != w.dtype))
