@@ -53,6 +53,9 @@ def _positive(name: str, value, hint: str) -> None:
         raise RepinvError(f"{name}={value} must be a positive number; {hint}")
 
 
+PRECISIONS = ("32-true", "32", "bf16", "bf16-mixed", "16-mixed", "16")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the numbers a run cannot start with, before anything is built."""
     _positive("steps", cfg.steps, "the study uses steps=1500 (up to 105000 for slow-converging layers).")
@@ -70,9 +73,6 @@ def validate(cfg: DictConfig) -> None:
                else " is not a precision repinv knows")
         raise RepinvError(f"precision={precision}{why}. Use precision=32-true (the default), precision=bf16 "
                           "(bfloat16 steps, fp32 image, targets and metrics) or precision=16-mixed (float16 autocast, GPUs).")
-
-
-PRECISIONS = ("32-true", "32", "bf16", "bf16-mixed", "16-mixed", "16")
 
 
 CHECKPOINT_DIR = "checkpoints"

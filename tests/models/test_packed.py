@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from repinv.models import create_model
 from repinv.models.packed import _AVAILABLE, _PACKS, BF16_MAX_ROWS, PackedLinear
+from repinv.models.patchify import PatchConv2d
 from repinv.models.surgery import Remove
 from repinv.taps import resolve_layer
 
@@ -23,11 +24,13 @@ TINY = {
 
 
 def unpacked(net: nn.Module) -> nn.Module:
-    """A copy of `net` with every PackedLinear turned back into nn.Linear."""
+    """A copy of `net` with torch's own classes back: nn.Linear for PackedLinear, nn.Conv2d for PatchConv2d."""
     plain = copy.deepcopy(net)
     for m in plain.modules():
         if type(m) is PackedLinear:
             m.__class__ = nn.Linear
+        elif type(m) is PatchConv2d:
+            m.__class__ = nn.Conv2d
     return plain
 
 

@@ -46,6 +46,13 @@ def freeze(net: nn.Module) -> nn.Module:
     return net.requires_grad_(False).eval()
 
 
+def _prepare(net: nn.Module) -> nn.Module:
+    """Frozen, with the step's faster equivalents: patch convolutions as matmuls, packed linear weights."""
+    patchify_convs(net)
+    pack_linears(net)
+    return freeze(net)
+
+
 def _unknown_model(name: str) -> RepinvError:
     return RepinvError(
         f"model.name={name} is not a timm architecture.{suggest(name, timm.list_models())} "
@@ -125,9 +132,7 @@ def create_model(
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if source == "torchvision":
         net, trained = create_torchvision_model(name, weights, checkpoint, seed, kwargs)
-        patchify_convs(net)
-        pack_linears(net)
-        return LoadedModel(freeze(net), label or name, name, size, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD), trained, spec=spec)
+        return LoadedModel(_prepare(net), label or name, name, size, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD), trained, spec=spec)
     if source != "timm":
         raise RepinvError(f"model.source={source} is not a model source; use timm or torchvision.")
     if name not in timm.list_models() and not timm.is_model(name):
@@ -161,11 +166,9 @@ def create_model(
             if use_weights:
                 raise _weights_missing(name, checkpoint, err) from None
             raise
-    patchify_convs(net)
-    pack_linears(net)
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     return LoadedModel(
-        net=freeze(net),
+        net=_prepare(net),
         label=label or name,
         arch=name,
         input_size=size,
