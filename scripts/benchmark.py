@@ -9,6 +9,8 @@ round so machine drift cancels:
   study   - the study's loop style: weights keep requires_grad, no early stop, original conv
 It also measures one run inverting many layers at once against separate runs, bf16 against
 fp32 (speed per cell of the grid; PSNR after 100 steps), and optionally ViT-L/16 at 512x512.
+It also reports the ceiling of study/repinv: the study's time over repinv's counted FLOPs at the
+measured fp32 matmul peak (what repinv would reach if its step were nothing but matmuls at peak).
 Prints a table; `--out FILE` writes JSON.
 
     python scripts/benchmark.py                 # full (minutes on 2 CPU cores)
@@ -267,6 +269,8 @@ def main(argv=None) -> int:
         "study_over_repinv": {f"L{l}_b{b}": sec_of("study", l, b) / sec_of("repinv", l, b) for l in layers for b in batches},
         "study_over_repinv_bf16": {f"L{l}_b{b}": sec_of("study", l, b) / sec_of("repinv_bf16", l, b) for l in layers for b in batches},
         "bf16_speedup": {f"L{l}_b{b}": sec_of("repinv", l, b) / sec_of("repinv_bf16", l, b) for l in layers for b in batches},
+        # the ceiling of study_over_repinv: repinv's step as nothing but its counted FLOPs at the fp32 peak
+        "study_over_repinv_at_fp32_peak": {f"L{l}_b{b}": sec_of("study", l, b) / (flops[(l, b)] / peak) for l in layers for b in batches},
     }
     # all layers in one run against one run per layer (batch 1)
     all_layers = list(range(len(loaded.net.blocks)))

@@ -30,7 +30,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
         assert row["precision"] == ("bf16" if row["variant"] == "repinv_bf16" else "fp32")
     assert report["matmul_peak_gflops"] > 0
     cells = {f"L{l}_b{b}" for l in (0, 1, 3) for b in (1, 4)}
-    for key in ("study_over_repinv", "study_over_repinv_bf16", "bf16_speedup"):
+    for key in ("study_over_repinv", "study_over_repinv_bf16", "bf16_speedup", "study_over_repinv_at_fp32_peak"):
         ratios = report["ratios"][key]
         assert set(ratios) == cells and all(math.isfinite(r) and r > 0 for r in ratios.values()), key
     for key in ("repinv_over_plain_batch1_mid_layer", "all_layers_one_run_over_separate_runs", "bf16_speedup_quality_run"):
@@ -39,7 +39,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
 
 
 def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
-    """precision=bf16 steps through a bfloat16 copy of the weights; the run's own network stays fp32."""
+    """precision=bf16 steps through a bfloat16 copy of the weights (attention unfused on CPU); the run's own network stays fp32."""
     from repinv import module as module_lib
 
     seen = {}
@@ -48,11 +48,14 @@ def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
     def spy(self):
         before = {k: v.clone() for k, v in self.net.state_dict().items()}
         original(self)
-        seen.update(step=next(self.step_net.parameters()).dtype, net=next(self.net.parameters()).dtype, before=before, module=self)
+        seen.update(step=next(self.step_net.parameters()).dtype, net=next(self.net.parameters()).dtype, before=before, module=self,
+                    fused={name: [m.fused_attn for m in n.modules() if hasattr(m, "fused_attn")] for name, n in
+                           (("step", self.step_net), ("net", self.net))})
 
     monkeypatch.setattr(module_lib.ImageOptimization, "on_fit_start", spy)
     records, _ = run_repinv("precision=bf16", "logger=none")
     assert seen["step"] == torch.bfloat16 and seen["net"] == torch.float32
+    assert seen["fused"]["step"] and not any(seen["fused"]["step"]) and seen["fused"]["net"] == [True] * len(seen["fused"]["step"])
     assert all(torch.equal(v, seen["before"][k]) for k, v in seen["module"].net.state_dict().items())
     monkeypatch.undo()
     fp32, _ = run_repinv("logger=none", name="fp32")
