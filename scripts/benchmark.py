@@ -1,6 +1,6 @@
 """Benchmark repinv's inversion step against a plain PyTorch loop and the study's loop style.
 
-For each (layer, batch) the three variants are timed in one process, interleaved round by
+For each (layer, batch) the four variants are timed in one process, interleaved round by
 round so machine drift cancels:
   repinv  - ImageOptimization inside Lightning's Trainer with CSV logging (the real code path)
   repinv_bf16 - the same with precision=bf16 (bf16 copy of the frozen weights, autocast)
@@ -11,7 +11,8 @@ It also measures one run inverting many layers at once against separate runs, bf
 fp32 (speed per cell of the grid; PSNR after 100 steps), and optionally ViT-L/16 at 512x512.
 It also reports the ceiling of study/repinv: the study's time over repinv's counted FLOPs at the
 measured fp32 matmul peak (what repinv would reach if its step were nothing but matmuls at peak).
-Prints a table; `--out FILE` writes JSON.
+The table shows each variant's best round; a ratio between variants is taken within each round
+(they ran side by side) and its median over rounds reported. Prints both; `--out FILE` writes JSON.
 
     python scripts/benchmark.py                 # full (minutes on 2 CPU cores)
     python scripts/benchmark.py --quick --out logs/bench.json
@@ -263,12 +264,16 @@ def main(argv=None) -> int:
     def sec_of(variant, layer, batch):
         return next(r["seconds_per_step"] for r in rows if (r["variant"], r["layer"], r["batch"]) == (variant, layer, batch))
 
+    def ratio(a, b, layer, batch):
+        """a's time over b's within each round (they ran side by side), median over rounds: drift cancels."""
+        return statistics.median(x / y for x, y in zip(sums[(a, layer, batch)], sums[(b, layer, batch)]))
+
     mid = layers[1]
     ratios = {
-        "repinv_over_plain_batch1_mid_layer": sec_of("repinv", mid, 1) / sec_of("plain", mid, 1),
-        "study_over_repinv": {f"L{l}_b{b}": sec_of("study", l, b) / sec_of("repinv", l, b) for l in layers for b in batches},
-        "study_over_repinv_bf16": {f"L{l}_b{b}": sec_of("study", l, b) / sec_of("repinv_bf16", l, b) for l in layers for b in batches},
-        "bf16_speedup": {f"L{l}_b{b}": sec_of("repinv", l, b) / sec_of("repinv_bf16", l, b) for l in layers for b in batches},
+        "repinv_over_plain_batch1_mid_layer": ratio("repinv", "plain", mid, 1),
+        "study_over_repinv": {f"L{l}_b{b}": ratio("study", "repinv", l, b) for l in layers for b in batches},
+        "study_over_repinv_bf16": {f"L{l}_b{b}": ratio("study", "repinv_bf16", l, b) for l in layers for b in batches},
+        "bf16_speedup": {f"L{l}_b{b}": ratio("repinv", "repinv_bf16", l, b) for l in layers for b in batches},
         # the ceiling of study_over_repinv: repinv's step as nothing but its counted FLOPs at the fp32 peak
         "study_over_repinv_at_fp32_peak": {f"L{l}_b{b}": sec_of("study", l, b) / (flops[(l, b)] / peak) for l in layers for b in batches},
     }
