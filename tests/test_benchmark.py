@@ -45,17 +45,20 @@ def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
     seen = {}
     original = module_lib.ImageOptimization.on_fit_start
 
+    def fused(net):
+        return [m.fused_attn for m in net.modules() if hasattr(m, "fused_attn")]
+
     def spy(self):
         before = {k: v.clone() for k, v in self.net.state_dict().items()}
+        fused_before = fused(self.net)
         original(self)
         seen.update(step=next(self.step_net.parameters()).dtype, net=next(self.net.parameters()).dtype, before=before, module=self,
-                    fused={name: [m.fused_attn for m in n.modules() if hasattr(m, "fused_attn")] for name, n in
-                           (("step", self.step_net), ("net", self.net))})
+                    fused_before=fused_before, fused_step=fused(self.step_net), fused_net=fused(self.net))
 
     monkeypatch.setattr(module_lib.ImageOptimization, "on_fit_start", spy)
     records, _ = run_repinv("precision=bf16", "logger=none")
     assert seen["step"] == torch.bfloat16 and seen["net"] == torch.float32
-    assert seen["fused"]["step"] and not any(seen["fused"]["step"]) and seen["fused"]["net"] == [True] * len(seen["fused"]["step"])
+    assert seen["fused_step"] and not any(seen["fused_step"]) and seen["fused_net"] == seen["fused_before"]
     assert all(torch.equal(v, seen["before"][k]) for k, v in seen["module"].net.state_dict().items())
     monkeypatch.undo()
     fp32, _ = run_repinv("logger=none", name="fp32")
