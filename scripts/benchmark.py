@@ -8,9 +8,9 @@ round so machine drift cancels:
             the layer, blur; repinv against it is the framework's overhead
   study   - the study's loop style: weights keep requires_grad, no early stop, original conv
 It also measures one run inverting many layers at once against separate runs, bf16 against
-fp32 (speed per cell of the grid; PSNR after 100 steps), and optionally ViT-L/16 at 512x512.
-It also reports the ceiling of study/repinv: the study's time over repinv's counted FLOPs at the
-measured fp32 matmul peak (what repinv would reach if its step were nothing but matmuls at peak).
+fp32 (speed per cell of the grid; PSNR after 100 steps), optionally ViT-L/16 at 512x512, and
+the ceiling of study/repinv: the study's time over repinv's counted FLOPs at the measured fp32
+matmul peak (what repinv would reach if its step were nothing but matmuls at peak).
 The table shows each variant's best round; a ratio between variants is taken within each round
 (they ran side by side) and its median over rounds reported. Prints both; `--out FILE` writes JSON.
 
