@@ -100,9 +100,9 @@ class ImageOptimization(pl.LightningModule):
         Under bf16 the steps use a bfloat16 copy of the frozen weights: autocast would cast them
         again every step (its cache keeps only weights that require grad), while targets and final
         metrics stay with the fp32 network. On CPU that copy's attention avoids the fused kernel,
-        whose bf16 backward is several times slower there: timm's attention takes its own unfused
-        path (two matmuls and a softmax; ~8 % faster steps at batch 1 than SDPA's math kernel,
-        which upcasts to fp32 and guards the softmax), other attention SDPA's math kernel.
+        whose bf16 backward is several times slower there: timm's attention runs unfused (two
+        matmuls and a softmax, ~8 % faster steps at batch 1 than SDPA's math kernel), any other
+        attention runs SDPA's math kernel.
         """
         step_net = self.net
         if "bf16" in str(self.trainer.precision):
