@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from repinv.models import create_model
-from repinv.models.packed import _AVAILABLE, _PACKS, BF16_MAX_ROWS, PackedLinear
+from repinv.models.packed import _AVAILABLE, _BF16_FAST, _PACKS, BF16_MAX_ROWS, PackedLinear
 from repinv.models.patchify import PatchConv2d
 from repinv.models.surgery import Remove
 from repinv.taps import resolve_layer
@@ -93,9 +93,10 @@ def test_trainable_weights_no_grad_and_foreign_autocast_take_nn_linear():
 
 
 def test_bf16_weights_under_autocast_pack_up_to_the_row_limit_and_match_nn_linear():
+    """Packed only on a CPU with native bf16 (AMX, AVX512-BF16); elsewhere F.linear, and equal either way."""
     layer = PackedLinear(64, 48).requires_grad_(False).to(torch.bfloat16)
     plain = unpacked(layer)
-    for rows, packs in ((20, True), (BF16_MAX_ROWS + 1, False)):
+    for rows, packs in ((20, _BF16_FAST), (BF16_MAX_ROWS + 1, False)):
         _PACKS.clear()
         x = torch.randn(rows, 64)
         outs, grads = [], []
