@@ -43,6 +43,7 @@ from repinv.images import load_images
 from repinv.metrics import pixel_metrics
 from repinv.models import create_model
 from repinv.models.factory import freeze
+from repinv.models.packed import native_bf16
 from repinv.module import ImageOptimization
 from repinv.objectives import LayerInversion, distance
 from repinv.pipeline import Steps
@@ -51,6 +52,17 @@ from repinv.taps import resolve_layer
 
 FIELDS = ["variant", "layer", "batch", "precision", "seconds_per_step", "image_steps_per_second", "gflops_per_step",
           "gflops_per_second", "fraction_of_matmul_peak", "peak_memory_mib"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is often empty or just the architecture on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def device() -> torch.device:
@@ -305,7 +317,8 @@ def main(argv=None) -> int:
         sec, _ = repinv_step(big, load_images(["chelsea"], 512), [len(big.net.blocks) - 1], 2)
         extra["vit_l16_512"] = {"seconds_per_step": sec, "peak_memory_mib": peak_mib()}
     report = {
-        "machine": {"device": str(dev), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "machine": {"device": str(dev), "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "native_bf16": native_bf16(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "cores": os.cpu_count()},
         "model": name, "quick": args.quick, "steps": steps, "rounds": rounds, "matmul_peak_gflops": peak,
         "rows": rows, "ratios": ratios, **extra,

@@ -109,6 +109,16 @@ def test_grey_palette_rgba_and_16_bit_images_are_converted_with_a_warning(cli, f
     assert "rgba.png: RGBA image composited on white and converted to RGB" in log
 
 
+@pytest.mark.filterwarnings("default::UserWarning")  # the suite ignores UserWarning; a user's run shows it
+def test_a_warning_during_the_run_is_kept_in_its_log_file(cli, monkeypatch):
+    from repinv import module as module_lib
+
+    monkeypatch.setattr(module_lib, "native_bf16", lambda: False)
+    code, err, run_dir = cli(*FAST, "layers=[0]", "precision=bf16")
+    assert code == 0, err[-2000:]
+    assert "precision=bf16 on a CPU without native bfloat16" in (run_dir / "cli.log").read_text()
+
+
 def test_wandb_failures_warn_and_the_run_finishes_with_local_logs(run_repinv, monkeypatch):
     import wandb
 

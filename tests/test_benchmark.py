@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 
 import pytest
 import torch
 
 from conftest import REPO
+from repinv.models.packed import native_bf16
 
 sys.path.insert(0, str(REPO / "scripts"))
 import benchmark  # noqa: E402
@@ -29,6 +31,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
         assert 0 < row["fraction_of_matmul_peak"] < 5
         assert row["precision"] == ("bf16" if row["variant"] == "repinv_bf16" else "fp32")
     assert report["matmul_peak_gflops"] > 0
+    assert report["machine"]["cpu"] and report["machine"]["native_bf16"] is native_bf16()
     cells = {f"L{l}_b{b}" for l in (0, 1, 3) for b in (1, 4)}
     for key in ("study_over_repinv", "study_over_repinv_bf16", "bf16_speedup", "study_over_repinv_at_fp32_peak"):
         ratios = report["ratios"][key]
@@ -39,7 +42,10 @@ def test_quick_benchmark_writes_every_field(tmp_path):
 
 
 def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
-    """precision=bf16 steps through a bfloat16 copy of the weights (attention unfused on CPU); the run's own network stays fp32."""
+    """precision=bf16 steps through a bfloat16 copy of the weights (attention unfused on CPU); the run's own network stays fp32.
+
+    On a CPU without native bf16 the run says once that it will be slower; an fp32 run there says nothing.
+    """
     from repinv import module as module_lib
 
     seen = {}
@@ -56,12 +62,19 @@ def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
                     fused_before=fused_before, fused_step=fused(self.step_net), fused_net=fused(self.net))
 
     monkeypatch.setattr(module_lib.ImageOptimization, "on_fit_start", spy)
-    records, _ = run_repinv("precision=bf16", "logger=none")
+    monkeypatch.setattr(module_lib, "native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="without native bfloat16") as bf16_warnings:
+        records, _ = run_repinv("precision=bf16", "logger=none")
+    assert sum(module_lib.BF16_EMULATED == str(w.message) for w in bf16_warnings) == 1
     assert seen["step"] == torch.bfloat16 and seen["net"] == torch.float32
     assert seen["fused_step"] and not any(seen["fused_step"]) and seen["fused_net"] == seen["fused_before"]
     assert all(torch.equal(v, seen["before"][k]) for k, v in seen["module"].net.state_dict().items())
     monkeypatch.undo()
-    fp32, _ = run_repinv("logger=none", name="fp32")
+    monkeypatch.setattr(module_lib, "native_bf16", lambda: False)
+    with warnings.catch_warnings(record=True) as fp32_warnings:
+        warnings.simplefilter("always")
+        fp32, _ = run_repinv("logger=none", name="fp32")
+    assert not [w for w in fp32_warnings if "native bfloat16" in str(w.message)]
     for bf, fp in zip(records, fp32):
         assert math.isfinite(bf["psnr"]) and bf["psnr"] > 15
         assert abs(bf["psnr"] - fp["psnr"]) < 0.5

@@ -42,6 +42,7 @@ def main(cfg: DictConfig) -> float:
     failing job must not end the sweep (SystemExit would stop it, and any exception skips the
     sweep summary), so the job leaves `error.txt` and returns NaN; the summary marks it failed.
     """
+    logging.captureWarnings(True)  # warnings (bf16 emulated, a logger that failed) also land in the run's log file
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
