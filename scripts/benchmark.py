@@ -11,6 +11,7 @@ It also measures one run inverting many layers at once against separate runs, bf
 fp32 (speed per cell of the grid; PSNR after 100 steps), optionally ViT-L/16 at 512x512, and
 the ceiling of study/repinv: the study's time over repinv's counted FLOPs at the measured fp32
 matmul peak (what repinv would reach if its step were nothing but matmuls at peak).
+bf16 is timed by default where it can pay (GPUs, CPUs with native bf16); `--bf16` forces it.
 The table shows each variant's best round; a ratio between variants is taken within each round
 (they ran side by side) and its median over rounds reported. Prints both; `--out FILE` writes JSON.
 
@@ -52,6 +53,9 @@ from repinv.taps import resolve_layer
 
 FIELDS = ["variant", "layer", "batch", "precision", "seconds_per_step", "image_steps_per_second", "gflops_per_step",
           "gflops_per_second", "fraction_of_matmul_peak", "peak_memory_mib"]
+
+
+BF16_SKIPPED = "this CPU has no native bfloat16 (neither AVX512-BF16 nor AMX), so bf16 steps are emulated"
 
 
 def cpu_name() -> str:
@@ -223,6 +227,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, help="interleaved rounds")
     p.add_argument("--vit-l", action="store_true", help="also invert ViT-L/16 at 512x512, batch 1, and report its memory")
     p.add_argument("--compile", action="store_true", help="also time compile=true (torch.compile) against eager")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction,
+                   help="time precision=bf16 (default: on GPUs, CPUs with native bf16 and --quick; emulated bf16 is ~30x slower)")
     args = p.parse_args(argv)
 
     if args.quick:
@@ -232,6 +238,10 @@ def main(argv=None) -> int:
     steps = args.steps or (3 if args.quick else 6)
     rounds = args.rounds or (1 if args.quick else 3)
     dev = device()
+    bf16 = args.bf16 if args.bf16 is not None else (args.quick or dev.type == "cuda" or native_bf16())
+    if not bf16:
+        print(f"precision=bf16 not timed: {BF16_SKIPPED} (--bf16 times it anyway)")
+    variants = ("repinv", "repinv_bf16", "plain", "study") if bf16 else ("repinv", "plain", "study")
     loaded = create_model(name, input_size=size, kwargs=kwargs)
     loaded.net.to(dev)
     mean = torch.tensor(loaded.mean, device=dev).view(1, 3, 1, 1)
@@ -252,7 +262,7 @@ def main(argv=None) -> int:
                     target = tap(loaded.net, (pix - mean) / std)
                 if r == 0:
                     flops[(layer, batch)] = step_flops(loaded.net, mean, std, tap, target, batch, (size, size))
-                for variant in ("repinv", "repinv_bf16", "plain", "study"):
+                for variant in variants:
                     reset_peak()
                     if variant == "repinv":
                         sec, _ = repinv_step(loaded, images, [layer], steps)
@@ -284,8 +294,6 @@ def main(argv=None) -> int:
     ratios = {
         "repinv_over_plain_batch1_mid_layer": ratio("repinv", "plain", mid, 1),
         "study_over_repinv": {f"L{l}_b{b}": ratio("study", "repinv", l, b) for l in layers for b in batches},
-        "study_over_repinv_bf16": {f"L{l}_b{b}": ratio("study", "repinv_bf16", l, b) for l in layers for b in batches},
-        "bf16_speedup": {f"L{l}_b{b}": ratio("repinv", "repinv_bf16", l, b) for l in layers for b in batches},
         # the ceiling of study_over_repinv: repinv's step as nothing but its counted FLOPs at the fp32 peak
         "study_over_repinv_at_fp32_peak": {f"L{l}_b{b}": sec_of("study", l, b) / (flops[(l, b)] / peak) for l in layers for b in batches},
     }
@@ -294,15 +302,19 @@ def main(argv=None) -> int:
     one_run, _ = repinv_step(loaded, photos[:1], all_layers, steps)
     separate = sum(repinv_step(loaded, photos[:1], [i], steps)[0] for i in all_layers)
     ratios["all_layers_one_run_over_separate_runs"] = one_run / separate
-    # bf16 against fp32 in one longer run each: final PSNR after the same steps (and that run's speed)
-    quality_steps = 20 if args.quick else 100
-    results = {}
-    for precision in ("32-true", "bf16-mixed"):
-        sec, module = repinv_step(loaded, photos[:1], [mid], quality_steps, precision=precision)
-        results[precision] = (sec, float(pixel_metrics(module.current_images(), module.objective.reference)["psnr"][0]))
-    ratios["bf16_speedup_quality_run"] = results["32-true"][0] / results["bf16-mixed"][0]
-    ratios["bf16_psnr_minus_fp32"] = results["bf16-mixed"][1] - results["32-true"][1]
-    extra = {}
+    extra = {} if bf16 else {"bf16_skipped": BF16_SKIPPED}
+    if bf16:
+        cells = [(l, b) for l in layers for b in batches]
+        ratios["study_over_repinv_bf16"] = {f"L{l}_b{b}": ratio("study", "repinv_bf16", l, b) for l, b in cells}
+        ratios["bf16_speedup"] = {f"L{l}_b{b}": ratio("repinv", "repinv_bf16", l, b) for l, b in cells}
+        # bf16 against fp32 in one longer run each: final PSNR after the same steps (and that run's speed)
+        quality_steps = 20 if args.quick else 100
+        results = {}
+        for precision in ("32-true", "bf16-mixed"):
+            sec, module = repinv_step(loaded, photos[:1], [mid], quality_steps, precision=precision)
+            results[precision] = (sec, float(pixel_metrics(module.current_images(), module.objective.reference)["psnr"][0]))
+        ratios["bf16_speedup_quality_run"] = results["32-true"][0] / results["bf16-mixed"][0]
+        ratios["bf16_psnr_minus_fp32"] = results["bf16-mixed"][1] - results["32-true"][1]
     if args.compile:
         eager, _ = repinv_step(loaded, photos[:1], [mid], steps)
         start = time.perf_counter()

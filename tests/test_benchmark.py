@@ -41,6 +41,17 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     assert math.isfinite(report["ratios"]["bf16_psnr_minus_fp32"])
 
 
+@pytest.mark.slow
+def test_benchmark_without_bf16_says_so_and_keeps_the_fp32_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--quick", "--no-bf16", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {r["variant"] for r in report["rows"]} == {"repinv", "plain", "study"}
+    assert "native bfloat16" in report["bf16_skipped"]
+    assert not {"bf16_speedup", "study_over_repinv_bf16", "bf16_speedup_quality_run"} & set(report["ratios"])
+    assert all(r > 0 for r in report["ratios"]["study_over_repinv"].values())
+
+
 def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
     """precision=bf16 steps through a bfloat16 copy of the weights (attention unfused on CPU); the run's own network stays fp32.
 

@@ -22,8 +22,8 @@ from repinv.sharding import gather, gather_tensor, shard_bounds
 
 BF16_EMULATED = (
     "precision=bf16 on a CPU without native bfloat16 (neither AVX512-BF16 nor AMX): its bf16 matmuls "
-    "are emulated and run several times slower than fp32 (13-16 against 61-90 GFLOP/s on an AVX2 "
-    "AMD EPYC), so this run will be slower, not faster. Results stay valid; for speed here use "
+    "are emulated on one thread, and a step runs about 30x slower than in fp32 (ViT-B/32, layer 5, "
+    "batch 1 on a 2-core AVX2 AMD EPYC: 6.2 s against 0.2 s). Results stay valid; for speed here use "
     "precision=32-true (the default). bf16 pays on CPUs with AMX or AVX512-BF16 and on GPUs."
 )
 

@@ -34,8 +34,8 @@ _BF16 = torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, o
 def native_bf16() -> bool:
     """Whether this CPU runs bfloat16 matmuls natively (oneDNN on AVX512-BF16 or AMX).
 
-    Without it (e.g. an AVX2-only CPU) bf16 matmuls are emulated and run several times slower
-    than fp32: measured on a 2-core AMD EPYC (AVX2), 13-16 against 61-90 GFLOP/s.
+    Without it (e.g. an AVX2-only CPU) bf16 matmuls are emulated on one thread: on a 2-core AMD
+    EPYC (AVX2) 13-16 against fp32's 61-90 GFLOP/s, and an inversion step ~30x slower.
     """
     return bool(_BF16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
