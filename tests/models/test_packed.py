@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from repinv.models import create_model
-from repinv.models.packed import _AVAILABLE, _BF16_FAST, _PACKS, BF16_MAX_ROWS, PackedLinear
+from repinv.models import packed
+from repinv.models.packed import _AVAILABLE, _BF16_FAST, _MKL, _ONEDNN, _PACKS, BF16_MAX_ROWS, ONEDNN_FP32_MAX_ROWS, PackedLinear
 from repinv.models.patchify import PatchConv2d
 from repinv.models.surgery import Remove
 from repinv.taps import resolve_layer
@@ -41,8 +42,13 @@ def output_and_input_grad(net, layer, x, target):
     return out.detach(), x.grad
 
 
+FP32_BACKENDS = ["mkl"] * _MKL + ["onednn"] * _ONEDNN
+
+
+@pytest.mark.parametrize("backend", FP32_BACKENDS)
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_packed_step_matches_nn_linear_in_output_and_input_gradient(name):
+def test_packed_step_matches_nn_linear_in_output_and_input_gradient(name, backend, monkeypatch):
+    monkeypatch.setattr(packed, "FP32_BACKEND", backend)
     model = create_model(name, input_size=32, kwargs=TINY[name])
     linears = [m for m in model.net.modules() if isinstance(m, nn.Linear)]
     assert linears and all(type(m) is PackedLinear for m in linears)
@@ -58,6 +64,7 @@ def test_packed_step_matches_nn_linear_in_output_and_input_gradient(name):
     assert sum(m in _PACKS for m in linears) >= 4
     stem = getattr(model.net, "patch_embed", None) or model.net.stem
     assert stem.proj in _PACKS  # the patch convolution's matmul too
+    assert {_PACKS[m][0][1] for m in _PACKS} == {backend}
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
     assert all(p.grad is None for p in model.net.parameters())
@@ -112,7 +119,18 @@ def test_bf16_weights_under_autocast_pack_up_to_the_row_limit_and_match_nn_linea
         torch.testing.assert_close(grads[0], grads[1], rtol=2e-2, atol=5e-2)
 
 
-def test_flop_counter_counts_packed_matmuls_as_matmuls():
+def test_fp32_packs_with_onednn_switch_to_mkl_above_the_row_limit(monkeypatch):
+    monkeypatch.setattr(packed, "FP32_BACKEND", "onednn")
+    assert packed._backend(torch.float32, 50) == packed._backend(torch.float32, ONEDNN_FP32_MAX_ROWS) == "onednn"
+    assert packed._backend(torch.float32, ONEDNN_FP32_MAX_ROWS + 1) == ("mkl" if _MKL else None)
+    monkeypatch.setattr(packed, "FP32_BACKEND", "mkl")
+    assert packed._backend(torch.float32, 50) == packed._backend(torch.float32, 4096) == "mkl"
+    assert packed._backend(torch.float16, 50) is None
+
+
+@pytest.mark.parametrize("backend", FP32_BACKENDS)
+def test_flop_counter_counts_packed_matmuls_as_matmuls(backend, monkeypatch):
+    monkeypatch.setattr(packed, "FP32_BACKEND", backend)
     layer = PackedLinear(32, 16).requires_grad_(False)
     x = torch.randn(2, 10, 32, requires_grad=True)
     with FlopCounterMode(display=False) as counter:

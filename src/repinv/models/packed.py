@@ -2,13 +2,15 @@
 
 An inversion step runs every frozen linear layer forward (x @ W.T) and backward to its input
 (g @ W), at few rows per matmul (ViT-B/32 at batch 1: 50 tokens), where a plain GEMM spends
-much of its time re-reading W. MKL (fp32) and oneDNN (bf16) can pack W once into their own
-blocked layouts. Measured on this 2-core CPU over ViT-B/32's 48 linear layers, forward plus
-input gradient: fp32 183 -> 125 ms at 50 rows, 1128 -> 1018 ms at 600 rows (MKL, 1.1-1.6x at
-every size tried, up to 1,025 rows); bf16 88 -> 57 ms at 50 rows and 139 -> 97 ms at 100, but
-slower past ~200 rows, so bf16 packs only up to BF16_MAX_ROWS rows. It costs one packed copy
-of W and one of W.T per layer, held outside the module (never in a state dict, a checkpoint
-or a deep copy).
+much of its time re-reading W. MKL and oneDNN can pack W once into their own blocked layouts.
+Measured over ViT-B/32's 48 linear layers, forward plus input gradient, on 2 cores of an Intel
+Xeon (AMX): fp32 with MKL 183 -> 125 ms at 50 rows, 1128 -> 1018 ms at 600 rows (1.1-1.6x at
+every size tried, up to 1,025 rows); bf16 with oneDNN 88 -> 57 ms at 50 rows and 139 -> 97 ms
+at 100, but slower past ~200 rows, so bf16 packs only up to BF16_MAX_ROWS rows. On 2 cores of
+an AMD EPYC (AVX2) MKL's packs gained nothing at 50 rows and oneDNN's fp32 packs 1.6x, so fp32
+packs with MKL on Intel CPUs and with oneDNN elsewhere (up to ONEDNN_FP32_MAX_ROWS rows, MKL
+above). It costs one packed copy of W and one of W.T per layer, held outside the module (never
+in a state dict, a checkpoint or a deep copy).
 
 The packed path runs only where it computes what `F.linear` would: CPU, frozen weights,
 gradient mode on, no compilation, and under autocast only when the weights already have the
@@ -27,8 +29,9 @@ from torch import nn
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 BF16_MAX_ROWS = 128
-_FP32 = torch.backends.mkl.is_available() and all(hasattr(torch.ops.mkl, op) for op in ("_mkl_reorder_linear_weight", "_mkl_linear"))
-_BF16 = torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise"))
+ONEDNN_FP32_MAX_ROWS = 512
+_MKL = torch.backends.mkl.is_available() and all(hasattr(torch.ops.mkl, op) for op in ("_mkl_reorder_linear_weight", "_mkl_linear"))
+_ONEDNN = torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise"))
 
 
 def native_bf16() -> bool:
@@ -37,34 +40,61 @@ def native_bf16() -> bool:
     Without it (e.g. an AVX2-only CPU) bf16 matmuls are emulated on one thread: on a 2-core AMD
     EPYC (AVX2) 13-16 against fp32's 61-90 GFLOP/s, and an inversion step ~30x slower.
     """
-    return bool(_BF16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(_ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _intel_cpu() -> bool:
+    """Whether /proc/cpuinfo names an Intel CPU (True where it cannot be read: MKL stays the fp32 default)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return "GenuineIntel" in line
+    except OSError:
+        pass
+    return True
 
 
 _BF16_FAST = native_bf16()
-_AVAILABLE = _FP32 or _BF16
+# fp32 packs: MKL on Intel CPUs; elsewhere oneDNN up to ONEDNN_FP32_MAX_ROWS rows (on a 2-core AMD
+# EPYC, forward plus input gradient of ViT-B/32's linears: 205 vs MKL's 332 ms at 50 rows, 315 vs
+# 406 at 100, 569 vs 636 at 200, equal at 600, 3.3 vs 2.9 s at 1,200), MKL above.
+FP32_BACKEND = "mkl" if _MKL and (_intel_cpu() or not _ONEDNN) else "onednn" if _ONEDNN else None
+_AVAILABLE = _MKL or _ONEDNN
 _PACKS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
-def _reorder(w: torch.Tensor, rows: int) -> torch.Tensor:
-    if w.dtype == torch.float32:
+def _backend(dtype: torch.dtype, rows: int) -> str | None:
+    """Which library packs a `dtype` weight for `rows`-row products here, or None for F.linear."""
+    if dtype == torch.bfloat16:
+        return "onednn" if _BF16_FAST and rows <= BF16_MAX_ROWS else None
+    if dtype != torch.float32:
+        return None
+    if FP32_BACKEND == "onednn" and rows > ONEDNN_FP32_MAX_ROWS:
+        return "mkl" if _MKL else None
+    return FP32_BACKEND
+
+
+def _reorder(w: torch.Tensor, rows: int, backend: str) -> torch.Tensor:
+    if backend == "mkl":
         return torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
     return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
 
 
-def _matmul(x: torch.Tensor, packed: torch.Tensor, w: torch.Tensor, bias, rows: int) -> torch.Tensor:
-    """x @ w.T + bias on `packed` (w packed for `rows` rows)."""
-    if w.dtype == torch.float32:
+def _matmul(x: torch.Tensor, packed: torch.Tensor, w: torch.Tensor, bias, rows: int, backend: str) -> torch.Tensor:
+    """x @ w.T + bias on `packed` (w packed by `backend` for `rows` rows)."""
+    if backend == "mkl":
         return torch.ops.mkl._mkl_linear(x.contiguous(), packed, w, bias, rows)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
-def _packs(module: nn.Module, w: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`module`'s W and W.T packed for `rows`-row products; repacked when W or the row count changes."""
-    key = (rows, w.data_ptr(), w.dtype, w._version)
+def _packs(module: nn.Module, w: torch.Tensor, rows: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`module`'s W and W.T packed for `rows`-row products; repacked when W, the row count or the backend changes."""
+    key = (rows, backend, w.data_ptr(), w.dtype, w._version)
     w = w.detach()
     cached = _PACKS.get(module)
     if cached is None or cached[0] != key:
-        cached = (key, _reorder(w, rows), _reorder(w.t(), rows))
+        cached = (key, _reorder(w, rows, backend), _reorder(w.t(), rows, backend))
         _PACKS[module] = cached
     return cached[1], cached[2]
 
@@ -73,28 +103,22 @@ class _PackedLinearFn(torch.autograd.Function):
     """y = x @ W.T + b with the input gradient g @ W, both on packed weights; W gets no gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, packed, packed_t, rows):
-        ctx.weight, ctx.packed_t, ctx.rows = weight, packed_t, rows
-        return _matmul(x, packed, weight, bias, rows)
+    def forward(ctx, x, weight, bias, packed, packed_t, rows, backend):
+        ctx.weight, ctx.packed_t, ctx.rows, ctx.backend = weight, packed_t, rows, backend
+        return _matmul(x, packed, weight, bias, rows, backend)
 
     @staticmethod
     def backward(ctx, grad):
-        return _matmul(grad, ctx.packed_t, ctx.weight.t(), None, ctx.rows), None, None, None, None, None
+        return _matmul(grad, ctx.packed_t, ctx.weight.t(), None, ctx.rows, ctx.backend), None, None, None, None, None, None
 
 
 def _linear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * prod(x_shape) * out_shape[-1]
 
 
-for _op in [torch.ops.mkl._mkl_linear] * _FP32 + [torch.ops.mkldnn._linear_pointwise] * _BF16:
+for _op in [torch.ops.mkl._mkl_linear] * _MKL + [torch.ops.mkldnn._linear_pointwise] * _ONEDNN:
     if _op not in flop_registry:  # torch.utils.flop_counter counts these like the matmuls they replace
         register_flop_formula(_op)(_linear_flops)
-
-
-def _packable(w: torch.Tensor, rows: int) -> bool:
-    if w.dtype == torch.float32:
-        return _FP32
-    return w.dtype == torch.bfloat16 and _BF16_FAST and rows <= BF16_MAX_ROWS
 
 
 def linear(module: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -103,20 +127,21 @@ def linear(module: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.Tens
     autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
     if autocast == w.dtype and x.is_floating_point():
         x = x.to(w.dtype)
+    backend = _backend(w.dtype, rows)
     if (
         rows == 0
+        or backend is None
         or autocast not in (None, w.dtype)
         or not (x.requires_grad and torch.is_grad_enabled())
         or w.requires_grad
         or (bias is not None and (bias.requires_grad or bias.dtype != w.dtype))
         or w.device.type != "cpu"
         or x.dtype != w.dtype
-        or not _packable(w, rows)
         or torch.compiler.is_compiling()
     ):
         return F.linear(x, w, bias)
-    packed, packed_t = _packs(module, w, rows)
-    return _PackedLinearFn.apply(x, w, bias, packed, packed_t, rows)
+    packed, packed_t = _packs(module, w, rows, backend)
+    return _PackedLinearFn.apply(x, w, bias, packed, packed_t, rows, backend)
 
 
 class PackedLinear(nn.Linear):
