@@ -42,9 +42,9 @@ def main(cfg: DictConfig) -> float:
     failing job must not end the sweep (SystemExit would stop it, and any exception skips the
     sweep summary), so the job leaves `error.txt` and returns NaN; the summary marks it failed.
     """
-    logging.captureWarnings(True)  # warnings (bf16 emulated, a logger that failed) also land in the run's log file
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    logging.captureWarnings(True)  # warnings (bf16 emulated, a logger that failed) also land in the run's log file
     try:
         records = run(cfg)
     except RepinvError as err:
@@ -60,6 +60,8 @@ def main(cfg: DictConfig) -> float:
         log.exception("job %s crashed; the sweep goes on", hc.job.num)
         Path(hc.runtime.output_dir, "error.txt").write_text(traceback.format_exc().strip().splitlines()[-1] + "\n\n" + traceback.format_exc())
         return float("nan")
+    finally:
+        logging.captureWarnings(False)  # called again in-process (tests, notebooks), it must capture anew
     default = "rank" if records and "rank" in records[0] else "output_l2"  # class generation: the class's rank
     return score(records, cfg.get("optimized_metric") or default)
 
