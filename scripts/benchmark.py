@@ -44,7 +44,7 @@ from repinv.images import load_images
 from repinv.metrics import pixel_metrics
 from repinv.models import create_model
 from repinv.models.factory import freeze
-from repinv.models.packed import native_bf16
+from repinv.models.packed import cpuinfo, native_bf16
 from repinv.module import ImageOptimization
 from repinv.objectives import LayerInversion, distance
 from repinv.pipeline import Steps
@@ -56,17 +56,6 @@ FIELDS = ["variant", "layer", "batch", "precision", "seconds_per_step", "image_s
 
 
 BF16_SKIPPED = "this CPU has no native bfloat16 (neither AVX512-BF16 nor AMX), so bf16 steps are emulated"
-
-
-def cpu_name() -> str:
-    """The CPU's model name (platform.processor() is often empty or just the architecture on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device() -> torch.device:
@@ -329,7 +318,7 @@ def main(argv=None) -> int:
         sec, _ = repinv_step(big, load_images(["chelsea"], 512), [len(big.net.blocks) - 1], 2)
         extra["vit_l16_512"] = {"seconds_per_step": sec, "peak_memory_mib": peak_mib()}
     report = {
-        "machine": {"device": str(dev), "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": {"device": str(dev), "cpu": cpuinfo("model name") or platform.processor() or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "native_bf16": native_bf16(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "cores": os.cpu_count()},
         "model": name, "quick": args.quick, "steps": steps, "rounds": rounds, "matmul_peak_gflops": peak,

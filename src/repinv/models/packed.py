@@ -43,16 +43,22 @@ def native_bf16() -> bool:
     return bool(_ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _intel_cpu() -> bool:
-    """Whether /proc/cpuinfo names an Intel CPU (True where it cannot be read: MKL stays the fp32 default)."""
+def cpuinfo(field: str) -> str | None:
+    """A field of the first CPU in /proc/cpuinfo (`vendor_id`, `model name`), or None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return "GenuineIntel" in line
+                key, _, value = line.partition(":")
+                if key.strip() == field:
+                    return value.strip()
     except OSError:
         pass
-    return True
+    return None
+
+
+def _intel_cpu() -> bool:
+    """Whether this is an Intel CPU (True where unknown: MKL stays the fp32 default)."""
+    return cpuinfo("vendor_id") in ("GenuineIntel", None)
 
 
 _BF16_FAST = native_bf16()
