@@ -291,7 +291,7 @@ def main(argv=None) -> int:
     one_run, _ = repinv_step(loaded, photos[:1], all_layers, steps)
     separate = sum(repinv_step(loaded, photos[:1], [i], steps)[0] for i in all_layers)
     ratios["all_layers_one_run_over_separate_runs"] = one_run / separate
-    extra = {} if bf16 else {"bf16_skipped": BF16_SKIPPED}
+    extra = {}
     if bf16:
         cells = [(l, b) for l in layers for b in batches]
         ratios["study_over_repinv_bf16"] = {f"L{l}_b{b}": ratio("study", "repinv_bf16", l, b) for l, b in cells}
@@ -304,6 +304,8 @@ def main(argv=None) -> int:
             results[precision] = (sec, float(pixel_metrics(module.current_images(), module.objective.reference)["psnr"][0]))
         ratios["bf16_speedup_quality_run"] = results["32-true"][0] / results["bf16-mixed"][0]
         ratios["bf16_psnr_minus_fp32"] = results["bf16-mixed"][1] - results["32-true"][1]
+    else:
+        extra["bf16_skipped"] = BF16_SKIPPED
     if args.compile:
         eager, _ = repinv_step(loaded, photos[:1], [mid], steps)
         start = time.perf_counter()

@@ -56,16 +56,12 @@ def cpuinfo(field: str) -> str | None:
     return None
 
 
-def _intel_cpu() -> bool:
-    """Whether this is an Intel CPU (True where unknown: MKL stays the fp32 default)."""
-    return cpuinfo("vendor_id") in ("GenuineIntel", None)
-
-
 _BF16_FAST = native_bf16()
 # fp32 packs: MKL on Intel CPUs; elsewhere oneDNN up to ONEDNN_FP32_MAX_ROWS rows (on a 2-core AMD
 # EPYC, forward plus input gradient of ViT-B/32's linears: 205 vs MKL's 332 ms at 50 rows, 315 vs
 # 406 at 100, 569 vs 636 at 200, equal at 600, 3.3 vs 2.9 s at 1,200), MKL above.
-FP32_BACKEND = "mkl" if _MKL and (_intel_cpu() or not _ONEDNN) else "onednn" if _ONEDNN else None
+_INTEL = cpuinfo("vendor_id") in ("GenuineIntel", None)  # unknown vendor: MKL stays the fp32 default
+FP32_BACKEND = "mkl" if _MKL and (_INTEL or not _ONEDNN) else "onednn" if _ONEDNN else None
 _AVAILABLE = _MKL or _ONEDNN
 _PACKS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
