@@ -1,4 +1,4 @@
-# The two commands of the README. Both install everything first (editable, so conf/ is found).
+# The two commands of the README. Both install everything first.
 PYTHON ?= python3
 export HF_HUB_OFFLINE ?= 1
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, compose_cfg
 
-CONF = REPO / "conf"
+CONF = REPO / "src" / "repinv" / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 

@@ -165,7 +165,7 @@ def test_requeued_job_resumes_from_its_own_folder(tmp_path, monkeypatch):
 def test_slurm_launcher_requeues_on_time_limit():
     import yaml
 
-    slurm = yaml.safe_load((REPO / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text())
+    slurm = yaml.safe_load((REPO / "src" / "repinv" / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text())
     assert slurm["max_num_timeout"] > 0 and slurm["signal_delay_s"] > 0
 
 

@@ -21,8 +21,9 @@ from repinv.summary import score, summarize
 
 log = logging.getLogger("repinv")
 
-# conf/ sits at the repository root (the project is installed editable, `pip install -e .`).
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The configs ship inside the package, so a wheel installed anywhere finds them.
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+CONFIG_PATH = "pkg://repinv.conf"
 
 
 def report(err: RepinvError, out_dir: str | None) -> None:
@@ -34,7 +35,7 @@ def report(err: RepinvError, out_dir: str | None) -> None:
         (Path(out_dir) / "error.txt").write_text(str(err) + "\n")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float:
     """Run one job and return its score (what Hydra's Optuna sweeper minimises).
 
