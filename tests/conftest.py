@@ -55,7 +55,7 @@ def run_repinv(tmp_path):
     def _run(*overrides: str, tiny: bool = True, name: str = "run"):
         out = tmp_path / name
         cfg = compose_cfg([*(TINY if tiny else []), *overrides], out)
-        return run(cfg), out
+        return run(cfg).records, out
 
     return _run
 

@@ -29,7 +29,7 @@ def default_run(tmp_path_factory):
     from repinv.pipeline import run
 
     out = tmp_path_factory.mktemp("run")
-    records = run(compose_cfg([*TINY, "layers=[0,blocks.0.norm1]", "logger=default"], out))
+    records = run(compose_cfg([*TINY, "layers=[0,blocks.0.norm1]", "logger=default"], out)).records
     return records, out
 
 

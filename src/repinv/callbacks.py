@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -84,6 +85,7 @@ class ResultWriter(pl.Callback):
         self.out_dir = Path(out_dir)
         self.title = title
         self.records: list[dict] = []
+        self.images: torch.Tensor | None = None
         self._t0: float | None = None
         self._step0 = 0
         self.paths: dict[str, Path] = {}
@@ -114,7 +116,8 @@ class ResultWriter(pl.Callback):
         if ref is not None:
             names = list(dict.fromkeys(r["image"] for r in pl_module.records))
             refs = dict(zip(names, ref[: len(names)].cpu()))
-        self.records, self.paths = write_results(self.out_dir, records, images.cpu(), refs, self.title)
+        self.images = images.cpu()
+        self.records, self.paths = write_results(self.out_dir, records, self.images, refs, self.title)
         log.info("results written to %s", self.out_dir)
 
     def on_train_end(self, trainer, pl_module):

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from repinv.errors import RepinvError
 from repinv.pipeline import run
 from repinv.summary import report as summary_report
-from repinv.summary import score, summarize
+from repinv.summary import summarize
 
 log = logging.getLogger("repinv")
 
@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> float:
     multirun = hc.mode == RunMode.MULTIRUN
     logging.captureWarnings(True)  # warnings (bf16 emulated, a logger that failed) also land in the run's log file
     try:
-        records = run(cfg)
+        result = run(cfg)
     except RepinvError as err:
         if cfg.get("debug"):
             raise
@@ -63,8 +63,7 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
     finally:
         logging.captureWarnings(False)  # called again in-process (tests, notebooks), it must capture anew
-    default = "rank" if records and "rank" in records[0] else "output_l2"  # class generation: the class's rank
-    return score(records, cfg.get("optimized_metric") or default)
+    return result.score
 
 
 class SweepSummary(Callback):

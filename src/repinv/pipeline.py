@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -31,8 +32,23 @@ from repinv.images import load_images
 from repinv.models.surgery import apply_surgery
 from repinv.module import ImageOptimization
 from repinv.sharding import ShardedDDP
+from repinv.summary import score
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run leaves for its caller: one record per target, the final images, the run folder and its score.
+
+    `images` are the reconstructions as the network sees them ([targets, 3, H, W] in [0, 1]; None
+    on processes other than rank 0), `score` the number a sweeper minimises (NaN without records).
+    """
+
+    records: list[dict]
+    images: torch.Tensor | None
+    out_dir: Path
+    score: float
 
 
 class Steps(Dataset):
@@ -238,8 +254,8 @@ def trainer_overrides(cfg: DictConfig) -> dict:
     return out
 
 
-def run(cfg: DictConfig) -> list[dict]:
-    """Run the configured objective and return the per-target result records."""
+def run(cfg: DictConfig) -> RunResult:
+    """Run the configured objective; returns its records, images, folder and score."""
     validate(cfg)
     out_dir = Path(cfg.output_dir)
     ckpt = resume_path(cfg.get("resume"), out_dir)
@@ -308,4 +324,5 @@ def run(cfg: DictConfig) -> list[dict]:
         print(f"repinv: {signal.Signals(stopper.signum).name} at step {stopper.stopped_at} of {cfg.steps}: results in "
               f"{out_dir}, continue with resume={checkpoints.last}", file=sys.stderr)
         stopper.exit()
-    return writer.records
+    default = "rank" if writer.records and "rank" in writer.records[0] else "output_l2"  # class generation: the class's rank
+    return RunResult(writer.records, writer.images, out_dir, score(writer.records, cfg.get("optimized_metric") or default))
