@@ -14,8 +14,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from repinv.api import CONFIG_MODULE, CONFIG_NAME, job
 from repinv.errors import RepinvError
-from repinv.pipeline import run
 from repinv.summary import report as summary_report
 from repinv.summary import summarize
 
@@ -23,7 +23,7 @@ log = logging.getLogger("repinv")
 
 # The configs ship inside the package, so a wheel installed anywhere finds them.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
-CONFIG_PATH = "pkg://repinv.conf"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 
 
 def report(err: RepinvError, out_dir: str | None) -> None:
@@ -35,7 +35,7 @@ def report(err: RepinvError, out_dir: str | None) -> None:
         (Path(out_dir) / "error.txt").write_text(str(err) + "\n")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> float:
     """Run one job and return its score (what Hydra's Optuna sweeper minimises).
 
@@ -45,9 +45,8 @@ def main(cfg: DictConfig) -> float:
     """
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    logging.captureWarnings(True)  # warnings (bf16 emulated, a logger that failed) also land in the run's log file
     try:
-        result = run(cfg)
+        result = job(cfg)
     except RepinvError as err:
         if cfg.get("debug"):
             raise
@@ -61,8 +60,6 @@ def main(cfg: DictConfig) -> float:
         log.exception("job %s crashed; the sweep goes on", hc.job.num)
         Path(hc.runtime.output_dir, "error.txt").write_text(traceback.format_exc().strip().splitlines()[-1] + "\n\n" + traceback.format_exc())
         return float("nan")
-    finally:
-        logging.captureWarnings(False)  # called again in-process (tests, notebooks), it must capture anew
     return result.score
 
 

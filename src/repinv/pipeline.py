@@ -31,6 +31,7 @@ from repinv.errors import RepinvError
 from repinv.images import load_images
 from repinv.models.surgery import apply_surgery
 from repinv.module import ImageOptimization
+from repinv.progress import StepsProgressBar
 from repinv.sharding import ShardedDDP
 from repinv.summary import score
 
@@ -304,7 +305,8 @@ def run(cfg: DictConfig) -> RunResult:
     trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
-        callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every), FilterGrid(out_dir), checkpoints, stopper],
+        callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every), FilterGrid(out_dir), checkpoints, stopper,
+                   *([StepsProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else [])],
         max_steps=cfg.steps,
         **overrides,
     )

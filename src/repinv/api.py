@@ -1,0 +1,78 @@
+"""`repinv.run`: the `repinv` command as a Python call, for notebooks and scripts.
+
+Hydra composes and runs the job exactly as the command does (same configs and defaults, run
+folder `logs/runs/<date>_<time>/` under the current folder unless `hydra.run.dir=` is given,
+`.hydra/`, log file, `${hydra:...}` resolved); the job itself is `job`, shared with the command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig
+
+from repinv import pipeline
+from repinv.errors import RepinvError, listing, suggest
+
+CONFIG_MODULE = "repinv.conf"
+CONFIG_NAME = "config"
+# Hydra names the command's job after its module (cli.py); the call uses the same name, so
+# both write the run's log to `cli.log`.
+JOB_NAME = "cli"
+
+
+@contextmanager
+def warnings_to_log() -> Iterator[None]:
+    """Send warnings (bf16 emulated, a logger that failed) to the logging system, so they reach the run's log file.
+
+    Ended with the job: a second job in the same process (tests, a notebook) captures anew.
+    """
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+
+
+def job(cfg: DictConfig) -> pipeline.RunResult:
+    """One job from a composed config: what the command and `run` both execute inside Hydra."""
+    with warnings_to_log():
+        return pipeline.run(cfg)
+
+
+def _composition_error(err: ConfigCompositionException | OverrideParseException, overrides: list[str]) -> RepinvError:
+    """Hydra's refusal of the overrides as one paragraph; for an unknown group option, the group's options."""
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        options = err.options or GlobalHydra.instance().config_loader().get_group_options(group)
+        return RepinvError(f"{group}={name}: there is no config '{name}' in the group '{group}'."
+                           f"{suggest(name, options)} The options are: {listing(options)}.")
+    reason = " ".join(str(err).split())
+    return RepinvError(
+        f"The overrides {overrides} do not compose ({reason}). Overrides are Hydra's key=value strings, "
+        "one per list item, e.g. repinv.run([\"model=vit_tiny\", \"layers=[0,5]\", \"steps=100\"])."
+    )
+
+
+def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
+    """Run one job as `repinv OVERRIDES...` would, in this process; returns its records, images and folder.
+
+    Bad input (an unknown config or key, a malformed override, values the run refuses) raises
+    `RepinvError`. Each call composes afresh, so it can be called again in the same process.
+    """
+    if isinstance(overrides, str):
+        raise RepinvError(f"repinv.run({overrides!r}): pass the overrides as a list of strings, one per "
+                          f"override, e.g. repinv.run({overrides.split()!r}).")
+    overrides = [str(o) for o in overrides]
+    GlobalHydra.instance().clear()  # a previous call or a notebook's own hydra.initialize
+    with initialize_config_module(config_module=CONFIG_MODULE, job_name=JOB_NAME, version_base="1.3"):
+        try:
+            return GlobalHydra.instance().hydra.run(config_name=CONFIG_NAME, task_function=job,
+                                                    overrides=overrides).return_value
+        except (ConfigCompositionException, OverrideParseException) as err:
+            raise _composition_error(err, overrides) from None
