@@ -1,0 +1,58 @@
+"""`repinv.run`: the command as a Python call returns the run's records and images and writes its folder."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from hydra import initialize_config_module
+
+import repinv
+from conftest import TINY, read_metrics
+
+FAST = [*TINY, "steps=3", "logger=none"]
+
+
+def test_run_returns_records_and_images_and_writes_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+    result = repinv.run([*FAST, "layers=[0,1]", "image=[chelsea,astronaut]", f"hydra.run.dir={out}"])
+    assert len(result.records) == 4, "one record per (image, layer)"
+    assert tuple(result.images.shape) == (4, 3, 64, 64)
+    assert 0 <= float(result.images.min()) and float(result.images.max()) <= 1
+    assert result.out_dir == out
+    assert [(r["image"], r["layer"], r["psnr"]) for r in read_metrics(out)] == \
+        [(r["image"], r["layer"], r["psnr"]) for r in result.records]
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["steps"] == 3 and cfg["output_dir"] == str(out), "config.yaml is resolved, ${hydra:...} included"
+    assert (out / "grid.png").is_file() and (out / "cli.log").is_file()
+    assert "layers=[0,1]" in (out / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_two_calls_in_one_process_each_write_their_own_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    initialize_config_module(config_module="repinv.conf", version_base="1.3")  # as a notebook may leave Hydra
+    first = repinv.run([*FAST, "layers=[0]"])
+    second = repinv.run([*FAST, "layers=[0,1]", "hydra.run.dir=second"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", first.out_dir.name)
+    assert first.out_dir.parent == tmp_path / "logs" / "runs", "the command's default folder, under the current one"
+    assert second.out_dir == tmp_path / "second"
+    assert [len(first.records), len(second.records)] == [1, 2]
+    assert len(read_metrics(first.out_dir)) == 1 and len(read_metrics(second.out_dir)) == 2
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model=vit_tinyy", "Did you mean 'vit_tiny'"),
+    ("stepz=3", "Could not override 'stepz'"),
+    ("layers=[0,", "do not compose"),
+    ("steps=0", "steps=0 must be a positive number"),
+])
+def test_bad_input_raises_repinv_error(tmp_path, override, needle):
+    with pytest.raises(repinv.RepinvError, match=re.escape(needle)) as err:
+        repinv.run([*FAST, override, f"hydra.run.dir={tmp_path}"])
+    assert "\n" not in str(err.value), "one paragraph"
+
+
+def test_a_string_instead_of_a_list_raises_repinv_error():
+    with pytest.raises(repinv.RepinvError, match=re.escape("['model=vit_tiny', 'steps=3']")):
+        repinv.run("model=vit_tiny steps=3")
