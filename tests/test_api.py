@@ -7,6 +7,7 @@ import re
 import pytest
 import yaml
 from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 
 import repinv
 from conftest import TINY, read_metrics
@@ -32,8 +33,12 @@ def test_run_returns_records_and_images_and_writes_the_run_folder(tmp_path):
 def test_two_calls_in_one_process_each_write_their_own_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     initialize_config_module(config_module="repinv.conf", version_base="1.3")  # as a notebook may leave Hydra
-    first = repinv.run([*FAST, "layers=[0]"])
-    second = repinv.run([*FAST, "layers=[0,1]", "hydra.run.dir=second"])
+    try:
+        first = repinv.run([*FAST, "layers=[0]"])
+        second = repinv.run([*FAST, "layers=[0,1]", "hydra.run.dir=second"])
+        assert GlobalHydra.instance().is_initialized(), "the notebook's own Hydra is left as it was"
+    finally:
+        GlobalHydra.instance().clear()
     assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", first.out_dir.name)
     assert first.out_dir.parent == tmp_path / "logs" / "runs", "the command's default folder, under the current one"
     assert second.out_dir == tmp_path / "second"

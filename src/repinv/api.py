@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from hydra import initialize_config_module
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
@@ -63,16 +64,21 @@ def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
     """Run one job as `repinv OVERRIDES...` would, in this process; returns its records, images and folder.
 
     Bad input (an unknown config or key, a malformed override, values the run refuses) raises
-    `RepinvError`. Each call composes afresh, so it can be called again in the same process.
+    `RepinvError`. Each call composes afresh, so it can be called again in the same process; a
+    Hydra the caller initialised is put back afterwards.
     """
     if isinstance(overrides, str):
         raise RepinvError(f"repinv.run({overrides!r}): pass the overrides as a list of strings, one per "
                           f"override, e.g. repinv.run({overrides.split()!r}).")
     overrides = [str(o) for o in overrides]
-    GlobalHydra.instance().clear()  # a previous call or a notebook's own hydra.initialize
-    with initialize_config_module(config_module=CONFIG_MODULE, job_name=JOB_NAME, version_base="1.3"):
-        try:
-            return GlobalHydra.instance().hydra.run(config_name=CONFIG_NAME, task_function=job,
-                                                    overrides=overrides).return_value
-        except (ConfigCompositionException, OverrideParseException) as err:
-            raise _composition_error(err, overrides) from None
+    caller = get_gh_backup()  # a notebook's own hydra.initialize, or a Hydra app calling this
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, job_name=JOB_NAME, version_base="1.3"):
+            try:
+                return GlobalHydra.instance().hydra.run(config_name=CONFIG_NAME, task_function=job,
+                                                        overrides=overrides).return_value
+            except (ConfigCompositionException, OverrideParseException) as err:
+                raise _composition_error(err, overrides) from None
+    finally:
+        restore_gh_from_backup(caller)
