@@ -19,6 +19,7 @@ class StepsProgressBar(RichProgressBar):
         return f"steps {trainer.global_step}/{trainer.max_steps}"
 
     def _get_train_description(self, current_epoch: int) -> str:
+        """Where Lightning labels the bar when it creates it (at the start, or mid-epoch on resume)."""
         return self.description(self.trainer)
 
     def configure_columns(self, trainer: pl.Trainer) -> list:
@@ -26,6 +27,7 @@ class StepsProgressBar(RichProgressBar):
         return [c for c in super().configure_columns(trainer) if not isinstance(c, BatchesProcessedColumn)]
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        """The label follows the steps; Lightning then advances the bar and redraws it."""
         if self.progress is not None and self.train_progress_bar_id is not None:
             self.progress.update(self.train_progress_bar_id, description=self.description(trainer))
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
