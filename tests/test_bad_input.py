@@ -111,9 +111,9 @@ def test_grey_palette_rgba_and_16_bit_images_are_converted_with_a_warning(cli, f
 
 @pytest.mark.filterwarnings("default::UserWarning")  # the suite ignores UserWarning; a user's run shows it
 def test_a_warning_during_the_run_is_kept_in_its_log_file(cli, monkeypatch):
-    from repinv import module as module_lib
+    from repinv import precision as precision_lib
 
-    monkeypatch.setattr(module_lib, "native_bf16", lambda: False)
+    monkeypatch.setattr(precision_lib, "native_bf16", lambda: False)
     code, err, run_dir = cli(*FAST, "layers=[0]", "precision=bf16")
     assert code == 0, err[-2000:]
     assert "precision=bf16 on a CPU without native bfloat16" in (run_dir / "cli.log").read_text()

@@ -58,6 +58,7 @@ def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
     On a CPU without native bf16 the run says once that it will be slower; an fp32 run there says nothing.
     """
     from repinv import module as module_lib
+    from repinv import precision as precision_lib
 
     seen = {}
     original = module_lib.ImageOptimization.on_fit_start
@@ -73,15 +74,15 @@ def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
                     fused_before=fused_before, fused_step=fused(self.step_net), fused_net=fused(self.net))
 
     monkeypatch.setattr(module_lib.ImageOptimization, "on_fit_start", spy)
-    monkeypatch.setattr(module_lib, "native_bf16", lambda: False)
+    monkeypatch.setattr(precision_lib, "native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="without native bfloat16") as bf16_warnings:
         records, _ = run_repinv("precision=bf16", "logger=none")
-    assert sum(module_lib.BF16_EMULATED == str(w.message) for w in bf16_warnings) == 1
+    assert sum(precision_lib.BF16_EMULATED == str(w.message) for w in bf16_warnings) == 1
     assert seen["step"] == torch.bfloat16 and seen["net"] == torch.float32
     assert seen["fused_step"] and not any(seen["fused_step"]) and seen["fused_net"] == seen["fused_before"]
     assert all(torch.equal(v, seen["before"][k]) for k, v in seen["module"].net.state_dict().items())
     monkeypatch.undo()
-    monkeypatch.setattr(module_lib, "native_bf16", lambda: False)
+    monkeypatch.setattr(precision_lib, "native_bf16", lambda: False)
     with warnings.catch_warnings(record=True) as fp32_warnings:
         warnings.simplefilter("always")
         fp32, _ = run_repinv("logger=none", name="fp32")

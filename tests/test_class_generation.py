@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import compose_cfg, read_metrics
 from repinv.module import ImageOptimization
-from repinv.regularizers import Jitter, Octaves
+from repinv.priors import Jitter, Octaves
 
 CLASS = ["model=vit_tiny", "objective=class", "steps=40", "log_every=10", "image_every=20", "logger=csv"]
 
@@ -57,8 +57,8 @@ class _Record(pl.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         gen = torch.Generator()
-        gen.set_state(module.jitter_gen.get_state())
-        offset = module.jitter.offset(trainer.global_step, gen)
+        gen.set_state(module.generator.get_state())
+        offset = module.offset(trainer.global_step, gen)
         self.steps.append([module.img.detach().clone(), offset])
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -71,7 +71,7 @@ def test_jitter_updates_only_the_crop(tmp_path):
 
     module = ImageOptimization(
         model=instantiate(cfg.model), objective=instantiate(cfg.objective), images=[],
-        optimizer=instantiate(cfg.optimizer), blur=instantiate(cfg.regularizer.blur), jitter=Jitter(pixels=12, start=1),
+        optimizer=instantiate(cfg.optimizer), priors=[instantiate(cfg.regularizer.blur), Jitter(pixels=12, start=1)],
         steps=4,
     )
     rec = _Record()
@@ -97,12 +97,12 @@ def test_octaves_generate_small_then_leave_the_full_size_alone():
     assert [oct.scale(s, 9) for s in range(9)] == [0.25] * 3 + [0.5] * 3 + [1.0] * 3
     noise = torch.rand(1, 3, 32, 32)
     coarse, finer = noise.clone(), noise.clone()
-    oct(coarse, 0, 9)
-    oct(finer, 4, 9)
+    oct.update(coarse, 0, 9)
+    oct.update(finer, 4, 9)
     assert _roughness(coarse) < 0.3 * _roughness(finer) < 0.3 * _roughness(noise)
     again = coarse.clone()
-    oct(again, 1, 9)  # a second step at the same octave barely moves the image
+    oct.update(again, 1, 9)  # a second step at the same octave barely moves the image
     assert (again - coarse).abs().mean() < 0.1 * (coarse - noise).abs().mean()
     full = noise.clone()
-    oct(full, 8, 9)
+    oct.update(full, 8, 9)
     assert torch.equal(full, noise)

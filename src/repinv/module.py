@@ -2,40 +2,37 @@
 
 from __future__ import annotations
 
-import copy
-import warnings
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from repinv.divergence import Divergence
 from repinv.images import TargetImage
-from repinv.metrics import pixel_metrics
 from repinv.models import LoadedModel
-from repinv.models.packed import native_bf16
 from repinv.objectives import Objective
-from repinv.regularizers import GaussianBlur, Jitter, Octaves
-from repinv.sharding import gather, gather_tensor, shard_bounds
+from repinv.precision import StepNetwork, compile_forward, step_network
+from repinv.priors import Prior
+from repinv.sharding import gather, gather_tensor, take_shard
 
-BF16_EMULATED = (
-    "precision=bf16 on a CPU without native bfloat16 (neither AVX512-BF16 nor AMX): its bf16 matmuls "
-    "are emulated on one thread, and a step runs about 30x slower than in fp32 (ViT-B/32, layer 5, "
-    "batch 1 on a 2-core AVX2 AMD EPYC: 6.2 s against 0.2 s). Results stay valid; for speed here use "
-    "precision=32-true (the default). bf16 pays on CPUs with AMX or AVX512-BF16 and on GPUs."
-)
+
+def noise_canvas(seeds: Sequence[int], size: tuple[int, int], mean: float, std: float) -> torch.Tensor:
+    """One N(mean, std) noise image [3, *size] per seed, stacked: the same seeds give the same start."""
+    return torch.stack([torch.randn((3, *size), generator=torch.Generator().manual_seed(s)) * std + mean
+                        for s in seeds])
 
 
 class ImageOptimization(pl.LightningModule):
     """Gradient descent on an image batch [targets, 3, H, W] against a frozen network.
 
     The network is frozen (no gradients, eval mode even while Lightning trains) and left out
-    of checkpoints; the objective's targets are computed once here. Each step: forward the
-    (jittered) view, sum the per-target losses, one optimiser step, then the blur. Only the
-    jitter crop takes the update. Metrics are computed every `log_every` steps from the
-    step's own forward pass, so they cost no extra forward.
+    of checkpoints; the objective's targets are computed once here. Each step: the priors place
+    and transform the crop the network sees, the per-target losses (plus the priors' penalties)
+    are summed, one optimiser step, then the priors update the image, in the order given. When
+    the priors' margins make the canvas larger than the input, only the crop takes the step.
+    `metrics` (name -> `(image, reference) -> [N]`) are computed every `log_every` steps and at
+    the end, on the step's own view, so they cost no extra forward.
     """
 
     def __init__(
@@ -46,9 +43,8 @@ class ImageOptimization(pl.LightningModule):
         optimizer: Callable,
         steps: int,
         scheduler: Callable | None = None,
-        blur: GaussianBlur | None = None,
-        jitter: Jitter | None = None,
-        octaves: Octaves | None = None,
+        priors: Sequence[Prior] = (),
+        metrics: Mapping[str, Callable] | None = None,
         init_mean: float = 0.7,
         init_std: float = 1 / 20,
         log_every: int = 50,
@@ -66,35 +62,23 @@ class ImageOptimization(pl.LightningModule):
         objective.setup(self.net, self.normalize, images, seed)
         self.records = objective.records
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.blur, self.jitter, self.octaves = blur, jitter or Jitter(0), octaves
+        self.priors, self.metrics = list(priors), dict(metrics or {})
         self.steps, self.log_every = int(steps), int(log_every)
         self.input_size = model.input_size
-        h, w = self.input_size
-        canvas = (h + self.jitter.pixels, w + self.jitter.pixels)
-        init = []
-        for s in objective.init_seeds(seed):
-            gen = torch.Generator().manual_seed(s)
-            init.append(torch.randn((3, *canvas), generator=gen) * init_std + init_mean)
-        self.img = nn.Parameter(torch.stack(init))
-        self.register_buffer("diverged", torch.zeros(len(self.records), dtype=torch.bool))
-        self.jitter_gen = torch.Generator().manual_seed(seed)
-        self.last_good: torch.Tensor | None = None
-        self.any_diverged = False  # host copy of diverged.any(), refreshed at log steps: no sync per step
+        self.margin = sum(p.margin for p in self.priors)
+        canvas = (self.input_size[0] + self.margin, self.input_size[1] + self.margin)
+        self.img = nn.Parameter(noise_canvas(objective.init_seeds(seed), canvas, init_mean, init_std))
+        self.divergence = Divergence(len(self.records))
+        self.generator = torch.Generator().manual_seed(seed)  # the priors' random draws, saved in checkpoints
         self.shard: list[int] = list(range(len(self.records)))  # the targets this process optimises
         self.compile = compile
-        self.__dict__["step_net"] = self.net  # the network the steps use (see on_fit_start); never a submodule
-        self.sdpa_backends: list | None = None
+        self.__dict__["stepper"] = StepNetwork(self.net)  # what the steps run through (see on_fit_start)
 
     def setup(self, stage: str) -> None:
         """With several processes, keep only this rank's share of the targets (`records` stays whole)."""
         world = self.trainer.world_size
-        if world == 1 or len(self.shard) < len(self.records):
-            return
-        start, stop = shard_bounds(len(self.records), self.trainer.global_rank, world)
-        self.shard = list(range(start, stop))
-        self.objective.shard(self.shard)
-        self.img = nn.Parameter(self.img.data[start:stop].clone())
-        self.diverged = self.diverged[start:stop].clone()
+        if world > 1 and len(self.shard) == len(self.records):
+            self.shard = take_shard(self, self.trainer.global_rank, world)
 
     # -- the frozen network -------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -104,60 +88,29 @@ class ImageOptimization(pl.LightningModule):
         return self
 
     def on_fit_start(self) -> None:
-        """Choose the network the steps run through, now that precision and device are known.
-
-        Under bf16 the steps use a bfloat16 copy of the frozen weights: autocast would cast them
-        again every step (its cache keeps only weights that require grad), while targets and final
-        metrics stay with the fp32 network. On CPU that copy's attention avoids the fused kernel,
-        whose bf16 backward is several times slower there: timm's attention runs unfused (two
-        matmuls and a softmax, ~8 % faster steps at batch 1 than SDPA's math kernel), any other
-        attention runs SDPA's math kernel.
-        """
-        step_net = self.net
-        if "bf16" in str(self.trainer.precision):
-            step_net = copy.deepcopy(self.net).to(torch.bfloat16)
-            if self.device.type == "cpu" and not native_bf16():
-                warnings.warn(BF16_EMULATED)
-        self.__dict__["step_net"] = step_net  # not a submodule: not in checkpoints, not synced by DDP
-        if step_net is not self.net and self.device.type == "cpu":
-            self.sdpa_backends = [SDPBackend.MATH]
-            for m in step_net.modules():
-                if hasattr(m, "fused_attn"):
-                    m.fused_attn = False
+        """Prepare the network the steps run through, now that precision and device are known."""
+        stepper = step_network(self.net, str(self.trainer.precision), self.device)
+        self.__dict__["stepper"] = stepper  # not a submodule: not in checkpoints, not synced by DDP
         if self.compile:
-            self.compile_net(self.step_net)
+            compile_forward(stepper.net, graphs=4 * len(self.records) + 8)
 
-    def compile_net(self, net: nn.Module) -> None:
-        """torch.compile a network's `forward_intermediates` (what a single index tap calls).
-
-        Targets are already computed. Each layer (and autocast state) is its own graph, so the
-        recompile limit is raised to cover them. Module-path taps and the shared pass of several
-        layers stay eager: their forward ends by raising from a hook.
-        """
-        if not hasattr(net, "forward_intermediates"):
-            return
-        import torch._dynamo
-
-        cfg = torch._dynamo.config
-        cfg.recompile_limit = max(cfg.recompile_limit, 4 * len(self.records) + 8)
-        net.forward_intermediates = torch.compile(net.forward_intermediates)
+    @property
+    def step_net(self) -> nn.Module:
+        return self.stepper.net
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Everything a resumed run needs besides what Lightning saves: RNG, divergence state, what was run."""
+        """What a resumed run needs besides the state dict and Lightning's own state: the priors' RNG, what was run."""
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("net.")}
-        checkpoint["jitter_rng"] = self.jitter_gen.get_state()
-        checkpoint["last_good"] = self.last_good
+        checkpoint["prior_rng"] = self.generator.get_state()
         checkpoint["repinv"] = self.run_identity()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "jitter_rng" in checkpoint:
-            self.jitter_gen.set_state(checkpoint["jitter_rng"])
-        self.last_good = checkpoint.get("last_good")
-        diverged = checkpoint["state_dict"].get("diverged")
-        self.any_diverged = bool(diverged.any()) if diverged is not None else False
+        if "prior_rng" in checkpoint:
+            self.generator.set_state(checkpoint["prior_rng"])
 
     def run_identity(self) -> dict:
         """What a checkpoint must agree on to be resumed by this module: the targets, the steps, the canvas."""
@@ -171,9 +124,18 @@ class ImageOptimization(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
 
     # -- the step -----------------------------------------------------------------------
+    def offset(self, step: int, generator: torch.Generator) -> tuple[int, int]:
+        """Where this step's crop lies in the canvas: the sum of the priors' offsets, drawn in their order."""
+        dy = dx = 0
+        for prior in self.priors:
+            y, x = prior.offset(step, generator)
+            dy, dx = dy + y, dx + x
+        return dy, dx
+
     def view(self, offset: tuple[int, int] | None = None) -> torch.Tensor:
         """The part of the canvas the network sees (the centre crop unless an offset is given)."""
-        dy, dx = offset or self.jitter.center()
+        centre = sum(p.margin // 2 for p in self.priors)
+        dy, dx = offset or (centre, centre)
         h, w = self.input_size
         return self.img[:, :, dy : dy + h, dx : dx + w]
 
@@ -182,72 +144,67 @@ class ImageOptimization(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         step = self.global_step
-        log_now = step % self.log_every == 0 or step == self.steps - 1
-        offset = self.jitter.offset(step, self.jitter_gen)
-        view = self.view(offset)
-        with sdpa_kernel(self.sdpa_backends) if self.sdpa_backends else nullcontext():
-            losses, stats = self.objective(self.step_net, self.normalize(view))
-        if log_now:
-            self._check_finite(losses)
+        offset = self.offset(step, self.generator)
+        view = seen = self.view(offset)
+        for prior in self.priors:
+            seen = prior.transform(seen, step, self.generator)
+        with self.stepper.context():
+            losses, stats = self.objective(self.step_net, self.normalize(seen))
+        if step % self.log_every == 0 or step == self.steps - 1:
+            self.divergence.check(self.img, losses)
             self._log_step(losses, stats, view)
         # masked after the check, which updates the mask in place (autograd would refuse it afterwards)
-        loss = torch.where(self.diverged, torch.zeros_like(losses), losses).sum()
+        loss = self.divergence.masked(self._penalised(losses, view, step)).sum()
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        before = self.img.detach().clone() if self.jitter.pixels else None
+        before = self.img.detach().clone() if self.margin else None
         opt.step()
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()
-        with torch.no_grad():
-            if self.blur is not None:
-                self.blur(self.img.data, step, self.steps)
-            if self.octaves is not None:
-                self.octaves(self.img.data, step, self.steps)
-            if before is not None:
-                crop = self.view(offset).detach().clone()
-                self.img.data.copy_(before)
-                self.view(offset).data.copy_(crop)
-            if self.last_good is not None and self.any_diverged:
-                self.img.data[self.diverged] = self.last_good[self.diverged]
+        self._update(step, offset, before)
         return loss.detach()
 
-    @torch.no_grad()
-    def _check_finite(self, losses: torch.Tensor, remember: bool = True) -> bool:
-        """Targets whose loss or image went non-finite go back to their last finite image and stop.
+    def _penalised(self, losses: torch.Tensor, view: torch.Tensor, step: int) -> torch.Tensor:
+        """The per-target losses plus the priors' penalties on the crop."""
+        for prior in self.priors:
+            penalty = prior.penalty(view, step)
+            if penalty is not None:
+                losses = losses + penalty
+        return losses
 
-        Returns whether a target was stopped now. `remember`: the current image becomes the
-        last finite one (at log steps; a check at the end leaves the state as the steps left it).
-        """
-        finite = torch.isfinite(losses.detach()) & torch.isfinite(self.img.detach()).flatten(1).all(1)
-        bad = ~finite & ~self.diverged
-        stopped = bool(bad.any())
-        if stopped:
-            if self.last_good is not None:
-                self.img.data[bad] = self.last_good[bad]
-            self.diverged |= bad
-        self.any_diverged = bool(self.diverged.any())
-        if remember:
-            self.last_good = self.img.detach().clone()
-        return stopped
+    @torch.no_grad()
+    def _update(self, step: int, offset: tuple[int, int], before: torch.Tensor | None) -> None:
+        """After the optimiser step: the priors' updates in order; then, on a canvas larger than the
+        input, everything outside the crop goes back to `before`; the stopped targets stay as they were."""
+        for prior in self.priors:
+            prior.update(self.img.data, step, self.steps)
+        if before is not None:
+            crop = self.view(offset).detach().clone()
+            self.img.data.copy_(before)
+            self.view(offset).data.copy_(crop)
+        self.divergence.rollback(self.img.data)
 
     @torch.no_grad()
     def measure(self, losses: torch.Tensor, stats: dict, view: torch.Tensor) -> list[dict[str, float]]:
-        """Per-target metric dicts from a forward pass's losses and stats and the image it saw."""
+        """Per-target metric dicts: the forward pass's losses and stats, then `metrics` of the image it saw
+        against the reference (none when the objective has no reference image)."""
         values = {"loss": losses.detach().float(), **{k: v.float() for k, v in stats.items()}}
-        if self.objective.reference is not None:
-            values.update(pixel_metrics(view, self.objective.reference[self.shard]))
+        reference = self.objective.reference
+        if reference is not None:
+            reference = reference[self.shard]
+            values.update({name: metric(view, reference).float() for name, metric in self.metrics.items()})
         table = {k: v.cpu().tolist() for k, v in values.items()}
         return [{k: table[k][i] for k in table} for i in range(len(losses))]
 
     def _log_step(self, losses, stats, view) -> None:
-        rows, diverged = gather(self.measure(losses, stats, view)), gather(self.diverged.tolist())
+        rows, diverged = gather(self.measure(losses, stats, view)), gather(self.divergence.mask.tolist())
         flat = {f"{name}/{self.target_key(i)}": value for i, row in enumerate(rows) for name, value in row.items()}
         total = float(sum(r["loss"] for r, d in zip(rows, diverged) if not d))
         flat["lr"] = self.optimizers().param_groups[0]["lr"]
-        if self.blur is not None:
-            flat["blur_sigma"] = self.blur.sigma(self.global_step, self.steps)
+        for prior in self.priors:
+            flat.update(prior.scalars(self.global_step, self.steps))
         flat["loss"] = total
         for logger in self.loggers:
             logger.log_metrics(flat, step=self.global_step)
@@ -264,11 +221,11 @@ class ImageOptimization(pl.LightningModule):
         view = self.view()
         with torch.autocast(device_type=view.device.type, enabled=False):
             losses, stats = self.objective(self.net, self.normalize(view.float()))
-            if self._check_finite(losses, remember=False):  # the steps since the last check went non-finite
+            if self.divergence.check(self.img, losses, remember=False):  # the steps since the last check went non-finite
                 losses, stats = self.objective(self.net, self.normalize(view.float()))
         rows = self.measure(losses, stats, view)
         out = []
-        for i, row, div in zip(self.shard, rows, self.diverged.tolist()):
+        for i, row, div in zip(self.shard, rows, self.divergence.mask.tolist()):
             row["accurate"] = bool(row["accurate"]) if "accurate" in row else None
             out.append({**self.records[i], **row, "diverged": bool(div)})
         return gather(out) if gathered else out

@@ -161,6 +161,16 @@ def build(node, **kwargs):
         raise
 
 
+def build_each(cfg: DictConfig, group: str) -> dict:
+    """Build every entry of the mapping `cfg.<group>` (name -> config with `_target_`) in its order; null entries are left out."""
+    node = cfg.get(group) or {}
+    for name, entry in node.items():
+        if entry is not None and not (isinstance(entry, DictConfig) and "_target_" in entry):
+            raise RepinvError(f"{group}.{name}={entry} is not something to build: each entry of {group} is a mapping "
+                              f"with a _target_ (e.g. +{group}.{name}._target_=package.module.name), or null to leave it out.")
+    return {name: build(entry) for name, entry in node.items() if entry is not None}
+
+
 def _as_list(value) -> list:
     if value is None:
         return []
@@ -268,16 +278,14 @@ def run(cfg: DictConfig) -> RunResult:
     model = apply_surgery(build(cfg.model), {k: build(op) for k, op in (cfg.get("surgery") or {}).items()})
     objective = build(cfg.objective)
     images = load_images(cfg.image, model.input_size) if objective.kind == "layer" else []
-    reg = cfg.regularizer
     module = ImageOptimization(
         model=model,
         objective=objective,
         images=images,
         optimizer=build(cfg.optimizer),
         scheduler=build(cfg.scheduler) if cfg.get("scheduler") else None,
-        blur=build(reg.blur) if reg.get("blur") else None,
-        jitter=build(reg.jitter) if reg.get("jitter") else None,
-        octaves=build(reg.octaves) if reg.get("octaves") else None,
+        priors=list(build_each(cfg, "regularizer").values()),
+        metrics=build_each(cfg, "metrics"),
         steps=cfg.steps,
         init_mean=cfg.init.mean,
         init_std=cfg.init.std,

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from pytorch_lightning.strategies import DDPStrategy
 
 from repinv.errors import RepinvError
@@ -44,6 +45,20 @@ def shard_bounds(total: int, rank: int, world: int) -> tuple[int, int]:
     size, extra = divmod(total, world)
     start = rank * size + min(rank, extra)
     return start, start + size + (rank < extra)
+
+
+def take_shard(module, rank: int, world: int) -> list[int]:
+    """Cut an `ImageOptimization`'s per-target state to `rank`'s share; returns that share's target indices.
+
+    The objective keeps only its targets, the image and the divergence state only their rows;
+    the module's `records` stay whole, so gathered results are in the original target order.
+    """
+    start, stop = shard_bounds(len(module.records), rank, world)
+    shard = list(range(start, stop))
+    module.objective.shard(shard)
+    module.img = nn.Parameter(module.img.data[start:stop].clone())
+    module.divergence.shard(start, stop)
+    return shard
 
 
 def gather(items: list) -> list:

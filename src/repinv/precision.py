@@ -1,0 +1,83 @@
+"""The network the steps run through: a bfloat16 copy of the frozen weights under bf16, optionally compiled.
+
+Targets and final metrics always use the run's own fp32 network; only the steps use what this
+module prepares.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from repinv.models.packed import native_bf16
+
+BF16_EMULATED = (
+    "precision=bf16 on a CPU without native bfloat16 (neither AVX512-BF16 nor AMX): its bf16 matmuls "
+    "are emulated on one thread, and a step runs about 30x slower than in fp32 (ViT-B/32, layer 5, "
+    "batch 1 on a 2-core AVX2 AMD EPYC: 6.2 s against 0.2 s). Results stay valid; for speed here use "
+    "precision=32-true (the default). bf16 pays on CPUs with AMX or AVX512-BF16 and on GPUs."
+)
+
+
+class StepNetwork:
+    """The network for the steps and the attention kernels its forward may use (None: any)."""
+
+    def __init__(self, net: nn.Module, sdpa_backends: list[SDPBackend] | None = None):
+        self.net, self.sdpa_backends = net, sdpa_backends
+
+    def context(self):
+        """Where a step's forward runs: restricted to `sdpa_backends` when there are some."""
+        return sdpa_kernel(self.sdpa_backends) if self.sdpa_backends else nullcontext()
+
+
+def step_network(net: nn.Module, precision: str, device: torch.device) -> StepNetwork:
+    """The network the steps use under `precision` on `device`.
+
+    Under bf16 a bfloat16 copy of the frozen weights: autocast would cast them again every step
+    (its cache keeps only weights that require grad). On CPU that copy's attention avoids the
+    fused kernel, whose bf16 backward is several times slower there: timm's attention runs
+    unfused (two matmuls and a softmax, ~8 % faster steps at batch 1 than SDPA's math kernel),
+    any other attention runs SDPA's math kernel. Warns when bf16 is emulated on this CPU.
+    """
+    if "bf16" not in precision:
+        return StepNetwork(net)
+    copied = copy.deepcopy(net).to(torch.bfloat16)
+    if device.type != "cpu":
+        return StepNetwork(copied)
+    if not native_bf16():
+        warnings.warn(BF16_EMULATED)
+    unfuse_attention(copied)
+    return StepNetwork(copied, [SDPBackend.MATH])
+
+
+def unfuse_attention(net: nn.Module) -> None:
+    """Switch timm's attention layers of `net` (and only those) to their unfused path.
+
+    Per layer: timm's global switch (`timm.layers.set_fused_attn`) is read when a layer is
+    constructed, so it cannot reach this already built copy, and it would reach every model
+    built later in the process, the fp32 network of the next run included.
+    """
+    for m in net.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+
+
+def compile_forward(net: nn.Module, graphs: int) -> None:
+    """torch.compile a network's `forward_intermediates` (what a single index tap calls).
+
+    Each layer (and autocast state) is its own graph: the recompile limit is raised to at
+    least `graphs`. Module-path taps and the shared pass of several layers stay eager: their
+    forward ends by raising from a hook.
+    """
+    if not hasattr(net, "forward_intermediates"):
+        return
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, graphs)
+    net.forward_intermediates = torch.compile(net.forward_intermediates)

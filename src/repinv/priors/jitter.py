@@ -1,0 +1,32 @@
+"""Positional jitter: the network sees a random crop of a larger canvas."""
+
+from __future__ import annotations
+
+import torch
+
+from repinv.errors import RepinvError
+from repinv.priors.base import Prior
+
+
+class Jitter(Prior):
+    """Positional jitter: each step the model sees a random crop of a canvas `pixels` larger than its input.
+
+    Its margin makes the canvas larger than the input, so only the crop takes the step's update
+    (the module restores the rest). Before `start` (and with pixels=0) the model sees the centre
+    crop. Offsets come from the module's generator so a resumed run repeats them.
+    """
+
+    def __init__(self, pixels: int = 0, start: int = 0):
+        if pixels < 0 or start < 0:
+            raise RepinvError(f"jitter pixels={pixels} and start={start} must be non-negative (0 switches jitter off).")
+        self.pixels, self.start = int(pixels), int(start)
+
+    @property
+    def margin(self) -> int:
+        return self.pixels
+
+    def offset(self, step: int, generator: torch.Generator) -> tuple[int, int]:
+        if self.pixels == 0 or step < self.start:
+            return super().offset(step, generator)
+        dy, dx = torch.randint(0, self.pixels + 1, (2,), generator=generator).tolist()
+        return dy, dx
