@@ -41,14 +41,14 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from repinv.images import load_images
-from repinv.metrics import pixel_metrics
+from repinv.metrics import input_l2, psnr, ssim
 from repinv.models import create_model
 from repinv.models.factory import freeze
 from repinv.models.packed import cpuinfo, native_bf16
 from repinv.module import ImageOptimization
 from repinv.objectives import LayerInversion, distance
 from repinv.pipeline import Steps
-from repinv.regularizers import GaussianBlur
+from repinv.priors import GaussianBlur
 from repinv.taps import resolve_layer
 
 FIELDS = ["variant", "layer", "batch", "precision", "seconds_per_step", "image_steps_per_second", "gflops_per_step",
@@ -138,7 +138,8 @@ def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25
     """
     module = ImageOptimization(
         model=loaded, objective=LayerInversion(layers), images=images,
-        optimizer=partial(torch.optim.SGD, lr=0.05), steps=steps + 2, blur=GaussianBlur(), log_every=log_every,
+        optimizer=partial(torch.optim.SGD, lr=0.05), steps=steps + 2, priors=[GaussianBlur()], log_every=log_every,
+        metrics={"input_l2": input_l2, "psnr": psnr, "ssim": ssim},
         compile=compile,
     )
     timer = StepTimer()
@@ -167,7 +168,7 @@ def plain_step(net, mean, std, tap, target, batch, steps, size):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        blur(img.data, s, steps)
+        blur.update(img.data, s, steps)
         sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
@@ -195,7 +196,7 @@ def study_step(net, mean, std, index, target, batch, steps, size):
             img -= 0.05 * img.grad
             img.grad = None
             net.zero_grad(set_to_none=True)
-        blur(img.data, s, steps)
+        blur.update(img.data, s, steps)
         sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
@@ -301,7 +302,7 @@ def main(argv=None) -> int:
         results = {}
         for precision in ("32-true", "bf16-mixed"):
             sec, module = repinv_step(loaded, photos[:1], [mid], quality_steps, precision=precision)
-            results[precision] = (sec, float(pixel_metrics(module.current_images(), module.objective.reference)["psnr"][0]))
+            results[precision] = (sec, float(psnr(module.current_images(), module.objective.reference)[0]))
         ratios["bf16_speedup_quality_run"] = results["32-true"][0] / results["bf16-mixed"][0]
         ratios["bf16_psnr_minus_fp32"] = results["bf16-mixed"][1] - results["32-true"][1]
     else:
