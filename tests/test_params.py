@@ -127,7 +127,7 @@ def test_each_penalty_falls_when_optimised_alone(penalty):
 
 @pytest.mark.parametrize("shape", [(2, 3, 64, 64), (2, 3, 48, 64)], ids=["64x64", "48x64"])
 def test_scale_rotate_identity_and_seeded(shape):
-    image = noise(shape)
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     identity = ScaleRotate(scale=(1, 1), degrees=0)
     assert (identity(image, torch.Generator().manual_seed(0)) - image).abs().max().item() < 1e-6
     jitter = ScaleRotate(scale=(0.8, 1.2), degrees=15)
@@ -146,6 +146,12 @@ def test_scale_rotate_rotates_in_pixel_units():
     square = noise((2, 3, 32, 32))
     quarter_turn = ScaleRotate().apply(square, both, 90 * both)
     assert (quarter_turn - torch.rot90(square, 1, (-2, -1))).abs().max().item() < 1e-5
+    blob = torch.zeros(1, 1, 48, 64)
+    blob[..., 22:26, 42:46] = 1  # centred 12 pixels right of the image centre (23.5, 31.5)
+    turned = ScaleRotate().apply(blob, both[:1], 90 * both[:1])[0, 0]
+    rows, cols = torch.meshgrid(torch.arange(48.0), torch.arange(64.0), indexing="ij")
+    centroid = [(turned * rows).sum() / turned.sum(), (turned * cols).sum() / turned.sum()]
+    assert centroid == [pytest.approx(11.5, abs=0.3), pytest.approx(31.5, abs=0.3)], "12 pixels above the centre"
     image = wide.clone().requires_grad_(True)
     ScaleRotate((0.9, 1.1), 10)(image, torch.Generator().manual_seed(0)).sum().backward()
     assert image.grad.abs().sum() > 0
