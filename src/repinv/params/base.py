@@ -10,6 +10,17 @@ from torch import nn
 from repinv.errors import RepinvError
 
 
+def batch_shape(shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """`shape` as a tuple [N, C, H, W] of positive sizes, or a RepinvError saying what is expected."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise RepinvError(
+            f"An image parametrisation needs a batch shape [N, C, H, W] of positive sizes, got {list(shape)}; "
+            "e.g. [2, 3, 224, 224] for two RGB images at 224x224."
+        )
+    return shape
+
+
 class Parametrization(nn.Module):
     """An image batch [N, C, H, W] rendered from one trainable tensor `self.param` (batch first).
 
@@ -21,13 +32,7 @@ class Parametrization(nn.Module):
 
     def __init__(self, shape: Sequence[int]):
         super().__init__()
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 4 or min(shape) < 1:
-            raise RepinvError(
-                f"An image parametrisation needs a batch shape [N, C, H, W] of positive sizes, got {list(shape)}; "
-                "e.g. [2, 3, 224, 224] for two RGB images at 224x224."
-            )
-        self.shape = shape
+        self.shape = batch_shape(shape)
         self.param = nn.Parameter(torch.zeros(self.param_shape()))
 
     def param_shape(self) -> tuple[int, ...]:

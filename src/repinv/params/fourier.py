@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from repinv.errors import RepinvError
-from repinv.params.base import Parametrization
+from repinv.params.base import Parametrization, batch_shape
 
 # Square root of ImageNet's RGB colour correlation (lucid/lucent): the image's colours are this
 # matrix applied to three decorrelated channels, scaled so its largest column has norm 1.
@@ -42,14 +42,16 @@ class Fourier(Parametrization):
     """
 
     def __init__(self, shape: Sequence[int], decay: float = 1.0):
-        if len(shape) != 4 or int(shape[1]) != 3:
+        _, c, h, w = batch_shape(shape)
+        if c != 3:
             raise RepinvError(
                 f"param=fourier decorrelates RGB colours and needs images [N, 3, H, W], got {list(shape)}; "
                 "use param=pixel or param=pyramid for other channel counts."
             )
         if decay < 0:
-            raise RepinvError(f"param.decay={decay} must be non-negative: 1.0 weights frequency f by 1/f, 0 weights all equally.")
-        h, w = int(shape[2]), int(shape[3])
+            raise RepinvError(
+                f"param.decay={decay} must be non-negative: 1.0 weights frequency f by 1/f, 0 weights all equally."
+            )
         super().__init__(shape)
         self.decay = float(decay)
         self.register_buffer("scale", spectrum_scale(h, w, self.decay)[..., None], persistent=False)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from repinv.errors import RepinvError
-from repinv.params.base import Parametrization
+from repinv.params.base import Parametrization, batch_shape
 
 
 class Pyramid(Parametrization):
@@ -29,7 +29,7 @@ class Pyramid(Parametrization):
             raise RepinvError(f"param.levels={levels} must be at least 1 (1 is the pixel parametrisation).")
         if gain <= 0:
             raise RepinvError(f"param.gain={gain} must be positive: 0.5 (default) or 1.0 for the plain Laplacian sum.")
-        h, w = int(shape[-2]), int(shape[-1])
+        h, w = batch_shape(shape)[2:]
         if min(h, w) < 2 ** (levels - 1):
             raise RepinvError(
                 f"param.levels={levels} halves a {h}x{w} image below one pixel; "
