@@ -1,0 +1,68 @@
+"""A Laplacian pyramid: the image is the sum of its levels, each upsampled from half the resolution of the one above."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from repinv.errors import RepinvError
+from repinv.params.base import Parametrization, batch_shape
+
+
+class Pyramid(Parametrization):
+    """`levels` Laplacian levels, level k at 1/2^k of the image's height and width.
+
+    The image is L0 + g·up(L1 + g·up(L2 + ...)) with bilinear 2x upsampling (to the exact size
+    of the level above, so any H and W work) and g = `gain`. `encode` builds the Laplacian
+    pyramid with area downsampling, so the round trip is exact. The parameter
+    [N, C, sum of level sizes] holds the levels flattened, finest first, in one tensor.
+
+    With gain 0.5 a plain SGD step changes each level's band about as much as a pixel-space
+    step would (an upsampled coarse value gathers 4^k pixels' gradients); gain 1.0 is the plain
+    Laplacian sum, whose coarse levels then take up to 4^k times larger steps.
+    """
+
+    def __init__(self, shape: Sequence[int], levels: int = 4, gain: float = 0.5):
+        if levels < 1:
+            raise RepinvError(f"param.levels={levels} must be at least 1 (1 is the pixel parametrisation).")
+        if gain <= 0:
+            raise RepinvError(f"param.gain={gain} must be positive: 0.5 (default) or 1.0 for the plain Laplacian sum.")
+        h, w = batch_shape(shape)[2:]
+        if min(h, w) < 2 ** (levels - 1):
+            raise RepinvError(
+                f"param.levels={levels} halves a {h}x{w} image below one pixel; "
+                f"use at most {max(1, min(h, w).bit_length())} levels for this size."
+            )
+        self.sizes = [(-(-h // 2**k), -(-w // 2**k)) for k in range(levels)]
+        self.gain = float(gain)
+        super().__init__(shape)
+
+    def param_shape(self) -> tuple[int, ...]:
+        n, c = self.shape[:2]
+        return (n, c, sum(h * w for h, w in self.sizes))
+
+    def levels(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """The levels [N, C, h_k, w_k], finest first, as views of a flat parameter."""
+        parts = flat.split([h * w for h, w in self.sizes], dim=-1)
+        return [p.unflatten(-1, size) for p, size in zip(parts, self.sizes)]
+
+    def render(self) -> torch.Tensor:
+        levels = self.levels(self.param)
+        image = levels[-1]
+        for level in reversed(levels[:-1]):
+            up = F.interpolate(image, size=level.shape[-2:], mode="bilinear", align_corners=False)
+            image = level + self.gain * up
+        return image
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        gaussian = [image.double()]
+        for size in self.sizes[1:]:
+            gaussian.append(F.interpolate(gaussian[-1], size=size, mode="area"))
+        levels = [gaussian[-1]]
+        for fine, coarse in zip(reversed(gaussian[:-1]), reversed(gaussian[1:])):
+            up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+            levels.insert(0, fine - up)
+        scaled = [level / self.gain**k for k, level in enumerate(levels)]
+        return torch.cat([s.flatten(-2) for s in scaled], dim=-1).to(self.param.dtype)

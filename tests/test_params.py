@@ -1,0 +1,165 @@
+"""Image parametrisations render what they encode and invert a small problem; priors and random views behave."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import compose_cfg
+from repinv.errors import RepinvError
+from repinv.params import PARAMETRIZATIONS, Fourier, Pixel, Pyramid, build
+from repinv.penalties import AlphaNorm, L2Decay, ScaleRotate, TotalVariation
+
+NAMES = sorted(PARAMETRIZATIONS)
+
+
+def noise(shape, seed=0):
+    """The runs' starting image: N(0.7, 1/20) per pixel."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.05 + 0.7
+
+
+def psnr(image, target):
+    return (-10 * torch.log10((image - target).square().mean())).item()
+
+
+def waves(n=2, size=64):
+    """A smooth colour target of `n` images."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    image = torch.stack([0.5 + 0.3 * torch.sin(6 * xx + c) * torch.cos(4 * yy - c) for c in range(3)])
+    return torch.stack([image, image.flip(-1)])[:n]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (2, 3, 48, 64)], ids=["64x64", "48x64"])
+def test_round_trip_pixel_param_pixel(name, shape):
+    image = noise(shape)
+    p = build(name, shape)
+    p.set_image(image)
+    rendered = p.render()
+    assert rendered.shape == shape
+    assert (rendered - image).abs().max().item() < 1e-5
+    assert p.param.shape[0] == shape[0], "the parameter's first dimension is the image batch"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_set_image_keeps_the_parameter_and_render_is_differentiable(name):
+    p = build(name, (1, 3, 32, 32))
+    param = p.param
+    p.set_image(waves(1, 32))
+    assert p.param is param, "the optimiser must keep stepping the same tensor"
+    p.render().sum().backward()
+    assert p.param.grad is not None and p.param.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inversion_through_each_parametrisation_improves_psnr(name):
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect").requires_grad_(False)
+    target = waves()
+    goal = layer(target)
+    p = build(name, target.shape)
+    p.set_image(noise(target.shape))
+    start = psnr(p.render().detach(), target)
+    opt = torch.optim.Adam(p.parameters(), lr=0.05)
+    for _ in range(50):
+        opt.zero_grad()
+        (layer(p.render()) - goal).square().mean().backward()
+        opt.step()
+    assert start < 14
+    assert psnr(p.render().detach(), target) > start + 10
+
+
+def test_lbfgs_config_steps_with_a_closure(tmp_path):
+    cfg = compose_cfg(["optimizer=lbfgs"], tmp_path)
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect").requires_grad_(False)
+    target = waves()
+    goal = layer(target)
+    p = Pixel.from_image(noise(target.shape))
+    opt = instantiate(cfg.optimizer)(p.parameters())
+
+    def closure():
+        opt.zero_grad()
+        loss = (layer(p.render()) - goal).square().mean()
+        loss.backward()
+        return loss
+
+    start = closure().item()
+    for _ in range(10):
+        opt.step(closure)
+    assert closure().item() < start / 1000
+    assert psnr(p.render().detach(), target) > 40
+
+
+def test_bad_parametrisation_input_is_one_paragraph():
+    with pytest.raises(RepinvError, match="Did you mean 'fourier'"):
+        build("fourrier", (1, 3, 8, 8))
+    with pytest.raises(RepinvError, match="RGB"):
+        Fourier((1, 1, 8, 8))
+    with pytest.raises(RepinvError, match="at most 4 levels"):
+        Pyramid((1, 3, 8, 12), levels=5)
+    with pytest.raises(RepinvError, match="shape"):
+        build("pixel", (1, 3, 8, 8)).set_image(torch.zeros(1, 3, 8, 9))
+
+
+def test_penalty_values():
+    edge = torch.zeros(1, 1, 4, 4)
+    edge[..., 2:] = 1
+    assert TotalVariation(weight=1, beta=2)(edge).tolist() == [3.0]
+    assert TotalVariation(weight=2, beta=1)(edge).tolist() == [6.0]
+    grey = torch.full((2, 3, 4, 4), 0.6)
+    assert AlphaNorm(weight=1, alpha=3)(grey) == pytest.approx([48 * 0.1**3] * 2)
+    assert L2Decay(weight=1)(grey) == pytest.approx([48 * 0.01] * 2)
+
+
+@pytest.mark.parametrize("penalty", [TotalVariation(1e-2, 2), TotalVariation(1e-2, 1), AlphaNorm(1e-2, 6), L2Decay(1e-2)])
+def test_each_penalty_falls_when_optimised_alone(penalty):
+    image = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    start = penalty(image).detach()
+    opt = torch.optim.Adam([image], lr=0.01)
+    for _ in range(30):
+        opt.zero_grad()
+        penalty(image).sum().backward()
+        opt.step()
+    assert (penalty(image) < 0.8 * start).all(), "each image's own penalty falls"
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (2, 3, 48, 64)], ids=["64x64", "48x64"])
+def test_scale_rotate_identity_and_seeded(shape):
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    identity = ScaleRotate(scale=(1, 1), degrees=0)
+    assert (identity(image, torch.Generator().manual_seed(0)) - image).abs().max().item() < 1e-6
+    jitter = ScaleRotate(scale=(0.8, 1.2), degrees=15)
+    a = jitter(image, torch.Generator().manual_seed(3))
+    b = jitter(image, torch.Generator().manual_seed(3))
+    c = jitter(image, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 0.01 and (a - image).abs().max() > 0.01
+
+
+def test_scale_rotate_rotates_in_pixel_units():
+    both = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    wide = noise((2, 3, 48, 64))
+    half_turn = ScaleRotate().apply(wide, both, 180 * both)
+    assert (half_turn - wide.flip(-1, -2)).abs().max().item() < 1e-5
+    square = noise((2, 3, 32, 32))
+    quarter_turn = ScaleRotate().apply(square, both, 90 * both)
+    assert (quarter_turn - torch.rot90(square, 1, (-2, -1))).abs().max().item() < 1e-5
+    blob = torch.zeros(1, 1, 48, 64)
+    blob[..., 22:26, 42:46] = 1  # centred 12 pixels right of the image centre (23.5, 31.5)
+    turned = ScaleRotate().apply(blob, both[:1], 90 * both[:1])[0, 0]
+    rows, cols = torch.meshgrid(torch.arange(48.0), torch.arange(64.0), indexing="ij")
+    centroid = [(turned * rows).sum() / turned.sum(), (turned * cols).sum() / turned.sum()]
+    assert centroid == [pytest.approx(11.5, abs=0.3), pytest.approx(31.5, abs=0.3)], "12 pixels above the centre"
+    image = wide.clone().requires_grad_(True)
+    ScaleRotate((0.9, 1.1), 10)(image, torch.Generator().manual_seed(0)).sum().backward()
+    assert image.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", [*NAMES, "default"])
+def test_param_configs_build_a_factory_of_the_batch_shape(name, tmp_path):
+    cfg = compose_cfg([f"param={name}"], tmp_path)
+    p = instantiate(cfg.param)((2, 3, 48, 64))
+    assert type(p) is PARAMETRIZATIONS.get(name, Pixel)
+    assert p.render().shape == (2, 3, 48, 64)
