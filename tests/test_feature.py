@@ -8,6 +8,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import wandb_reader
@@ -24,14 +25,16 @@ def _csv(path):
 
 
 def test_vit_unit_activation_rises_far_above_its_start(run_repinv):
-    records, out = run_repinv("model=vit_tiny", *FEATURE, "objective.layer=1", "objective.units=[3]", "logger=wandb", tiny=False)
+    # without the blur prior, whose early sigma keeps 40 steps from leaving the low frequencies
+    records, out = run_repinv("model=vit_tiny", *FEATURE, "objective.layer=1", "objective.units=[3]", "regularizer=none",
+                              "logger=wandb", tiny=False)
     (r,) = records
     assert (r["image"], r["layer"], r["unit"], r["column"]) == ("sample0", "L1", 3, "unit 3")
     assert r["caption"] == f"act {r['activation']:.3g}" and r["loss"] == pytest.approx(-r["activation"], rel=1e-5)
     [run] = wandb_reader.find_runs(out)
     logged = [h["activation/sample0/L1/3"] for h in wandb_reader.history(run) if "activation/sample0/L1/3" in h]
     start = logged[0]  # measured by the objective on the initial noise (step 0)
-    assert len(logged) == 5 and r["activation"] > start + 1.0 and r["activation"] > 3 * abs(start)
+    assert len(logged) == 5 and r["activation"] > start + 10 and r["activation"] > 50 * abs(start)
     info = wandb_reader.run_info(run)
     assert info["job_type"] == "feature" and info["name"] == "vit_tiny-L1-unit3-untrained"
     assert {"feature", "layer:L1", "unit:3"} <= set(info["tags"])
@@ -42,21 +45,25 @@ def test_vit_unit_activation_rises_far_above_its_start(run_repinv):
 
 def test_resnet_channels_and_token_pairs_rise_per_sample(run_repinv):
     records, out = run_repinv("model=resnet_tiny", *FEATURE, "objective.layer=layer2", "objective.units=[1,[5,2]]",
-                              "objective.samples=2", "logger=csv", tiny=False)
+                              "objective.samples=2", "regularizer=none", "logger=csv", tiny=False)
     assert [(r["image"], r["unit"], r.get("token"), r["column"]) for r in records] == [
         ("sample0", 1, None, "unit 1"), ("sample1", 1, None, "unit 1"),
         ("sample0", 2, 5, "unit 2@5"), ("sample1", 2, 5, "unit 2@5")]
     first = _csv(out / "csv" / "metrics.csv")[0]
     for r in records:
         key = "/".join(str(r[k]) for k in ("image", "layer", "unit", "token") if k in r)
-        assert r["activation"] > float(first[f"activation/{key}"]) + 1.0, key
+        assert r["activation"] > float(first[f"activation/{key}"]) + 2, key
     a, b = (torch.tensor(list(Image.open(out / r["png"]).getdata())) for r in records[:2])
     assert not torch.equal(a, b), "each sample starts from its own noise"
 
 
 def test_feature_alone_runs_on_the_default_model_at_its_middle_layer(run_repinv):
-    records, _ = run_repinv("objective=feature", "steps=2", "log_every=1", "logger=none", tiny=False)
+    """objective=feature brings class generation's prior and optimiser: blur, jitter, Adam."""
+    records, out = run_repinv("objective=feature", "steps=2", "log_every=1", "logger=none", tiny=False)
     assert [(r["layer"], r["unit"], r["column"]) for r in records] == [("L6", 0, "unit 0")]
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"]["label"] == "vit_b_32" and cfg["optimizer"]["_target_"] == "torch.optim.Adam"
+    assert cfg["regularizer"]["blur"]["every"] == 1 and cfg["regularizer"]["jitter"]["pixels"] == 16
 
 
 def test_a_shard_scores_only_its_own_targets():
