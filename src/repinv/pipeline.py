@@ -272,6 +272,7 @@ def run(cfg: DictConfig) -> RunResult:
         seed=cfg.seed,
         compile=cfg.get("compile", False),
     )
+    objective.check(model.net, model.input_size)
     name = run_name("-".join([model.label, *model.surgery]), objective.name(), model.trained)
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery, *objective.tags()]
     overrides = trainer_overrides(cfg)

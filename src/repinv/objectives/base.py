@@ -54,6 +54,9 @@ class Objective(nn.Module):
             "run it with trainer.devices=1 trainer.num_nodes=1."
         )
 
+    def check(self, net: nn.Module, input_size: tuple[int, int]) -> None:
+        """After `setup`, before the first step: checks that need the input size (raise RepinvError)."""
+
     def init_seeds(self, seed: int) -> list[int]:
         """One noise seed per target, from the seed and the target's record."""
         return [target_seed(seed, *r.values()) for r in self.records]

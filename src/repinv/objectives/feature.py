@@ -69,8 +69,11 @@ class FeatureVisualization(Objective):
     def shard(self, index):
         self.index = torch.as_tensor(index)
 
-    def _check(self, shape: torch.Size) -> None:
-        """Every unit must exist in the layer's output (known once it has run: its size depends on the input's)."""
+    @torch.no_grad()
+    def check(self, net, input_size):
+        """Every unit must exist in the layer's output, whose size depends on the input's."""
+        dev = next(net.parameters()).device
+        shape = positions(self.tap(net, torch.zeros(1, 3, *input_size, device=dev))).shape
         for token, channel in self.units:
             if not (0 <= channel < shape[2] and (token is None or 0 <= token < shape[1])):
                 raise RepinvError(
@@ -80,7 +83,6 @@ class FeatureVisualization(Objective):
 
     def forward(self, net, x):
         out = positions(self.tap(net, x)).float()
-        self._check(out.shape)
         index = self.index.to(self.channel.device)
         channel, token = self.channel[index], self.token[index]
         per_position = out[torch.arange(len(out), device=out.device), :, channel]  # [N, positions]
