@@ -55,7 +55,7 @@ class Job:
     @property
     def columns(self) -> list[str]:
         """The columns this job was meant to fill."""
-        return list(dict.fromkeys(str(r.get("column", "?")) for r in self.planned()))
+        return list(dict.fromkeys(r["column"] for r in self.planned()))
 
 
 def planned_records(path: Path) -> list[dict]:
