@@ -2,8 +2,8 @@
 
 Every panel is one `repinv` run (a subprocess, so the figures use exactly the CLI's code
 path) in `logs/figures/<figure>/<panel>/`; `--jobs N` runs N panels at once. The figure is a grid with one row per panel and
-the target first, then each reconstruction titled with its PSNR (or class probability), or
-the run's filter grid (filters.png); its numbers go to a CSV beside it.
+the target first, then each reconstruction titled with its record's column and caption (its
+objective's headline number), or the run's filter grid (filters.png); its numbers go to a CSV beside it.
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ from pathlib import Path
 from PIL import Image
 
 from repinv.figures import titled_grid
-from repinv.results import column_name
+from repinv.summary import fields
 
 REPO = Path(__file__).resolve().parents[1]
-CSV_FIELDS = ["panel", "status", "image", "column", "psnr", "ssim", "output_l2", "noise_shift_l2",
-              "accurate", "logit", "prob", "rank", "steps", "seconds_per_step",
-              "filters", "kernel", "neighbour_corr", "structured"]
+IDENTITY = ["panel", "status", "image", "column"]  # the first CSV columns; the records' own fields follow
 
 
 @dataclass
@@ -104,16 +102,14 @@ def run_panel(panel: Panel, experiment: str, run_dir: Path, args) -> str:
 
 
 def _reconstruction_row(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
-    """The target, then each reconstruction titled with its PSNR (or class probability); one CSV row each."""
+    """The target, then each reconstruction titled with its column and caption; one CSV row each."""
     row, table = [], []
     target = next(iter(sorted((run_dir / "targets").glob("*.png"))), None) if records else None
     if target is not None:
         row.append((Image.open(target).convert("RGB"), "target"))
     for r in records:
-        metric = f"{r['psnr']:.1f} dB" if r.get("psnr") is not None else f"p={r.get('prob', 0):.2f}"
-        row.append((Image.open(run_dir / r["png"]).convert("RGB"), f"{column_name(r)} · {metric}"))
-        table.append({"panel": panel.label, "status": status, "column": column_name(r),
-                      **{k: r.get(k) for k in CSV_FIELDS if k in r}})
+        row.append((Image.open(run_dir / r["png"]).convert("RGB"), f"{r['column']} · {r['caption']}"))
+        table.append({"panel": panel.label, "status": status, **r})
     return row, table
 
 
@@ -147,7 +143,7 @@ def assemble(name: str, title: str, panels: list[Panel], results: dict[str, tupl
     png = titled_grid(rows, out / f"{name}.png", row_labels=labels, suptitle=title, cell=cell)
     csv_path = out / f"{name}.csv"
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=fields(table, IDENTITY))
         writer.writeheader()
         writer.writerows(table)
     return png, csv_path

@@ -98,6 +98,8 @@ def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     (sweep / "1" / "metrics.json").write_text(json.dumps([{**r, "status": "crashed"} for r in records]))
     (sweep / "2" / ".hydra").mkdir(parents=True)
     (sweep / "2" / ".hydra" / "overrides.yaml").write_text("- model=vit_tiny\n- layers=1\n- seed=2\n")
+    (sweep / "2" / ".hydra" / "config.yaml").write_text(  # as Hydra writes it before the job runs
+        "layers: 1\nobjective:\n  _target_: repinv.objectives.layer.LayerInversion\n  layers: ${layers}\n")
     assert main([str(sweep)]) == 1
     rows = {r["job"]: r for r in _csv(sweep / "summary.csv")}
     assert rows["0"]["status"] == "finished" and rows["0"]["condition"] == "seed=0"

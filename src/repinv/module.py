@@ -226,8 +226,7 @@ class ImageOptimization(pl.LightningModule):
         rows = self.measure(losses, stats, view)
         out = []
         for i, row, div in zip(self.shard, rows, self.divergence.mask.tolist()):
-            row["accurate"] = bool(row["accurate"]) if "accurate" in row else None
-            out.append({**self.records[i], **row, "diverged": bool(div)})
+            out.append(self.objective.finalize({**self.records[i], **row, "diverged": bool(div)}))
         return gather(out) if gathered else out
 
     def current_images(self) -> torch.Tensor:

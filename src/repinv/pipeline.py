@@ -171,20 +171,8 @@ def build_each(cfg: DictConfig, group: str) -> dict:
     return {name: build(entry) for name, entry in node.items() if entry is not None}
 
 
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple, ListConfig)):
-        return list(value)
-    return [value]
-
-
-def run_name(cfg: DictConfig, kind: str, label: str, trained: bool) -> str:
-    """Readable run names: model, what was inverted, trained state (e.g. vit_b_32-L5-untrained)."""
-    if kind == "layer":
-        what = "+".join(f"L{x}" if isinstance(x, int) else str(x) for x in _as_list(cfg.layers))
-    else:
-        what = "+".join(str(c) for c in _as_list(cfg.get("classes")))
+def run_name(label: str, what: str, trained: bool) -> str:
+    """Readable run names: model, what was optimised, trained state (e.g. vit_b_32-L5-untrained)."""
     return "-".join([label, what, "trained" if trained else "untrained"])
 
 
@@ -277,7 +265,7 @@ def run(cfg: DictConfig) -> RunResult:
 
     model = apply_surgery(build(cfg.model), {k: build(op) for k, op in (cfg.get("surgery") or {}).items()})
     objective = build(cfg.objective)
-    images = load_images(cfg.image, model.input_size) if objective.kind == "layer" else []
+    images = load_images(cfg.image, model.input_size) if objective.needs_images else []
     module = ImageOptimization(
         model=model,
         objective=objective,
@@ -293,12 +281,9 @@ def run(cfg: DictConfig) -> RunResult:
         seed=cfg.seed,
         compile=cfg.get("compile", False),
     )
-    name = run_name(cfg, objective.kind, "-".join([model.label, *model.surgery]), model.trained)
-    tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery]
-    if objective.kind == "layer":
-        tags += [f"layer:{x}" for x in _as_list(cfg.get("layers"))]
-    else:
-        tags += [f"class:{r['class']}" for r in objective.records if r["image"] == "sample0"]
+    objective.check(model.net, model.input_size)
+    name = run_name("-".join([model.label, *model.surgery]), objective.name(), model.trained)
+    tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery, *objective.tags()]
     overrides = trainer_overrides(cfg)
     if ckpt is not None:
         if isinstance(overrides.get("strategy"), ShardedDDP):
@@ -334,5 +319,5 @@ def run(cfg: DictConfig) -> RunResult:
         print(f"repinv: {signal.Signals(stopper.signum).name} at step {stopper.stopped_at} of {cfg.steps}: results in "
               f"{out_dir}, continue with resume={checkpoints.last}", file=sys.stderr)
         stopper.exit()
-    default = "rank" if writer.records and "rank" in writer.records[0] else "output_l2"  # class generation: the class's rank
-    return RunResult(writer.records, writer.images, out_dir, score(writer.records, cfg.get("optimized_metric") or default))
+    metric = cfg.get("optimized_metric") or objective.score_metric
+    return RunResult(writer.records, writer.images, out_dir, score(writer.records, metric))

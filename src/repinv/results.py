@@ -19,13 +19,8 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "x"
 
 
-def column_name(record: dict) -> str:
-    """What a reconstruction shows: its layer, or its class."""
-    return str(record.get("layer", record.get("class_name", record.get("class", "?"))))
-
-
 def png_name(record: dict) -> str:
-    parts = [record.get("image"), column_name(record)]
+    parts = [record.get("image"), record["column"]]
     return "__".join(slug(p) for p in parts if p is not None) + ".png"
 
 
@@ -48,10 +43,11 @@ def write_results(
     references: dict[str, torch.Tensor] | None = None,
     title: str | None = None,
 ) -> tuple[list[dict], dict[str, Path]]:
-    """Write one PNG per record, a grid (target first, then each record with its PSNR), metrics.json.
+    """Write one PNG per record, a grid (target first, then each record's column and caption), metrics.json.
 
-    Returns the records as written (non-finite numbers as None, each with its PNG's path) and
-    the paths of the grid and metrics file.
+    Each record carries its objective's `column` and `caption` (`Objective.finalize`). Returns the
+    records as written (non-finite numbers as None, each with its PNG's path) and the paths of the
+    grid and metrics file.
     """
     out = Path(out_dir)
     recon_dir = out / "reconstructions"
@@ -67,8 +63,7 @@ def write_results(
         row = [(references[name], "target")] if name in references else []
         for record, img in zip(records, images):
             if record.get("image") == name:
-                metric = f"{record['psnr']:.1f} dB" if record.get("psnr") is not None else f"p={record.get('prob', float('nan')):.2f}"
-                row.append((img, f"{column_name(record)} · {metric}"))
+                row.append((img, f"{record['column']} · {record['caption']}"))
         rows.append(row)
         labels.append(str(name) if name is not None else "")
     paths = {"grid": titled_grid(rows, out / "grid.png", row_labels=labels, suptitle=title)}

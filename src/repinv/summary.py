@@ -2,9 +2,10 @@
 
 `repinv-summary SWEEP_DIR` (also run by the CLI when a multirun ends) reads every job folder's
 `metrics.json`, PNGs and `.hydra/overrides.yaml` and writes into the sweep folder:
-`summary.png` (rows: the swept conditions, columns: the target then each layer),
-`summary_metrics.png` (PSNR and SSIM against layer, one line per condition), `summary.csv`
-and `summary.md`. A job without a finished `metrics.json` shows as failed, with its error.
+`summary.png` (rows: the swept conditions, columns: the target then each record's `column`,
+e.g. each layer), `summary_metrics.png` (PSNR and SSIM against column, one line per condition),
+`summary.csv` (every field of the records) and `summary.md`. A job without a finished
+`metrics.json` shows as failed, with its error, in the columns its objective planned.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from hydra.utils import get_class
+from omegaconf import OmegaConf
 from PIL import Image
 
 from repinv.figures import plt, titled_grid
-from repinv.results import METRICS_FILE, column_name, slug
+from repinv.results import METRICS_FILE, slug
 
 SWEPT_COLUMNS = ("layers",)  # overrides that pick a column, not a row
-CSV_FIELDS = ["job", "condition", "status", "image", "layer", "psnr", "ssim", "output_l2", "input_l2",
-              "noise_shift_l2", "accurate", "class", "class_name", "logit", "prob", "rank", "steps", "seconds_per_step",
-              "png", "error"]
+IDENTITY = ["job", "condition", "status", "image", "column"]  # the first table columns; the records' own fields follow
+MD_FIELDS = [*IDENTITY, "caption", "error"]
+PLOT_METRICS = ("psnr", "ssim")
 FAILED_CELL = np.full((64, 64, 3), (235, 200, 200), dtype=np.uint8)
 
 
@@ -45,16 +48,27 @@ class Job:
     def override(self, key: str) -> str | None:
         return next((o.partition("=")[2] for o in self.overrides if o.partition("=")[0].lstrip("+~") == key), None)
 
+    def planned(self) -> list[dict]:
+        """The records this job wrote, else those its objective planned (one unnamed column if unknown)."""
+        return self.records or planned_records(self.path) or [{"column": "?"}]
+
     @property
-    def layers(self) -> list[str]:
-        """The layer columns this job was meant to fill (from its records, else its overrides)."""
-        if self.records:
-            return list(dict.fromkeys(column_name(r) for r in self.records))
-        value = self.override("layers")
-        if value is None:
-            return ["?"]
-        values = yaml.safe_load(value)
-        return [f"L{v}" if isinstance(v, int) else str(v) for v in (values if isinstance(values, list) else [values])]
+    def columns(self) -> list[str]:
+        """The columns this job was meant to fill."""
+        return list(dict.fromkeys(r["column"] for r in self.planned()))
+
+
+def planned_records(path: Path) -> list[dict]:
+    """What a job folder's objective would have written, from the job's config (the run's resolved
+    config.yaml, else Hydra's copy): the class its `objective._target_` names plans the records."""
+    config = next((c for c in (path / "config.yaml", path / ".hydra" / "config.yaml") if c.is_file()), None)
+    if config is None:
+        return []
+    try:
+        node = OmegaConf.load(config).objective
+        return get_class(node._target_).plan(node)
+    except Exception:  # a config that does not resolve or names no objective: the job's cells stay unnamed
+        return []
 
 
 def _job_number(path: Path):
@@ -68,7 +82,7 @@ def read_job(path: Path) -> Job:
     job = Job(path, [str(o) for o in overrides])
     metrics, error = path / METRICS_FILE, path / "error.txt"
     if metrics.is_file():
-        job.records = json.loads(metrics.read_text())
+        job.records = [{"column": "?", "caption": "", **r} for r in json.loads(metrics.read_text())]
         bad = sorted({r.get("status", "finished") for r in job.records} - {"finished"})
         if bad:
             job.status = bad[0]
@@ -96,14 +110,13 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
 
 
 def rows(jobs: list[Job], root: Path) -> list[dict]:
-    """One table row per (job, record); a failed job without records gets one row per planned layer."""
+    """One table row per (job, record) with every field of the record; a failed job without records
+    gets one row per record its objective planned."""
     out = []
     for job in jobs:
         base = {"job": job.path.name, "condition": job.condition, "error": job.error}
-        if not job.records:
-            out += [{**base, "status": job.status, "layer": layer} for layer in job.layers]
-        for r in job.records:
-            row = {**base, **{k: r.get(k) for k in CSV_FIELDS if k in r}, "layer": column_name(r)}
+        for r in job.planned():
+            row = {**base, **r}
             row["status"] = "failed" if job.status == "failed" else r.get("status", job.status)
             if r.get("png"):
                 row["png"] = str((job.path / r["png"]).relative_to(root))
@@ -117,13 +130,19 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+def fields(table: list[dict], first: list[str]) -> list[str]:
+    """Table columns: `first`, then every other key of the rows in first-seen order, `error` (if any) last."""
+    keys = dict.fromkeys(k for row in table for k in row)
+    return [*first, *(k for k in keys if k not in first and k != "error"), *(["error"] if "error" in keys else [])]
+
+
 def write_tables(table: list[dict], root: Path, n_jobs: int, n_failed: int) -> tuple[Path, Path]:
     csv_path, md_path = root / "summary.csv", root / "summary.md"
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=fields(table, IDENTITY))
         writer.writeheader()
         writer.writerows({k: _fmt(v) for k, v in row.items()} for row in table)
-    cols = ["job", "condition", "image", "layer", "status", "psnr", "ssim", "output_l2", "accurate", "error"]
+    cols = MD_FIELDS
     lines = [f"# Sweep {root.name}", "", f"{n_jobs} jobs, {n_failed} failed.", "",
              "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     lines += ["| " + " | ".join(_fmt(row.get(c)).replace("|", "/") for c in cols) + " |" for row in table]
@@ -136,15 +155,15 @@ def _png(path: Path):
 
 
 def write_grid(jobs: list[Job], table: list[dict], root: Path) -> Path:
-    """Rows: (condition, image); columns: the target, then every layer of the sweep in order."""
-    layers = list(dict.fromkeys(row["layer"] for row in table))
+    """Rows: (condition, image); columns: the target, then every column of the sweep in order."""
+    columns = list(dict.fromkeys(row["column"] for row in table))
     grid: dict[tuple[str, str], dict] = {}
     for job in sorted(jobs, key=lambda j: not j.records):  # jobs without records join their condition's rows
         images = list(dict.fromkeys(r.get("image") for r in job.records))
         if not images:
             keys = [k for k in grid if k[0] == job.condition] or [(job.condition, None)]
             for key in keys:
-                grid.setdefault(key, {}).update({layer: (FAILED_CELL, f"{layer} · {job.status}") for layer in job.layers})
+                grid.setdefault(key, {}).update({c: (FAILED_CELL, f"{c} · {job.status}") for c in job.columns})
         for image in images:
             cells = grid.setdefault((job.condition, image), {})
             if "target" not in cells:
@@ -153,34 +172,36 @@ def write_grid(jobs: list[Job], table: list[dict], root: Path) -> Path:
                 if r.get("image") != image:
                     continue
                 ok = job.status == "finished"
-                metric = f"{r['psnr']:.1f} dB" if r.get("psnr") is not None else r.get("status", "")
                 img = _png(job.path / r["png"]) if ok and r.get("png") else FAILED_CELL
-                cells[column_name(r)] = (img, f"{column_name(r)} · {metric if ok else job.status}")
+                cells[r["column"]] = (img, f"{r['column']} · {r['caption'] if ok else job.status}")
     fig_rows, labels = [], []
     for (condition, image), cells in grid.items():
-        fig_rows.append([cells.get(c, (None, "")) for c in ["target", *layers]])
+        fig_rows.append([cells.get(c, (None, "")) for c in ["target", *columns]])
         labels.append(f"{condition}\n{image}" if image else condition)
     return titled_grid(fig_rows, root / "summary.png", row_labels=labels, suptitle=f"sweep {root.name}")
 
 
 def write_metric_plot(table: list[dict], root: Path) -> Path:
-    """PSNR and SSIM against layer, one line per (condition, image); failed points are left out."""
-    layers = list(dict.fromkeys(row["layer"] for row in table))
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(layers)) * 2, 4), squeeze=False)
+    """PSNR and SSIM against column, one line per (condition, image), from the finished rows that hold them."""
+    columns = list(dict.fromkeys(row["column"] for row in table))
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(columns)) * 2, 4), squeeze=False)
     lines: dict[str, dict[str, dict]] = {}
     for row in table:
-        if row.get("status") == "finished" and row.get("psnr") is not None:
+        if row.get("status") == "finished":
             name = row["condition"] + (f" / {row['image']}" if row.get("image") else "")
-            lines.setdefault(name, {})[row["layer"]] = row
-    for ax, metric in zip(axes[0], ("psnr", "ssim")):
+            lines.setdefault(name, {})[row["column"]] = row
+    drawn = False
+    for ax, metric in zip(axes[0], PLOT_METRICS):
         for name, points in lines.items():
-            xs = [layers.index(layer) for layer in points]
-            ax.plot(xs, [points[layer][metric] for layer in points], marker="o", label=name)
-        ax.set_xticks(range(len(layers)), layers, rotation=30, fontsize=8)
-        ax.set_xlabel("layer")
+            xs = [c for c, row in points.items() if isinstance(row.get(metric), (int, float))]
+            if xs:
+                ax.plot([columns.index(c) for c in xs], [points[c][metric] for c in xs], marker="o", label=name)
+                drawn = True
+        ax.set_xticks(range(len(columns)), columns, rotation=30, fontsize=8)
+        ax.set_xlabel("column")
         ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
         ax.grid(alpha=0.3)
-    if lines:
+    if drawn:
         axes[0][1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = root / "summary_metrics.png"

@@ -121,6 +121,11 @@ def _invalid(spec, net: nn.Module) -> RepinvError:
     )
 
 
+def layer_label(index: int) -> str:
+    """How an index layer is named in records, files, logs and run names: L5."""
+    return f"L{index}"
+
+
 def resolve_layer(net: nn.Module, spec: int | str) -> LayerTap:
     """Turn one `layers=` entry into a LayerTap, with a clear error listing the valid ones."""
     if isinstance(spec, bool):
@@ -132,7 +137,7 @@ def resolve_layer(net: nn.Module, spec: int | str) -> LayerTap:
         if not names or not -len(names) <= spec < len(names):
             raise _invalid(spec, net)
         index = spec % len(names)
-        return LayerTap(label=f"L{index}", index=index, module=names[index])
+        return LayerTap(label=layer_label(index), index=index, module=names[index])
     modules = dict(net.named_modules())
     if not isinstance(spec, str) or not spec or spec not in modules:
         raise _invalid(spec, net)

@@ -1,0 +1,89 @@
+"""The Objective seam: everything a run knows about what the image batch is optimised for.
+
+An objective owns its targets (computed once in `setup`, never trained), returns one loss per
+target image and per-target statistics, and names and describes its results: each final
+record's `column` (what the reconstruction shows) and `caption` (its headline number), the
+run's W&B tags and name, whether it needs target photographs and which metric a sweep
+minimises. The rest of repinv reads these and never asks which objective it runs.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from repinv.errors import RepinvError
+from repinv.images import TargetImage
+
+
+def target_seed(seed: int, *parts) -> int:
+    """A seed that depends on the run seed and the target's identity only (never on rank)."""
+    return (seed * 1_000_003 + zlib.crc32("|".join(map(str, parts)).encode())) % (2**63)
+
+
+class Objective(nn.Module):
+    """Base class: `setup` computes the targets, `forward` gives per-target losses and stats.
+
+    `records` hold each target's identity (they name its scalars and checkpoints); `finalize`
+    turns a target's identity plus its final metrics into the record metrics.json keeps.
+    """
+
+    kind = "objective"  # the W&B job type and a tag
+    needs_images = False  # whether the run loads the photographs of `image=` as targets
+    score_metric = "loss"  # the record field whose mean over targets a sweep minimises
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[dict] = []
+        # target pixels per record for input-space metrics; None when there is no target photograph
+        self.register_buffer("reference", None, persistent=False)
+
+    def setup(self, net: nn.Module, prep: Callable, images: Sequence[TargetImage], seed: int) -> None:
+        raise NotImplementedError
+
+    def shard(self, index: list[int]) -> None:
+        """From now on `forward` takes and scores only the targets in `index` (this process's share).
+
+        `records` and `reference` stay whole so rank 0 can name and write every target.
+        """
+        raise RepinvError(
+            f"objective '{self.kind}' cannot split its targets across processes; "
+            "run it with trainer.devices=1 trainer.num_nodes=1."
+        )
+
+    def check(self, net: nn.Module, input_size: tuple[int, int]) -> None:
+        """After `setup`, before the first step: checks that need the input size (raise RepinvError)."""
+
+    def init_seeds(self, seed: int) -> list[int]:
+        """One noise seed per target, from the seed and the target's record."""
+        return [target_seed(seed, *r.values()) for r in self.records]
+
+    # -- naming and describing the results ------------------------------------------
+    def column(self, record: dict) -> str:
+        """What a target's reconstruction shows: its grid column and file name ("L5", "tabby", "unit 3")."""
+        raise NotImplementedError
+
+    def caption(self, record: dict) -> str:
+        """The headline number of a final record, shown under its picture."""
+        return f"loss {record['loss']:.3g}"
+
+    def finalize(self, record: dict) -> dict:
+        """A target's final record as metrics.json keeps it: its stats typed, its column and caption added."""
+        return {**record, "column": self.column(record), "caption": self.caption(record)}
+
+    def name(self) -> str:
+        """The run name's part that says what was optimised (after `setup`), e.g. L0+L5."""
+        return "+".join(dict.fromkeys(self.column(r) for r in self.records))
+
+    def tags(self) -> list[str]:
+        """W&B tags for what was optimised (after `setup`), besides the model's and `kind`."""
+        return []
+
+    @classmethod
+    def plan(cls, cfg) -> list[dict]:
+        """The records a run of this objective's config node would write, as far as the config tells
+        without a model (the cells of a sweep job that failed before it wrote any); [] if unknown."""
+        return []

@@ -1,0 +1,98 @@
+"""Class generation: draw what the model sees in a class, from noise (the study's second tool)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repinv.errors import RepinvError
+from repinv.objectives.base import Objective
+
+CLASS_LOSSES = ("abs", "logit", "ce")
+
+
+def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = net(x)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.float()
+
+
+class ClassGeneration(Objective):
+    """Draw what the model sees in a class: one target per (class, sample), class-major.
+
+    Losses per target: `abs` = |C − logit_i| (the study, C = `constant`), `logit` = −logit_i,
+    `ce` = cross-entropy towards class i. Stats: the target logit, its softmax probability and
+    its rank among all classes (0 = top).
+    """
+
+    kind = "class"
+    score_metric = "rank"  # a sweep minimises the class's rank among all classes (0 = top)
+
+    def __init__(self, classes, loss: str = "abs", constant: float = 100.0, samples: int = 1, scale: float = 1.0):
+        super().__init__()
+        if loss not in CLASS_LOSSES:
+            raise RepinvError(f"objective.loss={loss} is not a class loss. Use one of {', '.join(CLASS_LOSSES)} "
+                              "(abs = |C - logit|, the study's).")
+        if classes is None or (not isinstance(classes, (int, str)) and len(classes) == 0):
+            raise RepinvError("objective=class needs classes: ImageNet indices or names, e.g. classes=[207,'tiger shark'].")
+        if int(samples) < 1:
+            raise RepinvError(f"objective.samples={samples} must be at least 1 (images generated per class).")
+        self.class_specs = [classes] if isinstance(classes, (int, str)) else list(classes)
+        self.loss, self.constant, self.samples, self.scale = loss, float(constant), int(samples), float(scale)
+
+    @torch.no_grad()
+    def setup(self, net, prep, images, seed):
+        from repinv.classes import class_name, resolve_class
+
+        h = getattr(net, "num_classes", None)
+        probe = None
+        if not h:
+            dev = next(net.parameters()).device
+            size = getattr(net, "default_cfg", {}).get("input_size", (3, 224, 224))[1:]
+            probe = _logits(net, torch.zeros(1, 3, *size, device=dev))
+            h = probe.shape[-1]
+        if not h:
+            raise RepinvError("objective=class needs a classifier head, but the model has no logits (num_classes=0).")
+        idx = [resolve_class(c, int(h)) for c in self.class_specs]
+        self.records = [
+            {"image": f"sample{k}", "class": i, "class_name": class_name(i, int(h))}
+            for i in idx
+            for k in range(self.samples)
+        ]
+        self.register_buffer("classes", torch.tensor([r["class"] for r in self.records]), persistent=False)
+        self.index = torch.arange(len(self.records))
+
+    def shard(self, index):
+        self.index = torch.as_tensor(index)
+
+    def forward(self, net, x):
+        logits = _logits(net, x)
+        cls = self.classes[self.index.to(self.classes.device)]
+        target = logits.gather(1, cls[:, None]).squeeze(1)
+        if self.loss == "abs":
+            losses = (self.constant - target).abs()
+        elif self.loss == "logit":
+            losses = -target
+        else:
+            losses = F.cross_entropy(logits, cls, reduction="none")
+        with torch.no_grad():
+            stats = {
+                "logit": target.detach(),
+                "prob": logits.softmax(1).gather(1, cls[:, None]).squeeze(1),
+                "rank": (logits > target[:, None]).sum(1).float(),
+            }
+        return self.scale * losses, stats
+
+    def column(self, record):
+        return record["class_name"]
+
+    def caption(self, record):
+        return f"p={record['prob']:.2f}"
+
+    def name(self):
+        return "+".join(str(c) for c in self.class_specs)
+
+    def tags(self):
+        return [f"class:{c}" for c in dict.fromkeys(r["class"] for r in self.records)]

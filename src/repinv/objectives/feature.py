@@ -1,0 +1,107 @@
+"""Feature visualisation: draw what drives chosen units of one hidden layer, from noise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from repinv.errors import RepinvError
+from repinv.objectives.base import Objective
+from repinv.taps import LayerTap, hidden_layer_names, resolve_layer
+
+
+def positions(out: torch.Tensor) -> torch.Tensor:
+    """A layer's output as [N, positions, channels]: feature maps [N, C, H, W] by pixel, tokens [N, T, C] as they are."""
+    if out.dim() == 4:
+        return out.flatten(2).transpose(1, 2)
+    if out.dim() == 3:
+        return out
+    if out.dim() == 2:
+        return out[:, None]
+    raise RepinvError(f"objective=feature reads [N, C, H, W] feature maps or [N, T, C] tokens; this layer gives shape {tuple(out.shape)}.")
+
+
+def _unit(spec) -> tuple[int | None, int]:
+    """`3` (channel 3, averaged over positions) or `[t, 3]` (channel 3 at token or pixel t) as (t or None, 3)."""
+    parts = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else [spec]
+    if len(parts) in (1, 2) and all(str(p).lstrip("-").isdigit() for p in parts):
+        return (None, int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    raise RepinvError(f"objective.units entry {spec!r} is not a unit: give a channel index (units=[3]) or a "
+                      "[token, channel] pair (units=[[0,3]]), e.g. objective.units=[0,5,[0,3]].")
+
+
+class FeatureVisualization(Objective):
+    """Maximise the mean activation of chosen units at one layer: one target per (unit, sample), unit-major.
+
+    A unit is a channel, averaged over the layer's positions (H x W pixels of a feature map, or
+    the tokens of a ViT or Mixer), or a [token, channel] pair. Loss per target: −scale × that
+    activation; stat: `activation`. `layer=None` takes the middle hidden layer.
+    """
+
+    kind = "feature"
+
+    def __init__(self, layer=None, units=(0,), samples: int = 1, scale: float = 1.0):
+        super().__init__()
+        if int(samples) < 1:
+            raise RepinvError(f"objective.samples={samples} must be at least 1 (images generated per unit).")
+        specs = list(units) if isinstance(units, Sequence) and not isinstance(units, str) else [units]
+        if not specs:
+            raise RepinvError("objective.units is empty: give channel indices, e.g. objective.units=[0,3].")
+        self.layer_spec, self.units = layer, [_unit(u) for u in specs]
+        self.samples, self.scale = int(samples), float(scale)
+        self.tap: LayerTap | None = None
+
+    @torch.no_grad()
+    def setup(self, net, prep, images, seed):
+        spec = len(hidden_layer_names(net)) // 2 if self.layer_spec is None else self.layer_spec
+        self.tap = resolve_layer(net, spec)
+        dev = next(net.parameters()).device
+        self.records = [
+            {"image": f"sample{k}", "layer": self.tap.label, "unit": c, **({} if t is None else {"token": t})}
+            for t, c in self.units
+            for k in range(self.samples)
+        ]
+        self.register_buffer("channel", torch.tensor([r["unit"] for r in self.records], device=dev), persistent=False)
+        self.register_buffer("token", torch.tensor([r.get("token", -1) for r in self.records], device=dev), persistent=False)
+        self.index = torch.arange(len(self.records))
+
+    def shard(self, index):
+        self.index = torch.as_tensor(index)
+
+    @torch.no_grad()
+    def check(self, net, input_size):
+        """Every unit must exist in the layer's output, whose size depends on the input's."""
+        dev = next(net.parameters()).device
+        shape = positions(self.tap(net, torch.zeros(1, 3, *input_size, device=dev))).shape
+        for token, channel in self.units:
+            if not (0 <= channel < shape[2] and (token is None or 0 <= token < shape[1])):
+                raise RepinvError(
+                    f"objective.units has unit {channel if token is None else [token, channel]}, but layer {self.tap.title} "
+                    f"has channels 0..{shape[2] - 1} at positions 0..{shape[1] - 1}; give units within them."
+                )
+
+    def forward(self, net, x):
+        out = positions(self.tap(net, x)).float()
+        index = self.index.to(self.channel.device)
+        channel, token = self.channel[index], self.token[index]
+        per_position = out[torch.arange(len(out), device=out.device), :, channel]  # [N, positions]
+        at_token = per_position.gather(1, token.clamp(min=0)[:, None]).squeeze(1)
+        activation = torch.where(token >= 0, at_token, per_position.mean(1))
+        return -self.scale * activation, {"activation": activation.detach()}
+
+    @staticmethod
+    def _unit_text(record: dict) -> str:
+        return f"{record['unit']}" + (f"@{record['token']}" if "token" in record else "")
+
+    def column(self, record):
+        return f"unit {self._unit_text(record)}"
+
+    def caption(self, record):
+        return f"act {record['activation']:.3g}"
+
+    def name(self):
+        return f"{self.tap.label}-" + "+".join(dict.fromkeys(f"unit{self._unit_text(r)}" for r in self.records))
+
+    def tags(self):
+        return [f"layer:{self.tap.label}", *dict.fromkeys(f"unit:{self._unit_text(r)}" for r in self.records)]
