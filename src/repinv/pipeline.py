@@ -209,6 +209,32 @@ def trainer_overrides(cfg: DictConfig) -> dict:
     return out
 
 
+def resume_state(cfg: DictConfig, ckpt: Path | None, module: ImageOptimization) -> tuple[dict, list[dict], dict]:
+    """The run's identity (see `repinv.identity`), the changes allowed against the checkpoint, and the
+    checkpoint itself ({} when starting afresh); a checkpoint of another run is refused."""
+    identity = config_identity(cfg)
+    if ckpt is None:
+        return identity, [], {}
+    if processes(cfg) > 1:
+        raise RepinvError(f"resume={cfg.resume}: runs on several processes save no checkpoints and cannot resume; "
+                          "resume with trainer.devices=1 trainer.num_nodes=1.")
+    saved = read_checkpoint(ckpt)
+    allowed = [str(a) for a in cfg.get("resume_allow_changes") or []]
+    return identity, check_resume(ckpt, saved, identity, module.run_identity(), allowed), saved
+
+
+def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None) -> None:
+    """`trainer.fit` over one dummy batch per step, from the checkpoint when resuming."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        try:
+            trainer.fit(module, train_dataloaders=DataLoader(Steps(module.steps), batch_size=None),
+                        ckpt_path=str(ckpt) if ckpt else None)
+        except SIGTERMException:  # several processes: Lightning's own SIGTERM handling, which would exit 0
+            raise SystemExit(128 + signal.SIGTERM) from None
+
+
 def run(cfg: DictConfig) -> RunResult:
     """Run the configured objective; returns its records, images, folder and score."""
     validate(cfg)
@@ -246,13 +272,7 @@ def run(cfg: DictConfig) -> RunResult:
     else:
         tags += [f"class:{r['class']}" for r in objective.records if r["image"] == "sample0"]
     overrides = trainer_overrides(cfg)
-    identity, changes, saved = config_identity(cfg), [], {}
-    if ckpt is not None:
-        if processes(cfg) > 1:
-            raise RepinvError(f"resume={cfg.resume}: runs on several processes save no checkpoints and cannot resume; "
-                              "resume with trainer.devices=1 trainer.num_nodes=1.")
-        saved = read_checkpoint(ckpt)
-        changes = check_resume(ckpt, saved, identity, module.run_identity(), list(cfg.get("resume_allow_changes") or []))
+    identity, changes, saved = resume_state(cfg, ckpt, module)
     loggers = make_loggers(cfg, name, tags, objective.kind, group=sweep_name(), wandb_id=saved.get(WANDB_ID))
     with WandbFinished() as wandb_run:
         for lg in loggers:
@@ -267,14 +287,7 @@ def run(cfg: DictConfig) -> RunResult:
             max_steps=cfg.steps,
             **overrides,
         )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-            try:
-                trainer.fit(module, train_dataloaders=DataLoader(Steps(cfg.steps), batch_size=None),
-                            ckpt_path=str(ckpt) if ckpt else None)
-            except SIGTERMException:  # several processes: Lightning's own SIGTERM handling, which would exit 0
-                raise SystemExit(128 + signal.SIGTERM) from None
+        fit(trainer, module, ckpt)
     offline = wandb_run.offline
     if offline is not None and trainer.is_global_zero and sweep_name() is None:
         print(f"W&B offline run: upload it with `wandb sync {offline}`")
