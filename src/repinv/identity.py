@@ -51,8 +51,8 @@ def read_checkpoint(path: Path) -> dict:
                           "Pass a checkpoints/last.ckpt written by repinv, or start afresh without resume=.") from None
 
 
-def _short(value) -> str:
-    text = "absent" if value is None else str(value)
+def _short(values: dict, key: str) -> str:
+    text = str(values[key]) if key in values else "absent"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -67,10 +67,10 @@ def check_resume(path: Path, checkpoint: dict, config: dict, module: dict, allow
             f"resume_allow_changes names {listing(unknown)}, which the checkpoint does not compare.{suggest(unknown[0], mine)} "
             f"Name settings of the run (e.g. resume_allow_changes=[optimizer.lr]); run-only settings "
             f"({listing(RUN_ONLY, 8)}) may change on resume anyway.", unknown)
-    differ = [k for k in dict.fromkeys([*saved, *mine]) if saved.get(k) != mine.get(k)]
+    differ = [k for k in dict.fromkeys([*saved, *mine]) if (k in saved, saved.get(k)) != (k in mine, mine.get(k))]
     refused = [k for k in differ if k in module or not _under(k, allowed)]
     if refused:
-        diff = "; ".join(f"{k}: {_short(saved.get(k))} there, {_short(mine.get(k))} here" for k in refused)
+        diff = "; ".join(f"{k}: {_short(saved, k)} there, {_short(mine, k)} here" for k in refused)
         forcible = [k for k in refused if k not in module]
         force = f"or change settings deliberately with resume_allow_changes=[{','.join(forcible)}]; " if forcible else "; "
         raise SettingsError(
@@ -99,8 +99,11 @@ class RunIdentity(pl.Callback):
         checkpoint[CHANGES_KEY] = self.changes
 
     def on_train_start(self, trainer, pl_module) -> None:
-        """After Lightning restored the optimiser and schedulers (and before the first step)."""
+        """After Lightning restored the optimiser and schedulers (and before the first step): this resume's
+        changes (those at the checkpoint's step; earlier resumes' are in the restored state already)."""
         now = {c["field"]: c["now"] for c in self.changes if c["step"] == trainer.global_step}
+        if not now:
+            return
         keys = {k.partition(".")[2] for k in now if k.startswith("optimizer.")}
         for opt in trainer.optimizers:
             for group in opt.param_groups:
