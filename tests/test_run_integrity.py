@@ -4,11 +4,11 @@ continued CSV and W&B histories, W&B runs that end with their job, and settings 
 from __future__ import annotations
 
 import csv
-import signal
 import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import wandb_reader
@@ -110,8 +110,6 @@ def test_a_checkpoint_of_another_experiment_is_refused_naming_each_field(run_rep
 
     _, done = run_repinv(*RESUMABLE, "steps=4", "checkpoint_every=2", name="done")
     ckpt = done / "checkpoints" / "last.ckpt"
-    import torch
-
     saved = torch.load(ckpt, weights_only=False)
     saved["global_step"] = 2  # as if interrupted half-way
     torch.save(saved, ckpt)
@@ -123,12 +121,16 @@ def test_a_checkpoint_of_another_experiment_is_refused_naming_each_field(run_rep
     assert err.value.fields == ["no_such.field"]
 
 
+def linear(base: float, step: int) -> float:
+    """The default schedule's rate at `step` of RESUMABLE's 30: lr falls linearly to 0.05 lr."""
+    return base * (1 - 0.95 * step / 30)
+
+
 def test_an_allowed_lr_change_applies_and_is_recorded(run_repinv, monkeypatch):
     _interrupted(run_repinv, monkeypatch, "logger=csv")
     records, out = run_repinv(*RESUMABLE, "logger=csv", "optimizer.lr=2.0", "resume=last",
                               "resume_allow_changes=[optimizer.lr]", name="cut")
     lr = {int(r["step"]): float(r["lr"]) for r in _csv_rows(out)}
-    linear = lambda base, step: base * (1 - 0.95 * step / 30)  # noqa: E731  the linear schedule, 30 steps
     assert lr[10] == pytest.approx(linear(1.0, 10)), "before the resume: the first segment's rate"
     assert lr[15] == pytest.approx(linear(2.0, 15)) and lr[25] == pytest.approx(linear(2.0, 25))
     change = {"field": "optimizer.lr", "was": 1.0, "now": 2.0, "step": 14}
