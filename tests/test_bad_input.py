@@ -77,6 +77,7 @@ CASES = {
     "resume without a checkpoint": (["resume={d}/empty"], "names no checkpoint"),
     "unknown precision": (["precision=fp8"], "precision=fp8 is not a precision repinv knows. Use precision=32-true"),
     "half-precision image": (["precision=bf16-true"], "would make the image itself half precision"),
+    "nan setting": (["regularizer.blur.sigma_start=nan"], "regularizer.blur.sigma_start=nan: settings must be finite"),
 }
 
 

@@ -136,12 +136,15 @@ def test_shards_cover_all_targets_in_order():
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(run_repinv, tmp_path):
-    """trainer.devices=2 on the CPU (gloo): each rank optimises its own targets, rank 0 writes them all."""
+@pytest.mark.parametrize("devices", [["trainer.devices=2"], ["trainer.devices='2'", "trainer.strategy=ddp"]],
+                         ids=["devices=2", "strategy=ddp"])
+def test_two_processes_equal_one_process(run_repinv, tmp_path, devices):
+    """trainer.devices=2 on the CPU (gloo): each rank optimises its own targets, rank 0 writes them all.
+    Lightning's plain DDP (which would average the image's gradients) runs sharded as well."""
     layers = "layers=[0,1,patch_embed]"  # 3 targets: shards of 2 and 1
     one, one_dir = run_repinv(layers, "logger=none", name="one")
     two_dir = tmp_path / "two"
-    res = repinv(*TINY, layers, "logger=csv", "trainer.devices=2", "trainer.accelerator=cpu", f"hydra.run.dir={two_dir}")
+    res = repinv(*TINY, layers, "logger=csv", *devices, "trainer.accelerator=cpu", f"hydra.run.dir={two_dir}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Starting with 2 processes" in res.stdout + res.stderr
     two = read_metrics(two_dir)

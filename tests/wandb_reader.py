@@ -101,3 +101,19 @@ def find_runs(root: str | Path, timeout: float = 60.0) -> list[Path]:
     while not all(complete(r) for r in runs) and time.monotonic() < deadline:
         time.sleep(0.2)
     return runs
+
+
+def exit_code(path: str | Path) -> int | None:
+    """The exit code the run finished with (non-zero: W&B shows it failed), None without an exit record."""
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "exit":
+            return rec.exit.exit_code
+    return None
+
+
+def run_id(path: str | Path) -> str:
+    """The W&B run id the records belong to."""
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "run":
+            return rec.run.run_id
+    return ""

@@ -81,9 +81,10 @@ class FilterGrid(pl.Callback):
 class ResultWriter(pl.Callback):
     """Writes PNGs, the grid and metrics.json at the end of fit, and also when a run is interrupted."""
 
-    def __init__(self, out_dir: str | Path, title: str | None = None):
+    def __init__(self, out_dir: str | Path, title: str | None = None, extra: dict | None = None):
         self.out_dir = Path(out_dir)
         self.title = title
+        self.extra = extra or {}  # fields every record carries (a resumed run's `resumed_with_changes`)
         self.records: list[dict] = []
         self.images: torch.Tensor | None = None
         self._t0: float | None = None
@@ -106,7 +107,7 @@ class ResultWriter(pl.Callback):
     def write(self, trainer, pl_module, status: str, gathered: bool = True) -> None:
         """Gather every rank's targets (collective), then rank 0 writes the files."""
         extra = {"steps": trainer.global_step, "seconds_per_step": self.seconds_per_step(trainer), "status": status,
-                 "model": pl_module.model_info.label, "trained": pl_module.model_info.trained}
+                 "model": pl_module.model_info.label, "trained": pl_module.model_info.trained, **self.extra}
         records = [{**r, **extra} for r in pl_module.final_metrics(gathered)]
         images = pl_module.all_images() if gathered else pl_module.current_images()
         if not trainer.is_global_zero:

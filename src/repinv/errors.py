@@ -19,3 +19,11 @@ def listing(items: Iterable[str], limit: int = 24) -> str:
     items = list(items)
     shown = ", ".join(str(i) for i in items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+class SettingsError(RepinvError):
+    """Bad values in named settings; `fields` lists their dotted config keys, for callers and tests."""
+
+    def __init__(self, message: str, fields: Iterable[str]):
+        super().__init__(message)
+        self.fields = list(fields)

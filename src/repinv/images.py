@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,17 @@ EMBEDDED = (
     "page", "retina", "rocket", "skin",
 )
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+class ImageUpscaled(UserWarning):
+    """An image smaller than the model's input, enlarged to it: the model sees interpolated detail."""
+
+    def __init__(self, name: str, shape: tuple[int, int], size: tuple[int, int], factor: float):
+        self.name, self.shape, self.size, self.factor = name, tuple(shape), tuple(size), float(factor)
+        super().__init__(
+            f"image {name} is {shape[0]}x{shape[1]}; upscaled {factor:.1f}x to {size[0]}x{size[1]} (height x width) "
+            "for the model's input, so its fine detail is interpolated: use a photograph at least that large"
+        )
 
 
 @dataclass(frozen=True)
@@ -96,11 +108,16 @@ def _expand(entry: str) -> list[tuple[str, np.ndarray]]:
     )
 
 
+def upscale_factor(shape: tuple[int, int], size: tuple[int, int]) -> float:
+    """How much `resize_center_crop` enlarges an image of `shape` (H, W) for `size` (> 1: upscaled)."""
+    return max(size[0] / shape[0], size[1] / shape[1])
+
+
 def resize_center_crop(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """uint8 HxWx3 -> float [3, H, W] in [0, 1]: shorter side to size, then a centre crop."""
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(255)
     h, w = x.shape[-2:]
-    scale = max(size[0] / h, size[1] / w)
+    scale = upscale_factor((h, w), size)
     nh, nw = max(size[0], round(h * scale)), max(size[1], round(w * scale))
     x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
     top, left = (nh - size[0]) // 2, (nw - size[1]) // 2
@@ -122,5 +139,8 @@ def load_images(spec: str | list | tuple, size: int | tuple[int, int]) -> list[T
         for name, arr in _expand(str(entry)):
             seen[name] = seen.get(name, 0) + 1
             unique = name if seen[name] == 1 else f"{name}_{seen[name]}"
+            factor = upscale_factor(arr.shape[:2], size)
+            if factor > 1:
+                warnings.warn(ImageUpscaled(unique, arr.shape[:2], size, factor), stacklevel=2)
             out.append(TargetImage(unique, resize_center_crop(arr, size)))
     return out

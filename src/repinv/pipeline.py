@@ -28,12 +28,15 @@ from repinv.callbacks import (
     LAST_CHECKPOINT, Checkpoints, FilterGrid, ImageTimeline, ResultTable, ResultWriter, StopOnSignal,
 )
 from repinv.errors import RepinvError
+from repinv.identity import CHANGES_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
 from repinv.images import load_images
+from repinv.loggers import WANDB_ID, WandbFinished, WandbRunId, make_loggers
 from repinv.models.surgery import apply_surgery
 from repinv.module import ImageOptimization
 from repinv.progress import StepsProgressBar
-from repinv.sharding import ShardedDDP
+from repinv.sharding import process_count, sharded_strategy
 from repinv.summary import score
+from repinv.validation import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ PRECISIONS = ("32-true", "32", "bf16", "bf16-mixed", "16-mixed", "16")
 
 def validate(cfg: DictConfig) -> None:
     """Check the numbers a run cannot start with, before anything is built."""
+    check_finite(cfg)
     _positive("steps", cfg.steps, "the study uses steps=1500 (up to 105000 for slow-converging layers).")
     _positive("optimizer.lr", cfg.optimizer.get("lr"), "the default SGD uses optimizer.lr=0.05.")
     _positive("log_every", cfg.log_every, "e.g. log_every=25.")
@@ -128,29 +132,6 @@ def resume_path(resume, out_dir: Path) -> Path | None:
     )
 
 
-def check_checkpoint(path: Path, module: ImageOptimization) -> None:
-    """Refuse a checkpoint written by a run with other targets, steps or image size, before Lightning loads it."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # as Lightning loads it right after
-        saved = checkpoint.get("repinv")
-    except Exception as err:
-        raise RepinvError(f"resume={path} could not be read as a checkpoint ({type(err).__name__}: {err}). "
-                          "Pass a checkpoints/last.ckpt written by repinv, or start afresh without resume=.") from None
-    mine = module.run_identity()
-    if saved != mine:
-        diff = ", ".join(f"{k}: {saved.get(k) if saved else None} there, {mine[k]} here" for k in mine
-                         if not saved or saved.get(k) != mine[k])
-        raise RepinvError(
-            f"resume={path} was written by a different run ({diff}). Resume with the overrides of the run that wrote "
-            "it (its config.yaml); steps must be the same because the blur and learning-rate schedules depend on them."
-        )
-    if checkpoint.get("global_step", 0) >= module.steps:
-        raise RepinvError(
-            f"resume={path}: that run already finished its {module.steps} steps, so there is nothing to continue; its "
-            "results are in its folder. For a longer run start a new one with more steps (the schedules depend on them)."
-        )
-
-
 def build(node, **kwargs):
     """`instantiate`, letting a RepinvError raised inside the target through unwrapped (Hydra wraps it)."""
     try:
@@ -176,42 +157,6 @@ def run_name(label: str, what: str, trained: bool) -> str:
     return "-".join([label, what, "trained" if trained else "untrained"])
 
 
-def make_loggers(cfg: DictConfig, name: str, tags: list[str], job_type: str) -> list:
-    """Instantiate the configured loggers; a logger that fails to start is dropped with a warning."""
-    loggers = []
-    for key, lcfg in (cfg.logger or {}).items():
-        if lcfg is None:
-            continue
-        is_wandb = "Wandb" in str(lcfg.get("_target_", ""))
-        extra = {"name": name, "tags": tags, "job_type": job_type} if is_wandb else {}
-        if is_wandb and lcfg.get("group") is None and sweep_name():
-            extra["group"] = sweep_name()  # one dashboard group per sweep
-        try:
-            lg = instantiate(lcfg, **extra)
-            if is_wandb:
-                lg.experiment  # start the W&B run now so a failure is caught here
-        except Exception as err:  # W&B failures must not cost the run
-            warnings.warn(f"logger '{key}' could not start ({type(err).__name__}: {err}); continuing with local logs only")
-            continue
-        loggers.append(lg)
-    return loggers
-
-
-def finish_wandb() -> Path | None:
-    """End the W&B run of this job so the next multirun job gets its own; returns an offline run's folder."""
-    wandb = sys.modules.get("wandb")
-    run = getattr(wandb, "run", None) if wandb is not None else None
-    if run is None:
-        return None
-    offline = Path(run.settings.sync_dir) if run.offline else None
-    try:
-        wandb.finish()
-    except Exception as err:  # W&B failures must not cost the run: its local files are written
-        warnings.warn(f"W&B could not finish the run ({type(err).__name__}: {err}); the local logs and results are complete")
-        return None
-    return offline
-
-
 def _hydra():
     return HydraConfig.get() if HydraConfig.initialized() else None
 
@@ -227,30 +172,66 @@ def job_device(job_num: int, n_gpus: int) -> int:
     return job_num % n_gpus
 
 
+def processes(cfg: DictConfig) -> int:
+    """How many processes the configured trainer runs (see `repinv.sharding.process_count`)."""
+    t = cfg.trainer
+    devices = t.get("devices", 1)
+    devices = OmegaConf.to_container(devices) if isinstance(devices, ListConfig) else devices
+    return process_count(t.get("accelerator", "auto"), devices, t.get("num_nodes", 1))
+
+
 def trainer_overrides(cfg: DictConfig) -> dict:
     """Devices and strategy for this job.
 
-    Several processes (trainer.devices x trainer.num_nodes > 1) shard the targets through
-    `ShardedDDP` unless a strategy is given. A one-device multirun job on a machine with several
-    GPUs takes GPU `job_device(k, N)`.
+    Several processes (trainer.devices x trainer.num_nodes > 1, resolved as Lightning does) always
+    shard the targets through `ShardedDDP` (see `sharded_strategy`). A one-device multirun job on
+    a machine with several GPUs takes GPU `job_device(k, N)`.
     """
     t = cfg.trainer
     devices = t.get("devices", 1)
-    per_node = len(devices) if isinstance(devices, (list, ListConfig)) else devices
     out = {}
     hc, n_gpus = _hydra(), torch.cuda.device_count()
-    if isinstance(per_node, int) and per_node * int(t.get("num_nodes", 1)) > 1 and t.get("strategy", "auto") == "auto":
+    if processes(cfg) > 1:
         if hc is not None and hc.mode == RunMode.MULTIRUN and "SLURM_NTASKS" not in os.environ:
             raise RepinvError(
                 f"trainer.devices={devices} inside a local multirun: Lightning would start the extra processes by "
                 "re-running the whole sweep command. Run the sweep with hydra/launcher=slurm (tasks_per_node="
                 "gpus_per_node=N, SLURM starts the processes), or run single jobs with trainer.devices=N."
             )
-        out.update(strategy=ShardedDDP(), use_distributed_sampler=False)  # every rank takes every step
+        strategy = sharded_strategy(t.get("strategy", "auto"))
+        out.update(use_distributed_sampler=False)  # every rank takes every step
+        if strategy is not None:
+            out.update(strategy=strategy)
     if (devices == 1 and n_gpus > 1 and hc is not None and hc.mode == RunMode.MULTIRUN
             and t.get("accelerator", "auto") in ("auto", "gpu", "cuda")):
         out.update(accelerator="gpu", devices=[job_device(int(hc.job.num), n_gpus)])
     return out
+
+
+def resume_state(cfg: DictConfig, ckpt: Path | None, module: ImageOptimization) -> tuple[dict, list[dict], dict]:
+    """The run's identity (see `repinv.identity`), the changes allowed against the checkpoint, and the
+    checkpoint itself ({} when starting afresh); a checkpoint of another run is refused."""
+    identity = config_identity(cfg)
+    if ckpt is None:
+        return identity, [], {}
+    if processes(cfg) > 1:
+        raise RepinvError(f"resume={cfg.resume}: runs on several processes save no checkpoints and cannot resume; "
+                          "resume with trainer.devices=1 trainer.num_nodes=1.")
+    saved = read_checkpoint(ckpt)
+    allowed = [str(a) for a in cfg.get("resume_allow_changes") or []]
+    return identity, check_resume(ckpt, saved, identity, module.run_identity(), allowed), saved
+
+
+def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None) -> None:
+    """`trainer.fit` over one dummy batch per step, from the checkpoint when resuming."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        try:
+            trainer.fit(module, train_dataloaders=DataLoader(Steps(module.steps), batch_size=None),
+                        ckpt_path=str(ckpt) if ckpt else None)
+        except SIGTERMException:  # several processes: Lightning's own SIGTERM handling, which would exit 0
+            raise SystemExit(128 + signal.SIGTERM) from None
 
 
 def run(cfg: DictConfig) -> RunResult:
@@ -285,34 +266,24 @@ def run(cfg: DictConfig) -> RunResult:
     name = run_name("-".join([model.label, *model.surgery]), objective.name(), model.trained)
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery, *objective.tags()]
     overrides = trainer_overrides(cfg)
-    if ckpt is not None:
-        if isinstance(overrides.get("strategy"), ShardedDDP):
-            raise RepinvError(f"resume={cfg.resume}: runs on several processes save no checkpoints and cannot resume; "
-                              "resume with trainer.devices=1 trainer.num_nodes=1.")
-        check_checkpoint(ckpt, module)
-    loggers = make_loggers(cfg, name, tags, objective.kind)
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    writer = ResultWriter(out_dir, title=name)
-    checkpoints, stopper = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.get("checkpoint_every", 0)), StopOnSignal()
-    trainer = instantiate(
-        cfg.trainer,
-        logger=loggers or False,
-        callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every), FilterGrid(out_dir), checkpoints, stopper,
-                   *([StepsProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else [])],
-        max_steps=cfg.steps,
-        **overrides,
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        try:
-            trainer.fit(module, train_dataloaders=DataLoader(Steps(cfg.steps), batch_size=None),
-                        ckpt_path=str(ckpt) if ckpt else None)
-        except SIGTERMException:  # several processes: Lightning's own SIGTERM handling, which would exit 0
-            raise SystemExit(128 + signal.SIGTERM) from None
-        finally:
-            offline = finish_wandb()
+    identity, changes, saved = resume_state(cfg, ckpt, module)
+    loggers = make_loggers(cfg, name, tags, objective.kind, group=sweep_name(), wandb_id=saved.get(WANDB_ID))
+    with WandbFinished() as wandb_run:
+        for lg in loggers:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        writer = ResultWriter(out_dir, title=name, extra={CHANGES_KEY: changes} if changes else None)
+        checkpoints, stopper = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.get("checkpoint_every", 0)), StopOnSignal()
+        trainer = instantiate(
+            cfg.trainer,
+            logger=loggers or False,
+            callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every), FilterGrid(out_dir), checkpoints,
+                       stopper, RunIdentity(identity, changes), WandbRunId(),
+                       *([StepsProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else [])],
+            max_steps=cfg.steps,
+            **overrides,
+        )
+        fit(trainer, module, ckpt)
+    offline = wandb_run.offline
     if offline is not None and trainer.is_global_zero and sweep_name() is None:
         print(f"W&B offline run: upload it with `wandb sync {offline}`")
     if stopper.stopped_at is not None:

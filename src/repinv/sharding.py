@@ -8,14 +8,19 @@ buffer is ever synchronised, and rank 0 gathers the results with `gather`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from pytorch_lightning.strategies import DDPStrategy
+from hydra.utils import get_class
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.accelerators import AcceleratorRegistry
+from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
+from pytorch_lightning.trainer.connectors.accelerator_connector import _AcceleratorConnector
 
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, listing
 
 
 class ShardedDDP(DDPStrategy):
@@ -74,3 +79,58 @@ def gather_tensor(x: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's tensor along dim 0 (on the CPU; shards may differ in length)."""
     parts = gather([x.detach().cpu()])
     return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def process_count(accelerator, devices, num_nodes: int = 1) -> int:
+    """How many processes Lightning starts for these Trainer arguments (devices -1, "auto", "2", lists).
+
+    Resolved as Lightning does: the accelerator ("auto", "gpu" chosen by availability) parses
+    the devices flag into its parallel devices; times the number of nodes.
+    """
+    name = str(accelerator)
+    try:
+        if name in ("auto", "gpu"):
+            name = (_AcceleratorConnector._choose_auto_accelerator() if name == "auto"
+                    else _AcceleratorConnector._choose_gpu_accelerator_backend())
+        if name not in AcceleratorRegistry:
+            raise MisconfigurationException(f"there is no accelerator {name!r}; known: {listing(sorted(AcceleratorRegistry))}")
+        acc = AcceleratorRegistry[name]["accelerator"]
+        flag = acc.auto_device_count() if devices == "auto" else devices
+        return len(acc.get_parallel_devices(acc.parse_devices(flag))) * int(num_nodes)
+    except (MisconfigurationException, TypeError, ValueError) as err:
+        raise RepinvError(
+            f"trainer.accelerator={accelerator} trainer.devices={devices} cannot be used here ({err}). Give "
+            "trainer.devices=N (processes on this machine; on CPUs any N >= 1), trainer.devices=auto or, for GPUs, "
+            "trainer.devices=-1 for all of them, with trainer.accelerator=auto, cpu or gpu."
+        ) from None
+
+
+SHARDABLE = sorted(k for k in StrategyRegistry if StrategyRegistry[k]["strategy"] is DDPStrategy)
+
+
+def sharded_strategy(strategy) -> ShardedDDP | None:
+    """The strategy for a run on several processes: `ShardedDDP`, keeping a DDP strategy's settings.
+
+    "auto" and Lightning's DDP strategies (ddp, ddp_spawn, ddp_fork, ...: their start method)
+    become `ShardedDDP`; a config node building `ShardedDDP` itself is kept (None: nothing to
+    replace). Any other strategy would wrap or shard the image and average its gradients, so it is refused.
+    """
+    if strategy in (None, "auto"):
+        return ShardedDDP()
+    if isinstance(strategy, ShardedDDP):
+        return strategy
+    if isinstance(strategy, str) and strategy in SHARDABLE:
+        return ShardedDDP(**StrategyRegistry[strategy]["init_params"])
+    if isinstance(strategy, Mapping) and "_target_" in strategy:
+        cls = get_class(strategy["_target_"])
+        if issubclass(cls, ShardedDDP):
+            return None
+        if cls is DDPStrategy:
+            return ShardedDDP(**{k: v for k, v in strategy.items() if k != "_target_"})
+    raise RepinvError(
+        f"trainer.strategy={strategy} with several processes: repinv splits the targets across the processes, "
+        "each optimising its own share, and that strategy would synchronise or shard the image and average its "
+        f"gradients across processes (wrong results). Use trainer.strategy=auto or one of Lightning's DDP strategies "
+        f"({listing(k for k in SHARDABLE if 'find_unused' not in k)}), which run as repinv.sharding.ShardedDDP, "
+        "or trainer.devices=1."
+    )

@@ -1,0 +1,123 @@
+"""What a checkpoint must agree on to be resumed: the run's identity, taken from its resolved config.
+
+Every setting of the resolved config is part of the identity (model, weights, surgery, seed,
+objective, init, priors, optimiser, scheduler, steps, image, layers, classes, precision, ...),
+except the run-only ones in `RUN_ONLY`, which say how and where a run executes and logs, not
+what it computes: the run folder, loggers, the resume settings themselves, how often it logs,
+draws and checkpoints, devices, `compile` (the same computation, compiled) and `debug`. A
+resume that differs anywhere else is refused, naming each field; `resume_allow_changes=[field,
+...]` lets named fields (or whole subtrees: `optimizer`) change, the change is kept in the
+checkpoint and in metrics.json (`resumed_with_changes`), and the new values apply: the module
+is built from the new config, and new optimiser and scheduler settings replace those the
+checkpoint restores. The module's own identity (targets, steps, canvas) can never change: the
+saved image and the schedules depend on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from repinv.errors import RepinvError, SettingsError, listing, suggest
+from repinv.validation import flatten
+
+RUN_ONLY = (
+    "output_dir", "logger", "resume", "resume_allow_changes", "log_every", "image_every", "checkpoint_every",
+    "debug", "compile", "optimized_metric", "hydra", "trainer.devices", "trainer.accelerator", "trainer.num_nodes",
+    "trainer.strategy", "trainer.default_root_dir", "trainer.log_every_n_steps", "trainer.enable_progress_bar",
+    "trainer.enable_model_summary", "trainer.enable_checkpointing", "trainer.num_sanity_val_steps",
+)
+CONFIG_KEY, CHANGES_KEY, MODULE_KEY = "repinv_config", "resumed_with_changes", "repinv"
+
+
+def _under(key: str, prefixes) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_identity(cfg: DictConfig) -> dict:
+    """The resolved config as {dotted key: value}, without the run-only fields."""
+    return {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)) if not _under(k, RUN_ONLY)}
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint as Lightning will load it, or a RepinvError saying it is not one."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise RepinvError(f"resume={path} could not be read as a checkpoint ({type(err).__name__}: {err}). "
+                          "Pass a checkpoints/last.ckpt written by repinv, or start afresh without resume=.") from None
+
+
+def _short(values: dict, key: str) -> str:
+    text = str(values[key]) if key in values else "absent"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_resume(path: Path, checkpoint: dict, config: dict, module: dict, allowed: list[str]) -> list[dict]:
+    """Refuse a checkpoint of another run (SettingsError naming each differing field) or one that
+    already finished; returns the allowed changes as {field, was, now, step}, earlier resumes' first."""
+    saved = {**checkpoint.get(CONFIG_KEY, {}), **(checkpoint.get(MODULE_KEY) or {})}
+    mine = {**config, **module}
+    unknown = [a for a in allowed if not any(_under(k, [a]) for k in (*saved, *mine))]
+    if unknown:
+        raise SettingsError(
+            f"resume_allow_changes names {listing(unknown)}, which the checkpoint does not compare.{suggest(unknown[0], mine)} "
+            f"Name settings of the run (e.g. resume_allow_changes=[optimizer.lr]); run-only settings "
+            f"({listing(RUN_ONLY, 8)}) may change on resume anyway.", unknown)
+    differ = [k for k in dict.fromkeys([*saved, *mine]) if (k in saved, saved.get(k)) != (k in mine, mine.get(k))]
+    refused = [k for k in differ if k in module or not _under(k, allowed)]
+    if refused:
+        diff = "; ".join(f"{k}: {_short(saved, k)} there, {_short(mine, k)} here" for k in refused)
+        forcible = [k for k in refused if k not in module]
+        force = f"or change settings deliberately with resume_allow_changes=[{','.join(forcible)}]; " if forcible else "; "
+        raise SettingsError(
+            f"resume={path} was written by a different run ({diff}). Resume with the overrides of the run that wrote "
+            f"it (its config.yaml), {force}{listing(module)} cannot change, as the saved image and the blur and "
+            "learning-rate schedules depend on them.", refused)
+    step = checkpoint.get("global_step", 0)
+    if step >= module["steps"]:
+        raise RepinvError(
+            f"resume={path}: that run already finished its {module['steps']} steps, so there is nothing to continue; its "
+            "results are in its folder. For a longer run start a new one with more steps (the schedules depend on them)."
+        )
+    return [*checkpoint.get(CHANGES_KEY, []), *({"field": k, "was": saved.get(k), "now": mine.get(k), "step": step}
+                                               for k in differ)]
+
+
+class RunIdentity(pl.Callback):
+    """Keeps the run's config identity and its resume changes in every checkpoint, and applies the
+    changes of this resume to the optimiser and scheduler state the checkpoint restored."""
+
+    def __init__(self, config: dict, changes: list[dict]):
+        self.config, self.changes = config, changes
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[CONFIG_KEY] = self.config
+        checkpoint[CHANGES_KEY] = self.changes
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """After Lightning restored the optimiser and schedulers (and before the first step): this resume's
+        changes (those at the checkpoint's step; earlier resumes' are in the restored state already)."""
+        now = {c["field"]: c["now"] for c in self.changes if c["step"] == trainer.global_step}
+        if not now:
+            return
+        keys = {k.partition(".")[2] for k in now if k.startswith("optimizer.")}
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                for key in keys & opt.defaults.keys():
+                    if key == "lr" and "initial_lr" in group:  # a scheduler scales lr from initial_lr: keep its factor
+                        group["lr"] *= opt.defaults["lr"] / group["initial_lr"]
+                        group["initial_lr"] = opt.defaults["lr"]
+                    else:
+                        group[key] = opt.defaults[key]
+        for config in trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            sched.base_lrs = [g.get("initial_lr", g["lr"]) for g in sched.optimizer.param_groups]
+            sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+            for field, value in now.items():
+                key = field.partition(".")[2]
+                if field.startswith("scheduler.") and hasattr(sched, key):
+                    setattr(sched, key, value)

@@ -1,0 +1,41 @@
+"""Checks on the whole resolved config that need no knowledge of what each setting means."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from repinv.errors import SettingsError, listing
+
+
+def flatten(node, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """(dotted key, value) for every leaf of a plain nested dict; lists and empty dicts are leaves."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, node
+
+
+def _numbers(value) -> Iterator[float]:
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _numbers(item)
+
+
+def check_finite(cfg: DictConfig) -> None:
+    """Refuse NaN and infinity anywhere in the resolved config: no setting means anything with them,
+    and a NaN sigma or rate silently turns the image into NaN (a run that ends with loss 0)."""
+    bad = [(key, value) for key, value in flatten(OmegaConf.to_container(cfg, resolve=True))
+           if any(not math.isfinite(x) for x in _numbers(value))]
+    if bad:
+        raise SettingsError(
+            f"{listing(f'{key}={value}' for key, value in bad)}: settings must be finite numbers, not nan or inf. "
+            "Give each a real value (e.g. regularizer.blur.sigma_start=2.4, optimizer.lr=0.05), or leave it at its "
+            "default by dropping the override.",
+            [key for key, _ in bad],
+        )

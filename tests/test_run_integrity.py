@@ -1,0 +1,162 @@
+"""Scaled-out and resumed runs never mix or lose results: sharded strategies, run identity on resume,
+continued CSV and W&B histories, W&B runs that end with their job, and settings that make no sense."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import wandb_reader
+from conftest import compose_cfg, read_metrics
+from test_reliability import RESUMABLE, _signal_at
+
+
+def _csv_rows(out):
+    with open(out / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _interrupted(run_repinv, monkeypatch, *overrides, name="cut"):
+    """A run of RESUMABLE stopped by SIGTERM during step 13 (its checkpoint is at step 14)."""
+    import repinv.pipeline as pipeline
+
+    plain = pipeline.ImageOptimization
+    _signal_at(pipeline, monkeypatch, 13)
+    with pytest.raises(SystemExit):
+        run_repinv(*RESUMABLE, *overrides, name=name)
+    monkeypatch.setattr(pipeline, "ImageOptimization", plain)
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+def test_non_finite_settings_are_refused_naming_each_key(tmp_path):
+    from repinv.errors import SettingsError
+    from repinv.pipeline import validate
+
+    cfg = compose_cfg(["regularizer.blur.sigma_start=nan", "init.mean=-inf", "model=vit_tiny"], tmp_path)
+    with pytest.raises(SettingsError) as err:
+        validate(cfg)
+    assert sorted(err.value.fields) == ["init.mean", "regularizer.blur.sigma_start"]
+    validate(compose_cfg(["model=vit_tiny"], tmp_path))  # the defaults are all finite
+
+
+def test_a_small_image_is_upscaled_with_a_warning_saying_how_much(tmp_path):
+    from repinv.images import ImageUpscaled, load_images
+
+    Image.fromarray(np.full((3, 3, 3), 128, np.uint8)).save(tmp_path / "tiny.png")
+    Image.fromarray(np.full((64, 80, 3), 128, np.uint8)).save(tmp_path / "big.png")
+    with pytest.warns(ImageUpscaled) as seen:
+        [img] = load_images(str(tmp_path / "tiny.png"), 224)
+    assert img.pixels.shape == (3, 224, 224)
+    [w] = [w.message for w in seen if isinstance(w.message, ImageUpscaled)]
+    assert (w.name, w.shape, w.size) == ("tiny", (3, 3), (224, 224)) and w.factor == pytest.approx(224 / 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImageUpscaled)
+        load_images(str(tmp_path / "big.png"), 64)  # downscaled: no warning
+
+
+# -- several processes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides,start", [
+    (["trainer.devices=2"], "popen"),
+    (["trainer.devices='2'", "trainer.strategy=ddp"], "popen"),
+    (["trainer.devices=2", "trainer.strategy=ddp_spawn"], "spawn"),
+    (["trainer.devices=2", "trainer.strategy=ddp_fork_find_unused_parameters_true"], "fork"),
+    (["trainer.devices=1", "trainer.num_nodes=2", "trainer.strategy={_target_:pytorch_lightning.strategies.DDPStrategy}"],
+     "popen"),
+])
+def test_every_ddp_setting_on_several_processes_runs_sharded(tmp_path, overrides, start):
+    from repinv.pipeline import trainer_overrides
+    from repinv.sharding import ShardedDDP
+
+    strategy = trainer_overrides(compose_cfg(overrides, tmp_path))["strategy"]
+    assert isinstance(strategy, ShardedDDP) and strategy._start_method == start
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["trainer.devices=2", "trainer.strategy=fsdp"], "trainer.strategy=fsdp"),
+    (["trainer.devices=2", "trainer.strategy=deepspeed"], "trainer.strategy=deepspeed"),
+    (["trainer.devices=-1", "trainer.accelerator=cpu"], "trainer.devices=-1"),
+])
+def test_strategies_that_would_average_the_image_are_refused(tmp_path, overrides, needle):
+    from repinv.errors import RepinvError
+    from repinv.pipeline import trainer_overrides
+
+    with pytest.raises(RepinvError, match=needle):
+        trainer_overrides(compose_cfg(overrides, tmp_path))
+
+
+def test_one_process_keeps_the_configured_strategy(tmp_path):
+    from repinv.pipeline import trainer_overrides
+
+    assert trainer_overrides(compose_cfg(["trainer.devices=auto"], tmp_path)) == {}  # auto on a CPU: one process
+    assert trainer_overrides(compose_cfg(["trainer.devices='1'", "trainer.strategy=ddp"], tmp_path)) == {}
+
+
+# -- resume -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change,fields", [
+    (["seed=1"], {"seed", "model.seed"}),
+    (["model.kwargs.num_heads=4"], {"model.kwargs.num_heads"}),
+    (["regularizer.blur.sigma_end=0.3", "optimizer=adam"], {"regularizer.blur.sigma_end", "optimizer._target_"}),
+])
+def test_a_checkpoint_of_another_experiment_is_refused_naming_each_field(run_repinv, change, fields):
+    from repinv.errors import SettingsError
+
+    _, done = run_repinv(*RESUMABLE, "steps=4", "checkpoint_every=2", name="done")
+    ckpt = done / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    saved["global_step"] = 2  # as if interrupted half-way
+    torch.save(saved, ckpt)
+    with pytest.raises(SettingsError) as err:
+        run_repinv(*RESUMABLE, "steps=4", *change, f"resume={done}", name="other")
+    assert set(err.value.fields) == fields
+    with pytest.raises(SettingsError) as err:
+        run_repinv(*RESUMABLE, "steps=4", *change, "resume_allow_changes=[no_such.field]", f"resume={done}", name="typo")
+    assert err.value.fields == ["no_such.field"]
+
+
+def linear(base: float, step: int) -> float:
+    """The default schedule's rate at `step` of RESUMABLE's 30: lr falls linearly to 0.05 lr."""
+    return base * (1 - 0.95 * step / 30)
+
+
+def test_an_allowed_lr_change_applies_and_is_recorded(run_repinv, monkeypatch):
+    _interrupted(run_repinv, monkeypatch, "logger=csv")
+    records, out = run_repinv(*RESUMABLE, "logger=csv", "optimizer.lr=2.0", "resume=last",
+                              "resume_allow_changes=[optimizer.lr]", name="cut")
+    lr = {int(r["step"]): float(r["lr"]) for r in _csv_rows(out)}
+    assert lr[10] == pytest.approx(linear(1.0, 10)), "before the resume: the first segment's rate"
+    assert lr[15] == pytest.approx(linear(2.0, 15)) and lr[25] == pytest.approx(linear(2.0, 25))
+    change = {"field": "optimizer.lr", "was": 1.0, "now": 2.0, "step": 14}
+    assert [r["resumed_with_changes"] for r in read_metrics(out)] == [[change]] * 2
+    assert [r["status"] for r in records] == ["finished"] * 2
+
+
+def test_a_resumed_run_continues_its_csv_log_and_its_wandb_run(run_repinv, monkeypatch):
+    _interrupted(run_repinv, monkeypatch, "logger=default")
+    _, out = run_repinv(*RESUMABLE, "logger=default", "resume=last", name="cut")
+    steps = [int(r["step"]) for r in _csv_rows(out)]
+    assert steps == [0, 5, 10, 15, 20, 25, 29], "the rows from before the interruption and after it"
+    runs = wandb_reader.find_runs(out)
+    assert len(runs) == 2 and len({wandb_reader.run_id(r) for r in runs}) == 1, "one W&B run, continued"
+    logged = sorted(h["trainer/global_step"] for r in runs for h in wandb_reader.history(r) if "loss" in h)
+    assert logged == steps
+
+
+# -- W&B runs end with their job ----------------------------------------------------------------
+
+def test_a_job_failing_after_wandb_started_ends_its_run_failed(run_repinv, tmp_path):
+    with pytest.raises(Exception):
+        run_repinv("logger=wandb", "steps=3", "+trainer.no_such_argument=1", name="bad")
+    records, _ = run_repinv("logger=wandb", "steps=3", name="good")
+    assert records[0]["status"] == "finished"
+    bad, good = (wandb_reader.find_runs(tmp_path / name) for name in ("bad", "good"))
+    assert len(bad) == len(good) == 1, "each job has its own W&B run"
+    assert wandb_reader.exit_code(bad[0]) == 1 and wandb_reader.exit_code(good[0]) == 0
+    assert any("loss" in h for h in wandb_reader.history(good[0])) and not wandb_reader.history(bad[0])
