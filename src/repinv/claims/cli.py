@@ -13,7 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from repinv.claims.ledger import BUDGETS, execute, plan
+from repinv.claims.ledger import BUDGETS, execute, plan, quote
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import write
 from repinv.errors import RepinvError, listing, suggest
@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repinv-claims", description="Does the study reproduce? Run each claim's inversions and write "
                                 "claims.md and claims.csv with a verdict per claim.")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="study: the study's models and 1,500 steps; "
-                   "quick: tiny models and 20 steps (a smoke check of the machinery, not of the study)")
+                   "quick: tiny models and 30 steps (a smoke check of the machinery, not of the study)")
     p.add_argument("--out", type=Path, help="ledger folder (default logs/claims/<budget>)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3)")
     p.add_argument("--image", action="append", help="photograph to invert (repeatable); default: embedded photographs")
@@ -68,7 +68,7 @@ def weight_source(args):
     def weights(source: str, overrides: list[str]) -> list[str] | None:
         model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "")
         if model in files or "" in files:
-            return [f"model.checkpoint={files.get(model, files.get(''))}"]
+            return [f"model.checkpoint={quote(files.get(model, files['']))}"]
         if source == "torchvision" and (args.weights or args.pretrained):
             return [f"model.weights={args.weights or 'IMAGENET1K_V1'}"]
         return ["model.pretrained=true"] if source == "timm" and args.pretrained else None
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         if args.seeds < 1 or args.jobs < 1:
             raise RepinvError(f"--seeds and --jobs must be at least 1 (got {args.seeds} and {args.jobs}).")
     except RepinvError as err:
-        print(textwrap.fill(f"repinv-claims: error: {err}", width=100), file=sys.stderr)
+        print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False), file=sys.stderr)
         return 2
     if args.list:
         print("\n".join(f"{c.id:<36} {c.source:<12} {'trained' if c.trained else 'untrained':<10} {c.text}" for c in claims))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repinv.claims.registry import Claim
-from repinv.claims.rules import Verdict
 
 NEEDS_WEIGHTS = "needs trained weights"
 RUN_FAILED = "run failed"
@@ -37,7 +37,7 @@ class Budget:
 
 
 BUDGETS = {"study": Budget("study", 1500, ("chelsea", "astronaut", "coffee")),
-           "quick": Budget("quick", 20, ("chelsea", "astronaut"))}
+           "quick": Budget("quick", 30, ("chelsea", "astronaut"))}
 
 
 def recipes(lrs: Sequence[float]) -> dict[str, list[str]]:
@@ -62,7 +62,18 @@ class Job:
 
 
 def slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text).strip("_")
+    """A folder name: runs of other characters than letters, digits, `.` and `-` become one `_`."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
+
+
+def quote(value) -> str:
+    """A value quoted for Hydra's override parser (spaces, commas, `=` and quotes survive)."""
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def image_override(images: Sequence[str]) -> str:
+    """`image=[...]` with each name or path quoted, so paths with spaces or commas survive Hydra's parser."""
+    return f"image=[{','.join(map(quote, images))}]"
 
 
 @dataclass
@@ -85,7 +96,7 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
             conds = p.conditions.setdefault((claim.id, recipe), {})
             for name in claim.runs:
                 for seed in range(seeds):
-                    overrides = [*claim.overrides(name, budget.name), f"image=[{','.join(images)}]", f"steps={steps or budget.steps}",
+                    overrides = [*claim.overrides(name, budget.name), image_override(images), f"steps={steps or budget.steps}",
                                  f"seed={seed}", *recipe_overrides, *loads.get(name, []), *extra]
                     folder = out / "runs" / claim.id / slug(recipe) / name / f"seed{seed}"
                     job = p.jobs.setdefault(tuple(overrides), Job(folder, overrides, name in loads))
@@ -95,19 +106,19 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
 
 def run_job(job: Job) -> Job:
     """Run (or reuse) one job; read its records, tagged with seed and filter structure."""
-    cmd = [sys.executable, "-m", "repinv", *job.overrides, f"hydra.run.dir={job.folder}"]
+    cmd = [sys.executable, "-m", "repinv", *job.overrides, f"hydra.run.dir={quote(job.folder)}"]
     done = job.folder / "command.txt"
     if not (done.is_file() and done.read_text() == " ".join(cmd[3:])):
         job.folder.parent.mkdir(parents=True, exist_ok=True)
         with open(job.log, "w") as f:
             code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
         if code != 0 or not (job.folder / "metrics.json").is_file():
-            job.status = f"{RUN_FAILED} (exit {code}; see {job.log})"
+            job.status = f"exit {code}; see {job.log}"
             return job
         done.write_text(" ".join(cmd[3:]))
     records = json.loads((job.folder / "metrics.json").read_text())
     if job.trained and not all(r.get("trained") for r in records):
-        job.status = f"{RUN_FAILED} (weights were given but metrics.json says trained=false: {job.folder})"
+        job.status = f"weights were given but metrics.json says trained=false: {job.folder}"
         return job
     filters = job.folder / "filters.json"
     structured = json.loads(filters.read_text())["structured"] if filters.is_file() else None
@@ -121,15 +132,15 @@ def execute(p: Plan, jobs: int) -> None:
     """Run every job, `jobs` at once (each its own process)."""
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         for job in pool.map(run_job, p.jobs.values()):
-            print(f"{job.status[:60]:<60} {job.folder}", file=sys.stderr)
+            print(f"finished: {job.folder}" if job.status == "finished" else f"{RUN_FAILED}: {job.status}", file=sys.stderr)
 
 
-def judge(claim: Claim, conds: dict[str, list[Job]] | None) -> tuple[str, Verdict | None]:
-    """The claim's verdict from its jobs: holds/fails, or why it has none."""
+def judge(claim: Claim, conds: dict[str, list[Job]] | None) -> tuple[str, str, str]:
+    """The claim's verdict (holds, fails, needs trained weights, run failed), what was measured, and the rule."""
     if conds is None:
-        return NEEDS_WEIGHTS, None
+        return NEEDS_WEIGHTS, "", ""
     failed = [j.status for js in conds.values() for j in js if j.status != "finished"]
     if failed:
-        return failed[0], None
-    verdict = claim.rule({name: [r for j in js for r in j.records] for name, js in conds.items()})
-    return ("holds" if verdict.holds else "fails"), verdict
+        return RUN_FAILED, failed[0], ""
+    v = claim.rule({name: [r for j in js for r in j.records] for name, js in conds.items()})
+    return ("holds" if v.holds else "fails"), v.measured, v.rule

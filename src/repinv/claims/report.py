@@ -22,16 +22,19 @@ def recipe_dependence(claim: Claim, p: Plan) -> tuple[str, list[dict]]:
     rows = []
     for (cid, recipe), conds in p.conditions.items():
         if cid == claim.id:
-            verdict, v = judge(claim, conds)
-            rows.append({"claim": claim.id, "recipe": recipe, "measured": v.measured if v else "", "verdict": verdict})
-    if not claim.sensitivity or len(rows) < 2:
-        return "not tested", rows
-    by_verdict: dict[str, list[str]] = {}
+            verdict, measured, _ = judge(claim, conds)
+            rows.append({"claim": claim.id, "recipe": recipe, "measured": measured, "verdict": verdict})
+    decided: dict[str, list[str]] = {}
     for r in rows:
-        by_verdict.setdefault(r["verdict"], []).append(r["recipe"])
-    if len(by_verdict) == 1:
-        return f"no ({len(rows)} recipes)", rows
-    return "yes: " + "; ".join(f"{v} under {', '.join(rs)}" for v, rs in by_verdict.items()), rows
+        if r["verdict"] in ("holds", "fails"):
+            decided.setdefault(r["verdict"], []).append(r["recipe"])
+    if not claim.sensitivity or sum(map(len, decided.values())) < 2:
+        return "not tested", rows
+    missing = len(rows) - sum(map(len, decided.values()))
+    note = f"; {missing} recipes without a verdict" if missing else ""
+    if len(decided) == 1:
+        return f"no ({sum(map(len, decided.values()))} recipes{note})", rows
+    return "yes: " + "; ".join(f"{v} under {', '.join(rs)}" for v, rs in decided.items()) + note, rows
 
 
 def rows(claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int) -> tuple[list[dict], list[dict]]:
@@ -39,12 +42,12 @@ def rows(claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int) ->
     table, sensitivity = [], []
     for claim in claims:
         conds = p.conditions.get((claim.id, DEFAULT_RECIPE))
-        verdict, v = judge(claim, conds)
+        verdict, measured, rule = judge(claim, conds)
         dependent, recipe_rows = recipe_dependence(claim, p)
         sensitivity += recipe_rows
         table.append({"claim": claim.id, "text": claim.text, "figure": claim.figure, "model source": claim.source,
                       "images": ", ".join(Path(i).name for i in images), "seeds": seeds,
-                      "measured": v.measured if v else "", "rule": v.rule if v else "", "verdict": verdict,
+                      "measured": measured, "rule": rule, "verdict": verdict,
                       "recipe-dependent": dependent, "runs": _runs(conds)})
     return table, sensitivity
 
@@ -110,7 +113,7 @@ def write(out: Path, budget: str, claims: Sequence[Claim], p: Plan, images: Sequ
     plots = []
     for claim in claims:
         conds = p.conditions.get((claim.id, DEFAULT_RECIPE))
-        if conds and judge(claim, conds)[1] is not None:
+        if conds and judge(claim, conds)[0] in ("holds", "fails"):
             plot = depth_plot(claim, conds, out / "plots")
             plots += [plot] if plot else []
     write_csv(out / "sensitivity.csv", sensitivity, ["claim", "recipe", "measured", "verdict"])
