@@ -68,7 +68,7 @@ def weight_source(args):
     def weights(source: str, overrides: list[str]) -> list[str] | None:
         model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "")
         if model in files or "" in files:
-            return [f"model.checkpoint={quote(files.get(model, files['']))}"]
+            return [f"model.checkpoint={quote(files[model] if model in files else files[''])}"]
         if source == "torchvision" and (args.weights or args.pretrained):
             return [f"model.weights={args.weights or 'IMAGENET1K_V1'}"]
         return ["model.pretrained=true"] if source == "timm" and args.pretrained else None

@@ -67,6 +67,7 @@ class Claim:
     runs: Mapping[str, Run]
     rule: Callable[[Measurements], Verdict]
     sensitivity: bool = False  # also judged under the constant-lr and no-normalisation recipes
+    plot: bool = False  # a claim about depth: PSNR against depth is drawn next to the ledger
 
     @property
     def trained(self) -> bool:
@@ -92,34 +93,34 @@ def build() -> list[Claim]:
     return [
         *_per_source("vit-untrained-keeps-input", "An untrained ViT-B/32 keeps its input at every depth (patch embedding, encoders 1-12)",
                      "vit_vs_resnet_untrained_representations", {"vit": UNTRAINED_VIT}, partial(rules.keeps_input, cond="vit"),
-                     sensitivity=True),
+                     sensitivity=True, plot=True),
         *_per_source("resnet-untrained-loses-input", "An untrained ResNet50 loses its input with depth (stem to last stage)",
                      "vit_vs_resnet_untrained_representations", {"resnet": Run("resnet50")}, partial(rules.loses_input, cond="resnet"),
-                     sensitivity=True),
+                     sensitivity=True, plot=True),
         *_per_source("vit-entry-untrained", "Untrained ViT-B/32: the first encoder keeps what the patch embedding keeps",
                      "vit_entry_representations", {"vit": UNTRAINED_VIT}, partial(rules.as_good, a="vit", b="vit", layer_a="L0", layer_b="first")),
         *_per_source("vit-entry-trained", "Trained ViT-B/32: the first encoder loses input that the patch embedding keeps",
                      "vit_entry_representations", {"vit": TRAINED_VIT}, partial(rules.better, a="vit", b="vit", layer_a="first", layer_b="L0")),
         *_per_source("mixer-layernorm", "An untrained Mixer (L/16) reconstructs far better without LayerNorm",
                      "mlp_mixer_representations", {"layernorm": Run("mixer_l16"), "no_layernorm": Run("mixer_l16", ("surgery=no_layernorm",))},
-                     partial(rules.better, a="no_layernorm", b="layernorm"), sources=("timm",), sensitivity=True),
+                     partial(rules.better, a="no_layernorm", b="layernorm"), sources=("timm",), sensitivity=True, plot=True),
         *_per_source("mixer-patch8", "An untrained Mixer with patch 8 (B/8) reconstructs better than with patch 16 (L/16)",
                      "mlp_mixer_representations", {"patch8": Run("mixer_b8"), "patch16": Run("mixer_l16")},
-                     partial(rules.better, a="patch8", b="patch16"), sources=("timm",)),
+                     partial(rules.better, a="patch8", b="patch16"), sources=("timm",), plot=True),
         *_per_source("filters-untrained-unstructured", "Untrained ViT-B/32 patch-embedding filters are unstructured",
                      "vit_b_32_conv_representations", {"vit": UNTRAINED_VIT}, partial(rules.unstructured_filters, cond="vit")),
         *_per_source("filters-trained-structured", "Trained ViT-B/32 patch-embedding filters are structured",
                      "vit_b_32_conv_representations", {"vit": TRAINED_VIT}, partial(rules.structured_filters, cond="vit")),
         *_per_source("vit-trained-loses-input", "A trained ViT-B/32 loses its input with depth",
-                     "vit_representations", {"vit": TRAINED_VIT}, partial(rules.loses_input, cond="vit")),
+                     "vit_representations", {"vit": TRAINED_VIT}, partial(rules.loses_input, cond="vit"), plot=True),
         *_per_source("trained-input-needs-more-steps",
                      "Trained input processing with untrained encoders reconstructs far worse than an untrained ViT at the study's steps (it needs far more)",
                      "vit_trainedinput_untrained",
                      {"untrained": UNTRAINED_VIT, "transplant": Run("vit_b_32", ("surgery=trained_input_untrained_encoders",), True)},
-                     partial(rules.better, a="untrained", b="transplant")),
+                     partial(rules.better, a="untrained", b="transplant"), plot=True),
         *_per_source("trained-norm1", "The trained first LayerNorm in an untrained ViT-B/32 makes it lose its input",
                      "vitb32_encoder1_ln", {"untrained": UNTRAINED_VIT, "norm1": Run("vit_b_32", ("surgery=trained_norm1",), True)},
-                     partial(rules.better, a="untrained", b="norm1")),
+                     partial(rules.better, a="untrained", b="norm1"), plot=True),
         *_per_source("trained-pos-embed", "The trained positional embedding alone leaves an untrained ViT-B/32's reconstructions as good",
                      "vitb32_encoder1_ln", {"untrained": UNTRAINED_VIT, "pos_embed": Run("vit_b_32", ("surgery=trained_pos_embed",), True)},
                      partial(rules.as_good, a="pos_embed", b="untrained")),
@@ -127,7 +128,7 @@ def build() -> list[Claim]:
                      "resnet_conv1_vit", {"stem": Run("vit_b_32_stem", trained=True), "vit": TRAINED_VIT},
                      partial(rules.better, a="stem", b="vit", layer_a="last", layer_b="last")),
         *_per_source("vit-l16-trained-loses-input", "A trained ViT-L/16 at 512x512 loses its input with depth",
-                     "vitl16_encoder_representations", {"vit": Run("vit_l_16", trained=True)}, partial(rules.loses_input, cond="vit")),
+                     "vitl16_encoder_representations", {"vit": Run("vit_l_16", trained=True)}, partial(rules.loses_input, cond="vit"), plot=True),
         *_per_source("vit-l16-untrained-input-conv", "The untrained ViT-L/16 input convolution at 512x512 keeps its input",
                      "vitl16_encoder_representations", {"vit": Run("vit_l_16_input")}, partial(rules.keeps_input, cond="vit")),
         *_per_source("class-generation", "A trained ViT-B/32 generates images it classifies as the asked class (animals, landscapes)",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from repinv.claims.ledger import COLUMNS, Job, Plan, judge
 from repinv.claims.registry import Claim
-from repinv.claims.rules import by_layer, mean_sd
+from repinv.claims.rules import KEEP_DB, by_layer, mean_sd
 
 DEFAULT_RECIPE = "default (linear lr)"
 
@@ -97,6 +97,7 @@ def depth_plot(claim: Claim, conds: dict[str, list[Job]], out: Path) -> Path | N
         ax.plot(x, [m for m, _ in stats], marker="o", label=name)
         ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.25)
         ax.set_xticks(list(x), list(layers), rotation=45, fontsize=7)
+    ax.axhline(KEEP_DB, ls="--", lw=0.8, color="grey", label=f"{KEEP_DB:g} dB (keeps input)")
     ax.set(xlabel="layer (depth order)", ylabel="PSNR (dB)", title=f"{claim.id} ({claim.source})")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -113,7 +114,7 @@ def write(out: Path, budget: str, claims: Sequence[Claim], p: Plan, images: Sequ
     plots = []
     for claim in claims:
         conds = p.conditions.get((claim.id, DEFAULT_RECIPE))
-        if conds and judge(claim, conds)[0] in ("holds", "fails"):
+        if claim.plot and conds and judge(claim, conds)[0] in ("holds", "fails"):
             plot = depth_plot(claim, conds, out / "plots")
             plots += [plot] if plot else []
     write_csv(out / "sensitivity.csv", sensitivity, ["claim", "recipe", "measured", "verdict"])
