@@ -21,6 +21,7 @@ from pathlib import Path
 from repinv.claims.registry import Claim
 
 NEEDS_WEIGHTS = "needs trained weights"
+DEFAULT_RECIPE = "default (linear lr)"
 RUN_FAILED = "run failed"
 NO_NORM = ["model.mean=[0,0,0]", "model.std=[1,1,1]"]
 COLUMNS = ["claim", "text", "figure", "model source", "images", "seeds", "measured", "rule", "verdict",
@@ -42,16 +43,17 @@ BUDGETS = {"study": Budget("study", 1500, ("chelsea", "astronaut", "coffee")),
 
 def recipes(lrs: Sequence[float]) -> dict[str, list[str]]:
     """The default recipe (decaying lr) and each constant lr, each with and without input normalisation."""
-    base = {"default (linear lr)": []} | {f"constant lr={lr:g}": ["scheduler=constant", f"optimizer.lr={lr:g}"] for lr in lrs}
+    base = {DEFAULT_RECIPE: []} | {f"constant lr={lr:g}": ["scheduler=constant", f"optimizer.lr={lr:g}"] for lr in lrs}
     return {k: v for name, o in base.items() for k, v in ((name, o), (f"{name}, no input norm", [*o, *NO_NORM]))}
 
 
 @dataclass
 class Job:
-    """One repinv run: its folder, overrides, and whether it loads trained weights."""
+    """One repinv run: its folder, overrides, seed, and whether it loads trained weights."""
 
     folder: Path
     overrides: list[str]
+    seed: int
     trained: bool
     status: str = "pending"
     records: list[dict] = field(default_factory=list)
@@ -92,14 +94,14 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
         loads = {name: weights(claim.source, claim.overrides(name, budget.name)) for name, run in claim.runs.items() if run.trained}
         if any(v is None for v in loads.values()):
             continue
-        for recipe, recipe_overrides in (recipes(lrs) if claim.sensitivity else {"default (linear lr)": []}).items():
+        for recipe, recipe_overrides in (recipes(lrs) if claim.sensitivity else {DEFAULT_RECIPE: []}).items():
             conds = p.conditions.setdefault((claim.id, recipe), {})
             for name in claim.runs:
                 for seed in range(seeds):
                     overrides = [*claim.overrides(name, budget.name), image_override(images), f"steps={steps or budget.steps}",
                                  f"seed={seed}", *recipe_overrides, *loads.get(name, []), *extra]
                     folder = out / "runs" / claim.id / slug(recipe) / name / f"seed{seed}"
-                    job = p.jobs.setdefault(tuple(overrides), Job(folder, overrides, name in loads))
+                    job = p.jobs.setdefault(tuple(overrides), Job(folder, overrides, seed, name in loads))
                     conds.setdefault(name, []).append(job)
     return p
 
@@ -122,8 +124,7 @@ def run_job(job: Job) -> Job:
         return job
     filters = job.folder / "filters.json"
     structured = json.loads(filters.read_text())["structured"] if filters.is_file() else None
-    seed = next(o.split("=", 1)[1] for o in job.overrides if o.startswith("seed="))
-    job.records = [{**r, "seed": int(seed), "structured": structured} for r in records]
+    job.records = [{**r, "seed": job.seed, "structured": structured} for r in records]
     job.status = "finished"
     return job
 

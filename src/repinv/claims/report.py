@@ -6,12 +6,9 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from repinv.claims.ledger import COLUMNS, Job, Plan, judge
+from repinv.claims.ledger import COLUMNS, DEFAULT_RECIPE, Job, Plan, judge
 from repinv.claims.registry import Claim
 from repinv.claims.rules import KEEP_DB, by_layer, mean_sd
-
-DEFAULT_RECIPE = "default (linear lr)"
-
 
 def _runs(conds: dict[str, list[Job]] | None) -> str:
     return "; ".join(sorted({str(j.folder.parent) for js in (conds or {}).values() for j in js}))
