@@ -25,7 +25,7 @@ from repinv.figures import titled_grid
 from repinv.summary import fields
 
 REPO = Path(__file__).resolve().parents[1]
-IDENTITY = ["panel", "status", "image", "column"]  # the first CSV columns; the records' own fields follow
+IDENTITY = ["panel", "status", "weights", "image", "column"]  # the first CSV columns; the records' own fields follow
 
 
 @dataclass
@@ -76,17 +76,35 @@ def to_torchvision(overrides: list[str]) -> list[str]:
     return out
 
 
+NO_WEIGHTS = "none given"
+
+
+def weight_overrides(panel: Panel, args) -> tuple[str, list[str]]:
+    """What a panel's weights are (the CSV's `weights`) and the overrides that load them.
+
+    A trained panel without --pretrained or --checkpoint (or in --smoke mode) runs untrained
+    weights: it says so (`none given`) rather than passing for trained.
+    """
+    if not panel.trained:
+        return "untrained", []
+    if args.checkpoint and not args.smoke:
+        return f"checkpoint {args.checkpoint}", [f"model.checkpoint={args.checkpoint}"]
+    if args.pretrained and not args.smoke:
+        tv = args.source == "torchvision"
+        return ("IMAGENET1K_V1" if tv else "pretrained"), ["model.weights=IMAGENET1K_V1" if tv else "model.pretrained=true"]
+    return NO_WEIGHTS, []
+
+
 def run_panel(panel: Panel, experiment: str, run_dir: Path, args) -> str:
-    """Run one panel through the CLI; returns 'finished' or 'failed'."""
+    """Run one panel through the CLI; returns 'finished' or 'failed'.
+
+    A panel run with trained weights fails unless its metrics.json says `trained: true`.
+    """
     overrides = [*panel.overrides, *(panel.smoke + SMOKE if args.smoke else [])]
     if args.source == "torchvision":
         overrides = to_torchvision(overrides)
-    cmd = [sys.executable, "-m", "repinv", f"experiment={experiment}", *overrides]
-    if panel.trained and not args.smoke:
-        if args.checkpoint:
-            cmd.append(f"model.checkpoint={args.checkpoint}")
-        elif args.pretrained:
-            cmd.append("model.weights=IMAGENET1K_V1" if args.source == "torchvision" else "model.pretrained=true")
+    weights, loads = weight_overrides(panel, args)
+    cmd = [sys.executable, "-m", "repinv", f"experiment={experiment}", *overrides, *loads]
     if args.image:
         cmd.append(f"image={args.image}")
     if args.steps:
@@ -98,7 +116,13 @@ def run_panel(panel: Panel, experiment: str, run_dir: Path, args) -> str:
         code = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
     if code != 0:
         print(f"panel '{panel.label}' failed (exit {code}); see {log}", file=sys.stderr)
-    return "finished" if code == 0 and (run_dir / "metrics.json").is_file() else "failed"
+    if code != 0 or not (run_dir / "metrics.json").is_file():
+        return "failed"
+    if loads and not all(r.get("trained") for r in json.loads((run_dir / "metrics.json").read_text())):
+        print(f"panel '{panel.label}' failed: weights {weights} were given but its run says trained=false; "
+              f"see {run_dir / 'metrics.json'}", file=sys.stderr)
+        return "failed"
+    return "finished"
 
 
 def _reconstruction_row(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
@@ -123,19 +147,20 @@ def _filter_row(panel: Panel, status: str, run_dir: Path, records: list[dict]) -
             [{"panel": panel.label, "status": status, "steps": records[0].get("steps"), "column": stats["module"], **stats}])
 
 
-def assemble(name: str, title: str, panels: list[Panel], results: dict[str, tuple[str, Path]], out: Path) -> tuple[Path, Path]:
-    """Grid PNG (rows = panels) and CSV of every panel's numbers."""
+def assemble(name: str, title: str, panels: list[Panel], results: dict[str, tuple[str, Path, str]], out: Path) -> tuple[Path, Path]:
+    """Grid PNG (rows = panels) and CSV of every panel's numbers and weights."""
     rows, labels, table = [], [], []
     for panel in panels:
-        status, run_dir = results[panel.label]
+        status, run_dir, weights = results[panel.label]
         records = json.loads((run_dir / "metrics.json").read_text()) if status == "finished" else []
         row, panel_rows = (_filter_row if panel.show == "filters" else _reconstruction_row)(panel, status, run_dir, records)
         if not panel_rows:
             status = "failed"
             panel_rows, row = [{"panel": panel.label, "status": status}], [(None, "")]
-        table += panel_rows
+        table += [{**r, "weights": weights} for r in panel_rows]
         rows.append(row)
-        labels.append(panel.label if status == "finished" else f"{panel.label} (failed)")
+        label = f"{panel.label} (no trained weights given)" if weights == NO_WEIGHTS else panel.label
+        labels.append(label if status == "finished" else f"{label} (failed)")
     import numpy as np
 
     rows = [[(np.asarray(img) if img is not None else None, t) for img, t in row] for row in rows]
@@ -157,9 +182,9 @@ def main(name: str, title: str, experiment: str, panels: list[Panel], argv=None)
     dirs = [out / name / f"{i:02d}" for i in range(len(panels))]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         statuses = list(pool.map(lambda pd: run_panel(pd[0], experiment, pd[1], args), zip(panels, dirs)))
-    results = {panel.label: (status, d) for panel, status, d in zip(panels, statuses, dirs)}
+    results = {panel.label: (status, d, weight_overrides(panel, args)[0]) for panel, status, d in zip(panels, statuses, dirs)}
     png, csv_path = assemble(name, title, panels, results, out)
     print(png)
     print(csv_path)
     print(f"{name}: {len(panels)} panels in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return 0 if all(s == "finished" for s, _ in results.values()) else 1
+    return 0 if all(s == "finished" for s, _, _ in results.values()) else 1

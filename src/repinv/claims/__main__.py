@@ -1,0 +1,5 @@
+import sys
+
+from repinv.claims.cli import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""`repinv-claims`: check every claim of the study that can be checked, and write the ledger.
+
+    repinv-claims --budget quick                 # tiny models, minutes
+    repinv-claims --budget study --jobs 2        # the study's models and 1,500 steps
+    repinv-claims --budget study --pretrained    # also the trained-weight claims
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from repinv.claims.ledger import BUDGETS, execute, plan, quote
+from repinv.claims.registry import CLAIMS, Claim
+from repinv.claims.report import write
+from repinv.errors import RepinvError, listing, suggest
+
+DEFAULT_LRS = (0.01, 0.05, 0.2, 0.5)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="repinv-claims", description="Does the study reproduce? Run each claim's inversions and write "
+                                "claims.md and claims.csv with a verdict per claim.")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="study: the study's models and 1,500 steps; "
+                   "quick: tiny models and 30 steps (a smoke check of the machinery, not of the study)")
+    p.add_argument("--out", type=Path, help="ledger folder (default logs/claims/<budget>)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3)")
+    p.add_argument("--image", action="append", help="photograph to invert (repeatable); default: embedded photographs")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (each its own repinv process)")
+    p.add_argument("--claims", help="comma-separated claim ids to check (default all; --list shows them)")
+    p.add_argument("--sources", default="timm,torchvision", help="model sources to check (comma-separated)")
+    p.add_argument("--lrs", type=float, nargs="*", default=list(DEFAULT_LRS),
+                   help="constant learning rates of the sensitivity check (none: the default recipe only)")
+    p.add_argument("--steps", type=int, help="override the budget's steps")
+    p.add_argument("--pretrained", action="store_true", help="trained runs load timm's pretrained weights, and "
+                   "torchvision's IMAGENET1K_V1 unless --weights is given")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="[MODEL=]FILE",
+                   help="trained weights file (model.checkpoint=); MODEL=FILE for one model config only, e.g. vit_b_32=vit.safetensors")
+    p.add_argument("--weights", help="torchvision weights enum for the trained torchvision runs (model.weights=), e.g. IMAGENET1K_V1")
+    p.add_argument("--list", action="store_true", help="list the claims and exit")
+    p.add_argument("overrides", nargs="*", help="extra repinv overrides for every run, e.g. logger=csv")
+    return p
+
+
+def select(ids: str | None, sources: str) -> list[Claim]:
+    """The claims asked for, in the study's order; unknown ids or sources are an error."""
+    known = {c.id: c for c in CLAIMS}
+    wanted = [s.strip() for s in sources.split(",") if s.strip()]
+    for s in wanted:
+        if s not in {c.source for c in CLAIMS}:
+            raise RepinvError(f"--sources {s!r} is not a model source; use a comma-separated list of timm, torchvision.")
+    if ids is None:
+        return [c for c in CLAIMS if c.source in wanted]
+    names = [i.strip() for i in ids.split(",") if i.strip()]
+    for name in names:
+        if name not in known:
+            raise RepinvError(f"--claims {name!r} is not a claim.{suggest(name, known)} The claims are: {listing(known, 40)}.")
+    return [c for c in CLAIMS if c.id in names and c.source in wanted]
+
+
+def weight_source(args):
+    """(source, run overrides) -> the overrides that load trained weights, or None when none were given."""
+    files = dict(c.split("=", 1) if "=" in c else ("", c) for c in args.checkpoint)
+
+    def weights(source: str, overrides: list[str]) -> list[str] | None:
+        model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "")
+        if model in files or "" in files:
+            return [f"model.checkpoint={quote(files[model] if model in files else files[''])}"]
+        if source == "torchvision" and (args.weights or args.pretrained):
+            return [f"model.weights={args.weights or 'IMAGENET1K_V1'}"]
+        return ["model.pretrained=true"] if source == "timm" and args.pretrained else None
+
+    return weights
+
+
+def main(argv=None) -> int:
+    """Plan, run and judge; print the paths of claims.md and claims.csv. Exit 1 when a run failed."""
+    args = parser().parse_args(argv)
+    try:
+        claims = select(args.claims, args.sources)
+        if args.seeds < 1 or args.jobs < 1:
+            raise RepinvError(f"--seeds and --jobs must be at least 1 (got {args.seeds} and {args.jobs}).")
+    except RepinvError as err:
+        print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False), file=sys.stderr)
+        return 2
+    if args.list:
+        print("\n".join(f"{c.id:<36} {c.source:<12} {'trained' if c.trained else 'untrained':<10} {c.text}" for c in claims))
+        return 0
+    budget = BUDGETS[args.budget]
+    out = (args.out or Path("logs") / "claims" / budget.name).resolve()
+    images = args.image or list(budget.images)
+    started = time.perf_counter()
+    p = plan(claims, budget, out, args.seeds, images, args.lrs, weight_source(args), args.overrides, args.steps)
+    print(f"{len(claims)} claims, {len(p.jobs)} runs -> {out}", file=sys.stderr)
+    execute(p, args.jobs)
+    csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds)
+    print(md_path)
+    print(csv_path)
+    print(f"ledger in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return 0 if all(j.status == "finished" for j in p.jobs.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

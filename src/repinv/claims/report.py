@@ -1,0 +1,118 @@
+"""Write the ledger: claims.csv and claims.md (one row per claim), sensitivity.csv, and depth plots."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+from repinv.claims.ledger import COLUMNS, DEFAULT_RECIPE, Job, Plan, judge
+from repinv.claims.registry import Claim
+from repinv.claims.rules import KEEP_DB, by_layer, mean_sd
+
+def _runs(conds: dict[str, list[Job]] | None) -> str:
+    return "; ".join(sorted({str(j.folder.parent) for js in (conds or {}).values() for j in js}))
+
+
+def recipe_dependence(claim: Claim, p: Plan) -> tuple[str, list[dict]]:
+    """Whether the claim's verdict changes across recipes, and one sensitivity row per recipe."""
+    rows = []
+    for (cid, recipe), conds in p.conditions.items():
+        if cid == claim.id:
+            verdict, measured, _ = judge(claim, conds)
+            rows.append({"claim": claim.id, "recipe": recipe, "measured": measured, "verdict": verdict})
+    decided: dict[str, list[str]] = {}
+    for r in rows:
+        if r["verdict"] in ("holds", "fails"):
+            decided.setdefault(r["verdict"], []).append(r["recipe"])
+    if not claim.sensitivity or sum(map(len, decided.values())) < 2:
+        return "not tested", rows
+    missing = len(rows) - sum(map(len, decided.values()))
+    note = f"; {missing} recipes without a verdict" if missing else ""
+    if len(decided) == 1:
+        return f"no ({sum(map(len, decided.values()))} recipes{note})", rows
+    return "yes: " + "; ".join(f"{v} under {', '.join(rs)}" for v, rs in decided.items()) + note, rows
+
+
+def rows(claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int) -> tuple[list[dict], list[dict]]:
+    """One ledger row per claim (default recipe) and the sensitivity rows."""
+    table, sensitivity = [], []
+    for claim in claims:
+        conds = p.conditions.get((claim.id, DEFAULT_RECIPE))
+        verdict, measured, rule = judge(claim, conds)
+        dependent, recipe_rows = recipe_dependence(claim, p)
+        sensitivity += recipe_rows
+        table.append({"claim": claim.id, "text": claim.text, "figure": claim.figure, "model source": claim.source,
+                      "images": ", ".join(Path(i).name for i in images), "seeds": seeds,
+                      "measured": measured, "rule": rule, "verdict": verdict,
+                      "recipe-dependent": dependent, "runs": _runs(conds)})
+    return table, sensitivity
+
+
+def write_csv(path: Path, table: list[dict], columns: Sequence[str]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(table)
+    return path
+
+
+def _md_table(table: list[dict], columns: Sequence[str]) -> list[str]:
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    return ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns),
+            *("| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in table)]
+
+
+def write_md(path: Path, budget: str, table: list[dict], sensitivity: list[dict], plots: list[Path]) -> Path:
+    """claims.md: the ledger, the verdict per recipe, and the depth plots."""
+    counts = {v: sum(r["verdict"] == v for r in table) for v in dict.fromkeys(r["verdict"] for r in table)}
+    lines = [f"# Does the study reproduce? (budget: {budget})", "",
+             ", ".join(f"{n} {v}" for v, n in counts.items()), "",
+             "Measured: mean ± sd over seeds and images; each rule decides on the mean (thresholds in repinv/claims/rules.py).", "",
+             *_md_table(table, [c for c in COLUMNS if c != "runs"]), "", "## Verdict per recipe", "",
+             *_md_table(sensitivity, ["claim", "recipe", "measured", "verdict"]), "", "## Run folders", "",
+             *(f"- {r['claim']}: {r['runs'] or '(none)'}" for r in table), "",
+             *(f"![{p.stem}](plots/{p.name})" for p in plots)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def depth_plot(claim: Claim, conds: dict[str, list[Job]], out: Path) -> Path | None:
+    """PSNR against depth, one line per condition (model), mean ± sd band over seeds and images."""
+    series = {name: by_layer([r for j in js for r in j.records if r.get("psnr") is not None]) for name, js in conds.items()}
+    if not any(len(s) > 1 for s in series.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, layers in series.items():
+        stats = [mean_sd(v) for v in layers.values()]
+        x = range(len(stats))
+        ax.plot(x, [m for m, _ in stats], marker="o", label=name)
+        ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.25)
+        ax.set_xticks(list(x), list(layers), rotation=45, fontsize=7)
+    ax.axhline(KEEP_DB, ls="--", lw=0.8, color="grey", label=f"{KEEP_DB:g} dB (keeps input)")
+    ax.set(xlabel="layer (depth order)", ylabel="PSNR (dB)", title=f"{claim.id} ({claim.source})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{claim.id}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write(out: Path, budget: str, claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int) -> tuple[Path, Path]:
+    """claims.csv, claims.md, sensitivity.csv and plots/<claim>.png under `out`."""
+    table, sensitivity = rows(claims, p, images, seeds)
+    plots = []
+    for claim in claims:
+        conds = p.conditions.get((claim.id, DEFAULT_RECIPE))
+        if claim.plot and conds and judge(claim, conds)[0] in ("holds", "fails"):
+            plot = depth_plot(claim, conds, out / "plots")
+            plots += [plot] if plot else []
+    write_csv(out / "sensitivity.csv", sensitivity, ["claim", "recipe", "measured", "verdict"])
+    return write_csv(out / "claims.csv", table, COLUMNS), write_md(out / "claims.md", budget, table, sensitivity, plots)

@@ -1,0 +1,142 @@
+"""`repinv-claims`: each rule on both sides of its threshold, the ledger end to end on tiny models,
+trained-weight claims without weights, and figures that do not pass untrained panels for trained."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from repinv.claims import rules
+from repinv.claims.cli import main
+from repinv.claims.registry import CLAIMS
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "scripts"), os.environ.get("PYTHONPATH", "")])}
+
+
+def recs(psnr_by_layer: dict[str, list[float]], **extra) -> list[dict]:
+    """Records for one condition: layer -> PSNR per sample (seed i, image 'chelsea')."""
+    return [{"layer": layer, "psnr": v, "seed": i, "image": "chelsea", **extra}
+            for layer, values in psnr_by_layer.items() for i, v in enumerate(values)]
+
+
+def test_keeps_input_needs_every_layer_above_20_db_and_no_3_db_fall():
+    kept = rules.keeps_input({"vit": recs({"patch_embed": [30, 32], "L0": [28, 30], "L11": [27.5, 29.5]})}, "vit")
+    assert kept.holds and "L11 − patch_embed -2.5 ± 0.0 dB" in kept.measured
+    low = rules.keeps_input({"vit": recs({"patch_embed": [30, 32], "L0": [19, 20], "L11": [29, 31]})}, "vit")
+    assert not low.holds and "lowest L0 19.5" in low.measured
+    falls = rules.keeps_input({"vit": recs({"patch_embed": [30, 32], "L11": [26.5, 28.5]})}, "vit")
+    assert not falls.holds and falls.rule == "PSNR ≥ 20 dB at every layer and L11 − patch_embed ≥ −3 dB"
+
+
+def test_loses_input_needs_a_3_db_fall_from_first_to_last_layer():
+    assert rules.loses_input({"r": recs({"L0": [25, 27], "L4": [21, 24]})}, "r").holds  # −3.5 dB
+    assert not rules.loses_input({"r": recs({"L0": [25, 27], "L4": [23, 25]})}, "r").holds  # −2 dB
+
+
+def test_better_and_as_good_compare_paired_conditions_or_layers():
+    m = {"no_ln": recs({"L0": [24, 26], "L1": [22, 24]}), "ln": recs({"L0": [20, 22], "L1": [19, 21]})}
+    assert rules.better(m, "no_ln", "ln").holds  # +3.5 dB
+    assert not rules.better(m, "ln", "no_ln").holds
+    close = {"ln": recs({"L0": [21, 23], "L1": [20, 22]}), **{k: v for k, v in m.items() if k == "no_ln"}}
+    assert not rules.better(close, "no_ln", "ln").holds  # +2.5 dB
+    vit = {"vit": recs({"patch_embed": [30, 30], "L0": [26, 28], "L1": [20, 20]})}
+    assert rules.better(vit, "vit", "vit", layer_a="first", layer_b="L0").holds  # +3 dB
+    assert rules.as_good(vit, "vit", "vit", layer_a="L0", layer_b="first").holds  # −3 dB
+    assert not rules.as_good(vit, "vit", "vit", layer_a="last", layer_b="first").holds  # −10 dB
+
+
+def test_filter_and_class_rules():
+    assert rules.unstructured_filters({"v": [{"structured": 0.05}, {"structured": 0.1}]}, "v").holds
+    assert not rules.unstructured_filters({"v": [{"structured": 0.2}]}, "v").holds
+    assert rules.structured_filters({"v": [{"structured": 0.6}, {"structured": 0.5}]}, "v").holds
+    assert not rules.structured_filters({"v": [{"structured": 0.45}]}, "v").holds
+    assert rules.generates_classes({"g": [{"rank": 0, "prob": 0.9}, {"rank": 3, "prob": 0.1}]}, "g").holds
+    assert not rules.generates_classes({"g": [{"rank": 0, "prob": 0.9}, {"rank": 3, "prob": 0.1}, {"rank": 1, "prob": 0.2}]}, "g").holds
+
+
+def test_every_claim_has_runs_for_both_budgets_and_trained_claims_are_marked():
+    ids = [c.id for c in CLAIMS]
+    assert len(ids) == len(set(ids)) and {"vit-untrained-keeps-input", "resnet-untrained-loses-input", "mixer-layernorm"} <= set(ids)
+    for claim in CLAIMS:
+        for name in claim.runs:
+            assert any(o.startswith("model=") for o in claim.overrides(name, "study"))
+            assert any(o.startswith("model=") for o in claim.overrides(name, "quick"))
+    assert {c.id for c in CLAIMS if c.trained} >= {"vit-trained-loses-input", "filters-trained-structured", "class-generation-tv"}
+
+
+def _ledger(out) -> list[dict]:
+    return list(csv.DictReader(open(out / "claims.csv")))
+
+
+def test_quick_ledger_runs_claims_end_to_end_with_sensitivity(tmp_path, capsys):
+    ids = "vit-untrained-keeps-input,vit-trained-loses-input,class-generation"
+    code = main(["--budget", "quick", "--seeds", "1", "--claims", ids, "--sources", "timm", "--lrs", "0.5",
+                 "--steps", "4", "--jobs", "2", "--out", str(tmp_path), "logger=none", "log_every=2"])
+    assert code == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "claims.md"), str(tmp_path / "claims.csv")]
+    ledger = {r["claim"]: r for r in _ledger(tmp_path)}
+    assert list(ledger) == ids.split(",")
+    kept = ledger["vit-untrained-keeps-input"]
+    assert kept["verdict"] in {"holds", "fails"} and kept["seeds"] == "1" and kept["images"] == "chelsea, astronaut"
+    assert "lowest" in kept["measured"] and kept["rule"].startswith("PSNR ≥ 20 dB")
+    assert kept["recipe-dependent"].startswith(("no (4 recipes)", "yes"))
+    run = tmp_path / "runs" / "vit-untrained-keeps-input" / "constant_lr_0.5_no_input_norm" / "vit" / "seed0"
+    assert "model.std=[1,1,1]" in (run / "command.txt").read_text() and (run / "metrics.json").is_file()
+    sensitivity = list(csv.DictReader(open(tmp_path / "sensitivity.csv")))
+    assert len([r for r in sensitivity if r["claim"] == "vit-untrained-keeps-input"]) == 4
+    for trained in ("vit-trained-loses-input", "class-generation"):
+        assert ledger[trained]["verdict"] == "needs trained weights" and ledger[trained]["measured"] == ""
+    assert (tmp_path / "plots" / "vit-untrained-keeps-input.png").is_file()
+    assert "needs trained weights" in (tmp_path / "claims.md").read_text()
+
+
+def test_trained_claims_run_with_a_checkpoint_and_check_it_loaded(tmp_path, trained_checkpoint):
+    code = main(["--budget", "quick", "--seeds", "1", "--claims", "filters-trained-structured", "--sources", "timm", "--lrs",
+                 "--steps", "1", "--checkpoint", f"vit_tiny={trained_checkpoint}", "--out", str(tmp_path), "logger=none"])
+    [row] = _ledger(tmp_path)
+    assert code == 0 and row["verdict"] in {"holds", "fails"} and row["measured"].startswith("structured")
+
+
+@pytest.fixture
+def trained_checkpoint(tmp_path):
+    """vit_tiny weights from another seed, saved as a checkpoint file."""
+    from hydra.utils import instantiate
+    from safetensors.torch import save_file
+
+    from conftest import compose_cfg
+
+    net = instantiate(compose_cfg(["model=vit_tiny", "seed=5"], tmp_path).model).net
+    path = tmp_path / "vit_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def test_bad_claim_id_is_one_paragraph(capsys):
+    assert main(["--claims", "vit-untrained-keep"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Did you mean 'vit-untrained-keeps-input'" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_full_quick_ledger_has_a_verdict_in_every_row(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "repinv.claims", "--budget", "quick", "--seeds", "1", "--jobs", "2",
+                           "--out", str(tmp_path), "logger=none"], capture_output=True, text=True, env=ENV, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ledger = _ledger(tmp_path)
+    assert [r["claim"] for r in ledger] == [c.id for c in CLAIMS]
+    assert all(r["verdict"] in {"holds", "fails"} for r in ledger if not CLAIMS[ledger.index(r)].trained)
+    assert all(r["verdict"] == "needs trained weights" for r in ledger if CLAIMS[ledger.index(r)].trained)
+
+
+def test_figure_without_weights_labels_its_trained_panel(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "fig_vit_b_32_conv_representations.py"), "--smoke",
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=ENV, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["panel"]: r for r in csv.DictReader(open(tmp_path / "smoke" / "vit_b_32_conv_representations.csv"))}
+    assert rows["trained ViT-B/32"]["weights"] == "none given"
+    assert rows["untrained ViT-B/32"]["weights"] == "untrained"
