@@ -160,18 +160,21 @@ def _class_name(m: nn.Module) -> str:
 class Remove(Operation):
     """Replace every module whose class name or path matches `pattern` (shell-style, e.g. LayerNorm, blocks.*.norm1) with identity.
 
-    A path pattern in neutral names (blocks.*.norm1) also matches the model source's spelling of it.
+    A path pattern that matches nothing as written is read as a neutral name (blocks.*.norm1) in
+    the model source's spelling (torchvision's encoder.layers.encoder_layer_*.ln_1).
     """
 
     def __init__(self, pattern: str):
         self.pattern = str(pattern)
 
-    def __call__(self, model: LoadedModel) -> LoadedModel:
-        paths = {self.pattern, model.source.translate(self.pattern)}
-        hits = [
-            path for path, m in model.net.named_modules()
-            if path and (fnmatch.fnmatchcase(_class_name(m), self.pattern) or any(fnmatch.fnmatchcase(path, p) for p in paths))
+    def _matches(self, net: nn.Module, pattern: str) -> list[str]:
+        return [
+            path for path, m in net.named_modules()
+            if path and (fnmatch.fnmatchcase(_class_name(m), pattern) or fnmatch.fnmatchcase(path, pattern))
         ]
+
+    def __call__(self, model: LoadedModel) -> LoadedModel:
+        hits = self._matches(model.net, self.pattern) or self._matches(model.net, model.source.translate(self.pattern))
         # a match inside a module that is itself removed needs no replacing of its own
         hits = [p for p in hits if not any(p.startswith(q + ".") for q in hits)]
         if not hits:
