@@ -59,21 +59,15 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 SMOKE = ["steps=3", "log_every=1", "logger=none"]
-# timm configs -> the study's torchvision models, and timm module names -> torchvision's
-TV_MODELS = {"model=vit_b_32": "model=tv_vit_b_32", "model=vit_l_16": "model=tv_vit_l_16",
-             "model=resnet50": "model=tv_resnet50", "model=vit_tiny": "model=tv_vit_tiny"}
-TV_MODULES = {"patch_embed": "conv_proj"}
+# --source torchvision: the study's torchvision models in place of the timm model configs. Layer and
+# surgery names need no rewriting: neutral names (patch_embed, blocks.0) resolve in every model source.
+TV_MODELS = {"vit_b_32": "tv_vit_b_32", "vit_l_16": "tv_vit_l_16", "resnet50": "tv_resnet50", "vit_tiny": "tv_vit_tiny"}
 
 
-def to_torchvision(overrides: list[str]) -> list[str]:
-    """The same panel with torchvision's models (Mixers have no torchvision counterpart)."""
-    out = []
-    for o in overrides:
-        o = TV_MODELS.get(o, o)
-        for timm_name, tv_name in TV_MODULES.items():
-            o = o.replace(timm_name, tv_name)
-        out.append(o)
-    return out
+def model_config(override: str, source: str) -> str:
+    """`override` with a `model=` choice mapped to `source`'s config (Mixers have no torchvision counterpart)."""
+    key, _, value = override.partition("=")
+    return f"model={TV_MODELS.get(value, value)}" if source == "torchvision" and key == "model" else override
 
 
 NO_WEIGHTS = "none given"
@@ -100,9 +94,7 @@ def run_panel(panel: Panel, experiment: str, run_dir: Path, args) -> str:
 
     A panel run with trained weights fails unless its metrics.json says `trained: true`.
     """
-    overrides = [*panel.overrides, *(panel.smoke + SMOKE if args.smoke else [])]
-    if args.source == "torchvision":
-        overrides = to_torchvision(overrides)
+    overrides = [model_config(o, args.source) for o in [*panel.overrides, *(panel.smoke + SMOKE if args.smoke else [])]]
     weights, loads = weight_overrides(panel, args)
     cmd = [sys.executable, "-m", "repinv", f"experiment={experiment}", *overrides, *loads]
     if args.image:

@@ -64,6 +64,8 @@ CASES = {
     "truncated image": (["image={d}/truncated.png"], "image file is truncated"),
     "empty directory": (["image={d}/empty"], "is a directory with no images in it"),
     "unknown model": (["model.name=vit_base_patch32_22"], "Did you mean 'vit_base_patch32_224'"),
+    "unknown model source": (["model.source=timmm"], "model.source=timmm is not a model source. Did you mean 'timm'?"),
+    "unknown cpu kernels": (["model.cpu_kernels=fast"], "model.cpu_kernels=fast is not a kernel choice."),
     "unknown layer": (["layers=[blocks.7]"], "Valid layers are indices 0..1 (or -1 for the last)"),
     "layer index out of range": (["layers=[2]"], "Valid layers are indices 0..1 (or -1 for the last)"),
     "no steps": (["steps=0"], "steps=0 must be a positive number"),

@@ -95,3 +95,20 @@ def test_filter_stats_tell_smooth_filters_from_noise(tmp_path):
     png = filter_grid(torch.cat([smooth, noise[:3]]), tmp_path / "f.png")
     cols, rows, scale = grid_layout(13, 8)
     assert (cols, rows, scale) == (4, 4, 4) and Image.open(png).size == (4 * 33 + 1, 4 * 33 + 1)
+
+
+def test_figure_source_torchvision_picks_tv_models_and_the_experiments_layer_names_resolve(tmp_path):
+    import sys
+
+    from conftest import REPO
+    from repinv.taps import resolve_layers
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from figlib import model_config
+
+    given = ["model=vit_b_32", "model=vit_tiny", "layers=[patch_embed,0]", "model=mixer_b16"]
+    assert [model_config(o, "torchvision") for o in given] == ["model=tv_vit_b_32", "model=tv_vit_tiny", "layers=[patch_embed,0]", "model=mixer_b16"]
+    assert [model_config(o, "timm") for o in given] == given
+    cfg = compose_cfg(["experiment=fig_vit_b_32_conv", model_config("model=vit_tiny", "torchvision")], tmp_path)
+    taps = resolve_layers(instantiate(cfg.model).net, cfg.layers)
+    assert [(t.label, t.module) for t in taps] == [("patch_embed", "conv_proj")], "the experiment config's patch_embed"

@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from repinv.models.sources import for_net  # noqa: E402
+
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """[3, H, W] float in [0, 1] -> H×W×3 uint8 (W&B casts floats straight to uint8, so convert first)."""
@@ -62,15 +64,8 @@ def titled_grid(
 
 
 def input_conv(net: torch.nn.Module) -> tuple[str, torch.nn.Conv2d] | None:
-    """The first convolution that takes the 3-channel image, in module order, with its path; None if there is none.
-
-    ViTs' patch embedding (patch_embed.proj, conv_proj), a ResNet's conv1, a Mixer's stem.proj,
-    and a stem surgery's stem.conv1, which is listed first because it runs first.
-    """
-    for path, module in net.named_modules():
-        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3 and module.groups == 1:
-            return path, module
-    return None
+    """The first convolution that takes the image, with its path, as the net's model source finds it; None if there is none."""
+    return for_net(net).input_conv(net)
 
 
 def input_filters(net: torch.nn.Module) -> torch.Tensor | None:

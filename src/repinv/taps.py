@@ -1,8 +1,9 @@
 """Hidden layers: where a model is read, and a forward pass that stops there.
 
-A layer is an int (an index into the model's hidden layers as timm's
-`forward_intermediates` numbers them; negative counts from the end) or a module path
-(`patch_embed`, `blocks.0.norm1`, `stem.conv`, ...). Index taps use
+A layer is an int (an index into the model's hidden layers as its model source numbers them,
+for timm `forward_intermediates`; negative counts from the end) or a module path
+(`patch_embed`, `blocks.0.norm1`, `stem.conv`, ...; source-neutral names such as `patch_embed`
+or `blocks.0` resolve to the model's own spelling, e.g. torchvision's `conv_proj`). Index taps use
 `forward_intermediates(..., stop_early=True)`; module taps hook the named module and
 stop the forward pass as soon as it has run.
 """
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from repinv.errors import RepinvError, listing, suggest
-from repinv.models.torchvision_source import torchvision_hidden_layers
+from repinv.models.sources import for_net
 
 
 class _Reached(Exception):
@@ -40,18 +41,8 @@ def _first_tensor(out):
 
 
 def hidden_layer_names(net: nn.Module) -> list[str]:
-    """Module names of the layers that integer indices refer to.
-
-    timm models: their feature_info order (what forward_intermediates numbers). Models without
-    forward_intermediates (torchvision): encoder blocks or ResNet stages, reached by module path.
-    """
-    info = getattr(net, "feature_info", None)
-    if isinstance(info, list) and info and hasattr(net, "forward_intermediates"):
-        return [str(f.get("module", f"#{i}")) for i, f in enumerate(info)]
-    blocks = getattr(net, "blocks", None) or getattr(net, "layers", None)
-    if isinstance(blocks, nn.Sequential) and hasattr(net, "forward_intermediates"):
-        return [f"blocks.{i}" for i in range(len(blocks))]
-    return torchvision_hidden_layers(net)
+    """Module names of the layers that integer indices refer to, as the net's model source lists them."""
+    return for_net(net).hidden_layers(net)
 
 
 @dataclass(frozen=True)
@@ -61,10 +52,6 @@ class LayerTap:
     label: str
     index: int | None = None
     module: str | None = None
-
-    @property
-    def title(self) -> str:
-        return self.label if self.module is None or self.index is None else f"{self.label} ({self.module})"
 
     def __call__(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Run `net` on `x` up to this layer and return that layer's output."""
@@ -138,10 +125,12 @@ def resolve_layer(net: nn.Module, spec: int | str) -> LayerTap:
             raise _invalid(spec, net)
         index = spec % len(names)
         return LayerTap(label=layer_label(index), index=index, module=names[index])
-    modules = dict(net.named_modules())
-    if not isinstance(spec, str) or not spec or spec not in modules:
+    if not isinstance(spec, str) or not spec:
         raise _invalid(spec, net)
-    return LayerTap(label=spec, module=spec)
+    module = for_net(net).module_name(net, spec)
+    if module not in dict(net.named_modules()):
+        raise _invalid(spec, net)
+    return LayerTap(label=spec, module=module)
 
 
 def resolve_layers(net: nn.Module, specs) -> list[LayerTap]:

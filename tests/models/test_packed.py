@@ -1,4 +1,4 @@
-"""Linear layers on MKL-packed weights compute what nn.Linear computes, and only where they may."""
+"""Linear layers on packed weights compute what nn.Linear computes, only where they may, and never from a stale pack."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from repinv.models import create_model
 from repinv.models import packed
-from repinv.models.packed import _AVAILABLE, _BF16_FAST, _MKL, _ONEDNN, _PACKS, BF16_MAX_ROWS, ONEDNN_FP32_MAX_ROWS, PackedLinear
+from repinv.errors import RepinvError
+from repinv.models.packed import _AVAILABLE, _BF16_FAST, _MKL, _ONEDNN, _PACKS, BF16_MAX_ROWS, PackedLinear, fp32_choice
 from repinv.models.patchify import PatchConv2d
 from repinv.models.surgery import Remove
 from repinv.taps import resolve_layer
@@ -121,11 +122,23 @@ def test_bf16_weights_under_autocast_pack_up_to_the_row_limit_and_match_nn_linea
 
 def test_fp32_packs_with_onednn_switch_to_mkl_above_the_row_limit(monkeypatch):
     monkeypatch.setattr(packed, "FP32_BACKEND", "onednn")
-    assert packed._backend(torch.float32, 50) == packed._backend(torch.float32, ONEDNN_FP32_MAX_ROWS) == "onednn"
-    assert packed._backend(torch.float32, ONEDNN_FP32_MAX_ROWS + 1) == ("mkl" if _MKL else None)
+    monkeypatch.setattr(packed, "ONEDNN_FP32_MAX_ROWS", 512)
+    assert packed._backend(torch.float32, 50) == packed._backend(torch.float32, 512) == "onednn"
+    assert packed._backend(torch.float32, 513) == "mkl"
+    monkeypatch.setattr(packed, "ONEDNN_FP32_MAX_ROWS", None)
+    assert packed._backend(torch.float32, 4096) == "onednn"
     monkeypatch.setattr(packed, "FP32_BACKEND", "mkl")
     assert packed._backend(torch.float32, 50) == packed._backend(torch.float32, 4096) == "mkl"
     assert packed._backend(torch.float16, 50) is None
+
+
+def test_fp32_pack_library_follows_cpu_features_not_vendor():
+    assert fp32_choice(amx=True, capability="AVX512") == ("mkl", None)
+    assert fp32_choice(amx=False, capability="AVX512") == ("onednn", None)
+    assert fp32_choice(amx=False, capability="AVX2") == ("onednn", 512)
+    assert fp32_choice(amx=False, capability="AVX2", mkl=False) == ("onednn", None)
+    assert fp32_choice(amx=True, capability="AVX512", onednn=False) == ("mkl", None)
+    assert fp32_choice(amx=False, capability="DEFAULT", mkl=False, onednn=False) == (None, None)
 
 
 @pytest.mark.parametrize("backend", FP32_BACKENDS)
@@ -144,3 +157,67 @@ def test_remove_by_class_name_still_finds_packed_and_patchified_layers():
     Remove("Linear")(model)
     Remove("Conv2d")(model)
     assert not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.net.modules())
+
+
+WRITES = {
+    "data.copy_": lambda layer, new: layer.weight.data.copy_(new),
+    "data.mul_": lambda layer, new: layer.weight.data.mul_(-3.0),
+    "load_state_dict": lambda layer, new: layer.load_state_dict({**layer.state_dict(), "weight": new}),
+    "no_grad mul_": lambda layer, new: layer.weight.mul_(2.0),
+}
+
+
+@pytest.mark.parametrize("backend", FP32_BACKENDS)
+@pytest.mark.parametrize("write", sorted(WRITES))
+def test_weight_written_in_place_after_a_packed_forward_is_what_the_next_forward_uses(write, backend, monkeypatch):
+    monkeypatch.setattr(packed, "FP32_BACKEND", backend)
+    torch.manual_seed(0)
+    layer = PackedLinear(16, 12).requires_grad_(False)
+    x = torch.randn(6, 16, requires_grad=True)
+    layer(x)
+    assert layer in _PACKS
+    with torch.no_grad():
+        WRITES[write](layer, torch.randn(12, 16))
+    out = layer(x)
+    plain = nn.Linear(16, 12)
+    plain.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(out, plain(x), rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    plain(x).square().sum().backward()
+    torch.testing.assert_close(grad, x.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_patch_conv_weight_written_through_data_is_what_the_next_forward_uses():
+    model = create_model("vit_base_patch32_224", input_size=32, kwargs=TINY["vit_base_patch32_224"])
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    conv = model.net.patch_embed.proj
+    conv(x)
+    assert conv in _PACKS
+    conv.weight.data.copy_(torch.randn_like(conv.weight))
+    torch.testing.assert_close(conv(x), unpacked(conv)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_kernels_none_keeps_torch_layers_with_the_same_numbers():
+    plain = create_model("vit_base_patch32_224", input_size=32, kwargs=TINY["vit_base_patch32_224"], cpu_kernels="none")
+    fast = create_model("vit_base_patch32_224", input_size=32, kwargs=TINY["vit_base_patch32_224"])
+    assert {type(m) for m in plain.net.modules()} & {PackedLinear, PatchConv2d} == set()
+    assert type(plain.net.patch_embed.proj) is nn.Conv2d and type(plain.net.blocks[0].mlp.fc1) is nn.Linear
+    assert plain.spec["cpu_kernels"] == "none"
+    _PACKS.clear()
+    outs, grads = [], []
+    for net in (plain.net, fast.net):
+        x = torch.linspace(-1, 1, 2 * 3 * 32 * 32).view(2, 3, 32, 32).requires_grad_(True)
+        out = resolve_layer(net, 1)(net, x)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append(x.grad)
+    assert not any(m in _PACKS for m in plain.net.modules()) and any(m in _PACKS for m in fast.net.modules())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_cpu_kernels_is_a_clear_error():
+    with pytest.raises(RepinvError, match="model.cpu_kernels=packd .*'packed'"):
+        create_model("vit_base_patch32_224", input_size=32, kwargs=TINY["vit_base_patch32_224"], cpu_kernels="packd")

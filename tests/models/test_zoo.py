@@ -23,7 +23,7 @@ SHRINK = {
     "vit_l_16": ["model.input_size=64", "+model.kwargs.depth=2", "+model.kwargs.embed_dim=32", "+model.kwargs.num_heads=2"],
     "mixer_b16": ["model.input_size=64", "+model.kwargs.num_blocks=2", "+model.kwargs.embed_dim=32"],
     "mixer_l16": ["model.input_size=64", "+model.kwargs.num_blocks=2", "+model.kwargs.embed_dim=32"],
-    "mixer_b8": ["model.input_size=32", "+model.kwargs.num_blocks=2", "+model.kwargs.embed_dim=32"],
+    "mixer_b8": ["model.input_size=32", "++model.kwargs.num_blocks=2", "++model.kwargs.embed_dim=32"],
     "resnet50": ["model.input_size=64", "+model.kwargs.layers=[1,1,1,1]", "+model.kwargs.channels=[8,16,32,64]"],
     "convmixer": ["model.input_size=64", "+model.kwargs.dim=16", "+model.kwargs.depth=2"],
 }

@@ -3,19 +3,28 @@
 An inversion step runs every frozen linear layer forward (x @ W.T) and backward to its input
 (g @ W), at few rows per matmul (ViT-B/32 at batch 1: 50 tokens), where a plain GEMM spends
 much of its time re-reading W. MKL and oneDNN can pack W once into their own blocked layouts.
-Measured over ViT-B/32's 48 linear layers, forward plus input gradient, on 2 cores of an Intel
-Xeon (AMX): fp32 with MKL 183 -> 125 ms at 50 rows, 1128 -> 1018 ms at 600 rows (1.1-1.6x at
-every size tried, up to 1,025 rows); bf16 with oneDNN 88 -> 57 ms at 50 rows and 139 -> 97 ms
-at 100, but slower past ~200 rows, so bf16 packs only up to BF16_MAX_ROWS rows. On 2 cores of
-an AMD EPYC (AVX2) MKL's packs gained nothing at 50 rows and oneDNN's fp32 packs 1.6x, so fp32
-packs with MKL on Intel CPUs and with oneDNN elsewhere (up to ONEDNN_FP32_MAX_ROWS rows, MKL
-above). It costs one packed copy of W and one of W.T per layer, held outside the module (never
-in a state dict, a checkpoint or a deep copy).
+Which one (if any) is faster depends on the CPU's features; measured as forward plus input
+gradient of ViT-B/32 linear layers (fp32, 2 threads):
+
+- AMX (Intel Xeon): MKL over ViT-B/32's 48 linears, 183 -> 125 ms at 50 rows, 1128 -> 1018 ms
+  at 600 (1.1-1.6x at every size up to 1,025 rows); bf16 with oneDNN 88 -> 57 ms at 50 rows and
+  139 -> 97 ms at 100, but slower past ~200 rows, so bf16 packs only up to BF16_MAX_ROWS rows.
+- AVX-512 without AMX (AMD EPYC, Zen 5): one block's qkv, proj, fc1 and fc2, F.linear / MKL /
+  oneDNN: 119 / 134 / 65 ms at 50 rows, 1107 / 996 / 396 ms at 600, 2312 / 2220 / 928 ms at
+  1,200 (fastest of repeated runs on a busy machine): oneDNN at every size, MKL gains nothing.
+- AVX2 only (AMD EPYC): over the 48 linears, oneDNN 205 vs MKL's 332 ms at 50 rows, 315 vs
+  406 at 100, 569 vs 636 at 200, equal at 600, 3.3 vs 2.9 s at 1,200; MKL no faster than
+  F.linear at 50 rows. So oneDNN up to ONEDNN_FP32_MAX_ROWS rows there, MKL above.
+
+Hence fp32 packs with MKL where the CPU has AMX, with oneDNN elsewhere (capped in rows on CPUs
+without AVX-512), and bf16 packs only where oneDNN runs bf16 natively. It costs one packed copy
+of W and one of W.T per layer, held outside the module (never in a state dict, a checkpoint or
+a deep copy), and repacked whenever W changes (`_packs`).
 
 The packed path runs only where it computes what `F.linear` would: CPU, frozen weights,
 gradient mode on, no compilation, and under autocast only when the weights already have the
 autocast dtype (the input is cast as autocast would). Everything else (metrics, targets,
-trainable heads, CUDA) takes `F.linear` unchanged.
+trainable heads, CUDA) takes `F.linear` unchanged. `model.cpu_kernels=none` turns it off.
 """
 
 from __future__ import annotations
@@ -29,7 +38,6 @@ from torch import nn
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 BF16_MAX_ROWS = 128
-ONEDNN_FP32_MAX_ROWS = 512
 _MKL = torch.backends.mkl.is_available() and all(hasattr(torch.ops.mkl, op) for op in ("_mkl_reorder_linear_weight", "_mkl_linear"))
 _ONEDNN = torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise"))
 
@@ -44,7 +52,7 @@ def native_bf16() -> bool:
 
 
 def cpuinfo(field: str) -> str | None:
-    """A field of the first CPU in /proc/cpuinfo (`vendor_id`, `model name`), or None where there is none."""
+    """A field of the first CPU in /proc/cpuinfo (e.g. `model name`, for reports), or None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -56,12 +64,21 @@ def cpuinfo(field: str) -> str | None:
     return None
 
 
+def fp32_choice(amx: bool, capability: str, mkl: bool = True, onednn: bool = True) -> tuple[str | None, int | None]:
+    """The fp32 pack library for a CPU's features, and the row count above which oneDNN hands over to MKL.
+
+    MKL where the CPU has AMX (or oneDNN is missing); oneDNN elsewhere, up to 512 rows on a CPU
+    without AVX-512 (`capability` as torch.backends.cpu.get_cpu_capability() names it). See above.
+    """
+    backend = "mkl" if mkl and (amx or not onednn) else "onednn" if onednn else None
+    limit = 512 if backend == "onednn" and capability != "AVX512" and mkl else None
+    return backend, limit
+
+
 _BF16_FAST = native_bf16()
-# fp32 packs: MKL on Intel CPUs; elsewhere oneDNN up to ONEDNN_FP32_MAX_ROWS rows (on a 2-core AMD
-# EPYC, forward plus input gradient of ViT-B/32's linears: 205 vs MKL's 332 ms at 50 rows, 315 vs
-# 406 at 100, 569 vs 636 at 200, equal at 600, 3.3 vs 2.9 s at 1,200), MKL above.
-_INTEL = cpuinfo("vendor_id") in ("GenuineIntel", None)  # unknown vendor: MKL stays the fp32 default
-FP32_BACKEND = "mkl" if _MKL and (_INTEL or not _ONEDNN) else "onednn" if _ONEDNN else None
+FP32_BACKEND, ONEDNN_FP32_MAX_ROWS = fp32_choice(
+    getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)(), torch.backends.cpu.get_cpu_capability(), _MKL, _ONEDNN
+)
 _AVAILABLE = _MKL or _ONEDNN
 _PACKS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
@@ -72,8 +89,8 @@ def _backend(dtype: torch.dtype, rows: int) -> str | None:
         return "onednn" if _BF16_FAST and rows <= BF16_MAX_ROWS else None
     if dtype != torch.float32:
         return None
-    if FP32_BACKEND == "onednn" and rows > ONEDNN_FP32_MAX_ROWS:
-        return "mkl" if _MKL else None
+    if FP32_BACKEND == "onednn" and ONEDNN_FP32_MAX_ROWS is not None and rows > ONEDNN_FP32_MAX_ROWS:
+        return "mkl"
     return FP32_BACKEND
 
 
@@ -90,8 +107,31 @@ def _matmul(x: torch.Tensor, packed: torch.Tensor, w: torch.Tensor, bias, rows: 
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
+class TrackedWeight(nn.Parameter):
+    """A Parameter whose `.data` shares its version counter, so a write through `.data` counts as one.
+
+    torch gives `.data` a fresh version counter: `w.data.copy_(v)` changes W without changing
+    `w._version`, which would leave a pack of W stale. A frozen layer's weight is switched to
+    this class (same storage, state-dict key and pickling as a Parameter) before it is packed.
+    """
+
+    @property
+    def data(self) -> torch.Tensor:
+        return self.detach()
+
+    @data.setter
+    def data(self, value: torch.Tensor) -> None:
+        torch._C.TensorBase.data.__set__(self, value)
+
+
 def _packs(module: nn.Module, w: torch.Tensor, rows: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """`module`'s W and W.T packed for `rows`-row products; repacked when W, the row count or the backend changes."""
+    """`module`'s W and W.T packed for `rows`-row products; repacked when W, the row count or the backend changes.
+
+    W changes when it is written in place (its version counter: `copy_`, `load_state_dict`, a
+    `.data` write on its TrackedWeight) or replaced (its data pointer).
+    """
+    if type(module.weight) is nn.Parameter:
+        module.weight.__class__ = TrackedWeight
     key = (rows, backend, w.data_ptr(), w.dtype, w._version)
     w = w.detach()
     cached = _PACKS.get(module)

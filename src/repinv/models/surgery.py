@@ -27,7 +27,7 @@ from torch import nn
 
 from repinv.errors import RepinvError, listing, suggest
 from repinv.models.factory import LoadedModel, create_model, freeze
-from repinv.models.stem import STEM_CLASSES, StemLayers, put_stem_first
+from repinv.models.stem import StemLayers, put_stem_first
 
 
 class Operation:
@@ -57,8 +57,9 @@ class Transplant(Operation):
     first LayerNorm. With `donor` (`pretrained`, `checkpoint` or, for torchvision, `weights`),
     `names` are copied from that build of the same architecture into the model as configured.
     `donor.name` may say which architecture the weights belong to; it must be the model's own.
-    `names` may be a mapping per model source (`{timm: [patch_embed], torchvision: [conv_proj]}`) so
-    one preset serves both libraries.
+    Names are source-neutral where the model source knows them (`patch_embed`, `pos_embed`,
+    `blocks.0.norm1` name torchvision's conv_proj, encoder.pos_embedding, ...), so one preset serves
+    every source; `names` may also be a mapping per model source (`{timm: [...], torchvision: [...]}`).
     """
 
     def __init__(self, names: list[str] | str | Mapping[str, list[str]], donor: Mapping[str, Any] | None = None):
@@ -71,15 +72,18 @@ class Transplant(Operation):
             raise RepinvError("a transplant needs names: the parameters or modules to copy, e.g. names: [patch_embed, pos_embed].")
 
     def _names(self, model: LoadedModel) -> list[str]:
+        """The names for the model's source, each in its spelling (neutral names such as patch_embed resolve)."""
         source = model.spec.get("source", "timm")
         if "*" in self.by_source:
-            return self.by_source["*"]
-        if source not in self.by_source:
+            names = self.by_source["*"]
+        elif source in self.by_source:
+            names = self.by_source[source]
+        else:
             raise RepinvError(
                 f"this transplant names parts for {listing(self.by_source)} models, not for {source} ones; add "
                 f"names.{source}: [...] with {source}'s module names."
             )
-        return self.by_source[source]
+        return [model.source.module_name(model.net, n) for n in names]
 
     def _donor(self, model: LoadedModel) -> nn.Module:
         unknown = set(self.donor) - {"name", "pretrained", "checkpoint", "weights"}
@@ -154,16 +158,23 @@ def _class_name(m: nn.Module) -> str:
 
 
 class Remove(Operation):
-    """Replace every module whose class name or path matches `pattern` (shell-style, e.g. LayerNorm, blocks.*.norm1) with identity."""
+    """Replace every module whose class name or path matches `pattern` (shell-style, e.g. LayerNorm, blocks.*.norm1) with identity.
+
+    A path pattern that matches nothing as written is read as a neutral name (blocks.*.norm1) in
+    the model source's spelling (torchvision's encoder.layers.encoder_layer_*.ln_1).
+    """
 
     def __init__(self, pattern: str):
         self.pattern = str(pattern)
 
-    def __call__(self, model: LoadedModel) -> LoadedModel:
-        hits = [
-            path for path, m in model.net.named_modules()
-            if path and (fnmatch.fnmatchcase(_class_name(m), self.pattern) or fnmatch.fnmatchcase(path, self.pattern))
+    def _matches(self, net: nn.Module, pattern: str) -> list[str]:
+        return [
+            path for path, m in net.named_modules()
+            if path and (fnmatch.fnmatchcase(_class_name(m), pattern) or fnmatch.fnmatchcase(path, pattern))
         ]
+
+    def __call__(self, model: LoadedModel) -> LoadedModel:
+        hits = self._matches(model.net, self.pattern) or self._matches(model.net, model.source.translate(self.pattern))
         # a match inside a module that is itself removed needs no replacing of its own
         hits = [p for p in hits if not any(p.startswith(q + ".") for q in hits)]
         if not hits:
@@ -223,7 +234,8 @@ class Stem(Operation):
             raise RepinvError(f"a stem needs donor layers and at least one channel (layers={self.layers}, channels={self.channels}), e.g. layers: [conv1], channels: 3.")
 
     def _build_donor(self, model: LoadedModel) -> LoadedModel:
-        spec = {"input_size": model.input_size, "seed": model.spec.get("seed", 0), **self.donor}
+        spec = {"input_size": model.input_size, "seed": model.spec.get("seed", 0),
+                "cpu_kernels": model.spec.get("cpu_kernels", "packed"), **self.donor}
         try:
             return create_model(**spec)
         except RepinvError as err:
@@ -252,14 +264,15 @@ class Stem(Operation):
         return stem
 
     def __call__(self, model: LoadedModel) -> LoadedModel:
-        if type(model.net) not in STEM_CLASSES:
-            already = " already has a stem" if type(model.net) in STEM_CLASSES.values() else f" is a {type(model.net).__name__}"
+        stemmed = model.source.stem_classes.get(type(model.net))
+        if stemmed is None:
+            already = " already has a stem" if type(model.net) in model.source.stem_classes.values() else f" is a {type(model.net).__name__}"
             raise RepinvError(
                 f"a stem goes in front of a ViT's encoder stack, but {model.arch}{already}. Use it on a timm or "
                 "torchvision VisionTransformer (model=vit_b_32, tv_vit_b_32, vit_tiny), once."
             )
         donor = self._build_donor(model)
-        net = put_stem_first(model.net, self._stem(model, donor))
+        net = put_stem_first(model.net, self._stem(model, donor), stemmed)
         return replace(model, net=net, mean=donor.mean, std=donor.std, trained=model.trained and donor.trained)
 
 

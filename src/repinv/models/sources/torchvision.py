@@ -1,39 +1,32 @@
-"""torchvision as a second model source: the study's own models (vit_b_32, vit_l_16, vit_h_14, resnet50).
+"""torchvision as a model source: the study's own models (vit_b_32, vit_l_16, vit_h_14, resnet50).
 
 Trained weights come through torchvision's weights enums (`weights=IMAGENET1K_V1`, cached by
 torch.hub) or a local state-dict file. Hidden layers are the encoder blocks
 (`encoder.layers.encoder_layer_i`) or, for ResNets, the stem and the four stages, reached
-through the same module-path taps as any model.
+through module-path taps. Neutral names (timm's: patch_embed, blocks.0.norm1, pos_embed, ...)
+resolve to torchvision's spelling, so one config serves both sources.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
 from repinv.errors import RepinvError, suggest
+from repinv.models.sources.base import ModelSource, register
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+BLOCK = r"blocks\.(\d+|\*)"  # a block index, or * in a shell pattern
+LAYER = r"encoder.layers.encoder_layer_\1"
 
 
-def torchvision_hidden_layers(net: nn.Module) -> list[str]:
-    """Module paths that layer indices refer to in a torchvision model (empty if unknown).
+class TorchvisionStemViT(torchvision.models.VisionTransformer):
+    """torchvision's ViT with `stem` first (its hidden layers list `stem` before the encoder layers)."""
 
-    A ViT with a `stem` (the Stem surgery) counts the stem's output as layer 0.
-    """
-    names = dict(net.named_modules())
-    if "encoder.layers" in names:
-        stem = ["stem"] if "stem" in names else []
-        return stem + [f"encoder.layers.{n}" for n, _ in names["encoder.layers"].named_children()]
-    if all(f"layer{i}" in names for i in range(1, 5)):
-        return ["relu", "layer1", "layer2", "layer3", "layer4"]
-    if "features" in names:
-        return [f"features.{n}" for n, _ in names["features"].named_children()]
-    return []
+    def _process_input(self, x: torch.Tensor) -> torch.Tensor:
+        return super()._process_input(self.stem(x))
 
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
@@ -59,10 +52,7 @@ def fit_state(net: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch
     return state
 
 
-def create_torchvision_model(
-    name: str, weights: str | None, checkpoint: str | None, seed: int, kwargs: dict[str, Any]
-) -> tuple[nn.Module, bool]:
-    """Build torchvision model `name` (untrained and seeded, enum weights, or a local file)."""
+def _check_name_and_weights(name: str, weights: str | None) -> None:
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         raise RepinvError(
@@ -75,8 +65,42 @@ def create_torchvision_model(
         except KeyError:
             options = [w.name for w in torchvision.models.get_model_weights(name)]
             raise RepinvError(f"model.weights={weights} is not a weights enum of {name}; it has {', '.join(options)}.") from None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+
+
+def _load_checkpoint(net: nn.Module, name: str, checkpoint: str, kwargs) -> None:
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise RepinvError(f"model.checkpoint={checkpoint} does not exist. Pass a safetensors or torch state-dict file for {name}.")
+    try:
+        net.load_state_dict(fit_state(net, load_state_file(path)))
+    except RuntimeError as err:
+        raise RepinvError(
+            f"model.checkpoint={checkpoint} does not fit torchvision's {name} with kwargs {kwargs}: "
+            f"{str(err).splitlines()[0]} ... Pass a state dict saved from the same architecture."
+        ) from None
+
+
+@register("torchvision")
+class TorchvisionSource(ModelSource):
+    """Models from torchvision.models; ImageNet normalisation, as torchvision's weights expect."""
+
+    package = "torchvision."
+    neutral_names = {
+        r"patch_embed(?:\.proj)?": "conv_proj",
+        r"cls_token": "class_token",
+        r"pos_embed": "encoder.pos_embedding",
+        r"norm": "encoder.ln",
+        BLOCK: LAYER,
+        BLOCK + r"\.norm1": LAYER + ".ln_1",
+        BLOCK + r"\.attn": LAYER + ".self_attention",
+        BLOCK + r"\.norm2": LAYER + ".ln_2",
+        BLOCK + r"\.mlp": LAYER + ".mlp",
+    }
+    stem_classes = {torchvision.models.VisionTransformer: TorchvisionStemViT}
+
+    def create(self, name, kwargs, pretrained=False, weights=None, checkpoint=None):
+        """Build `name` (untrained, enum weights, or a local file)."""
+        _check_name_and_weights(name, weights)
         try:
             net = torchvision.models.get_model(name, **kwargs)
             if weights:
@@ -93,15 +117,18 @@ def create_torchvision_model(
                 f"{torch.hub.get_dir()}/checkpoints; on a machine without internet download that file "
                 "elsewhere and pass it with model.checkpoint=/path/to/file.pth, or set model.weights=null."
             ) from None
-    if checkpoint:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise RepinvError(f"model.checkpoint={checkpoint} does not exist. Pass a safetensors or torch state-dict file for {name}.")
-        try:
-            net.load_state_dict(fit_state(net, load_state_file(path)))
-        except RuntimeError as err:
-            raise RepinvError(
-                f"model.checkpoint={checkpoint} does not fit torchvision's {name} with kwargs {kwargs}: "
-                f"{str(err).splitlines()[0]} ... Pass a state dict saved from the same architecture."
-            ) from None
-    return net, bool(weights or checkpoint)
+        if checkpoint:
+            _load_checkpoint(net, name, checkpoint, kwargs)
+        return net, bool(weights or checkpoint)
+
+    def hidden_layers(self, net):
+        """Encoder blocks (after a stem surgery's `stem`), a ResNet's stem and stages, or `features`' children."""
+        names = dict(net.named_modules())
+        if "encoder.layers" in names:
+            stem = ["stem"] if "stem" in names else []
+            return stem + [f"encoder.layers.{n}" for n, _ in names["encoder.layers"].named_children()]
+        if all(f"layer{i}" in names for i in range(1, 5)):
+            return ["relu", "layer1", "layer2", "layer3", "layer4"]
+        if "features" in names:
+            return [f"features.{n}" for n, _ in names["features"].named_children()]
+        return []

@@ -1,0 +1,111 @@
+"""What a model library gives repinv, behind one interface, and the registry of those libraries.
+
+A `ModelSource` builds a model by name (untrained and seeded, trained, or from a weights file)
+and answers what the rest of repinv asks of a built net: the module paths that integer layer
+indices mean, the input normalisation its weights expect, its input convolution, the class a
+ViT of its own becomes under the Stem surgery, and how source-neutral module names (`patch_embed`,
+`blocks.0.norm1`, ...: timm's names) are spelled in its models. `create_model` marks each net
+with its source's name, so taps and surgery find the source from the net alone (`for_net`).
+A new library is one subclass registered with `@register("name")`; `model.source=name` picks it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from torch import nn
+
+from repinv.errors import RepinvError, suggest
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SOURCE_ATTR = "repinv_source"  # set on every net create_model builds: the name of its source
+
+
+class ModelSource:
+    """A model library. Subclasses implement `create` and override what differs from these defaults."""
+
+    name = "generic"
+    package: str | None = None  # nets whose class (or a base class) comes from this package belong here
+    neutral_names: dict[str, str] = {}  # regex on a neutral name (full match) -> this source's spelling
+    stem_classes: dict[type, type] = {}  # a ViT class -> its subclass that runs a stem first
+
+    def create(self, name: str, kwargs: dict[str, Any], pretrained: bool = False, weights: str | None = None,
+               checkpoint: str | None = None) -> tuple[nn.Module, bool]:
+        """Build model `name` with `kwargs` (seeded by the caller); returns the net and whether it holds trained weights."""
+        raise NotImplementedError
+
+    def hidden_layers(self, net: nn.Module) -> list[str]:
+        """Module paths that integer layer indices refer to, in order (empty: module paths only)."""
+        return []
+
+    def normalisation(self, net: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and std per channel the model's inputs are normalised with."""
+        return IMAGENET_MEAN, IMAGENET_STD
+
+    def input_conv(self, net: nn.Module) -> tuple[str, nn.Conv2d] | None:
+        """The first convolution that takes the 3-channel image, in module order, with its path; None if there is none.
+
+        ViTs' patch embedding (patch_embed.proj, conv_proj), a ResNet's conv1, a Mixer's stem.proj,
+        and a stem surgery's stem.conv1, which is listed first because it runs first.
+        """
+        for path, module in net.named_modules():
+            if isinstance(module, nn.Conv2d) and module.in_channels == 3 and module.groups == 1:
+                return path, module
+        return None
+
+    def owns(self, net: nn.Module) -> bool:
+        """Whether `net` is one of this library's models (for nets built outside `create_model`)."""
+        return self.package is not None and any(c.__module__.startswith(self.package) for c in type(net).__mro__)
+
+    def translate(self, name: str) -> str:
+        """A neutral module name (or shell pattern) in this source's spelling; unchanged where no rule matches."""
+        for pattern, spelled in self.neutral_names.items():
+            match = re.fullmatch(pattern, name)
+            if match:
+                return match.expand(spelled)
+        return name
+
+    def module_name(self, net: nn.Module, name: str) -> str:
+        """`name` as a path in `net`: itself if `net` has it, else its spelling in this source if `net` has that."""
+        known = {n for n, _ in net.named_modules()} | {n for n, _ in net.named_parameters()} | {n for n, _ in net.named_buffers()}
+        spelled = self.translate(name)
+        return spelled if name not in known and spelled in known else name
+
+
+_SOURCES: dict[str, ModelSource] = {}
+GENERIC = ModelSource()
+
+
+def register(name: str):
+    """Class decorator: make a ModelSource subclass available as `model.source=name`."""
+
+    def add(cls: type[ModelSource]) -> type[ModelSource]:
+        cls.name = name
+        _SOURCES[name] = cls()
+        return cls
+
+    return add
+
+
+def known_sources() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def get_source(name: str) -> ModelSource:
+    """The registered source `name`, or a RepinvError naming the known ones."""
+    if name not in _SOURCES:
+        raise RepinvError(
+            f"model.source={name} is not a model source.{suggest(name, _SOURCES)} The known sources are "
+            f"{', '.join(known_sources())}; a new one is a repinv.models.sources.ModelSource subclass "
+            "registered with @repinv.models.sources.register('name') before the model is built."
+        )
+    return _SOURCES[name]
+
+
+def for_net(net: nn.Module) -> ModelSource:
+    """The source `net` was built by: its mark from create_model, else the library its class comes from, else GENERIC."""
+    marked = getattr(net, SOURCE_ATTR, None)
+    if marked in _SOURCES:
+        return _SOURCES[marked]
+    return next((s for s in _SOURCES.values() if s.owns(net)), GENERIC)

@@ -1,0 +1,138 @@
+"""timm as a model source: any name from timm.list_models(), untrained, hub-trained or from a file.
+
+Trained weights go through timm's own pretrained machinery (hub or local cache); a checkpoint
+file goes through the same machinery (`pretrained_cfg_overlay`), so timm's filtering and head
+resizing apply as usual. timm's module names are the source-neutral ones; a Mixer's `stem`
+answers to `patch_embed` too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models._features import feature_take_indices
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from repinv.errors import RepinvError, suggest
+from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource, register
+
+
+class TimmStemViT(VisionTransformer):
+    """timm's ViT with `stem` first; forward_intermediates index 0 is the stem's output."""
+
+    def forward_features(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return super().forward_features(self.stem(x), **kwargs)
+
+    def forward_intermediates(self, x, indices=None, *, intermediates_only: bool = False, **kwargs):
+        take, _ = feature_take_indices(len(self.blocks) + 1, indices)
+        x = self.stem(x)
+        blocks = [i - 1 for i in take if i > 0]
+        if not blocks and intermediates_only:
+            return [x]
+        out = super().forward_intermediates(x, indices=blocks or [len(self.blocks) - 1], intermediates_only=intermediates_only, **kwargs)
+        final, inner = (None, out) if intermediates_only else out
+        inner = ([x] if 0 in take else []) + (inner if blocks else [])
+        return inner if intermediates_only else (final, inner)
+
+
+def _unknown_model(name: str) -> RepinvError:
+    return RepinvError(
+        f"model.name={name} is not a timm architecture.{suggest(name, timm.list_models())} "
+        "Pick one of the model configs (model=vit_b_32, resnet50, mixer_b16, ...) or any name "
+        "from timm.list_models()."
+    )
+
+
+def _weights_missing(name: str, checkpoint: str | None, err: Exception) -> RepinvError:
+    cfg = timm.models.get_pretrained_cfg(name)
+    where = ""
+    if cfg is not None and cfg.hf_hub_id:
+        where = f" timm looks for hub repo '{cfg.hf_hub_id}' (file model.safetensors or pytorch_model.bin)."
+    if checkpoint and "size mismatch" in str(err):
+        return RepinvError(
+            f"model.checkpoint={checkpoint} does not fit model.name={name} as configured: "
+            f"{str(err).splitlines()[0]} {' '.join(l.strip() for l in str(err).splitlines()[1:3])} "
+            "Pass weights saved from the same architecture with the same timm kwargs (patch size, width, depth)."
+        )
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    return RepinvError(
+        f"trained weights for model.name={name} could not be loaded"
+        f"{' (HF_HUB_OFFLINE is set and nothing is cached)' if offline else ''}: "
+        f"{type(err).__name__}: {str(err).splitlines()[0].rstrip('.') if str(err) else ''}.{where} "
+        "Download the weights file on a machine with internet and pass it with "
+        "model.checkpoint=/path/to/model.safetensors, or run with model.pretrained=false "
+        "for an untrained model."
+    )
+
+
+def build(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """timm.create_model; where the entry point fixes a size that `kwargs` sets, timm's builder on its class.
+
+    Some entry points pass their own sizes next to the caller's kwargs (mixer_b16_224's patch size,
+    depth and width), which Python refuses as a duplicate keyword. Then the model is built by
+    `timm.models.build_model_with_cfg` from the entry point's model class and pretrained config
+    with `kwargs` as the whole architecture (the class's defaults fill the rest): a patch-8 Mixer
+    B gives patch_size, num_blocks and embed_dim.
+    """
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError:
+        with torch.device("meta"):
+            cls = type(timm.create_model(name))
+    return timm.models.build_model_with_cfg(
+        cls, name, pretrained, pretrained_filter_fn=getattr(sys.modules[cls.__module__], "checkpoint_filter_fn", None), **kwargs
+    )
+
+
+@register("timm")
+class TimmSource(ModelSource):
+    """Models from timm: layer indices follow `forward_intermediates` (the model's feature_info)."""
+
+    package = "timm."
+    neutral_names = {r"patch_embed": "stem", r"patch_embed\.proj": "stem.proj"}  # a Mixer's patch embedding
+    stem_classes = {VisionTransformer: TimmStemViT}
+
+    def create(self, name, kwargs, pretrained=False, weights=None, checkpoint=None):
+        if name not in timm.list_models() and not timm.is_model(name):
+            raise _unknown_model(name)
+        kwargs = dict(kwargs)
+        if checkpoint:
+            path = Path(checkpoint).expanduser()
+            if not path.is_file():
+                raise RepinvError(
+                    f"model.checkpoint={checkpoint} does not exist. Pass the path of a safetensors "
+                    f"or torch state-dict file holding weights for {name}, or leave model.checkpoint=null."
+                )
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path.resolve())}
+        use_weights = bool(pretrained or checkpoint)
+        try:
+            return build(name, use_weights, kwargs), use_weights
+        except TypeError as err:
+            raise RepinvError(
+                f"model.kwargs={kwargs} do not fit {name}: {err}. Use keyword arguments that "
+                f"timm's {name} constructor takes (depth, embed_dim, num_heads, img_size, patch_size, ...)."
+            ) from None
+        except (RuntimeError, OSError, ValueError, ImportError) as err:
+            if use_weights:
+                raise _weights_missing(name, checkpoint, err) from None
+            raise
+
+    def hidden_layers(self, net):
+        """The feature_info order (what forward_intermediates numbers), else the blocks."""
+        info = getattr(net, "feature_info", None)
+        if isinstance(info, list) and info and hasattr(net, "forward_intermediates"):
+            return [str(f.get("module", f"#{i}")) for i, f in enumerate(info)]
+        blocks = getattr(net, "blocks", None) or getattr(net, "layers", None)
+        if isinstance(blocks, nn.Sequential) and hasattr(net, "forward_intermediates"):
+            return [f"blocks.{i}" for i in range(len(blocks))]
+        return []
+
+    def normalisation(self, net):
+        cfg = getattr(net, "pretrained_cfg", {}) or {}
+        return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))

@@ -1,0 +1,108 @@
+"""Model sources: a registry by name, source-neutral module names, and a new source added by config alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from conftest import compose_cfg
+from repinv.errors import RepinvError
+from repinv.figures import input_conv
+from repinv.models import create_model
+from repinv.models.packed import PackedLinear
+from repinv.models.patchify import PatchConv2d
+from repinv.models.sources import GENERIC, ModelSource, for_net, get_source, register
+from repinv.models.surgery import Remove
+from repinv.taps import hidden_layer_names, resolve_layers
+
+
+class TinyNet(nn.Module):
+    """A patch convolution and a two-layer MLP over its tokens."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 4, stride=4)
+        self.body = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 5))
+
+    def forward(self, x):
+        return self.body(self.conv(x).flatten(2).transpose(1, 2))
+
+
+@register("tiny_custom")
+class TinySource(ModelSource):
+    """A source of one model, `tinynet`, whose patch convolution answers to the neutral `patch_embed`."""
+
+    neutral_names = {r"patch_embed": "conv"}
+
+    def create(self, name, kwargs, pretrained=False, weights=None, checkpoint=None):
+        if name != "tinynet":
+            raise RepinvError(f"model.name={name} is not tinynet")
+        return TinyNet(**kwargs), False
+
+    def hidden_layers(self, net):
+        return ["conv", "body.0", "body.2"]
+
+    def normalisation(self, net):
+        return (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def tiny_config(**changes):
+    return OmegaConf.create({"_target_": "repinv.models.create_model", "source": "tiny_custom", "name": "tinynet",
+                             "input_size": 16, "seed": 3, "kwargs": {"width": 6}, **changes})
+
+
+def test_a_source_registered_here_builds_through_create_model_from_config_alone():
+    model = instantiate(tiny_config())
+    again, other = instantiate(tiny_config()), instantiate(tiny_config(seed=4))
+    assert model.source is get_source("tiny_custom") and model.net.repinv_source == "tiny_custom"
+    assert (model.mean, model.std, model.input_size, model.trained) == ((0.5,) * 3, (0.25,) * 3, (16, 16), False)
+    assert torch.equal(model.net.conv.weight, again.net.conv.weight), "untrained weights follow the seed"
+    assert not torch.equal(model.net.conv.weight, other.net.conv.weight)
+    assert type(model.net.conv) is PatchConv2d and type(model.net.body[0]) is PackedLinear
+    taps = resolve_layers(model.net, ["patch_embed", 1, -1])
+    assert [(t.label, t.module) for t in taps] == [("patch_embed", "conv"), ("L1", "body.0"), ("L2", "body.2")]
+    x = torch.rand(2, 3, 16, 16)
+    assert taps[0](model.net, x).shape == (2, 6, 4, 4) and taps[2](model.net, x).shape == (2, 16, 5)
+    assert input_conv(model.net)[0] == "conv"
+
+
+def test_unknown_source_is_one_paragraph_naming_the_known_ones():
+    with pytest.raises(RepinvError) as err:
+        create_model("vit_base_patch32_224", source="timmm")
+    text = str(err.value)
+    assert "model.source=timmm is not a model source" in text and "Did you mean 'timm'" in text
+    assert "timm, tiny_custom, torchvision" in text and "\n" not in text
+
+
+@pytest.mark.parametrize("config,patch_module,block0", [
+    ("vit_tiny", "patch_embed", "blocks.0"),
+    ("tv_vit_tiny", "conv_proj", "encoder.layers.encoder_layer_0"),
+])
+def test_neutral_layer_names_reach_the_same_parts_in_timm_and_torchvision(config, patch_module, block0, tmp_path):
+    cfg = compose_cfg([f"model={config}", "layers=[patch_embed,0,blocks.0.norm1]"], tmp_path)
+    net = instantiate(cfg.model).net
+    taps = resolve_layers(net, cfg.layers)
+    assert [t.label for t in taps] == ["patch_embed", "L0", "blocks.0.norm1"]
+    assert [t.module for t in taps[:2]] == [patch_module, block0]
+    assert input_conv(net)[0].startswith(patch_module), "patch_embed is the module holding the image's convolution"
+    norm = net.get_submodule(taps[2].module)
+    assert isinstance(norm, nn.LayerNorm) and taps[2].module.startswith(block0 + ".")
+    x = torch.rand(1, 3, 64, 64)
+    assert taps[0](net, x).numel() == net.get_submodule(input_conv(net)[0])(x).numel()
+
+
+def test_remove_pattern_in_neutral_names_matches_torchvision_spelling(tmp_path):
+    model = instantiate(compose_cfg(["model=tv_vit_tiny"], tmp_path).model)
+    Remove("blocks.*.norm1")(model)
+    layers = list(model.net.encoder.layers)
+    assert layers and all(isinstance(layer.ln_1, nn.Identity) and isinstance(layer.ln_2, nn.LayerNorm) for layer in layers)
+
+
+def test_nets_built_outside_create_model_find_their_source_by_class():
+    tv = torchvision.models.get_model("resnet18")
+    assert for_net(tv) is get_source("torchvision") and hidden_layer_names(tv) == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert for_net(nn.Sequential(nn.Linear(2, 2))) is GENERIC
