@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import timm
 import torch
@@ -16,12 +18,14 @@ def vit():
     return timm.create_model("vit_base_patch32_224", img_size=64, patch_size=16, depth=3, embed_dim=32, num_heads=2).eval()
 
 
-def test_index_tap_matches_full_forward_intermediates(vit):
+def test_index_and_module_path_are_the_same_tap_with_the_class_token(vit):
     x = torch.randn(2, 3, 64, 64)
-    [tap] = resolve_layers(vit, [1])
-    full = vit.forward_intermediates(x, indices=[1], intermediates_only=True)[0]
-    assert tap.label == "L1" and tap.module == "blocks.1"
-    assert torch.allclose(tap(vit, x), full)
+    [index], [path] = resolve_layers(vit, [1]), resolve_layers(vit, ["blocks.1"])
+    assert index.label == "L1" and index.module == path.module == "blocks.1"
+    full = vit.blocks[1](vit.blocks[0](vit._pos_embed(vit.patch_embed(x))))  # 16 patch tokens and the class token
+    assert full.shape == (2, 17, 32)
+    assert torch.equal(index(vit, x), path(vit, x))
+    assert torch.allclose(index(vit, x), full, atol=1e-6)
 
 
 def test_module_tap_returns_module_output_and_stops_early(vit):
@@ -70,7 +74,7 @@ def test_shared_pass_gives_each_layer_its_own_output_and_gradient(name, layers):
     net = _tiny(name)
     taps = resolve_layers(net, layers)
     x = torch.rand(2, 3, 64, 64)
-    shared = SharedPass.build(net, taps, x, [t(net, x) for t in taps])
+    shared = SharedPass.build(net, taps, x)
     assert shared is not None
     batch = torch.rand(len(taps) * 2, 3, 64, 64, requires_grad=True)
     groups = batch.split(2)
@@ -89,7 +93,7 @@ def test_shared_pass_runs_each_block_on_the_rows_that_still_need_it():
     net = _tiny("vit")
     taps = resolve_layers(net, [0, 1, 2])
     x = torch.rand(1, 3, 64, 64)
-    shared = SharedPass.build(net, taps, x, [t(net, x) for t in taps])
+    shared = SharedPass.build(net, taps, x)
     seen = []
     handles = [b.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[0])) for b in net.blocks]
     shared(net, torch.rand(3, 3, 64, 64), [1, 1, 1])
@@ -103,7 +107,7 @@ def test_a_tap_inside_a_residual_block_is_not_shared():
     net = _tiny("vit")
     taps = resolve_layers(net, ["blocks.0.norm1", 1])
     x = torch.rand(1, 3, 64, 64)
-    assert SharedPass.build(net, taps, x, [t(net, x) for t in taps]) is None
+    assert SharedPass.build(net, taps, x) is None
 
 
 def test_stack_false_runs_one_pass_per_layer():
@@ -119,3 +123,34 @@ def test_stack_false_runs_one_pass_per_layer():
     x = torch.rand(2, 3, 64, 64)
     (a, sa), (b, sb) = stacked(net, x), separate(net, x)
     assert torch.allclose(a, b, rtol=1e-4) and torch.allclose(sa["output_l2"], sb["output_l2"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("slow,expect_shared", [("shared", False), ("single", True)])
+def test_stack_auto_keeps_the_faster_way(monkeypatch, slow, expect_shared):
+    """objective.stack=auto times a step each way on the run's own view and keeps the faster one."""
+    from repinv.images import TargetImage
+    from repinv.objectives import LayerInversion
+    from repinv.taps import LayerTap
+
+    net, image = _tiny("vit"), [TargetImage(name="a", pixels=torch.rand(3, 64, 64))]
+    auto = LayerInversion([0, 2])
+    auto.setup(net, lambda x: x, image, 0)
+    shared = auto.shared
+    slowed = SharedPass if slow == "shared" else LayerTap
+    real = slowed.__call__
+    monkeypatch.setattr(slowed, "__call__", lambda self, *a: time.sleep(0.3) or real(self, *a))
+    auto.tune(net, torch.rand(2, 3, 64, 64))
+    assert auto.stacked is expect_shared
+    assert auto.shared is (shared if expect_shared else None)
+
+
+def test_a_resumed_run_keeps_the_stack_choice_of_its_checkpoint():
+    from repinv.images import TargetImage
+    from repinv.objectives import LayerInversion
+
+    net, image = _tiny("vit"), [TargetImage(name="a", pixels=torch.rand(3, 64, 64))]
+    resumed = LayerInversion([0, 2])
+    resumed.setup(net, lambda x: x, image, 0)
+    resumed.load_state_dict({"_extra_state": {"stacked": False}}, strict=False)
+    resumed.tune(net, torch.rand(2, 3, 64, 64))
+    assert resumed.stacked is False and resumed.shared is None

@@ -93,6 +93,8 @@ class ImageOptimization(pl.LightningModule):
         self.__dict__["stepper"] = stepper  # not a submodule: not in checkpoints, not synced by DDP
         if self.compile:
             compile_forward(stepper.net, graphs=4 * len(self.records) + 8)
+        with self.trainer.precision_plugin.forward_context(), stepper.context():
+            self.objective.tune(stepper.net, self.normalize(self.view()))
 
     @property
     def step_net(self) -> nn.Module:

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from repinv.models.packed import native_bf16
+from repinv.models.sources import for_net
 
 BF16_EMULATED = (
     "precision=bf16 on a CPU without native bfloat16 (neither AVX512-BF16 nor AMX): its bf16 matmuls "
@@ -68,16 +69,16 @@ def unfuse_attention(net: nn.Module) -> None:
 
 
 def compile_forward(net: nn.Module, graphs: int) -> None:
-    """torch.compile a network's `forward_intermediates` (what a single index tap calls).
+    """torch.compile the forward of each of the network's hidden layers (its blocks or stages).
 
-    Each layer (and autocast state) is its own graph: the recompile limit is raised to at
-    least `graphs`. Module-path taps and the shared pass of several layers stay eager: their
-    forward ends by raising from a hook.
+    Taps hook those modules and end the pass from the hook; a hook runs outside the module's
+    `forward`, so compiling the forwards keeps the early stop. Each layer (and autocast state) is
+    its own graph: the recompile limit is raised to at least `graphs`.
     """
-    if not hasattr(net, "forward_intermediates"):
-        return
     import torch._dynamo
 
     cfg = torch._dynamo.config
     cfg.recompile_limit = max(cfg.recompile_limit, graphs)
-    net.forward_intermediates = torch.compile(net.forward_intermediates)
+    for name in for_net(net).hidden_layers(net):
+        module = net.get_submodule(name)
+        module.forward = torch.compile(module.forward)

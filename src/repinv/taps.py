@@ -3,9 +3,11 @@
 A layer is an int (an index into the model's hidden layers as its model source numbers them,
 for timm `forward_intermediates`; negative counts from the end) or a module path
 (`patch_embed`, `blocks.0.norm1`, `stem.conv`, ...; source-neutral names such as `patch_embed`
-or `blocks.0` resolve to the model's own spelling, e.g. torchvision's `conv_proj`). Index taps use
-`forward_intermediates(..., stop_early=True)`; module taps hook the named module and
-stop the forward pass as soon as it has run.
+or `blocks.0` resolve to the model's own spelling, e.g. torchvision's `conv_proj`). Either way
+the tap is the named module's whole output, read by a hook that stops the forward pass as soon
+as the module has run: `layers=5` and `layers=blocks.5` are the same objective, and a ViT
+block's output keeps its class token, as the study matched it (timm's `forward_intermediates`
+would drop the prefix tokens and reshape the rest to a feature map).
 """
 
 from __future__ import annotations
@@ -47,17 +49,13 @@ def hidden_layer_names(net: nn.Module) -> list[str]:
 
 @dataclass(frozen=True)
 class LayerTap:
-    """One resolved layer: `label` for files and logs, `index` or `module` to reach it."""
+    """One resolved layer: `label` for files and logs, `module` (its path in the net) to reach it."""
 
     label: str
-    index: int | None = None
-    module: str | None = None
+    module: str
 
     def __call__(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Run `net` on `x` up to this layer and return that layer's output."""
-        if self.index is not None and hasattr(net, "forward_intermediates"):
-            out = net.forward_intermediates(x, indices=[self.index], stop_early=True, intermediates_only=True)
-            return out[0]
         return forward_until(net, x, {self.module: lambda _m, _i, out: _first_tensor(out)})[self.module]
 
 
@@ -124,7 +122,7 @@ def resolve_layer(net: nn.Module, spec: int | str) -> LayerTap:
         if not names or not -len(names) <= spec < len(names):
             raise _invalid(spec, net)
         index = spec % len(names)
-        return LayerTap(label=layer_label(index), index=index, module=names[index])
+        return LayerTap(label=layer_label(index), module=names[index])
     if not isinstance(spec, str) or not spec:
         raise _invalid(spec, net)
     module = for_net(net).module_name(net, spec)
@@ -148,27 +146,6 @@ def resolve_layers(net: nn.Module, specs) -> list[LayerTap]:
     return taps
 
 
-def _layout(module_out: torch.Tensor, tap_out: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """How a tap's own output is read from its module's output, if it holds the same numbers.
-
-    Identity (module taps, ResNet stages) or tokens to a feature map: timm's
-    `forward_intermediates` drops a ViT's prefix tokens and reshapes the rest to NCHW.
-    None when neither reproduces the tap's output.
-    """
-    m, a = module_out, tap_out
-    candidates: list[Callable[[torch.Tensor], torch.Tensor]] = [lambda t: t]
-    if m.dim() == 3 and a.dim() == 4 and m.shape[2] == a.shape[1] and m.shape[1] >= a.shape[2] * a.shape[3]:
-        p, (h, w) = m.shape[1] - a.shape[2] * a.shape[3], a.shape[2:]
-        candidates.append(lambda t: t[:, p:].unflatten(1, (h, w)).permute(0, 3, 1, 2))
-    if m.dim() == 4 and a.dim() == 4:
-        candidates.append(lambda t: t.permute(0, 3, 1, 2))
-    for f in candidates:
-        out = f(m)
-        if out.shape == a.shape and _close(out, a):
-            return f
-    return None
-
-
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal up to the rounding that a different batch size gives a matmul."""
     a, b = a.float(), b.float()
@@ -185,24 +162,18 @@ class SharedPass:
     shows it gives what each tap's own forward gives; otherwise taps run one by one.
     """
 
-    def __init__(self, modules: list[str], layouts: list[Callable], order: list[int]):
-        self.modules, self.layouts, self.order = modules, layouts, order
+    def __init__(self, modules: list[str], order: list[int]):
+        self.modules, self.order = modules, order
 
     @classmethod
     @torch.no_grad()
-    def build(cls, net: nn.Module, taps: list[LayerTap], x: torch.Tensor, targets: list[torch.Tensor]) -> SharedPass | None:
-        """Check the pass on `x` (one row per image) against each tap's `targets`; None where it does not hold."""
-        if len(taps) < 2 or any(t.module is None for t in taps):
+    def build(cls, net: nn.Module, taps: list[LayerTap], x: torch.Tensor) -> SharedPass | None:
+        """Check the pass on variations of `x` (one row per image) against each tap's own forward; None where it does not hold."""
+        if len(taps) < 2:
             return None
         try:
-            layouts = []
-            for tap, target in zip(taps, targets):
-                f = _layout(LayerTap(tap.label, module=tap.module)(net, x), target)
-                if f is None:
-                    return None
-                layouts.append(f)
             order = cls._forward_order(net, [t.module for t in taps], x[:1])
-            shared = cls([t.module for t in taps], layouts, order)
+            shared = cls([t.module for t in taps], order)
             gen = torch.Generator().manual_seed(0)
             inputs = [x + 0.1 * g * torch.randn(x.shape, generator=gen).to(x) for g in range(len(taps))]
             expected = [tap(net, xg) for tap, xg in zip(taps, inputs)]
@@ -234,7 +205,7 @@ class SharedPass:
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(f"module {name} returns {type(out).__name__}, not a tensor to split by rows")
                 for g in exits[name]:
-                    outs[g], out = self.layouts[g](out[: counts[g]]), out[counts[g] :]
+                    outs[g], out = out[: counts[g]], out[counts[g] :]
                 raise _Passing(None, out)
             return hook
 

@@ -57,6 +57,12 @@ class Objective(nn.Module):
     def check(self, net: nn.Module, input_size: tuple[int, int]) -> None:
         """After `setup`, before the first step: checks that need the input size (raise RepinvError)."""
 
+    def tune(self, net: nn.Module, x: torch.Tensor) -> None:
+        """Choices that depend on the device, precision and CPU at hand, made once before the first step.
+
+        `net` is the network the steps run through, `x` this process's normalised first view.
+        """
+
     def init_seeds(self, seed: int) -> list[int]:
         """One noise seed per target, from the seed and the target's record."""
         return [target_seed(seed, *r.values()) for r in self.records]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,10 @@ from repinv.errors import RepinvError
 from repinv.objectives.base import Objective, target_seed
 from repinv.taps import LayerTap, SharedPass, layer_label, resolve_layers
 
+log = logging.getLogger(__name__)
+
 LOSSES = ("l1", "mse", "cosine")
+STACK = ("auto", True, False)
 
 
 def distance(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -26,6 +31,14 @@ def distance(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
     raise RepinvError(f"objective.loss={kind} is not a layer loss. Use one of {', '.join(LOSSES)}.")
 
 
+def _seconds(step: Callable[[], None]) -> float:
+    """Wall time of `step()` after one warm-up call (the first call packs weights and warms caches)."""
+    step()
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
 class LayerInversion(Objective):
     """Match a layer's output for a target photograph: one target per (layer, image), layer-major.
 
@@ -37,7 +50,7 @@ class LayerInversion(Objective):
     needs_images = True
     score_metric = "output_l2"
 
-    def __init__(self, layers, loss: str = "l1", scale: float = 0.15, noise_std: float = 1 / 18, stack: bool = True):
+    def __init__(self, layers, loss: str = "l1", scale: float = 0.15, noise_std: float = 1 / 18, stack: bool | str = "auto"):
         super().__init__()
         if loss not in LOSSES:
             raise RepinvError(f"objective.loss={loss} is not a layer loss. Use one of {', '.join(LOSSES)}.")
@@ -45,7 +58,11 @@ class LayerInversion(Objective):
         self.loss = loss
         self.scale = float(scale)
         self.noise_std = float(noise_std)
-        self.stack = bool(stack)  # several layers in one shared pass (SharedPass) where it checks out
+        if stack not in STACK:
+            raise RepinvError(f"objective.stack={stack} is not a choice; use auto (the faster of the shared pass and one "
+                              "pass per layer, timed on the run's own first step), true (shared) or false (one pass per layer).")
+        self.stack = stack
+        self.stacked: bool | None = None  # what `tune` chose (kept in checkpoints, so a resumed run keeps it)
         self.taps: list[LayerTap] = []
         self.shared: SharedPass | None = None
         self._rows = None
@@ -64,7 +81,7 @@ class LayerInversion(Objective):
             self.register_buffer(f"target_{g}", targets[-1], persistent=False)
             baseline.append((tap(net, prep(shifted)).float() - targets[-1]).flatten(1).norm(dim=1))
         self.register_buffer("noise_shift_l2", torch.cat(baseline), persistent=False)
-        self.shared = SharedPass.build(net, self.taps, prep(pixels), targets) if self.stack else None
+        self.shared = SharedPass.build(net, self.taps, prep(pixels)) if self.stack else None
         self.reference = pixels.repeat(len(self.taps), 1, 1, 1)
         self.group = len(images)
         self.index = torch.arange(len(self.taps) * len(images))
@@ -79,6 +96,32 @@ class LayerInversion(Objective):
         self.index = torch.as_tensor(index)
         self._rows = None
         self.noise_shift_l2 = self.noise_shift_l2[self.index]
+
+    def tune(self, net, x):
+        """With `stack=auto`, keep the shared pass only if a step through it is faster than one pass per layer.
+
+        Which is faster depends on the CPU (its caches, its matmul kernels) and the batch: the shared
+        pass runs fewer, larger batches. Timed on this run's own first view, forward and input
+        gradient, after one warm-up step each. A resumed run keeps the choice its checkpoint holds.
+        """
+        if self.stack != "auto" or self.shared is None:
+            return
+        shared = self.shared
+        if self.stacked is None:
+            seconds = {}
+            for stacked in (True, False):
+                self.shared, self._rows = (shared if stacked else None), None
+                seconds[stacked] = _seconds(lambda: self(net, x.detach().requires_grad_())[0].sum().backward())
+            self.stacked = seconds[True] <= seconds[False]
+            log.info("objective.stack=auto: a step takes %.3f s through the shared pass and %.3f s one layer at a "
+                     "time; using %s", seconds[True], seconds[False], "the shared pass" if self.stacked else "one pass per layer")
+        self.shared, self._rows = (shared if self.stacked else None), None
+
+    def get_extra_state(self):
+        return {"stacked": self.stacked}
+
+    def set_extra_state(self, state):
+        self.stacked = state.get("stacked")
 
     def _plan(self):
         """Derived once per set of targets: rows of each layer in this process's batch, their target
