@@ -154,3 +154,17 @@ def test_a_resumed_run_keeps_the_stack_choice_of_its_checkpoint():
     resumed.load_state_dict({"_extra_state": {"stacked": False}}, strict=False)
     resumed.tune(net, torch.rand(2, 3, 64, 64))
     assert resumed.stacked is False and resumed.shared is None
+
+
+def test_an_index_and_its_module_path_give_the_same_loss():
+    """layers=1 and layers=blocks.1 are the same objective on the same image."""
+    from repinv.images import TargetImage
+    from repinv.objectives import LayerInversion
+
+    net, image = _tiny("vit"), [TargetImage(name="a", pixels=torch.rand(3, 64, 64))]
+    by_index, by_path = LayerInversion([1]), LayerInversion(["blocks.1"])
+    for objective in (by_index, by_path):
+        objective.setup(net, lambda x: x, image, 0)
+    x = torch.rand(1, 3, 64, 64)
+    (a, sa), (b, sb) = by_index(net, x), by_path(net, x)
+    assert torch.equal(a, b) and torch.equal(sa["noise_shift_l2"], sb["noise_shift_l2"])
