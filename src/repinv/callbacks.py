@@ -89,7 +89,6 @@ class ResultWriter(pl.Callback):
         self.images: torch.Tensor | None = None
         self._t0: float | None = None
         self._step0 = 0
-        self.paths: dict[str, Path] = {}
 
     def on_train_start(self, trainer, pl_module):
         self._t0, self._step0 = None, trainer.global_step
@@ -118,7 +117,7 @@ class ResultWriter(pl.Callback):
             names = list(dict.fromkeys(r["image"] for r in pl_module.records))
             refs = dict(zip(names, ref[: len(names)].cpu()))
         self.images = images.cpu()
-        self.records, self.paths = write_results(self.out_dir, records, self.images, refs, self.title)
+        self.records = write_results(self.out_dir, records, self.images, refs, self.title)
         log.info("results written to %s", self.out_dir)
 
     def on_train_end(self, trainer, pl_module):

@@ -42,12 +42,11 @@ def write_results(
     images: torch.Tensor,
     references: dict[str, torch.Tensor] | None = None,
     title: str | None = None,
-) -> tuple[list[dict], dict[str, Path]]:
+) -> list[dict]:
     """Write one PNG per record, a grid (target first, then each record's column and caption), metrics.json.
 
     Each record carries its objective's `column` and `caption` (`Objective.finalize`). Returns the
-    records as written (non-finite numbers as None, each with its PNG's path) and the paths of the
-    grid and metrics file.
+    records as written (non-finite numbers as None, each with its PNG's path).
     """
     out = Path(out_dir)
     recon_dir = out / "reconstructions"
@@ -66,7 +65,6 @@ def write_results(
                 row.append((img, f"{record['column']} · {record['caption']}"))
         rows.append(row)
         labels.append(str(name) if name is not None else "")
-    paths = {"grid": titled_grid(rows, out / "grid.png", row_labels=labels, suptitle=title)}
-    paths["metrics"] = out / METRICS_FILE
-    write_json_atomic(paths["metrics"], records)
-    return records, paths
+    titled_grid(rows, out / "grid.png", row_labels=labels, suptitle=title)
+    write_json_atomic(out / METRICS_FILE, records)
+    return records
