@@ -1,0 +1,201 @@
+"""Layer diagnostics: spectra of layers whose Jacobian is known, non-uniqueness, the entry point and the script."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from torch import nn
+
+from conftest import REPO
+from repinv.cli import CONFIG_DIR
+from repinv.diagnostics.run import diagnose
+from repinv.diagnostics.nonunique import pairwise
+from repinv.diagnostics.spectrum import SpectrumSettings, spectrum
+from repinv.errors import RepinvError
+from repinv.models import LoadedModel
+
+SHAPE = (3, 4, 4)  # n = 48 inputs
+N = 48
+
+
+def _linear(a: torch.Tensor):
+    """The layer x ↦ A x on flattened images: its Jacobian is A everywhere."""
+    return lambda x: x.flatten(1) @ a.T.to(x)
+
+
+def _known(n_out: int, n_in: int, sigma: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A matrix U diag(sigma) Vᵀ with random orthogonal U, V."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(n_out, n_out, generator=gen, dtype=torch.float64)).Q[:, : len(sigma)]
+    v = torch.linalg.qr(torch.randn(n_in, n_in, generator=gen, dtype=torch.float64)).Q[:, : len(sigma)]
+    return u @ torch.diag(sigma) @ v.T
+
+
+X0 = torch.rand(1, *SHAPE)
+
+
+def test_singular_values_match_the_exact_ones():
+    a = _known(40, N, 0.9 ** torch.arange(40, dtype=torch.float64)).float()
+    exact = torch.linalg.svdvals(a.double())
+    got = spectrum(_linear(a), X0, SpectrumSettings(top_k=8, oversample=8, power_iters=3, lanczos_steps=40, small_k=3))
+    assert got["n_in"] == N and got["n_out"] == 40 and got["completeness"] == "under-complete" and got["null_dim_min"] == 8
+    torch.testing.assert_close(torch.tensor(got["sigma_top"], dtype=torch.float64), exact[:8], rtol=1e-3, atol=0)
+    # Lanczos with as many steps as the Gram matrix has dimensions finds the small end exactly
+    torch.testing.assert_close(torch.tensor(got["sigma_small"], dtype=torch.float64), exact.flip(0)[:3], rtol=1e-3, atol=0)
+    assert got["condition"] == pytest.approx(float(exact[0] / exact[-1]), rel=1e-3)
+
+
+def test_orthogonal_layer_has_flat_spectrum_and_exact_stable_rank():
+    q = _known(N, N, torch.ones(N, dtype=torch.float64), seed=1).float()
+    got = spectrum(_linear(q), X0, SpectrumSettings(top_k=N, lanczos_steps=N))
+    assert torch.allclose(torch.tensor(got["sigma_top"], dtype=torch.float64), torch.ones(N, dtype=torch.float64), rtol=1e-3)
+    assert got["stable_rank"] == pytest.approx(N, rel=1e-3)
+
+
+def test_identity_layer_is_full_rank_with_condition_one():
+    got = spectrum(lambda x: x, X0, SpectrumSettings(top_k=N, lanczos_steps=8))
+    assert got["completeness"] == "complete" and got["null_dim_min"] == 0
+    assert got["numerical_rank"] == N and not got["numerical_rank_is_lower_bound"]
+    assert got["condition"] == pytest.approx(1.0, abs=1e-4)
+    assert got["stable_rank"] == pytest.approx(N, rel=1e-4) and got["entropy_rank"] == pytest.approx(N, rel=1e-4)
+
+
+def test_projection_reports_its_null_space():
+    k = 12
+    mask = torch.zeros(N)
+    mask[torch.randperm(N, generator=torch.Generator().manual_seed(0))[:k]] = 1
+    got = spectrum(lambda x: x.flatten(1) * mask, X0, SpectrumSettings(top_k=N, lanczos_steps=N))
+    top = torch.tensor(got["sigma_top"], dtype=torch.float64)
+    assert got["numerical_rank"] == k
+    torch.testing.assert_close(top[:k], torch.ones(k, dtype=torch.float64), rtol=1e-4, atol=0)
+    assert top[k:].abs().max() < 1e-5 and got["sigma_min_found"] < 1e-5
+    assert got["stable_rank"] == pytest.approx(k, rel=1e-3)
+    keep = spectrum(lambda x: x.flatten(1)[:, :k], X0, SpectrumSettings(top_k=k, lanczos_steps=k))
+    assert keep["null_dim_min"] == N - k and keep["completeness"] == "under-complete" and keep["condition"] == pytest.approx(1, abs=1e-4)
+
+
+def test_pairwise_of_equal_and_different_images():
+    same = torch.rand(1, 3, 8, 8).repeat(3, 1, 1, 1)
+    assert pairwise(same, [True] * 3)["nonunique_input_l2"] == 0 and pairwise(same, [True] * 3)["nonunique_psnr"] == 100
+    apart = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8) * 0.1, torch.ones(3, 8, 8)])
+    got = pairwise(apart, [True, True, False])  # the inaccurate third image is left out
+    assert got["nonunique_pairs"] == 1 and got["nonunique_psnr"] == pytest.approx(20.0)
+    assert got["nonunique_input_l2"] == pytest.approx(0.1 * math.sqrt(192)) and got["nonunique_accurate"] == 2
+
+
+class Toy(nn.Module):
+    """One fixed linear `layer` on 16x16 images: an orthogonal mixing (invertible) or a coordinate projection."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        n = 3 * 16 * 16
+        gen = torch.Generator().manual_seed(0)
+        if kind == "orthogonal":
+            w = torch.linalg.qr(torch.randn(n, n, generator=gen)).Q
+        else:
+            w = torch.eye(n)[torch.randperm(n, generator=gen)[: n // 4]]
+        self.layer = nn.Linear(n, len(w), bias=False).requires_grad_(False)
+        self.layer.weight.copy_(w)
+
+    def forward(self, x):
+        return self.layer(x.flatten(1))
+
+
+def toy_model(kind: str, seed: int = 0) -> LoadedModel:
+    """A LoadedModel around `Toy`, built through a config's _target_ like any model."""
+    return LoadedModel(Toy(kind).eval(), f"toy_{kind}", "toy", (16, 16), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False)
+
+
+def _diagnose_cfg(*overrides):
+    """The diagnose config composed as `repinv-diagnose` would."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("diagnose", overrides=list(overrides))
+
+
+def _toy_records(tmp_path, kind):
+    cfg = _diagnose_cfg("layers=[layer]", "logger=none", "regularizer=none", "optimizer.lr=0.2", "steps=200", "log_every=50",
+                        "diagnostics.nonunique.seeds=3", "diagnostics.norm_ablation=[]", "diagnostics.top_k=4",
+                        "diagnostics.lanczos_steps=2", f"output_dir={tmp_path / kind}")
+    cfg.model = {"_target_": f"{__name__}.toy_model", "kind": kind, "seed": 0}
+    return diagnose(cfg)
+
+
+def test_nonuniqueness_is_zero_for_an_invertible_layer_and_large_for_a_projection(tmp_path):
+    invertible, = _toy_records(tmp_path, "orthogonal")
+    projection, = _toy_records(tmp_path, "projection")
+    assert invertible["nonunique_accurate"] == projection["nonunique_accurate"] == 3
+    assert invertible["nonunique_input_l2"] < 0.05 and invertible["nonunique_psnr"] > 45
+    # three quarters of the pixels keep their N(0.7, 0.05) starting noise: 0.05·√2·√576 apart
+    assert projection["nonunique_input_l2"] == pytest.approx(0.05 * math.sqrt(2 * 576), rel=0.15)
+    assert projection["nonunique_psnr"] < 30
+    assert projection["null_dim_min"] == 576 and invertible["null_dim_min"] == 0
+
+
+def test_bad_settings_are_one_paragraph_errors(tmp_path):
+    for override, says in [("diagnostics.top_k=0", "top_k=0 must be a whole number"),
+                           ("diagnostics.nonunique.seeds=1", "no pair to compare"),
+                           ("diagnostics.norm_ablation=[eachh]", "Did you mean 'each'")]:
+        cfg = _diagnose_cfg("model=vit_tiny", override, f"output_dir={tmp_path}")
+        with pytest.raises(RepinvError, match=says) as err:
+            diagnose(cfg)
+        assert "\n" not in str(err.value)
+
+
+FIELDS = ("model", "variant", "layer", "module", "depth", "image", "n_in", "n_out", "completeness", "null_dim_min",
+          "sigma_top", "sigma_small", "sigma_max", "sigma_min_found", "condition", "stable_rank", "numerical_rank",
+          "entropy_rank", "svd_seconds", "lanczos_seconds", "nonunique_psnr", "nonunique_input_l2", "nonunique_accurate",
+          "inversion_psnr", "inversion_seconds")
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def test_entry_point_writes_metrics_for_vit_tiny(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-c", "from repinv.diagnostics.run import main; main()", "model=vit_tiny",
+           "layers=[patch_embed,1]", "steps=5", "diagnostics.nonunique.seeds=2", "diagnostics.top_k=4",
+           "diagnostics.oversample=2", "diagnostics.power_iters=1", "diagnostics.lanczos_steps=3", f"hydra.run.dir={out}"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads((out / "metrics.json").read_text())
+    assert [(r["variant"], r["layer"]) for r in records] == [
+        ("as_configured", "patch_embed"), ("as_configured", "L1"), ("no_layernorm", "patch_embed"), ("no_layernorm", "L1")]
+    for r in records:
+        assert set(FIELDS) <= set(r), set(FIELDS) - set(r)
+        assert r["n_in"] == 3 * 64 * 64 and r["n_out"] == 64 * 4 * 4 and r["completeness"] == "under-complete"
+        assert len(r["sigma_top"]) == 4 and r["sigma_max"] >= r["sigma_top"][0] > r["sigma_min_found"] > 0
+        assert r["nonunique_k"] == 2 and r["nonunique_input_l2"] > 0
+    assert (out / "config.yaml").is_file() and list((out / "wandb").glob("offline-run-*"))
+    bad = subprocess.run([*cmd[:3], "model=vit_tiny", "diagnostics.power_iters=-1", f"hydra.run.dir={tmp_path / 'bad'}"],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "power_iters=-1 must be a whole number" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_script_smoke_writes_table_correlations_and_plot(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "diagnostics.py"), "--smoke", "--out", str(tmp_path)],
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(tmp_path / "diagnostics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == {"vit_tiny", "resnet_tiny", "mixer_tiny"}
+    assert {r["variant"] for r in rows if r["model"] == "mixer_tiny"} == {"as_configured", "no_layernorm"}
+    assert all(float(r["inversion_psnr"]) > 0 and float(r["stable_rank"]) > 0 for r in rows)
+    with open(tmp_path / "correlations.csv") as f:
+        corr = {r["diagnostic"]: r for r in csv.DictReader(f)}
+    assert {"stable_rank_fraction", "log10_condition", "nonunique_psnr"} <= set(corr)
+    for r in corr.values():
+        assert -1 <= float(r["spearman"]) <= 1 and int(r["n"]) == len(rows)
+        assert float(r["seconds"]) > 0 and float(r["inversion_seconds"]) > 0
+    assert (tmp_path / "diagnostics.png").stat().st_size > 10_000
+    assert "Spearman" in done.stdout
