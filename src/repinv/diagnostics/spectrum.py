@@ -15,9 +15,11 @@ Measures (the fields of `spectrum`):
   reorthogonalisation) on the Gram matrix of the smaller side, JJᵀ if m ≤ n else JᵀJ, after
   `lanczos_steps` steps. Ritz values lie inside the spectrum, so each is an upper bound on the
   true value of its rank; the smallest converges first and is exact once the steps reach the
-  Gram matrix's dimension (or its number of distinct eigenvalues).
+  Gram matrix's dimension (or its number of distinct eigenvalues). The Gram matrix squares the
+  spectrum, so in float32 values below about 1e-3·σmax read as ~0 or too large.
 - `sigma_max` and `sigma_min_found` (the smallest value either method found); `condition` =
-  sigma_max / sigma_min_found, the conditioning of J on the min(m, n) directions it can keep.
+  sigma_max / sigma_min_found, the conditioning of J on the min(m, n) directions it can keep
+  (a lower bound on the true one unless Lanczos converged).
 - `null_dim_min` = max(0, n − m): an under-complete layer (fewer outputs than inputs) maps at
   least that many input directions to nothing, so no image is recoverable from it whatever the
   condition; `completeness` says under-, over- or complete.
@@ -165,7 +167,8 @@ def _completeness(n: int, m: int) -> str:
 def spectrum(fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, settings: SpectrumSettings) -> dict:
     """Every spectral measure of `fn`'s Jacobian at `x0` ([1, ...]); see the module docstring."""
     gen = torch.Generator().manual_seed(settings.seed)
-    op = LayerJacobian(fn, x0, settings.probe_batch)
+    start = time.perf_counter()
+    op = LayerJacobian(fn, x0, settings.probe_batch)  # one forward pass: the dimensions
     t0 = time.perf_counter()
     top, frobenius2 = randomized_svd(op, settings.top_k, settings.oversample, settings.power_iters, gen)
     t1 = time.perf_counter()
@@ -187,5 +190,5 @@ def spectrum(fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, setti
         "numerical_rank": above,
         "numerical_rank_is_lower_bound": above == len(top) < op.gram_dim,
         "entropy_rank": math.exp(entropy),
-        "svd_seconds": t1 - t0, "lanczos_seconds": t2 - t1,
+        "forward_seconds": t0 - start, "svd_seconds": t1 - t0, "lanczos_seconds": t2 - t1,
     }
