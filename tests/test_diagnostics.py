@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
+import wandb_reader
 from conftest import REPO
 from repinv.cli import CONFIG_DIR
 from repinv.diagnostics.run import diagnose
@@ -80,6 +81,18 @@ def test_projection_reports_its_null_space():
     assert got["stable_rank"] == pytest.approx(k, rel=1e-3)
     keep = spectrum(lambda x: x.flatten(1)[:, :k], X0, SpectrumSettings(top_k=k, lanczos_steps=k))
     assert keep["null_dim_min"] == N - k and keep["completeness"] == "under-complete" and keep["condition"] == pytest.approx(1, abs=1e-4)
+
+
+def test_norm_ablation_variants_of_mixer_and_resnet():
+    from repinv.diagnostics.ablation import variants
+    from repinv.models import create_model
+
+    mixer = create_model("mixer_b16_224", input_size=32, kwargs={"img_size": 32, "num_blocks": 2, "embed_dim": 32}).net
+    names = [v.name for v in variants(mixer, ["all", "each"])]
+    assert names == ["as_configured", "no_layernorm", "no_blocks.0.norm1", "no_blocks.0.norm2", "no_blocks.1.norm1",
+                     "no_blocks.1.norm2", "no_norm"]
+    resnet = create_model("resnet18", input_size=32, kwargs={"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8]}).net
+    assert [v.name for v in variants(resnet, ["all"])] == ["as_configured"]
 
 
 def test_pairwise_of_equal_and_different_images():
@@ -183,7 +196,16 @@ def test_entry_point_writes_metrics_for_vit_tiny(tmp_path, monkeypatch, capsys):
         assert r["n_in"] == 3 * 64 * 64 and r["n_out"] == 64 * 4 * 4 and r["completeness"] == "under-complete"
         assert len(r["sigma_top"]) == 4 and r["sigma_max"] >= r["sigma_top"][0] > r["sigma_min_found"] > 0
         assert r["nonunique_k"] == 2 and r["nonunique_input_l2"] > 0
-    assert (out / "config.yaml").is_file() and list((out / "wandb").glob("offline-run-*"))
+    first, deep, first_no_ln, deep_no_ln = records
+    assert first_no_ln["sigma_top"] == pytest.approx(first["sigma_top"], rel=1e-5)  # the norms come after the patch embedding
+    assert deep_no_ln["sigma_top"] != pytest.approx(deep["sigma_top"], rel=1e-2)
+    assert (out / "config.yaml").is_file()
+    runs = wandb_reader.find_runs(out)
+    assert len(runs) == 1, "one offline W&B run in the run folder"
+    by_step = {h["_step"]: h for h in wandb_reader.history(runs[0]) if "stable_rank/no_layernorm/chelsea" in h}
+    assert sorted(by_step) == [0, 1]  # one row per layer, at its position in layers
+    for r in records:
+        assert by_step[r["depth"]][f"stable_rank/{r['variant']}/chelsea"] == pytest.approx(r["stable_rank"], rel=1e-6)
     capsys.readouterr()
     code = _diagnose_cli(monkeypatch, "model=vit_tiny", "diagnostics.power_iters=-1", f"hydra.run.dir={tmp_path / 'bad'}")
     err = capsys.readouterr().err

@@ -2,8 +2,8 @@
 
 Each ablation kind maps a built network to named variants, each a `Remove` surgery operation
 (as config, so the same variant is rebuilt for the inversions). `all`: every LayerNorm at once
-(the study's Mixer without LayerNorm); `each`: one variant per module whose path contains
-"norm", one at a time. Kinds that find nothing in a model (a ResNet has no LayerNorm) give no
+(the study's Mixer without LayerNorm); `each`: one variant per module whose own name (the last
+part of its path) contains "norm", one at a time (modules already identity are left out). Kinds that find nothing in a model (a ResNet has no LayerNorm) give no
 variant.
 """
 
