@@ -25,6 +25,7 @@ from repinv.cli import CONFIG_PATH, report
 from repinv.diagnostics.ablation import Variant, check_ablations, variants
 from repinv.diagnostics.nonunique import seed_inversions
 from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectrum
+from repinv.diagnostics.table import write_table
 from repinv.errors import RepinvError
 from repinv.images import load_images
 from repinv.models import LoadedModel
@@ -152,8 +153,6 @@ class DiagnoseSweepEnd(Callback):
     """At the end of a `repinv-diagnose -m` sweep: every job's records in one diagnostics.csv in the sweep folder."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from repinv.diagnostics.table import write_table
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         records = [dict(r, job=p.parent.name) for p in sorted(sweep_dir.glob("*/metrics.json")) for r in json.loads(p.read_text())]
         if records:
