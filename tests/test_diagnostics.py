@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import torchvision
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch import nn
@@ -61,6 +62,21 @@ def test_orthogonal_layer_has_flat_spectrum_and_exact_stable_rank():
     assert got["stable_rank"] == pytest.approx(N, rel=1e-3)
 
 
+def test_attention_layer_spectrum_matches_its_exact_jacobian():
+    """nn.MultiheadAttention (torchvision's ViT) in eval mode, frozen: its fused fast path has no forward-mode AD."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True).eval().requires_grad_(False)
+
+    def fn(x):
+        tokens = x.view(-1, 6, 8)
+        return mha(tokens, tokens, tokens, need_weights=False)[0]
+
+    x0 = torch.randn(1, 48)
+    exact = torch.linalg.svdvals(torch.autograd.functional.jacobian(lambda v: fn(v[None]).flatten(), x0[0]).double())
+    got = spectrum(fn, x0, SpectrumSettings(top_k=48, lanczos_steps=48))
+    torch.testing.assert_close(torch.tensor(got["sigma_top"], dtype=torch.float64)[:8], exact[:8], rtol=1e-3, atol=0)
+
+
 def test_identity_layer_is_full_rank_with_condition_one():
     got = spectrum(lambda x: x, X0, SpectrumSettings(top_k=N, lanczos_steps=8))
     assert got["completeness"] == "complete" and got["null_dim_min"] == 0
@@ -93,6 +109,10 @@ def test_norm_ablation_variants_of_mixer_and_resnet():
                      "no_blocks.1.norm2", "no_norm"]
     resnet = create_model("resnet18", input_size=32, kwargs={"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8]}).net
     assert [v.name for v in variants(resnet, ["all"])] == ["as_configured"]
+    assert [v.name for v in variants(resnet, ["each"])][:3] == ["as_configured", "no_bn1", "no_layer1.0.bn1"]
+    tv_vit = torchvision.models.vit_b_32(image_size=64)  # torchvision names its LayerNorms ln_1, ln_2, ln
+    names = [v.name for v in variants(tv_vit, ["each"])]
+    assert len(names) == 1 + 2 * 12 + 1 and names[1:3] == ["no_encoder.layers.encoder_layer_0.ln_1", "no_encoder.layers.encoder_layer_0.ln_2"]
 
 
 def test_pairwise_of_equal_and_different_images():

@@ -2,8 +2,9 @@
 
 Each ablation kind maps a built network to named variants, each a `Remove` surgery operation
 (as config, so the same variant is rebuilt for the inversions). `all`: every LayerNorm at once
-(the study's Mixer without LayerNorm); `each`: one variant per module whose own name (the last
-part of its path) contains "norm", one at a time (modules already identity are left out). Kinds that find nothing in a model (a ResNet has no LayerNorm) give no
+(the study's Mixer without LayerNorm); `each`: one variant per normalisation module, one at a
+time: a module whose own name (the last part of its path) contains "norm" or whose class is a
+norm (LayerNorm, BatchNorm2d, GroupNorm, ...; torchvision names its LayerNorms ln_1, ln_2). Kinds that find nothing in a model (a ResNet has no LayerNorm) give no
 variant.
 """
 
@@ -39,9 +40,13 @@ def _all_layernorms(net: nn.Module) -> list[Variant]:
     return [_remove("no_layernorm", "LayerNorm")] if has else []
 
 
+def _is_norm(path: str, module: nn.Module) -> bool:
+    named = "norm" in path.rsplit(".", 1)[-1].lower()
+    return bool(path) and not isinstance(module, nn.Identity) and (named or any("Norm" in c.__name__ for c in type(module).__mro__))
+
+
 def _each_norm(net: nn.Module) -> list[Variant]:
-    return [_remove(f"no_{path}", path) for path, m in net.named_modules()
-            if "norm" in path.rsplit(".", 1)[-1].lower() and not isinstance(m, nn.Identity)]
+    return [_remove(f"no_{path}", path) for path, m in net.named_modules() if _is_norm(path, m)]
 
 
 NORM_ABLATIONS: dict[str, Callable[[nn.Module], list[Variant]]] = {"all": _all_layernorms, "each": _each_norm}

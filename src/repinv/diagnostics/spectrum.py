@@ -56,7 +56,8 @@ class LayerJacobian:
     """The Jacobian of a row-wise function `fn` at `x0` ([1, ...]) as a linear operator on flat vectors.
 
     `matvec(V)` ([n, b] -> [m, b]) and `rmatvec(U)` ([m, b] -> [n, b]) run `probe_batch`
-    probes per pass. Attention runs SDPA's math kernel, the one with forward-mode AD on CPU.
+    probes per pass. Forward-mode AD needs attention in plain ops: SDPA's math kernel (the
+    only one with forward AD on CPU) and no fused nn.MultiheadAttention fast path (torchvision).
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, probe_batch: int = 16):
@@ -75,8 +76,13 @@ class LayerJacobian:
         return torch.cat(cols).T.to(probes.dtype)
 
     def _jv(self, v: torch.Tensor) -> torch.Tensor:
-        with sdpa_kernel([SDPBackend.MATH]):
-            _, out = torch.func.jvp(self.fn, (self._copies(len(v)),), (v.reshape(-1, *self.in_shape),))
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with sdpa_kernel([SDPBackend.MATH]):
+                _, out = torch.func.jvp(self.fn, (self._copies(len(v)),), (v.reshape(-1, *self.in_shape),))
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         return out.reshape(len(v), self.m)
 
     def _jtu(self, u: torch.Tensor) -> torch.Tensor:
