@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from repinv.cli import CONFIG_PATH, report
-from repinv.diagnostics.ablation import Variant, check_ablations, variants
+from repinv.diagnostics.ablation import AS_CONFIGURED, Variant, check_ablations, variants
 from repinv.diagnostics.nonunique import seed_inversions
 from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectrum
 from repinv.diagnostics.table import write_table
@@ -128,7 +128,7 @@ def diagnose(cfg: DictConfig) -> list[dict]:
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(cfg.seed)
     records = []
-    for variant in variants(build_variant(cfg, Variant("as_configured")).net, kinds):
+    for variant in variants(build_variant(cfg, AS_CONFIGURED).net, kinds):
         records += diagnose_variant(cfg, variant, spec, seeds, steps, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(records, indent=1))
     log_records(cfg, records)
