@@ -1,0 +1,165 @@
+"""`repinv-diagnose`: why a layer cannot be inverted, per (model variant, layer, image).
+
+A thin Hydra entry point over `diagnose(cfg)`, which builds the model as `repinv` does, and for
+every normalisation variant, layer and image measures the Jacobian's spectrum
+(`repinv.diagnostics.spectrum`) and the non-uniqueness of K seeded inversions
+(`repinv.diagnostics.nonunique`). The run folder holds config.yaml and metrics.json (one record
+per variant, layer and image); the configured loggers get every measure per layer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from repinv.cli import CONFIG_PATH, report
+from repinv.diagnostics.ablation import AS_CONFIGURED, Variant, check_ablations, variants
+from repinv.diagnostics.nonunique import seed_inversions
+from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectrum
+from repinv.diagnostics.table import write_table
+from repinv.errors import RepinvError
+from repinv.images import load_images
+from repinv.models import LoadedModel
+from repinv.models.surgery import apply_surgery
+from repinv.pipeline import build, finish_wandb, make_loggers
+from repinv.taps import resolve_layer
+
+log = logging.getLogger("repinv.diagnose")
+
+# Scalar measures sent to the loggers (lists and labels stay in metrics.json).
+SCALARS = ("sigma_max", "sigma_min_found", "condition", "stable_rank", "numerical_rank", "entropy_rank",
+           "null_fraction", "nonunique_psnr", "nonunique_input_l2", "inversion_psnr", "inversion_accurate")
+
+
+def _whole(name: str, value, low: int, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RepinvError(f"diagnostics.{name}={value} must be a whole number of at least {low}; e.g. diagnostics.{name}={example}.")
+    return value
+
+
+def settings(cfg: DictConfig) -> tuple[SpectrumSettings, int, int, list[str]]:
+    """The checked diagnostics settings: spectrum settings, seeds K, inversion steps, ablation kinds."""
+    d = cfg.get("diagnostics")
+    if d is None:
+        raise RepinvError("the config has no diagnostics node; run repinv-diagnose (config diagnose.yaml), not repinv.")
+    tol = d.get("rank_tol", 1e-3)
+    if not isinstance(tol, (int, float)) or not 0 < tol < 1:
+        raise RepinvError(f"diagnostics.rank_tol={tol} must be a number between 0 and 1; e.g. 1e-3 counts singular values above 0.001 σmax.")
+    spec = SpectrumSettings(
+        top_k=_whole("top_k", d.top_k, 1, "16"), oversample=_whole("oversample", d.oversample, 0, "8"),
+        power_iters=_whole("power_iters", d.power_iters, 0, "2"), lanczos_steps=_whole("lanczos_steps", d.lanczos_steps, 1, "24"),
+        small_k=_whole("small_k", d.small_k, 1, "4"), rank_tol=float(tol), probe_batch=_whole("probe_batch", d.probe_batch, 1, "16"),
+        seed=int(cfg.seed),
+    )
+    seeds = _whole("nonunique.seeds", d.nonunique.seeds, 0, "3")
+    if seeds == 1:
+        raise RepinvError("diagnostics.nonunique.seeds=1 gives no pair to compare; use 0 (no non-uniqueness) or at least 2, e.g. 3.")
+    steps = _whole("nonunique.steps", d.nonunique.steps, 1, "1500 (the study's recipe)")
+    return spec, seeds, steps, check_ablations(d.get("norm_ablation"))
+
+
+def build_variant(cfg: DictConfig, variant: Variant) -> LoadedModel:
+    """The configured model and surgery, plus the variant's own surgery."""
+    ops = {**(cfg.get("surgery") or {}), **(variant.surgery or {})}
+    return apply_surgery(build(cfg.model), {k: build(op) for k, op in ops.items()})
+
+
+def _layers(cfg: DictConfig) -> list:
+    layers = cfg.get("layers")
+    return list(layers) if isinstance(layers, (list, tuple)) or OmegaConf.is_list(layers) else [layers]
+
+
+def spectra(cfg: DictConfig, model: LoadedModel, spec: SpectrumSettings) -> list[dict]:
+    """The spectral measures of every layer of `cfg.layers` at every target image."""
+    images = load_images(cfg.image, model.input_size)
+    out = []
+    for depth, layer in enumerate(_layers(cfg)):
+        tap = resolve_layer(model.net, layer)
+        fn = layer_function(model, tap)
+        for im in images:
+            log.info("spectrum of %s at %s (%s)", tap.label, im.name, model.tag)
+            out.append({"layer": tap.label, "module": tap.module or tap.label, "depth": depth, "image": im.name,
+                        **spectrum(fn, im.pixels[None].float(), spec)})
+    return out
+
+
+def diagnose_variant(cfg: DictConfig, variant: Variant, spec: SpectrumSettings, seeds: int, steps: int, out_dir: Path) -> list[dict]:
+    """Spectral and non-uniqueness records of one model variant."""
+    model = build_variant(cfg, variant)
+    rows = spectra(cfg, model, spec)
+    if seeds:
+        folder = out_dir / "inversions" / variant.name
+        found = {(r["layer"], r["image"]): r for r in seed_inversions(cfg, list(range(cfg.seed, cfg.seed + seeds)), steps, folder, variant.surgery)}
+        rows = [{**r, **{k: v for k, v in found[(r["layer"], r["image"])].items() if k not in r}} for r in rows]
+    return [{"model": model.label, "trained": model.trained, "variant": variant.name, **r} for r in rows]
+
+
+def log_records(cfg: DictConfig, records: list[dict]) -> None:
+    """Every scalar measure to the configured loggers, at step = the layer's position in `layers`."""
+    label = records[0]["model"] if records else "model"
+    loggers = make_loggers(cfg, f"{label}-diagnose", [label, "diagnose"], "diagnose")
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    for depth in sorted({r["depth"] for r in records}):
+        flat = {f"{k}/{r['variant']}/{r['image']}": float(r[k]) for r in records if r["depth"] == depth for k in SCALARS if k in r}
+        for lg in loggers:
+            lg.log_metrics(flat, step=depth)
+    for lg in loggers:
+        lg.finalize("success")
+    offline = finish_wandb()
+    if offline is not None and HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN:
+        print(f"W&B offline run: upload it with `wandb sync {offline}`")
+
+
+def diagnose(cfg: DictConfig) -> list[dict]:
+    """Run every diagnostic of `cfg`; writes config.yaml and metrics.json to cfg.output_dir and returns the records."""
+    spec, seeds, steps, kinds = settings(cfg)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    torch.manual_seed(cfg.seed)
+    records = []
+    for variant in variants(build_variant(cfg, AS_CONFIGURED).net, kinds):
+        records += diagnose_variant(cfg, variant, spec, seeds, steps, out_dir)
+    (out_dir / "metrics.json").write_text(json.dumps(records, indent=1))
+    log_records(cfg, records)
+    return records
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="diagnose")
+def main(cfg: DictConfig) -> None:
+    """Diagnose one model; bad input ends with a one-paragraph error (exit 2; in a multirun, error.txt)."""
+    hc = HydraConfig.get()
+    try:
+        diagnose(cfg)
+    except RepinvError as err:
+        if cfg.get("debug"):
+            raise
+        report(err, hc.runtime.output_dir)
+        if hc.mode != RunMode.MULTIRUN:
+            sys.exit(2)
+
+
+class DiagnoseSweepEnd(Callback):
+    """At the end of a `repinv-diagnose -m` sweep: every job's records in one diagnostics.csv in the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        records = [dict(r, job=p.parent.name) for p in sorted(sweep_dir.glob("*/metrics.json")) for r in json.loads(p.read_text())]
+        if records:
+            print(f"diagnostics of {len(records)} (variant, layer, image) in {write_table(records, sweep_dir / 'diagnostics.csv')}")
+        if any(sweep_dir.glob("*/wandb/offline-run-*")):
+            print(f"W&B offline runs: upload with `wandb sync {sweep_dir}/*/wandb/offline-run-*`")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Layer diagnostics: spectra of layers whose Jacobian is known, non-uniqueness, the entry point and the script."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import sys
+
+import pytest
+import torch
+import torchvision
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from torch import nn
+
+import wandb_reader
+from conftest import REPO
+from repinv.cli import CONFIG_DIR
+from repinv.diagnostics.run import diagnose
+from repinv.diagnostics.nonunique import pairwise
+from repinv.diagnostics.spectrum import SpectrumSettings, spectrum
+from repinv.errors import RepinvError
+from repinv.models import LoadedModel
+
+SHAPE = (3, 4, 4)  # n = 48 inputs
+N = 48
+
+
+def _linear(a: torch.Tensor):
+    """The layer x ↦ A x on flattened images: its Jacobian is A everywhere."""
+    return lambda x: x.flatten(1) @ a.T.to(x)
+
+
+def _known(n_out: int, n_in: int, sigma: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A matrix U diag(sigma) Vᵀ with random orthogonal U, V."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(n_out, n_out, generator=gen, dtype=torch.float64)).Q[:, : len(sigma)]
+    v = torch.linalg.qr(torch.randn(n_in, n_in, generator=gen, dtype=torch.float64)).Q[:, : len(sigma)]
+    return u @ torch.diag(sigma) @ v.T
+
+
+X0 = torch.rand(1, *SHAPE)
+
+
+def test_singular_values_match_the_exact_ones():
+    a = _known(40, N, 0.9 ** torch.arange(40, dtype=torch.float64)).float()
+    exact = torch.linalg.svdvals(a.double())
+    got = spectrum(_linear(a), X0, SpectrumSettings(top_k=8, oversample=8, power_iters=3, lanczos_steps=40, small_k=3))
+    assert got["n_in"] == N and got["n_out"] == 40 and got["completeness"] == "under-complete" and got["null_dim_min"] == 8
+    torch.testing.assert_close(torch.tensor(got["sigma_top"], dtype=torch.float64), exact[:8], rtol=1e-3, atol=0)
+    # Lanczos with as many steps as the Gram matrix has dimensions finds the small end exactly
+    torch.testing.assert_close(torch.tensor(got["sigma_small"], dtype=torch.float64), exact.flip(0)[:3], rtol=1e-3, atol=0)
+    assert got["condition"] == pytest.approx(float(exact[0] / exact[-1]), rel=1e-3)
+
+
+def test_orthogonal_layer_has_flat_spectrum_and_exact_stable_rank():
+    q = _known(N, N, torch.ones(N, dtype=torch.float64), seed=1).float()
+    got = spectrum(_linear(q), X0, SpectrumSettings(top_k=N, lanczos_steps=N))
+    assert torch.allclose(torch.tensor(got["sigma_top"], dtype=torch.float64), torch.ones(N, dtype=torch.float64), rtol=1e-3)
+    assert got["stable_rank"] == pytest.approx(N, rel=1e-3)
+
+
+def test_attention_layer_spectrum_matches_its_exact_jacobian():
+    """nn.MultiheadAttention (torchvision's ViT) in eval mode, frozen: its fused fast path has no forward-mode AD."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True).eval().requires_grad_(False)
+
+    def fn(x):
+        tokens = x.view(-1, 6, 8)
+        return mha(tokens, tokens, tokens, need_weights=False)[0]
+
+    x0 = torch.randn(1, 48)
+    exact = torch.linalg.svdvals(torch.autograd.functional.jacobian(lambda v: fn(v[None]).flatten(), x0[0]).double())
+    got = spectrum(fn, x0, SpectrumSettings(top_k=48, lanczos_steps=48))
+    torch.testing.assert_close(torch.tensor(got["sigma_top"], dtype=torch.float64)[:8], exact[:8], rtol=1e-3, atol=0)
+
+
+def test_identity_layer_is_full_rank_with_condition_one():
+    got = spectrum(lambda x: x, X0, SpectrumSettings(top_k=N, lanczos_steps=8))
+    assert got["completeness"] == "complete" and got["null_dim_min"] == 0
+    assert got["numerical_rank"] == N and not got["numerical_rank_is_lower_bound"]
+    assert got["condition"] == pytest.approx(1.0, abs=1e-4)
+    assert got["stable_rank"] == pytest.approx(N, rel=1e-4) and got["entropy_rank"] == pytest.approx(N, rel=1e-4)
+
+
+def test_projection_reports_its_null_space():
+    k = 12
+    mask = torch.zeros(N)
+    mask[torch.randperm(N, generator=torch.Generator().manual_seed(0))[:k]] = 1
+    got = spectrum(lambda x: x.flatten(1) * mask, X0, SpectrumSettings(top_k=N, lanczos_steps=N))
+    top = torch.tensor(got["sigma_top"], dtype=torch.float64)
+    assert got["numerical_rank"] == k
+    torch.testing.assert_close(top[:k], torch.ones(k, dtype=torch.float64), rtol=1e-4, atol=0)
+    assert top[k:].abs().max() < 1e-5 and got["sigma_min_found"] < 1e-5
+    assert got["stable_rank"] == pytest.approx(k, rel=1e-3)
+    keep = spectrum(lambda x: x.flatten(1)[:, :k], X0, SpectrumSettings(top_k=k, lanczos_steps=k))
+    assert keep["null_dim_min"] == N - k and keep["completeness"] == "under-complete" and keep["condition"] == pytest.approx(1, abs=1e-4)
+
+
+def test_norm_ablation_variants_of_mixer_and_resnet():
+    from repinv.diagnostics.ablation import variants
+    from repinv.models import create_model
+
+    mixer = create_model("mixer_b16_224", input_size=32, kwargs={"img_size": 32, "num_blocks": 2, "embed_dim": 32}).net
+    names = [v.name for v in variants(mixer, ["all", "each"])]
+    assert names == ["as_configured", "no_layernorm", "no_blocks.0.norm1", "no_blocks.0.norm2", "no_blocks.1.norm1",
+                     "no_blocks.1.norm2", "no_norm"]
+    resnet = create_model("resnet18", input_size=32, kwargs={"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8]}).net
+    assert [v.name for v in variants(resnet, ["all"])] == ["as_configured"]
+    assert [v.name for v in variants(resnet, ["each"])][:3] == ["as_configured", "no_bn1", "no_layer1.0.bn1"]
+    tv_vit = torchvision.models.vit_b_32(image_size=64)  # torchvision names its LayerNorms ln_1, ln_2, ln
+    names = [v.name for v in variants(tv_vit, ["each"])]
+    assert len(names) == 1 + 2 * 12 + 1 and names[1:3] == ["no_encoder.layers.encoder_layer_0.ln_1", "no_encoder.layers.encoder_layer_0.ln_2"]
+
+
+def test_pairwise_of_equal_and_different_images():
+    same = torch.rand(1, 3, 8, 8).repeat(3, 1, 1, 1)
+    assert pairwise(same, [True] * 3)["nonunique_input_l2"] == 0 and pairwise(same, [True] * 3)["nonunique_psnr"] == 100
+    apart = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8) * 0.1, torch.ones(3, 8, 8)])
+    got = pairwise(apart, [True, True, False])  # the inaccurate third image is left out
+    assert got["nonunique_pairs"] == 1 and got["nonunique_psnr"] == pytest.approx(20.0)
+    assert got["nonunique_input_l2"] == pytest.approx(0.1 * math.sqrt(192)) and got["nonunique_accurate"] == 2
+
+
+class Toy(nn.Module):
+    """One fixed linear `layer` on 16x16 images: an orthogonal mixing (invertible) or a coordinate projection."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        n = 3 * 16 * 16
+        gen = torch.Generator().manual_seed(0)
+        if kind == "orthogonal":
+            w = torch.linalg.qr(torch.randn(n, n, generator=gen)).Q
+        else:
+            w = torch.eye(n)[torch.randperm(n, generator=gen)[: n // 4]]
+        self.layer = nn.Linear(n, len(w), bias=False).requires_grad_(False)
+        self.layer.weight.copy_(w)
+
+    def forward(self, x):
+        return self.layer(x.flatten(1))
+
+
+def toy_model(kind: str, seed: int = 0) -> LoadedModel:
+    """A LoadedModel around `Toy`, built through a config's _target_ like any model."""
+    return LoadedModel(Toy(kind).eval(), f"toy_{kind}", "toy", (16, 16), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False)
+
+
+def _diagnose_cfg(*overrides):
+    """The diagnose config composed as `repinv-diagnose` would."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("diagnose", overrides=list(overrides))
+
+
+def _toy_records(tmp_path, kind):
+    cfg = _diagnose_cfg("layers=[layer]", "logger=none", "regularizer=none", "optimizer.lr=0.2", "steps=200", "log_every=50",
+                        "diagnostics.nonunique.seeds=3", "diagnostics.norm_ablation=[]", "diagnostics.top_k=4",
+                        "diagnostics.lanczos_steps=2", f"output_dir={tmp_path / kind}")
+    cfg.model = {"_target_": f"{__name__}.toy_model", "kind": kind, "seed": 0}
+    return diagnose(cfg)
+
+
+def test_nonuniqueness_is_zero_for_an_invertible_layer_and_large_for_a_projection(tmp_path):
+    invertible, = _toy_records(tmp_path, "orthogonal")
+    projection, = _toy_records(tmp_path, "projection")
+    assert invertible["nonunique_accurate"] == projection["nonunique_accurate"] == 3
+    assert invertible["nonunique_input_l2"] < 0.05 and invertible["nonunique_psnr"] > 45
+    # three quarters of the pixels keep their N(0.7, 0.05) starting noise: 0.05·√2·√576 apart
+    assert projection["nonunique_input_l2"] == pytest.approx(0.05 * math.sqrt(2 * 576), rel=0.15)
+    assert projection["nonunique_psnr"] < 30
+    assert projection["null_dim_min"] == 576 and invertible["null_dim_min"] == 0
+
+
+def test_bad_settings_are_one_paragraph_errors(tmp_path):
+    for override, says in [("diagnostics.top_k=0", "top_k=0 must be a whole number"),
+                           ("diagnostics.nonunique.seeds=1", "no pair to compare"),
+                           ("diagnostics.norm_ablation=[eachh]", "Did you mean 'each'")]:
+        cfg = _diagnose_cfg("model=vit_tiny", override, f"output_dir={tmp_path}")
+        with pytest.raises(RepinvError, match=says) as err:
+            diagnose(cfg)
+        assert "\n" not in str(err.value)
+
+
+FIELDS = ("model", "variant", "layer", "module", "depth", "image", "n_in", "n_out", "completeness", "null_dim_min",
+          "sigma_top", "sigma_small", "sigma_max", "sigma_min_found", "condition", "stable_rank", "numerical_rank",
+          "entropy_rank", "svd_seconds", "lanczos_seconds", "nonunique_psnr", "nonunique_input_l2", "nonunique_accurate",
+          "inversion_psnr", "inversion_seconds")
+
+
+def _diagnose_cli(monkeypatch, *args: str) -> int:
+    """Run `repinv-diagnose ARGS` in-process; returns its exit code."""
+    from repinv.diagnostics.run import main
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["repinv-diagnose", *args])
+    try:
+        main()
+    except SystemExit as exit:
+        return exit.code
+    return 0
+
+
+def test_entry_point_writes_metrics_for_vit_tiny(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    code = _diagnose_cli(monkeypatch, "model=vit_tiny", "layers=[patch_embed,1]", "steps=5", "diagnostics.nonunique.seeds=2",
+                         "diagnostics.top_k=4", "diagnostics.oversample=2", "diagnostics.power_iters=1",
+                         "diagnostics.lanczos_steps=3", f"hydra.run.dir={out}")
+    assert code == 0
+    records = json.loads((out / "metrics.json").read_text())
+    assert [(r["variant"], r["layer"]) for r in records] == [
+        ("as_configured", "patch_embed"), ("as_configured", "L1"), ("no_layernorm", "patch_embed"), ("no_layernorm", "L1")]
+    for r in records:
+        assert set(FIELDS) <= set(r), set(FIELDS) - set(r)
+        assert r["n_in"] == 3 * 64 * 64 and r["n_out"] == 64 * 4 * 4 and r["completeness"] == "under-complete"
+        assert len(r["sigma_top"]) == 4 and r["sigma_max"] >= r["sigma_top"][0] > r["sigma_min_found"] > 0
+        assert r["nonunique_k"] == 2 and r["nonunique_input_l2"] > 0
+    first, deep, first_no_ln, deep_no_ln = records
+    assert first_no_ln["sigma_top"] == pytest.approx(first["sigma_top"], rel=1e-5)  # the norms come after the patch embedding
+    assert deep_no_ln["sigma_top"] != pytest.approx(deep["sigma_top"], rel=1e-2)
+    assert (out / "config.yaml").is_file()
+    runs = wandb_reader.find_runs(out)
+    assert len(runs) == 1, "one offline W&B run in the run folder"
+    by_step = {h["_step"]: h for h in wandb_reader.history(runs[0]) if "stable_rank/no_layernorm/chelsea" in h}
+    assert sorted(by_step) == [0, 1]  # one row per layer, at its position in layers
+    for r in records:
+        assert by_step[r["depth"]][f"stable_rank/{r['variant']}/chelsea"] == pytest.approx(r["stable_rank"], rel=1e-6)
+    capsys.readouterr()
+    code = _diagnose_cli(monkeypatch, "model=vit_tiny", "diagnostics.power_iters=-1", f"hydra.run.dir={tmp_path / 'bad'}")
+    err = capsys.readouterr().err
+    assert code == 2 and "power_iters=-1 must be a whole number" in err and "Traceback" not in err
+    assert "power_iters=-1" in (tmp_path / "bad" / "error.txt").read_text()
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("diagnostics_script", REPO / "scripts" / "diagnostics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_smoke_writes_table_correlations_and_plot(tmp_path, capsys):
+    _script().main(["--smoke", "--out", str(tmp_path)])
+    with open(tmp_path / "diagnostics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == {"vit_tiny", "resnet_tiny", "mixer_tiny"}
+    assert {r["variant"] for r in rows if r["model"] == "mixer_tiny"} == {"as_configured", "no_layernorm"}
+    assert all(float(r["inversion_psnr"]) > 0 and float(r["stable_rank"]) > 0 for r in rows)
+    with open(tmp_path / "correlations.csv") as f:
+        corr = {r["diagnostic"]: r for r in csv.DictReader(f)}
+    assert {"stable_rank_fraction", "log10_condition", "nonunique_psnr"} <= set(corr)
+    for r in corr.values():
+        assert int(r["n"]) == len(rows) and float(r["seconds"]) > 0 and float(r["inversion_seconds"]) > 0
+    assert all(-1 <= float(corr[d]["spearman"]) <= 1 for d in ("stable_rank_fraction", "null_fraction", "nonunique_psnr"))
+    assert (tmp_path / "diagnostics.png").stat().st_size > 10_000
+    assert "Spearman" in capsys.readouterr().out
