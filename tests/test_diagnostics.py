@@ -213,7 +213,8 @@ def test_entry_point_writes_metrics_for_vit_tiny(tmp_path, monkeypatch, capsys):
         ("as_configured", "patch_embed"), ("as_configured", "L1"), ("no_layernorm", "patch_embed"), ("no_layernorm", "L1")]
     for r in records:
         assert set(FIELDS) <= set(r), set(FIELDS) - set(r)
-        assert r["n_in"] == 3 * 64 * 64 and r["n_out"] == 64 * 4 * 4 and r["completeness"] == "under-complete"
+        tokens = 16 if r["layer"] == "patch_embed" else 17  # a block's output keeps the class token
+        assert r["n_in"] == 3 * 64 * 64 and r["n_out"] == 64 * tokens and r["completeness"] == "under-complete"
         assert len(r["sigma_top"]) == 4 and r["sigma_max"] >= r["sigma_top"][0] > r["sigma_min_found"] > 0
         assert r["nonunique_k"] == 2 and r["nonunique_input_l2"] > 0
     first, deep, first_no_ln, deep_no_ln = records

@@ -30,7 +30,8 @@ from repinv.errors import RepinvError
 from repinv.images import load_images
 from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
-from repinv.pipeline import build, finish_wandb, make_loggers
+from repinv.loggers import WandbFinished, make_loggers
+from repinv.pipeline import build, sweep_name
 from repinv.taps import resolve_layer
 
 log = logging.getLogger("repinv.diagnose")
@@ -86,8 +87,8 @@ def spectra(cfg: DictConfig, model: LoadedModel, spec: SpectrumSettings) -> list
         tap = resolve_layer(model.net, layer)
         fn = layer_function(model, tap)
         for im in images:
-            log.info("spectrum of %s at %s (%s)", tap.label, im.name, model.tag)
-            out.append({"layer": tap.label, "module": tap.module or tap.label, "depth": depth, "image": im.name,
+            log.info("spectrum of %s at %s (%s)", tap.label, im.name, model.label)
+            out.append({"layer": tap.label, "module": tap.module, "depth": depth, "image": im.name,
                         **spectrum(fn, im.pixels[None].float(), spec)})
     return out
 
@@ -106,16 +107,17 @@ def diagnose_variant(cfg: DictConfig, variant: Variant, spec: SpectrumSettings, 
 def log_records(cfg: DictConfig, records: list[dict]) -> None:
     """Every scalar measure to the configured loggers, at step = the layer's position in `layers`."""
     label = records[0]["model"] if records else "model"
-    loggers = make_loggers(cfg, f"{label}-diagnose", [label, "diagnose"], "diagnose")
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    for depth in sorted({r["depth"] for r in records}):
-        flat = {f"{k}/{r['variant']}/{r['image']}": float(r[k]) for r in records if r["depth"] == depth for k in SCALARS if k in r}
+    loggers = make_loggers(cfg, f"{label}-diagnose", [label, "diagnose"], "diagnose", group=sweep_name())
+    with WandbFinished() as wandb_run:
         for lg in loggers:
-            lg.log_metrics(flat, step=depth)
-    for lg in loggers:
-        lg.finalize("success")
-    offline = finish_wandb()
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        for depth in sorted({r["depth"] for r in records}):
+            flat = {f"{k}/{r['variant']}/{r['image']}": float(r[k]) for r in records if r["depth"] == depth for k in SCALARS if k in r}
+            for lg in loggers:
+                lg.log_metrics(flat, step=depth)
+        for lg in loggers:
+            lg.finalize("success")
+    offline = wandb_run.offline
     if offline is not None and HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN:
         print(f"W&B offline run: upload it with `wandb sync {offline}`")
 
