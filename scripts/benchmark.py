@@ -31,8 +31,10 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import timm
@@ -181,7 +183,11 @@ def study_net(name, kwargs):
     return net
 
 
-def study_step(net, mean, std, index, target, batch, steps, size):
+def study_step(net, mean, std, index, pix, steps, size):
+    """The study's loop style: a full forward to `forward_intermediates` of a model whose weights keep requires_grad."""
+    batch = len(pix)
+    with torch.no_grad():
+        target = net.forward_intermediates((pix - mean) / std, indices=[index], intermediates_only=True)[0]
     img = torch.full((batch, 3, *size), 0.7, device=device()).add_(torch.randn(batch, 3, *size, device=device()) / 20)
     img.requires_grad_(True)
     blur = GaussianBlur()
@@ -209,7 +215,7 @@ def step_flops(net, mean, std, tap, target, batch, size) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def main(argv=None) -> int:
+def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a tiny ViT and a few steps (what the tests run)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -219,112 +225,147 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="also time compile=true (torch.compile) against eager")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction,
                    help="time precision=bf16 (default: on GPUs, CPUs with native bf16 and --quick; emulated bf16 is ~30x slower)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    if args.quick:
-        name, kwargs, size, layers, batches = "vit_base_patch32_224", dict(img_size=64, patch_size=16, depth=4, embed_dim=64, num_heads=2), 64, [0, 1, 3], [1, 4]
-    else:
-        name, kwargs, size, layers, batches = "vit_base_patch32_224", dict(img_size=224), 224, [0, 5, 11], [1, 12]
-    steps = args.steps or (3 if args.quick else 6)
-    rounds = args.rounds or (1 if args.quick else 3)
-    dev = device()
-    bf16 = args.bf16 if args.bf16 is not None else (args.quick or dev.type == "cuda" or native_bf16())
-    if not bf16:
-        print(f"precision=bf16 not timed: {BF16_SKIPPED} (--bf16 times it anyway)")
-    variants = ("repinv", "repinv_bf16", "plain", "study") if bf16 else ("repinv", "plain", "study")
-    loaded = create_model(name, input_size=size, kwargs=kwargs)
-    loaded.net.to(dev)
-    mean = torch.tensor(loaded.mean, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(loaded.std, device=dev).view(1, 3, 1, 1)
-    study = study_net(name, kwargs)
-    photos = load_images(["chelsea", "astronaut", "coffee", "rocket"], size)
-    peak = matmul_peak((1024,) if args.quick else (2048, 4096))
+
+@dataclass
+class Bench:
+    """What every timing of one benchmark run shares: the model, its normalisation, photos and the grid."""
+
+    name: str
+    kwargs: dict
+    size: int
+    layers: list[int]
+    batches: list[int]
+    steps: int
+    loaded: Any = None
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    photos: list = field(default_factory=list)
+
+    @classmethod
+    def create(cls, args) -> Bench:
+        if args.quick:
+            grid = ("vit_base_patch32_224", dict(img_size=64, patch_size=16, depth=4, embed_dim=64, num_heads=2), 64, [0, 1, 3], [1, 4])
+        else:
+            grid = ("vit_base_patch32_224", dict(img_size=224), 224, [0, 5, 11], [1, 12])
+        b = cls(*grid, steps=args.steps or (3 if args.quick else 6))
+        b.loaded = create_model(b.name, input_size=b.size, kwargs=b.kwargs)
+        b.loaded.net.to(device())
+        b.mean = torch.tensor(b.loaded.mean, device=device()).view(1, 3, 1, 1)
+        b.std = torch.tensor(b.loaded.std, device=device()).view(1, 3, 1, 1)
+        b.photos = load_images(["chelsea", "astronaut", "coffee", "rocket"], b.size)
+        return b
+
+
+def time_grid(b: Bench, variants, rounds: int, peak: float):
+    """Every variant at every (layer, batch), interleaved round by round; per-round seconds, memory and FLOPs."""
+    study = study_net(b.name, b.kwargs)
     sums: dict[tuple, list[float]] = {}
     mem: dict[tuple, float | None] = {}
     flops: dict[tuple, float] = {}
+    size = (b.size, b.size)
     for r in range(rounds):
-        for layer in layers:
-            tap = resolve_layer(loaded.net, layer)
-            for batch in batches:
-                images = [photos[i % len(photos)] for i in range(batch)]
-                pix = torch.stack([im.pixels for im in images]).to(dev)
+        for layer in b.layers:
+            tap = resolve_layer(b.loaded.net, layer)
+            for batch in b.batches:
+                images = [b.photos[i % len(b.photos)] for i in range(batch)]
+                pix = torch.stack([im.pixels for im in images]).to(device())
                 with torch.no_grad():
-                    target = tap(loaded.net, (pix - mean) / std)
+                    target = tap(b.loaded.net, (pix - b.mean) / b.std)
                 if r == 0:
-                    flops[(layer, batch)] = step_flops(loaded.net, mean, std, tap, target, batch, (size, size))
+                    flops[(layer, batch)] = step_flops(b.loaded.net, b.mean, b.std, tap, target, batch, size)
+                timings = {
+                    "repinv": lambda: repinv_step(b.loaded, images, [layer], b.steps)[0],
+                    "repinv_bf16": lambda: repinv_step(b.loaded, images, [layer], b.steps, precision="bf16-mixed")[0],
+                    "plain": lambda: plain_step(b.loaded.net, b.mean, b.std, tap, target, batch, b.steps, size),
+                    "study": lambda: study_step(study, b.mean, b.std, layer, pix, b.steps, size),
+                }
                 for variant in variants:
                     reset_peak()
-                    if variant == "repinv":
-                        sec, _ = repinv_step(loaded, images, [layer], steps)
-                    elif variant == "repinv_bf16":
-                        sec, _ = repinv_step(loaded, images, [layer], steps, precision="bf16-mixed")
-                    elif variant == "plain":
-                        sec = plain_step(loaded.net, mean, std, tap, target, batch, steps, (size, size))
-                    else:
-                        sec = study_step(study, mean, std, tap.index, target, batch, steps, (size, size))
-                    sums.setdefault((variant, layer, batch), []).append(sec)
+                    sums.setdefault((variant, layer, batch), []).append(timings[variant]())
                     mem[(variant, layer, batch)] = peak_mib()
     rows = []
     for (variant, layer, batch), secs in sums.items():
-        sec = min(secs)
-        gf = flops[(layer, batch)]
+        sec, gf = min(secs), flops[(layer, batch)]
         rows.append({"variant": variant, "layer": layer, "batch": batch, "precision": "bf16" if "bf16" in variant else "fp32",
-                     "seconds_per_step": sec,
-                     "image_steps_per_second": batch / sec, "gflops_per_step": gf, "gflops_per_second": gf / sec,
-                     "fraction_of_matmul_peak": gf / sec / peak, "peak_memory_mib": mem[(variant, layer, batch)]})
+                     "seconds_per_step": sec, "image_steps_per_second": batch / sec, "gflops_per_step": gf,
+                     "gflops_per_second": gf / sec, "fraction_of_matmul_peak": gf / sec / peak,
+                     "peak_memory_mib": mem[(variant, layer, batch)]})
+    return rows, sums, flops
+
+
+def grid_ratios(b: Bench, rows, sums, flops, peak: float, bf16: bool) -> dict:
+    """Ratios between variants, each taken within a round (they ran side by side) and its median over rounds."""
+    def ratio(x, y, layer, batch):
+        return statistics.median(p / q for p, q in zip(sums[(x, layer, batch)], sums[(y, layer, batch)]))
 
     def sec_of(variant, layer, batch):
         return next(r["seconds_per_step"] for r in rows if (r["variant"], r["layer"], r["batch"]) == (variant, layer, batch))
 
-    def ratio(a, b, layer, batch):
-        """a's time over b's within each round (they ran side by side), median over rounds: drift cancels."""
-        return statistics.median(x / y for x, y in zip(sums[(a, layer, batch)], sums[(b, layer, batch)]))
-
-    mid = layers[1]
+    cells = [(l, bt) for l in b.layers for bt in b.batches]
     ratios = {
-        "repinv_over_plain_batch1_mid_layer": ratio("repinv", "plain", mid, 1),
-        "study_over_repinv": {f"L{l}_b{b}": ratio("study", "repinv", l, b) for l in layers for b in batches},
+        "repinv_over_plain_batch1_mid_layer": ratio("repinv", "plain", b.layers[1], 1),
+        "study_over_repinv": {f"L{l}_b{bt}": ratio("study", "repinv", l, bt) for l, bt in cells},
         # the ceiling of study_over_repinv: repinv's step as nothing but its counted FLOPs at the fp32 peak
-        "study_over_repinv_at_fp32_peak": {f"L{l}_b{b}": sec_of("study", l, b) / (flops[(l, b)] / peak) for l in layers for b in batches},
+        "study_over_repinv_at_fp32_peak": {f"L{l}_b{bt}": sec_of("study", l, bt) / (flops[(l, bt)] / peak) for l, bt in cells},
     }
-    # all layers in one run against one run per layer (batch 1)
-    all_layers = list(range(len(loaded.net.blocks)))
-    one_run, _ = repinv_step(loaded, photos[:1], all_layers, steps)
-    separate = sum(repinv_step(loaded, photos[:1], [i], steps)[0] for i in all_layers)
-    ratios["all_layers_one_run_over_separate_runs"] = one_run / separate
-    extra = {}
     if bf16:
-        cells = [(l, b) for l in layers for b in batches]
-        ratios["study_over_repinv_bf16"] = {f"L{l}_b{b}": ratio("study", "repinv_bf16", l, b) for l, b in cells}
-        ratios["bf16_speedup"] = {f"L{l}_b{b}": ratio("repinv", "repinv_bf16", l, b) for l, b in cells}
-        # bf16 against fp32 in one longer run each: final PSNR after the same steps (and that run's speed)
-        quality_steps = 20 if args.quick else 100
+        ratios["study_over_repinv_bf16"] = {f"L{l}_b{bt}": ratio("study", "repinv_bf16", l, bt) for l, bt in cells}
+        ratios["bf16_speedup"] = {f"L{l}_b{bt}": ratio("repinv", "repinv_bf16", l, bt) for l, bt in cells}
+    return ratios
+
+
+def extras(b: Bench, args, bf16: bool, ratios: dict) -> dict:
+    """All layers in one run, the bf16 quality run, compile and ViT-L/16: what the grid does not time."""
+    extra = {}
+    all_layers = list(range(len(b.loaded.net.blocks)))
+    one_run, _ = repinv_step(b.loaded, b.photos[:1], all_layers, b.steps)
+    separate = sum(repinv_step(b.loaded, b.photos[:1], [i], b.steps)[0] for i in all_layers)
+    ratios["all_layers_one_run_over_separate_runs"] = one_run / separate
+    mid = b.layers[1]
+    if bf16:  # bf16 against fp32 in one longer run each: final PSNR after the same steps (and that run's speed)
         results = {}
         for precision in ("32-true", "bf16-mixed"):
-            sec, module = repinv_step(loaded, photos[:1], [mid], quality_steps, precision=precision)
+            sec, module = repinv_step(b.loaded, b.photos[:1], [mid], 20 if args.quick else 100, precision=precision)
             results[precision] = (sec, float(psnr(module.current_images(), module.objective.reference)[0]))
         ratios["bf16_speedup_quality_run"] = results["32-true"][0] / results["bf16-mixed"][0]
         ratios["bf16_psnr_minus_fp32"] = results["bf16-mixed"][1] - results["32-true"][1]
     else:
         extra["bf16_skipped"] = BF16_SKIPPED
     if args.compile:
-        eager, _ = repinv_step(loaded, photos[:1], [mid], steps)
+        eager, _ = repinv_step(b.loaded, b.photos[:1], [mid], b.steps)
         start = time.perf_counter()
-        compiled, _ = repinv_step(loaded, photos[:1], [mid], steps, compile=True)
+        compiled, _ = repinv_step(b.loaded, b.photos[:1], [mid], b.steps, compile=True)
         ratios["compile_speedup"] = eager / compiled
         extra["compile"] = {"eager_seconds_per_step": eager, "compiled_seconds_per_step": compiled,
                             "wall_seconds_including_compilation": time.perf_counter() - start}
     if args.vit_l:
         big = create_model("vit_large_patch16_224", input_size=512, kwargs=dict(img_size=512))
-        big.net.to(dev)
+        big.net.to(device())
         reset_peak()
         sec, _ = repinv_step(big, load_images(["chelsea"], 512), [len(big.net.blocks) - 1], 2)
         extra["vit_l16_512"] = {"seconds_per_step": sec, "peak_memory_mib": peak_mib()}
+    return extra
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    b = Bench.create(args)
+    rounds = args.rounds or (1 if args.quick else 3)
+    bf16 = args.bf16 if args.bf16 is not None else (args.quick or device().type == "cuda" or native_bf16())
+    if not bf16:
+        print(f"precision=bf16 not timed: {BF16_SKIPPED} (--bf16 times it anyway)")
+    variants = ("repinv", "repinv_bf16", "plain", "study") if bf16 else ("repinv", "plain", "study")
+    peak = matmul_peak((1024,) if args.quick else (2048, 4096))
+    rows, sums, flops = time_grid(b, variants, rounds, peak)
+    ratios = grid_ratios(b, rows, sums, flops, peak, bf16)
+    extra = extras(b, args, bf16, ratios)
     report = {
-        "machine": {"device": str(dev), "cpu": cpuinfo("model name") or platform.processor() or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    "native_bf16": native_bf16(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "cores": os.cpu_count()},
-        "model": name, "quick": args.quick, "steps": steps, "rounds": rounds, "matmul_peak_gflops": peak,
+        "machine": {"device": str(device()), "cpu": cpuinfo("model name") or platform.processor() or platform.machine(),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__, "cores": os.cpu_count()},
+        "model": b.name, "quick": args.quick, "steps": b.steps, "rounds": rounds, "matmul_peak_gflops": peak,
         "rows": rows, "ratios": ratios, **extra,
     }
     print(f"{'variant':11} {'layer':>5} {'batch':>5} {'s/step':>8} {'img-steps/s':>11} {'GFLOP/s':>8} {'peak%':>6} {'mem MiB':>8}")
