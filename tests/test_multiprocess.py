@@ -125,3 +125,16 @@ def test_log_steps_report_the_centred_view_in_fp32(run_repinv):
     a, b = _logged(fp32, 0), _logged(bf16, 0)
     for key in ("loss/chelsea/L0", "output_l2/chelsea/L0", "psnr/chelsea/L0"):
         assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
+def test_collective_timeout_reaches_the_processes(tmp_path):
+    from datetime import timedelta
+
+    from conftest import compose_cfg
+    from repinv.errors import RepinvError
+    from repinv.pipeline import trainer_overrides, validate
+
+    cfg = compose_cfg([*TWO, "collective_timeout_s=20"], tmp_path)
+    assert trainer_overrides(cfg)["strategy"]._timeout == timedelta(seconds=20)
+    with pytest.raises(RepinvError, match="collective_timeout_s=0 must be a positive number"):
+        validate(compose_cfg(["collective_timeout_s=0"], tmp_path))

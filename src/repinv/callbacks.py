@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from repinv.figures import filter_grid, filter_stats, input_conv, to_uint8
 from repinv.results import merge_shares, share_file, write_results, write_share
-from repinv.sharding import any_rank, shard_bounds
+from repinv.sharding import CollectiveFailed, any_rank, shard_bounds
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class ResultWriter(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         status = ("interrupted" if isinstance(exception, (KeyboardInterrupt, SIGTERMException))
-                  else "aborted" if isinstance(exception, dist.DistError) else "crashed")
+                  else "aborted" if isinstance(exception, (CollectiveFailed, dist.DistError)) else "crashed")
         try:
             if trainer.world_size == 1:
                 self.write(trainer, pl_module, status)

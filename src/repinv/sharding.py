@@ -11,6 +11,7 @@ when loading), so a run resumes on any number of processes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -62,11 +63,11 @@ def take_shard(module, rank: int, world: int) -> list[int]:
     """
     start, stop = shard_bounds(len(module.records), rank, world)
     shard = list(range(start, stop))
-    before = {k: v.shape for k, v in module.state_dict().items()}
+    before = {k: getattr(v, "shape", None) for k, v in module.state_dict().items()}
     module.objective.shard(shard)
     module.img = nn.Parameter(module.img.data[start:stop].clone())
     module.divergence.shard(start, stop)
-    cut = [k for k, v in module.state_dict().items() if k in before and v.shape != before[k]]
+    cut = [k for k, v in module.state_dict().items() if k in before and getattr(v, "shape", None) != before[k]]
     module.sharded_prefixes = sorted({k.rsplit(".", 1)[0] if "." in k else k for k in cut})
     return shard
 
@@ -114,19 +115,38 @@ def take_rows(checkpoint: dict, prefixes: list[str], total: int, start: int, sto
 
 def any_rank(value: int, device: torch.device) -> int:
     """The largest of every rank's `value` (collective; `value` itself on one process): e.g. a stop flag."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _several():
         return value
     flag = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    with collective():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item())
+
+
+class CollectiveFailed(RuntimeError):
+    """A collective between the processes failed: another process crashed, left, or hung past the timeout."""
+
+
+@contextmanager
+def collective():
+    """Raise `CollectiveFailed` for any failure of the collective inside (gloo raises plain RuntimeErrors)."""
+    try:
+        yield
+    except (RuntimeError, dist.DistError) as err:
+        raise CollectiveFailed(f"a collective between the processes failed ({err})") from err
+
+
+def _several() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def gather(items: list) -> list:
     """Concatenate every rank's list in rank order (any picklable items; uneven lengths are fine)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _several():
         return items
     out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, items)
+    with collective():
+        dist.all_gather_object(out, items)
     return [x for part in out for x in part]
 
 
