@@ -17,7 +17,7 @@ from repinv.priors import Prior
 from test_sweeps import repinv
 
 # 4 targets (2 per process), jitter and blur: a resume that got the rows, step, schedule or RNG wrong ends elsewhere.
-FOUR = ["model=vit_tiny", "image=[chelsea,astronaut]", "layers=[0,patch_embed]", "optimizer.lr=1.0", "log_every=5",
+FOUR = ["model=vit_tiny", "image=[chelsea,astronaut]", "layers=[0,patch_embed]", "log_every=5",
         "regularizer=blur_jitter", "regularizer.jitter.pixels=4", "regularizer.jitter.start=3"]
 TWO = ["trainer.devices=2", "trainer.accelerator=cpu"]
 
@@ -54,9 +54,10 @@ def _ckpt(run_dir):
 
 def test_sigterm_to_one_process_stops_all_then_resume_equals_an_uninterrupted_run(run_repinv, tmp_path, monkeypatch):
     """SIGTERM to rank 1 at step 13: both processes stop after that step, metrics.json holds every target and the
-    checkpoint the whole batch; resumed on two processes, the run ends where an uninterrupted one does."""
+    checkpoint the whole batch (Adam's state included); resumed on two processes, the run ends where an
+    uninterrupted one does."""
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
-    args = [*FOUR, "steps=30", "checkpoint_every=10", *on_rank(1, 13, signal.SIGTERM)]
+    args = [*FOUR, "optimizer=adam", "steps=30", "checkpoint_every=10", *on_rank(1, 13, signal.SIGTERM)]
     whole, whole_dir = run_repinv(*args, "logger=none", tiny=False, name="whole")  # one process: rank 1 never signals
 
     cut_dir = tmp_path / "cut"
@@ -67,6 +68,7 @@ def test_sigterm_to_one_process_stops_all_then_resume_equals_an_uninterrupted_ru
     assert all((cut_dir / r["png"]).is_file() for r in cut)
     ckpt = _ckpt(cut_dir)
     assert ckpt["global_step"] == 14 and ckpt["state_dict"]["img"].shape[0] == 4, "one checkpoint of the whole batch"
+    assert ckpt["optimizer_states"][0]["state"][0]["exp_avg"].shape == ckpt["state_dict"]["img"].shape
 
     res = _env_repinv(*args, *TWO, "logger=csv", "resume=last", f"hydra.run.dir={cut_dir}")
     assert res.returncode == 0, res.stderr[-3000:]

@@ -83,7 +83,8 @@ def _row_tensors(checkpoint: dict, prefixes: list[str], rows: int) -> list[tuple
 
     def visit(container, key):
         value = container[key]
-        if isinstance(value, dict):
+        if isinstance(value, dict):  # a copy: an optimiser's state_dict shares its per-parameter dicts with it
+            value = container[key] = dict(value)
             for k in list(value):
                 visit(value, k)
         elif isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows:
@@ -94,8 +95,10 @@ def _row_tensors(checkpoint: dict, prefixes: list[str], rows: int) -> list[tuple
         if any(key == p or key.startswith(p + ".") for p in prefixes):
             visit(state, key)
     for opt in checkpoint.get("optimizer_states", []):
-        for key in list(opt.get("state", {})):
-            visit(opt["state"], key)
+        if "state" in opt:
+            opt["state"] = dict(opt["state"])
+            for key in list(opt["state"]):
+                visit(opt["state"], key)
     return found
 
 
@@ -133,7 +136,8 @@ def collective():
     try:
         yield
     except (RuntimeError, dist.DistError) as err:
-        raise CollectiveFailed(f"a collective between the processes failed ({err})") from err
+        raise CollectiveFailed(f"a collective between the processes failed: another process crashed, left, or did not "
+                               f"answer within collective_timeout_s ({err})") from err
 
 
 def _several() -> bool:
