@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from repinv.figures import filter_grid, filter_stats, input_conv, to_uint8
-from repinv.results import write_results
+from repinv.results import merge_shares, share_file, write_results, write_share
+from repinv.sharding import CollectiveFailed, any_rank, shard_bounds
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,14 @@ class FilterGrid(pl.Callback):
 
 
 class ResultWriter(pl.Callback):
-    """Writes PNGs, the grid and metrics.json at the end of fit, and also when a run is interrupted."""
+    """Writes PNGs, the grid and metrics.json at the end of fit, and also when a run is interrupted.
+
+    With several processes an interrupted run (a signal: every rank stops at the same step) is
+    gathered as a finished one is. After a crash the ranks may not reach each other: each rank
+    that can writes its share (PNGs, `metrics.rank<k>.json`: status `crashed` on the rank that
+    raised, `aborted` on a rank whose collective failed because another rank was gone), and rank 0
+    writes metrics.json from the share files there are, the other targets as `status: missing`.
+    """
 
     def __init__(self, out_dir: str | Path, title: str | None = None, extra: dict | None = None):
         self.out_dir = Path(out_dir)
@@ -92,6 +101,7 @@ class ResultWriter(pl.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._t0, self._step0 = None, trainer.global_step
+        (self.out_dir / share_file(trainer.global_rank)).unlink(missing_ok=True)  # from an earlier crash
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._t0 is None:
@@ -103,12 +113,15 @@ class ResultWriter(pl.Callback):
             return None
         return (time.perf_counter() - self._t0) / done
 
-    def write(self, trainer, pl_module, status: str, gathered: bool = True) -> None:
+    def _fields(self, trainer, pl_module, status: str) -> dict:
+        return {"steps": trainer.global_step, "seconds_per_step": self.seconds_per_step(trainer), "status": status,
+                "model": pl_module.model_info.label, "trained": pl_module.model_info.trained, **self.extra}
+
+    def write(self, trainer, pl_module, status: str) -> None:
         """Gather every rank's targets (collective), then rank 0 writes the files."""
-        extra = {"steps": trainer.global_step, "seconds_per_step": self.seconds_per_step(trainer), "status": status,
-                 "model": pl_module.model_info.label, "trained": pl_module.model_info.trained, **self.extra}
-        records = [{**r, **extra} for r in pl_module.final_metrics(gathered)]
-        images = pl_module.all_images() if gathered else pl_module.current_images()
+        extra = self._fields(trainer, pl_module, status)
+        records = [{**r, **extra} for r in pl_module.final_metrics()]
+        images = pl_module.all_images()
         if not trainer.is_global_zero:
             return
         ref = pl_module.objective.reference
@@ -123,10 +136,25 @@ class ResultWriter(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         self.write(trainer, pl_module, "finished" if trainer.global_step >= pl_module.steps else "interrupted")
 
+    def write_share(self, trainer, pl_module, status: str) -> None:
+        """After a crash with several processes: this rank's share, then (rank 0) metrics.json from every share on disk."""
+        extra = {**self._fields(trainer, pl_module, status), "rank": trainer.global_rank}
+        records = [{**r, **extra} for r in pl_module.final_metrics(gathered=False)]
+        write_share(self.out_dir, records, pl_module.current_images().cpu(), trainer.global_rank)
+        if trainer.is_global_zero:
+            total, world = len(pl_module.records), trainer.world_size
+            shares = [pl_module.records[slice(*shard_bounds(total, r, world))] for r in range(world)]
+            self.records = merge_shares(self.out_dir, shares)
+        log.warning("run %s: this process's share written to %s", status, self.out_dir / share_file(trainer.global_rank))
+
     def on_exception(self, trainer, pl_module, exception):
-        status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) else "crashed"
+        status = ("interrupted" if isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+                  else "aborted" if isinstance(exception, (CollectiveFailed, dist.DistError)) else "crashed")
         try:
-            self.write(trainer, pl_module, status, gathered=trainer.world_size == 1)
+            if trainer.world_size == 1:
+                self.write(trainer, pl_module, status)
+            else:
+                self.write_share(trainer, pl_module, status)
         except Exception:  # the original exception matters more than a failed write
             log.exception("could not write results after the run was %s", status)
 
@@ -137,8 +165,9 @@ class Checkpoints(pl.Callback):
     Saved every `every` steps (0: never), at the end of a run when `every` > 0, and always at the
     end of an interrupted run, so `resume=` can continue it. Lightning's own atomic save goes
     through a temporary file in /tmp and a move, which is a copy across filesystems; here the
-    file is written beside its destination and renamed. With several processes each holds only
-    its share of the image, so nothing is saved.
+    file is written beside its destination and renamed. With several processes every rank takes
+    part (each contributes its rows, see `ImageOptimization.on_save_checkpoint`) and rank 0 writes
+    one checkpoint of the whole batch, which resumes on any number of processes.
     """
 
     def __init__(self, dirpath: str | Path, every: int):
@@ -146,11 +175,11 @@ class Checkpoints(pl.Callback):
         self.last = self.dirpath / LAST_CHECKPOINT
 
     def save(self, trainer) -> None:
-        if trainer.world_size > 1:
-            return
         self.dirpath.mkdir(parents=True, exist_ok=True)
         tmp = self.last.with_name(self.last.name + ".tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # the whole state: optimiser, schedule, loops
+        trainer.save_checkpoint(tmp, weights_only=False)  # the whole state: optimiser, schedule, loops (collective)
+        if not trainer.is_global_zero:
+            return
         os.replace(tmp, self.last)
         log.info("checkpoint at step %d: %s", trainer.global_step, self.last)
 
@@ -171,7 +200,10 @@ class StopOnSignal(pl.Callback):
     `interrupted`) and `Checkpoints` saves the run. `exit()` then hands the signal on: to the
     handler that was there before the run (submitit's requeue on SIGUSR2), otherwise the process
     ends with 128 + the signal number. Lightning's own SIGTERM handler would raise mid-loop and
-    exit 0; it is replaced while the run trains. A second signal stops at once. One process only.
+    exit 0; it is replaced while the run trains. A second signal stops at once.
+
+    With several processes every rank installs the handlers and the ranks agree after each step
+    (`any_rank`), so a signal to any one of them stops all at the same step boundary.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -179,12 +211,13 @@ class StopOnSignal(pl.Callback):
 
     def __init__(self):
         self.signum: int | None = None
+        self.received = False  # whether this process got the signal itself (not only heard of it from another rank)
         self.stopped_at: int | None = None
         self.previous: dict = {}
 
     def setup(self, trainer, pl_module, stage):
         """Record the handlers from before the run (Lightning installs its own right after this hook)."""
-        if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             return
         handlers = {s: signal.getsignal(s) for s in (*self.SIGNALS, *self.HANDED_ON)}
         self.previous = {s: h for s, h in handlers.items() if s in self.SIGNALS or callable(h)}
@@ -194,15 +227,18 @@ class StopOnSignal(pl.Callback):
             signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
+        if self.received:
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum, self.received = signum, True
         name = signal.Signals(signum).name
         log.warning("received %s: stopping after this step (send it again to stop at once)", name)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.signum is not None and self.stopped_at is None and trainer.global_step < pl_module.steps:
-            self.stopped_at = trainer.global_step
+        if self.stopped_at is not None or trainer.global_step >= pl_module.steps:
+            return
+        signum = any_rank(self.signum or 0, pl_module.device)  # every rank, every step
+        if signum:
+            self.signum, self.stopped_at = signum, trainer.global_step
             trainer.should_stop = True
 
     def teardown(self, trainer, pl_module, stage):
@@ -213,7 +249,7 @@ class StopOnSignal(pl.Callback):
         """After an early stop: pass the signal to the handler from before the run, else exit 128 + signum."""
         if self.stopped_at is None:
             return
-        handler = self.previous.get(self.signum)
+        handler = self.previous.get(self.signum) if self.received else None
         if callable(handler) and handler is not signal.default_int_handler:
             handler(self.signum, None)
         raise SystemExit(128 + self.signum)

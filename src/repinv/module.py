@@ -14,7 +14,7 @@ from repinv.models import LoadedModel
 from repinv.objectives import Objective
 from repinv.precision import StepNetwork, compile_forward, step_network
 from repinv.priors import Prior
-from repinv.sharding import gather, gather_tensor, take_shard
+from repinv.sharding import gather, gather_rows, gather_tensor, take_rows, take_shard
 
 
 def noise_canvas(seeds: Sequence[int], size: tuple[int, int], mean: float, std: float) -> torch.Tensor:
@@ -32,7 +32,8 @@ class ImageOptimization(pl.LightningModule):
     are summed, one optimiser step, then the priors update the image, in the order given. When
     the priors' margins make the canvas larger than the input, only the crop takes the step.
     `metrics` (name -> `(image, reference) -> [N]`) are computed every `log_every` steps and at
-    the end, on the step's own view, so they cost no extra forward.
+    the end, always of the centre crop in fp32: at a log step whose own forward saw another crop
+    (jitter), a transformed one, or ran under bf16/autocast, one extra no-grad fp32 forward.
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class ImageOptimization(pl.LightningModule):
         self.divergence = Divergence(len(self.records))
         self.generator = torch.Generator().manual_seed(seed)  # the priors' random draws, saved in checkpoints
         self.shard: list[int] = list(range(len(self.records)))  # the targets this process optimises
+        self.sharded_prefixes: list[str] = []  # the state `take_shard` cut to this process's rows
         self.compile = compile
         self.__dict__["stepper"] = StepNetwork(self.net)  # what the steps run through (see on_fit_start)
 
@@ -105,14 +107,28 @@ class ImageOptimization(pl.LightningModule):
 
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """What a resumed run needs besides the state dict and Lightning's own state: the priors' RNG, what was run."""
+        """What a resumed run needs besides the state dict and Lightning's own state: the priors' RNG, what was run.
+
+        With several processes every rank calls this and the checkpoint gets every rank's rows in
+        target order (the whole batch, as one process saves it) and every rank's RNG.
+        """
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("net.")}
         checkpoint["prior_rng"] = self.generator.get_state()
         checkpoint["repinv"] = self.run_identity()
+        if len(self.shard) < len(self.records):
+            gather_rows(checkpoint, self.sharded_prefixes, len(self.shard))
+            checkpoint["prior_rng_ranks"] = gather([checkpoint["prior_rng"]])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "prior_rng" in checkpoint:
+        """Restore the priors' RNG (this rank's when saved by as many processes); with several
+        processes, cut the whole batch to this rank's rows before Lightning loads it."""
+        rng, trainer = checkpoint.get("prior_rng_ranks") or [], self._trainer
+        if trainer is not None and len(rng) == trainer.world_size:
+            self.generator.set_state(rng[trainer.global_rank])
+        elif "prior_rng" in checkpoint:
             self.generator.set_state(checkpoint["prior_rng"])
+        if len(self.shard) < len(self.records):
+            take_rows(checkpoint, self.sharded_prefixes, len(self.records), self.shard[0], self.shard[-1] + 1)
 
     def run_identity(self) -> dict:
         """What a checkpoint must agree on to be resumed by this module: the targets, the steps, the canvas."""
@@ -134,10 +150,14 @@ class ImageOptimization(pl.LightningModule):
             dy, dx = dy + y, dx + x
         return dy, dx
 
+    def centre(self) -> tuple[int, int]:
+        """The offset of the centre crop."""
+        centre = sum(p.margin // 2 for p in self.priors)
+        return centre, centre
+
     def view(self, offset: tuple[int, int] | None = None) -> torch.Tensor:
         """The part of the canvas the network sees (the centre crop unless an offset is given)."""
-        centre = sum(p.margin // 2 for p in self.priors)
-        dy, dx = offset or (centre, centre)
+        dy, dx = offset or self.centre()
         h, w = self.input_size
         return self.img[:, :, dy : dy + h, dx : dx + w]
 
@@ -154,7 +174,9 @@ class ImageOptimization(pl.LightningModule):
             losses, stats = self.objective(self.step_net, self.normalize(seen))
         if step % self.log_every == 0 or step == self.steps - 1:
             self.divergence.check(self.img, losses)
-            self._log_step(losses, stats, view)
+            exact = seen is view and offset == self.centre() and self.step_net is self.net
+            self._log_step(*((losses, stats, view) if exact and not torch.is_autocast_enabled(view.device.type)
+                             else self._centred_fp32()))
         # masked after the check, which updates the mask in place (autograd would refuse it afterwards)
         loss = self.divergence.masked(self._penalised(losses, view, step)).sum()
         opt = self.optimizers()
@@ -187,6 +209,15 @@ class ImageOptimization(pl.LightningModule):
             self.img.data.copy_(before)
             self.view(offset).data.copy_(crop)
         self.divergence.rollback(self.img.data)
+
+    @torch.no_grad()
+    def _centred_fp32(self) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """Losses, stats and view of an fp32 forward of the centre crop (autocast off): what a log step
+        reports when the step itself saw a shifted or transformed crop, or ran in lower precision."""
+        view = self.view()
+        with torch.autocast(device_type=view.device.type, enabled=False):
+            losses, stats = self.objective(self.net, self.normalize(view.float()))
+        return losses, stats, view
 
     @torch.no_grad()
     def measure(self, losses: torch.Tensor, stats: dict, view: torch.Tensor) -> list[dict[str, float]]:

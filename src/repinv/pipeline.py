@@ -84,6 +84,8 @@ def validate(cfg: DictConfig) -> None:
     _positive("log_every", cfg.log_every, "e.g. log_every=25.")
     if cfg.init.std < 0:
         raise RepinvError(f"init.std={cfg.init.std} must be non-negative; the study initialises from N(0.7, 1/20).")
+    _positive("collective_timeout_s", cfg.get("collective_timeout_s", 600),
+              "how long a process of a multi-process run waits for the others, e.g. collective_timeout_s=600.")
     every = cfg.get("checkpoint_every", 0)
     if not isinstance(every, int) or every < 0:
         raise RepinvError(f"checkpoint_every={every} must be a whole number of steps, or 0 for no periodic "
@@ -198,7 +200,7 @@ def trainer_overrides(cfg: DictConfig) -> dict:
                 "re-running the whole sweep command. Run the sweep with hydra/launcher=slurm (tasks_per_node="
                 "gpus_per_node=N, SLURM starts the processes), or run single jobs with trainer.devices=N."
             )
-        strategy = sharded_strategy(t.get("strategy", "auto"))
+        strategy = sharded_strategy(t.get("strategy", "auto"), cfg.get("collective_timeout_s", 600))
         out.update(use_distributed_sampler=False)  # every rank takes every step
         if strategy is not None:
             out.update(strategy=strategy)
@@ -214,9 +216,6 @@ def resume_state(cfg: DictConfig, ckpt: Path | None, module: ImageOptimization) 
     identity = config_identity(cfg)
     if ckpt is None:
         return identity, [], {}
-    if processes(cfg) > 1:
-        raise RepinvError(f"resume={cfg.resume}: runs on several processes save no checkpoints and cannot resume; "
-                          "resume with trainer.devices=1 trainer.num_nodes=1.")
     saved = read_checkpoint(ckpt)
     allowed = [str(a) for a in cfg.get("resume_allow_changes") or []]
     return identity, check_resume(ckpt, saved, identity, module.run_identity(), allowed), saved

@@ -36,6 +36,40 @@ def write_json_atomic(path: Path, payload) -> None:
     os.replace(tmp, path)
 
 
+def _write_pngs(out: Path, records: list[dict], images: torch.Tensor) -> list[dict]:
+    """One PNG per record under reconstructions/; the records with non-finite numbers as None and their PNG's path."""
+    records = [{k: _clean(v) for k, v in r.items()} for r in records]
+    for record, img in zip(records, images):
+        record["png"] = str((out / "reconstructions" / png_name(record)).relative_to(out))
+        save_png(img, out / record["png"])
+    return records
+
+
+def share_file(rank: int) -> str:
+    """The metrics file of one process's share of the targets, written when a run on several processes crashes."""
+    return f"metrics.rank{rank}.json"
+
+
+def write_share(out_dir: str | Path, records: list[dict], images: torch.Tensor, rank: int) -> list[dict]:
+    """One process's share after a crash, without waiting for the others: its PNGs and `share_file(rank)`."""
+    out = Path(out_dir)
+    records = _write_pngs(out, records, images)
+    write_json_atomic(out / share_file(rank), records)
+    return records
+
+
+def merge_shares(out_dir: str | Path, shares: list[list[dict]]) -> list[dict]:
+    """metrics.json from every process's share file on disk; `shares[k]` are rank k's targets (identity fields),
+    written as `status: missing` when rank k left no file. Returns the merged records."""
+    out, records = Path(out_dir), []
+    for rank, targets in enumerate(shares):
+        path = out / share_file(rank)
+        records += (json.loads(path.read_text()) if path.is_file()
+                    else [{**t, "status": "missing", "rank": rank} for t in targets])
+    write_json_atomic(out / METRICS_FILE, records)
+    return records
+
+
 def write_results(
     out_dir: str | Path,
     records: list[dict],
@@ -49,11 +83,7 @@ def write_results(
     records as written (non-finite numbers as None, each with its PNG's path).
     """
     out = Path(out_dir)
-    recon_dir = out / "reconstructions"
-    records = [{k: _clean(v) for k, v in r.items()} for r in records]
-    for record, img in zip(records, images):
-        record["png"] = str((recon_dir / png_name(record)).relative_to(out))
-        save_png(img, out / record["png"])
+    records = _write_pngs(out, records, images)
     references = references or {}
     for name, ref in references.items():
         save_png(ref, out / "targets" / f"{slug(name)}.png")

@@ -3,12 +3,15 @@
 The image batch is the parameter and every target's gradient is its own, so data parallelism
 here means disjoint shards, not gradient averaging. Lightning's DDP strategy starts the
 processes and the process group; `ShardedDDP` leaves the module unwrapped so no gradient or
-buffer is ever synchronised, and rank 0 gathers the results with `gather`.
+buffer is ever synchronised, and rank 0 gathers the results with `gather`. Checkpoints hold the
+whole batch in target order, as a one-process run's do (`gather_rows` when saving, `take_rows`
+when loading), so a run resumes on any number of processes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -60,18 +63,94 @@ def take_shard(module, rank: int, world: int) -> list[int]:
     """
     start, stop = shard_bounds(len(module.records), rank, world)
     shard = list(range(start, stop))
+    before = {k: getattr(v, "shape", None) for k, v in module.state_dict().items()}
     module.objective.shard(shard)
     module.img = nn.Parameter(module.img.data[start:stop].clone())
     module.divergence.shard(start, stop)
+    cut = [k for k, v in module.state_dict().items() if k in before and getattr(v, "shape", None) != before[k]]
+    module.sharded_prefixes = sorted({k.rsplit(".", 1)[0] if "." in k else k for k in cut})
     return shard
+
+
+def _row_tensors(checkpoint: dict, prefixes: list[str], rows: int) -> list[tuple[dict, object]]:
+    """Where the per-target tensors of a checkpoint lie (container, key), in a fixed order.
+
+    Per target: tensors with `rows` rows in the state of what `take_shard` cut (`prefixes`,
+    extra states included) and in the optimisers' per-parameter state (only image parameters
+    are optimised).
+    """
+    found: list[tuple[dict, object]] = []
+
+    def visit(container, key):
+        value = container[key]
+        if isinstance(value, dict):  # a copy: an optimiser's state_dict shares its per-parameter dicts with it
+            value = container[key] = dict(value)
+            for k in list(value):
+                visit(value, k)
+        elif isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows:
+            found.append((container, key))
+
+    state = checkpoint.get("state_dict", {})
+    for key in list(state):
+        if any(key == p or key.startswith(p + ".") for p in prefixes):
+            visit(state, key)
+    for opt in checkpoint.get("optimizer_states", []):
+        if "state" in opt:
+            opt["state"] = dict(opt["state"])
+            for key in list(opt["state"]):
+                visit(opt["state"], key)
+    return found
+
+
+def gather_rows(checkpoint: dict, prefixes: list[str], rows: int) -> None:
+    """Replace this rank's per-target checkpoint tensors (`rows` each) by every rank's, in target order (collective)."""
+    found = _row_tensors(checkpoint, prefixes, rows)
+    parts = gather([[c[k].detach().cpu() for c, k in found]])
+    for i, (c, k) in enumerate(found):
+        c[k] = torch.cat([part[i] for part in parts])
+
+
+def take_rows(checkpoint: dict, prefixes: list[str], total: int, start: int, stop: int) -> None:
+    """Cut a whole-batch checkpoint's per-target tensors (`total` rows) to this rank's rows [start, stop)."""
+    for c, k in _row_tensors(checkpoint, prefixes, total):
+        c[k] = c[k][start:stop].clone()
+
+
+def any_rank(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value` (collective; `value` itself on one process): e.g. a stop flag."""
+    if not _several():
+        return value
+    flag = torch.tensor([value], dtype=torch.int64, device=device)
+    with collective():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+class CollectiveFailed(RuntimeError):
+    """A collective between the processes failed: another process crashed, left, or hung past the timeout."""
+
+
+@contextmanager
+def collective():
+    """Raise `CollectiveFailed` for any failure of the collective inside (gloo raises plain RuntimeErrors)."""
+    try:
+        yield
+    except (RuntimeError, dist.DistError) as err:
+        raise CollectiveFailed(f"a collective between the processes failed: another process crashed, left, or did not "
+                               f"answer within collective_timeout_s ({err})") from err
+
+
+def _several() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def gather(items: list) -> list:
     """Concatenate every rank's list in rank order (any picklable items; uneven lengths are fine)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _several():
         return items
     out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, items)
+    with collective():
+        dist.all_gather_object(out, items)
     return [x for part in out for x in part]
 
 
@@ -108,25 +187,25 @@ def process_count(accelerator, devices, num_nodes: int = 1) -> int:
 SHARDABLE = sorted(k for k in StrategyRegistry if StrategyRegistry[k]["strategy"] is DDPStrategy)
 
 
-def sharded_strategy(strategy) -> ShardedDDP | None:
+def sharded_strategy(strategy, timeout_s: float = 600) -> ShardedDDP | None:
     """The strategy for a run on several processes: `ShardedDDP`, keeping a DDP strategy's settings.
 
     "auto" and Lightning's DDP strategies (ddp, ddp_spawn, ddp_fork, ...: their start method)
-    become `ShardedDDP`; a config node building `ShardedDDP` itself is kept (None: nothing to
-    replace). Any other strategy would wrap or shard the image and average its gradients, so it is refused.
+    become `ShardedDDP` with `timeout_s` (how long a collective waits for a rank that crashed or hangs);
+    a config node building `ShardedDDP` itself is kept (None: nothing to replace). Any other strategy would wrap or shard the image and average its gradients, so it is refused.
     """
     if strategy in (None, "auto"):
-        return ShardedDDP()
+        return ShardedDDP(timeout_s=timeout_s)
     if isinstance(strategy, ShardedDDP):
         return strategy
     if isinstance(strategy, str) and strategy in SHARDABLE:
-        return ShardedDDP(**StrategyRegistry[strategy]["init_params"])
+        return ShardedDDP(timeout_s=timeout_s, **StrategyRegistry[strategy]["init_params"])
     if isinstance(strategy, Mapping) and "_target_" in strategy:
         cls = get_class(strategy["_target_"])
         if issubclass(cls, ShardedDDP):
             return None
         if cls is DDPStrategy:
-            return ShardedDDP(**{k: v for k, v in strategy.items() if k != "_target_"})
+            return ShardedDDP(timeout_s=timeout_s, **{k: v for k, v in strategy.items() if k != "_target_"})
     raise RepinvError(
         f"trainer.strategy={strategy} with several processes: repinv splits the targets across the processes, "
         "each optimising its own share, and that strategy would synchronise or shard the image and average its "

@@ -1,0 +1,142 @@
+"""Runs on several processes keep their results: signals, checkpoints, resume, a crashed process; logged metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from conftest import REPO, read_metrics
+from repinv.priors import Prior
+from test_sweeps import repinv
+
+# 4 targets (2 per process), jitter and blur: a resume that got the rows, step, schedule or RNG wrong ends elsewhere.
+FOUR = ["model=vit_tiny", "image=[chelsea,astronaut]", "layers=[0,patch_embed]", "log_every=5",
+        "regularizer=blur_jitter", "regularizer.jitter.pixels=4", "regularizer.jitter.start=3"]
+TWO = ["trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+class OnRank(Prior):
+    """Test prior: at step `step`, process `rank` sends itself `signum`, or raises when `signum` is 0."""
+
+    def __init__(self, rank: int, step: int, signum: int = 0):
+        self.rank, self.step, self.signum = rank, step, signum
+
+    def update(self, img, step, total):
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        if step != self.step or rank != self.rank:
+            return
+        if not self.signum:
+            raise RuntimeError(f"test failure on rank {rank} at step {step}")
+        os.kill(os.getpid(), self.signum)
+
+
+def on_rank(rank: int, step: int, signum: int = 0) -> list[str]:
+    node = "+regularizer.on_rank"
+    return [f"{node}._target_=test_multiprocess.OnRank", f"{node}.rank={rank}", f"{node}.step={step}",
+            f"{node}.signum={signum}"]
+
+
+def _env_repinv(*args, timeout=300):
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    return repinv(*args, timeout=timeout)
+
+
+def _ckpt(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def test_sigterm_to_one_process_stops_all_then_resume_equals_an_uninterrupted_run(run_repinv, tmp_path, monkeypatch):
+    """SIGTERM to rank 1 at step 13: both processes stop after that step, metrics.json holds every target and the
+    checkpoint the whole batch (Adam's state included); resumed on two processes, the run ends where an
+    uninterrupted one does."""
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    args = [*FOUR, "optimizer=adam", "steps=30", "checkpoint_every=10", *on_rank(1, 13, signal.SIGTERM)]
+    whole, whole_dir = run_repinv(*args, "logger=none", tiny=False, name="whole")  # one process: rank 1 never signals
+
+    cut_dir = tmp_path / "cut"
+    res = _env_repinv(*args, *TWO, "logger=csv", f"hydra.run.dir={cut_dir}")
+    assert res.returncode == 128 + signal.SIGTERM, res.stderr[-3000:]
+    cut = read_metrics(cut_dir)
+    assert [(r["layer"], r["status"], r["steps"]) for r in cut] == [(r["layer"], "interrupted", 14) for r in whole]
+    assert all((cut_dir / r["png"]).is_file() for r in cut)
+    ckpt = _ckpt(cut_dir)
+    assert ckpt["global_step"] == 14 and ckpt["state_dict"]["img"].shape[0] == 4, "one checkpoint of the whole batch"
+    assert ckpt["optimizer_states"][0]["state"][0]["exp_avg"].shape == ckpt["state_dict"]["img"].shape
+
+    res = _env_repinv(*args, *TWO, "logger=csv", "resume=last", f"hydra.run.dir={cut_dir}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = read_metrics(cut_dir)
+    assert [(r["status"], r["steps"]) for r in resumed] == [("finished", 30)] * 4
+    diff = (_ckpt(cut_dir)["state_dict"]["img"] - _ckpt(whole_dir)["state_dict"]["img"]).abs().max()
+    assert diff < 1e-4, f"resumed image differs from the uninterrupted one by {diff}"
+    for a, b in zip(whole, resumed):
+        for key in ("psnr", "ssim", "output_l2", "loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["layer"], key)
+
+
+def test_a_crashed_process_stops_the_other_and_the_survivors_results_are_written(tmp_path, monkeypatch):
+    """Rank 1 raises at step 5 of 2000: rank 0 gives up within collective_timeout_s, each process writes its share,
+    and metrics.json says which targets crashed and which were stopped with it."""
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    run_dir = tmp_path / "crash"
+    start = time.monotonic()
+    res = _env_repinv(*FOUR, "steps=2000", "checkpoint_every=0", "logger=none", "collective_timeout_s=20",
+                      *on_rank(1, 5), *TWO, f"hydra.run.dir={run_dir}", timeout=240)
+    took = time.monotonic() - start
+    assert res.returncode not in (0, None), res.stderr[-3000:]
+    assert took < 150, f"the run took {took:.0f} s with collective_timeout_s=20"
+    records = read_metrics(run_dir)
+    assert [r["rank"] for r in records] == [0, 0, 1, 1]
+    assert [r["status"] for r in records] == ["aborted", "aborted", "crashed", "crashed"], records
+    assert all(5 <= r["steps"] <= 6 and r["psnr"] > 0 and (run_dir / r["png"]).is_file() for r in records)
+    assert json.loads((run_dir / "metrics.rank0.json").read_text()) == records[:2]
+
+
+def _logged(out, step: int) -> dict:
+    with open(out / "csv" / "metrics.csv") as f:
+        return {k: float(v) for k, v in next(r for r in csv.DictReader(f) if int(r["step"]) == step).items() if v}
+
+
+def test_log_steps_report_the_centred_view_in_fp32(run_repinv):
+    """With jitter the step's crop is shifted, but the logged psnr is that of the centre crop; under bf16 the
+    logged loss is the fp32 one."""
+    from repinv.images import load_images
+    from repinv.metrics import psnr
+
+    args = ["model=vit_tiny", "layers=[0]", "optimizer.lr=1.0", "log_every=5", "logger=csv"]
+    _, out = run_repinv(*args, "steps=11", "regularizer=blur_jitter", "regularizer.jitter.pixels=8",
+                        "regularizer.jitter.start=0", tiny=False, name="jitter")
+    img = _ckpt(out)["state_dict"]["divergence._extra_state"]["last_good"]  # the image the last log step (10) saw
+    centre = img[:, :, 4:68, 4:68]
+    shifted = max((img[:, :, y:y + 64, x:x + 64] for y in range(9) for x in range(9)),
+                  key=lambda v: (v - centre).abs().max())
+    ref = load_images("chelsea", (64, 64))[0].pixels.unsqueeze(0)
+    logged = _logged(out, 10)["psnr/chelsea/L0"]
+    assert logged == pytest.approx(psnr(centre, ref).item(), abs=1e-4)
+    assert abs(psnr(shifted, ref).item() - logged) > 1e-3
+
+    _, fp32 = run_repinv(*args, "steps=1", tiny=False, name="fp32")
+    _, bf16 = run_repinv(*args, "steps=1", "precision=bf16", tiny=False, name="bf16")
+    a, b = _logged(fp32, 0), _logged(bf16, 0)
+    for key in ("loss/chelsea/L0", "output_l2/chelsea/L0", "psnr/chelsea/L0"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
+def test_collective_timeout_reaches_the_processes(tmp_path):
+    from datetime import timedelta
+
+    from conftest import compose_cfg
+    from repinv.errors import RepinvError
+    from repinv.pipeline import trainer_overrides, validate
+
+    cfg = compose_cfg([*TWO, "collective_timeout_s=20"], tmp_path)
+    assert trainer_overrides(cfg)["strategy"]._timeout == timedelta(seconds=20)
+    with pytest.raises(RepinvError, match="collective_timeout_s=0 must be a positive number"):
+        validate(compose_cfg(["collective_timeout_s=0"], tmp_path))
