@@ -12,7 +12,6 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from pytorch_lightning.strategies import DDPStrategy
 
 from repinv.errors import RepinvError
@@ -50,13 +49,13 @@ def shard_bounds(total: int, rank: int, world: int) -> tuple[int, int]:
 def take_shard(module, rank: int, world: int) -> list[int]:
     """Cut an `ImageOptimization`'s per-target state to `rank`'s share; returns that share's target indices.
 
-    The objective keeps only its targets, the image and the divergence state only their rows;
+    The objective keeps only its targets, the image parametrisation and the divergence state only their rows;
     the module's `records` stay whole, so gathered results are in the original target order.
     """
     start, stop = shard_bounds(len(module.records), rank, world)
     shard = list(range(start, stop))
     module.objective.shard(shard)
-    module.img = nn.Parameter(module.img.data[start:stop].clone())
+    module.image_param.take_rows(start, stop)
     module.divergence.shard(start, stop)
     return shard
 
