@@ -180,7 +180,7 @@ class ImageOptimization(pl.LightningModule):
         step = self.global_step
         offset = self.offset(step, self.generator)
         opt = self.optimizers()
-        first: dict[str, torch.Tensor | None] = {}  # the first evaluation's canvas, for the jitter's restore
+        first: dict[str, torch.Tensor | None] = {}  # the first evaluation's loss, and canvas for the jitter's restore
 
         def closure() -> torch.Tensor:
             """The loss and its gradient; the first call (the only one but for L-BFGS) also checks and logs."""
@@ -188,15 +188,15 @@ class ImageOptimization(pl.LightningModule):
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             if not first:
-                first["canvas"] = self.img.detach().clone() if self.margin else None
+                first.update(loss=loss.detach(), canvas=self.img.detach().clone() if self.margin else None)
             return loss
 
-        loss = opt.step(closure=closure)
+        opt.step(closure=closure)
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()
         self._update(step, offset, first["canvas"])
-        return loss.detach()
+        return first["loss"]
 
     def _loss(self, step: int, offset: tuple[int, int], check: bool) -> torch.Tensor:
         """Render, take the crop through the priors and the network; at log steps (`check`) stop
