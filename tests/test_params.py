@@ -224,3 +224,15 @@ def test_lbfgs_run_evaluates_several_times_per_step_and_logs_once(tmp_path):
     assert steps == [0, 5, 10, 15, 19]
     start = _tiny_run(tmp_path, "one", "optimizer=lbfgs", "regularizer=none", "objective.loss=mse", "steps=1").records
     assert all(r["output_l2"] < 0.5 * s["output_l2"] for r, s in zip(result.records, start))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_take_rows_keeps_a_shard_of_the_batch(name):
+    image = noise((3, 3, 32, 32))
+    p = build(name, image.shape)
+    p.set_image(image)
+    p.take_rows(1, 3)
+    assert p.shape == (2, 3, 32, 32) and p.param.shape[0] == 2
+    assert (p.render().detach() - image[1:3]).abs().max() < 1e-5
+    p.set_image(image[:2])
+    assert (p.render().detach() - image[:2]).abs().max() < 1e-5
