@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from conftest import compose_cfg
 from repinv.errors import RepinvError
 from repinv.params import PARAMETRIZATIONS, Fourier, Pixel, Pyramid, build
-from repinv.penalties import AlphaNorm, L2Decay, ScaleRotate, TotalVariation
+from repinv.priors import AlphaNorm, L2Decay, ScaleRotate, TotalVariation
 
 NAMES = sorted(PARAMETRIZATIONS)
 
@@ -118,9 +118,9 @@ def test_each_penalty_falls_when_optimised_alone(penalty):
     image = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     start = penalty(image).detach()
     opt = torch.optim.Adam([image], lr=0.01)
-    for _ in range(30):
+    for step in range(30):
         opt.zero_grad()
-        penalty(image).sum().backward()
+        penalty.penalty(image, step).sum().backward()
         opt.step()
     assert (penalty(image) < 0.8 * start).all(), "each image's own penalty falls"
 
@@ -163,3 +163,76 @@ def test_param_configs_build_a_factory_of_the_batch_shape(name, tmp_path):
     p = instantiate(cfg.param)((2, 3, 48, 64))
     assert type(p) is PARAMETRIZATIONS.get(name, Pixel)
     assert p.render().shape == (2, 3, 48, 64)
+
+
+@pytest.mark.parametrize("name,kinds", [
+    ("tv", ["GaussianBlur", "Jitter", "TotalVariation"]),
+    ("penalties", ["TotalVariation", "AlphaNorm"]),
+    ("transforms", ["GaussianBlur", "Jitter", "ScaleRotate"]),
+])
+def test_prior_presets_build_their_priors_in_order(name, kinds, tmp_path):
+    from repinv.pipeline import build_each
+
+    cfg = compose_cfg([f"regularizer={name}"], tmp_path)
+    assert [type(p).__name__ for p in build_each(cfg, "regularizer").values()] == kinds
+
+
+def test_scale_rotate_is_the_step_transform():
+    image = noise((2, 3, 32, 32))
+    prior = ScaleRotate((0.8, 1.2), 15)
+    assert torch.equal(prior.transform(image, 0, torch.Generator().manual_seed(5)), prior(image, torch.Generator().manual_seed(5)))
+    assert prior.penalty(image, 0) is None and prior.margin == 0
+
+
+def _tiny_run(tmp_path, name, *overrides):
+    from conftest import TINY
+    from repinv.pipeline import run
+
+    return run(compose_cfg([*TINY, "steps=20", "logger=csv", "log_every=5", *overrides], tmp_path / name))
+
+
+@pytest.mark.parametrize("name,prior,weight,measure", [
+    ("tv", "repinv.priors.TotalVariation", 0.05, lambda x: TotalVariation(1, 2)(x)),
+    ("alpha", "repinv.priors.AlphaNorm", 20, lambda x: AlphaNorm(1, 6)(x)),
+    ("l2", "repinv.priors.L2Decay", 0.05, lambda x: L2Decay(1)(x)),
+])
+def test_each_prior_lowers_its_penalty_through_the_module(tmp_path, name, prior, weight, measure):
+    """A heavily weighted penalty prior, given by `_target_` alone, pulls the run's final images towards it."""
+    plain = _tiny_run(tmp_path, "plain", "regularizer=none").images
+    weighted = _tiny_run(tmp_path, name, "regularizer=none", f"+regularizer.{name}._target_={prior}",
+                         f"+regularizer.{name}.weight={weight}").images
+    assert (measure(weighted) < 0.7 * measure(plain)).all()
+
+
+@pytest.mark.parametrize("param", ["pixel", "fourier", "pyramid"])
+def test_runs_step_each_parametrisation(tmp_path, param):
+    """The checkpoint holds the parametrisation's tensor; the run's images are what it renders."""
+    result = _tiny_run(tmp_path, param, f"param={param}", "optimizer=adam", "optimizer.lr=0.02", "regularizer=tv")
+    state = torch.load(result.out_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    p = build(param, (2, 3, 64, 64))
+    p.param.data.copy_(state["image_param.param"])
+    assert (p.render().detach().clamp(0, 1) - result.images).abs().max() < 1e-5
+    assert all(r["psnr"] > 10 and r["steps"] == 20 for r in result.records)
+
+
+def test_lbfgs_run_evaluates_several_times_per_step_and_logs_once(tmp_path):
+    import csv
+
+    result = _tiny_run(tmp_path, "lbfgs", "optimizer=lbfgs", "regularizer=none", "objective.loss=mse")
+    with open(result.out_dir / "csv" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("loss")]
+    assert steps == [0, 5, 10, 15, 19]
+    start = _tiny_run(tmp_path, "one", "optimizer=lbfgs", "regularizer=none", "objective.loss=mse", "steps=1").records
+    assert all(r["output_l2"] < 0.5 * s["output_l2"] for r, s in zip(result.records, start))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_take_rows_keeps_a_shard_of_the_batch(name):
+    image = noise((3, 3, 32, 32))
+    p = build(name, image.shape)
+    p.set_image(image)
+    p.take_rows(1, 3)
+    assert p.shape == (2, 3, 32, 32) and p.param.shape[0] == 2
+    assert (p.render().detach() - image[1:3]).abs().max() < 1e-5
+    p.set_image(image[:2])
+    assert (p.render().detach() - image[:2]).abs().max() < 1e-5

@@ -103,7 +103,7 @@ def test_frozen_model_unchanged_and_only_image_trained(run_repinv, monkeypatch):
     monkeypatch.setattr(pipeline, "ImageOptimization", Spy)
     run_repinv("layers=[1]", "logger=none")
     module = seen["module"]
-    assert [n for n, p in module.named_parameters() if p.requires_grad] == ["img"]
+    assert [n for n, p in module.named_parameters() if p.requires_grad] == ["image_param.param"]
     assert all(not p.requires_grad for p in module.net.parameters())
     assert not module.net.training, "the frozen network must stay in eval mode"
     for k, v in module.net.state_dict().items():

@@ -36,19 +36,21 @@ def _signal_at(pipeline, monkeypatch, step: int, signum=signal.SIGTERM):
 
 
 def _image(run_dir):
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["img"]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["image_param.param"]
 
 
-def test_sigterm_then_resume_equals_an_uninterrupted_run(run_repinv, monkeypatch):
+@pytest.mark.parametrize("param", [[], ["param=fourier", "optimizer=adam", "optimizer.lr=0.02"]], ids=["pixel", "fourier"])
+def test_sigterm_then_resume_equals_an_uninterrupted_run(run_repinv, monkeypatch, param):
     import repinv.pipeline as pipeline
 
     plain = pipeline.ImageOptimization
-    whole, whole_dir = run_repinv(*RESUMABLE, name="whole")
+    whole, whole_dir = run_repinv(*RESUMABLE, *param, name="whole")
     assert [r["status"] for r in whole] == ["finished", "finished"]
+    assert _image(whole_dir).shape == ((2, 3, 68, 35, 2) if param else (2, 3, 68, 68)), "the checkpoint holds the parameter"
 
     _signal_at(pipeline, monkeypatch, 13)
     with pytest.raises(SystemExit) as stop:
-        run_repinv(*RESUMABLE, name="cut")
+        run_repinv(*RESUMABLE, *param, name="cut")
     cut_dir = whole_dir.parent / "cut"
     assert stop.value.code == 128 + signal.SIGTERM
     cut = read_metrics(cut_dir)
@@ -58,7 +60,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(run_repinv, monkeypatch
     assert ckpt["global_step"] == 14 and "net.patch_embed.proj.weight" not in ckpt["state_dict"]
 
     monkeypatch.setattr(pipeline, "ImageOptimization", plain)
-    resumed, _ = run_repinv(*RESUMABLE, "resume=last", name="cut")  # in its own folder, as after a requeue
+    resumed, _ = run_repinv(*RESUMABLE, *param, "resume=last", name="cut")  # in its own folder, as after a requeue
     assert [(r["status"], r["steps"]) for r in resumed] == [("finished", 30)] * 2
     assert [r["status"] for r in read_metrics(cut_dir)] == ["finished"] * 2
     assert torch.equal(_image(cut_dir), _image(whole_dir)), "resumed image differs from the uninterrupted one"

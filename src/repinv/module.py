@@ -12,6 +12,7 @@ from repinv.divergence import Divergence
 from repinv.images import TargetImage
 from repinv.models import LoadedModel
 from repinv.objectives import Objective
+from repinv.params import Parametrization, Pixel
 from repinv.precision import StepNetwork, compile_forward, step_network
 from repinv.priors import Prior
 from repinv.sharding import gather, gather_rows, gather_tensor, take_rows, take_shard
@@ -27,10 +28,13 @@ class ImageOptimization(pl.LightningModule):
     """Gradient descent on an image batch [targets, 3, H, W] against a frozen network.
 
     The network is frozen (no gradients, eval mode even while Lightning trains) and left out
-    of checkpoints; the objective's targets are computed once here. Each step: the priors place
-    and transform the crop the network sees, the per-target losses (plus the priors' penalties)
-    are summed, one optimiser step, then the priors update the image, in the order given. When
-    the priors' margins make the canvas larger than the input, only the crop takes the step.
+    of checkpoints; the objective's targets are computed once here. The trainable tensor is a
+    parametrisation's (`param`, a factory of the batch shape; pixels by default) and `img` is
+    the canvas it renders. Each step: the priors place and transform the crop the network
+    sees, the per-target losses (plus the priors' penalties) are summed, one optimiser step
+    (through a closure, so L-BFGS can evaluate the loss again), then the priors update the
+    rendered canvas, in the order given, and it is written back to the parameter. When the
+    priors' margins make the canvas larger than the input, only the crop takes the step.
     `metrics` (name -> `(image, reference) -> [N]`) are computed every `log_every` steps and at
     the end, always of the centre crop in fp32: at a log step whose own forward saw another crop
     (jitter), a transformed one, or ran under bf16/autocast, one extra no-grad fp32 forward.
@@ -45,6 +49,7 @@ class ImageOptimization(pl.LightningModule):
         steps: int,
         scheduler: Callable | None = None,
         priors: Sequence[Prior] = (),
+        param: Callable[[tuple[int, ...]], Parametrization] = Pixel,
         metrics: Mapping[str, Callable] | None = None,
         init_mean: float = 0.7,
         init_std: float = 1 / 20,
@@ -68,7 +73,10 @@ class ImageOptimization(pl.LightningModule):
         self.input_size = model.input_size
         self.margin = sum(p.margin for p in self.priors)
         canvas = (self.input_size[0] + self.margin, self.input_size[1] + self.margin)
-        self.img = nn.Parameter(noise_canvas(objective.init_seeds(seed), canvas, init_mean, init_std))
+        start = noise_canvas(objective.init_seeds(seed), canvas, init_mean, init_std)
+        self.image_param = param(tuple(start.shape))
+        self.image_param.set_image(start)
+        self._rendered: tuple[tuple, torch.Tensor] | None = None
         self.divergence = Divergence(len(self.records))
         self.generator = torch.Generator().manual_seed(seed)  # the priors' random draws, saved in checkpoints
         self.shard: list[int] = list(range(len(self.records)))  # the targets this process optimises
@@ -81,6 +89,32 @@ class ImageOptimization(pl.LightningModule):
         world = self.trainer.world_size
         if world > 1 and len(self.shard) == len(self.records):
             self.shard = take_shard(self, self.trainer.global_rank, world)
+
+    # -- the image ------------------------------------------------------------------------
+    def _param_key(self) -> tuple:
+        """Changes whenever the parameter does: in-place steps, a device move, a new (sharded) tensor."""
+        p = self.image_param.param
+        return p._version, p.data_ptr(), p.device
+
+    @property
+    def img(self) -> torch.Tensor:
+        """The canvas [targets, 3, H, W] the parameter renders (rendered again only when the parameter changed)."""
+        if self._rendered is None or self._rendered[0] != self._param_key():
+            with torch.no_grad():
+                self._rendered = (self._param_key(), self.image_param.render())
+        return self._rendered[1]
+
+    def render(self) -> torch.Tensor:
+        """Render the canvas differentiably (once per loss evaluation); `img` is it until the parameter changes."""
+        image = self.image_param.render()
+        self._rendered = (self._param_key(), image)
+        return image
+
+    @torch.no_grad()
+    def commit(self, canvas: torch.Tensor) -> None:
+        """Write a changed canvas back to the parameter (for pixels, `canvas` already is its storage)."""
+        self.image_param.set_image(canvas)
+        self._rendered = (self._param_key(), canvas)
 
     # -- the frozen network -------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -133,10 +167,10 @@ class ImageOptimization(pl.LightningModule):
     def run_identity(self) -> dict:
         """What a checkpoint must agree on to be resumed by this module: the targets, the steps, the canvas."""
         return {"targets": [self.target_key(i) for i in range(len(self.records))], "steps": self.steps,
-                "canvas": list(self.img.shape[1:])}
+                "canvas": list(self.image_param.shape[1:]), "param": type(self.image_param).__name__}
 
     def configure_optimizers(self):
-        opt = self.optimizer_factory([self.img])
+        opt = self.optimizer_factory(list(self.image_param.parameters()))
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
@@ -155,11 +189,11 @@ class ImageOptimization(pl.LightningModule):
         centre = sum(p.margin // 2 for p in self.priors)
         return centre, centre
 
-    def view(self, offset: tuple[int, int] | None = None) -> torch.Tensor:
-        """The part of the canvas the network sees (the centre crop unless an offset is given)."""
+    def view(self, offset: tuple[int, int] | None = None, canvas: torch.Tensor | None = None) -> torch.Tensor:
+        """The part of the canvas (`img` unless given) the network sees: the centre crop unless an offset is given."""
         dy, dx = offset or self.centre()
         h, w = self.input_size
-        return self.img[:, :, dy : dy + h, dx : dx + w]
+        return (self.img if canvas is None else canvas)[:, :, dy : dy + h, dx : dx + w]
 
     def target_key(self, i: int) -> str:
         return "/".join(str(v) for k, v in self.records[i].items() if k != "module")
@@ -167,28 +201,41 @@ class ImageOptimization(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         step = self.global_step
         offset = self.offset(step, self.generator)
+        opt = self.optimizers()
+        first: dict[str, torch.Tensor | None] = {}  # the first evaluation's loss, and canvas for the jitter's restore
+
+        def closure() -> torch.Tensor:
+            """The loss and its gradient; the first call (the only one but for L-BFGS) also checks and logs."""
+            loss = self._loss(step, offset, check=not first)
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            if not first:
+                first.update(loss=loss.detach(), canvas=self.img.detach().clone() if self.margin else None)
+            return loss
+
+        opt.step(closure=closure)
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        self._update(step, offset, first["canvas"])
+        return first["loss"]
+
+    def _loss(self, step: int, offset: tuple[int, int], check: bool) -> torch.Tensor:
+        """Render, take the crop through the priors and the network; at log steps (`check`) stop
+        diverged targets and log. Returns the summed loss of the targets still running."""
+        self.render()
         view = seen = self.view(offset)
         for prior in self.priors:
             seen = prior.transform(seen, step, self.generator)
         with self.stepper.context():
             losses, stats = self.objective(self.step_net, self.normalize(seen))
-        if step % self.log_every == 0 or step == self.steps - 1:
+        if check and (step % self.log_every == 0 or step == self.steps - 1):
             self.divergence.check(self.img, losses)
             exact = seen is view and offset == self.centre() and self.step_net is self.net
             self._log_step(*((losses, stats, view) if exact and not torch.is_autocast_enabled(view.device.type)
                              else self._centred_fp32()))
         # masked after the check, which updates the mask in place (autograd would refuse it afterwards)
-        loss = self.divergence.masked(self._penalised(losses, view, step)).sum()
-        opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        before = self.img.detach().clone() if self.margin else None
-        opt.step()
-        sched = self.lr_schedulers()
-        if sched is not None:
-            sched.step()
-        self._update(step, offset, before)
-        return loss.detach()
+        return self.divergence.masked(self._penalised(losses, view, step)).sum()
 
     def _penalised(self, losses: torch.Tensor, view: torch.Tensor, step: int) -> torch.Tensor:
         """The per-target losses plus the priors' penalties on the crop."""
@@ -200,15 +247,18 @@ class ImageOptimization(pl.LightningModule):
 
     @torch.no_grad()
     def _update(self, step: int, offset: tuple[int, int], before: torch.Tensor | None) -> None:
-        """After the optimiser step: the priors' updates in order; then, on a canvas larger than the
-        input, everything outside the crop goes back to `before`; the stopped targets stay as they were."""
+        """After the optimiser step, on the rendered canvas: the priors' updates in order; then, on a
+        canvas larger than the input, everything outside the crop goes back to `before`; the stopped
+        targets stay as they were. The result is written back to the parameter."""
+        canvas = self.img.detach()
         for prior in self.priors:
-            prior.update(self.img.data, step, self.steps)
+            prior.update(canvas, step, self.steps)
         if before is not None:
-            crop = self.view(offset).detach().clone()
-            self.img.data.copy_(before)
-            self.view(offset).data.copy_(crop)
-        self.divergence.rollback(self.img.data)
+            crop = self.view(offset, canvas).clone()
+            canvas.copy_(before)
+            self.view(offset, canvas).copy_(crop)
+        self.divergence.rollback(canvas)
+        self.commit(canvas)
 
     @torch.no_grad()
     def _centred_fp32(self) -> tuple[torch.Tensor, dict, torch.Tensor]:
@@ -255,6 +305,7 @@ class ImageOptimization(pl.LightningModule):
         with torch.autocast(device_type=view.device.type, enabled=False):
             losses, stats = self.objective(self.net, self.normalize(view.float()))
             if self.divergence.check(self.img, losses, remember=False):  # the steps since the last check went non-finite
+                self.commit(self.img)
                 losses, stats = self.objective(self.net, self.normalize(view.float()))
         rows = self.measure(losses, stats, view)
         out = []

@@ -253,6 +253,7 @@ def run(cfg: DictConfig) -> RunResult:
         optimizer=build(cfg.optimizer),
         scheduler=build(cfg.scheduler) if cfg.get("scheduler") else None,
         priors=list(build_each(cfg, "regularizer").values()),
+        param=build(cfg.param),
         metrics=build_each(cfg, "metrics"),
         steps=cfg.steps,
         init_mean=cfg.init.mean,

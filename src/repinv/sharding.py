@@ -16,7 +16,6 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from hydra.utils import get_class
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.accelerators import AcceleratorRegistry
@@ -58,14 +57,14 @@ def shard_bounds(total: int, rank: int, world: int) -> tuple[int, int]:
 def take_shard(module, rank: int, world: int) -> list[int]:
     """Cut an `ImageOptimization`'s per-target state to `rank`'s share; returns that share's target indices.
 
-    The objective keeps only its targets, the image and the divergence state only their rows;
+    The objective keeps only its targets, the image parametrisation and the divergence state only their rows;
     the module's `records` stay whole, so gathered results are in the original target order.
     """
     start, stop = shard_bounds(len(module.records), rank, world)
     shard = list(range(start, stop))
     before = {k: getattr(v, "shape", None) for k, v in module.state_dict().items()}
     module.objective.shard(shard)
-    module.img = nn.Parameter(module.img.data[start:stop].clone())
+    module.image_param.take_rows(start, stop)
     module.divergence.shard(start, stop)
     cut = [k for k, v in module.state_dict().items() if k in before and getattr(v, "shape", None) != before[k]]
     module.sharded_prefixes = sorted({k.rsplit(".", 1)[0] if "." in k else k for k in cut})

@@ -47,6 +47,11 @@ class Parametrization(nn.Module):
         """The parameter value (not set) for which `render()` returns `image`."""
         raise NotImplementedError
 
+    def take_rows(self, start: int, stop: int) -> None:
+        """Keep only the images [start, stop) of the batch (one process's shard): the parameter's batch rows."""
+        self.shape = (stop - start, *self.shape[1:])
+        self.param = nn.Parameter(self.param.data[start:stop].clone())
+
     def forward(self) -> torch.Tensor:
         return self.render()
 

@@ -1,0 +1,51 @@
+"""The recipe study script: runs each recipe through the CLI and tabulates PSNR/SSIM against steps."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+
+def _study(tmp_path, *args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "recipes.py"), "--smoke", "--out", str(tmp_path), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "recipes.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert Image.open(tmp_path / "recipes.png").size[0] > 200
+    return rows
+
+
+def _check(rows, recipes, layers):
+    assert sorted((r["recipe"], r["model"], r["layer"]) for r in rows) == sorted(
+        (recipe, model, layer) for recipe in recipes for model, layer in layers)
+    for r in rows:
+        assert all(5 < float(r[f"psnr@{s}"]) < 60 and 0 < float(r[f"ssim@{s}"]) <= 1 for s in (5, 10, 20)), r
+    for model, layer in layers:
+        study = [r for r in rows if r["recipe"].startswith("study") and (r["model"], r["layer"]) == (model, layer)]
+        best = max(study, key=lambda r: float(r["psnr@20"]))
+        assert float(best["study_best_psnr"]) == float(best["psnr@20"]) and best["steps_to_study_best"] == "20"
+
+
+def test_smoke_writes_a_row_per_recipe_and_layer_and_the_plot(tmp_path):
+    recipes = ["study-decay", "study-constant", "adam-pyramid-blur"]
+    rows = _study(tmp_path, "--recipes", *recipes, "--models", "vit_tiny", "--jobs", "2")
+    _check(rows, recipes, [("vit_tiny", "patch_embed"), ("vit_tiny", "L1")])
+
+
+@pytest.mark.slow
+def test_full_smoke_covers_every_recipe_model_and_layer(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from recipes import RECIPES
+
+    layers = [("vit_tiny", "patch_embed"), ("vit_tiny", "L1"), ("resnet_tiny", "L0"), ("resnet_tiny", "L1"),
+              ("mixer_tiny_noln", "L1")]
+    _check(_study(tmp_path, "--jobs", "2"), list(RECIPES), layers)
