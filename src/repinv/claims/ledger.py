@@ -36,15 +36,20 @@ COLUMNS = ["claim", "text", "figure", "model source", "images", "seeds", "measur
 
 @dataclass(frozen=True)
 class Budget:
-    """How big the ledger's runs are: the study's steps on the study's models, or tiny and short."""
+    """How big the ledger's runs are: the study's steps on the study's models, or tiny and short.
+
+    `lrs` are the constant learning rates of the sensitivity check (each also without input
+    normalisation); the quick budget tries one, so every recipe kind is still exercised.
+    """
 
     name: str
     steps: int
     images: tuple[str, ...]
+    lrs: tuple[float, ...]
 
 
-BUDGETS = {"study": Budget("study", 1500, ("chelsea", "astronaut", "coffee")),
-           "quick": Budget("quick", 30, ("chelsea", "astronaut"))}
+BUDGETS = {"study": Budget("study", 1500, ("chelsea", "astronaut", "coffee"), (0.01, 0.05, 0.2, 0.5)),
+           "quick": Budget("quick", 10, ("chelsea",), (0.5,))}
 
 
 def recipes(lrs: Sequence[float]) -> dict[str, list[str]]:
