@@ -75,8 +75,8 @@ def _ledger(out) -> list[dict]:
 
 def test_quick_ledger_runs_claims_end_to_end_with_sensitivity(tmp_path, capsys):
     ids = "vit-untrained-keeps-input,vit-trained-loses-input,class-generation"
-    code = main(["--budget", "quick", "--seeds", "1", "--claims", ids, "--sources", "timm", "--lrs", "0.5",
-                 "--steps", "4", "--jobs", "2", "--out", str(tmp_path), "logger=none", "log_every=2"])
+    code = main(["--budget", "quick", "--seeds", "1", "--claims", ids, "--sources", "timm", "--lrs", "0.5", "--image", "chelsea",
+                 "--image", "astronaut", "--steps", "4", "--jobs", "2", "--out", str(tmp_path), "logger=none", "log_every=2"])
     assert code == 0
     assert capsys.readouterr().out.split() == [str(tmp_path / "claims.md"), str(tmp_path / "claims.csv")]
     ledger = {r["claim"]: r for r in _ledger(tmp_path)}
@@ -122,15 +122,25 @@ def test_bad_claim_id_is_one_paragraph(capsys):
     assert "Did you mean 'vit-untrained-keeps-input'" in err and "Traceback" not in err
 
 
-@pytest.mark.slow
 def test_full_quick_ledger_has_a_verdict_in_every_row(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "repinv.claims", "--budget", "quick", "--seeds", "1", "--jobs", "2",
+    proc = subprocess.run([sys.executable, "-m", "repinv.claims", "--budget", "quick", "--seeds", "1",
                            "--out", str(tmp_path), "logger=none"], capture_output=True, text=True, env=ENV, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ledger = _ledger(tmp_path)
     assert [r["claim"] for r in ledger] == [c.id for c in CLAIMS]
     assert all(r["verdict"] in {"holds", "fails"} for r in ledger if not CLAIMS[ledger.index(r)].trained)
     assert all(r["verdict"] == "needs trained weights" for r in ledger if CLAIMS[ledger.index(r)].trained)
+
+
+def test_a_run_that_fails_in_this_process_is_run_failed_with_its_reason(tmp_path, capsys):
+    code = main(["--budget", "quick", "--seeds", "1", "--claims", "vit-entry-untrained", "--sources", "timm",
+                 "--out", str(tmp_path), "logger=none", "stepz=3"])
+    [row] = _ledger(tmp_path)
+    assert code == 1 and row["verdict"] == "run failed"
+    assert row["measured"].startswith("RepinvError: The overrides") and "Could not override 'stepz'" in row["measured"]
+    log = tmp_path / "runs" / "vit-entry-untrained" / "default_linear_lr" / "vit" / "seed0.log"
+    assert "stepz" in log.read_text() and str(log) in row["measured"]
+    assert capsys.readouterr().out.split() == [str(tmp_path / "claims.md"), str(tmp_path / "claims.csv")]
 
 
 def test_figure_without_weights_labels_its_trained_panel(tmp_path):

@@ -1,6 +1,6 @@
 """`repinv-claims`: check every claim of the study that can be checked, and write the ledger.
 
-    repinv-claims --budget quick                 # tiny models, minutes
+    repinv-claims --budget quick                 # tiny models, one image, 10 steps: a minute or two
     repinv-claims --budget study --jobs 2        # the study's models and 1,500 steps
     repinv-claims --budget study --pretrained    # also the trained-weight claims
 """
@@ -18,22 +18,21 @@ from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import write
 from repinv.errors import RepinvError, listing, suggest
 
-DEFAULT_LRS = (0.01, 0.05, 0.2, 0.5)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repinv-claims", description="Does the study reproduce? Run each claim's inversions and write "
                                 "claims.md and claims.csv with a verdict per claim.")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="study: the study's models and 1,500 steps; "
-                   "quick: tiny models and 30 steps (a smoke check of the machinery, not of the study)")
+                   "quick: tiny models, one image and 10 steps (a smoke check of the machinery, not of the study)")
     p.add_argument("--out", type=Path, help="ledger folder (default logs/claims/<budget>)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3)")
     p.add_argument("--image", action="append", help="photograph to invert (repeatable); default: embedded photographs")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (each its own repinv process)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each its own repinv process (default 1: "
+                   "one after another in this process)")
     p.add_argument("--claims", help="comma-separated claim ids to check (default all; --list shows them)")
     p.add_argument("--sources", default="timm,torchvision", help="model sources to check (comma-separated)")
-    p.add_argument("--lrs", type=float, nargs="*", default=list(DEFAULT_LRS),
-                   help="constant learning rates of the sensitivity check (none: the default recipe only)")
+    p.add_argument("--lrs", type=float, nargs="*", help="constant learning rates of the sensitivity check (default: "
+                   f"study {' '.join(map(str, BUDGETS['study'].lrs))}, quick {' '.join(map(str, BUDGETS['quick'].lrs))}; "
+                   "none: the default recipe only)")
     p.add_argument("--steps", type=int, help="override the budget's steps")
     p.add_argument("--pretrained", action="store_true", help="trained runs load timm's pretrained weights, and "
                    "torchvision's IMAGENET1K_V1 unless --weights is given")
@@ -92,8 +91,9 @@ def main(argv=None) -> int:
     budget = BUDGETS[args.budget]
     out = (args.out or Path("logs") / "claims" / budget.name).resolve()
     images = args.image or list(budget.images)
+    lrs = budget.lrs if args.lrs is None else args.lrs
     started = time.perf_counter()
-    p = plan(claims, budget, out, args.seeds, images, args.lrs, weight_source(args), args.overrides, args.steps)
+    p = plan(claims, budget, out, args.seeds, images, lrs, weight_source(args), args.overrides, args.steps)
     print(f"{len(claims)} claims, {len(p.jobs)} runs -> {out}", file=sys.stderr)
     execute(p, args.jobs)
     csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds)

@@ -1,7 +1,9 @@
-"""Plan every claim's runs, run them through the `repinv` CLI, judge each claim and write the ledger.
+"""Plan every claim's runs, run them as `repinv` runs, judge each claim and write the ledger.
 
-Each run is one `python -m repinv ... hydra.run.dir=<out>/runs/<claim>/<recipe>/<condition>/seed<k>`,
-so every number in claims.csv traces to a run folder (metrics.json, PNGs, W&B run). Runs with
+Each run is `repinv ... hydra.run.dir=<out>/runs/<claim>/<recipe>/<condition>/seed<k>`: one after
+another in this process through `repinv.run` (no interpreter start per run), or with `--jobs N`
+each its own `python -m repinv` process. The run folders are the same either way, so every number
+in claims.csv traces to a run folder (metrics.json, PNGs, W&B run). Runs with
 the same overrides are made once and shared by the claims that need them; a folder whose run
 already finished with the same command is reused, so an interrupted ledger continues.
 """
@@ -13,11 +15,15 @@ import os
 import re
 import subprocess
 import sys
+import traceback
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import repinv
 from repinv.claims.registry import Claim
 
 NEEDS_WEIGHTS = "needs trained weights"
@@ -30,15 +36,20 @@ COLUMNS = ["claim", "text", "figure", "model source", "images", "seeds", "measur
 
 @dataclass(frozen=True)
 class Budget:
-    """How big the ledger's runs are: the study's steps on the study's models, or tiny and short."""
+    """How big the ledger's runs are: the study's steps on the study's models, or tiny and short.
+
+    `lrs` are the constant learning rates of the sensitivity check (each also without input
+    normalisation); the quick budget tries one, so every recipe kind is still exercised.
+    """
 
     name: str
     steps: int
     images: tuple[str, ...]
+    lrs: tuple[float, ...]
 
 
-BUDGETS = {"study": Budget("study", 1500, ("chelsea", "astronaut", "coffee")),
-           "quick": Budget("quick", 30, ("chelsea", "astronaut"))}
+BUDGETS = {"study": Budget("study", 1500, ("chelsea", "astronaut", "coffee"), (0.01, 0.05, 0.2, 0.5)),
+           "quick": Budget("quick", 10, ("chelsea",), (0.5,))}
 
 
 def recipes(lrs: Sequence[float]) -> dict[str, list[str]]:
@@ -106,18 +117,33 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
     return p
 
 
-def run_job(job: Job) -> Job:
+def launch(args: list[str], log: Path, in_process: bool) -> str | None:
+    """Run `repinv ARGS`, its output to `log`: in this process, or as its own process. Why it failed, or None."""
+    with open(log, "w") as f:
+        if not in_process:
+            code = subprocess.run([sys.executable, "-m", "repinv", *args], stdout=f, stderr=subprocess.STDOUT,
+                                  env=os.environ.copy()).returncode
+            return f"exit {code}; see {log}" if code else None
+        try:
+            with redirect_stdout(f), redirect_stderr(f):
+                repinv.run(args)
+        except Exception as err:  # any failure of one run is that run's verdict, not the ledger's end
+            traceback.print_exc(file=f)
+            return f"{type(err).__name__}: {' '.join(str(err).split())}; see {log}"
+    return None
+
+
+def run_job(job: Job, in_process: bool = True) -> Job:
     """Run (or reuse) one job; read its records, tagged with seed and filter structure."""
-    cmd = [sys.executable, "-m", "repinv", *job.overrides, f"hydra.run.dir={quote(job.folder)}"]
+    args = [*job.overrides, f"hydra.run.dir={quote(job.folder)}"]
     done = job.folder / "command.txt"
-    if not (done.is_file() and done.read_text() == " ".join(cmd[3:])):
+    if not (done.is_file() and done.read_text() == " ".join(args)):
         job.folder.parent.mkdir(parents=True, exist_ok=True)
-        with open(job.log, "w") as f:
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
-        if code != 0 or not (job.folder / "metrics.json").is_file():
-            job.status = f"exit {code}; see {job.log}"
+        failure = launch(args, job.log, in_process)
+        if failure or not (job.folder / "metrics.json").is_file():
+            job.status = failure or f"no metrics.json written; see {job.log}"
             return job
-        done.write_text(" ".join(cmd[3:]))
+        done.write_text(" ".join(args))
     records = json.loads((job.folder / "metrics.json").read_text())
     if job.trained and not all(r.get("trained") for r in records):
         job.status = f"weights were given but metrics.json says trained=false: {job.folder}"
@@ -130,9 +156,9 @@ def run_job(job: Job) -> Job:
 
 
 def execute(p: Plan, jobs: int) -> None:
-    """Run every job, `jobs` at once (each its own process)."""
+    """Run every job: one after another in this process, or `jobs` at once, each its own process."""
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for job in pool.map(run_job, p.jobs.values()):
+        for job in pool.map(partial(run_job, in_process=jobs <= 1), p.jobs.values()):
             print(f"finished: {job.folder}" if job.status == "finished" else f"{RUN_FAILED}: {job.status}", file=sys.stderr)
 
 

@@ -22,7 +22,7 @@ ARCHS: dict[tuple[str, str], dict[str, list[str]]] = {
     ("vit_b_32", "timm"): {"study": ["model=vit_b_32", f"layers=[patch_embed,{','.join(map(str, range(12)))}]"],
                            "quick": ["model=vit_tiny", "layers=[patch_embed,0,1]"]},
     ("vit_b_32", "torchvision"): {"study": ["model=tv_vit_b_32", f"layers=[conv_proj,{','.join(map(str, range(12)))}]"],
-                                  "quick": ["model=tv_vit_tiny", "layers=[conv_proj,0,11]"]},
+                                  "quick": ["model=tv_vit_tiny", "layers=[conv_proj,0,1]"]},
     ("resnet50", "timm"): {"study": ["model=resnet50", "layers=[0,1,2,3,4]"], "quick": ["model=resnet_tiny", "layers=[0,1,2,3,4]"]},
     ("resnet50", "torchvision"): {"study": ["model=tv_resnet50", "layers=[0,1,2,3,4]"],
                                   "quick": ["model=tv_resnet50", "model.input_size=64", "layers=[0,1,2,3,4]"]},
