@@ -67,14 +67,14 @@ def test_sigterm_to_one_process_stops_all_then_resume_equals_an_uninterrupted_ru
     assert [(r["layer"], r["status"], r["steps"]) for r in cut] == [(r["layer"], "interrupted", 14) for r in whole]
     assert all((cut_dir / r["png"]).is_file() for r in cut)
     ckpt = _ckpt(cut_dir)
-    assert ckpt["global_step"] == 14 and ckpt["state_dict"]["img"].shape[0] == 4, "one checkpoint of the whole batch"
-    assert ckpt["optimizer_states"][0]["state"][0]["exp_avg"].shape == ckpt["state_dict"]["img"].shape
+    assert ckpt["global_step"] == 14 and ckpt["state_dict"]["image_param.param"].shape[0] == 4, "one checkpoint of the whole batch"
+    assert ckpt["optimizer_states"][0]["state"][0]["exp_avg"].shape == ckpt["state_dict"]["image_param.param"].shape
 
     res = _env_repinv(*args, *TWO, "logger=csv", "resume=last", f"hydra.run.dir={cut_dir}")
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = read_metrics(cut_dir)
     assert [(r["status"], r["steps"]) for r in resumed] == [("finished", 30)] * 4
-    diff = (_ckpt(cut_dir)["state_dict"]["img"] - _ckpt(whole_dir)["state_dict"]["img"]).abs().max()
+    diff = (_ckpt(cut_dir)["state_dict"]["image_param.param"] - _ckpt(whole_dir)["state_dict"]["image_param.param"]).abs().max()
     assert diff < 1e-4, f"resumed image differs from the uninterrupted one by {diff}"
     for a, b in zip(whole, resumed):
         for key in ("psnr", "ssim", "output_l2", "loss"):
