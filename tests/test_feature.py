@@ -145,7 +145,7 @@ def test_captions_and_csv_columns_come_from_the_records(tmp_path, monkeypatch):
     assert list(rows[0])[:5] == ["job", "condition", "status", "image", "column"] and list(rows[0])[-1] == "error"
     assert "wobble=2.2" in out["md"].read_text() and "blob 3 · failed" in titles
     figure = figlib.Panel("blobs", [])
-    png, table = figlib.assemble("blobs", "blobs", [figure], {"blobs": ("finished", sweep / "0")}, tmp_path / "fig")
+    png, table = figlib.assemble("blobs", "blobs", [figure], {"blobs": ("finished", sweep / "0", "untrained")}, tmp_path / "fig")
     figure_rows = _csv(table)
     assert [(r["panel"], r["column"], r["wobble"]) for r in figure_rows] == [("blobs", "blob 1", "1.25"), ("blobs", "blob 2", "2.25")]
     assert json.loads((sweep / "0" / "metrics.json").read_text())[0]["png"] == "reconstructions/x__blob-1.png"

@@ -159,7 +159,7 @@ def test_stem_runs_the_donor_conv_first_and_counts_it_as_layer_0(tmp_path, resne
     entry = "patch_embed" if vit == "vit_tiny" else "conv_proj"
     assert resolve_layer(net, entry)(net, x).shape == ((2, 16, 64) if vit == "vit_tiny" else (2, 768, 2, 2))
     first, last = resolve_layer(net, 1)(net, x), resolve_layer(net, -1)(net, x)
-    assert first.shape == last.shape == ((2, 64, 4, 4) if vit == "vit_tiny" else (2, 5, 768))
+    assert first.shape == last.shape == ((2, 17, 64) if vit == "vit_tiny" else (2, 5, 768))  # tokens, class token kept
     # the encoders see the stem's maps, not the image
     plain = _model(tmp_path, f"model={vit}").net
     assert not torch.allclose(resolve_layer(plain, 0)(plain, x), first)

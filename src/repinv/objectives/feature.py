@@ -77,7 +77,7 @@ class FeatureVisualization(Objective):
         for token, channel in self.units:
             if not (0 <= channel < shape[2] and (token is None or 0 <= token < shape[1])):
                 raise RepinvError(
-                    f"objective.units has unit {channel if token is None else [token, channel]}, but layer {self.tap.title} "
+                    f"objective.units has unit {channel if token is None else [token, channel]}, but layer {self.tap.label} "
                     f"has channels 0..{shape[2] - 1} at positions 0..{shape[1] - 1}; give units within them."
                 )
 
