@@ -111,7 +111,7 @@ def test_donor_with_other_shapes_is_a_clear_error(tmp_path):
     other = _model(tmp_path, "model.kwargs.embed_dim=32").net.state_dict()
     path = tmp_path / "other.pth"
     torch.save(other, path)
-    with pytest.raises(RepinvError, match=r"does not fit model.name=vit_base_patch32_224.*size mismatch"):
+    with pytest.raises(RepinvError, match=r"does not fit model.name=vit_base_patch32_224 as configured: cls_token is \(1, 1, 32\) there and \(1, 1, 64\) here"):
         apply_surgery(_model(tmp_path), {"t": Transplant(["pos_embed"], donor={"checkpoint": str(path)})})
 
 

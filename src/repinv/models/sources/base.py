@@ -12,8 +12,10 @@ A new library is one subclass registered with `@register("name")`; `model.source
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from repinv.errors import RepinvError, suggest
@@ -109,3 +111,16 @@ def for_net(net: nn.Module) -> ModelSource:
     if marked in _SOURCES:
         return _SOURCES[marked]
     return next((s for s in _SOURCES.values() if s.owns(net)), GENERIC)
+
+
+def load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors or torch file (a dict holding 'state_dict' or 'model' is unwrapped)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state

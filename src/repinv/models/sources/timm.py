@@ -19,8 +19,8 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from repinv.errors import RepinvError, suggest
-from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource, register
+from repinv.errors import RepinvError, listing, suggest
+from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource, load_state_file, register
 
 
 class TimmStemViT(VisionTransformer):
@@ -49,15 +49,24 @@ def _unknown_model(name: str) -> RepinvError:
     )
 
 
-def _weights_missing(name: str, checkpoint: str | None, err: Exception) -> RepinvError:
+def _mismatched(name: str, kwargs: dict[str, Any], checkpoint: str) -> list[str]:
+    """The tensors of a checkpoint file whose shapes differ from the model built with `kwargs` (on the meta device)."""
+    state = load_state_file(Path(checkpoint).expanduser())
+    with torch.device("meta"):
+        own = build(name, False, {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}).state_dict()
+    return [f"{k} is {tuple(v.shape)} there and {tuple(own[k].shape)} here" for k, v in state.items()
+            if k in own and tuple(v.shape) != tuple(own[k].shape)]
+
+
+def _weights_missing(name: str, kwargs: dict[str, Any], checkpoint: str | None, err: Exception) -> RepinvError:
     cfg = timm.models.get_pretrained_cfg(name)
     where = ""
     if cfg is not None and cfg.hf_hub_id:
         where = f" timm looks for hub repo '{cfg.hf_hub_id}' (file model.safetensors or pytorch_model.bin)."
-    if checkpoint and "size mismatch" in str(err):
+    mismatched = _mismatched(name, kwargs, checkpoint) if checkpoint else []
+    if mismatched:
         return RepinvError(
-            f"model.checkpoint={checkpoint} does not fit model.name={name} as configured: "
-            f"{str(err).splitlines()[0]} {' '.join(l.strip() for l in str(err).splitlines()[1:3])} "
+            f"model.checkpoint={checkpoint} does not fit model.name={name} as configured: {listing(mismatched, 3)}. "
             "Pass weights saved from the same architecture with the same timm kwargs (patch size, width, depth)."
         )
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
@@ -120,7 +129,7 @@ class TimmSource(ModelSource):
             ) from None
         except (RuntimeError, OSError, ValueError, ImportError) as err:
             if use_weights:
-                raise _weights_missing(name, checkpoint, err) from None
+                raise _weights_missing(name, kwargs, checkpoint, err) from None
             raise
 
     def hidden_layers(self, net):

@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from repinv.errors import RepinvError, suggest
-from repinv.models.sources.base import ModelSource, register
+from repinv.models.sources.base import ModelSource, load_state_file, register
 
 BLOCK = r"blocks\.(\d+|\*)"  # a block index, or * in a shell pattern
 LAYER = r"encoder.layers.encoder_layer_\1"
@@ -27,19 +27,6 @@ class TorchvisionStemViT(torchvision.models.VisionTransformer):
 
     def _process_input(self, x: torch.Tensor) -> torch.Tensor:
         return super()._process_input(self.stem(x))
-
-
-def load_state_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors or torch file (a dict holding 'state_dict' or 'model' is unwrapped)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return state
 
 
 def fit_state(net: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
