@@ -45,7 +45,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from repinv.images import load_images
 from repinv.metrics import input_l2, psnr, ssim
 from repinv.models import create_model
-from repinv.models.factory import freeze
 from repinv.models.packed import cpuinfo, native_bf16
 from repinv.module import ImageOptimization
 from repinv.objectives import LayerInversion, distance

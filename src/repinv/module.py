@@ -112,8 +112,10 @@ class ImageOptimization(pl.LightningModule):
 
     @torch.no_grad()
     def commit(self, canvas: torch.Tensor) -> None:
-        """Write a changed canvas back to the parameter (for pixels, `canvas` already is its storage)."""
-        self.image_param.set_image(canvas)
+        """Write a changed canvas back to the parameter; for pixels `canvas` already is its storage, and
+        the full-batch copy onto itself that every step would make is skipped."""
+        if canvas.data_ptr() != self.image_param.param.data_ptr():
+            self.image_param.set_image(canvas)
         self._rendered = (self._param_key(), canvas)
 
     # -- the frozen network -------------------------------------------------------------
