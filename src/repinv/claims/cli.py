@@ -22,14 +22,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repinv-claims", description="Does the study reproduce? Run each claim's inversions and write "
                                 "claims.md and claims.csv with a verdict per claim.")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="study: the study's models and 1,500 steps; "
+                   "cpu: the study's models and steps that fit a 2-core CPU (one image and seed, two recipes, fewer depths); "
                    "quick: tiny models, one image and 10 steps (a smoke check of the machinery, not of the study)")
     p.add_argument("--out", type=Path, help="ledger folder (default logs/claims/<budget>)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3)")
+    p.add_argument("--seeds", type=int, help="seeds per condition (default: the budget's; study 3, cpu 1)")
     p.add_argument("--image", action="append", help="photograph to invert (repeatable); default: embedded photographs")
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each its own repinv process (default 1: "
                    "one after another in this process)")
     p.add_argument("--claims", help="comma-separated claim ids to check (default all; --list shows them)")
-    p.add_argument("--sources", default="timm,torchvision", help="model sources to check (comma-separated)")
+    p.add_argument("--sources", help="model sources to check (comma-separated; default: the budget's, cpu timm only)")
     p.add_argument("--lrs", type=float, nargs="*", help="constant learning rates of the sensitivity check (default: "
                    f"study {' '.join(map(str, BUDGETS['study'].lrs))}, quick {' '.join(map(str, BUDGETS['quick'].lrs))}; "
                    "none: the default recipe only)")
@@ -78,8 +79,10 @@ def weight_source(args):
 def main(argv=None) -> int:
     """Plan, run and judge; print the paths of claims.md and claims.csv. Exit 1 when a run failed."""
     args = parser().parse_args(argv)
+    budget = BUDGETS[args.budget]
+    args.seeds = budget.seeds if args.seeds is None else args.seeds
     try:
-        claims = select(args.claims, args.sources)
+        claims = select(args.claims, args.sources or ",".join(budget.sources))
         if args.seeds < 1 or args.jobs < 1:
             raise RepinvError(f"--seeds and --jobs must be at least 1 (got {args.seeds} and {args.jobs}).")
     except RepinvError as err:
@@ -88,19 +91,17 @@ def main(argv=None) -> int:
     if args.list:
         print("\n".join(f"{c.id:<36} {c.source:<12} {'trained' if c.trained else 'untrained':<10} {c.text}" for c in claims))
         return 0
-    budget = BUDGETS[args.budget]
     out = (args.out or Path("logs") / "claims" / budget.name).resolve()
     images = args.image or list(budget.images)
-    lrs = budget.lrs if args.lrs is None else args.lrs
     started = time.perf_counter()
-    p = plan(claims, budget, out, args.seeds, images, lrs, weight_source(args), args.overrides, args.steps)
-    print(f"{len(claims)} claims, {len(p.jobs)} runs -> {out}", file=sys.stderr)
+    p = plan(claims, budget, out, args.seeds, images, args.lrs, weight_source(args), args.overrides, args.steps)
+    print(f"{len(claims)} claims, {len(p.runs)} runs -> {out}", file=sys.stderr)
     execute(p, args.jobs)
     csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds)
     print(md_path)
     print(csv_path)
     print(f"ledger in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return 0 if all(j.status == "finished" for j in p.jobs.values()) else 1
+    return 0 if all(r.status == "finished" for r in p.runs.values()) else 1
 
 
 if __name__ == "__main__":

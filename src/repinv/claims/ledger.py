@@ -1,32 +1,25 @@
 """Plan every claim's runs, run them as `repinv` runs, judge each claim and write the ledger.
 
-Each run is `repinv ... hydra.run.dir=<out>/runs/<claim>/<recipe>/<condition>/seed<k>`: one after
-another in this process through `repinv.run` (no interpreter start per run), or with `--jobs N`
-each its own `python -m repinv` process. The run folders are the same either way, so every number
-in claims.csv traces to a run folder (metrics.json, PNGs, W&B run). Runs with
-the same overrides are made once and shared by the claims that need them; a folder whose run
-already finished with the same command is reused, so an interrupted ledger continues.
+The runs are the study runner's (`repinv.study`): each in `<out>/runs/<model>-seed<k>-<hash>/`,
+named by its overrides, made once and shared by every claim (and every other tool) that needs
+it; one after another in this process, or with `--jobs N` each its own `python -m repinv`
+process. Every number in claims.csv traces to a run folder (metrics.json, PNGs, command.txt);
+a finished folder is reused and an interrupted one resumes, so an interrupted ledger continues.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
-import traceback
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
-import repinv
+from repinv import study
 from repinv.claims.registry import Claim
+from repinv.study import Run, quote
 
 NEEDS_WEIGHTS = "needs trained weights"
+GPU_BUDGET = "GPU budget"
 DEFAULT_RECIPE = "default (linear lr)"
 RUN_FAILED = "run failed"
 NO_NORM = ["model.mean=[0,0,0]", "model.std=[1,1,1]"]
@@ -36,52 +29,43 @@ COLUMNS = ["claim", "text", "figure", "model source", "images", "seeds", "measur
 
 @dataclass(frozen=True)
 class Budget:
-    """How big the ledger's runs are: the study's steps on the study's models, or tiny and short.
+    """How big the ledger's runs are, and which recipes judge a recipe-sensitive claim.
 
-    `lrs` are the constant learning rates of the sensitivity check (each also without input
-    normalisation); the quick budget tries one, so every recipe kind is still exercised.
+    `lrs` are the constant learning rates of the sensitivity check; `norms` says whether each runs
+    with input normalisation (True), without it (False), or both. `bf16` steps in bfloat16 where
+    the CPU or GPU runs it natively (targets and final metrics stay fp32).
     """
 
     name: str
     steps: int
     images: tuple[str, ...]
     lrs: tuple[float, ...]
+    seeds: int = 3
+    norms: tuple[bool, ...] = (True, False)
+    sources: tuple[str, ...] = ("timm", "torchvision")
+    bf16: bool = False
+
+    def recipes(self, lrs: Sequence[float] | None = None) -> dict[str, list[str]]:
+        """The default recipe (decaying lr, input normalised), then each constant lr under each of `norms`;
+        with both norms the default also runs without normalisation."""
+        base = {DEFAULT_RECIPE: []} | {f"constant lr={lr:g}": ["scheduler=constant", f"optimizer.lr={lr:g}"]
+                                       for lr in (self.lrs if lrs is None else lrs)}
+        out = {}
+        for name, o in base.items():
+            for norm in self.norms if name != DEFAULT_RECIPE or len(self.norms) > 1 else (True,):
+                out[name if norm else f"{name}, no input norm"] = o if norm else [*o, *NO_NORM]
+        return out
+
+    def overrides(self) -> list[str]:
+        """What every run of this budget adds (bf16 where it runs natively)."""
+        from repinv.models.packed import native_bf16
+
+        return ["precision=bf16"] if self.bf16 and native_bf16() else []
 
 
 BUDGETS = {"study": Budget("study", 1500, ("chelsea", "astronaut", "coffee"), (0.01, 0.05, 0.2, 0.5)),
+           "cpu": Budget("cpu", 1500, ("chelsea",), (0.1,), seeds=1, norms=(False,), sources=("timm",), bf16=True),
            "quick": Budget("quick", 10, ("chelsea",), (0.5,))}
-
-
-def recipes(lrs: Sequence[float]) -> dict[str, list[str]]:
-    """The default recipe (decaying lr) and each constant lr, each with and without input normalisation."""
-    base = {DEFAULT_RECIPE: []} | {f"constant lr={lr:g}": ["scheduler=constant", f"optimizer.lr={lr:g}"] for lr in lrs}
-    return {k: v for name, o in base.items() for k, v in ((name, o), (f"{name}, no input norm", [*o, *NO_NORM]))}
-
-
-@dataclass
-class Job:
-    """One repinv run: its folder, overrides, seed, and whether it loads trained weights."""
-
-    folder: Path
-    overrides: list[str]
-    seed: int
-    trained: bool
-    status: str = "pending"
-    records: list[dict] = field(default_factory=list)
-
-    @property
-    def log(self) -> Path:
-        return self.folder.parent / f"{self.folder.name}.log"
-
-
-def slug(text: str) -> str:
-    """A folder name: runs of other characters than letters, digits, `.` and `-` become one `_`."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
-
-
-def quote(value) -> str:
-    """A value quoted for Hydra's override parser (spaces, commas, `=` and quotes survive)."""
-    return "'" + str(value).replace("'", "\\'") + "'"
 
 
 def image_override(images: Sequence[str]) -> str:
@@ -91,83 +75,66 @@ def image_override(images: Sequence[str]) -> str:
 
 @dataclass
 class Plan:
-    """Every job of the ledger, and for each (claim, recipe) the jobs of each condition."""
+    """Every run of the ledger, and for each (claim, recipe) the runs of each condition with their seeds."""
 
-    jobs: dict[tuple[str, ...], Job] = field(default_factory=dict)
-    conditions: dict[tuple[str, str], dict[str, list[Job]]] = field(default_factory=dict)
+    runs: dict[tuple[str, ...], Run] = field(default_factory=dict)
+    conditions: dict[tuple[str, str], dict[str, list[tuple[int, Run]]]] = field(default_factory=dict)
+    out_of_budget: set[str] = field(default_factory=set)
 
 
-def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images: Sequence[str], lrs: Sequence[float],
+def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images: Sequence[str], lrs: Sequence[float] | None,
          weights, extra: Sequence[str], steps: int | None = None) -> Plan:
-    """The jobs each claim needs. Claims whose trained runs have no weights get none (needs trained weights)."""
+    """The runs each claim needs. Claims whose trained runs have no weights get none (needs trained weights);
+    claims whose models the budget does not hold are out of budget."""
     p = Plan()
     for claim in claims:
+        if not claim.fits(budget.name):
+            p.out_of_budget.add(claim.id)
+            continue
         loads = {name: weights(claim.source, claim.overrides(name, budget.name)) for name, run in claim.runs.items() if run.trained}
         if any(v is None for v in loads.values()):
             continue
-        for recipe, recipe_overrides in (recipes(lrs) if claim.sensitivity else {DEFAULT_RECIPE: []}).items():
+        for recipe, recipe_overrides in (budget.recipes(lrs) if claim.sensitivity else {DEFAULT_RECIPE: []}).items():
             conds = p.conditions.setdefault((claim.id, recipe), {})
             for name in claim.runs:
                 for seed in range(seeds):
                     overrides = [*claim.overrides(name, budget.name), image_override(images), f"steps={steps or budget.steps}",
-                                 f"seed={seed}", *recipe_overrides, *loads.get(name, []), *extra]
-                    folder = out / "runs" / claim.id / slug(recipe) / name / f"seed{seed}"
-                    job = p.jobs.setdefault(tuple(overrides), Job(folder, overrides, seed, name in loads))
-                    conds.setdefault(name, []).append(job)
+                                 f"seed={seed}", *budget.overrides(), *recipe_overrides, *loads.get(name, []), *extra]
+                    run = study.run_for(out, overrides)
+                    conds.setdefault(name, []).append((seed, p.runs.setdefault(run.overrides, run)))
     return p
 
 
-def launch(args: list[str], log: Path, in_process: bool) -> str | None:
-    """Run `repinv ARGS`, its output to `log`: in this process, or as its own process. Why it failed, or None."""
-    with open(log, "w") as f:
-        if not in_process:
-            code = subprocess.run([sys.executable, "-m", "repinv", *args], stdout=f, stderr=subprocess.STDOUT,
-                                  env=os.environ.copy()).returncode
-            return f"exit {code}; see {log}" if code else None
-        try:
-            with redirect_stdout(f), redirect_stderr(f):
-                repinv.run(args)
-        except Exception as err:  # any failure of one run is that run's verdict, not the ledger's end
-            traceback.print_exc(file=f)
-            return f"{type(err).__name__}: {' '.join(str(err).split())}; see {log}"
-    return None
-
-
-def run_job(job: Job, in_process: bool = True) -> Job:
-    """Run (or reuse) one job; read its records, tagged with seed and filter structure."""
-    args = [*job.overrides, f"hydra.run.dir={quote(job.folder)}"]
-    done = job.folder / "command.txt"
-    if not (done.is_file() and done.read_text() == " ".join(args)):
-        job.folder.parent.mkdir(parents=True, exist_ok=True)
-        failure = launch(args, job.log, in_process)
-        if failure or not (job.folder / "metrics.json").is_file():
-            job.status = failure or f"no metrics.json written; see {job.log}"
-            return job
-        done.write_text(" ".join(args))
-    records = json.loads((job.folder / "metrics.json").read_text())
-    if job.trained and not all(r.get("trained") for r in records):
-        job.status = f"weights were given but metrics.json says trained=false: {job.folder}"
-        return job
-    filters = job.folder / "filters.json"
+def tagged(seed: int, run: Run) -> list[dict]:
+    """A run's records tagged with its seed and its input filters' structure (filters.json)."""
+    filters = run.folder / "filters.json"
     structured = json.loads(filters.read_text())["structured"] if filters.is_file() else None
-    job.records = [{**r, "seed": job.seed, "structured": structured} for r in records]
-    job.status = "finished"
-    return job
+    return [{**r, "seed": seed, "structured": structured} for r in run.records]
+
+
+def trained_check(p: Plan) -> None:
+    """A run given trained weights whose records say untrained fails (the weights did not load)."""
+    trained = {id(r) for conds in p.conditions.values() for runs in conds.values() for _, r in runs
+               if any(o.startswith(("model.checkpoint=", "model.pretrained=true", "model.weights=")) for o in r.overrides)}
+    for run in p.runs.values():
+        if id(run) in trained and run.status == "finished" and not all(r.get("trained") for r in run.records):
+            run.status = f"weights were given but metrics.json says trained=false: {run.folder}"
 
 
 def execute(p: Plan, jobs: int) -> None:
-    """Run every job: one after another in this process, or `jobs` at once, each its own process."""
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for job in pool.map(partial(run_job, in_process=jobs <= 1), p.jobs.values()):
-            print(f"finished: {job.folder}" if job.status == "finished" else f"{RUN_FAILED}: {job.status}", file=sys.stderr)
+    """Make every run (reusing finished folders, resuming interrupted ones), then check trained runs loaded weights."""
+    study.execute(p.runs.values(), jobs)
+    trained_check(p)
 
 
-def judge(claim: Claim, conds: dict[str, list[Job]] | None) -> tuple[str, str, str]:
-    """The claim's verdict (holds, fails, needs trained weights, run failed), what was measured, and the rule."""
+def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_budget: bool = False) -> tuple[str, str, str]:
+    """The claim's verdict (holds, fails, needs trained weights, GPU budget, run failed), what was measured, and the rule."""
+    if out_of_budget:
+        return GPU_BUDGET, "", ""
     if conds is None:
         return NEEDS_WEIGHTS, "", ""
-    failed = [j.status for js in conds.values() for j in js if j.status != "finished"]
+    failed = [r.status for rs in conds.values() for _, r in rs if r.status != "finished"]
     if failed:
         return RUN_FAILED, failed[0], ""
-    v = claim.rule({name: [r for j in js for r in j.records] for name, js in conds.items()})
+    v = claim.rule({name: [x for seed, r in rs for x in tagged(seed, r)] for name, rs in conds.items()})
     return ("holds" if v.holds else "fails"), v.measured, v.rule

@@ -20,20 +20,24 @@ SOURCES = ("timm", "torchvision")
 # (architecture, source) -> budget -> overrides: the model and the layers a run inverts.
 ARCHS: dict[tuple[str, str], dict[str, list[str]]] = {
     ("vit_b_32", "timm"): {"study": ["model=vit_b_32", f"layers=[patch_embed,{','.join(map(str, range(12)))}]"],
+                           "cpu": ["model=vit_b_32", "layers=[patch_embed,0,2,5,8,11]"],
                            "quick": ["model=vit_tiny", "layers=[patch_embed,0,1]"]},
     ("vit_b_32", "torchvision"): {"study": ["model=tv_vit_b_32", f"layers=[conv_proj,{','.join(map(str, range(12)))}]"],
                                   "quick": ["model=tv_vit_tiny", "layers=[conv_proj,0,1]"]},
-    ("resnet50", "timm"): {"study": ["model=resnet50", "layers=[0,1,2,3,4]"], "quick": ["model=resnet_tiny", "layers=[0,1,2,3,4]"]},
+    ("resnet50", "timm"): {"study": ["model=resnet50", "layers=[0,1,2,3,4]"], "cpu": ["model=resnet50", "layers=[0,1,2,3,4]"],
+                           "quick": ["model=resnet_tiny", "layers=[0,1,2,3,4]"]},
     ("resnet50", "torchvision"): {"study": ["model=tv_resnet50", "layers=[0,1,2,3,4]"],
                                   "quick": ["model=tv_resnet50", "model.input_size=64", "layers=[0,1,2,3,4]"]},
-    ("mixer_l16", "timm"): {"study": ["model=mixer_l16", "layers=[0,1,4,8]"], "quick": ["model=mixer_tiny", "layers=[0,1]"]},
+    ("mixer_l16", "timm"): {"study": ["model=mixer_l16", "layers=[0,1,4,8]"], "cpu": ["model=mixer_l16", "layers=[0,1,4]"],
+                            "quick": ["model=mixer_tiny", "layers=[0,1]"]},
     ("mixer_b8", "timm"): {"study": ["model=mixer_b8", "layers=[0,1,4,8]"],
                            "quick": ["model=mixer_tiny", "model.kwargs.patch_size=8", "layers=[0,1]"]},
     ("vit_l_16", "timm"): {"study": ["model=vit_l_16", "layers=[0,4,8,16,23]", "objective.stack=false"],
                            "quick": ["model=vit_tiny", "layers=[0,1]"]},
     ("vit_l_16", "torchvision"): {"study": ["model=tv_vit_l_16", "layers=[0,4,8,16,23]", "objective.stack=false"],
                                   "quick": ["model=tv_vit_tiny", "layers=[0,11]"]},
-    ("vit_l_16_input", "timm"): {"study": ["model=vit_l_16", "layers=[patch_embed]"], "quick": ["model=vit_tiny", "layers=[patch_embed]"]},
+    ("vit_l_16_input", "timm"): {"study": ["model=vit_l_16", "layers=[patch_embed]"], "cpu": ["model=vit_l_16", "layers=[patch_embed]"],
+                                 "quick": ["model=vit_tiny", "layers=[patch_embed]"]},
     ("vit_l_16_input", "torchvision"): {"study": ["model=tv_vit_l_16", "layers=[conv_proj]"],
                                         "quick": ["model=tv_vit_tiny", "layers=[conv_proj]"]},
     # A ResNet50 conv1 stem in front: index 0 is the stem's output, index k the k-th encoder.
@@ -72,6 +76,10 @@ class Claim:
     @property
     def trained(self) -> bool:
         return any(run.trained for run in self.runs.values())
+
+    def fits(self, budget: str) -> bool:
+        """Whether every condition's architecture has runs at `budget` (the CPU budget leaves the largest out)."""
+        return all(budget in ARCHS[(run.arch, self.source)] for run in self.runs.values())
 
     def overrides(self, name: str, budget: str) -> list[str]:
         """The repinv overrides of condition `name` at `budget` (without seed, images or recipe)."""

@@ -6,12 +6,16 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from repinv.claims.ledger import COLUMNS, DEFAULT_RECIPE, Job, Plan, judge
+from repinv.claims.ledger import COLUMNS, DEFAULT_RECIPE, Plan, judge, tagged
+from repinv.study import Run
 from repinv.claims.registry import Claim
 from repinv.claims.rules import KEEP_DB, by_layer, mean_sd
 
-def _runs(conds: dict[str, list[Job]] | None) -> str:
-    return "; ".join(sorted({str(j.folder.parent) for js in (conds or {}).values() for j in js}))
+Conditions = dict[str, list[tuple[int, Run]]]
+
+
+def _runs(conds: Conditions | None, out: Path) -> str:
+    return "; ".join(sorted({str(r.folder.relative_to(out)) for rs in (conds or {}).values() for _, r in rs}))
 
 
 def recipe_dependence(claim: Claim, p: Plan) -> tuple[str, list[dict]]:
@@ -19,7 +23,7 @@ def recipe_dependence(claim: Claim, p: Plan) -> tuple[str, list[dict]]:
     rows = []
     for (cid, recipe), conds in p.conditions.items():
         if cid == claim.id:
-            verdict, measured, _ = judge(claim, conds)
+            verdict, measured, _ = judge(claim, conds, claim.id in p.out_of_budget)
             rows.append({"claim": claim.id, "recipe": recipe, "measured": measured, "verdict": verdict})
     decided: dict[str, list[str]] = {}
     for r in rows:
@@ -34,18 +38,18 @@ def recipe_dependence(claim: Claim, p: Plan) -> tuple[str, list[dict]]:
     return "yes: " + "; ".join(f"{v} under {', '.join(rs)}" for v, rs in decided.items()) + note, rows
 
 
-def rows(claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int) -> tuple[list[dict], list[dict]]:
+def rows(claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int, out: Path) -> tuple[list[dict], list[dict]]:
     """One ledger row per claim (default recipe) and the sensitivity rows."""
     table, sensitivity = [], []
     for claim in claims:
         conds = p.conditions.get((claim.id, DEFAULT_RECIPE))
-        verdict, measured, rule = judge(claim, conds)
+        verdict, measured, rule = judge(claim, conds, claim.id in p.out_of_budget)
         dependent, recipe_rows = recipe_dependence(claim, p)
         sensitivity += recipe_rows
         table.append({"claim": claim.id, "text": claim.text, "figure": claim.figure, "model source": claim.source,
                       "images": ", ".join(Path(i).name for i in images), "seeds": seeds,
                       "measured": measured, "rule": rule, "verdict": verdict,
-                      "recipe-dependent": dependent, "runs": _runs(conds)})
+                      "recipe-dependent": dependent, "runs": _runs(conds, out)})
     return table, sensitivity
 
 
@@ -77,26 +81,26 @@ def write_md(path: Path, budget: str, table: list[dict], sensitivity: list[dict]
     return path
 
 
-def depth_plot(claim: Claim, conds: dict[str, list[Job]], out: Path) -> Path | None:
-    """PSNR against depth, one line per condition (model), mean ± sd band over seeds and images."""
-    series = {name: by_layer([r for j in js for r in j.records if r.get("psnr") is not None]) for name, js in conds.items()}
-    if not any(len(s) > 1 for s in series.values()):
+def depth_plot(claim: Claim, series: dict[str, list[dict]], out: Path) -> Path | None:
+    """PSNR against depth, one line per condition and recipe, mean ± sd band over seeds and images."""
+    layers_of = {name: by_layer([r for r in records if r.get("psnr") is not None]) for name, records in series.items()}
+    if not any(len(s) > 1 for s in layers_of.values()):
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, layers in series.items():
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for name, layers in layers_of.items():
         stats = [mean_sd(v) for v in layers.values()]
         x = range(len(stats))
         ax.plot(x, [m for m, _ in stats], marker="o", label=name)
         ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.25)
         ax.set_xticks(list(x), list(layers), rotation=45, fontsize=7)
-    ax.axhline(KEEP_DB, ls="--", lw=0.8, color="grey", label=f"{KEEP_DB:g} dB (keeps input)")
+    ax.axhline(KEEP_DB, ls="--", lw=0.8, color="grey", label=f"{KEEP_DB:g} dB")
     ax.set(xlabel="layer (depth order)", ylabel="PSNR (dB)", title=f"{claim.id} ({claim.source})")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{claim.id}.png"
@@ -105,14 +109,22 @@ def depth_plot(claim: Claim, conds: dict[str, list[Job]], out: Path) -> Path | N
     return path
 
 
+def plot_series(claim: Claim, p: Plan) -> dict[str, list[dict]]:
+    """Each condition's records under every recipe the claim was judged with (the default only when it is not sensitive)."""
+    recipes = [(recipe, conds) for (cid, recipe), conds in p.conditions.items() if cid == claim.id]
+    series = {}
+    for recipe, conds in recipes:
+        if judge(claim, conds)[0] not in ("holds", "fails"):
+            continue
+        for name, rs in conds.items():
+            label = name if len(recipes) == 1 else f"{name}, {recipe}"
+            series[label] = [x for seed, r in rs for x in tagged(seed, r)]
+    return series
+
+
 def write(out: Path, budget: str, claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int) -> tuple[Path, Path]:
     """claims.csv, claims.md, sensitivity.csv and plots/<claim>.png under `out`."""
-    table, sensitivity = rows(claims, p, images, seeds)
-    plots = []
-    for claim in claims:
-        conds = p.conditions.get((claim.id, DEFAULT_RECIPE))
-        if claim.plot and conds and judge(claim, conds)[0] in ("holds", "fails"):
-            plot = depth_plot(claim, conds, out / "plots")
-            plots += [plot] if plot else []
+    table, sensitivity = rows(claims, p, images, seeds, out)
+    plots = [path for claim in claims if claim.plot and (path := depth_plot(claim, plot_series(claim, p), out / "plots"))]
     write_csv(out / "sensitivity.csv", sensitivity, ["claim", "recipe", "measured", "verdict"])
     return write_csv(out / "claims.csv", table, COLUMNS), write_md(out / "claims.md", budget, table, sensitivity, plots)

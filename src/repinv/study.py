@@ -1,0 +1,134 @@
+"""The study runner: a condition (repinv overrides) -> its run folder -> its records.
+
+Every tool that needs inversions (the claims ledger, the figure scripts, the recipe study, the
+diagnostics) asks this runner for them, so the same inversion is never made twice. A run's folder
+is named by its overrides in canonical form (the last value of each key, keys sorted): a run made
+for one tool is found by every other tool that asks for the same overrides under the same root.
+A folder whose run finished with those overrides is reused; one that holds a checkpoint of an
+unfinished run resumes from it (`resume=last`); a run executes in this process (`repinv.run`) or
+as its own `python -m repinv` process, and the folder is the same either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+COMMAND = "command.txt"  # the canonical overrides of a finished run, one per line
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def quote(value) -> str:
+    """A value quoted for Hydra's override parser (spaces, commas, `=` and quotes survive)."""
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def slug(text: str) -> str:
+    """A folder name: runs of other characters than letters, digits, `.` and `-` become one `_`."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
+
+
+def canonical(overrides: Iterable[str]) -> tuple[str, ...]:
+    """The overrides as Hydra applies them: the last value of each key wins; sorted by key."""
+    last: dict[str, str] = {}
+    for o in overrides:
+        key = str(o).partition("=")[0]
+        last[key] = str(o)
+    return tuple(last[k] for k in sorted(last))
+
+
+def _value(overrides: Sequence[str], key: str) -> str | None:
+    return next((o.partition("=")[2] for o in overrides if o.partition("=")[0] == key), None)
+
+
+def folder_name(overrides: Sequence[str]) -> str:
+    """`<model>[-<surgery>]-seed<k>-<hash of the canonical overrides>`: readable, and unique per condition."""
+    parts = [_value(overrides, "model") or "model", _value(overrides, "surgery"), f"seed{_value(overrides, 'seed') or 0}"]
+    digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:10]
+    return "-".join(slug(p) for p in [*parts, digest] if p)
+
+
+@dataclass
+class Run:
+    """One repinv run of the study: its canonical overrides, its folder and, once made, its records."""
+
+    overrides: tuple[str, ...]
+    folder: Path
+    status: str = "pending"
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def log(self) -> Path:
+        return self.folder.parent / f"{self.folder.name}.log"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the folder holds this run, finished: its command matches and its metrics.json exists."""
+        done = self.folder / COMMAND
+        return done.is_file() and done.read_text() == "\n".join(self.overrides) and completed(self.folder)
+
+
+def completed(folder: Path) -> bool:
+    """Whether `folder`'s metrics.json exists and every record in it finished (not interrupted, crashed, ...)."""
+    path = folder / "metrics.json"
+    return path.is_file() and all(r.get("status") == "finished" for r in json.loads(path.read_text()))
+
+
+def run_for(root: Path, overrides: Iterable[str]) -> Run:
+    """The run of these overrides under `root` (`<root>/runs/<folder_name>`)."""
+    o = canonical(overrides)
+    return Run(o, Path(root) / "runs" / folder_name(o))
+
+
+def launch(args: list[str], log: Path, in_process: bool) -> str | None:
+    """Run `repinv ARGS`, its output to `log`: in this process, or as its own process. Why it failed, or None."""
+    import repinv
+
+    with open(log, "a") as f:
+        if not in_process:
+            code = subprocess.run([sys.executable, "-m", "repinv", *args], stdout=f, stderr=subprocess.STDOUT,
+                                  env=os.environ.copy()).returncode
+            return f"exit {code}; see {log}" if code else None
+        try:
+            with redirect_stdout(f), redirect_stderr(f):
+                repinv.run(args)
+        except Exception as err:  # one run's failure is that run's status, not the study's end
+            traceback.print_exc(file=f)
+            return f"{type(err).__name__}: {' '.join(str(err).split())}; see {log}"
+    return None
+
+
+def make(run: Run, in_process: bool = True) -> Run:
+    """Make (resume, or reuse) one run and read its records."""
+    if not run.finished:
+        run.folder.parent.mkdir(parents=True, exist_ok=True)
+        resume = ["resume=last"] if (run.folder / CHECKPOINT).is_file() else []
+        failure = launch([*run.overrides, *resume, f"hydra.run.dir={quote(run.folder)}"], run.log, in_process)
+        if failure or not completed(run.folder):
+            run.status = failure or f"the run did not finish (metrics.json missing or unfinished); see {run.log}"
+            return run
+        (run.folder / COMMAND).write_text("\n".join(run.overrides))
+    run.records = json.loads((run.folder / "metrics.json").read_text())
+    run.status = "finished"
+    return run
+
+
+def execute(runs: Iterable[Run], jobs: int = 1) -> list[Run]:
+    """Make every run: one after another in this process, or `jobs` at once, each its own process."""
+    made = []
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for run in pool.map(partial(make, in_process=jobs <= 1), runs):
+            print(f"finished: {run.folder}" if run.status == "finished" else f"run failed: {run.status}", file=sys.stderr)
+            made.append(run)
+    return made
