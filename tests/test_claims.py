@@ -24,13 +24,32 @@ def recs(psnr_by_layer: dict[str, list[float]], **extra) -> list[dict]:
             for layer, values in psnr_by_layer.items() for i, v in enumerate(values)]
 
 
-def test_keeps_input_needs_every_layer_above_20_db_and_no_3_db_fall():
-    kept = rules.keeps_input({"vit": recs({"patch_embed": [30, 32], "L0": [28, 30], "L11": [27.5, 29.5]})}, "vit")
-    assert kept.holds and "L11 − patch_embed -2.5 ± 0.0 dB" in kept.measured
+def test_keeps_input_needs_every_layer_at_or_above_20_db():
+    kept = rules.keeps_input({"vit": recs({"patch_embed": [30, 32], "L0": [20, 20], "L11": [27.5, 29.5]})}, "vit")
+    assert kept.holds and kept.measured == "lowest L0 20.0 ± 0.0 dB" and kept.rule == "PSNR ≥ 20 dB at every layer"
     low = rules.keeps_input({"vit": recs({"patch_embed": [30, 32], "L0": [19, 20], "L11": [29, 31]})}, "vit")
     assert not low.holds and "lowest L0 19.5" in low.measured
-    falls = rules.keeps_input({"vit": recs({"patch_embed": [30, 32], "L11": [26.5, 28.5]})}, "vit")
-    assert not falls.holds and falls.rule == "PSNR ≥ 20 dB at every layer and L11 − patch_embed ≥ −3 dB"
+
+
+def test_constant_with_depth_is_last_encoder_within_3_db_of_the_first_whatever_the_level():
+    claim = next(c for c in CLAIMS if c.id == "vit-untrained-constant-depth")
+    low_but_flat = claim.rule({"vit": recs({"patch_embed": [12, 13], "L0": [11, 12], "L11": [9, 10]})})
+    assert low_but_flat.holds and low_but_flat.measured == "vit@last − vit@L0 -2.0 ± 0.0 dB"
+    assert not claim.rule({"vit": recs({"patch_embed": [30, 30], "L0": [30, 30], "L11": [26.5, 27]})}).holds  # −3.25 dB
+
+
+def test_poor_and_declining_needs_a_first_layer_below_20_db_and_a_3_db_fall():
+    assert rules.poor_and_declining({"m": recs({"L0": [18, 19], "L4": [14, 15]})}, "m").holds
+    assert not rules.poor_and_declining({"m": recs({"L0": [20, 21], "L4": [14, 15]})}, "m").holds  # first not poor
+    flat = rules.poor_and_declining({"m": recs({"L0": [18, 19], "L4": [16, 17]})}, "m")
+    assert not flat.holds and flat.rule == "L0 < 20 dB and L4 − L0 ≤ −3 dB"
+
+
+def test_same_is_two_sided():
+    m = {"a": recs({"L0": [20, 22]}), "b": recs({"L0": [18, 19.5]})}
+    assert rules.same(m, "a", "b").holds and rules.same(m, "b", "a").holds  # ±2.25 dB
+    far = {"a": recs({"L0": [24, 26]}), "b": m["b"]}
+    assert not rules.same(far, "a", "b").holds and not rules.same(far, "b", "a").holds
 
 
 def test_loses_input_needs_a_3_db_fall_from_first_to_last_layer():
@@ -53,20 +72,23 @@ def test_better_and_as_good_compare_paired_conditions_or_layers():
 def test_filter_and_class_rules():
     assert rules.unstructured_filters({"v": [{"structured": 0.05}, {"structured": 0.1}]}, "v").holds
     assert not rules.unstructured_filters({"v": [{"structured": 0.2}]}, "v").holds
-    assert rules.structured_filters({"v": [{"structured": 0.6}, {"structured": 0.5}]}, "v").holds
-    assert not rules.structured_filters({"v": [{"structured": 0.45}]}, "v").holds
+    assert rules.about_half_structured({"v": [{"structured": 0.6}, {"structured": 0.5}]}, "v").holds
+    assert rules.about_half_structured({"v": [{"structured": 0.3}]}, "v").holds
+    assert not rules.about_half_structured({"v": [{"structured": 0.25}]}, "v").holds
+    assert not rules.about_half_structured({"v": [{"structured": 0.8}]}, "v").holds
     assert rules.generates_classes({"g": [{"rank": 0, "prob": 0.9}, {"rank": 3, "prob": 0.1}]}, "g").holds
     assert not rules.generates_classes({"g": [{"rank": 0, "prob": 0.9}, {"rank": 3, "prob": 0.1}, {"rank": 1, "prob": 0.2}]}, "g").holds
 
 
 def test_every_claim_has_runs_for_both_budgets_and_trained_claims_are_marked():
     ids = [c.id for c in CLAIMS]
-    assert len(ids) == len(set(ids)) and {"vit-untrained-keeps-input", "resnet-untrained-loses-input", "mixer-layernorm"} <= set(ids)
+    assert len(ids) == len(set(ids)) and {"vit-untrained-constant-depth", "resnet-untrained-loses-input", "mixer-layernorm"} <= set(ids)
     for claim in CLAIMS:
         for name in claim.runs:
             assert any(o.startswith("model=") for o in claim.overrides(name, "study"))
             assert any(o.startswith("model=") for o in claim.overrides(name, "quick"))
-    assert {c.id for c in CLAIMS if c.trained} >= {"vit-trained-loses-input", "filters-trained-structured", "class-generation-tv"}
+    assert {c.id for c in CLAIMS if c.trained} >= {"vit-entry-trained", "filters-trained-half", "class-generation-tv"}
+    assert all(c.quote and len(c.quote.split()) >= 5 for c in CLAIMS)
 
 
 def _ledger(out) -> list[dict]:
@@ -74,29 +96,29 @@ def _ledger(out) -> list[dict]:
 
 
 def test_quick_ledger_runs_claims_end_to_end_with_sensitivity(tmp_path, capsys):
-    ids = "vit-untrained-keeps-input,vit-trained-loses-input,class-generation"
+    ids = "class-generation,vit-untrained-constant-depth,vit-entry-trained"
     code = main(["--budget", "quick", "--seeds", "1", "--claims", ids, "--sources", "timm", "--lrs", "0.5", "--image", "chelsea",
                  "--image", "astronaut", "--steps", "4", "--jobs", "2", "--out", str(tmp_path), "logger=none", "log_every=2"])
     assert code == 0
     assert capsys.readouterr().out.split() == [str(tmp_path / "claims.md"), str(tmp_path / "claims.csv")]
     ledger = {r["claim"]: r for r in _ledger(tmp_path)}
     assert list(ledger) == ids.split(",")
-    kept = ledger["vit-untrained-keeps-input"]
+    kept = ledger["vit-untrained-constant-depth"]
     assert kept["verdict"] in {"holds", "fails"} and kept["seeds"] == "1" and kept["images"] == "chelsea, astronaut"
-    assert "lowest" in kept["measured"] and kept["rule"].startswith("PSNR ≥ 20 dB")
+    assert kept["measured"].startswith("vit@last − vit@L0") and kept["rule"] == "vit@last − vit@L0 ≥ −3 dB"
     assert kept["recipe-dependent"].startswith(("no (4 recipes)", "yes"))
     commands = [p.read_text().splitlines() for p in tmp_path.glob("runs/vit_tiny-seed0-*/command.txt")]
     assert sum("model.std=[1,1,1]" in c and "optimizer.lr=0.5" in c for c in commands) == 1, commands
     sensitivity = list(csv.DictReader(open(tmp_path / "sensitivity.csv")))
-    assert len([r for r in sensitivity if r["claim"] == "vit-untrained-keeps-input"]) == 4
-    for trained in ("vit-trained-loses-input", "class-generation"):
+    assert len([r for r in sensitivity if r["claim"] == "vit-untrained-constant-depth"]) == 4
+    for trained in ("vit-entry-trained", "class-generation"):
         assert ledger[trained]["verdict"] == "needs trained weights" and ledger[trained]["measured"] == ""
-    assert (tmp_path / "plots" / "vit-untrained-keeps-input.png").is_file()
+    assert (tmp_path / "plots" / "vit-untrained-constant-depth.png").is_file()
     assert "needs trained weights" in (tmp_path / "claims.md").read_text()
 
 
 def test_trained_claims_run_with_a_checkpoint_and_check_it_loaded(tmp_path, trained_checkpoint):
-    code = main(["--budget", "quick", "--seeds", "1", "--claims", "filters-trained-structured", "--sources", "timm", "--lrs",
+    code = main(["--budget", "quick", "--seeds", "1", "--claims", "filters-trained-half", "--sources", "timm", "--lrs",
                  "--steps", "1", "--checkpoint", f"vit_tiny={trained_checkpoint}", "--out", str(tmp_path), "logger=none"])
     [row] = _ledger(tmp_path)
     assert code == 0 and row["verdict"] in {"holds", "fails"} and row["measured"].startswith("structured")
@@ -117,9 +139,9 @@ def trained_checkpoint(tmp_path):
 
 
 def test_bad_claim_id_is_one_paragraph(capsys):
-    assert main(["--claims", "vit-untrained-keep"]) == 2
+    assert main(["--claims", "vit-untrained-constant"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "Did you mean 'vit-untrained-keeps-input'" in err and "Traceback" not in err
+    assert "Did you mean 'vit-untrained-constant-depth'" in err and "Traceback" not in err
 
 
 def test_full_quick_ledger_has_a_verdict_in_every_row(tmp_path):

@@ -23,7 +23,7 @@ GPU_BUDGET = "GPU budget"
 DEFAULT_RECIPE = "default (linear lr)"
 RUN_FAILED = "run failed"
 NO_NORM = ["model.mean=[0,0,0]", "model.std=[1,1,1]"]
-COLUMNS = ["claim", "text", "figure", "model source", "images", "seeds", "measured", "rule", "verdict",
+COLUMNS = ["claim", "text", "study says", "figure", "model source", "images", "seeds", "measured", "rule", "verdict",
            "recipe-dependent", "runs"]
 
 
@@ -98,8 +98,9 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
             conds = p.conditions.setdefault((claim.id, recipe), {})
             for name in claim.runs:
                 for seed in range(seeds):
-                    overrides = [*claim.overrides(name, budget.name), image_override(images), f"steps={steps or budget.steps}",
-                                 f"seed={seed}", *budget.overrides(), *recipe_overrides, *loads.get(name, []), *extra]
+                    # The claim's own overrides after the budget's steps: a condition may fix its own (105,000 steps).
+                    overrides = [image_override(images), f"steps={steps or budget.steps}", f"seed={seed}", *budget.overrides(),
+                                 *claim.overrides(name, budget.name), *recipe_overrides, *loads.get(name, []), *extra]
                     run = study.run_for(out, overrides)
                     conds.setdefault(name, []).append((seed, p.runs.setdefault(run.overrides, run)))
     return p

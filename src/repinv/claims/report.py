@@ -46,7 +46,7 @@ def rows(claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int, ou
         verdict, measured, rule = judge(claim, conds, claim.id in p.out_of_budget)
         dependent, recipe_rows = recipe_dependence(claim, p)
         sensitivity += recipe_rows
-        table.append({"claim": claim.id, "text": claim.text, "figure": claim.figure, "model source": claim.source,
+        table.append({"claim": claim.id, "text": claim.text, "study says": f"“{claim.quote}”", "figure": claim.figure, "model source": claim.source,
                       "images": ", ".join(Path(i).name for i in images), "seeds": seeds,
                       "measured": measured, "rule": rule, "verdict": verdict,
                       "recipe-dependent": dependent, "runs": _runs(conds, out)})
