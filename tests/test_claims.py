@@ -172,3 +172,18 @@ def test_figure_without_weights_labels_its_trained_panel(tmp_path):
     rows = {r["panel"]: r for r in csv.DictReader(open(tmp_path / "smoke" / "vit_b_32_conv_representations.csv"))}
     assert rows["trained ViT-B/32"]["weights"] == "none given"
     assert rows["untrained ViT-B/32"]["weights"] == "untrained"
+
+
+def test_report_only_judges_finished_runs_and_launches_nothing(tmp_path, capsys):
+    common = ["--budget", "quick", "--sources", "timm", "--seeds", "1", "--steps", "2", "--out", str(tmp_path), "logger=none"]
+    both = ["--claims", "vit-entry-untrained,resnet-untrained-loses-input", "--report-only"]
+    assert main([*common, *both]) == 0
+    assert not list(tmp_path.glob("runs/*/metrics.json"))
+    assert {r["verdict"] for r in _ledger(tmp_path)} == {"pending"}
+    assert main([*common, "--claims", "vit-entry-untrained"]) == 0
+    assert main([*common, *both]) == 0
+    ledger = {r["claim"]: r for r in _ledger(tmp_path)}
+    assert ledger["vit-entry-untrained"]["verdict"] in {"holds", "fails"}
+    assert ledger["resnet-untrained-loses-input"]["verdict"] == "pending"
+    assert "rerun the same command" in ledger["resnet-untrained-loses-input"]["measured"]
+    assert len(list(tmp_path.glob("runs/*/metrics.json"))) == 1

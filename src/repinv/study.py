@@ -109,8 +109,14 @@ def launch(args: list[str], log: Path, in_process: bool) -> str | None:
     return None
 
 
-def make(run: Run, in_process: bool = True) -> Run:
-    """Make (resume, or reuse) one run and read its records."""
+NOT_MADE = "not made yet"
+
+
+def make(run: Run, in_process: bool = True, launch_missing: bool = True) -> Run:
+    """Make (resume, or reuse) one run and read its records; with `launch_missing=False` only read a finished one."""
+    if not run.finished and not launch_missing:
+        run.status = NOT_MADE
+        return run
     if not run.finished:
         run.folder.parent.mkdir(parents=True, exist_ok=True)
         resume = ["resume=last"] if (run.folder / CHECKPOINT).is_file() else []
@@ -124,11 +130,14 @@ def make(run: Run, in_process: bool = True) -> Run:
     return run
 
 
-def execute(runs: Iterable[Run], jobs: int = 1) -> list[Run]:
-    """Make every run: one after another in this process, or `jobs` at once, each its own process."""
+def execute(runs: Iterable[Run], jobs: int = 1, launch_missing: bool = True) -> list[Run]:
+    """Make every run: one after another in this process, or `jobs` at once, each its own process.
+
+    `launch_missing=False` reads the finished runs and launches nothing (a report of what is done so far).
+    """
     made = []
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for run in pool.map(partial(make, in_process=jobs <= 1), runs):
+        for run in pool.map(partial(make, in_process=jobs <= 1, launch_missing=launch_missing), runs):
             print(f"finished: {run.folder}" if run.status == "finished" else f"run failed: {run.status}", file=sys.stderr)
             made.append(run)
     return made

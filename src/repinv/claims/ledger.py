@@ -22,6 +22,7 @@ NEEDS_WEIGHTS = "needs trained weights"
 GPU_BUDGET = "GPU budget"
 DEFAULT_RECIPE = "default (linear lr)"
 RUN_FAILED = "run failed"
+PENDING = "pending"
 NO_NORM = ["model.mean=[0,0,0]", "model.std=[1,1,1]"]
 COLUMNS = ["claim", "text", "study says", "figure", "model source", "images", "seeds", "measured", "rule", "verdict",
            "recipe-dependent", "runs"]
@@ -122,9 +123,12 @@ def trained_check(p: Plan) -> None:
             run.status = f"weights were given but metrics.json says trained=false: {run.folder}"
 
 
-def execute(p: Plan, jobs: int) -> None:
-    """Make every run (reusing finished folders, resuming interrupted ones), then check trained runs loaded weights."""
-    study.execute(p.runs.values(), jobs)
+def execute(p: Plan, jobs: int, launch_missing: bool = True) -> None:
+    """Make every run (reusing finished folders, resuming interrupted ones), then check trained runs loaded weights.
+
+    `launch_missing=False` judges only what has finished; the claims of runs not made yet are `pending`.
+    """
+    study.execute(p.runs.values(), jobs, launch_missing)
     trained_check(p)
 
 
@@ -134,6 +138,8 @@ def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_b
         return GPU_BUDGET, "", ""
     if conds is None:
         return NEEDS_WEIGHTS, "", ""
+    if any(r.status == study.NOT_MADE for rs in conds.values() for _, r in rs):
+        return PENDING, "runs not made yet: rerun the same command to make them", ""
     failed = [r.status for rs in conds.values() for _, r in rs if r.status != "finished"]
     if failed:
         return RUN_FAILED, failed[0], ""
