@@ -132,6 +132,20 @@ def test_full_quick_ledger_has_a_verdict_in_every_row(tmp_path):
     assert all(r["verdict"] == "needs trained weights" for r in ledger if CLAIMS[ledger.index(r)].trained)
 
 
+def test_report_only_makes_no_run_and_reads_the_finished_ones(tmp_path):
+    """A study cut off by a time limit still gets its ledger: finished runs count, the rest read 'not run'."""
+    args = ["--budget", "quick", "--seeds", "1", "--claims", "vit-entry-untrained", "--sources", "timm", "--out", str(tmp_path),
+            "logger=none"]
+    assert main([*args, "--report-only"]) == 1
+    [row] = _ledger(tmp_path)
+    assert row["verdict"] == "not run" and row["measured"].endswith("runs not made")
+    assert not list(tmp_path.glob("runs/*/metrics.json"))
+    assert main(args) == 0
+    made = _ledger(tmp_path)[0]
+    assert main([*args, "--report-only"]) == 0
+    assert _ledger(tmp_path)[0] == made and made["verdict"] in {"holds", "fails"}
+
+
 def test_a_run_that_fails_in_this_process_is_run_failed_with_its_reason(tmp_path, capsys):
     code = main(["--budget", "quick", "--seeds", "1", "--claims", "vit-entry-untrained", "--sources", "timm",
                  "--out", str(tmp_path), "logger=none", "stepz=3"])

@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 
 COMMAND = "command.txt"  # the canonical overrides of a finished run, one per line
+NOT_MADE = "not made"  # the status `collect` gives a run whose folder holds no finished run
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
@@ -131,4 +132,17 @@ def execute(runs: Iterable[Run], jobs: int = 1) -> list[Run]:
         for run in pool.map(partial(make, in_process=jobs <= 1), runs):
             print(f"finished: {run.folder}" if run.status == "finished" else f"run failed: {run.status}", file=sys.stderr)
             made.append(run)
+    return made
+
+
+def collect(runs: Iterable[Run]) -> list[Run]:
+    """Read the runs that finished, make none: the others keep status `NOT_MADE` (e.g. to report a study
+    that was cut off; making the same runs later resumes the interrupted ones)."""
+    made = []
+    for run in runs:
+        if run.finished:
+            run.records, run.status = json.loads((run.folder / "metrics.json").read_text()), "finished"
+        else:
+            run.status = NOT_MADE
+        made.append(run)
     return made

@@ -3,6 +3,7 @@
     repinv-claims --budget quick                 # tiny models, one image, 10 steps: a minute or two
     repinv-claims --budget study --jobs 2        # the study's models and 1,500 steps
     repinv-claims --budget study --pretrained    # also the trained-weight claims
+    repinv-claims --budget study --report-only   # the ledger of the runs finished so far, making none
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
                    help="trained weights file (model.checkpoint=); MODEL=FILE for one model config only, e.g. vit_b_32=vit.safetensors")
     p.add_argument("--weights", help="torchvision weights enum for the trained torchvision runs (model.weights=), e.g. IMAGENET1K_V1")
     p.add_argument("--list", action="store_true", help="list the claims and exit")
+    p.add_argument("--report-only", action="store_true", help="make no run: write the ledger from the runs already "
+                   "finished under --out (the others' claims read 'not run'), e.g. after a study was cut off")
     p.add_argument("overrides", nargs="*", help="extra repinv overrides for every run, e.g. logger=csv")
     return p
 
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     p = plan(claims, budget, out, args.seeds, images, args.lrs, weight_source(args), args.overrides, args.steps)
     print(f"{len(claims)} claims, {len(p.runs)} runs -> {out}", file=sys.stderr)
-    execute(p, args.jobs)
+    execute(p, args.jobs, args.report_only)
     csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds)
     print(md_path)
     print(csv_path)

@@ -22,6 +22,7 @@ NEEDS_WEIGHTS = "needs trained weights"
 GPU_BUDGET = "GPU budget"
 DEFAULT_RECIPE = "default (linear lr)"
 RUN_FAILED = "run failed"
+NOT_RUN = "not run"
 NO_NORM = ["model.mean=[0,0,0]", "model.std=[1,1,1]"]
 COLUMNS = ["claim", "text", "figure", "model source", "images", "seeds", "measured", "rule", "verdict",
            "recipe-dependent", "runs"]
@@ -121,19 +122,26 @@ def trained_check(p: Plan) -> None:
             run.status = f"weights were given but metrics.json says trained=false: {run.folder}"
 
 
-def execute(p: Plan, jobs: int) -> None:
-    """Make every run (reusing finished folders, resuming interrupted ones), then check trained runs loaded weights."""
-    study.execute(p.runs.values(), jobs)
+def execute(p: Plan, jobs: int, report_only: bool = False) -> None:
+    """Make every run (reusing finished folders, resuming interrupted ones), or with `report_only` only read
+    the finished ones; then check trained runs loaded weights."""
+    if report_only:
+        study.collect(p.runs.values())
+    else:
+        study.execute(p.runs.values(), jobs)
     trained_check(p)
 
 
 def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_budget: bool = False) -> tuple[str, str, str]:
-    """The claim's verdict (holds, fails, needs trained weights, GPU budget, run failed), what was measured, and the rule."""
+    """The claim's verdict (holds, fails, needs trained weights, GPU budget, run failed, not run), what was measured,
+    and the rule."""
     if out_of_budget:
         return GPU_BUDGET, "", ""
     if conds is None:
         return NEEDS_WEIGHTS, "", ""
     failed = [r.status for rs in conds.values() for _, r in rs if r.status != "finished"]
+    if failed and all(f == study.NOT_MADE for f in failed):
+        return NOT_RUN, f"{len(failed)} of {sum(map(len, conds.values()))} runs not made", ""
     if failed:
         return RUN_FAILED, failed[0], ""
     v = claim.rule({name: [x for seed, r in rs for x in tagged(seed, r)] for name, rs in conds.items()})
