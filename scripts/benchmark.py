@@ -7,10 +7,16 @@ round so machine drift cancels:
   plain   - the same work as a bare loop: the same frozen (packed) network, forward stopping at
             the layer, blur; repinv against it is the framework's overhead
   study   - the study's loop style: weights keep requires_grad, no early stop, original conv
+  kernels (GPU) - only the forward to the layer and the input gradient, fp32 and bf16: the
+            kernel time a step cannot go below; repinv over it is what the rest of the step costs
 It also measures one run inverting many layers at once against separate runs, bf16 against
-fp32 (speed per cell of the grid; PSNR after 100 steps), optionally ViT-L/16 at 512x512, and
-the ceiling of study/repinv: the study's time over repinv's counted FLOPs at the measured fp32
-matmul peak (what repinv would reach if its step were nothing but matmuls at peak).
+fp32 (speed per cell of the grid; PSNR after 100 steps), optionally ViT-L/16 at 512x512 (time
+and peak memory), on a GPU the study's 13 depths of 3 images in one shared pass, and the
+ceiling of study/repinv: the study's time over repinv's counted FLOPs at the measured fp32
+matmul peak (what repinv would reach if its step were nothing but matmuls at peak). Each cell's
+FLOP rate is also given as a fraction of a plain large matmul's in its precision, measured now.
+On a GPU the grid adds batch 64, steps are timed as one window synchronised only at its ends
+(torch.cuda.synchronize), and peak memory is torch.cuda.max_memory_allocated.
 bf16 is timed by default where it can pay (GPUs, CPUs with native bf16); `--bf16` forces it.
 The table shows each variant's best round; a ratio between variants is taken within each round
 (they ran side by side) and its median over rounds reported. Prints both; `--out FILE` writes JSON.
@@ -22,6 +28,7 @@ The table shows each variant's best round; a ratio between variants is taken wit
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import gc
 import json
@@ -97,12 +104,13 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), reps: int = 3) -> float:
-    """GFLOP/s of the fastest single large fp32 matmul among `sizes`, measured now on this device."""
+def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), reps: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of the fastest large `dtype` matmul among `sizes`, measured now on this device (the ceiling a
+    step's FLOPs are compared with; fp32 at the process's matmul precision, "highest": no TF32)."""
     best = 0.0
     for n in sizes:
-        a = torch.randn(n, n, device=device())
-        b = torch.randn(n, n, device=device())
+        a = torch.randn(n, n, device=device(), dtype=dtype)
+        b = torch.randn(n, n, device=device(), dtype=dtype)
         a @ b
         for _ in range(reps):
             sync()
@@ -113,18 +121,45 @@ def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), reps: int = 3) -> float:
     return best
 
 
+def per_step(step, steps: int) -> float:
+    """Seconds per call of `step(s)` for s in 0..steps, the first a warm-up. On CPU the median of the
+    calls (the VM stalls now and then); on a GPU the calls as one window synchronised only at its ends,
+    so the host queues work ahead as in a run and the time is the device's."""
+    if device().type == "cuda":
+        step(0)
+        sync()
+        t = time.perf_counter()
+        for s in range(1, steps + 1):
+            step(s)
+        sync()
+        return (time.perf_counter() - t) / steps
+    times = []
+    for s in range(steps + 1):
+        t = time.perf_counter()
+        step(s)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])
+
+
 class StepTimer(pl.Callback):
-    """Wall time of each training step, measured around Lightning's whole batch."""
+    """Wall time of each training step, measured around Lightning's whole batch; on a GPU also the
+    steps between the first and the last as one window (`window`), synchronised only at its ends."""
 
-    def __init__(self):
-        self.times: list[float] = []
+    def __init__(self, steps: int):
+        self.steps, self.times, self.window = steps, [], 0.0
 
-    def on_train_batch_start(self, *args):
-        sync()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx in (1, self.steps - 1) or device().type != "cuda":
+            sync()
         self._t = time.perf_counter()
+        if batch_idx == 1:
+            self._window = self._t
+        if batch_idx == self.steps - 1:
+            self.window = self._t - self._window
 
-    def on_train_batch_end(self, *args):
-        sync()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.steps - 1 or device().type != "cuda":
+            sync()
         self.times.append(time.perf_counter() - self._t)
 
 
@@ -133,9 +168,9 @@ def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25
 
     Runs steps + 2: the first is warm-up (and compiling); the last is a log step (metrics and
     the logger write), whose extra cost counts 1/log_every per step, as in a normal run that
-    logs every `log_every` steps. A step's time is the median over the steps (as in every
-    variant): the VM stalls now and then for tens of milliseconds. Returns (seconds per step,
-    the module).
+    logs every `log_every` steps. A step's time is the median over the steps on CPU (as in every
+    variant: the VM stalls now and then for tens of milliseconds), the window's mean on a GPU.
+    Returns (seconds per step, the module).
     """
     module = ImageOptimization(
         model=loaded, objective=LayerInversion(layers), images=images,
@@ -143,7 +178,7 @@ def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25
         metrics={"input_l2": input_l2, "psnr": psnr, "ssim": ssim},
         compile=compile,
     )
-    timer = StepTimer()
+    timer = StepTimer(steps + 2)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = pl.Trainer(
             max_steps=steps + 2, logger=pl.loggers.CSVLogger(tmp, name="csv", version=""), callbacks=[timer],
@@ -151,7 +186,7 @@ def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25
             precision=precision, accelerator="auto", devices=1, log_every_n_steps=1,
         )
         trainer.fit(module, DataLoader(Steps(steps + 2), batch_size=None))
-    plain = statistics.median(timer.times[1:-1])
+    plain = timer.window / steps if device().type == "cuda" else statistics.median(timer.times[1:-1])
     return plain + max(timer.times[-1] - plain, 0.0) / log_every, module
 
 
@@ -161,18 +196,28 @@ def plain_step(net, mean, std, tap, target, batch, steps, size):
     img.requires_grad_(True)
     opt = torch.optim.SGD([img], lr=0.05)
     blur = GaussianBlur()
-    times = []
-    for s in range(steps + 1):
-        sync()
-        t = time.perf_counter()
+
+    def step(s):
         loss = 0.15 * distance(tap(net, (img - mean) / std), target, "l1").sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         blur.update(img.data, s, steps)
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:])
+
+    return per_step(step, steps)
+
+
+def kernel_step(net, mean, std, tap, target, batch, steps, size, dtype=torch.float32):
+    """Only the forward to the layer and the input gradient, nothing else (in `dtype`): the kernel time
+    a step cannot go below. A repinv step against it is what the rest of the step costs."""
+    net = net if dtype == torch.float32 else copy.deepcopy(net).to(dtype)
+    img = torch.rand(batch, 3, *size, device=device(), dtype=dtype, requires_grad=True)
+    mean, std, target = mean.to(dtype), std.to(dtype), target.to(dtype)
+
+    def step(s):
+        torch.autograd.grad(distance(tap(net, (img - mean) / std), target, "l1").sum(), img)
+
+    return per_step(step, steps)
 
 
 def study_net(name, kwargs):
@@ -190,21 +235,18 @@ def study_step(net, mean, std, index, pix, steps, size):
     img = torch.full((batch, 3, *size), 0.7, device=device()).add_(torch.randn(batch, 3, *size, device=device()) / 20)
     img.requires_grad_(True)
     blur = GaussianBlur()
-    times = []
-    for s in range(steps + 1):
-        sync()
-        t = time.perf_counter()
+
+    def step(s):
         out = net.forward_intermediates((img - mean) / std, indices=[index], intermediates_only=True)[0]
         loss = 0.15 * (out - target).abs().sum()
         loss.backward()
         with torch.no_grad():
-            img -= 0.05 * img.grad
+            img.sub_(0.05 * img.grad)
             img.grad = None
             net.zero_grad(set_to_none=True)
         blur.update(img.data, s, steps)
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:])
+
+    return per_step(step, steps)
 
 
 def step_flops(net, mean, std, tap, target, batch, size) -> float:
@@ -244,11 +286,12 @@ class Bench:
 
     @classmethod
     def create(cls, args) -> Bench:
+        gpu = device().type == "cuda"
         if args.quick:
             grid = ("vit_base_patch32_224", dict(img_size=64, patch_size=16, depth=4, embed_dim=64, num_heads=2), 64, [0, 1, 3], [1, 4])
         else:
-            grid = ("vit_base_patch32_224", dict(img_size=224), 224, [0, 5, 11], [1, 12])
-        b = cls(*grid, steps=args.steps or (3 if args.quick else 6))
+            grid = ("vit_base_patch32_224", dict(img_size=224), 224, [0, 5, 11], [1, 12, 64] if gpu else [1, 12])
+        b = cls(*grid, steps=args.steps or (3 if args.quick else 10 if gpu else 6))
         b.loaded = create_model(b.name, input_size=b.size, kwargs=b.kwargs)
         b.loaded.net.to(device())
         b.mean = torch.tensor(b.loaded.mean, device=device()).view(1, 3, 1, 1)
@@ -257,7 +300,10 @@ class Bench:
         return b
 
 
-def time_grid(b: Bench, variants, rounds: int, peak: float):
+PRECISION_OF = {"repinv": "fp32", "repinv_bf16": "bf16", "plain": "fp32", "study": "fp32", "kernels": "fp32", "kernels_bf16": "bf16"}
+
+
+def time_grid(b: Bench, variants, rounds: int, peaks: dict[str, float]):
     """Every variant at every (layer, batch), interleaved round by round; per-round seconds, memory and FLOPs."""
     study = study_net(b.name, b.kwargs)
     sums: dict[tuple, list[float]] = {}
@@ -279,6 +325,9 @@ def time_grid(b: Bench, variants, rounds: int, peak: float):
                     "repinv_bf16": lambda: repinv_step(b.loaded, images, [layer], b.steps, precision="bf16-mixed")[0],
                     "plain": lambda: plain_step(b.loaded.net, b.mean, b.std, tap, target, batch, b.steps, size),
                     "study": lambda: study_step(study, b.mean, b.std, layer, pix, b.steps, size),
+                    "kernels": lambda: kernel_step(b.loaded.net, b.mean, b.std, tap, target, batch, b.steps, size),
+                    "kernels_bf16": lambda: kernel_step(b.loaded.net, b.mean, b.std, tap, target, batch, b.steps, size,
+                                                        torch.bfloat16),
                 }
                 for variant in variants:
                     reset_peak()
@@ -286,15 +335,15 @@ def time_grid(b: Bench, variants, rounds: int, peak: float):
                     mem[(variant, layer, batch)] = peak_mib()
     rows = []
     for (variant, layer, batch), secs in sums.items():
-        sec, gf = min(secs), flops[(layer, batch)]
-        rows.append({"variant": variant, "layer": layer, "batch": batch, "precision": "bf16" if "bf16" in variant else "fp32",
+        sec, gf, precision = min(secs), flops[(layer, batch)], PRECISION_OF[variant]
+        rows.append({"variant": variant, "layer": layer, "batch": batch, "precision": precision,
                      "seconds_per_step": sec, "image_steps_per_second": batch / sec, "gflops_per_step": gf,
-                     "gflops_per_second": gf / sec, "fraction_of_matmul_peak": gf / sec / peak,
+                     "gflops_per_second": gf / sec, "fraction_of_matmul_peak": gf / sec / peaks[precision],
                      "peak_memory_mib": mem[(variant, layer, batch)]})
     return rows, sums, flops
 
 
-def grid_ratios(b: Bench, rows, sums, flops, peak: float, bf16: bool) -> dict:
+def grid_ratios(b: Bench, rows, sums, flops, peak: float, bf16: bool, kernels: bool = False) -> dict:
     """Ratios between variants, each taken within a round (they ran side by side) and its median over rounds."""
     def ratio(x, y, layer, batch):
         return statistics.median(p / q for p, q in zip(sums[(x, layer, batch)], sums[(y, layer, batch)]))
@@ -312,6 +361,10 @@ def grid_ratios(b: Bench, rows, sums, flops, peak: float, bf16: bool) -> dict:
     if bf16:
         ratios["study_over_repinv_bf16"] = {f"L{l}_b{bt}": ratio("study", "repinv_bf16", l, bt) for l, bt in cells}
         ratios["bf16_speedup"] = {f"L{l}_b{bt}": ratio("repinv", "repinv_bf16", l, bt) for l, bt in cells}
+    if kernels:  # what the step costs beyond its forward and input gradient alone (goal on a GPU at batch 64: under 1.5)
+        ratios["repinv_over_kernels"] = {f"L{l}_b{bt}": ratio("repinv", "kernels", l, bt) for l, bt in cells}
+        if bf16:
+            ratios["repinv_bf16_over_kernels_bf16"] = {f"L{l}_b{bt}": ratio("repinv_bf16", "kernels_bf16", l, bt) for l, bt in cells}
     return ratios
 
 
@@ -323,6 +376,14 @@ def extras(b: Bench, args, bf16: bool, ratios: dict) -> dict:
     separate = sum(repinv_step(b.loaded, b.photos[:1], [i], b.steps)[0] for i in all_layers)
     ratios["all_layers_one_run_over_separate_runs"] = one_run / separate
     mid = b.layers[1]
+    if device().type == "cuda":  # the study's 13 depths (patch_embed and every block) of 3 images in one shared pass
+        depths = ["patch_embed", *all_layers]
+        extra["shared_13_depths_3_images"] = {}
+        for precision in ("32-true", *(["bf16-mixed"] if bf16 else [])):
+            reset_peak()
+            sec, _ = repinv_step(b.loaded, b.photos[:3], depths, b.steps, precision=precision)
+            extra["shared_13_depths_3_images"][precision] = {"seconds_per_step": sec, "seconds_for_1500_steps": 1500 * sec,
+                                                             "peak_memory_mib": peak_mib()}
     if bf16:  # bf16 against fp32 in one longer run each: final PSNR after the same steps (and that run's speed)
         results = {}
         for precision in ("32-true", "bf16-mixed"):
@@ -342,29 +403,40 @@ def extras(b: Bench, args, bf16: bool, ratios: dict) -> dict:
     if args.vit_l:
         big = create_model("vit_large_patch16_224", input_size=512, kwargs=dict(img_size=512))
         big.net.to(device())
-        reset_peak()
-        sec, _ = repinv_step(big, load_images(["chelsea"], 512), [len(big.net.blocks) - 1], 2)
-        extra["vit_l16_512"] = {"seconds_per_step": sec, "peak_memory_mib": peak_mib()}
+        extra["vit_l16_512"] = {}
+        for precision in ("32-true", *(["bf16-mixed"] if bf16 else [])):
+            reset_peak()
+            sec, _ = repinv_step(big, load_images(["chelsea"], 512), [len(big.net.blocks) - 1], 2 if device().type == "cpu" else 5,
+                                 precision=precision)
+            extra["vit_l16_512"][precision] = {"seconds_per_step": sec, "peak_memory_mib": peak_mib()}
     return extra
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     b = Bench.create(args)
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick or device().type == "cuda" else 3)
     bf16 = args.bf16 if args.bf16 is not None else (args.quick or device().type == "cuda" or native_bf16())
     if not bf16:
         print(f"precision=bf16 not timed: {BF16_SKIPPED} (--bf16 times it anyway)")
-    variants = ("repinv", "repinv_bf16", "plain", "study") if bf16 else ("repinv", "plain", "study")
-    peak = matmul_peak((1024,) if args.quick else (2048, 4096))
-    rows, sums, flops = time_grid(b, variants, rounds, peak)
-    ratios = grid_ratios(b, rows, sums, flops, peak, bf16)
+    gpu = device().type == "cuda"
+    variants = ["repinv", *(["repinv_bf16"] if bf16 else []), "plain", "study"]
+    if gpu:
+        variants += ["kernels", *(["kernels_bf16"] if bf16 else [])]
+    sizes = (1024,) if args.quick else (4096, 8192) if gpu else (2048, 4096)
+    peaks = {"fp32": matmul_peak(sizes)}
+    if bf16:
+        peaks["bf16"] = matmul_peak(sizes, dtype=torch.bfloat16) if gpu else peaks["fp32"]
+    peak = peaks["fp32"]
+    rows, sums, flops = time_grid(b, variants, rounds, peaks)
+    ratios = grid_ratios(b, rows, sums, flops, peak, bf16, kernels=gpu)
     extra = extras(b, args, bf16, ratios)
     report = {
-        "machine": {"device": str(device()), "cpu": cpuinfo("model name") or platform.processor() or platform.machine(),
+        "machine": {"device": str(device()), "gpu": torch.cuda.get_device_name() if gpu else None, "cpu": cpuinfo("model name") or platform.processor() or platform.machine(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__, "cores": os.cpu_count()},
         "model": b.name, "quick": args.quick, "steps": b.steps, "rounds": rounds, "matmul_peak_gflops": peak,
+        "matmul_peak_gflops_by_precision": peaks,
         "rows": rows, "ratios": ratios, **extra,
     }
     print(f"{'variant':11} {'layer':>5} {'batch':>5} {'s/step':>8} {'img-steps/s':>11} {'GFLOP/s':>8} {'peak%':>6} {'mem MiB':>8}")

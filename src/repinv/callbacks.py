@@ -236,7 +236,7 @@ class StopOnSignal(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.stopped_at is not None or trainer.global_step >= pl_module.steps:
             return
-        signum = any_rank(self.signum or 0, pl_module.device)  # every rank, every step
+        signum = any_rank(self.signum or 0)  # every rank, every step, on the host
         if signum:
             self.signum, self.stopped_at = signum, trainer.global_step
             trainer.should_stop = True

@@ -11,13 +11,14 @@ class Divergence(nn.Module):
 
     Checked at log steps, so the steps themselves never synchronise with the device; `any` is
     the host copy of `mask.any()` from the last check. The mask and the last finite image are
-    part of the module's state dict, so a resumed run keeps them.
+    buffers: part of the module's state dict, so a resumed run keeps them, and moved with the
+    module, so a resumed run's state follows it to its device.
     """
 
     def __init__(self, targets: int):
         super().__init__()
         self.register_buffer("mask", torch.zeros(targets, dtype=torch.bool))
-        self.last_good: torch.Tensor | None = None
+        self.register_buffer("last_good", None)  # set at the first check
         self.any = False
 
     @torch.no_grad()
@@ -46,17 +47,19 @@ class Divergence(nn.Module):
     @torch.no_grad()
     def rollback(self, img: torch.Tensor) -> None:
         """Hold the stopped targets' images at their last finite one (after each update)."""
-        if self.last_good is not None and self.any:
-            img[self.mask] = self.last_good[self.mask]
+        if self.last_good is not None and self.any:  # a select, not boolean indexing (which reads the mask back)
+            img.copy_(torch.where(self.mask.view(-1, *[1] * (img.dim() - 1)), self.last_good, img))
 
     def shard(self, start: int, stop: int) -> None:
         """Keep the targets [start, stop) of this process."""
         self.mask = self.mask[start:stop].clone()
+        if self.last_good is not None:
+            self.last_good = self.last_good[start:stop].clone()
 
-    def get_extra_state(self) -> dict:
-        return {"last_good": self.last_good}
-
-    def set_extra_state(self, state: dict) -> None:
-        """Called by load_state_dict after `mask` is loaded."""
-        self.last_good = state["last_good"]
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        """Take a saved `last_good` whatever this module holds (None before its first check), then the rest."""
+        saved = state_dict.get(prefix + "last_good")
+        if saved is not None:
+            self.last_good = saved.to(self.mask.device).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args)
         self.any = bool(self.mask.any())

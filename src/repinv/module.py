@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from repinv.divergence import Divergence
+from repinv.errors import RepinvError
 from repinv.images import TargetImage
 from repinv.models import LoadedModel
 from repinv.objectives import Objective
@@ -24,11 +25,24 @@ def noise_canvas(seeds: Sequence[int], size: tuple[int, int], mean: float, std: 
                         for s in seeds])
 
 
+def check_scaler(optimizer, plugin) -> None:
+    """L-BFGS evaluates its closure several times per step, which a gradient scaler (precision=16-mixed
+    on a GPU) cannot unscale: refuse that pairing before the first step rather than inside it."""
+    if getattr(plugin, "scaler", None) is not None and isinstance(optimizer, torch.optim.LBFGS):
+        raise RepinvError(
+            "optimizer=lbfgs with precision=16-mixed: float16 autocast on a GPU scales the loss with a gradient "
+            "scaler, which L-BFGS (several loss evaluations per step, its own line search) cannot use. Use "
+            "precision=bf16 or precision=32-true with L-BFGS, or another optimizer (sgd, adam) with 16-mixed."
+        )
+
+
 class ImageOptimization(pl.LightningModule):
     """Gradient descent on an image batch [targets, 3, H, W] against a frozen network.
 
     The network is frozen (no gradients, eval mode even while Lightning trains) and left out
-    of checkpoints; the objective's targets are computed once here. The trainable tensor is a
+    of checkpoints; the objective names its targets here and computes them before the first
+    step, on the run's device and for this process's share only. Every tensor a step uses is a
+    parameter or buffer, so the module runs wherever it is moved. The trainable tensor is a
     parametrisation's (`param`, a factory of the batch shape; pixels by default) and `img` is
     the canvas it renders. Each step: the priors place and transform the crop the network
     sees, the per-target losses (plus the priors' penalties) are summed, one optimiser step
@@ -62,8 +76,9 @@ class ImageOptimization(pl.LightningModule):
         self.strict_loading = False
         self.net = model.net
         self.model_info = model
-        self.register_buffer("mean", torch.tensor(model.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(model.std).view(1, 3, 1, 1), persistent=False)
+        dev = next(model.net.parameters()).device  # wherever the network is now; buffers move with the module
+        self.register_buffer("mean", torch.tensor(model.mean, device=dev).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(model.std, device=dev).view(1, 3, 1, 1), persistent=False)
         self.objective = objective
         objective.setup(self.net, self.normalize, images, seed)
         self.records = objective.records
@@ -77,6 +92,7 @@ class ImageOptimization(pl.LightningModule):
         self.image_param = param(tuple(start.shape))
         self.image_param.set_image(start)
         self._rendered: tuple[tuple, torch.Tensor] | None = None
+        self.logged_loss: float | None = None  # the summed loss of the last log step, a host number
         self.divergence = Divergence(len(self.records))
         self.generator = torch.Generator().manual_seed(seed)  # the priors' random draws, saved in checkpoints
         self.shard: list[int] = list(range(len(self.records)))  # the targets this process optimises
@@ -127,6 +143,7 @@ class ImageOptimization(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         """Prepare the network the steps run through, now that precision and device are known."""
+        self.objective.prepare(self.net)
         stepper = step_network(self.net, str(self.trainer.precision), self.device)
         self.__dict__["stepper"] = stepper  # not a submodule: not in checkpoints, not synced by DDP
         if self.compile:
@@ -173,6 +190,7 @@ class ImageOptimization(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(list(self.image_param.parameters()))
+        check_scaler(opt, self.trainer.precision_plugin)
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
@@ -220,7 +238,8 @@ class ImageOptimization(pl.LightningModule):
         if sched is not None:
             sched.step()
         self._update(step, offset, first["canvas"])
-        return first["loss"]
+        # nothing returned and nothing `self.log`ged: Lightning would read either back to the host for its
+        # progress bar at every step; the bar shows `logged_loss` instead
 
     def _loss(self, step: int, offset: tuple[int, int], check: bool) -> torch.Tensor:
         """Render, take the crop through the priors and the network; at log steps (`check`) stop
@@ -293,7 +312,7 @@ class ImageOptimization(pl.LightningModule):
         flat["loss"] = total
         for logger in self.loggers:
             logger.log_metrics(flat, step=self.global_step)
-        self.log("loss", total, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
+        self.logged_loss = total  # what the progress bar shows until the next log step
 
     # -- results ------------------------------------------------------------------------
     @torch.no_grad()

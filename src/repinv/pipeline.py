@@ -33,6 +33,7 @@ from repinv.images import load_images
 from repinv.loggers import WANDB_ID, WandbFinished, WandbRunId, make_loggers
 from repinv.models.surgery import apply_surgery
 from repinv.module import ImageOptimization
+from repinv.precision import set_matmul_precision
 from repinv.progress import StepsProgressBar
 from repinv.sharding import process_count, sharded_strategy
 from repinv.summary import score
@@ -241,7 +242,7 @@ def run(cfg: DictConfig) -> RunResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, verbose=False)
-    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    set_matmul_precision(cfg.get("matmul_precision", "highest"))
 
     model = apply_surgery(build(cfg.model), {k: build(op) for k, op in (cfg.get("surgery") or {}).items()})
     objective = build(cfg.objective)

@@ -25,6 +25,17 @@ BF16_EMULATED = (
 )
 
 
+def set_matmul_precision(precision: str) -> None:
+    """fp32 matmul precision for the whole process; "highest" also keeps cuDNN's convolutions out of TF32.
+
+    `torch.set_float32_matmul_precision` reaches matmuls only: cuDNN's own TF32 switch is on by
+    default, so at "highest" convolutions (ResNet, ConvMixer, patch embeddings) would still run in
+    TF32 on a GPU and in fp32 on a CPU. "high" and "medium" allow TF32 in both.
+    """
+    torch.set_float32_matmul_precision(precision)
+    torch.backends.cudnn.allow_tf32 = precision != "highest"
+
+
 class StepNetwork:
     """The network for the steps and the attention kernels its forward may use (None: any)."""
 

@@ -22,6 +22,11 @@ class StepsProgressBar(RichProgressBar):
         """Where Lightning labels the bar when it creates it (at the start, or mid-epoch on resume)."""
         return self.description(self.trainer)
 
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        """The loss of the last log step (a host number, so drawing the bar never waits for the device)."""
+        loss = getattr(pl_module, "logged_loss", None)
+        return {**super().get_metrics(trainer, pl_module), **({} if loss is None else {"loss": f"{loss:.3f}"})}
+
     def configure_columns(self, trainer: pl.Trainer) -> list:
         """Lightning's columns without its batch count, which the label now gives."""
         return [c for c in super().configure_columns(trainer) if not isinstance(c, BatchesProcessedColumn)]

@@ -38,6 +38,28 @@ class ShardedDDP(DDPStrategy):
     def configure_ddp(self) -> None:
         """Keep the LightningModule as it is: no wrapper, no gradient hooks."""
 
+    def setup_distributed(self) -> None:
+        """The process group, and beside it a gloo group over the same processes for the host-side collectives."""
+        super().setup_distributed()
+        _HOST.clear()
+        if dist.get_backend() != "gloo":
+            _HOST["group"] = dist.new_group(backend="gloo", timeout=self._timeout)
+
+    def teardown(self) -> None:
+        _HOST.clear()
+        super().teardown()
+
+
+# The group `any_rank` and `gather` use: gloo over the run's processes when the process group is
+# NCCL's. Their values live on the host, so a collective needs no device copy and no stream sync,
+# and gloo raises when a peer died, where NCCL would block until its watchdog kills the process.
+_HOST: dict = {}
+
+
+def host_group():
+    """The process group for host-side collectives (None: the default one, already gloo)."""
+    return _HOST.get("group")
+
 
 def shard_bounds(total: int, rank: int, world: int) -> tuple[int, int]:
     """The contiguous slice [start, stop) of `total` targets that `rank` of `world` optimises.
@@ -115,14 +137,18 @@ def take_rows(checkpoint: dict, prefixes: list[str], total: int, start: int, sto
         c[k] = c[k][start:stop].clone()
 
 
-def any_rank(value: int, device: torch.device) -> int:
-    """The largest of every rank's `value` (collective; `value` itself on one process): e.g. a stop flag."""
+def any_rank(value: int) -> int:
+    """The largest of every rank's `value` (collective; `value` itself on one process): e.g. a stop flag.
+
+    Reduced on the host (see `host_group`): no device synchronisation, and a dead rank is an error
+    (`CollectiveFailed`) on every backend, not a hang.
+    """
     if not _several():
         return value
-    flag = torch.tensor([value], dtype=torch.int64, device=device)
+    flag = torch.tensor([value], dtype=torch.int64)
     with collective():
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=host_group())
+        return int(flag.item())
 
 
 class CollectiveFailed(RuntimeError):
@@ -149,7 +175,7 @@ def gather(items: list) -> list:
         return items
     out: list = [None] * dist.get_world_size()
     with collective():
-        dist.all_gather_object(out, items)
+        dist.all_gather_object(out, items, group=host_group())
     return [x for part in out for x in part]
 
 

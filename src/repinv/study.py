@@ -141,3 +141,4 @@ def execute(runs: Iterable[Run], jobs: int = 1, launch_missing: bool = True) -> 
             print(f"finished: {run.folder}" if run.status == "finished" else f"run failed: {run.status}", file=sys.stderr)
             made.append(run)
     return made
+

@@ -3,6 +3,7 @@
     repinv-claims --budget quick                 # tiny models, one image, 10 steps: a minute or two
     repinv-claims --budget study --jobs 2        # the study's models and 1,500 steps
     repinv-claims --budget study --pretrained    # also the trained-weight claims
+    repinv-claims --budget study --report-only   # the ledger of the runs finished so far, making none
 """
 
 from __future__ import annotations

@@ -133,7 +133,8 @@ def execute(p: Plan, jobs: int, launch_missing: bool = True) -> None:
 
 
 def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_budget: bool = False) -> tuple[str, str, str]:
-    """The claim's verdict (holds, fails, needs trained weights, GPU budget, run failed), what was measured, and the rule."""
+    """The claim's verdict (holds, fails, needs trained weights, GPU budget, run failed, pending), what was measured,
+    and the rule."""
     if out_of_budget:
         return GPU_BUDGET, "", ""
     if conds is None:

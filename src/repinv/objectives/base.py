@@ -1,6 +1,6 @@
 """The Objective seam: everything a run knows about what the image batch is optimised for.
 
-An objective owns its targets (computed once in `setup`, never trained), returns one loss per
+An objective owns its targets (named in `setup`, computed once in `prepare` where the run runs, never trained), returns one loss per
 target image and per-target statistics, and names and describes its results: each final
 record's `column` (what the reconstruction shows) and `caption` (its headline number), the
 run's W&B tags and name, whether it needs target photographs and which metric a sweep
@@ -25,7 +25,7 @@ def target_seed(seed: int, *parts) -> int:
 
 
 class Objective(nn.Module):
-    """Base class: `setup` computes the targets, `forward` gives per-target losses and stats.
+    """Base class: `setup` names the targets, `prepare` computes them, `forward` gives per-target losses and stats.
 
     `records` hold each target's identity (they name its scalars and checkpoints); `finalize`
     turns a target's identity plus its final metrics into the record metrics.json keeps.
@@ -53,6 +53,10 @@ class Objective(nn.Module):
             f"objective '{self.kind}' cannot split its targets across processes; "
             "run it with trainer.devices=1 trainer.num_nodes=1."
         )
+
+    def prepare(self, net: nn.Module) -> None:
+        """Compute what the steps compare against (e.g. target activations) with `net`, on its device,
+        for this process's targets only; called before the first step, after `shard`."""
 
     def check(self, net: nn.Module, input_size: tuple[int, int]) -> None:
         """After `setup`, before the first step: checks that need the input size (raise RepinvError)."""

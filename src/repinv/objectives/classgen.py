@@ -62,14 +62,14 @@ class ClassGeneration(Objective):
             for k in range(self.samples)
         ]
         self.register_buffer("classes", torch.tensor([r["class"] for r in self.records]), persistent=False)
-        self.index = torch.arange(len(self.records))
+        self.register_buffer("index", torch.arange(len(self.records), device=self.classes.device), persistent=False)
 
     def shard(self, index):
-        self.index = torch.as_tensor(index)
+        self.index = torch.as_tensor(index, device=self.index.device)
 
     def forward(self, net, x):
         logits = _logits(net, x)
-        cls = self.classes[self.index.to(self.classes.device)]
+        cls = self.classes[self.index]
         target = logits.gather(1, cls[:, None]).squeeze(1)
         if self.loss == "abs":
             losses = (self.constant - target).abs()

@@ -64,10 +64,10 @@ class FeatureVisualization(Objective):
         ]
         self.register_buffer("channel", torch.tensor([r["unit"] for r in self.records], device=dev), persistent=False)
         self.register_buffer("token", torch.tensor([r.get("token", -1) for r in self.records], device=dev), persistent=False)
-        self.index = torch.arange(len(self.records))
+        self.register_buffer("index", torch.arange(len(self.records), device=dev), persistent=False)
 
     def shard(self, index):
-        self.index = torch.as_tensor(index)
+        self.index = torch.as_tensor(index, device=self.index.device)
 
     @torch.no_grad()
     def check(self, net, input_size):
@@ -83,8 +83,7 @@ class FeatureVisualization(Objective):
 
     def forward(self, net, x):
         out = positions(self.tap(net, x)).float()
-        index = self.index.to(self.channel.device)
-        channel, token = self.channel[index], self.token[index]
+        channel, token = self.channel[self.index], self.token[self.index]
         per_position = out[torch.arange(len(out), device=out.device), :, channel]  # [N, positions]
         at_token = per_position.gather(1, token.clamp(min=0)[:, None]).squeeze(1)
         activation = torch.where(token >= 0, at_token, per_position.mean(1))

@@ -31,11 +31,19 @@ def distance(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
     raise RepinvError(f"objective.loss={kind} is not a layer loss. Use one of {', '.join(LOSSES)}.")
 
 
-def _seconds(step: Callable[[], None]) -> float:
-    """Wall time of `step()` after one warm-up call (the first call packs weights and warms caches)."""
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a GPU runs its kernels after the host has moved on)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seconds(step: Callable[[], None], device: torch.device) -> float:
+    """Wall time of `step()` on `device` after one warm-up call (the first call packs weights and warms caches)."""
     step()
+    synchronize(device)
     start = time.perf_counter()
     step()
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -66,26 +74,22 @@ class LayerInversion(Objective):
         self.taps: list[LayerTap] = []
         self.shared: SharedPass | None = None
         self._rows = None
+        self.prepared = False  # whether this process's targets are computed (see `prepare`)
 
     @torch.no_grad()
     def setup(self, net, prep, images, seed):
+        """The taps, records and target photographs; the targets themselves are computed by `prepare`."""
         self.taps = resolve_layers(net, self.layer_specs)
         pixels = torch.stack([im.pixels for im in images])
         gen = torch.Generator().manual_seed(target_seed(seed, "noise-shift"))
         shifted = pixels + torch.randn(pixels.shape, generator=gen) * self.noise_std
         dev = next(net.parameters()).device
-        pixels, shifted = pixels.to(dev), shifted.to(dev)
-        baseline, targets = [], []
-        for g, tap in enumerate(self.taps):
-            targets.append(tap(net, prep(pixels)).float())
-            self.register_buffer(f"target_{g}", targets[-1], persistent=False)
-            baseline.append((tap(net, prep(shifted)).float() - targets[-1]).flatten(1).norm(dim=1))
-        self.register_buffer("noise_shift_l2", torch.cat(baseline), persistent=False)
-        self.shared = SharedPass.build(net, self.taps, prep(pixels)) if self.stack else None
-        self.reference = pixels.repeat(len(self.taps), 1, 1, 1)
+        self.register_buffer("shifted", shifted.to(dev), persistent=False)
+        self.shared = SharedPass.build(net, self.taps, prep(pixels.to(dev))) if self.stack else None
+        self.reference = pixels.to(dev).repeat(len(self.taps), 1, 1, 1)
         self.group = len(images)
-        self.index = torch.arange(len(self.taps) * len(images))
-        self._rows = None
+        self.__dict__["prep"] = prep  # the module's normalisation: not a submodule
+        self.shard(list(range(len(self.taps) * len(images))))
         self.records = [
             {"image": im.name, "layer": tap.label, "module": tap.module or tap.label}
             for tap in self.taps
@@ -93,9 +97,26 @@ class LayerInversion(Objective):
         ]
 
     def shard(self, index):
-        self.index = torch.as_tensor(index)
-        self._rows = None
-        self.noise_shift_l2 = self.noise_shift_l2[self.index]
+        self.index = [int(i) for i in index]
+        self._rows, self.prepared = None, False
+
+    @torch.no_grad()
+    def prepare(self, net):
+        """The targets and noise-shift baselines of this process's targets only, computed by `net` where it runs.
+
+        Called before the first step (after the module moved to its device and took its shard);
+        a forward without it prepares with the network it is given.
+        """
+        _, images, order, _, back = self._plan(self.shifted.device)
+        pixels, baseline = self.reference[: self.group], []
+        for g in order:
+            target = self.taps[g](net, self.prep(pixels[images[g]])).float()
+            self.register_buffer(f"target_{g}", target, persistent=False)
+            shifted = self.taps[g](net, self.prep(self.shifted[images[g]])).float()
+            baseline.append((shifted - target).flatten(1).norm(dim=1))
+        rows = torch.cat(baseline)
+        self.register_buffer("noise_shift_l2", rows if back is None else rows[back], persistent=False)
+        self.prepared = True
 
     def tune(self, net, x):
         """With `stack=auto`, keep the shared pass only if a step through it is faster than one pass per layer.
@@ -111,7 +132,7 @@ class LayerInversion(Objective):
             seconds = {}
             for stacked in (True, False):
                 self.shared, self._rows = (shared if stacked else None), None
-                seconds[stacked] = _seconds(lambda: self(net, x.detach().requires_grad_())[0].sum().backward())
+                seconds[stacked] = _seconds(lambda: self(net, x.detach().requires_grad_())[0].sum().backward(), x.device)
             self.stacked = seconds[True] <= seconds[False]
             log.info("objective.stack=auto: a step takes %.3f s through the shared pass and %.3f s one layer at a "
                      "time; using %s", seconds[True], seconds[False], "the shared pass" if self.stacked else "one pass per layer")
@@ -123,28 +144,34 @@ class LayerInversion(Objective):
     def set_extra_state(self, state):
         self.stacked = state.get("stacked")
 
-    def _plan(self):
-        """Derived once per set of targets: rows of each layer in this process's batch, their target
-        indices, the order layers run in, and the permutation into that order and back (None when
-        the rows already are in it)."""
-        if self._rows is None:
-            layer, image = self.index // self.group, self.index % self.group  # targets are layer-major
-            rows = [(layer == g).nonzero().flatten() for g in range(len(self.taps))]
-            order = [g for g in (self.shared.order if self.shared else range(len(self.taps))) if len(rows[g])]
-            perm = torch.cat([rows[g] for g in order])
-            moved = not torch.equal(perm, torch.arange(len(perm)))
-            self._rows = (rows, [image[r] for r in rows], order, perm if moved else None, torch.argsort(perm) if moved else None)
-        return self._rows
+    def _plan(self, device: torch.device):
+        """Derived once per set of targets and device: rows of each layer in this process's batch (a slice:
+        targets are layer-major and shards contiguous), their images, the order layers run in, and the
+        permutation into that order and back (None when the rows already are in it). Index tensors
+        live on `device`, so a step copies nothing to it."""
+        if self._rows is None or self._rows[0] != device:
+            layer = [i // self.group for i in self.index]
+            rows = {g: (layer.index(g), len(layer) - layer[::-1].index(g)) for g in dict.fromkeys(layer)}
+            order = [g for g in (self.shared.order if self.shared else range(len(self.taps))) if g in rows]
+            perm = [r for g in order for r in range(*rows[g])]
+            images = {g: torch.tensor([self.index[r] % self.group for r in range(*rows[g])], device=device) for g in rows}
+            moved = perm != sorted(perm)
+            index = torch.tensor(perm, device=device)
+            self._rows = (device, (rows, images, order, index if moved else None, torch.argsort(index) if moved else None))
+        return self._rows[1]
 
     def forward(self, net, x):
-        rows, images, order, perm, back = self._plan()
+        rows, _, order, perm, back = self._plan(x.device)
+        if not self.prepared:
+            self.prepare(net)
         if self.shared is not None:
-            outs = self.shared(net, x if perm is None else x[perm], [len(r) for r in rows])
+            counts = [rows[g][1] - rows[g][0] if g in rows else 0 for g in range(len(self.taps))]
+            outs = dict(enumerate(self.shared(net, x if perm is None else x[perm], counts)))
         else:
-            outs = {g: self.taps[g](net, x[rows[g][0] : rows[g][-1] + 1]) for g in order}
+            outs = {g: self.taps[g](net, x[slice(*rows[g])]) for g in order}
         losses, l2 = [], []
         for g in order:
-            target = getattr(self, f"target_{g}")[images[g]]
+            target = getattr(self, f"target_{g}")
             losses.append(distance(outs[g], target, self.loss))
             l2.append((outs[g].detach().float() - target).flatten(1).norm(dim=1))
         loss, output_l2 = torch.cat(losses), torch.cat(l2)

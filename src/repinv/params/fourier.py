@@ -55,8 +55,10 @@ class Fourier(Parametrization):
         super().__init__(shape)
         self.decay = float(decay)
         self.register_buffer("scale", spectrum_scale(h, w, self.decay)[..., None], persistent=False)
-        color = COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
-        self.register_buffer("color", color, persistent=False)
+        color = COLOR_CORRELATION_SQRT.double() / COLOR_CORRELATION_SQRT.double().norm(dim=0).max()
+        self.register_buffer("color", color.float(), persistent=False)
+        # the inverse, once: `encode` runs after every step that changes the image (the blur writes back)
+        self.register_buffer("decorrelate", torch.linalg.inv(color).float(), persistent=False)
 
     def param_shape(self) -> tuple[int, ...]:
         n, c, h, w = self.shape
@@ -68,7 +70,7 @@ class Fourier(Parametrization):
         return torch.einsum("cd,ndhw->nchw", self.color.to(channels.dtype), channels)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        decorrelate = torch.linalg.inv(self.color.double())
-        channels = torch.einsum("cd,ndhw->nchw", decorrelate, image.double())
+        """In the parameter's precision (float32): exact to float rounding, and fast on GPUs (no float64 FFT)."""
+        channels = torch.einsum("cd,ndhw->nchw", self.decorrelate, image.to(self.param.dtype))
         spectrum = torch.view_as_real(torch.fft.rfft2(channels, norm="ortho"))
-        return (spectrum / self.scale.double()).to(self.param.dtype)
+        return spectrum / self.scale

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -37,11 +39,10 @@ class GaussianBlur(Prior):
         return linear(self.sigma_start, self.sigma_end, step, total)
 
     def weights(self, sigma: float) -> list[float]:
-        """The normalised 1-D Gaussian taps; the 2-D kernel is their outer product."""
+        """The normalised 1-D Gaussian taps (host numbers: no tensor per step); the 2-D kernel is their outer product."""
         r = self.kernel_size // 2
-        ax = torch.arange(-r, r + 1, dtype=torch.float64)
-        k1 = torch.exp(-(ax**2) / (2 * sigma * sigma))
-        return (k1 / k1.sum()).tolist()
+        k1 = [math.exp(-(x * x) / (2 * sigma * sigma)) for x in range(-r, r + 1)]
+        return [k / sum(k1) for k in k1]
 
     def scalars(self, step: int, total: int) -> dict[str, float]:
         return {"blur_sigma": self.sigma(step, total)}

@@ -11,6 +11,14 @@ from repinv.errors import RepinvError
 from repinv.priors.base import Prior
 
 
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU through pinned memory, so the copy queues behind the step's
+    kernels instead of waiting for them (a copy from pageable memory synchronises the stream)."""
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
 class ScaleRotate(Prior):
     """A random zoom in [scale[0], scale[1]] and rotation in [-degrees, degrees] per image and step, differentiable.
 
@@ -48,7 +56,7 @@ class ScaleRotate(Prior):
         cos, sin = torch.cos(angle) / scales, torch.sin(angle) / scales
         zero = torch.zeros_like(cos)
         theta = torch.stack([torch.stack([cos, -sin * h / w, zero], -1), torch.stack([sin * w / h, cos, zero], -1)], 1)
-        grid = F.affine_grid(theta.to(image), list(image.shape), align_corners=False)
+        grid = F.affine_grid(to_device(theta.to(image.dtype), image.device), list(image.shape), align_corners=False)
         return F.grid_sample(image, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
