@@ -192,6 +192,7 @@ def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25
 
 def plain_step(net, mean, std, tap, target, batch, steps, size):
     """The same work as a bare loop: frozen weights, early stop at the layer, SGD, blur."""
+    net = net.to(device())  # Lightning's teardown after a repinv step hands the module back on the CPU
     img = torch.full((batch, 3, *size), 0.7, device=device()).add_(torch.randn(batch, 3, *size, device=device()) / 20)
     img.requires_grad_(True)
     opt = torch.optim.SGD([img], lr=0.05)
@@ -210,7 +211,7 @@ def plain_step(net, mean, std, tap, target, batch, steps, size):
 def kernel_step(net, mean, std, tap, target, batch, steps, size, dtype=torch.float32):
     """Only the forward to the layer and the input gradient, nothing else (in `dtype`): the kernel time
     a step cannot go below. A repinv step against it is what the rest of the step costs."""
-    net = net if dtype == torch.float32 else copy.deepcopy(net).to(dtype)
+    net = net.to(device()) if dtype == torch.float32 else copy.deepcopy(net).to(device(), dtype)
     img = torch.rand(batch, 3, *size, device=device(), dtype=dtype, requires_grad=True)
     mean, std, target = mean.to(dtype), std.to(dtype), target.to(dtype)
 
@@ -317,7 +318,7 @@ def time_grid(b: Bench, variants, rounds: int, peaks: dict[str, float]):
                 images = [b.photos[i % len(b.photos)] for i in range(batch)]
                 pix = torch.stack([im.pixels for im in images]).to(device())
                 with torch.no_grad():
-                    target = tap(b.loaded.net, (pix - b.mean) / b.std)
+                    target = tap(b.loaded.net.to(device()), (pix - b.mean) / b.std)
                 if r == 0:
                     flops[(layer, batch)] = step_flops(b.loaded.net, b.mean, b.std, tap, target, batch, size)
                 timings = {
