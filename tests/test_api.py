@@ -26,7 +26,10 @@ def test_run_returns_records_and_images_and_writes_the_run_folder(tmp_path):
         [(r["image"], r["layer"], r["psnr"]) for r in result.records]
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["steps"] == 3 and cfg["output_dir"] == str(out), "config.yaml is resolved, ${hydra:...} included"
-    assert (out / "grid.png").is_file() and (out / "cli.log").is_file()
+    from PIL import Image
+
+    assert Image.open(out / "grid.png").size == (3 * 220, 2 * 220 + 40), "a row per image: the target, then a column per layer"
+    assert f"results written to {out}" in (out / "cli.log").read_text(), "cli.log holds the run's log"
     assert "layers=[0,1]" in (out / ".hydra" / "overrides.yaml").read_text()
 
 

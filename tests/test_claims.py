@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from repinv.claims import rules
+from conftest import REPO, read_metrics
+from repinv.claims import report, rules
 from repinv.claims.cli import main
 from repinv.claims.registry import CLAIMS
 
@@ -95,7 +95,10 @@ def _ledger(out) -> list[dict]:
     return list(csv.DictReader(open(out / "claims.csv")))
 
 
-def test_quick_ledger_runs_claims_end_to_end_with_sensitivity(tmp_path, capsys):
+def test_quick_ledger_runs_claims_end_to_end_with_sensitivity(tmp_path, capsys, monkeypatch):
+    plotted, draw = {}, report.depth_plot
+    monkeypatch.setattr(report, "depth_plot",
+                        lambda claim, series, out: plotted.setdefault(claim.id, series) and draw(claim, series, out))
     ids = "class-generation,vit-untrained-constant-depth,vit-entry-trained"
     code = main(["--budget", "quick", "--seeds", "1", "--claims", ids, "--sources", "timm", "--lrs", "0.5", "--image", "chelsea",
                  "--image", "astronaut", "--steps", "4", "--jobs", "2", "--out", str(tmp_path), "logger=none", "log_every=2"])
@@ -113,6 +116,11 @@ def test_quick_ledger_runs_claims_end_to_end_with_sensitivity(tmp_path, capsys):
     assert len([r for r in sensitivity if r["claim"] == "vit-untrained-constant-depth"]) == 4
     for trained in ("vit-entry-trained", "class-generation"):
         assert ledger[trained]["verdict"] == "needs trained weights" and ledger[trained]["measured"] == ""
+    series = plotted["vit-untrained-constant-depth"]
+    assert len(series) == 4, "one line per recipe"
+    [folder] = kept["runs"].split("; ")
+    assert [(r["layer"], r["psnr"]) for r in series["vit, default (linear lr)"]] == \
+        [(r["layer"], r["psnr"]) for r in read_metrics(tmp_path / folder)], "the plot draws the run folder's records"
     assert (tmp_path / "plots" / "vit-untrained-constant-depth.png").is_file()
     assert "needs trained weights" in (tmp_path / "claims.md").read_text()
 

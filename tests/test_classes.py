@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from repinv.classes import class_name, resolve_class
@@ -27,6 +29,6 @@ def test_display_names_come_from_timm_and_other_heads_show_indices():
     ("goldfish", 10, ["10 classes", "indices"]),
 ])
 def test_bad_class_specs_name_what_would_be_right(spec, num_classes, words):
-    with pytest.raises(RepinvError) as err:
+    with pytest.raises(RepinvError, match=re.escape(words[0])) as err:
         resolve_class(spec, num_classes)
     assert all(w in str(err.value) for w in words), str(err.value)

@@ -49,7 +49,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(run_repinv, monkeypatch
     assert _image(whole_dir).shape == ((2, 3, 68, 35, 2) if param else (2, 3, 68, 68)), "the checkpoint holds the parameter"
 
     _signal_at(pipeline, monkeypatch, 13)
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(SystemExit, match=f"^{128 + signal.SIGTERM}$") as stop:
         run_repinv(*RESUMABLE, *param, name="cut")
     cut_dir = whole_dir.parent / "cut"
     assert stop.value.code == 128 + signal.SIGTERM
@@ -82,7 +82,7 @@ def test_ctrl_c_and_a_launchers_requeue_signal_stop_with_results(run_repinv, mon
     previous = signal.signal(signal.SIGUSR2, requeue)
     try:
         _signal_at(pipeline, monkeypatch, 2, signum)
-        with pytest.raises(SystemExit) as stop:
+        with pytest.raises(SystemExit, match=f"^{128 + signum}$") as stop:
             run_repinv("steps=30", "checkpoint_every=0", "logger=none")
     finally:
         signal.signal(signal.SIGUSR2, previous)

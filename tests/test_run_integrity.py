@@ -4,11 +4,13 @@ continued CSV and W&B histories, W&B runs that end with their job, and settings 
 from __future__ import annotations
 
 import csv
+import signal
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from PIL import Image
 
 import wandb_reader
@@ -27,7 +29,7 @@ def _interrupted(run_repinv, monkeypatch, *overrides, name="cut"):
 
     plain = pipeline.ImageOptimization
     _signal_at(pipeline, monkeypatch, 13)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=f"^{128 + signal.SIGTERM}$"):
         run_repinv(*RESUMABLE, *overrides, name=name)
     monkeypatch.setattr(pipeline, "ImageOptimization", plain)
 
@@ -39,7 +41,7 @@ def test_non_finite_settings_are_refused_naming_each_key(tmp_path):
     from repinv.pipeline import validate
 
     cfg = compose_cfg(["regularizer.blur.sigma_start=nan", "init.mean=-inf", "model=vit_tiny"], tmp_path)
-    with pytest.raises(SettingsError) as err:
+    with pytest.raises(SettingsError, match="settings must be finite numbers, not nan or inf") as err:
         validate(cfg)
     assert sorted(err.value.fields) == ["init.mean", "regularizer.blur.sigma_start"]
     validate(compose_cfg(["model=vit_tiny"], tmp_path))  # the defaults are all finite
@@ -113,10 +115,10 @@ def test_a_checkpoint_of_another_experiment_is_refused_naming_each_field(run_rep
     saved = torch.load(ckpt, weights_only=False)
     saved["global_step"] = 2  # as if interrupted half-way
     torch.save(saved, ckpt)
-    with pytest.raises(SettingsError) as err:
+    with pytest.raises(SettingsError, match="was written by a different run") as err:
         run_repinv(*RESUMABLE, "steps=4", *change, f"resume={done}", name="other")
     assert set(err.value.fields) == fields
-    with pytest.raises(SettingsError) as err:
+    with pytest.raises(SettingsError, match="names no_such.field, which the checkpoint does not compare") as err:
         run_repinv(*RESUMABLE, "steps=4", *change, "resume_allow_changes=[no_such.field]", f"resume={done}", name="typo")
     assert err.value.fields == ["no_such.field"]
 
@@ -152,7 +154,7 @@ def test_a_resumed_run_continues_its_csv_log_and_its_wandb_run(run_repinv, monke
 # -- W&B runs end with their job ----------------------------------------------------------------
 
 def test_a_job_failing_after_wandb_started_ends_its_run_failed(run_repinv, tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(InstantiationException, match="unexpected keyword argument 'no_such_argument'"):
         run_repinv("logger=wandb", "steps=3", "+trainer.no_such_argument=1", name="bad")
     records, _ = run_repinv("logger=wandb", "steps=3", name="good")
     assert records[0]["status"] == "finished"

@@ -48,7 +48,7 @@ def test_negative_index_and_dedup(vit):
 
 @pytest.mark.parametrize("bad", [3, -4, "blocks.9", "patch_embd"])
 def test_unknown_layers_list_the_valid_ones(vit, bad):
-    with pytest.raises(RepinvError) as err:
+    with pytest.raises(RepinvError, match="is not a layer of this model") as err:
         resolve_layers(vit, [bad])
     assert "indices 0..2" in str(err.value) and "patch_embed" in str(err.value)
 

@@ -71,7 +71,7 @@ def test_a_source_registered_here_builds_through_create_model_from_config_alone(
 
 
 def test_unknown_source_is_one_paragraph_naming_the_known_ones():
-    with pytest.raises(RepinvError) as err:
+    with pytest.raises(RepinvError, match="model.source=timmm is not a model source") as err:
         create_model("vit_base_patch32_224", source="timmm")
     text = str(err.value)
     assert "model.source=timmm is not a model source" in text and "Did you mean 'timm'" in text

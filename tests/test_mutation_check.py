@@ -1,0 +1,31 @@
+"""scripts/mutation_check.py: each deliberate bug in the study's definitions fails the fast tests named for it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import mutation_check  # noqa: E402
+
+
+def test_every_mutation_names_existing_tests_and_edits_text_that_is_there_once():
+    defined = {path.name: path.read_text() for path in (REPO / "tests").glob("test_*.py")}
+    for m in mutation_check.MUTATIONS:
+        assert m.tests and m.edits, m.name
+        for node in m.tests:
+            path, _, name = node.partition("::")
+            assert f"def {name}(" in defined[path.rpartition("/")[2]], f"{m.name}: no test {node}"
+        for rel, old, new in m.edits:
+            assert (mutation_check.PACKAGE / rel).read_text().count(old) == 1 and old != new, f"{m.name}: {rel}"
+
+
+@pytest.mark.slow
+def test_mutation_check_catches_every_mutation(capsys):
+    assert mutation_check.main([]) == 0
+    out = capsys.readouterr().out
+    assert "MISSED" not in out
+    assert out.count("caught: ") == len(mutation_check.MUTATIONS)
