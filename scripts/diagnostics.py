@@ -11,12 +11,25 @@ diagnostics should predict; their disagreement is the non-uniqueness diagnostic)
 - diagnostics.png: each diagnostic against depth beside the PSNR against depth.
 
 `--smoke` runs the tiny models (vit_tiny, resnet_tiny, mixer_tiny) for a few steps.
+
+`--ledger ROOT` diagnoses every network and layer a claims ledger inverted (`repinv-claims --budget
+B --out ROOT`), against the PSNR of the ledger's own runs (its default recipe, read from its run
+folders, not run again). Sized for the CPU budget's 18 layers in about 20 minutes on 2 cores:
+- the spectrum once per network at the target (top 8 singular values with 4 extra sketch columns
+  and one power iteration, 8 Lanczos steps for the small end; measured about 40 s for ViT-B/32
+  block 5 on 2 loaded cores, deeper layers cost more), cached in `ROOT/spectra/`;
+- non-uniqueness between the ledger's runs and `--extra-seeds` (default 1) more inversions of the
+  same network (seeds after the ledger's; the weights keep its first seed, only the starting noise changes) at
+  `--extra-steps` (default 300) steps: runs of the study runner under ROOT, so they are made once.
+  A 300-step inversion is less converged than the ledger's 1,500-step one, so the pair's
+  disagreement bounds the non-uniqueness from above; more seeds or steps sharpen it at their cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -27,8 +40,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from repinv import study  # noqa: E402
+from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, networks  # noqa: E402
+from repinv.diagnostics.nonunique import pairwise  # noqa: E402
 from repinv.diagnostics.run import diagnose  # noqa: E402
 from repinv.diagnostics.table import write_table  # noqa: E402
+from repinv.study import Run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {  # model config -> layers over depth (the patch embedding or stem first)
@@ -50,18 +71,74 @@ DIAGNOSTICS = {
     "nonunique_input_l2": (lambda r: r["nonunique_input_l2"], ["nonunique_seconds"]),
 }
 TARGET = "inversion_psnr"
+# --ledger: the spectrum's settings (no inversions of its own, no normalisation variants)
+LEDGER_SPECTRUM = ["diagnostics.nonunique.seeds=0", "diagnostics.norm_ablation=[]", "diagnostics.top_k=8", "diagnostics.oversample=4",
+                   "diagnostics.power_iters=1", "diagnostics.lanczos_steps=8", "diagnostics.small_k=2", "logger=none"]
+
+
+def diagnose_with(overrides: list[str]) -> list[dict]:
+    """`repinv-diagnose OVERRIDES` in this process; its records."""
+    with initialize_config_module("repinv.conf", version_base="1.3"):
+        return diagnose(compose("diagnose", overrides=overrides))
 
 
 def run_model(model: str, layers: list, mode: str, out: Path, extra: list[str]) -> list[dict]:
     """All diagnostics of one model over depth, with and without LayerNorm."""
-    overrides = [f"model={model}", f"layers=[{','.join(map(str, layers))}]", "logger=none", "diagnostics.norm_ablation=[all]",
-                 *SETTINGS[mode], *extra, f"output_dir={out / model}"]
-    with initialize_config_module("repinv.conf", version_base="1.3"):
-        cfg = compose("diagnose", overrides=overrides)
-    records = diagnose(cfg)
+    records = diagnose_with([f"model={model}", f"layers=[{','.join(map(str, layers))}]", "logger=none",
+                             "diagnostics.norm_ablation=[all]", *SETTINGS[mode], *extra, f"output_dir={out / model}"])
     for r in records:
         r["nonunique_seconds"] = r["inversion_seconds"] * r["nonunique_k"]
     return records
+
+
+def spectrum_of(base: Run, root: Path) -> list[dict]:
+    """The spectrum of every layer of a ledger run at its targets, made once under `root/spectra/`."""
+    overrides = study.canonical([*base.overrides, *LEDGER_SPECTRUM])
+    folder = root / "spectra" / study.folder_name(overrides)
+    done = folder / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    return diagnose_with([*overrides, f"output_dir={study.quote(folder)}"])
+
+
+def reconstruction(run: Run, record: dict) -> torch.Tensor:
+    """A record's reconstruction PNG as a [3, H, W] tensor in [0, 1]."""
+    pixels = np.asarray(Image.open(run.folder / record["png"]).convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def inversion_seconds(run: Run) -> float:
+    """The wall time of a run per target it inverted (its targets share each step)."""
+    first = run.records[0]
+    return first["seconds_per_step"] * first["steps"] / len(run.records)
+
+
+def network_records(name: str, bases: list[Run], extra: list[Run], root: Path) -> list[dict]:
+    """Spectrum and non-uniqueness of every (layer, image) of one network, with the ledger runs' PSNR."""
+    runs = [r for r in [*bases, *extra] if r.status == "finished"]
+    out = []
+    for row in spectrum_of(bases[0], root):
+        key = (row["layer"], row["image"])
+        found = [(run, next(r for r in run.records if (r["layer"], r["image"]) == key)) for run in runs]
+        ledger = [r for run, r in found if any(run is b for b in bases)]
+        out.append({**row, "model": name, "variant": "as_configured",
+                    **pairwise(torch.stack([reconstruction(run, r) for run, r in found]), [bool(r["accurate"]) for _, r in found]),
+                    "inversion_psnr": sum(r["psnr"] for r in ledger) / len(ledger),
+                    "inversion_accurate": sum(bool(r["accurate"]) for r in ledger) / len(ledger),
+                    "inversion_seconds": sum(map(inversion_seconds, bases)) / len(bases),
+                    "nonunique_seconds": sum(map(inversion_seconds, extra))})
+    return out
+
+
+def ledger_records(root: Path, budget: str, extra_seeds: int, extra_steps: int, overrides: list[str]) -> list[dict]:
+    """Every network and layer of the ledger at `root`: its runs (made if missing), the extra seeds, the spectra."""
+    nets = {name: by[DEFAULT_RECIPE] for name, by in networks(root, BUDGETS[budget], overrides).items()}
+    extra = {name: [study.run_for(root, [*base.overrides, f"model.seed={study.value(base.overrides, 'seed')}",
+                                         f"seed={len(bases) + k}", f"steps={extra_steps}"])
+                    for base in bases[:1] for k in range(extra_seeds)] for name, bases in nets.items()}
+    study.execute([*(r for bases in nets.values() for r in bases), *(r for runs in extra.values() for r in runs)])
+    return [r for name, bases in nets.items() if bases[0].status == "finished"
+            for r in network_records(name, bases, extra[name], root)]
 
 
 def correlations(records: list[dict]) -> list[dict]:
@@ -110,12 +187,21 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny untrained models and a few steps (what the tests run)")
-    p.add_argument("--out", type=Path, default=REPO / "logs" / "diagnostics", help="where the table, plot and runs go")
-    p.add_argument("overrides", nargs="*", help="extra repinv-diagnose overrides for every model, e.g. image=astronaut")
+    p.add_argument("--out", type=Path, help="where the table, plot and runs go (default logs/diagnostics; with --ledger its folder)")
+    p.add_argument("--ledger", type=Path, help="a claims ledger's folder: diagnose every network and layer it inverted")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="with --ledger: the ledger's budget (default cpu)")
+    p.add_argument("--extra-seeds", type=int, default=1, help="with --ledger: inversions besides the ledger's for non-uniqueness")
+    p.add_argument("--extra-steps", type=int, default=300, help="with --ledger: the steps of each extra inversion")
+    p.add_argument("overrides", nargs="*", help="extra repinv-diagnose overrides for every model, e.g. image=astronaut "
+                   "(with --ledger: the ledger's extra overrides)")
     args = p.parse_args(argv)
     mode = "smoke" if args.smoke else "full"
+    args.out = args.out or args.ledger or REPO / "logs" / "diagnostics"
     args.out.mkdir(parents=True, exist_ok=True)
-    records = [r for model, layers in MODELS[mode].items() for r in run_model(model, layers, mode, args.out, args.overrides)]
+    if args.ledger:
+        records = ledger_records(args.ledger, args.budget, args.extra_seeds, args.extra_steps, args.overrides)
+    else:
+        records = [r for model, layers in MODELS[mode].items() for r in run_model(model, layers, mode, args.out, args.overrides)]
     write_table(records, args.out / "diagnostics.csv")
     corr = correlations(records)
     write_csv(corr, args.out / "correlations.csv")

@@ -1,7 +1,8 @@
 """Shared driver for the figure scripts: run each panel through the `repinv` CLI, then assemble.
 
-Every panel is one `repinv` run (a subprocess, so the figures use exactly the CLI's code
-path) in `logs/figures/<figure>/<panel>/`; `--jobs N` runs N panels at once. The figure is a grid with one row per panel and
+Every panel is one `repinv` run made by the study runner (`repinv.study`) under `--out`
+(`<out>/runs/<model>-seed<k>-<hash>/`): a finished run with the same overrides, made by any tool
+under the same folder, is reused; `--jobs N` runs N panels at once, each its own process. The figure is a grid with one row per panel and
 the target first, then each reconstruction titled with its record's column and caption (its
 objective's headline number), or the run's filter grid (filters.png); its numbers go to a CSV beside it.
 """
@@ -9,11 +10,8 @@ objective's headline number), or the run's filter grid (filters.png); its number
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ThreadPoolExecutor
 import csv
 import json
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +19,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from repinv import study
 from repinv.figures import titled_grid
+from repinv.sources import Weights, model_config
+from repinv.study import Run
 from repinv.summary import fields
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,21 +60,10 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 SMOKE = ["steps=3", "log_every=1", "logger=none"]
-# --source torchvision: the study's torchvision models in place of the timm model configs. Layer and
-# surgery names need no rewriting: neutral names (patch_embed, blocks.0) resolve in every model source.
-TV_MODELS = {"vit_b_32": "tv_vit_b_32", "vit_l_16": "tv_vit_l_16", "resnet50": "tv_resnet50", "vit_tiny": "tv_vit_tiny"}
-
-
-def model_config(override: str, source: str) -> str:
-    """`override` with a `model=` choice mapped to `source`'s config (Mixers have no torchvision counterpart)."""
-    key, _, value = override.partition("=")
-    return f"model={TV_MODELS.get(value, value)}" if source == "torchvision" and key == "model" else override
-
-
 NO_WEIGHTS = "none given"
 
 
-def weight_overrides(panel: Panel, args) -> tuple[str, list[str]]:
+def weights(panel: Panel, args) -> tuple[str, list[str]]:
     """What a panel's weights are (the CSV's `weights`) and the overrides that load them.
 
     A trained panel without --pretrained or --checkpoint (or in --smoke mode) runs untrained
@@ -81,40 +71,21 @@ def weight_overrides(panel: Panel, args) -> tuple[str, list[str]]:
     """
     if not panel.trained:
         return "untrained", []
-    if args.checkpoint and not args.smoke:
-        return f"checkpoint {args.checkpoint}", [f"model.checkpoint={args.checkpoint}"]
-    if args.pretrained and not args.smoke:
-        tv = args.source == "torchvision"
-        return ("IMAGENET1K_V1" if tv else "pretrained"), ["model.weights=IMAGENET1K_V1" if tv else "model.pretrained=true"]
-    return NO_WEIGHTS, []
+    given = Weights() if args.smoke else Weights.parse([args.checkpoint] if args.checkpoint else [], args.pretrained)
+    return given.choose(args.source, panel_overrides(panel, args)) or (NO_WEIGHTS, [])
 
 
-def run_panel(panel: Panel, experiment: str, run_dir: Path, args) -> str:
-    """Run one panel through the CLI; returns 'finished' or 'failed'.
+def panel_overrides(panel: Panel, args) -> list[str]:
+    """The panel's own overrides (smoke settings included), its models mapped to --source."""
+    return [model_config(o, args.source) for o in [*panel.overrides, *(panel.smoke + SMOKE if args.smoke else [])]]
 
-    A panel run with trained weights fails unless its metrics.json says `trained: true`.
-    """
-    overrides = [model_config(o, args.source) for o in [*panel.overrides, *(panel.smoke + SMOKE if args.smoke else [])]]
-    weights, loads = weight_overrides(panel, args)
-    cmd = [sys.executable, "-m", "repinv", f"experiment={experiment}", *overrides, *loads]
-    if args.image:
-        cmd.append(f"image={args.image}")
-    if args.steps:
-        cmd.append(f"steps={args.steps}")
-    cmd += [*args.overrides, f"hydra.run.dir={run_dir}"]
-    log = run_dir.parent / f"{run_dir.name}.log"
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        code = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
-    if code != 0:
-        print(f"panel '{panel.label}' failed (exit {code}); see {log}", file=sys.stderr)
-    if code != 0 or not (run_dir / "metrics.json").is_file():
-        return "failed"
-    if loads and not all(r.get("trained") for r in json.loads((run_dir / "metrics.json").read_text())):
-        print(f"panel '{panel.label}' failed: weights {weights} were given but its run says trained=false; "
-              f"see {run_dir / 'metrics.json'}", file=sys.stderr)
-        return "failed"
-    return "finished"
+
+def panel_run(panel: Panel, experiment: str, args) -> Run:
+    """The study run of one panel: its overrides, weights, --image, --steps and the extra overrides, under --out."""
+    picked = [f"image={args.image}"] if args.image else []
+    picked += [f"steps={args.steps}"] if args.steps else []
+    overrides = [f"experiment={experiment}", *panel_overrides(panel, args), *weights(panel, args)[1], *picked, *args.overrides]
+    return study.run_for(args.out / ("smoke" if args.smoke else ""), overrides)
 
 
 def _reconstruction_row(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
@@ -143,15 +114,15 @@ def assemble(name: str, title: str, panels: list[Panel], results: dict[str, tupl
     """Grid PNG (rows = panels) and CSV of every panel's numbers and weights."""
     rows, labels, table = [], [], []
     for panel in panels:
-        status, run_dir, weights = results[panel.label]
+        status, run_dir, loaded = results[panel.label]
         records = json.loads((run_dir / "metrics.json").read_text()) if status == "finished" else []
         row, panel_rows = (_filter_row if panel.show == "filters" else _reconstruction_row)(panel, status, run_dir, records)
         if not panel_rows:
             status = "failed"
             panel_rows, row = [{"panel": panel.label, "status": status}], [(None, "")]
-        table += [{**r, "weights": weights} for r in panel_rows]
+        table += [{**r, "weights": loaded} for r in panel_rows]
         rows.append(row)
-        label = f"{panel.label} (no trained weights given)" if weights == NO_WEIGHTS else panel.label
+        label = f"{panel.label} (no trained weights given)" if loaded == NO_WEIGHTS else panel.label
         labels.append(label if status == "finished" else f"{label} (failed)")
     import numpy as np
 
@@ -166,15 +137,27 @@ def assemble(name: str, title: str, panels: list[Panel], results: dict[str, tupl
     return png, csv_path
 
 
+def run_panels(panels: list[Panel], experiment: str, args) -> list[Run]:
+    """Each panel's run, made by the study runner (a finished one reused); a trained panel's run must say trained."""
+    runs = [panel_run(panel, experiment, args) for panel in panels]
+    unique = {run.overrides: run for run in runs}
+    study.execute(unique.values(), args.jobs)
+    for panel, run in zip(panels, runs):
+        run = unique[run.overrides]
+        if weights(panel, args)[1]:
+            study.expect_trained(run)
+        if run.status != "finished":
+            print(f"panel '{panel.label}' failed: {run.status}", file=sys.stderr)
+    return [unique[run.overrides] for run in runs]
+
+
 def main(name: str, title: str, experiment: str, panels: list[Panel], argv=None) -> int:
     """Parse the script's arguments, run every panel, write `<out>/<name>.png` and `.csv`, print the paths."""
     args = parser(title).parse_args(argv)
     out = args.out / ("smoke" if args.smoke else "")
     started = time.perf_counter()
-    dirs = [out / name / f"{i:02d}" for i in range(len(panels))]
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        statuses = list(pool.map(lambda pd: run_panel(pd[0], experiment, pd[1], args), zip(panels, dirs)))
-    results = {panel.label: (status, d, weight_overrides(panel, args)[0]) for panel, status, d in zip(panels, statuses, dirs)}
+    runs = run_panels(panels, experiment, args)
+    results = {panel.label: (run.status, run.folder, weights(panel, args)[0]) for panel, run in zip(panels, runs)}
     png, csv_path = assemble(name, title, panels, results, out)
     print(png)
     print(csv_path)

@@ -1,14 +1,23 @@
 """Recipe study: which parametrisation, prior and optimiser inverts untrained networks fastest.
 
     python scripts/recipes.py [--smoke] [--jobs N] [--out DIR] [--steps N] [overrides...]
+    python scripts/recipes.py --ledger ROOT [--budget cpu] [--out DIR] [overrides...]
 
-Every recipe (a set of `repinv` overrides) runs through the CLI (a subprocess per recipe, model
-and seed, all images and layers in one run) in `<out>/runs/<recipe>/<model>/seed<k>/`; a run
-folder with a finished metrics.json is reused. From each run's CSV log (`csv/metrics.csv`,
-psnr/<image>/<layer> every `log_every` steps) and final metrics it reports, per recipe and
-model/layer, the mean PSNR and SSIM over images and seeds at the report steps, and the steps
-the recipe needs to reach the best final PSNR of the two study recipes. Writes `recipes.csv`
+Every recipe (a set of `repinv` overrides) is a run of the study runner (`repinv.study`: one run
+per recipe, model and seed, all images and layers in one run) under `<out>/runs/`; a finished run
+with the same overrides, made by any tool under the same folder, is reused. From each run's CSV
+log (`csv/metrics.csv`, psnr/<image>/<layer> every `log_every` steps) and final metrics it reports,
+per recipe and model/layer, the mean PSNR and SSIM over images and seeds at the report steps, and
+the steps the recipe needs to reach the best final PSNR of the study recipes. Writes `recipes.csv`
 and `recipes.png` (PSNR against steps, one line per recipe, one panel per model/layer).
+
+`--ledger ROOT` answers the question from a claims ledger's runs (`repinv-claims --budget B --out
+ROOT`) instead: the study recipes are the ledger's own (at the budget's steps, read from its run
+folders, not run again); every other recipe runs `--steps` (default 300) steps on the same
+networks, layers, images and budget overrides (bf16 where native), under ROOT. It also writes
+`recipes.md`: whether one recipe reaches the better study recipe's final PSNR within `--within`
+(default 150) steps at every layer of every network, and where each recipe falls short.
+(`adam-pyramid-blur` is the recipe of `experiment=fast`.)
 """
 
 from __future__ import annotations
@@ -16,11 +25,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
 import sys
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +35,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from repinv import study  # noqa: E402
+from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, networks  # noqa: E402
+from repinv.errors import RepinvError  # noqa: E402
+from repinv.study import Run  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "logs" / "recipes"
 
 # name -> overrides on top of the defaults (param=pixel, regularizer=blur, optimizer=sgd, scheduler=linear)
 RECIPES = {
@@ -64,44 +76,41 @@ SMOKE_MODELS = [
 ]
 IMAGES, SEEDS, STEPS, REPORT, LOG_EVERY = ["chelsea", "astronaut", "coffee"], [0, 1], 1500, [100, 300, 1500], 50
 SMOKE = dict(images=["chelsea"], seeds=[0], steps=20, report=[5, 10, 20], log_every=5)
+LEDGER_STEPS, WITHIN = 300, 150  # --ledger: steps of the other recipes, and the goal's step budget
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny models, 1 image, 1 seed, 20 steps (what the tests run)")
-    p.add_argument("--out", type=Path, default=REPO / "logs" / "recipes", help="where the runs, CSV and plot go")
+    p.add_argument("--out", type=Path, help=f"where the runs, CSV and plot go (default {DEFAULT_OUT}; with --ledger its folder)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each its own repinv process)")
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES), help="a subset of the recipes")
     p.add_argument("--models", nargs="+", help="a subset of the models by label (vit_b_32 resnet50 mixer_b16_noln; "
                    "with --smoke vit_tiny resnet_tiny mixer_tiny_noln)")
-    p.add_argument("--steps", type=int, help="steps per run (default 1500; the report steps above it are left out)")
+    p.add_argument("--steps", type=int, help="steps per run (default 1500, with --ledger 300; the report steps above it are left out)")
+    p.add_argument("--ledger", type=Path, help="a claims ledger's folder: its runs are the study recipes, the other recipes "
+                   "run on its networks and layers (under this folder); --out defaults to it")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="with --ledger: the ledger's budget (default cpu)")
+    p.add_argument("--within", type=int, default=WITHIN, help="with --ledger: the steps a recipe may take to reach the goal")
     p.add_argument("overrides", nargs="*", help="extra repinv overrides applied to every run")
     return p
 
 
-def run_one(recipe: str, model: Model, seed: int, settings: dict, out: Path, extra: list[str]) -> Path | None:
-    """One CLI run; returns its folder, or None (with the log's path on stderr) when it failed."""
-    run_dir = out / "runs" / recipe / model.label / f"seed{seed}"
-    done = run_dir / "metrics.json"
-    if done.is_file() and all(r.get("status") == "finished" for r in json.loads(done.read_text())):
-        return run_dir
-    cmd = [sys.executable, "-m", "repinv", *model.overrides, *RECIPES[recipe], f"image=[{','.join(settings['images'])}]",
-           f"seed={seed}", f"steps={settings['steps']}", f"log_every={settings['log_every']}", "logger=csv",
-           "checkpoint_every=0", *extra, f"hydra.run.dir={run_dir}"]
-    log = run_dir.parent / f"{run_dir.name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        code = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
-    if code != 0 or not done.is_file():
-        print(f"{recipe} {model.label} seed {seed} failed (exit {code}); see {log}", file=sys.stderr)
-        return None
-    return run_dir
+def recipe_run(recipe: str, model: Model, seed: int, settings: dict, out: Path, extra: list[str]) -> Run:
+    """The study run of one recipe, model and seed under `out`."""
+    return study.run_for(out, [*model.overrides, *RECIPES[recipe], f"image=[{','.join(settings['images'])}]", f"seed={seed}",
+                               f"steps={settings['steps']}", f"log_every={settings['log_every']}", "logger=csv",
+                               "checkpoint_every=0", *extra])
 
 
-def curves(run_dir: Path, steps: int) -> dict[str, dict[str, dict[int, float]]]:
-    """layer -> metric (psnr, ssim) -> step -> mean over the run's images; the final metrics count as step `steps`."""
+def curves(run_dir: Path) -> dict[str, dict[str, dict[int, float]]]:
+    """layer -> metric (psnr, ssim) -> step -> mean over the run's images; the final metrics count as the run's last step."""
     values: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    with open(run_dir / "csv" / "metrics.csv") as f:
+    log = run_dir / "csv" / "metrics.csv"
+    if not log.is_file():
+        raise RepinvError(f"{run_dir} has no CSV log ({log}); the recipe study reads each run's PSNR curve from it, so its "
+                          "runs need a CSV logger: the default logger or logger=csv, not logger=none.")
+    with open(log) as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
                 metric, _, rest = key.partition("/")
@@ -109,14 +118,14 @@ def curves(run_dir: Path, steps: int) -> dict[str, dict[str, dict[int, float]]]:
                     values[rest.split("/", 1)[1]][metric][int(row["step"])].append(float(value))
     for record in json.loads((run_dir / "metrics.json").read_text()):
         for metric in ("psnr", "ssim"):
-            values[record["layer"]][metric][steps].append(float(record[metric]))
+            values[record["layer"]][metric][int(record["steps"])].append(float(record[metric]))
     return {layer: {m: {s: sum(v) / len(v) for s, v in by_step.items()} for m, by_step in ms.items()}
             for layer, ms in values.items()}
 
 
-def mean_curves(runs: list[Path], steps: int) -> dict[str, dict[str, dict[int, float]]]:
+def mean_curves(runs: list[Path]) -> dict[str, dict[str, dict[int, float]]]:
     """`curves` averaged over runs (the seeds), at the steps every run logged."""
-    parts = [curves(r, steps) for r in runs]
+    parts = [curves(r) for r in runs]
     out: dict = {}
     for layer in parts[0]:
         out[layer] = {}
@@ -131,13 +140,13 @@ def steps_to_reach(curve: dict[int, float], goal: float) -> int | None:
     return next((s for s in sorted(curve) if curve[s] >= goal), None)
 
 
-def table(results: dict[tuple[str, str], dict], report: list[int]) -> list[dict]:
-    """One row per recipe and model/layer: PSNR/SSIM at the report steps and the steps to the study's best."""
+def table(results: dict[tuple[str, str], dict], report: list[int], studied: tuple[str, ...] = STUDY) -> list[dict]:
+    """One row per recipe and model/layer: PSNR/SSIM at the report steps and the steps to the best final PSNR of `studied`."""
     rows = []
     panels = sorted({(model, layer) for (_, model), layers in results.items() for layer in layers})
     for model, layer in panels:
-        study = [results[(s, model)][layer]["psnr"] for s in STUDY if (s, model) in results]
-        goal = max((curve[max(curve)] for curve in study), default=None)  # the best final PSNR
+        best = [results[(s, model)][layer]["psnr"] for s in studied if layer in results.get((s, model), {})]
+        goal = max((curve[max(curve)] for curve in best), default=None)  # the best final PSNR
         for (recipe, m), layers in results.items():
             if m != model or layer not in layers:
                 continue
@@ -171,37 +180,98 @@ def plot(results: dict[tuple[str, str], dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+def study_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple[str, ...]]:
+    """(recipe, model) -> its runs (one per seed), the report steps, and the study recipes."""
     settings = dict(SMOKE) if args.smoke else dict(images=IMAGES, seeds=SEEDS, steps=STEPS, report=REPORT, log_every=LOG_EVERY)
-    if args.steps:
-        settings["steps"] = args.steps
-    settings["report"] = sorted({s for s in settings["report"] if s < settings["steps"]} | {settings["steps"]})
-    models = [m for m in (SMOKE_MODELS if args.smoke else MODELS) if not args.models or m.label in args.models]
+    settings["steps"] = args.steps or settings["steps"]
+    report = sorted({s for s in settings["report"] if s < settings["steps"]} | {settings["steps"]})
+    known = SMOKE_MODELS if args.smoke else MODELS
+    models = [m for m in known if not args.models or m.label in args.models]
     if not models:
-        print(f"--models {' '.join(args.models)} names none of {[m.label for m in (SMOKE_MODELS if args.smoke else MODELS)]}",
-              file=sys.stderr)
-        return 2
-    jobs = [(r, m, s) for r in args.recipes for m in models for s in settings["seeds"]]
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        dirs = list(pool.map(lambda j: run_one(*j, settings, args.out, args.overrides), jobs))
-    runs: dict[tuple[str, str], list[Path]] = defaultdict(list)
-    for (recipe, model, _), d in zip(jobs, dirs):
-        if d is not None:
-            runs[(recipe, model.label)].append(d)
-    results = {key: mean_curves(ds, settings["steps"]) for key, ds in runs.items()}
-    if not results:
-        print(f"every run failed; see the logs under {args.out / 'runs'}", file=sys.stderr)
-        return 1
-    rows = table(results, settings["report"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "recipes.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["recipe"])
+        raise RepinvError(f"--models {' '.join(args.models)} names none of the models: {', '.join(m.label for m in known)}.")
+    jobs = {(r, m.label): [recipe_run(r, m, seed, settings, args.out, args.overrides) for seed in settings["seeds"]]
+            for r in args.recipes for m in models}
+    return jobs, report, STUDY
+
+
+def ledger_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple[str, ...]]:
+    """The ledger's runs under its own recipes (the study recipes), and every other recipe's runs on the same networks."""
+    budget = BUDGETS[args.budget]
+    nets = networks(args.ledger, budget, args.overrides)
+    if args.models and not set(args.models) & set(nets):
+        raise RepinvError(f"--models {' '.join(args.models)} names none of the ledger's networks: {', '.join(nets)}.")
+    nets = {net: by for net, by in nets.items() if not args.models or net in args.models}
+    steps = args.steps or LEDGER_STEPS
+    jobs = {(recipe, net): runs for net, by in nets.items() for recipe, runs in by.items()}
+    for net, by in nets.items():
+        for recipe in (r for r in args.recipes if r not in STUDY):
+            jobs[(recipe, net)] = [study.run_for(args.ledger, [*base.overrides, *RECIPES[recipe], f"steps={steps}"])
+                                   for base in by[DEFAULT_RECIPE]]
+    studied = tuple(dict.fromkeys(recipe for by in nets.values() for recipe in by))
+    return jobs, sorted({args.within, steps, budget.steps}), studied
+
+
+def reach(row: dict) -> str:
+    """Where a table row stands against the goal: the step it reaches it at, or how far short it ends."""
+    last = max((k for k in row if k.startswith("psnr@") and row[k] is not None), key=lambda k: int(k[5:]), default=None)
+    if row["steps_to_study_best"] is not None:
+        return f"step {row['steps_to_study_best']}"
+    ended = f"{row[last]:.1f} dB at step {last[5:]}" if last else "no PSNR"
+    return f"never: {ended} vs {row['study_best_psnr']:.1f} dB"
+
+
+def answer(rows: list[dict], within: int) -> list[str]:
+    """Whether one recipe reaches the study's best final PSNR within `within` steps at every model/layer, and where each falls short."""
+    panels = sorted({(r["model"], r["layer"]) for r in rows})
+    lines, winners = [], []
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        mine = {(r["model"], r["layer"]): r for r in rows if r["recipe"] == recipe}
+        short = [f"{m} {layer} ({reach(mine[(m, layer)]) if (m, layer) in mine else 'not run'})" for m, layer in panels
+                 if (m, layer) not in mine or (mine[(m, layer)]["steps_to_study_best"] or within + 1) > within]
+        winners += [] if short else [recipe]
+        lines.append(f"- {recipe}: {len(panels) - len(short)} of {len(panels)} layers within {within} steps"
+                     + (f"; short at {', '.join(short)}" if short else ""))
+    head = (f"Reaches the better study recipe's final PSNR within {within} steps at every layer of every network: {', '.join(winners)}."
+            if winners else f"No recipe reaches the better study recipe's final PSNR within {within} steps at every layer of every network.")
+    return [head, "", *lines]
+
+
+def write(results: dict[tuple[str, str], dict], report: list[int], studied: tuple[str, ...], out: Path) -> list[dict]:
+    """recipes.csv and recipes.png under `out`; returns the table."""
+    rows = table(results, report, studied)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "recipes.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)) or ["recipe"])
         writer.writeheader()
         writer.writerows(rows)
-    plot(results, args.out / "recipes.png")
-    print(f"wrote {args.out / 'recipes.csv'} and {args.out / 'recipes.png'}")
-    return 0 if len(runs) * len(settings["seeds"]) == sum(map(len, runs.values())) == len(jobs) else 1
+    plot(results, out / "recipes.png")
+    return rows
+
+
+def main(argv=None) -> int:
+    """Make (or reuse) every run, then write the table and the plot (with --ledger also recipes.md); exit 1 when a run failed."""
+    args = parser().parse_args(argv)
+    out = args.out = args.out or args.ledger or DEFAULT_OUT
+    try:
+        jobs, report, studied = (ledger_jobs if args.ledger else study_jobs)(args)
+    except RepinvError as err:
+        print(f"recipes.py: error: {err}", file=sys.stderr)
+        return 2
+    study.execute({id(run): run for runs in jobs.values() for run in runs}.values(), args.jobs)
+    results = {key: mean_curves([r.folder for r in runs if r.status == "finished"]) for key, runs in jobs.items()
+               if any(r.status == "finished" for r in runs)}
+    if not results:
+        print(f"every run failed; see the logs under {out / 'runs'}", file=sys.stderr)
+        return 1
+    rows = write(results, report, studied, out)
+    written = [out / "recipes.csv", out / "recipes.png"]
+    if args.ledger:
+        lines = answer(rows, args.within)
+        (out / "recipes.md").write_text("# Recipe study from the ledger's runs\n\n" + "\n".join(lines) + "\n")
+        written.append(out / "recipes.md")
+        print("\n".join(lines))
+    print(f"wrote {', '.join(map(str, written))}")
+    return 0 if all(r.status == "finished" for runs in jobs.values() for r in runs) else 1
 
 
 if __name__ == "__main__":

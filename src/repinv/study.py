@@ -48,15 +48,20 @@ def canonical(overrides: Iterable[str]) -> tuple[str, ...]:
     return tuple(last[k] for k in sorted(last))
 
 
-def _value(overrides: Sequence[str], key: str) -> str | None:
-    return next((o.partition("=")[2] for o in overrides if o.partition("=")[0] == key), None)
+def value(overrides: Sequence[str], key: str) -> str | None:
+    """The value `overrides` give `key` (the last one), or None."""
+    return next((o.partition("=")[2] for o in reversed(overrides) if o.partition("=")[0] == key), None)
+
+
+def label(overrides: Sequence[str]) -> str:
+    """`<model>[-<surgery>]`: the network a run inverts, as the tables and folder names show it."""
+    return "-".join(slug(p) for p in [value(overrides, "model") or "model", value(overrides, "surgery")] if p)
 
 
 def folder_name(overrides: Sequence[str]) -> str:
     """`<model>[-<surgery>]-seed<k>-<hash of the canonical overrides>`: readable, and unique per condition."""
-    parts = [_value(overrides, "model") or "model", _value(overrides, "surgery"), f"seed{_value(overrides, 'seed') or 0}"]
     digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:10]
-    return "-".join(slug(p) for p in [*parts, digest] if p)
+    return f"{label(overrides)}-seed{slug(value(overrides, 'seed') or '0')}-{digest}"
 
 
 @dataclass
@@ -130,15 +135,26 @@ def make(run: Run, in_process: bool = True, launch_missing: bool = True) -> Run:
     return run
 
 
+def expect_trained(run: Run) -> Run:
+    """A finished run that was given trained weights but whose records say untrained failed: the weights did not load."""
+    if run.status == "finished" and not all(r.get("trained") for r in run.records):
+        run.status = f"weights were given but metrics.json says trained=false: {run.folder}"
+    return run
+
+
 def execute(runs: Iterable[Run], jobs: int = 1, launch_missing: bool = True) -> list[Run]:
-    """Make every run: one after another in this process, or `jobs` at once, each its own process.
+    """Make every run: one after another in this process (in its main thread, so Ctrl+C or SIGTERM stops a run at a
+    step boundary with its checkpoint, and the study with it), or `jobs` at once, each its own process.
 
     `launch_missing=False` reads the finished runs and launches nothing (a report of what is done so far).
     """
-    made = []
+    made, one = [], partial(make, launch_missing=launch_missing)
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for run in pool.map(partial(make, in_process=jobs <= 1, launch_missing=launch_missing), runs):
-            print(f"finished: {run.folder}" if run.status == "finished" else f"run failed: {run.status}", file=sys.stderr)
-            made.append(run)
+        try:
+            for run in pool.map(partial(one, in_process=False), runs) if jobs > 1 else map(one, runs):
+                print(f"finished: {run.folder}" if run.status == "finished" else f"run failed: {run.status}", file=sys.stderr)
+                made.append(run)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # an interrupted study starts no further run
+            raise
     return made
-

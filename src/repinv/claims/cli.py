@@ -14,10 +14,11 @@ import textwrap
 import time
 from pathlib import Path
 
-from repinv.claims.ledger import BUDGETS, execute, plan, quote
+from repinv.claims.ledger import BUDGETS, execute, plan
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import write
 from repinv.errors import RepinvError, listing, suggest
+from repinv.sources import Weights
 from repinv.study import NOT_MADE
 
 def parser() -> argparse.ArgumentParser:
@@ -65,21 +66,6 @@ def select(ids: str | None, sources: str) -> list[Claim]:
     return [c for c in CLAIMS if c.id in names and c.source in wanted]
 
 
-def weight_source(args):
-    """(source, run overrides) -> the overrides that load trained weights, or None when none were given."""
-    files = dict(c.split("=", 1) if "=" in c else ("", c) for c in args.checkpoint)
-
-    def weights(source: str, overrides: list[str]) -> list[str] | None:
-        model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "")
-        if model in files or "" in files:
-            return [f"model.checkpoint={quote(files[model] if model in files else files[''])}"]
-        if source == "torchvision" and (args.weights or args.pretrained):
-            return [f"model.weights={args.weights or 'IMAGENET1K_V1'}"]
-        return ["model.pretrained=true"] if source == "timm" and args.pretrained else None
-
-    return weights
-
-
 def main(argv=None) -> int:
     """Plan, run and judge; print the paths of claims.md and claims.csv. Exit 1 when a run failed."""
     args = parser().parse_args(argv)
@@ -98,7 +84,8 @@ def main(argv=None) -> int:
     out = (args.out or Path("logs") / "claims" / budget.name).resolve()
     images = args.image or list(budget.images)
     started = time.perf_counter()
-    p = plan(claims, budget, out, args.seeds, images, args.lrs, weight_source(args), args.overrides, args.steps)
+    weights = Weights.parse(args.checkpoint, args.pretrained, args.weights)
+    p = plan(claims, budget, out, args.seeds, images, args.lrs, weights.overrides, args.overrides, args.steps)
     print(f"{len(claims)} claims, {len(p.runs)} runs -> {out}", file=sys.stderr)
     execute(p, args.jobs, launch_missing=not args.report_only)
     csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds)

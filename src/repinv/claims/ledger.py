@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repinv import study
-from repinv.claims.registry import Claim
+from repinv.claims.registry import CLAIMS, Claim
 from repinv.study import Run, quote
 
 NEEDS_WEIGHTS = "needs trained weights"
@@ -116,11 +116,9 @@ def tagged(seed: int, run: Run) -> list[dict]:
 
 def trained_check(p: Plan) -> None:
     """A run given trained weights whose records say untrained fails (the weights did not load)."""
-    trained = {id(r) for conds in p.conditions.values() for runs in conds.values() for _, r in runs
-               if any(o.startswith(("model.checkpoint=", "model.pretrained=true", "model.weights=")) for o in r.overrides)}
     for run in p.runs.values():
-        if id(run) in trained and run.status == "finished" and not all(r.get("trained") for r in run.records):
-            run.status = f"weights were given but metrics.json says trained=false: {run.folder}"
+        if any(o.startswith(("model.checkpoint=", "model.pretrained=true", "model.weights=")) for o in run.overrides):
+            study.expect_trained(run)
 
 
 def execute(p: Plan, jobs: int, launch_missing: bool = True) -> None:
@@ -146,3 +144,25 @@ def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_b
         return RUN_FAILED, failed[0], ""
     v = claim.rule({name: [x for seed, r in rs for x in tagged(seed, r)] for name, rs in conds.items()})
     return ("holds" if v.holds else "fails"), v.measured, v.rule
+
+
+def networks(root: Path, budget: Budget, extra: Sequence[str] = ()) -> dict[str, dict[str, list[Run]]]:
+    """The untrained runs the ledger plans at `budget` under `root` (its images, seeds and recipes), by network and
+    recipe: what the recipe study and the diagnostics read instead of inverting again. A network is named
+    `<model>[-<surgery>]`, followed by the overrides that tell it from another network of that name."""
+    claims = {c.id: c for c in CLAIMS if c.source in budget.sources}
+    p = plan(list(claims.values()), budget, root, budget.seeds, budget.images, None, lambda *_: None, extra)
+    by_condition: dict[tuple[str, ...], dict[str, list[Run]]] = {}
+    for (cid, recipe), conds in p.conditions.items():
+        for name, runs in conds.items():
+            bucket = by_condition.setdefault(study.canonical(claims[cid].overrides(name, budget.name)), {}).setdefault(recipe, [])
+            bucket += [run for _, run in runs if all(r is not run for r in bucket)]
+    return {network_name(cond, list(by_condition)): recipes for cond, recipes in by_condition.items()}
+
+
+def network_name(condition: Sequence[str], conditions: Sequence[Sequence[str]]) -> str:
+    """`study.label` of a condition, with the overrides that no other condition of that label shares."""
+    label = study.label(condition)
+    others = [c for c in conditions if study.label(c) == label and tuple(c) != tuple(condition)]
+    own = [o for o in condition if o.partition("=")[0] not in ("model", "surgery") and any(o not in c for c in others)]
+    return " ".join([label, *own])

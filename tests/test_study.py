@@ -1,0 +1,185 @@
+"""The study runner is the one launcher: the ledger, the figures, the recipe study and the diagnostics share its runs."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from repinv import study
+from repinv.claims import cli
+from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, Budget, networks, plan
+from repinv.claims.registry import CLAIMS
+from repinv.sources import Weights
+
+TOOLS = ["scripts/figlib.py", "scripts/recipes.py", "scripts/diagnostics.py",
+         *(str(p.relative_to(REPO)) for p in (REPO / "src" / "repinv" / "claims").glob("*.py"))]
+LAUNCHING = re.compile(r"subprocess|\"-m\", \"repinv\"|hydra\.run\.dir|repinv\.run\(|pipeline import run\b")
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _counted(monkeypatch) -> list[list[str]]:
+    """Every `repinv` launch the runner makes from now on, by its arguments."""
+    launches, launch = [], study.launch
+    monkeypatch.setattr(study, "launch", lambda args, log, in_process: launches.append(args) or launch(args, log, in_process))
+    return launches
+
+
+def test_no_tool_launches_repinv_but_the_runner():
+    sources = {tool: (REPO / tool).read_text() for tool in TOOLS}
+    assert len(sources) >= 8
+    assert {tool for tool, text in sources.items() if LAUNCHING.search(text)} == set()
+    assert LAUNCHING.search((REPO / "src/repinv/study.py").read_text())
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["native-bf16", "no-native-bf16"])
+def test_cpu_budget_plans_the_study_models_at_1500_steps_in_10_runs(tmp_path, monkeypatch, bf16):
+    monkeypatch.setattr("repinv.models.packed.native_bf16", lambda: bf16)
+    budget = BUDGETS["cpu"]
+    timm = [c for c in CLAIMS if c.source in budget.sources]
+    p = plan(timm, budget, tmp_path, budget.seeds, budget.images, None, Weights().overrides, [])
+    assert len(p.runs) == 10 and sum(int(study.value(o, "steps")) for o in p.runs) == 10 * 1500
+    for o in p.runs:
+        assert study.value(o, "image") == "['chelsea']" and study.value(o, "seed") == "0"
+        assert (study.value(o, "precision") == "bf16") is bf16
+    layers = {(cid, recipe): {name: study.value(runs[0][1].overrides, "layers") for name, runs in conds.items()}
+              for (cid, recipe), conds in p.conditions.items()}
+    constant = "constant lr=0.1, no input norm"
+    for recipe in (DEFAULT_RECIPE, constant):
+        assert layers[("vit-untrained-constant-depth", recipe)] == {"vit": "[patch_embed,0,2,5,8,11]"}
+        assert layers[("vit-first-below-resnet", recipe)] == {"resnet": "[0,1,2,3,4]", "vit": "[patch_embed,0,2,5,8,11]"}
+        assert layers[("resnet-untrained-loses-input", recipe)] == {"resnet": "[0,1,2,3,4]"}
+        assert layers[("mixer-layernorm", recipe)] == {"layernorm": "[0,1,4]", "no_layernorm": "[0,1,4]"}
+    assert layers[("vit-l16-untrained-input-conv", DEFAULT_RECIPE)] == {"vit": "[patch_embed]"}
+    assert layers[("resnet-conv1-3-as-vit", DEFAULT_RECIPE)] == {"conv1_3": "[stem]", "vit": "[patch_embed,0,2,5,8,11]"}
+    assert {recipe for _, recipe in p.conditions} == {DEFAULT_RECIPE, constant}
+    assert {"mixer-patch8", "vit-l16-first16", "trained-input-105k"} <= p.out_of_budget
+    assert not {c.id for c in timm if c.trained} & {cid for cid, _ in p.conditions}, "no weights given: no trained runs"
+
+
+def _signal_in_run(monkeypatch, run: int, step: int):
+    """SIGTERM this process during step `step` of the `run`-th inversion from now on, as SLURM or Ctrl+C would."""
+    import repinv.pipeline as pipeline
+
+    started = []
+
+    class Signalled(pipeline.ImageOptimization):
+        def on_train_start(self):
+            started.append(self)
+            return super().on_train_start()
+
+        def training_step(self, batch, batch_idx):
+            if len(started) == run and self.global_step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().training_step(batch, batch_idx)
+
+    monkeypatch.setattr(pipeline, "ImageOptimization", Signalled)
+
+
+def test_interrupted_ledger_resumes_without_rerunning_finished_runs(tmp_path, monkeypatch, capsys):
+    args = ["--budget", "quick", "--seeds", "1", "--claims", "vit-untrained-keeps-input", "--sources", "timm", "--lrs", "0.5",
+            "--steps", "6", "--out", str(tmp_path), "logger=none", "checkpoint_every=0"]
+    import repinv.pipeline as pipeline
+
+    plain = pipeline.ImageOptimization
+    _signal_in_run(monkeypatch, run=2, step=3)
+    with pytest.raises(SystemExit):
+        cli.main(args)
+    folders = sorted(tmp_path.glob("runs/*/"))
+    assert [study.completed(f) for f in folders] == [True, False] or [study.completed(f) for f in folders] == [False, True]
+    monkeypatch.setattr(pipeline, "ImageOptimization", plain)
+    launches = _counted(monkeypatch)
+    assert cli.main(args) == 0
+    assert len(launches) == 3, "4 runs: the finished one is reused, the interrupted one resumes, two are new"
+    assert sum("resume=last" in a for a in launches) == 1
+    resumed = next(a for a in launches if "resume=last" in a)
+    assert [r["steps"] for r in json.loads((Path(resumed[-1].split("=", 1)[1].strip("'")) / "metrics.json").read_text())] == [6] * 3
+    assert {r["verdict"] for r in csv.DictReader(open(tmp_path / "claims.csv"))} <= {"holds", "fails"}
+    launches.clear()
+    assert cli.main(args) == 0 and launches == [], "a finished ledger runs nothing again"
+
+
+TINY = Budget("quick", 6, ("chelsea",), (0.5,), seeds=1, norms=(False,), sources=("timm",))
+EXTRA = ["logger=csv", "log_every=2", "checkpoint_every=0"]
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory):
+    """A tiny quick-budget ledger (one seed, the default and one constant-lr recipe, 6 steps), made once for the tests here."""
+    root = tmp_path_factory.mktemp("ledger")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(BUDGETS, "quick", TINY)
+        assert cli.main(["--budget", "quick", "--out", str(root), *EXTRA]) == 0
+        yield root
+
+
+def _final_psnr(nets) -> dict[tuple[str, str, str], float]:
+    """(network, recipe, layer) -> the ledger run's final PSNR, from its metrics.json."""
+    return {(net, recipe, r["layer"]): r["psnr"] for net, by in nets.items() for recipe, runs in by.items()
+            for r in json.loads((runs[0].folder / "metrics.json").read_text())}
+
+
+def test_recipe_study_from_ledger_runs_only_the_other_recipes(ledger, monkeypatch, capsys):
+    nets = networks(ledger, TINY, EXTRA)
+    launches = _counted(monkeypatch)
+    args = ["--ledger", str(ledger), "--budget", "quick", "--recipes", "adam-pyramid-blur", "--steps", "4", "--within", "4", *EXTRA]
+    assert _script("recipes").main(args) == 0
+    assert len(launches) == len(nets) == 6, "one run per network for the one other recipe; the ledger's are reused"
+    assert all("steps=4" in a and "optimizer=adam" in a and "param=pyramid" in a for a in launches)
+    rows = list(csv.DictReader(open(ledger / "recipes.csv")))
+    final = _final_psnr(nets)
+    recipes = {DEFAULT_RECIPE, "constant lr=0.5, no input norm", "adam-pyramid-blur"}
+    for net, layer in {(n, layer) for n, _, layer in final}:
+        mine = {r["recipe"]: r for r in rows if (r["model"], r["layer"]) == (net, layer)}
+        assert set(mine) == recipes or net.endswith(("patch_size=8", "[patch_embed]")) and set(mine) == recipes - {
+            "constant lr=0.5, no input norm"}
+        goal = max(v for (n, _, la), v in final.items() if (n, la) == (net, layer))
+        assert all(float(r["study_best_psnr"]) == pytest.approx(goal) for r in mine.values())
+        assert float(mine[DEFAULT_RECIPE]["psnr@6"]) == pytest.approx(final[(net, DEFAULT_RECIPE, layer)])
+        fast = mine["adam-pyramid-blur"]
+        assert fast["psnr@6"] == "", "the other recipes run --steps 4"
+        if fast["steps_to_study_best"] == "":
+            assert float(fast["psnr@4"]) < goal
+        else:
+            assert int(fast["steps_to_study_best"]) <= 4
+    md = (ledger / "recipes.md").read_text()
+    assert "within 4 steps at every layer of every network" in md and "- adam-pyramid-blur:" in md
+    assert (ledger / "recipes.png").stat().st_size > 10_000
+    launches.clear()
+    assert _script("recipes").main(args) == 0 and launches == [], "a second call reuses every run"
+
+
+def test_diagnostics_from_ledger_runs_one_extra_seed_per_network(ledger, monkeypatch, capsys):
+    nets = networks(ledger, TINY, EXTRA)
+    launches = _counted(monkeypatch)
+    out = ledger / "diagnostics"
+    args = ["--ledger", str(ledger), "--budget", "quick", "--out", str(out), "--extra-steps", "4", *EXTRA]
+    _script("diagnostics").main(args)
+    assert len(launches) == len(nets), "one extra inversion per network; the ledger's runs are reused"
+    assert all("steps=4" in a and "model.seed=0" in a and "seed=1" in a for a in launches)
+    rows = list(csv.DictReader(open(out / "diagnostics.csv")))
+    final = _final_psnr(nets)
+    assert sorted((r["model"], r["layer"]) for r in rows) == sorted((n, la) for n, recipe, la in final if recipe == DEFAULT_RECIPE)
+    for r in rows:
+        assert float(r["inversion_psnr"]) == pytest.approx(final[(r["model"], DEFAULT_RECIPE, r["layer"])])
+        assert r["nonunique_k"] == "2" and float(r["nonunique_input_l2"]) > 0 and float(r["stable_rank"]) > 0
+    corr = {r["diagnostic"]: r for r in csv.DictReader(open(out / "correlations.csv"))}
+    assert all(int(c["n"]) == len(rows) and -1 <= float(c["spearman"]) <= 1 for c in corr.values())
+    assert (out / "diagnostics.png").stat().st_size > 10_000
+    launches.clear()
+    _script("diagnostics").main(args)
+    assert launches == [], "a second call reuses the extra inversions and the spectra"
