@@ -91,7 +91,7 @@ def _signal_in_run(monkeypatch, run: int, step: int):
 
 
 def test_interrupted_ledger_resumes_without_rerunning_finished_runs(tmp_path, monkeypatch, capsys):
-    args = ["--budget", "quick", "--seeds", "1", "--claims", "vit-untrained-keeps-input", "--sources", "timm", "--lrs", "0.5",
+    args = ["--budget", "quick", "--seeds", "1", "--claims", "vit-untrained-constant-depth", "--sources", "timm", "--lrs", "0.5",
             "--steps", "6", "--out", str(tmp_path), "logger=none", "checkpoint_every=0"]
     import repinv.pipeline as pipeline
 
