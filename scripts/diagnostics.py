@@ -130,9 +130,12 @@ def network_records(name: str, bases: list[Run], extra: list[Run], root: Path) -
     return out
 
 
-def ledger_records(root: Path, budget: str, extra_seeds: int, extra_steps: int, overrides: list[str]) -> list[dict]:
-    """Every network and layer of the ledger at `root`: its runs (made if missing), the extra seeds, the spectra."""
-    nets = {name: by[DEFAULT_RECIPE] for name, by in networks(root, BUDGETS[budget], overrides).items()}
+def ledger_records(root: Path, budget: str, extra_seeds: int, extra_steps: int, overrides: list[str],
+                   models: list[str] | None = None) -> list[dict]:
+    """Every network (or those named in `models`) and layer of the ledger at `root`: its runs (made if missing), the
+    extra seeds, the spectra."""
+    nets = {name: by[DEFAULT_RECIPE] for name, by in networks(root, BUDGETS[budget], overrides).items()
+            if not models or name in models}
     extra = {name: [study.run_for(root, [*base.overrides, f"model.seed={study.value(base.overrides, 'seed')}",
                                          f"seed={len(bases) + k}", f"steps={extra_steps}"])
                     for base in bases[:1] for k in range(extra_seeds)] for name, bases in nets.items()}
@@ -192,6 +195,7 @@ def main(argv=None) -> None:
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="with --ledger: the ledger's budget (default cpu)")
     p.add_argument("--extra-seeds", type=int, default=1, help="with --ledger: inversions besides the ledger's for non-uniqueness")
     p.add_argument("--extra-steps", type=int, default=300, help="with --ledger: the steps of each extra inversion")
+    p.add_argument("--models", nargs="+", help="with --ledger: a subset of its networks by name (e.g. vit_b_32)")
     p.add_argument("overrides", nargs="*", help="extra repinv-diagnose overrides for every model, e.g. image=astronaut "
                    "(with --ledger: the ledger's extra overrides)")
     args = p.parse_args(argv)
@@ -199,7 +203,7 @@ def main(argv=None) -> None:
     args.out = args.out or args.ledger or REPO / "logs" / "diagnostics"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.ledger:
-        records = ledger_records(args.ledger, args.budget, args.extra_seeds, args.extra_steps, args.overrides)
+        records = ledger_records(args.ledger, args.budget, args.extra_seeds, args.extra_steps, args.overrides, args.models)
     else:
         records = [r for model, layers in MODELS[mode].items() for r in run_model(model, layers, mode, args.out, args.overrides)]
     write_table(records, args.out / "diagnostics.csv")
