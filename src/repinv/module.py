@@ -71,6 +71,8 @@ class ImageOptimization(pl.LightningModule):
         self.priors, self.metrics = list(priors), dict(metrics or {})
         self.steps, self.log_every = int(steps), int(log_every)
         self.input_size = model.input_size
+        for prior in self.priors:
+            prior.check(self.input_size)
         self.margin = sum(p.margin for p in self.priors)
         canvas = (self.input_size[0] + self.margin, self.input_size[1] + self.margin)
         start = noise_canvas(objective.init_seeds(seed), canvas, init_mean, init_std)
@@ -312,7 +314,7 @@ class ImageOptimization(pl.LightningModule):
         rows = self.measure(losses, stats, view)
         out = []
         for i, row, div in zip(self.shard, rows, self.divergence.mask.tolist()):
-            out.append(self.objective.finalize({**self.records[i], **row, "diverged": bool(div)}))
+            out.append(self.objective.finalize({**self.records[i], **row, "diverged": bool(div)}, list(self.metrics)))
         return gather(out) if gathered else out
 
     def current_images(self) -> torch.Tensor:

@@ -17,6 +17,26 @@ from torch import nn
 
 from repinv.errors import RepinvError
 from repinv.images import TargetImage
+from repinv.metrics import describe
+
+
+# Images one objective may generate per unit or class: each is a full canvas in memory for the whole run.
+MAX_SAMPLES = 1024
+
+
+def positive(name: str, value: float, meaning: str) -> float:
+    """`value` as a float, or a RepinvError: a loss weight or noise scale of 0 or below optimises nothing, or the opposite."""
+    if not value > 0:
+        raise RepinvError(f"objective.{name}={value} must be positive: {meaning}")
+    return float(value)
+
+
+def samples_count(value, per: str) -> int:
+    """`objective.samples` as a whole number in [1, MAX_SAMPLES], or a RepinvError."""
+    if value != int(value) or not 1 <= value <= MAX_SAMPLES:
+        raise RepinvError(f"objective.samples={value} must be a whole number from 1 to {MAX_SAMPLES} (images generated per "
+                          f"{per}, each from its own noise); for more, run several seeds (seed=0,1,2 in a multirun).")
+    return int(value)
 
 
 def target_seed(seed: int, *parts) -> int:
@@ -34,6 +54,7 @@ class Objective(nn.Module):
     kind = "objective"  # the W&B job type and a tag
     needs_images = False  # whether the run loads the photographs of `image=` as targets
     score_metric = "loss"  # the record field whose mean over targets a sweep minimises
+    caption_metric: str | None = None  # the record field shown under each picture (None: the score metric)
 
     def __init__(self):
         super().__init__()
@@ -72,13 +93,17 @@ class Objective(nn.Module):
         """What a target's reconstruction shows: its grid column and file name ("L5", "tabby", "unit 3")."""
         raise NotImplementedError
 
-    def caption(self, record: dict) -> str:
-        """The headline number of a final record, shown under its picture."""
-        return f"loss {record['loss']:.3g}"
+    def caption(self, record: dict, metrics: Sequence[str] = ()) -> str:
+        """The headline number of a final record, shown under its picture: `caption_metric`, else the first
+        of the run's `metrics` the record holds (a run may drop any metric), else the score metric or the loss."""
+        names = [self.caption_metric, *metrics, self.score_metric, "loss"]
+        name = next(n for n in names if n is not None and isinstance(record.get(n), (int, float)))
+        return describe(name, record[name])
 
-    def finalize(self, record: dict) -> dict:
-        """A target's final record as metrics.json keeps it: its stats typed, its column and caption added."""
-        return {**record, "column": self.column(record), "caption": self.caption(record)}
+    def finalize(self, record: dict, metrics: Sequence[str] = ()) -> dict:
+        """A target's final record as metrics.json keeps it: its stats typed, its column and caption (from the
+        run's `metrics`, by name) added."""
+        return {**record, "column": self.column(record), "caption": self.caption(record, metrics)}
 
     def name(self) -> str:
         """The run name's part that says what was optimised (after `setup`), e.g. L0+L5."""
