@@ -98,7 +98,7 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
             conds = p.conditions.setdefault((claim.id, recipe), {})
             for name in claim.runs:
                 for seed in range(seeds):
-                    overrides = [*claim.overrides(name, budget.name), image_override(images), f"steps={steps or budget.steps}",
+                    overrides = [*claim.overrides(name, budget.name), image_override(images), f"steps={budget.steps if steps is None else steps}",
                                  f"seed={seed}", *budget.overrides(), *recipe_overrides, *loads.get(name, []), *extra]
                     run = study.run_for(out, overrides)
                     conds.setdefault(name, []).append((seed, p.runs.setdefault(run.overrides, run)))
