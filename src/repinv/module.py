@@ -69,6 +69,7 @@ class ImageOptimization(pl.LightningModule):
         self.records = objective.records
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.priors, self.metrics = list(priors), dict(metrics or {})
+        objective.metric_names = tuple(self.metrics)
         self.steps, self.log_every = int(steps), int(log_every)
         self.input_size = model.input_size
         for prior in self.priors:
@@ -314,7 +315,7 @@ class ImageOptimization(pl.LightningModule):
         rows = self.measure(losses, stats, view)
         out = []
         for i, row, div in zip(self.shard, rows, self.divergence.mask.tolist()):
-            out.append(self.objective.finalize({**self.records[i], **row, "diverged": bool(div)}, list(self.metrics)))
+            out.append(self.objective.finalize({**self.records[i], **row, "diverged": bool(div)}))
         return gather(out) if gathered else out
 
     def current_images(self) -> torch.Tensor:
