@@ -7,6 +7,7 @@ subprocess checks the real process's exit code and stderr.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -80,6 +81,35 @@ CASES = {
     "unknown precision": (["precision=fp8"], "precision=fp8 is not a precision repinv knows. Use precision=32-true"),
     "half-precision image": (["precision=bf16-true"], "would make the image itself half precision"),
     "nan setting": (["regularizer.blur.sigma_start=nan"], "regularizer.blur.sigma_start=nan: settings must be finite"),
+    "fourier weights below float32": (["param=fourier", "param.decay=40", "optimizer=adam"],
+                                      "param.decay=40 weights the finest frequencies of a 64x64 image by less than 1/1e+12"),
+    "pyramid gain that runs away": (["param=pyramid", "param.gain=1e3"], "param.gain=1000.0 must lie in [0.0001, 1] for 4 levels"),
+    "objective scale 0": (["objective.scale=0"], "objective.scale=0 must be positive"),
+    "negative noise baseline": (["objective.noise_std=-1"], "objective.noise_std=-1 must be positive"),
+    "feature samples beyond memory": (["objective=feature", "objective.samples=1e9"], "objective.samples=1000000000.0 must be"),
+    "jitter wider than the image": (["regularizer=blur_jitter", "regularizer.jitter.pixels=1e9"],
+                                    "regularizer.jitter.pixels=1000000000 shifts the crop by more than the 64x64 input"),
+    "blur wider than the image": (["regularizer.blur.kernel_size=129"], "regularizer.blur.kernel_size=129 is wider than"),
+    "feature layer that does not exist": (["objective=feature", "objective.layer=nonexistent"],
+                                          "objective.layer=nonexistent is not a layer of this model"),
+    "prior that is not a Prior": (["+regularizer.x._target_=builtins.print"],
+                                  "regularizer.x._target_=builtins.print is not an image prior"),
+    "metric that takes other arguments": (["+metrics.x._target_=math.sqrt", "+metrics.x._partial_=true"],
+                                          "metrics.x (math.sqrt) failed on two 64x64 images (TypeError"),
+    "metric with one number for the batch": (["+metrics.x._target_=torch.dist", "+metrics.x._partial_=true"],
+                                             "metrics.x (torch.dist) returned a tensor of shape [] for 2 images"),
+    "metric with an image per image": (["+metrics.x._target_=torch.sub", "+metrics.x._partial_=true"],
+                                       "metrics.x (torch.sub) returned a tensor of shape [2, 3, 64, 64] for 2 images"),
+    "target that does not exist": (["param._target_=repinv.params.Nope"],
+                                   "param could not be built from _target_=repinv.params.Nope"),
+    "arguments a target does not take": (["+param.levels=3"], "param could not be built from _target_=repinv.params.Pixel"),
+}
+
+# Refused by Hydra's composition, before any run folder exists.
+COMPOSITION = {
+    "unknown option": (["param=bogus"], "param=bogus: there is no config 'bogus' in the group 'param'"),
+    "unknown key": (["bogus=1"], "Could not override 'bogus'"),
+    "malformed override": (["layers=[0,"], "do not compose"),
 }
 
 
@@ -95,6 +125,32 @@ def test_bad_input_is_one_paragraph_and_exit_2(case, cli, files, tmp_path, monke
     assert err.startswith("repinv: error: ") and "\n\n" not in err.strip(), err
     message = (run_dir / "error.txt").read_text().strip()
     assert needle in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("case", list(COMPOSITION))
+def test_overrides_hydra_refuses_are_one_paragraph_and_exit_2(case, cli):
+    overrides, needle = COMPOSITION[case]
+    code, err, run_dir = cli(*FAST, *overrides)
+    assert code == 2, err[-2000:]
+    assert err.startswith("repinv: error: ") and "Traceback" not in err and "\n\n" not in err.strip(), err
+    assert needle in " ".join(err.split()) and not run_dir.exists()
+
+
+def test_a_prior_target_is_checked_before_it_is_called(cli, capsys):
+    code, err, _ = cli(*FAST, "+regularizer.x._target_=builtins.print", "+regularizer.x.sep=CALLED")
+    assert code == 2 and "is not an image prior" in err
+    assert "CALLED" not in capsys.readouterr().out
+
+
+def test_plugin_errors_through_the_python_call_are_repinv_errors(tmp_path):
+    import repinv
+    from repinv.errors import RepinvError
+
+    for overrides, needle in (["param._target_=repinv.params.Nope"], "param could not be built"), \
+                             (["+metrics.x._target_=torch.sub", "+metrics.x._partial_=true"], "metrics.x (torch.sub) returned"), \
+                             (["param=bogus"], "there is no config 'bogus'"):
+        with pytest.raises(RepinvError, match=re.escape(needle)):
+            repinv.run([*FAST, *overrides, f"hydra.run.dir={tmp_path / 'run'}"])
 
 
 def test_debug_shows_the_traceback(cli):

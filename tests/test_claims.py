@@ -195,3 +195,40 @@ def test_report_only_judges_finished_runs_and_launches_nothing(tmp_path, capsys)
     assert ledger["resnet-untrained-loses-input"]["verdict"] == "pending"
     assert "rerun the same command" in ledger["resnet-untrained-loses-input"]["measured"]
     assert len(list(tmp_path.glob("runs/*/metrics.json"))) == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--out", "{file}"], "--out {file} is a file"),
+    (["--image", "/nonexistent.jpg"], "--image /nonexistent.jpg: image=/nonexistent.jpg is neither an embedded photograph"),
+    (["--lrs", "-1"], "--lrs -1: learning rates must be positive finite numbers"),
+    (["--lrs", "0.1", "none"], "give positive learning rates, or none alone"),
+    (["--steps", "0"], "--steps 0 must be at least 1"),
+    (["--checkpoint", "vit_b_3={file}"], "'vit_b_3' is not a model config. Did you mean 'vit_b_32'"),
+    (["--checkpoint", "vit_b_32=/no/such.safetensors"], "/no/such.safetensors is not a file"),
+    (["objective.layer=nonexistent"], "Could not override 'objective.layer'"),
+    (["param=bogus"], "param=bogus: there is no config 'bogus' in the group 'param'"),
+])
+def test_every_argument_is_checked_before_the_first_run(args, needle, tmp_path, capsys, monkeypatch):
+    import repinv.study
+
+    monkeypatch.setattr(repinv.study, "execute", lambda *a, **k: pytest.fail("a run started before the arguments were checked"))
+    (tmp_path / "file").write_text("")
+    code = main(["--budget", "quick", "--out", str(tmp_path / "ledger"), *(a.format(file=tmp_path / "file") for a in args)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("repinv-claims: error: ") and "Traceback" not in err, err
+    assert needle.format(file=tmp_path / "file") in " ".join(err.split()), err
+    assert not (tmp_path / "ledger").exists()
+
+
+def test_a_selection_with_no_runnable_claim_still_writes_its_ledger(tmp_path, capsys):
+    out = tmp_path / "new" / "ledger"
+    assert main(["--budget", "quick", "--claims", "class-generation", "--out", str(out)]) == 0
+    with open(out / "claims.csv") as f:
+        assert [r["verdict"] for r in csv.DictReader(f)] == ["needs trained weights"]
+
+
+def test_lrs_none_is_the_default_recipe_only(capsys):
+    from repinv.claims.cli import check_lrs, parser
+
+    assert check_lrs(parser().parse_args(["--lrs", "none"]).lrs) == []
+    assert main(["--lrs", "none", "--list"]) == 0

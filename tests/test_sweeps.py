@@ -92,7 +92,7 @@ def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     sweep = tmp_path
     for job, layer in enumerate(["0", "patch_embed"]):
         run_repinv(f"layers={layer}", "logger=none", "steps=5", name=str(job))
-        (sweep / str(job) / ".hydra").mkdir()
+        (sweep / str(job) / ".hydra").mkdir(exist_ok=True)  # the run writes it; a sweep's overrides replace its own
         (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(f"- model=vit_tiny\n- layers={layer}\n- seed={job}\n")
     records = read_metrics(sweep / "1")
     (sweep / "1" / "metrics.json").write_text(json.dumps([{**r, "status": "crashed"} for r in records]))

@@ -46,7 +46,11 @@ def job(cfg: DictConfig) -> pipeline.RunResult:
         return pipeline.run(cfg)
 
 
-def _composition_error(err: ConfigCompositionException | OverrideParseException, overrides: list[str]) -> RepinvError:
+RUN_EXAMPLE = 'repinv.run(["model=vit_tiny", "layers=[0,5]", "steps=100"])'
+
+
+def composition_error(err: ConfigCompositionException | OverrideParseException, overrides: list[str],
+                      example: str = RUN_EXAMPLE) -> RepinvError:
     """Hydra's refusal of the overrides as one paragraph; for an unknown group option, the group's options."""
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
@@ -56,7 +60,7 @@ def _composition_error(err: ConfigCompositionException | OverrideParseException,
     reason = " ".join(str(err).split())
     return RepinvError(
         f"The overrides {overrides} do not compose ({reason}). Overrides are Hydra's key=value strings, "
-        "one per list item, e.g. repinv.run([\"model=vit_tiny\", \"layers=[0,5]\", \"steps=100\"])."
+        f"one per item, e.g. {example}; a key the config does not have is added with a leading +."
     )
 
 
@@ -79,6 +83,6 @@ def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
                 return GlobalHydra.instance().hydra.run(config_name=CONFIG_NAME, task_function=job,
                                                         overrides=overrides).return_value
             except (ConfigCompositionException, OverrideParseException) as err:
-                raise _composition_error(err, overrides) from None
+                raise composition_error(err, overrides) from None
     finally:
         restore_gh_from_backup(caller)

@@ -175,6 +175,9 @@ class Checkpoints(pl.Callback):
         self.last = self.dirpath / LAST_CHECKPOINT
 
     def save(self, trainer) -> None:
+        """Flush the loggers, then write the checkpoint: whatever a checkpoint holds, the logs on disk hold too."""
+        for logger in trainer.loggers:
+            logger.save()
         self.dirpath.mkdir(parents=True, exist_ok=True)
         tmp = self.last.with_name(self.last.name + ".tmp")
         trainer.save_checkpoint(tmp, weights_only=False)  # the whole state: optimiser, schedule, loops (collective)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import textwrap
 import traceback
@@ -14,8 +15,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from repinv.api import CONFIG_MODULE, CONFIG_NAME, job
+from hydra.errors import ConfigCompositionException, OverrideParseException
+
+from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job
 from repinv.errors import RepinvError
+from repinv.pipeline import holds_run, record_hydra
 from repinv.summary import report as summary_report
 from repinv.summary import summarize
 
@@ -24,19 +28,23 @@ log = logging.getLogger("repinv")
 # The configs ship inside the package, so a wheel installed anywhere finds them.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+FULL_ERROR = "HYDRA_FULL_ERROR"
+CLI_EXAMPLE = "repinv model=vit_tiny 'layers=[0,5]' steps=100"
 
 
 def report(err: RepinvError, out_dir: str | None) -> None:
-    """Print the user's error as one paragraph and keep it beside the run's other files."""
+    """Print the user's error as one paragraph and keep it, with Hydra's files, beside the run's other files
+    (a sweep's summary reads them), unless the folder holds an earlier run, which is left as it was."""
     text = textwrap.fill(f"repinv: error: {err}", width=100)
     print(text, file=sys.stderr)
-    if out_dir:
+    if out_dir and not holds_run(Path(out_dir)):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "error.txt").write_text(str(err) + "\n")
+        record_hydra(Path(out_dir))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
-def main(cfg: DictConfig) -> float:
+def app(cfg: DictConfig) -> float:
     """Run one job and return its score (what Hydra's Optuna sweeper minimises).
 
     A single run ends bad input with a one-paragraph error and exit code 2. In a multirun a
@@ -61,6 +69,32 @@ def main(cfg: DictConfig) -> float:
         Path(hc.runtime.output_dir, "error.txt").write_text(traceback.format_exc().strip().splitlines()[-1] + "\n\n" + traceback.format_exc())
         return float("nan")
     return result.score
+
+
+def main() -> None:
+    """The `repinv` command: Hydra's app, with Hydra's own refusals of the command line (an unknown
+    option such as param=bogus, an unknown key, a malformed override) as one paragraph and exit 2.
+
+    Hydra prints these itself and exits 1 unless HYDRA_FULL_ERROR is set; set for the app's
+    duration, they reach this function as exceptions.
+    """
+    previous = os.environ.get(FULL_ERROR)
+    os.environ[FULL_ERROR] = "1"
+    try:
+        app()
+    except (ConfigCompositionException, OverrideParseException) as err:
+        if previous:
+            raise
+        print(textwrap.fill(f"repinv: error: {composition_error(err, sys.argv[1:], CLI_EXAMPLE)}", width=100), file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # a crash, or bad input with debug=true: the traceback, exit 1, as Hydra ends them
+        traceback.print_exc()
+        sys.exit(1)
+    finally:
+        if previous is None:
+            os.environ.pop(FULL_ERROR, None)
+        else:
+            os.environ[FULL_ERROR] = previous
 
 
 class SweepSummary(Callback):

@@ -9,8 +9,10 @@ resume that differs anywhere else is refused, naming each field; `resume_allow_c
 ...]` lets named fields (or whole subtrees: `optimizer`) change, the change is kept in the
 checkpoint and in metrics.json (`resumed_with_changes`), and the new values apply: the module
 is built from the new config, and new optimiser and scheduler settings replace those the
-checkpoint restores. The module's own identity (targets, steps, canvas) can never change: the
-saved image and the schedules depend on it.
+checkpoint restores. What defines the targets or the saved parameter can never change (`FIXED`:
+the model and its surgery, the photographs, layers, classes and units, the objective's kind and
+baseline noise, the seed, the starting noise, the parametrisation, the steps), nor the module's
+own identity (targets, steps, canvas): the saved image and the schedules depend on them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ RUN_ONLY = (
     "debug", "compile", "optimized_metric", "collective_timeout_s", "hydra", "trainer.devices", "trainer.accelerator",
     "trainer.num_nodes", "trainer.strategy", "trainer.default_root_dir", "trainer.log_every_n_steps", "trainer.enable_progress_bar",
     "trainer.enable_model_summary", "trainer.enable_checkpointing", "trainer.num_sanity_val_steps",
+)
+FIXED = (
+    "model", "surgery", "image", "layers", "classes", "seed", "init", "param", "steps", "objective._target_",
+    "objective.layers", "objective.layer", "objective.classes", "objective.units", "objective.samples", "objective.noise_std",
 )
 CONFIG_KEY, CHANGES_KEY, MODULE_KEY = "repinv_config", "resumed_with_changes", "repinv"
 
@@ -61,6 +67,13 @@ def check_resume(path: Path, checkpoint: dict, config: dict, module: dict, allow
     already finished; returns the allowed changes as {field, was, now, step}, earlier resumes' first."""
     saved = {**checkpoint.get(CONFIG_KEY, {}), **(checkpoint.get(MODULE_KEY) or {})}
     mine = {**config, **module}
+    fixed = [a for a in allowed if _under(a, FIXED) or any(_under(f, [a]) for f in FIXED)]
+    if fixed:
+        raise SettingsError(
+            f"resume_allow_changes={listing(fixed)} would change what the run optimises: {listing(FIXED)} define its "
+            "targets and saved image, so a run that changes them is a new run. Start it afresh in a new folder "
+            "(hydra.run.dir=<new folder>), or resume with the same settings; resume_allow_changes may name the "
+            "optimiser, scheduler, priors, metrics, precision and the objective's loss and scale.", fixed)
     unknown = [a for a in allowed if not any(_under(k, [a]) for k in (*saved, *mine))]
     if unknown:
         raise SettingsError(
@@ -68,15 +81,18 @@ def check_resume(path: Path, checkpoint: dict, config: dict, module: dict, allow
             f"Name settings of the run (e.g. resume_allow_changes=[optimizer.lr]); run-only settings "
             f"({listing(RUN_ONLY, 8)}) may change on resume anyway.", unknown)
     differ = [k for k in dict.fromkeys([*saved, *mine]) if (k in saved, saved.get(k)) != (k in mine, mine.get(k))]
-    refused = [k for k in differ if k in module or not _under(k, allowed)]
+    refused = [k for k in differ if k in module or _under(k, FIXED) or not _under(k, allowed)]
     if refused:
         diff = "; ".join(f"{k}: {_short(saved, k)} there, {_short(mine, k)} here" for k in refused)
-        forcible = [k for k in refused if k not in module]
-        force = f"or change settings deliberately with resume_allow_changes=[{','.join(forcible)}]; " if forcible else "; "
+        forcible = [k for k in refused if k not in module and not _under(k, FIXED)]
+        fixed = [k for k in refused if k in module or _under(k, FIXED)]
+        advice = [f"or allow those changes deliberately with resume_allow_changes=[{','.join(forcible)}]" if forcible else ""]
+        if fixed:
+            advice.append(f"{listing(fixed)} cannot change on resume, as they define the targets and the saved image "
+                          "(start a new run in a new folder, hydra.run.dir=<new folder>, for those)")
         raise SettingsError(
             f"resume={path} was written by a different run ({diff}). Resume with the overrides of the run that wrote "
-            f"it (its config.yaml), {force}{listing(module)} cannot change, as the saved image and the blur and "
-            "learning-rate schedules depend on them.", refused)
+            f"it (its config.yaml); {'; '.join(a for a in advice if a)}.", refused)
     step = checkpoint.get("global_step", 0)
     if step >= module["steps"]:
         raise RepinvError(

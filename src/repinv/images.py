@@ -82,12 +82,21 @@ def _read_file(path: Path) -> np.ndarray:
 
 
 def _expand(entry: str) -> list[tuple[str, np.ndarray]]:
-    if entry in EMBEDDED:
+    files = locate(entry)
+    if files is None:
         arr = _embedded(entry)
         if arr.ndim == 2:
             log.warning("embedded image %s is grayscale: repeated to RGB", entry)
             arr = np.repeat(arr[..., None], 3, axis=-1)
         return [(entry, arr[..., :3])]
+    return [(p.stem, _read_file(p)) for p in files]
+
+
+def locate(entry: str) -> list[Path] | None:
+    """The image files one `image=` entry names (None: an embedded photograph), without reading them;
+    a RepinvError when there are none."""
+    if entry in EMBEDDED:
+        return None
     path = Path(entry).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -97,9 +106,9 @@ def _expand(entry: str) -> list[tuple[str, np.ndarray]]:
                 f"{', '.join(sorted(IMAGE_SUFFIXES))}). Point image= at a directory holding "
                 "image files, at one file, or at an embedded photograph such as 'chelsea'."
             )
-        return [(p.stem, _read_file(p)) for p in files]
+        return files
     if path.is_file():
-        return [(path.stem, _read_file(path))]
+        return [path]
     raise RepinvError(
         f"image={entry} is neither an embedded photograph nor an existing file or directory."
         f"{suggest(entry, EMBEDDED)} Embedded photographs: {listing(EMBEDDED)}; otherwise give "
@@ -115,7 +124,7 @@ def upscale_factor(shape: tuple[int, int], size: tuple[int, int]) -> float:
 
 def resize_center_crop(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """uint8 HxWx3 -> float [3, H, W] in [0, 1]: shorter side to size, then a centre crop."""
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(255)
+    x = torch.from_numpy(np.array(arr)).permute(2, 0, 1).float().div(255)
     h, w = x.shape[-2:]
     scale = upscale_factor((h, w), size)
     nh, nw = max(size[0], round(h * scale)), max(size[1], round(w * scale))

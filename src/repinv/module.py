@@ -84,8 +84,11 @@ class ImageOptimization(pl.LightningModule):
         self.records = objective.records
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.priors, self.metrics = list(priors), dict(metrics or {})
+        objective.metric_names = tuple(self.metrics)
         self.steps, self.log_every = int(steps), int(log_every)
         self.input_size = model.input_size
+        for prior in self.priors:
+            prior.check(self.input_size)
         self.margin = sum(p.margin for p in self.priors)
         canvas = (self.input_size[0] + self.margin, self.input_size[1] + self.margin)
         start = noise_canvas(objective.init_seeds(seed), canvas, init_mean, init_std)

@@ -18,7 +18,6 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -28,11 +27,12 @@ from repinv.callbacks import (
     LAST_CHECKPOINT, Checkpoints, FilterGrid, ImageTimeline, ResultTable, ResultWriter, StopOnSignal,
 )
 from repinv.errors import RepinvError
-from repinv.identity import CHANGES_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
+from repinv.identity import CHANGES_KEY, MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
 from repinv.images import load_images
 from repinv.loggers import WANDB_ID, WandbFinished, WandbRunId, make_loggers
 from repinv.models.surgery import apply_surgery
 from repinv.module import ImageOptimization
+from repinv.plugins import build, build_each, check_metrics, check_prior
 from repinv.precision import set_matmul_precision
 from repinv.progress import StepsProgressBar
 from repinv.sharding import process_count, sharded_strategy
@@ -100,6 +100,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 CHECKPOINT_DIR = "checkpoints"
+HYDRA_FILES = ".hydra"
 
 
 def requeued() -> bool:
@@ -135,24 +136,50 @@ def resume_path(resume, out_dir: Path) -> Path | None:
     )
 
 
-def build(node, **kwargs):
-    """`instantiate`, letting a RepinvError raised inside the target through unwrapped (Hydra wraps it)."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, RepinvError):
-            raise err.__cause__ from None
-        raise
+def holds_run(out_dir: Path) -> bool:
+    """Whether `out_dir` holds a run's files (its config, a checkpoint or results)."""
+    return any((out_dir / name).exists() for name in ("config.yaml", CHECKPOINT_DIR, "metrics.json"))
 
 
-def build_each(cfg: DictConfig, group: str) -> dict:
-    """Build every entry of the mapping `cfg.<group>` (name -> config with `_target_`) in its order; null entries are left out."""
-    node = cfg.get(group) or {}
-    for name, entry in node.items():
-        if entry is not None and not (isinstance(entry, DictConfig) and "_target_" in entry):
-            raise RepinvError(f"{group}.{name}={entry} is not something to build: each entry of {group} is a mapping "
-                              f"with a _target_ (e.g. +{group}.{name}._target_=package.module.name), or null to leave it out.")
-    return {name: build(entry) for name, entry in node.items() if entry is not None}
+def refuse_unfinished(out_dir: Path) -> None:
+    """A fresh run (no `resume=`) in a folder whose checkpoint belongs to an unfinished run would overwrite it: refused."""
+    own = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if not own.is_file():
+        return
+    saved = read_checkpoint(own)
+    step, steps = saved.get("global_step", 0), (saved.get(MODULE_KEY) or {}).get("steps")
+    if steps is not None and step >= steps:
+        return
+    raise RepinvError(
+        f"{out_dir} holds an unfinished run (its checkpoint {own} is at step {step} of {steps}), and a new run there would "
+        "overwrite it. Continue that run with resume=last and hydra.run.dir set to that folder (with the overrides in its "
+        "config.yaml), or start afresh in a new folder (hydra.run.dir=<new folder>, or no hydra.run.dir for a dated one)."
+    )
+
+
+def record_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Write the accepted run's settings into its folder: config.yaml (resolved) and Hydra's .hydra/ files.
+
+    Hydra's own copy is switched off (`hydra.output_subdir: null`), as Hydra writes it before the
+    job could refuse its settings; here it is written once they are accepted.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    record_hydra(out_dir, cfg)
+
+
+def record_hydra(out_dir: Path, cfg: DictConfig | None = None) -> None:
+    """Hydra's files of this job in `out_dir/.hydra/` (config.yaml, hydra.yaml, overrides.yaml), as Hydra writes them."""
+    hc = _hydra()
+    if hc is None:
+        return
+    folder = out_dir / HYDRA_FILES
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"hydra.yaml": OmegaConf.create({"hydra": hc}), "overrides.yaml": hc.overrides.task}
+    if cfg is not None:
+        files["config.yaml"] = cfg
+    for name, node in files.items():
+        (folder / name).write_text(OmegaConf.to_yaml(node))
 
 
 def run_name(label: str, what: str, trained: bool) -> str:
@@ -227,6 +254,8 @@ def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None) -> No
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        # each step's batch is only its index: where a resumed run's dataloader restarts changes nothing
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         try:
             trainer.fit(module, train_dataloaders=DataLoader(Steps(module.steps), batch_size=None),
                         ckpt_path=str(ckpt) if ckpt else None)
@@ -235,27 +264,33 @@ def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None) -> No
 
 
 def run(cfg: DictConfig) -> RunResult:
-    """Run the configured objective; returns its records, images, folder and score."""
+    """Run the configured objective; returns its records, images, folder and score.
+
+    Everything is built and checked (settings, plug-ins, the checkpoint to resume) before the run
+    folder is written, so a refused run leaves an existing folder as it was.
+    """
     validate(cfg)
     out_dir = Path(cfg.output_dir)
     ckpt = resume_path(cfg.get("resume"), out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if ckpt is None:
+        refuse_unfinished(out_dir)
     pl.seed_everything(cfg.seed, verbose=False)
     set_matmul_precision(cfg.get("matmul_precision", "highest"))
 
-    model = apply_surgery(build(cfg.model), {k: build(op) for k, op in (cfg.get("surgery") or {}).items()})
+    model = apply_surgery(build(cfg.model), {k: build(op, f"surgery.{k}") for k, op in (cfg.get("surgery") or {}).items()})
     objective = build(cfg.objective)
     images = load_images(cfg.image, model.input_size) if objective.needs_images else []
+    metrics = build_each(cfg, "metrics")
+    check_metrics(metrics, model.input_size)
     module = ImageOptimization(
         model=model,
         objective=objective,
         images=images,
         optimizer=build(cfg.optimizer),
         scheduler=build(cfg.scheduler) if cfg.get("scheduler") else None,
-        priors=list(build_each(cfg, "regularizer").values()),
+        priors=list(build_each(cfg, "regularizer", check_prior).values()),
         param=build(cfg.param),
-        metrics=build_each(cfg, "metrics"),
+        metrics=metrics,
         steps=cfg.steps,
         init_mean=cfg.init.mean,
         init_std=cfg.init.std,
@@ -268,6 +303,7 @@ def run(cfg: DictConfig) -> RunResult:
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery, *objective.tags()]
     overrides = trainer_overrides(cfg)
     identity, changes, saved = resume_state(cfg, ckpt, module)
+    record_config(cfg, out_dir)
     loggers = make_loggers(cfg, name, tags, objective.kind, group=sweep_name(), wandb_id=saved.get(WANDB_ID))
     with WandbFinished() as wandb_run:
         for lg in loggers:

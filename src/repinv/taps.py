@@ -95,12 +95,12 @@ def forward_until(net: nn.Module, x: torch.Tensor, hooks: dict[str, Callable]) -
     return seen
 
 
-def _invalid(spec, net: nn.Module) -> RepinvError:
+def _invalid(spec, net: nn.Module, key: str = "layers") -> RepinvError:
     names = hidden_layer_names(net)
     modules = [n for n, _ in net.named_modules() if n and n.count(".") <= 1]
     idx = f"indices 0..{len(names) - 1} (or -1 for the last) meaning {listing(names, 6)}" if names else "no indices (this model has no forward_intermediates)"
     return RepinvError(
-        f"layers={spec} is not a layer of this model.{suggest(str(spec), [n for n, _ in net.named_modules() if n])} "
+        f"{key}={spec} is not a layer of this model.{suggest(str(spec), [n for n, _ in net.named_modules() if n])} "
         f"Valid layers are {idx}, or a module path such as {listing(modules, 16)} "
         "(any name from model.named_modules())."
     )
@@ -111,23 +111,23 @@ def layer_label(index: int) -> str:
     return f"L{index}"
 
 
-def resolve_layer(net: nn.Module, spec: int | str) -> LayerTap:
-    """Turn one `layers=` entry into a LayerTap, with a clear error listing the valid ones."""
+def resolve_layer(net: nn.Module, spec: int | str, key: str = "layers") -> LayerTap:
+    """Turn one `layers=` entry into a LayerTap, with a clear error naming the setting `key` and listing the valid ones."""
     if isinstance(spec, bool):
-        raise _invalid(spec, net)
+        raise _invalid(spec, net, key)
     if isinstance(spec, str) and spec.lstrip("-").isdigit():
         spec = int(spec)
     names = hidden_layer_names(net)
     if isinstance(spec, int):
         if not names or not -len(names) <= spec < len(names):
-            raise _invalid(spec, net)
+            raise _invalid(spec, net, key)
         index = spec % len(names)
         return LayerTap(label=layer_label(index), module=names[index])
     if not isinstance(spec, str) or not spec:
-        raise _invalid(spec, net)
+        raise _invalid(spec, net, key)
     module = for_net(net).module_name(net, spec)
     if module not in dict(net.named_modules()):
-        raise _invalid(spec, net)
+        raise _invalid(spec, net, key)
     return LayerTap(label=spec, module=module)
 
 

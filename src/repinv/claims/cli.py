@@ -9,17 +9,28 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException, OverrideParseException
+
+from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error
 from repinv.claims.ledger import BUDGETS, execute, plan
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import write
+from repinv.cli import CONFIG_DIR
 from repinv.errors import RepinvError, listing, suggest
+from repinv.images import locate
 from repinv.sources import Weights
 from repinv.study import NOT_MADE
+
+EXAMPLE = "repinv-claims --budget quick logger=csv"
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repinv-claims", description="Does the study reproduce? Run each claim's inversions and write "
@@ -34,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
                    "one after another in this process)")
     p.add_argument("--claims", help="comma-separated claim ids to check (default all; --list shows them)")
     p.add_argument("--sources", help="model sources to check (comma-separated; default: the budget's, cpu timm only)")
-    p.add_argument("--lrs", type=float, nargs="*", help="constant learning rates of the sensitivity check (default: "
+    p.add_argument("--lrs", type=learning_rate, nargs="*", help="constant learning rates of the sensitivity check (default: "
                    f"study {' '.join(map(str, BUDGETS['study'].lrs))}, quick {' '.join(map(str, BUDGETS['quick'].lrs))}; "
                    "none: the default recipe only)")
     p.add_argument("--steps", type=int, help="override the budget's steps")
@@ -48,6 +59,84 @@ def parser() -> argparse.ArgumentParser:
                    "nothing; the claims still waiting for runs are 'pending' (rerun without it to make them)")
     p.add_argument("overrides", nargs="*", help="extra repinv overrides for every run, e.g. logger=csv")
     return p
+
+
+def learning_rate(text: str) -> float | None:
+    """One --lrs value: a number, or `none` (None) for the default recipe only."""
+    return None if text.strip().lower() == "none" else float(text)
+
+
+def model_configs() -> list[str]:
+    """The model configs `model=` takes (conf/model/*.yaml)."""
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+
+
+def check_lrs(lrs: list[float | None] | None) -> list[float] | None:
+    """--lrs as the constant learning rates to check ([] for `none`), or a RepinvError."""
+    if lrs is None or lrs == [None]:
+        return None if lrs is None else []
+    if None in lrs:
+        raise RepinvError(f"--lrs {' '.join(map(str, lrs))}: give positive learning rates, or none alone for the default recipe only.")
+    bad = [lr for lr in lrs if not (math.isfinite(lr) and lr > 0)]
+    if bad:
+        raise RepinvError(f"--lrs {' '.join(f'{lr:g}' for lr in bad)}: learning rates must be positive finite numbers, "
+                          f"e.g. --lrs {' '.join(map(str, BUDGETS['study'].lrs))}, or --lrs none for the default recipe only.")
+    return list(lrs)
+
+
+def check_checkpoints(specs: list[str]) -> None:
+    """Each --checkpoint is FILE or MODEL=FILE with a model config repinv has and a file that exists."""
+    models = model_configs()
+    for spec in specs:
+        model, _, file = spec.partition("=") if "=" in spec else ("", "", spec)
+        if model and model not in models:
+            raise RepinvError(f"--checkpoint {spec}: {model!r} is not a model config.{suggest(model, models)} "
+                              f"MODEL=FILE names one of {listing(models, 40)}; FILE alone applies to every trained run.")
+        if not Path(file).expanduser().is_file():
+            raise RepinvError(f"--checkpoint {spec}: {file} is not a file. Give the trained weights file "
+                              "(e.g. vit_b_32=vit.safetensors).")
+
+
+def check_runs(runs, extra: list[str]) -> None:
+    """Every planned run's overrides must compose with repinv's config, so an unknown key or option among the extra
+    overrides is found before the first run, not run by run."""
+    groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
+
+    def shape(overrides) -> tuple:
+        """What decides whether overrides compose: their keys, and the options chosen for config groups."""
+        pairs = (o.partition("=")[::2] for o in overrides)
+        return tuple(sorted((k, v if k.lstrip("+~") in groups else None) for k, v in pairs))
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            for run in {shape(r.overrides): r for r in runs}.values():
+                try:
+                    compose(CONFIG_NAME, overrides=list(run.overrides))
+                except (ConfigCompositionException, OverrideParseException) as err:
+                    where = f" (in the run {' '.join(run.overrides)})" if extra else ""
+                    raise RepinvError(f"{composition_error(err, list(extra) or list(run.overrides), EXAMPLE)}{where}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def check(args, budget) -> None:
+    """Every argument, before the first run: counts, steps, learning rates, images, the ledger folder, weights, overrides."""
+    if args.seeds < 1 or args.jobs < 1:
+        raise RepinvError(f"--seeds and --jobs must be at least 1 (got {args.seeds} and {args.jobs}).")
+    if args.steps is not None and args.steps < 1:
+        raise RepinvError(f"--steps {args.steps} must be at least 1 (the budget {budget.name} runs {budget.steps}); "
+                          "leave it out for the budget's steps.")
+    args.lrs = check_lrs(args.lrs)
+    for entry in args.image or []:
+        try:
+            locate(entry)
+        except RepinvError as err:
+            raise RepinvError(f"--image {entry}: {err}") from None
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise RepinvError(f"--out {args.out} is a file; the ledger is a folder (claims.md, claims.csv, runs/). "
+                          "Give a new or existing folder.")
+    check_checkpoints(args.checkpoint)
 
 
 def select(ids: str | None, sources: str) -> list[Claim]:
@@ -73,8 +162,7 @@ def main(argv=None) -> int:
     args.seeds = budget.seeds if args.seeds is None else args.seeds
     try:
         claims = select(args.claims, args.sources or ",".join(budget.sources))
-        if args.seeds < 1 or args.jobs < 1:
-            raise RepinvError(f"--seeds and --jobs must be at least 1 (got {args.seeds} and {args.jobs}).")
+        check(args, budget)
     except RepinvError as err:
         print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False), file=sys.stderr)
         return 2
@@ -86,7 +174,13 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     weights = Weights.parse(args.checkpoint, args.pretrained, args.weights)
     p = plan(claims, budget, out, args.seeds, images, args.lrs, weights.overrides, args.overrides, args.steps)
+    try:
+        check_runs(p.runs.values(), args.overrides)
+    except RepinvError as err:
+        print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False), file=sys.stderr)
+        return 2
     print(f"{len(claims)} claims, {len(p.runs)} runs -> {out}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
     execute(p, args.jobs, launch_missing=not args.report_only)
     csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds)
     print(md_path)

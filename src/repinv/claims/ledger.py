@@ -100,8 +100,9 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
             for name in claim.runs:
                 for seed in range(seeds):
                     # The claim's own overrides after the budget's steps: a condition may fix its own (105,000 steps).
-                    overrides = [image_override(images), f"steps={steps or budget.steps}", f"seed={seed}", *budget.overrides(),
-                                 *claim.overrides(name, budget.name), *recipe_overrides, *loads.get(name, []), *extra]
+                    overrides = [image_override(images), f"steps={budget.steps if steps is None else steps}", f"seed={seed}",
+                                 *budget.overrides(), *claim.overrides(name, budget.name), *recipe_overrides, *loads.get(name, []),
+                                 *extra]
                     run = study.run_for(out, overrides)
                     conds.setdefault(name, []).append((seed, p.runs.setdefault(run.overrides, run)))
     return p

@@ -31,7 +31,7 @@ from repinv.images import load_images
 from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
 from repinv.loggers import WandbFinished, make_loggers
-from repinv.pipeline import build, sweep_name
+from repinv.pipeline import build, record_config, sweep_name
 from repinv.taps import resolve_layer
 
 log = logging.getLogger("repinv.diagnose")
@@ -126,8 +126,7 @@ def diagnose(cfg: DictConfig) -> list[dict]:
     """Run every diagnostic of `cfg`; writes config.yaml and metrics.json to cfg.output_dir and returns the records."""
     spec, seeds, steps, kinds = settings(cfg)
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    record_config(cfg, out_dir)
     torch.manual_seed(cfg.seed)
     records = []
     for variant in variants(build_variant(cfg, AS_CONFIGURED).net, kinds):

@@ -17,6 +17,26 @@ from torch import nn
 
 from repinv.errors import RepinvError
 from repinv.images import TargetImage
+from repinv.metrics import describe
+
+
+# Images one objective may generate per unit or class: each is a full canvas in memory for the whole run.
+MAX_SAMPLES = 1024
+
+
+def positive(name: str, value: float, meaning: str) -> float:
+    """`value` as a float, or a RepinvError: a loss weight or noise scale of 0 or below optimises nothing, or the opposite."""
+    if not value > 0:
+        raise RepinvError(f"objective.{name}={value} must be positive: {meaning}")
+    return float(value)
+
+
+def samples_count(value, per: str) -> int:
+    """`objective.samples` as a whole number in [1, MAX_SAMPLES], or a RepinvError."""
+    if value != int(value) or not 1 <= value <= MAX_SAMPLES:
+        raise RepinvError(f"objective.samples={value} must be a whole number from 1 to {MAX_SAMPLES} (images generated per "
+                          f"{per}, each from its own noise); for more, run several seeds (seed=0,1,2 in a multirun).")
+    return int(value)
 
 
 def target_seed(seed: int, *parts) -> int:
@@ -34,6 +54,8 @@ class Objective(nn.Module):
     kind = "objective"  # the W&B job type and a tag
     needs_images = False  # whether the run loads the photographs of `image=` as targets
     score_metric = "loss"  # the record field whose mean over targets a sweep minimises
+    caption_metric: str | None = None  # the record field shown under each picture (None: the score metric)
+    metric_names: Sequence[str] = ()  # the metrics the run computes, in order (set by the module that runs the objective)
 
     def __init__(self):
         super().__init__()
@@ -77,8 +99,11 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def caption(self, record: dict) -> str:
-        """The headline number of a final record, shown under its picture."""
-        return f"loss {record['loss']:.3g}"
+        """The headline number of a final record, shown under its picture: `caption_metric`, else the first
+        of the run's `metric_names` the record holds (a run may drop any metric), else the score metric or the loss."""
+        names = [self.caption_metric, *self.metric_names, self.score_metric, "loss"]
+        name = next(n for n in names if n is not None and isinstance(record.get(n), (int, float)))
+        return describe(name, record[name])
 
     def finalize(self, record: dict) -> dict:
         """A target's final record as metrics.json keeps it: its stats typed, its column and caption added."""

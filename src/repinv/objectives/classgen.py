@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repinv.errors import RepinvError
-from repinv.objectives.base import Objective
+from repinv.objectives.base import Objective, positive, samples_count
 
 CLASS_LOSSES = ("abs", "logit", "ce")
 
@@ -37,10 +37,10 @@ class ClassGeneration(Objective):
                               "(abs = |C - logit|, the study's).")
         if classes is None or (not isinstance(classes, (int, str)) and len(classes) == 0):
             raise RepinvError("objective=class needs classes: ImageNet indices or names, e.g. classes=[207,'tiger shark'].")
-        if int(samples) < 1:
-            raise RepinvError(f"objective.samples={samples} must be at least 1 (images generated per class).")
         self.class_specs = [classes] if isinstance(classes, (int, str)) else list(classes)
-        self.loss, self.constant, self.samples, self.scale = loss, float(constant), int(samples), float(scale)
+        self.loss, self.constant, self.samples = loss, float(constant), samples_count(samples, "class")
+        self.scale = positive("scale", scale, "the loss is scale x the class loss, so 0 optimises nothing and a negative "
+                              "scale drives the class's logit down; 1.0 is the default.")
 
     @torch.no_grad()
     def setup(self, net, prep, images, seed):

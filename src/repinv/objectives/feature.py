@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from repinv.errors import RepinvError
-from repinv.objectives.base import Objective
+from repinv.objectives.base import Objective, positive, samples_count
 from repinv.taps import LayerTap, hidden_layer_names, resolve_layer
 
 
@@ -43,19 +43,19 @@ class FeatureVisualization(Objective):
 
     def __init__(self, layer=None, units=(0,), samples: int = 1, scale: float = 1.0):
         super().__init__()
-        if int(samples) < 1:
-            raise RepinvError(f"objective.samples={samples} must be at least 1 (images generated per unit).")
         specs = list(units) if isinstance(units, Sequence) and not isinstance(units, str) else [units]
         if not specs:
             raise RepinvError("objective.units is empty: give channel indices, e.g. objective.units=[0,3].")
         self.layer_spec, self.units = layer, [_unit(u) for u in specs]
-        self.samples, self.scale = int(samples), float(scale)
+        self.samples = samples_count(samples, "unit")
+        self.scale = positive("scale", scale, "the loss is -scale x the activation, so 0 optimises nothing and a negative "
+                              "scale minimises the activation; 1.0 is the default.")
         self.tap: LayerTap | None = None
 
     @torch.no_grad()
     def setup(self, net, prep, images, seed):
         spec = len(hidden_layer_names(net)) // 2 if self.layer_spec is None else self.layer_spec
-        self.tap = resolve_layer(net, spec)
+        self.tap = resolve_layer(net, spec, "objective.layer")
         dev = next(net.parameters()).device
         self.records = [
             {"image": f"sample{k}", "layer": self.tap.label, "unit": c, **({} if t is None else {"token": t})}

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from repinv.errors import RepinvError
-from repinv.objectives.base import Objective, target_seed
+from repinv.metrics import HEADLINE
+from repinv.objectives.base import Objective, positive, target_seed
 from repinv.taps import LayerTap, SharedPass, layer_label, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class LayerInversion(Objective):
     kind = "layer"
     needs_images = True
     score_metric = "output_l2"
+    caption_metric = HEADLINE
 
     def __init__(self, layers, loss: str = "l1", scale: float = 0.15, noise_std: float = 1 / 18, stack: bool | str = "auto"):
         super().__init__()
@@ -64,8 +66,10 @@ class LayerInversion(Objective):
             raise RepinvError(f"objective.loss={loss} is not a layer loss. Use one of {', '.join(LOSSES)}.")
         self.layer_specs = layers
         self.loss = loss
-        self.scale = float(scale)
-        self.noise_std = float(noise_std)
+        self.scale = positive("scale", scale, "the loss is scale x the distance, so 0 optimises nothing and a negative scale "
+                              "pushes the layer's output away from the target; the study uses 0.15.")
+        self.noise_std = positive("noise_std", noise_std, "the noise-shift baseline that defines an accurate "
+                                  "reconstruction perturbs the target photograph by N(0, noise_std); the study uses 1/18.")
         if stack not in STACK:
             raise RepinvError(f"objective.stack={stack} is not a choice; use auto (the faster of the shared pass and one "
                               "pass per layer, timed on the run's own first step), true (shared) or false (one pass per layer).")
@@ -186,9 +190,6 @@ class LayerInversion(Objective):
 
     def column(self, record):
         return record["layer"]
-
-    def caption(self, record):
-        return f"{record['psnr']:.1f} dB"
 
     def finalize(self, record):
         return super().finalize({**record, "accurate": bool(record["accurate"])})

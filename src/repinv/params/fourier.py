@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -12,6 +13,16 @@ from repinv.params.base import Parametrization, batch_shape
 # Square root of ImageNet's RGB colour correlation (lucid/lucent): the image's colours are this
 # matrix applied to three decorrelated channels, scaled so its largest column has norm 1.
 COLOR_CORRELATION_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+# The largest ratio between the coarsest and the finest frequency's weight. Adam's second moment
+# spans its square (1e24), which float32 (up to 3e38) holds with room for the gradients themselves;
+# a steeper decay makes the finest weights underflow to 0 and the parameter (image / weight) infinite.
+MAX_WEIGHT_RATIO = 1e12
+
+
+def max_decay(height: int, width: int) -> float:
+    """The steepest decay whose weights on an H x W grid span at most MAX_WEIGHT_RATIO."""
+    finest, coarsest = math.hypot(0.5, 0.5), 1.0 / max(height, width)
+    return math.log(MAX_WEIGHT_RATIO) / math.log(finest / coarsest)
 
 
 def spectrum_scale(height: int, width: int, decay: float) -> torch.Tensor:
@@ -51,6 +62,12 @@ class Fourier(Parametrization):
         if decay < 0:
             raise RepinvError(
                 f"param.decay={decay} must be non-negative: 1.0 weights frequency f by 1/f, 0 weights all equally."
+            )
+        if decay > max_decay(h, w):
+            raise RepinvError(
+                f"param.decay={decay} weights the finest frequencies of a {h}x{w} image by less than 1/{MAX_WEIGHT_RATIO:.0e} "
+                f"of the coarsest, beyond what float32 steps can hold (the image goes non-finite); use at most "
+                f"param.decay={max_decay(h, w):.2f} for this size (1.0 is lucent's)."
             )
         super().__init__(shape)
         self.decay = float(decay)

@@ -11,6 +11,11 @@ from repinv.errors import RepinvError
 from repinv.params.base import Parametrization, batch_shape
 
 
+# The smallest weight gain^(levels-1) of the coarsest level: its parameter is the image / that weight,
+# which float32 holds with room for a step (as Fourier's MAX_WEIGHT_RATIO).
+MIN_WEIGHT = 1e-12
+
+
 class Pyramid(Parametrization):
     """`levels` Laplacian levels, level k at 1/2^k of the image's height and width.
 
@@ -25,15 +30,21 @@ class Pyramid(Parametrization):
     """
 
     def __init__(self, shape: Sequence[int], levels: int = 4, gain: float = 0.5):
-        if levels < 1:
-            raise RepinvError(f"param.levels={levels} must be at least 1 (1 is the pixel parametrisation).")
-        if gain <= 0:
-            raise RepinvError(f"param.gain={gain} must be positive: 0.5 (default) or 1.0 for the plain Laplacian sum.")
+        if levels != int(levels) or levels < 1:
+            raise RepinvError(f"param.levels={levels} must be a whole number, at least 1 (1 is the pixel parametrisation).")
+        levels = int(levels)
         h, w = batch_shape(shape)[2:]
-        if min(h, w) < 2 ** (levels - 1):
+        if levels > min(h, w).bit_length():
             raise RepinvError(
                 f"param.levels={levels} halves a {h}x{w} image below one pixel; "
                 f"use at most {max(1, min(h, w).bit_length())} levels for this size."
+            )
+        if not MIN_WEIGHT ** (1 / max(levels - 1, 1)) <= gain <= 1:
+            raise RepinvError(
+                f"param.gain={gain} must lie in [{MIN_WEIGHT ** (1 / max(levels - 1, 1)):.3g}, 1] for {levels} levels: the "
+                "coarsest level's weight gain^(levels-1) must stay within float32 steps (at least 1e-12), and a gain above "
+                "1 lets level k take (4·gain²)^k times a pixel step, so the image runs away. Use 0.5 (default: every "
+                "level's band moves about as far as in pixel space) or 1.0 (the plain Laplacian sum)."
             )
         self.sizes = [(-(-h // 2**k), -(-w // 2**k)) for k in range(levels)]
         self.gain = float(gain)

@@ -16,6 +16,10 @@ class Prior:
 
     margin: int = 0
 
+    def check(self, size: tuple[int, int]) -> None:
+        """Before the run, with the network's input (height, width): raise RepinvError for settings that
+        cannot work at that size. Default: nothing to check."""
+
     def offset(self, step: int, generator: torch.Generator) -> tuple[int, int]:
         """This prior's share of the crop offset, within [0, margin]; random draws use `generator`
         (the module's, saved in checkpoints) so a resumed run repeats them. Default: the centre."""

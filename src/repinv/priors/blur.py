@@ -35,6 +35,11 @@ class GaussianBlur(Prior):
         self.kernel_size, self.sigma_start, self.sigma_end, self.every = kernel_size, sigma_start, sigma_end, every
         self._cache: tuple[float, list[float]] | None = None
 
+    def check(self, size: tuple[int, int]) -> None:
+        if self.kernel_size // 2 >= min(size):
+            raise RepinvError(f"regularizer.blur.kernel_size={self.kernel_size} is wider than the {size[0]}x{size[1]} input "
+                              f"(its reflect padding needs a radius below {min(size)}); use a small odd size such as 3.")
+
     def sigma(self, step: int, total: int) -> float:
         return linear(self.sigma_start, self.sigma_end, step, total)
 

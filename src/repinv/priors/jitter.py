@@ -21,6 +21,11 @@ class Jitter(Prior):
             raise RepinvError(f"jitter pixels={pixels} and start={start} must be non-negative (0 switches jitter off).")
         self.pixels, self.start = int(pixels), int(start)
 
+    def check(self, size: tuple[int, int]) -> None:
+        if self.pixels > min(size):
+            raise RepinvError(f"regularizer.jitter.pixels={self.pixels} shifts the crop by more than the {size[0]}x{size[1]} "
+                              f"input itself; use at most {min(size)} (the study uses 16 at 224x224).")
+
     @property
     def margin(self) -> int:
         return self.pixels
