@@ -183,7 +183,7 @@ def test_a_run_starts_from_the_configured_noise(run_repinv, monkeypatch):
     seen, original = {}, module_lib.ImageOptimization.on_fit_start
 
     def spy(self):
-        seen["start"] = self.img.detach().clone()
+        seen["start"] = self.canvas.image.detach().clone()
         original(self)
 
     monkeypatch.setattr(module_lib.ImageOptimization, "on_fit_start", spy)

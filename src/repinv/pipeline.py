@@ -277,7 +277,7 @@ def run(cfg: DictConfig) -> RunResult:
         trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every), FilterGrid(out_dir), checkpoints,
+            callbacks=[writer, ResultTable(), ImageTimeline(cfg.image_every), FilterGrid(out_dir), checkpoints,
                        stopper, RunIdentity(identity, changes), WandbRunId(),
                        *([StepsProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else [])],
             max_steps=cfg.steps,

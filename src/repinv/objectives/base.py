@@ -54,6 +54,10 @@ class Objective(nn.Module):
             "run it with trainer.devices=1 trainer.num_nodes=1."
         )
 
+    def take_rows(self, start: int, stop: int) -> None:
+        """Keep the targets [start, stop) (see `repinv.sharding.Rows`): `shard` of that range."""
+        self.shard(list(range(start, stop)))
+
     def prepare(self, net: nn.Module) -> None:
         """Compute what the steps compare against (e.g. target activations) with `net`, on its device,
         for this process's targets only; called before the first step, after `shard`."""
