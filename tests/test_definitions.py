@@ -193,6 +193,16 @@ def test_a_run_starts_from_the_configured_noise(run_repinv, monkeypatch):
     assert start.mean().item() == pytest.approx(0.7, abs=2e-3) and start.std().item() == pytest.approx(0.05, abs=2e-3)
 
 
+def test_a_layer_named_by_index_or_by_module_path_gives_the_same_run(run_repinv):
+    """`layers=1` and `layers=blocks.1` are one target: the same start, the same steps, the same numbers."""
+    runs = [run_repinv("steps=3", "log_every=1", "logger=none", f"layers={spec}", name=spec) for spec in ("1", "blocks.1")]
+    (by_index, _), (by_path, _) = runs
+    assert [r["layer"] for r in by_index] == ["L1"] and [r["layer"] for r in by_path] == ["blocks.1"]
+    label = ("layer", "column", "png", "seconds_per_step")
+    assert [{k: v for k, v in r.items() if k not in label} for r in by_index] == \
+        [{k: v for k, v in r.items() if k not in label} for r in by_path]
+
+
 # -- PSNR and SSIM --------------------------------------------------------------------------
 def test_psnr_is_10_log10_of_one_over_mse_of_the_clamped_image():
     reference = torch.full((2, 3, 8, 8), 0.5)

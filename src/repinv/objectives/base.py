@@ -34,6 +34,7 @@ class Objective(nn.Module):
     kind = "objective"  # the W&B job type and a tag
     needs_images = False  # whether the run loads the photographs of `image=` as targets
     score_metric = "loss"  # the record field whose mean over targets a sweep minimises
+    labels: tuple[str, ...] = ()  # record fields that only name a target as it was spelled (not part of its seed)
 
     def __init__(self):
         super().__init__()
@@ -72,8 +73,9 @@ class Objective(nn.Module):
         """
 
     def init_seeds(self, seed: int) -> list[int]:
-        """One noise seed per target, from the seed and the target's record."""
-        return [target_seed(seed, *r.values()) for r in self.records]
+        """One noise seed per target, from the seed and the target's record but its `labels`: two spellings
+        of one target start from the same noise."""
+        return [target_seed(seed, *(v for k, v in r.items() if k not in self.labels)) for r in self.records]
 
     # -- naming and describing the results ------------------------------------------
     def column(self, record: dict) -> str:
