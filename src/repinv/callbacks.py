@@ -19,8 +19,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from repinv.figures import filter_grid, filter_stats, input_conv, to_uint8
+from repinv.identity import CHANGES_KEY
 from repinv.models import LoadedModel
 from repinv.results import merge_shares, share_file, write_results, write_share
+from repinv.runinfo import RunInfo
 from repinv.sharding import CollectiveFailed, any_rank, shard_bounds
 
 log = logging.getLogger(__name__)
@@ -111,10 +113,11 @@ class ResultWriter(pl.Callback):
     writes metrics.json from the share files there are, the other targets as `status: missing`.
     """
 
-    def __init__(self, out_dir: str | Path, title: str | None = None, extra: dict | None = None):
+    def __init__(self, out_dir: str | Path, run: RunInfo | None = None):
         self.out_dir = Path(out_dir)
-        self.title = title
-        self.extra = extra or {}  # fields every record carries (a resumed run's `resumed_with_changes`)
+        self.title = run.name if run else None
+        # fields every record carries: a resumed run's changes against its checkpoint
+        self.extra = {CHANGES_KEY: run.changes} if run and run.changes else {}
         self.records: list[dict] = []
         self.images: torch.Tensor | None = None
         self._t0: float | None = None

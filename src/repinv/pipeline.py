@@ -6,6 +6,7 @@ pieces it assembles know nothing of Hydra.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ProgressBar
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.errors import InstantiationException
@@ -24,17 +26,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.callbacks import (
-    LAST_CHECKPOINT, Checkpoints, FilterGrid, ImageTimeline, ResultTable, ResultWriter, StopOnSignal,
-)
+from repinv.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal
 from repinv.errors import RepinvError
-from repinv.identity import CHANGES_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
+from repinv.identity import RunIdentity, check_resume, config_identity, read_checkpoint
 from repinv.images import load_images
-from repinv.loggers import WANDB_ID, WandbFinished, WandbRunId, make_loggers
+from repinv.loggers import WANDB_ID, WandbFinished, make_loggers
 from repinv.models.surgery import apply_surgery
 from repinv.module import ImageOptimization
 from repinv.precision import set_matmul_precision
-from repinv.progress import StepsProgressBar
+from repinv.runinfo import RunInfo
 from repinv.sharding import process_count, sharded_strategy
 from repinv.summary import score
 from repinv.validation import check_finite
@@ -145,14 +145,31 @@ def build(node, **kwargs):
         raise
 
 
-def build_each(cfg: DictConfig, group: str) -> dict:
-    """Build every entry of the mapping `cfg.<group>` (name -> config with `_target_`) in its order; null entries are left out."""
+def build_each(cfg: DictConfig, group: str, **kwargs) -> dict:
+    """Build every entry of the mapping `cfg.<group>` (name -> config with `_target_`) in its order; null entries are
+    left out. `kwargs` go to each `instantiate`."""
     node = cfg.get(group) or {}
     for name, entry in node.items():
         if entry is not None and not (isinstance(entry, DictConfig) and "_target_" in entry):
             raise RepinvError(f"{group}.{name}={entry} is not something to build: each entry of {group} is a mapping "
                               f"with a _target_ (e.g. +{group}.{name}._target_=package.module.name), or null to leave it out.")
-    return {name: build(entry) for name, entry in node.items() if entry is not None}
+    return {name: build(entry, **kwargs) for name, entry in node.items() if entry is not None}
+
+
+def instantiate_callbacks(cfg: DictConfig, run: RunInfo) -> list[pl.Callback]:
+    """The callbacks of `cfg.callbacks`, in their order: those whose constructor takes `run` are given the RunInfo;
+    progress bars are left out with trainer.enable_progress_bar=false (Lightning refuses them then)."""
+    out = []
+    for factory in build_each(cfg, "callbacks", _partial_=True).values():
+        callback = factory(run=run) if "run" in inspect.signature(factory.func).parameters else factory()
+        if cfg.trainer.get("enable_progress_bar", True) or not isinstance(callback, ProgressBar):
+            out.append(callback)
+    return out
+
+
+def the(callbacks: list, kind: type):
+    """The first callback of type `kind`, or None when the config left it out."""
+    return next((cb for cb in callbacks if isinstance(cb, kind)), None)
 
 
 def run_name(label: str, what: str, trained: bool) -> str:
@@ -268,18 +285,17 @@ def run(cfg: DictConfig) -> RunResult:
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery, *objective.tags()]
     overrides = trainer_overrides(cfg)
     identity, changes, saved = resume_state(cfg, ckpt, module)
-    loggers = make_loggers(cfg, name, tags, objective.kind, group=sweep_name(), wandb_id=saved.get(WANDB_ID))
+    info = RunInfo(name, tags, objective.kind, group=sweep_name(), resume_id=saved.get(WANDB_ID), changes=changes)
+    loggers = make_loggers(cfg, name, tags, objective.kind, group=info.group, wandb_id=info.resume_id)
     with WandbFinished() as wandb_run:
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        writer = ResultWriter(out_dir, title=name, extra={CHANGES_KEY: changes} if changes else None)
-        checkpoints, stopper = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.get("checkpoint_every", 0)), StopOnSignal()
+        callbacks = instantiate_callbacks(cfg, info)
+        writer, checkpoints, stopper = the(callbacks, ResultWriter), the(callbacks, Checkpoints), the(callbacks, StopOnSignal)
         trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[writer, ResultTable(), ImageTimeline(cfg.image_every), FilterGrid(out_dir), checkpoints,
-                       stopper, RunIdentity(identity, changes), WandbRunId(),
-                       *([StepsProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else [])],
+            callbacks=[*callbacks, RunIdentity(identity, changes)],
             max_steps=cfg.steps,
             **overrides,
         )
@@ -287,9 +303,11 @@ def run(cfg: DictConfig) -> RunResult:
     offline = wandb_run.offline
     if offline is not None and trainer.is_global_zero and sweep_name() is None:
         print(f"W&B offline run: upload it with `wandb sync {offline}`")
-    if stopper.stopped_at is not None:
+    if stopper is not None and stopper.stopped_at is not None:
+        resume = f"continue with resume={checkpoints.last}" if checkpoints else "no checkpoint (callbacks.checkpoints=null)"
         print(f"repinv: {signal.Signals(stopper.signum).name} at step {stopper.stopped_at} of {cfg.steps}: results in "
-              f"{out_dir}, continue with resume={checkpoints.last}", file=sys.stderr)
+              f"{out_dir}, {resume}", file=sys.stderr)
         stopper.exit()
     metric = cfg.get("optimized_metric") or objective.score_metric
-    return RunResult(writer.records, writer.images, out_dir, score(writer.records, metric))
+    records, images = (writer.records, writer.images) if writer else ([], None)
+    return RunResult(records, images, out_dir, score(records, metric))
