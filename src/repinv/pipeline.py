@@ -6,7 +6,6 @@ pieces it assembles know nothing of Hydra.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import signal
@@ -30,14 +29,15 @@ from repinv.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnS
 from repinv.errors import RepinvError
 from repinv.identity import RunIdentity, check_resume, config_identity, read_checkpoint
 from repinv.images import load_images
-from repinv.loggers import WANDB_ID, WandbFinished, make_loggers
+from repinv.loggers import make_loggers
 from repinv.models.surgery import apply_surgery
 from repinv.module import ImageOptimization
 from repinv.precision import set_matmul_precision
-from repinv.runinfo import RunInfo
+from repinv.runinfo import RunInfo, given_run
 from repinv.sharding import process_count, sharded_strategy
 from repinv.summary import score
 from repinv.validation import check_finite
+from repinv.wandb_logger import WANDB_ID, WandbFinished
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def instantiate_callbacks(cfg: DictConfig, run: RunInfo) -> list[pl.Callback]:
     progress bars are left out with trainer.enable_progress_bar=false (Lightning refuses them then)."""
     out = []
     for factory in build_each(cfg, "callbacks", _partial_=True).values():
-        callback = factory(run=run) if "run" in inspect.signature(factory.func).parameters else factory()
+        callback = given_run(factory, run)
         if cfg.trainer.get("enable_progress_bar", True) or not isinstance(callback, ProgressBar):
             out.append(callback)
     return out
@@ -286,7 +286,7 @@ def run(cfg: DictConfig) -> RunResult:
     overrides = trainer_overrides(cfg)
     identity, changes, saved = resume_state(cfg, ckpt, module)
     info = RunInfo(name, tags, objective.kind, group=sweep_name(), resume_id=saved.get(WANDB_ID), changes=changes)
-    loggers = make_loggers(cfg, name, tags, objective.kind, group=info.group, wandb_id=info.resume_id)
+    loggers = make_loggers(cfg, info)
     with WandbFinished() as wandb_run:
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 
@@ -15,3 +16,8 @@ class RunInfo:
     group: str | None = None  # the sweep folder's name inside a multirun, else None
     resume_id: str | None = None  # the logger run a resumed run continues (a W&B run id), else None
     changes: list[dict] = field(default_factory=list)  # settings a resumed run changed against its checkpoint
+
+
+def given_run(factory, run: RunInfo):
+    """Call a built config node's factory (a partial), passing `run` when its target's constructor takes it."""
+    return factory(run=run) if "run" in inspect.signature(factory.func).parameters else factory()

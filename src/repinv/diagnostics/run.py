@@ -30,7 +30,9 @@ from repinv.errors import RepinvError
 from repinv.images import load_images
 from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
-from repinv.loggers import WandbFinished, make_loggers
+from repinv.loggers import make_loggers
+from repinv.runinfo import RunInfo
+from repinv.wandb_logger import WandbFinished
 from repinv.pipeline import build, sweep_name
 from repinv.taps import resolve_layer
 
@@ -107,7 +109,7 @@ def diagnose_variant(cfg: DictConfig, variant: Variant, spec: SpectrumSettings, 
 def log_records(cfg: DictConfig, records: list[dict]) -> None:
     """Every scalar measure to the configured loggers, at step = the layer's position in `layers`."""
     label = records[0]["model"] if records else "model"
-    loggers = make_loggers(cfg, f"{label}-diagnose", [label, "diagnose"], "diagnose", group=sweep_name())
+    loggers = make_loggers(cfg, RunInfo(f"{label}-diagnose", [label, "diagnose"], "diagnose", group=sweep_name()))
     with WandbFinished() as wandb_run:
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
