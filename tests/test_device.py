@@ -20,6 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from repinv.errors import RepinvError
 from repinv.images import TargetImage
 from repinv.models import create_model
 from repinv.module import ImageOptimization
@@ -27,7 +28,6 @@ from repinv.objectives import ClassGeneration, LayerInversion
 from repinv.objectives.feature import FeatureVisualization
 from repinv.params import Fourier, Pixel, Pyramid
 from repinv.priors import AlphaNorm, GaussianBlur, Jitter, Octaves, ScaleRotate, TotalVariation
-from repinv.errors import RepinvError
 
 TINY = dict(img_size=64, patch_size=16, depth=2, embed_dim=64, num_heads=2)
 

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-from pytorch_lightning.loggers.logger import Logger
 import yaml
 from PIL import Image
+from pytorch_lightning.loggers.logger import Logger
 
 import wandb_reader
 from conftest import read_metrics

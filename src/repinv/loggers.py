@@ -19,6 +19,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from repinv.runinfo import RunInfo, given_run
 
+
 class ContinuedWriter(ExperimentWriter):
     """Lightning's CSV writer, which deletes an existing metrics.csv, continuing it instead.
 

@@ -12,8 +12,8 @@ from repinv.canvas import Canvas
 from repinv.divergence import Divergence
 from repinv.errors import RepinvError
 from repinv.images import TargetImage
-from repinv.models import LoadedModel
 from repinv.measuring import Measuring
+from repinv.models import LoadedModel
 from repinv.objectives import Objective
 from repinv.params import Parametrization, Pixel
 from repinv.precision import StepNetwork, compile_forward, step_network

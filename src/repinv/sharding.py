@@ -94,10 +94,14 @@ def take_shard(parts: Mapping[str, nn.Module], total: int, rank: int, world: int
     start, stop = shard_bounds(total, rank, world)
     cut = []
     for name, part in parts.items():
-        before = {k: getattr(v, "shape", None) for k, v in part.state_dict(prefix=f"{name}.").items()}
+        before = _shapes(part, name)
         part.take_rows(start, stop)
-        cut += [k for k, v in part.state_dict(prefix=f"{name}.").items() if k in before and getattr(v, "shape", None) != before[k]]
+        cut += [k for k, shape in _shapes(part, name).items() if k in before and shape != before[k]]
     return list(range(start, stop)), sorted({k.rsplit(".", 1)[0] for k in cut})
+
+
+def _shapes(part: nn.Module, name: str) -> dict:
+    return {k: getattr(v, "shape", None) for k, v in part.state_dict(prefix=f"{name}.").items()}
 
 
 def _row_tensors(checkpoint: dict, prefixes: list[str], rows: int) -> list[tuple[dict, object]]:
@@ -224,7 +228,8 @@ def sharded_strategy(strategy, timeout_s: float = 600) -> ShardedDDP | None:
 
     "auto" and Lightning's DDP strategies (ddp, ddp_spawn, ddp_fork, ...: their start method)
     become `ShardedDDP` with `timeout_s` (how long a collective waits for a rank that crashed or hangs);
-    a config node building `ShardedDDP` itself is kept (None: nothing to replace). Any other strategy would wrap or shard the image and average its gradients, so it is refused.
+    a config node building `ShardedDDP` itself is kept (None: nothing to replace). Any other strategy would wrap or
+    shard the image and average its gradients, so it is refused.
     """
     if strategy in (None, "auto"):
         return ShardedDDP(timeout_s=timeout_s)

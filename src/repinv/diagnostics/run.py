@@ -28,13 +28,13 @@ from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectr
 from repinv.diagnostics.table import write_table
 from repinv.errors import RepinvError
 from repinv.images import load_images
+from repinv.loggers import make_loggers
 from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
-from repinv.loggers import make_loggers
-from repinv.runinfo import RunInfo
-from repinv.wandb_logger import WandbFinished
 from repinv.pipeline import build, sweep_name
+from repinv.runinfo import RunInfo
 from repinv.taps import resolve_layer
+from repinv.wandb_logger import WandbFinished
 
 log = logging.getLogger("repinv.diagnose")
 

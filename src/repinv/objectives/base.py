@@ -1,7 +1,7 @@
 """The Objective seam: everything a run knows about what the image batch is optimised for.
 
-An objective owns its targets (named in `setup`, computed once in `prepare` where the run runs, never trained), returns one loss per
-target image and per-target statistics, and names and describes its results: each final
+An objective owns its targets (named in `setup`, computed once in `prepare` where the run runs, never trained), returns one
+loss per target image and per-target statistics, and names and describes its results: each final
 record's `column` (what the reconstruction shows) and `caption` (its headline number), the
 run's W&B tags and name, whether it needs target photographs and which metric a sweep
 minimises. The rest of repinv reads these and never asks which objective it runs.
