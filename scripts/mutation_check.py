@@ -66,13 +66,11 @@ MUTATIONS = [
                "channels = image.double()")),
              (DEFS + "test_fourier_renders_a_dc_coefficient_as_a_flat_image_in_its_colour",)),
     Mutation("final metrics of a bf16 run through the bf16 network",
-             (("module.py", "        with torch.autocast(device_type=view.device.type, enabled=False):\n"
-                            "            losses, stats = self.objective(self.net, self.normalize(view.float()))\n"
-                            "            if self.divergence.check(",
+             (("module.py", "        losses, stats = self.measuring.fp32(self.net, view)\n        if self.divergence.check(",
                "        with torch.autocast(device_type=view.device.type, dtype=torch.bfloat16,\n"
                "                            enabled=self.step_net is not self.net):\n"
                "            losses, stats = self.objective(self.step_net, self.normalize(view.float()))\n"
-               "            if self.divergence.check("),),
+               "        if self.divergence.check("),),
              (READS + "test_bf16_run_reports_final_metrics_of_an_fp32_forward_of_its_final_image",)),
     Mutation("every claim's verdict inverted (holds <-> fails)",
              (("claims/ledger.py", 'return ("holds" if v.holds else "fails")', 'return ("fails" if v.holds else "holds")'),),

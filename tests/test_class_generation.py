@@ -58,11 +58,11 @@ class _Record(pl.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         gen = torch.Generator()
         gen.set_state(module.generator.get_state())
-        offset = module.offset(trainer.global_step, gen)
-        self.steps.append([module.img.detach().clone(), offset])
+        offset = module.canvas.offset(trainer.global_step, gen)
+        self.steps.append([module.canvas.image.detach().clone(), offset])
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.steps[-1].append(module.img.detach().clone())
+        self.steps[-1].append(module.canvas.image.detach().clone())
 
 
 def test_jitter_updates_only_the_crop(tmp_path):
@@ -78,7 +78,7 @@ def test_jitter_updates_only_the_crop(tmp_path):
     trainer = pl.Trainer(max_steps=4, logger=False, callbacks=[rec], enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, torch.utils.data.DataLoader(Steps(4), batch_size=None))
-    assert module.img.shape[-1] == 64 + 12
+    assert module.canvas.image.shape[-1] == 64 + 12
     offsets = {tuple(o) for _, o, _ in rec.steps[1:]}
     assert rec.steps[0][1] == (6, 6) and len(offsets) > 1  # centre before `start`, random crops after
     for before, (dy, dx), after in rec.steps:

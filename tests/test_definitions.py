@@ -183,7 +183,7 @@ def test_a_run_starts_from_the_configured_noise(run_repinv, monkeypatch):
     seen, original = {}, module_lib.ImageOptimization.on_fit_start
 
     def spy(self):
-        seen["start"] = self.img.detach().clone()
+        seen["start"] = self.canvas.image.detach().clone()
         original(self)
 
     monkeypatch.setattr(module_lib.ImageOptimization, "on_fit_start", spy)
@@ -191,6 +191,16 @@ def test_a_run_starts_from_the_configured_noise(run_repinv, monkeypatch):
     start = seen["start"]
     assert start.shape == (2, 3, 64, 64)
     assert start.mean().item() == pytest.approx(0.7, abs=2e-3) and start.std().item() == pytest.approx(0.05, abs=2e-3)
+
+
+def test_a_layer_named_by_index_or_by_module_path_gives_the_same_run(run_repinv):
+    """`layers=1` and `layers=blocks.1` are one target: the same start, the same steps, the same numbers."""
+    runs = [run_repinv("steps=3", "log_every=1", "logger=none", f"layers={spec}", name=spec) for spec in ("1", "blocks.1")]
+    (by_index, _), (by_path, _) = runs
+    assert [r["layer"] for r in by_index] == ["L1"] and [r["layer"] for r in by_path] == ["blocks.1"]
+    label = ("layer", "column", "png", "seconds_per_step")
+    assert [{k: v for k, v in r.items() if k not in label} for r in by_index] == \
+        [{k: v for k, v in r.items() if k not in label} for r in by_path]
 
 
 # -- PSNR and SSIM --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from repinv.errors import RepinvError
 from repinv.images import TargetImage
 from repinv.models import create_model
 from repinv.module import ImageOptimization
@@ -27,7 +28,6 @@ from repinv.objectives import ClassGeneration, LayerInversion
 from repinv.objectives.feature import FeatureVisualization
 from repinv.params import Fourier, Pixel, Pyramid
 from repinv.priors import AlphaNorm, GaussianBlur, Jitter, Octaves, ScaleRotate, TotalVariation
-from repinv.errors import RepinvError
 
 TINY = dict(img_size=64, patch_size=16, depth=2, embed_dim=64, num_heads=2)
 
@@ -150,8 +150,8 @@ def test_a_resumed_run_with_a_diverged_target_steps_on_another_device():
     checkpoint before the module moves, and must move with it."""
     first = module(priors=[GaussianBlur()])
     losses = torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0, 1.0])
-    first.divergence.check(first.img, torch.ones(6))  # a log step: this image becomes the last finite one
-    first.divergence.check(first.img, losses)
+    first.divergence.check(first.canvas.image, torch.ones(6))  # a log step: this image becomes the last finite one
+    first.divergence.check(first.canvas.image, losses)
     assert first.divergence.mask.tolist() == [False, True, False, False, False, False]
     resumed = module(priors=[GaussianBlur()])
     resumed.load_state_dict(first.state_dict(), strict=False)
@@ -162,10 +162,8 @@ def test_a_resumed_run_with_a_diverged_target_steps_on_another_device():
 
 def test_a_sharded_module_computes_only_its_own_targets_on_its_device():
     """Each process computes the targets of its own share only, with the network where the run runs."""
-    from repinv.sharding import take_shard
-
     m = module(LayerInversion([0, 1, "patch_embed"], stack=False))
-    m.shard = take_shard(m, 1, 2)  # targets 3..5 of 6: layer 1 for p1, then patch_embed for both photographs
+    m.take_shard(1, 2)  # targets 3..5 of 6: layer 1 for p1, then patch_embed for both photographs
     assert m.shard == [3, 4, 5]
     assert step_on(m, "meta") == []
     objective = m.objective

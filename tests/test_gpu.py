@@ -72,7 +72,7 @@ def _stop(module):
 
 
 def _poison(module):
-    module.img.data[0] = float("nan")
+    module.canvas.image.data[0] = float("nan")
 
 
 @pytest.mark.gpu

@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import yaml
 from PIL import Image
+from pytorch_lightning.loggers.logger import Logger
 
 import wandb_reader
 from conftest import read_metrics
@@ -139,3 +141,65 @@ def test_layers_inverted_in_one_run_end_as_they_do_alone(run_repinv):
         [alone], _ = run_repinv(f"layers=[{layer}]", *common, name=f"alone_{layer}")
         for key in ("psnr", "output_l2", "input_l2"):
             assert record[key] == pytest.approx(alone[key], rel=1e-3), (record["layer"], key)
+
+
+class StepCounter(pl.Callback):
+    """A callback defined outside repinv: counts the steps it saw; takes the run's RunInfo by asking for `run`."""
+
+    built: list[StepCounter] = []
+
+    def __init__(self, every: int, run=None):
+        self.every, self.name, self.steps = every, run.name if run else None, 0
+        StepCounter.built.append(self)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps += 1
+
+
+def test_a_callback_defined_outside_repinv_is_used_from_config_alone(run_repinv):
+    StepCounter.built.clear()
+    records, out = run_repinv("steps=3", "logger=none", "layers=[0]", "+callbacks.mine._target_=test_pipeline.StepCounter",
+                              "+callbacks.mine.every=2")
+    [counter] = StepCounter.built
+    assert (counter.every, counter.steps) == (2, 3)
+    assert counter.name == f"vit_tiny-{records[0]['column']}-untrained"
+
+
+def test_a_callback_left_out_in_config_is_not_run(run_repinv):
+    _, out = run_repinv("steps=2", "logger=none", "layers=[0]", "callbacks.filter_grid=null")
+    assert (out / "metrics.json").is_file() and not (out / "filters.png").exists()
+
+
+class RecordingLogger(Logger):
+    """A logger defined outside repinv: keeps what it is given; takes the run's RunInfo by asking for `run`."""
+
+    built: list[RecordingLogger] = []
+
+    def __init__(self, run=None):
+        super().__init__()
+        self.run, self.logged = run, []
+        RecordingLogger.built.append(self)
+
+    @property
+    def name(self):
+        return "recording"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        self.params = params
+
+    def log_metrics(self, metrics, step=None):
+        self.logged.append((step, metrics["loss"]))
+
+
+def test_a_logger_defined_outside_repinv_is_used_from_config_alone(run_repinv):
+    RecordingLogger.built.clear()
+    records, out = run_repinv("steps=3", "log_every=1", "logger=csv", "layers=[0]",
+                              "+logger.mine._target_=test_pipeline.RecordingLogger")
+    [logger] = RecordingLogger.built
+    assert (logger.run.name, logger.run.kind) == (f"vit_tiny-{records[0]['column']}-untrained", "layer")
+    assert [step for step, _ in logger.logged] == [0, 1, 2] and logger.params["steps"] == 3
+    assert (out / "csv" / "metrics.csv").is_file()

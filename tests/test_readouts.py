@@ -200,7 +200,7 @@ def test_bf16_run_reports_final_metrics_of_an_fp32_forward_of_its_final_image(ru
     records, _ = run_repinv("precision=bf16", "steps=6", "log_every=5", "logger=none")
     module = seen["module"]
     assert next(module.step_net.parameters()).dtype == torch.bfloat16, "the steps ran through the bf16 copy"
-    view = module.view().detach().float()
+    view = module.canvas.view().detach().float()
     with torch.no_grad():
         loss, stats = module.objective(module.net, module.normalize(view))
     assert [r["loss"] for r in records] == pytest.approx(loss.tolist(), rel=1e-5)
@@ -246,3 +246,26 @@ def test_wandb_results_table_holds_the_metrics_json_records(logged_run):
         logged = dict(zip(table["columns"], row))
         assert (logged["image"], logged["layer"]) == (record["image"], record["layer"])
         assert {k: logged[k] for k in NUMBERS} == {k: pytest.approx(record[k], rel=1e-9) for k in NUMBERS}
+
+
+def test_wandb_results_table_does_not_depend_on_the_callback_order(tmp_path, monkeypatch):
+    """With the callbacks in reverse order (the table's before the result files'), the table still holds every record."""
+    from repinv import pipeline
+
+    fit = pipeline.fit
+
+    def reversed_fit(trainer, module, ckpt):
+        trainer.callbacks.reverse()
+        fit(trainer, module, ckpt)
+
+    monkeypatch.setattr(pipeline, "fit", reversed_fit)
+    out = tmp_path / "reversed"
+    pipeline.run(compose_cfg([*TINY, "steps=4", "log_every=2", "logger=default"], out))
+    [run] = wandb_reader.find_runs(out)
+    [ref] = [h["results"] for h in wandb_reader.history(run) if "results" in h]
+    table = json.loads((run.parent / "files" / ref["path"]).read_text())
+    records = read_metrics(out)
+    assert len(table["data"]) == len(records) == 2
+    for row, record in zip(table["data"], records):
+        logged = dict(zip(table["columns"], row))
+        assert (logged["layer"], logged["loss"]) == (record["layer"], pytest.approx(record["loss"], rel=1e-9))

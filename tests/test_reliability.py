@@ -124,7 +124,7 @@ def test_a_diverging_target_keeps_its_last_finite_image_and_the_others_go_on(run
         def training_step(self, batch, batch_idx):
             out = super().training_step(batch, batch_idx)
             if self.global_step == 13:  # after step 12: target 0's image turns NaN
-                self.img.data[0] = float("nan")
+                self.canvas.image.data[0] = float("nan")
             return out
 
     monkeypatch.setattr(pipeline, "ImageOptimization", Poisoned)

@@ -9,20 +9,45 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from torch import nn
 
 from repinv.figures import filter_grid, filter_stats, input_conv, to_uint8
+from repinv.identity import CHANGES_KEY
+from repinv.models import LoadedModel
 from repinv.results import merge_shares, share_file, write_results, write_share
+from repinv.runinfo import RunInfo
 from repinv.sharding import CollectiveFailed, any_rank, shard_bounds
 
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.ckpt"
+
+
+class RunView(Protocol):
+    """What a callback may read of the run (`ImageOptimization` provides it): nothing else of the module."""
+
+    steps: int  # the run's step count
+    records: list[dict]  # every target's identity, in target order (all processes)
+    net: nn.Module  # the frozen network
+    model_info: LoadedModel
+    logged_loss: float | None  # the summed loss of the last log step
+
+    def target_key(self, i: int) -> str: ...
+
+    def reference_images(self) -> dict[str, torch.Tensor]: ...
+
+    def final_metrics(self, gathered: bool = True) -> list[dict]: ...
+
+    def current_images(self) -> torch.Tensor: ...
+
+    def all_images(self) -> torch.Tensor: ...
 
 
 def _image_loggers(trainer: pl.Trainer):
@@ -36,16 +61,14 @@ class ImageTimeline(pl.Callback):
         self.every = max(int(every), 1)
 
     @rank_zero_only
-    def on_train_start(self, trainer, pl_module):
-        ref = getattr(pl_module.objective, "reference", None)
-        if ref is None or trainer.global_step:
+    def on_train_start(self, trainer, pl_module: RunView):
+        refs = pl_module.reference_images()
+        if not refs or trainer.global_step:
             return
-        names = dict.fromkeys(r.get("image") for r in pl_module.records)
-        refs = ref[: len(names)]
         for lg in _image_loggers(trainer):
-            lg.log_image(key="target", images=[to_uint8(x) for x in refs], step=0, caption=list(names))
+            lg.log_image(key="target", images=[to_uint8(x) for x in refs.values()], step=0, caption=list(refs))
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_train_batch_end(self, trainer, pl_module: RunView, outputs, batch, batch_idx):
         step = trainer.global_step
         if step % self.every and step != pl_module.steps:
             return
@@ -67,7 +90,7 @@ class FilterGrid(pl.Callback):
         self.out_dir, self.key = Path(out_dir), key
 
     @rank_zero_only
-    def on_train_start(self, trainer, pl_module):
+    def on_train_start(self, trainer, pl_module: RunView):
         found = input_conv(pl_module.net)
         if found is None or trainer.global_step:
             return
@@ -90,17 +113,19 @@ class ResultWriter(pl.Callback):
     writes metrics.json from the share files there are, the other targets as `status: missing`.
     """
 
-    def __init__(self, out_dir: str | Path, title: str | None = None, extra: dict | None = None):
+    def __init__(self, out_dir: str | Path, run: RunInfo | None = None):
         self.out_dir = Path(out_dir)
-        self.title = title
-        self.extra = extra or {}  # fields every record carries (a resumed run's `resumed_with_changes`)
+        self.title = run.name if run else None
+        # fields every record carries: a resumed run's changes against its checkpoint
+        self.extra = {CHANGES_KEY: run.changes} if run and run.changes else {}
         self.records: list[dict] = []
         self.images: torch.Tensor | None = None
         self._t0: float | None = None
         self._step0 = 0
+        self._written = False
 
-    def on_train_start(self, trainer, pl_module):
-        self._t0, self._step0 = None, trainer.global_step
+    def on_train_start(self, trainer, pl_module: RunView):
+        self._t0, self._step0, self._written = None, trainer.global_step, False
         (self.out_dir / share_file(trainer.global_rank)).unlink(missing_ok=True)  # from an earlier crash
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -124,17 +149,21 @@ class ResultWriter(pl.Callback):
         images = pl_module.all_images()
         if not trainer.is_global_zero:
             return
-        ref = pl_module.objective.reference
-        refs = {}
-        if ref is not None:
-            names = list(dict.fromkeys(r["image"] for r in pl_module.records))
-            refs = dict(zip(names, ref[: len(names)].cpu()))
+        refs = {name: ref.cpu() for name, ref in pl_module.reference_images().items()}
         self.images = images.cpu()
         self.records = write_results(self.out_dir, records, self.images, refs, self.title)
         log.info("results written to %s", self.out_dir)
 
-    def on_train_end(self, trainer, pl_module):
-        self.write(trainer, pl_module, "finished" if trainer.global_step >= pl_module.steps else "interrupted")
+    def on_train_end(self, trainer, pl_module: RunView):
+        self.finish(trainer, pl_module)
+
+    def finish(self, trainer, pl_module: RunView) -> list[dict]:
+        """The records of this fit, written at the first call after it ended (collective): whichever
+        callback asks first at the end of fit, the files are written once."""
+        if not self._written:
+            self.write(trainer, pl_module, "finished" if trainer.global_step >= pl_module.steps else "interrupted")
+            self._written = True
+        return self.records
 
     def write_share(self, trainer, pl_module, status: str) -> None:
         """After a crash with several processes: this rank's share, then (rank 0) metrics.json from every share on disk."""
@@ -262,21 +291,25 @@ class ResultTable(pl.Callback):
     """At the end of fit, one W&B Table row per target: its metrics and its reconstruction.
 
     Every job of a sweep logs the same columns under `results`, so one dashboard panel
-    compares the whole sweep. Runs after `ResultWriter`, whose records and PNGs it reads.
+    compares the whole sweep. The rows are the run's `ResultWriter`'s records (written first
+    if that callback has not yet written them), wherever it stands in the callback list.
     """
 
-    def __init__(self, writer: ResultWriter, key: str = "results"):
-        self.writer, self.key = writer, key
+    def __init__(self, key: str = "results"):
+        self.key = key
 
-    @rank_zero_only
-    def on_train_end(self, trainer, pl_module):
+    def on_train_end(self, trainer, pl_module: RunView):
+        writers = [cb for cb in trainer.callbacks if isinstance(cb, ResultWriter)]
         loggers = [lg for lg in trainer.loggers if hasattr(lg, "log_table")]
-        records = self.writer.records
-        if not loggers or not records:
+        if not writers or not loggers:
+            return
+        writer = writers[0]
+        records = writer.finish(trainer, pl_module)  # every rank: writing gathers the targets
+        if not trainer.is_global_zero or not records:
             return
         import wandb  # only W&B loggers have tables
 
         columns = [k for k in dict.fromkeys(k for r in records for k in r) if k != "png"]
-        data = [[r.get(k) for k in columns] + [wandb.Image(str(self.writer.out_dir / r["png"]))] for r in records]
+        data = [[r.get(k) for k in columns] + [wandb.Image(str(writer.out_dir / r["png"]))] for r in records]
         for lg in loggers:
             lg.log_table(key=self.key, columns=[*columns, "reconstruction"], data=data, step=trainer.global_step)

@@ -50,7 +50,7 @@ class Divergence(nn.Module):
         if self.last_good is not None and self.any:  # a select, not boolean indexing (which reads the mask back)
             img.copy_(torch.where(self.mask.view(-1, *[1] * (img.dim() - 1)), self.last_good, img))
 
-    def shard(self, start: int, stop: int) -> None:
+    def take_rows(self, start: int, stop: int) -> None:
         """Keep the targets [start, stop) of this process."""
         self.mask = self.mask[start:stop].clone()
         if self.last_good is not None:

@@ -8,15 +8,17 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from repinv.canvas import Canvas
 from repinv.divergence import Divergence
 from repinv.errors import RepinvError
 from repinv.images import TargetImage
+from repinv.measuring import Measuring
 from repinv.models import LoadedModel
 from repinv.objectives import Objective
 from repinv.params import Parametrization, Pixel
 from repinv.precision import StepNetwork, compile_forward, step_network
 from repinv.priors import Prior
-from repinv.sharding import gather, gather_rows, gather_tensor, take_rows, take_shard
+from repinv.sharding import gather, gather_rows, gather_tensor, take_checkpoint_rows, take_shard
 
 
 def noise_canvas(seeds: Sequence[int], size: tuple[int, int], mean: float, std: float) -> torch.Tensor:
@@ -43,15 +45,18 @@ class ImageOptimization(pl.LightningModule):
     of checkpoints; the objective names its targets here and computes them before the first
     step, on the run's device and for this process's share only. Every tensor a step uses is a
     parameter or buffer, so the module runs wherever it is moved. The trainable tensor is a
-    parametrisation's (`param`, a factory of the batch shape; pixels by default) and `img` is
-    the canvas it renders. Each step: the priors place and transform the crop the network
-    sees, the per-target losses (plus the priors' penalties) are summed, one optimiser step
-    (through a closure, so L-BFGS can evaluate the loss again), then the priors update the
-    rendered canvas, in the order given, and it is written back to the parameter. When the
-    priors' margins make the canvas larger than the input, only the crop takes the step.
-    `metrics` (name -> `(image, reference) -> [N]`) are computed every `log_every` steps and at
-    the end, always of the centre crop in fp32: at a log step whose own forward saw another crop
+    parametrisation's (`image_param`, a factory of the batch shape; pixels by default) and
+    `canvas` (a `Canvas`) is the image side: what it renders, the crop the network sees, the
+    priors' offsets, transforms, penalties and updates. Each step: the priors place and
+    transform the crop, the per-target losses (plus the priors' penalties) are summed, one
+    optimiser step (through a closure, so L-BFGS can evaluate the loss again), then the priors
+    update the rendered canvas, in the order given, and it is written back to the parameter.
+    When the priors' margins make the canvas larger than the input, only the crop takes the step.
+    `measuring` (a `Measuring`) is the measuring side: every `log_every` steps and at the end,
+    the metrics of the centre crop in fp32; at a log step whose own forward saw another crop
     (jitter), a transformed one, or ran under bf16/autocast, one extra no-grad fp32 forward.
+
+    Callbacks read the run through `RunView` (repinv.callbacks), which this module provides.
     """
 
     def __init__(
@@ -83,23 +88,22 @@ class ImageOptimization(pl.LightningModule):
         objective.setup(self.net, self.normalize, images, seed)
         self.records = objective.records
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.priors, self.metrics = list(priors), dict(metrics or {})
-        objective.metric_names = tuple(self.metrics)
+        objective.metric_names = tuple(metrics or {})
+        for prior in priors:
+            prior.check(model.input_size)
         self.steps, self.log_every = int(steps), int(log_every)
-        self.input_size = model.input_size
-        for prior in self.priors:
-            prior.check(self.input_size)
-        self.margin = sum(p.margin for p in self.priors)
-        canvas = (self.input_size[0] + self.margin, self.input_size[1] + self.margin)
-        start = noise_canvas(objective.init_seeds(seed), canvas, init_mean, init_std)
-        self.image_param = param(tuple(start.shape))
+        margin = sum(p.margin for p in priors)
+        size = (model.input_size[0] + margin, model.input_size[1] + margin)
+        start = noise_canvas(objective.init_seeds(seed), size, init_mean, init_std)
+        self.image_param = param(tuple(start.shape))  # registered here: checkpoints name it `image_param`
         self.image_param.set_image(start)
-        self._rendered: tuple[tuple, torch.Tensor] | None = None
+        self.canvas = Canvas(self.image_param, model.input_size, priors)
+        self.measuring = Measuring(objective, self.normalize, metrics)
         self.logged_loss: float | None = None  # the summed loss of the last log step, a host number
         self.divergence = Divergence(len(self.records))
         self.generator = torch.Generator().manual_seed(seed)  # the priors' random draws, saved in checkpoints
         self.shard: list[int] = list(range(len(self.records)))  # the targets this process optimises
-        self.sharded_prefixes: list[str] = []  # the state `take_shard` cut to this process's rows
+        self.sharded_prefixes: list[str] = []  # the state cut to this process's rows (see `take_shard`)
         self.compile = compile
         self.__dict__["stepper"] = StepNetwork(self.net)  # what the steps run through (see on_fit_start)
 
@@ -107,35 +111,12 @@ class ImageOptimization(pl.LightningModule):
         """With several processes, keep only this rank's share of the targets (`records` stays whole)."""
         world = self.trainer.world_size
         if world > 1 and len(self.shard) == len(self.records):
-            self.shard = take_shard(self, self.trainer.global_rank, world)
+            self.take_shard(self.trainer.global_rank, world)
 
-    # -- the image ------------------------------------------------------------------------
-    def _param_key(self) -> tuple:
-        """Changes whenever the parameter does: in-place steps, a device move, a new (sharded) tensor."""
-        p = self.image_param.param
-        return p._version, p.data_ptr(), p.device
-
-    @property
-    def img(self) -> torch.Tensor:
-        """The canvas [targets, 3, H, W] the parameter renders (rendered again only when the parameter changed)."""
-        if self._rendered is None or self._rendered[0] != self._param_key():
-            with torch.no_grad():
-                self._rendered = (self._param_key(), self.image_param.render())
-        return self._rendered[1]
-
-    def render(self) -> torch.Tensor:
-        """Render the canvas differentiably (once per loss evaluation); `img` is it until the parameter changes."""
-        image = self.image_param.render()
-        self._rendered = (self._param_key(), image)
-        return image
-
-    @torch.no_grad()
-    def commit(self, canvas: torch.Tensor) -> None:
-        """Write a changed canvas back to the parameter; for pixels `canvas` already is its storage, and
-        the full-batch copy onto itself that every step would make is skipped."""
-        if canvas.data_ptr() != self.image_param.param.data_ptr():
-            self.image_param.set_image(canvas)
-        self._rendered = (self._param_key(), canvas)
+    def take_shard(self, rank: int, world: int) -> None:
+        """Cut every per-target part (`repinv.sharding.Rows`) to `rank`'s share of the targets."""
+        parts = {"objective": self.objective, "image_param": self.image_param, "divergence": self.divergence}
+        self.shard, self.sharded_prefixes = take_shard(parts, len(self.records), rank, world)
 
     # -- the frozen network -------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -152,7 +133,7 @@ class ImageOptimization(pl.LightningModule):
         if self.compile:
             compile_forward(stepper.net, graphs=4 * len(self.records) + 8)
         with self.trainer.precision_plugin.forward_context(), stepper.context():
-            self.objective.tune(stepper.net, self.normalize(self.view()))
+            self.objective.tune(stepper.net, self.normalize(self.canvas.view()))
 
     @property
     def step_net(self) -> nn.Module:
@@ -184,7 +165,7 @@ class ImageOptimization(pl.LightningModule):
         elif "prior_rng" in checkpoint:
             self.generator.set_state(checkpoint["prior_rng"])
         if len(self.shard) < len(self.records):
-            take_rows(checkpoint, self.sharded_prefixes, len(self.records), self.shard[0], self.shard[-1] + 1)
+            take_checkpoint_rows(checkpoint, self.sharded_prefixes, len(self.records), self.shard[0], self.shard[-1] + 1)
 
     def run_identity(self) -> dict:
         """What a checkpoint must agree on to be resumed by this module: the targets, the steps, the canvas."""
@@ -199,31 +180,9 @@ class ImageOptimization(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
 
     # -- the step -----------------------------------------------------------------------
-    def offset(self, step: int, generator: torch.Generator) -> tuple[int, int]:
-        """Where this step's crop lies in the canvas: the sum of the priors' offsets, drawn in their order."""
-        dy = dx = 0
-        for prior in self.priors:
-            y, x = prior.offset(step, generator)
-            dy, dx = dy + y, dx + x
-        return dy, dx
-
-    def centre(self) -> tuple[int, int]:
-        """The offset of the centre crop."""
-        centre = sum(p.margin // 2 for p in self.priors)
-        return centre, centre
-
-    def view(self, offset: tuple[int, int] | None = None, canvas: torch.Tensor | None = None) -> torch.Tensor:
-        """The part of the canvas (`img` unless given) the network sees: the centre crop unless an offset is given."""
-        dy, dx = offset or self.centre()
-        h, w = self.input_size
-        return (self.img if canvas is None else canvas)[:, :, dy : dy + h, dx : dx + w]
-
-    def target_key(self, i: int) -> str:
-        return "/".join(str(v) for k, v in self.records[i].items() if k != "module")
-
     def training_step(self, batch, batch_idx):
-        step = self.global_step
-        offset = self.offset(step, self.generator)
+        step, canvas = self.global_step, self.canvas
+        offset = canvas.offset(step, self.generator)
         opt = self.optimizers()
         first: dict[str, torch.Tensor | None] = {}  # the first evaluation's loss, and canvas for the jitter's restore
 
@@ -233,91 +192,63 @@ class ImageOptimization(pl.LightningModule):
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             if not first:
-                first.update(loss=loss.detach(), canvas=self.img.detach().clone() if self.margin else None)
+                first.update(loss=loss.detach(), canvas=canvas.image.detach().clone() if canvas.margin else None)
             return loss
 
         opt.step(closure=closure)
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()
-        self._update(step, offset, first["canvas"])
+        canvas.update(step, self.steps, offset, first["canvas"], self.divergence)
         # nothing returned and nothing `self.log`ged: Lightning would read either back to the host for its
         # progress bar at every step; the bar shows `logged_loss` instead
 
     def _loss(self, step: int, offset: tuple[int, int], check: bool) -> torch.Tensor:
         """Render, take the crop through the priors and the network; at log steps (`check`) stop
         diverged targets and log. Returns the summed loss of the targets still running."""
-        self.render()
-        view = seen = self.view(offset)
-        for prior in self.priors:
-            seen = prior.transform(seen, step, self.generator)
+        canvas = self.canvas
+        canvas.render()
+        view = canvas.view(offset)
+        seen = canvas.seen(view, step, self.generator)
         with self.stepper.context():
             losses, stats = self.objective(self.step_net, self.normalize(seen))
         if check and (step % self.log_every == 0 or step == self.steps - 1):
-            self.divergence.check(self.img, losses)
-            exact = seen is view and offset == self.centre() and self.step_net is self.net
-            self._log_step(*((losses, stats, view) if exact and not torch.is_autocast_enabled(view.device.type)
-                             else self._centred_fp32()))
+            self.divergence.check(canvas.image, losses)
+            exact = seen is view and offset == canvas.centre() and self.step_net is self.net
+            if exact and not torch.is_autocast_enabled(view.device.type):
+                self._log_step(losses, stats, view)
+            else:
+                centre = canvas.view()
+                self._log_step(*self.measuring.fp32(self.net, centre), centre)
         # masked after the check, which updates the mask in place (autograd would refuse it afterwards)
-        return self.divergence.masked(self._penalised(losses, view, step)).sum()
-
-    def _penalised(self, losses: torch.Tensor, view: torch.Tensor, step: int) -> torch.Tensor:
-        """The per-target losses plus the priors' penalties on the crop."""
-        for prior in self.priors:
-            penalty = prior.penalty(view, step)
-            if penalty is not None:
-                losses = losses + penalty
-        return losses
-
-    @torch.no_grad()
-    def _update(self, step: int, offset: tuple[int, int], before: torch.Tensor | None) -> None:
-        """After the optimiser step, on the rendered canvas: the priors' updates in order; then, on a
-        canvas larger than the input, everything outside the crop goes back to `before`; the stopped
-        targets stay as they were. The result is written back to the parameter."""
-        canvas = self.img.detach()
-        for prior in self.priors:
-            prior.update(canvas, step, self.steps)
-        if before is not None:
-            crop = self.view(offset, canvas).clone()
-            canvas.copy_(before)
-            self.view(offset, canvas).copy_(crop)
-        self.divergence.rollback(canvas)
-        self.commit(canvas)
-
-    @torch.no_grad()
-    def _centred_fp32(self) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """Losses, stats and view of an fp32 forward of the centre crop (autocast off): what a log step
-        reports when the step itself saw a shifted or transformed crop, or ran in lower precision."""
-        view = self.view()
-        with torch.autocast(device_type=view.device.type, enabled=False):
-            losses, stats = self.objective(self.net, self.normalize(view.float()))
-        return losses, stats, view
-
-    @torch.no_grad()
-    def measure(self, losses: torch.Tensor, stats: dict, view: torch.Tensor) -> list[dict[str, float]]:
-        """Per-target metric dicts: the forward pass's losses and stats, then `metrics` of the image it saw
-        against the reference (none when the objective has no reference image)."""
-        values = {"loss": losses.detach().float(), **{k: v.float() for k, v in stats.items()}}
-        reference = self.objective.reference
-        if reference is not None:
-            reference = reference[self.shard]
-            values.update({name: metric(view, reference).float() for name, metric in self.metrics.items()})
-        table = {k: v.cpu().tolist() for k, v in values.items()}
-        return [{k: table[k][i] for k in table} for i in range(len(losses))]
+        return self.divergence.masked(canvas.penalised(losses, view, step)).sum()
 
     def _log_step(self, losses, stats, view) -> None:
-        rows, diverged = gather(self.measure(losses, stats, view)), gather(self.divergence.mask.tolist())
+        rows = gather(self.measuring.rows(losses, stats, view, self.shard))
+        diverged = gather(self.divergence.mask.tolist())
         flat = {f"{name}/{self.target_key(i)}": value for i, row in enumerate(rows) for name, value in row.items()}
         total = float(sum(r["loss"] for r, d in zip(rows, diverged) if not d))
         flat["lr"] = self.optimizers().param_groups[0]["lr"]
-        for prior in self.priors:
+        for prior in self.canvas.priors:
             flat.update(prior.scalars(self.global_step, self.steps))
         flat["loss"] = total
         for logger in self.loggers:
             logger.log_metrics(flat, step=self.global_step)
         self.logged_loss = total  # what the progress bar shows until the next log step
 
-    # -- results ------------------------------------------------------------------------
+    # -- what callbacks read (`repinv.callbacks.RunView`) ------------------------------------
+    def target_key(self, i: int) -> str:
+        """Target `i`'s name in logged scalars and captions: its record's fields but the module path."""
+        return "/".join(str(v) for k, v in self.records[i].items() if k != "module")
+
+    def reference_images(self) -> dict[str, torch.Tensor]:
+        """The target photographs by image name ({} when the objective has none)."""
+        reference = self.objective.reference
+        if reference is None:
+            return {}
+        names = list(dict.fromkeys(r["image"] for r in self.records))
+        return dict(zip(names, reference[: len(names)]))
+
     @torch.no_grad()
     def final_metrics(self, gathered: bool = True) -> list[dict]:
         """One record per target: identity, the metrics of the current image, and its state.
@@ -325,13 +256,12 @@ class ImageOptimization(pl.LightningModule):
         With several processes this is collective: every rank calls it, each gets all targets
         (`gathered=False`: only this rank's, e.g. after a crash when other ranks may be gone).
         """
-        view = self.view()
-        with torch.autocast(device_type=view.device.type, enabled=False):
-            losses, stats = self.objective(self.net, self.normalize(view.float()))
-            if self.divergence.check(self.img, losses, remember=False):  # the steps since the last check went non-finite
-                self.commit(self.img)
-                losses, stats = self.objective(self.net, self.normalize(view.float()))
-        rows = self.measure(losses, stats, view)
+        view = self.canvas.view()
+        losses, stats = self.measuring.fp32(self.net, view)
+        if self.divergence.check(self.canvas.image, losses, remember=False):  # the steps since the last check went non-finite
+            self.canvas.commit(self.canvas.image)
+            losses, stats = self.measuring.fp32(self.net, view)
+        rows = self.measuring.rows(losses, stats, view, self.shard)
         out = []
         for i, row, div in zip(self.shard, rows, self.divergence.mask.tolist()):
             out.append(self.objective.finalize({**self.records[i], **row, "diverged": bool(div)}))
@@ -339,7 +269,7 @@ class ImageOptimization(pl.LightningModule):
 
     def current_images(self) -> torch.Tensor:
         """The reconstructions as the network sees them, clamped to [0, 1]."""
-        return self.view().detach().float().clamp(0, 1)
+        return self.canvas.view().detach().float().clamp(0, 1)
 
     def all_images(self) -> torch.Tensor:
         """`current_images` of every rank in target order (collective with several processes)."""

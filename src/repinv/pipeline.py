@@ -20,24 +20,24 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.callbacks import (
-    LAST_CHECKPOINT, Checkpoints, FilterGrid, ImageTimeline, ResultTable, ResultWriter, StopOnSignal,
-)
+from repinv.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal
 from repinv.errors import RepinvError
-from repinv.identity import CHANGES_KEY, MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
+from repinv.identity import MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
 from repinv.images import load_images
-from repinv.loggers import WANDB_ID, WandbFinished, WandbRunId, make_loggers
+from repinv.loggers import make_loggers
 from repinv.models.surgery import apply_surgery
 from repinv.module import ImageOptimization
 from repinv.plugins import build, build_each, check_metrics, check_prior
 from repinv.precision import set_matmul_precision
-from repinv.progress import StepsProgressBar
+from repinv.runinfo import RunInfo, given_run
 from repinv.sharding import process_count, sharded_strategy
 from repinv.summary import score
 from repinv.validation import check_finite
+from repinv.wandb_logger import WANDB_ID, WandbFinished
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,21 @@ def record_hydra(out_dir: Path, cfg: DictConfig | None = None) -> None:
     for name, node in files.items():
         (folder / name).write_text(OmegaConf.to_yaml(node))
 
+def instantiate_callbacks(cfg: DictConfig, run: RunInfo) -> list[pl.Callback]:
+    """The callbacks of `cfg.callbacks`, in their order: those whose constructor takes `run` are given the RunInfo;
+    progress bars are left out with trainer.enable_progress_bar=false (Lightning refuses them then)."""
+    out = []
+    for factory in build_each(cfg, "callbacks", _partial_=True).values():
+        callback = given_run(factory, run)
+        if cfg.trainer.get("enable_progress_bar", True) or not isinstance(callback, ProgressBar):
+            out.append(callback)
+    return out
+
+
+def the(callbacks: list, kind: type):
+    """The first callback of type `kind`, or None when the config left it out."""
+    return next((cb for cb in callbacks if isinstance(cb, kind)), None)
+
 
 def run_name(label: str, what: str, trained: bool) -> str:
     """Readable run names: model, what was optimised, trained state (e.g. vit_b_32-L5-untrained)."""
@@ -304,18 +319,17 @@ def run(cfg: DictConfig) -> RunResult:
     overrides = trainer_overrides(cfg)
     identity, changes, saved = resume_state(cfg, ckpt, module)
     record_config(cfg, out_dir)
-    loggers = make_loggers(cfg, name, tags, objective.kind, group=sweep_name(), wandb_id=saved.get(WANDB_ID))
+    info = RunInfo(name, tags, objective.kind, group=sweep_name(), resume_id=saved.get(WANDB_ID), changes=changes)
+    loggers = make_loggers(cfg, info)
     with WandbFinished() as wandb_run:
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        writer = ResultWriter(out_dir, title=name, extra={CHANGES_KEY: changes} if changes else None)
-        checkpoints, stopper = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.get("checkpoint_every", 0)), StopOnSignal()
+        callbacks = instantiate_callbacks(cfg, info)
+        writer, checkpoints, stopper = the(callbacks, ResultWriter), the(callbacks, Checkpoints), the(callbacks, StopOnSignal)
         trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[writer, ResultTable(writer), ImageTimeline(cfg.image_every), FilterGrid(out_dir), checkpoints,
-                       stopper, RunIdentity(identity, changes), WandbRunId(),
-                       *([StepsProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else [])],
+            callbacks=[*callbacks, RunIdentity(identity, changes)],
             max_steps=cfg.steps,
             **overrides,
         )
@@ -323,9 +337,11 @@ def run(cfg: DictConfig) -> RunResult:
     offline = wandb_run.offline
     if offline is not None and trainer.is_global_zero and sweep_name() is None:
         print(f"W&B offline run: upload it with `wandb sync {offline}`")
-    if stopper.stopped_at is not None:
+    if stopper is not None and stopper.stopped_at is not None:
+        resume = f"continue with resume={checkpoints.last}" if checkpoints else "no checkpoint (callbacks.checkpoints=null)"
         print(f"repinv: {signal.Signals(stopper.signum).name} at step {stopper.stopped_at} of {cfg.steps}: results in "
-              f"{out_dir}, continue with resume={checkpoints.last}", file=sys.stderr)
+              f"{out_dir}, {resume}", file=sys.stderr)
         stopper.exit()
     metric = cfg.get("optimized_metric") or objective.score_metric
-    return RunResult(writer.records, writer.images, out_dir, score(writer.records, metric))
+    records, images = (writer.records, writer.images) if writer else ([], None)
+    return RunResult(records, images, out_dir, score(records, metric))

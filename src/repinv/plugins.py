@@ -67,9 +67,9 @@ def _check_partial(built: functools.partial) -> None:
     signature.bind_partial(*built.args, **built.keywords)
 
 
-def build_each(cfg: DictConfig, group: str, check: Callable[[str, DictConfig], None] | None = None) -> dict:
+def build_each(cfg: DictConfig, group: str, check: Callable[[str, DictConfig], None] | None = None, **kwargs) -> dict:
     """Build every entry of the mapping `cfg.<group>` (name -> config with `_target_`) in its order; null entries are
-    left out. `check(key, node)`, if given, vets each entry before it is built."""
+    left out. `check(key, node)`, if given, vets each entry before it is built; `kwargs` go to each `instantiate`."""
     node = cfg.get(group) or {}
     for name, entry in node.items():
         if entry is not None and not (isinstance(entry, DictConfig) and "_target_" in entry):
@@ -77,7 +77,7 @@ def build_each(cfg: DictConfig, group: str, check: Callable[[str, DictConfig], N
                               f"with a _target_ (e.g. +{group}.{name}._target_=package.module.name), or null to leave it out.")
         if entry is not None and check is not None:
             check(f"{group}.{name}", entry)
-    return {name: build(entry, f"{group}.{name}") for name, entry in node.items() if entry is not None}
+    return {name: build(entry, f"{group}.{name}", **kwargs) for name, entry in node.items() if entry is not None}
 
 
 def _target(key: str, node: DictConfig):

@@ -4,7 +4,7 @@ The image batch is the parameter and every target's gradient is its own, so data
 here means disjoint shards, not gradient averaging. Lightning's DDP strategy starts the
 processes and the process group; `ShardedDDP` leaves the module unwrapped so no gradient or
 buffer is ever synchronised, and rank 0 gathers the results with `gather`. Checkpoints hold the
-whole batch in target order, as a one-process run's do (`gather_rows` when saving, `take_rows`
+whole batch in target order, as a one-process run's do (`gather_rows` when saving, `take_checkpoint_rows`
 when loading), so a run resumes on any number of processes.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.accelerators import AcceleratorRegistry
 from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
 from pytorch_lightning.trainer.connectors.accelerator_connector import _AcceleratorConnector
+from torch import nn
 
 from repinv.errors import RepinvError, listing
 
@@ -76,21 +78,30 @@ def shard_bounds(total: int, rank: int, world: int) -> tuple[int, int]:
     return start, start + size + (rank < extra)
 
 
-def take_shard(module, rank: int, world: int) -> list[int]:
-    """Cut an `ImageOptimization`'s per-target state to `rank`'s share; returns that share's target indices.
+class Rows(Protocol):
+    """A per-target part of a run (the objective, the image parametrisation, the divergence state): it keeps
+    only the targets [start, stop) of this process, so its per-target state has that many rows."""
 
-    The objective keeps only its targets, the image parametrisation and the divergence state only their rows;
-    the module's `records` stay whole, so gathered results are in the original target order.
+    def take_rows(self, start: int, stop: int) -> None: ...
+
+
+def take_shard(parts: Mapping[str, nn.Module], total: int, rank: int, world: int) -> tuple[list[int], list[str]]:
+    """Cut each per-target part (name in the module -> part) to `rank`'s share of `total` targets.
+
+    Returns that share's target indices and the names of the state `take_shard` cut (what
+    checkpoints gather and split by rows, see `gather_rows`).
     """
-    start, stop = shard_bounds(len(module.records), rank, world)
-    shard = list(range(start, stop))
-    before = {k: getattr(v, "shape", None) for k, v in module.state_dict().items()}
-    module.objective.shard(shard)
-    module.image_param.take_rows(start, stop)
-    module.divergence.shard(start, stop)
-    cut = [k for k, v in module.state_dict().items() if k in before and getattr(v, "shape", None) != before[k]]
-    module.sharded_prefixes = sorted({k.rsplit(".", 1)[0] if "." in k else k for k in cut})
-    return shard
+    start, stop = shard_bounds(total, rank, world)
+    cut = []
+    for name, part in parts.items():
+        before = _shapes(part, name)
+        part.take_rows(start, stop)
+        cut += [k for k, shape in _shapes(part, name).items() if k in before and shape != before[k]]
+    return list(range(start, stop)), sorted({k.rsplit(".", 1)[0] for k in cut})
+
+
+def _shapes(part: nn.Module, name: str) -> dict:
+    return {k: getattr(v, "shape", None) for k, v in part.state_dict(prefix=f"{name}.").items()}
 
 
 def _row_tensors(checkpoint: dict, prefixes: list[str], rows: int) -> list[tuple[dict, object]]:
@@ -131,7 +142,7 @@ def gather_rows(checkpoint: dict, prefixes: list[str], rows: int) -> None:
         c[k] = torch.cat([part[i] for part in parts])
 
 
-def take_rows(checkpoint: dict, prefixes: list[str], total: int, start: int, stop: int) -> None:
+def take_checkpoint_rows(checkpoint: dict, prefixes: list[str], total: int, start: int, stop: int) -> None:
     """Cut a whole-batch checkpoint's per-target tensors (`total` rows) to this rank's rows [start, stop)."""
     for c, k in _row_tensors(checkpoint, prefixes, total):
         c[k] = c[k][start:stop].clone()
@@ -217,7 +228,8 @@ def sharded_strategy(strategy, timeout_s: float = 600) -> ShardedDDP | None:
 
     "auto" and Lightning's DDP strategies (ddp, ddp_spawn, ddp_fork, ...: their start method)
     become `ShardedDDP` with `timeout_s` (how long a collective waits for a rank that crashed or hangs);
-    a config node building `ShardedDDP` itself is kept (None: nothing to replace). Any other strategy would wrap or shard the image and average its gradients, so it is refused.
+    a config node building `ShardedDDP` itself is kept (None: nothing to replace). Any other strategy would wrap or
+    shard the image and average its gradients, so it is refused.
     """
     if strategy in (None, "auto"):
         return ShardedDDP(timeout_s=timeout_s)

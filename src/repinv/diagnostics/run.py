@@ -28,11 +28,13 @@ from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectr
 from repinv.diagnostics.table import write_table
 from repinv.errors import RepinvError
 from repinv.images import load_images
+from repinv.loggers import make_loggers
 from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
-from repinv.loggers import WandbFinished, make_loggers
 from repinv.pipeline import build, record_config, sweep_name
+from repinv.runinfo import RunInfo
 from repinv.taps import resolve_layer
+from repinv.wandb_logger import WandbFinished
 
 log = logging.getLogger("repinv.diagnose")
 
@@ -107,7 +109,7 @@ def diagnose_variant(cfg: DictConfig, variant: Variant, spec: SpectrumSettings, 
 def log_records(cfg: DictConfig, records: list[dict]) -> None:
     """Every scalar measure to the configured loggers, at step = the layer's position in `layers`."""
     label = records[0]["model"] if records else "model"
-    loggers = make_loggers(cfg, f"{label}-diagnose", [label, "diagnose"], "diagnose", group=sweep_name())
+    loggers = make_loggers(cfg, RunInfo(f"{label}-diagnose", [label, "diagnose"], "diagnose", group=sweep_name()))
     with WandbFinished() as wandb_run:
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -1,7 +1,7 @@
 """The Objective seam: everything a run knows about what the image batch is optimised for.
 
-An objective owns its targets (named in `setup`, computed once in `prepare` where the run runs, never trained), returns one loss per
-target image and per-target statistics, and names and describes its results: each final
+An objective owns its targets (named in `setup`, computed once in `prepare` where the run runs, never trained), returns one
+loss per target image and per-target statistics, and names and describes its results: each final
 record's `column` (what the reconstruction shows) and `caption` (its headline number), the
 run's W&B tags and name, whether it needs target photographs and which metric a sweep
 minimises. The rest of repinv reads these and never asks which objective it runs.
@@ -56,6 +56,7 @@ class Objective(nn.Module):
     score_metric = "loss"  # the record field whose mean over targets a sweep minimises
     caption_metric: str | None = None  # the record field shown under each picture (None: the score metric)
     metric_names: Sequence[str] = ()  # the metrics the run computes, in order (set by the module that runs the objective)
+    labels: tuple[str, ...] = ()  # record fields that only name a target as it was spelled (not part of its seed)
 
     def __init__(self):
         super().__init__()
@@ -76,6 +77,10 @@ class Objective(nn.Module):
             "run it with trainer.devices=1 trainer.num_nodes=1."
         )
 
+    def take_rows(self, start: int, stop: int) -> None:
+        """Keep the targets [start, stop) (see `repinv.sharding.Rows`): `shard` of that range."""
+        self.shard(list(range(start, stop)))
+
     def prepare(self, net: nn.Module) -> None:
         """Compute what the steps compare against (e.g. target activations) with `net`, on its device,
         for this process's targets only; called before the first step, after `shard`."""
@@ -90,8 +95,9 @@ class Objective(nn.Module):
         """
 
     def init_seeds(self, seed: int) -> list[int]:
-        """One noise seed per target, from the seed and the target's record."""
-        return [target_seed(seed, *r.values()) for r in self.records]
+        """One noise seed per target, from the seed and the target's record but its `labels`: two spellings
+        of one target start from the same noise."""
+        return [target_seed(seed, *(v for k, v in r.items() if k not in self.labels)) for r in self.records]
 
     # -- naming and describing the results ------------------------------------------
     def column(self, record: dict) -> str:

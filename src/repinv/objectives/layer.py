@@ -59,6 +59,7 @@ class LayerInversion(Objective):
     needs_images = True
     score_metric = "output_l2"
     caption_metric = HEADLINE
+    labels = ("layer",)  # the layer as spelled (5 or blocks.5); its seed comes from `module`, the path it resolves to
 
     def __init__(self, layers, loss: str = "l1", scale: float = 0.15, noise_std: float = 1 / 18, stack: bool | str = "auto"):
         super().__init__()
