@@ -82,12 +82,14 @@ def test_noise_shift_baseline_is_the_output_distance_under_seeded_noise_of_std_1
     objective = LayerInversion(["patch_embed"])
     assert objective.noise_std == pytest.approx(1 / 18)
     objective.setup(net, identity, [image], seed=3)
+    objective.prepare(net)
     eps = torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(target_seed(3, "noise-shift")))
     conv = net.patch_embed.proj
     expected = F.conv2d(eps / 18, conv.weight, stride=conv.stride).norm()  # linear: the bias and the image cancel
     assert objective.noise_shift_l2.item() == pytest.approx(expected.item(), rel=1e-4)
     other = LayerInversion(["patch_embed"])
     other.setup(net, identity, [image], seed=4)
+    other.prepare(net)
     assert other.noise_shift_l2.item() != pytest.approx(expected.item(), rel=1e-4), "the draw depends on the seed"
 
 
