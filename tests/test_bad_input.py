@@ -103,6 +103,7 @@ CASES = {
     "target that does not exist": (["param._target_=repinv.params.Nope"],
                                    "param could not be built from _target_=repinv.params.Nope"),
     "arguments a target does not take": (["+param.levels=3"], "param could not be built from _target_=repinv.params.Pixel"),
+    "trainer option that does not exist": (["+trainer.bogus_option=3"], "trainer could not be built from _target_=pytorch_lightning"),
 }
 
 # Refused by Hydra's composition, before any run folder exists.

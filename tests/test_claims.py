@@ -164,12 +164,12 @@ def test_full_quick_ledger_has_a_verdict_in_every_row(tmp_path):
 
 def test_a_run_that_fails_in_this_process_is_run_failed_with_its_reason(tmp_path, capsys):
     code = main(["--budget", "quick", "--seeds", "1", "--claims", "vit-entry-untrained", "--sources", "timm",
-                 "--out", str(tmp_path), "logger=none", "stepz=3"])
+                 "--out", str(tmp_path), "logger=none", "+trainer.bogus_option=3"])
     [row] = _ledger(tmp_path)
     assert code == 1 and row["verdict"] == "run failed"
-    assert row["measured"].startswith("RepinvError: The overrides") and "Could not override 'stepz'" in row["measured"]
+    assert row["measured"].startswith("RepinvError: trainer could not be built") and "bogus_option" in row["measured"]
     [log] = tmp_path.glob("runs/vit_tiny-seed0-*.log")
-    assert "stepz" in log.read_text() and str(log) in row["measured"]
+    assert "bogus_option" in log.read_text() and str(log) in row["measured"]
     assert capsys.readouterr().out.split() == [str(tmp_path / "claims.md"), str(tmp_path / "claims.csv")]
 
 

@@ -113,7 +113,7 @@ def test_log_steps_report_the_centred_view_in_fp32(run_repinv):
     args = ["model=vit_tiny", "layers=[0]", "optimizer.lr=1.0", "log_every=5", "logger=csv"]
     _, out = run_repinv(*args, "steps=11", "regularizer=blur_jitter", "regularizer.jitter.pixels=8",
                         "regularizer.jitter.start=0", tiny=False, name="jitter")
-    img = _ckpt(out)["state_dict"]["divergence._extra_state"]["last_good"]  # the image the last log step (10) saw
+    img = _ckpt(out)["state_dict"]["divergence.last_good"]  # the image the last log step (10) saw
     centre = img[:, :, 4:68, 4:68]
     shifted = max((img[:, :, y:y + 64, x:x + 64] for y in range(9) for x in range(9)),
                   key=lambda v: (v - centre).abs().max())

@@ -18,7 +18,6 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -31,7 +30,7 @@ from repinv.images import load_images
 from repinv.loggers import make_loggers
 from repinv.models.surgery import apply_surgery
 from repinv.module import ImageOptimization
-from repinv.plugins import build, build_each, check_metrics, check_prior
+from repinv.plugins import build, build_each, check_arguments, check_metrics, check_prior
 from repinv.precision import set_matmul_precision
 from repinv.runinfo import RunInfo, given_run
 from repinv.sharding import process_count, sharded_strategy
@@ -314,9 +313,10 @@ def run(cfg: DictConfig) -> RunResult:
         compile=cfg.get("compile", False),
     )
     objective.check(model.net, model.input_size)
+    overrides = trainer_overrides(cfg)
+    check_arguments("trainer", cfg.trainer, "logger", "callbacks", "max_steps", *overrides)
     name = run_name("-".join([model.label, *model.surgery]), objective.name(), model.trained)
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery, *objective.tags()]
-    overrides = trainer_overrides(cfg)
     identity, changes, saved = resume_state(cfg, ckpt, module)
     record_config(cfg, out_dir)
     info = RunInfo(name, tags, objective.kind, group=sweep_name(), resume_id=saved.get(WANDB_ID), changes=changes)
@@ -326,8 +326,9 @@ def run(cfg: DictConfig) -> RunResult:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         callbacks = instantiate_callbacks(cfg, info)
         writer, checkpoints, stopper = the(callbacks, ResultWriter), the(callbacks, Checkpoints), the(callbacks, StopOnSignal)
-        trainer = instantiate(
+        trainer = build(
             cfg.trainer,
+            "trainer",
             logger=loggers or False,
             callbacks=[*callbacks, RunIdentity(identity, changes)],
             max_steps=cfg.steps,

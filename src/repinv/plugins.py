@@ -80,6 +80,18 @@ def build_each(cfg: DictConfig, group: str, check: Callable[[str, DictConfig], N
     return {name: build(entry, f"{group}.{name}", **kwargs) for name, entry in node.items() if entry is not None}
 
 
+def check_arguments(key: str, node: DictConfig, *given: str) -> None:
+    """The settings of `node` (and the keyword arguments `given` at build time) are arguments its `_target_`
+    takes: checked before the run folder is written, for a node that is built only after it (the trainer)."""
+    target, names = _target(key, node), [k for k in node if not k.startswith("_")] + list(given)
+    try:
+        inspect.signature(target).bind_partial(**dict.fromkeys(names))
+    except TypeError as err:
+        raise plugin_error(key, node, err) from None
+    except ValueError:  # no signature to check (a builtin): its call will say
+        return
+
+
 def _target(key: str, node: DictConfig):
     try:
         return get_object(str(node._target_))
