@@ -12,9 +12,10 @@ import time
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-
-from conftest import REPO, read_metrics
 from test_reliability import _signal_at
+
+import wandb_reader
+from conftest import REPO, read_metrics
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
 FAST = ["model=vit_tiny", "layers=[0]", "steps=8", "log_every=2", "checkpoint_every=4", "logger=csv"]
@@ -135,13 +136,20 @@ def _csv_steps(run_dir) -> list[int]:
         return [int(float(r["step"])) for r in csv.DictReader(f) if r.get("loss")]
 
 
+def _wandb_steps(run_dir) -> set[int]:
+    """The steps of every row in the run folder's offline W&B runs (a resumed run is a second offline folder)."""
+    return {int(r["trainer/global_step"]) for f in run_dir.glob("wandb/offline-run-*/run-*.wandb")
+            for r in wandb_reader.history(f) if "loss" in r}
+
+
 def test_a_run_killed_after_a_checkpoint_and_resumed_logs_every_step(tmp_path):
-    """SIGKILL (no handler runs) after the checkpoint at step 40: the resumed run's CSV has every logged step,
-    and the resume says nothing about the dataloader."""
+    """SIGKILL (no handler runs) after the checkpoint at step 40: the resumed run's CSV and W&B history have every
+    logged step, and the resume says nothing about the dataloader."""
     run_dir = tmp_path / "run"
-    env = ENV
+    env = {**ENV, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_CACHE_DIR": str(tmp_path / "cache"),
+           "WANDB_CONFIG_DIR": str(tmp_path / "config"), "WANDB_DATA_DIR": str(tmp_path / "data")}
     args = [sys.executable, "-m", "repinv", "model=vit_tiny", "layers=[0]", "steps=400", "log_every=5",
-            "checkpoint_every=40", "logger=csv", "image_every=1000", "+trainer.enable_progress_bar=false",
+            "checkpoint_every=40", "logger=default", "image_every=1000", "+trainer.enable_progress_bar=false",
             f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -160,4 +168,5 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_logs_every_step(tmp_path):
     done = subprocess.run([*args, "resume=last"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _csv_steps(run_dir) == [*range(0, 400, 5), 399]
+    assert _wandb_steps(run_dir) == {*range(0, 400, 5), 399}, "the W&B history lacks steps the checkpoint holds"
     assert "not resumable" not in done.stdout + done.stderr, "the steps' dataloader needs no state to resume"

@@ -3,7 +3,8 @@
 Every logger is given the run's `RunInfo` when its constructor asks for `run`, and maps it to its
 own terms (W&B's in `repinv.wandb_logger`, the one place that knows W&B). A resumed run
 (`resume=`, a requeued SLURM job) keeps one history: the CSV log keeps its rows from before
-the resume point.
+the resume point, and a logger with a `replay(rows)` method is given them, so one that lost rows
+with its process (W&B's offline writer, after SIGKILL) gets them back.
 """
 
 from __future__ import annotations
@@ -75,4 +76,20 @@ def make_loggers(cfg: DictConfig, run: RunInfo) -> list:
             loggers.append(given_run(instantiate(lcfg, _partial_=True), run))
         except Exception as err:
             warnings.warn(f"logger '{key}' could not start ({type(err).__name__}: {err}); continuing with local logs only")
+    earlier = logged_before(loggers, run.resume_step)
+    for lg in loggers:
+        if earlier and hasattr(lg, "replay"):
+            lg.replay(earlier)
     return loggers
+
+
+def logged_before(loggers: list, step: int | None) -> list[tuple[int, dict]]:
+    """(step, metrics) of the CSV log's rows before `step` (a resumed run's checkpoint), in order; [] without one."""
+    csv_logger = next((lg for lg in loggers if isinstance(lg, pl.loggers.CSVLogger)), None)
+    path = csv_logger and f"{csv_logger.log_dir}/{ExperimentWriter.NAME_METRICS_FILE}"
+    if step is None or csv_logger is None or not csv_logger._fs.isfile(path):
+        return []
+    with csv_logger._fs.open(path, "r", newline="") as f:
+        rows = [(int(float(r.pop("step"))), {k: float(v) for k, v in r.items() if v not in ("", None)})
+                for r in csv.DictReader(f) if r.get("step")]
+    return [(s, row) for s, row in rows if s < step]

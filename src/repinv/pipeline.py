@@ -319,7 +319,8 @@ def run(cfg: DictConfig) -> RunResult:
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery, *objective.tags()]
     identity, changes, saved = resume_state(cfg, ckpt, module)
     record_config(cfg, out_dir)
-    info = RunInfo(name, tags, objective.kind, group=sweep_name(), resume_id=saved.get(WANDB_ID), changes=changes)
+    info = RunInfo(name, tags, objective.kind, group=sweep_name(), resume_id=saved.get(WANDB_ID),
+                   resume_step=saved.get("global_step"), changes=changes)
     loggers = make_loggers(cfg, info)
     with WandbFinished() as wandb_run:
         for lg in loggers:

@@ -15,6 +15,7 @@ class RunInfo:
     kind: str = "run"  # what sort of job this is (the objective's kind, "diagnose"): W&B's job type
     group: str | None = None  # the sweep folder's name inside a multirun, else None
     resume_id: str | None = None  # the logger run a resumed run continues (a W&B run id), else None
+    resume_step: int | None = None  # the step a resumed run continues from (its checkpoint's), else None
     changes: list[dict] = field(default_factory=list)  # settings a resumed run changed against its checkpoint
 
 

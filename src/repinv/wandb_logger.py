@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from repinv.runinfo import RunInfo
 
 WANDB_ID = "wandb_run_id"  # the checkpoint's key for the W&B run a resumed run continues
+STEP_KEY = "trainer/global_step"  # the column Lightning's WandbLogger logs each row's step under
 
 
 class WandbLogger(LightningWandbLogger):
@@ -32,6 +34,15 @@ class WandbLogger(LightningWandbLogger):
                 kwargs.update(id=run.resume_id, resume="allow")
         super().__init__(group=group, **kwargs)
         self.experiment
+
+    @rank_zero_only
+    def replay(self, rows: list[tuple[int, dict]]) -> None:
+        """Log a resumed run's earlier rows that this W&B run does not hold: those after the last step its summary
+        knows (online, the server's; offline, none), as an offline writer killed with its process keeps no rows."""
+        last = self.experiment.summary.get(STEP_KEY, -1)
+        for step, metrics in rows:
+            if step > last:
+                self.log_metrics(metrics, step=step)
 
 
 def finish_wandb(exit_code: int = 0) -> Path | None:
