@@ -10,5 +10,6 @@ install:
 run: install  ## the main job on its embedded default (untrained ViT-B/32, chelsea)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PYTHON) -m repinv $(ARGS)
 
-test: install  ## the test suite (what .ci/run runs)
+test: install  ## the linter, then the test suite (what .ci/run runs)
+	$(PYTHON) -m ruff check .
 	WANDB_MODE=offline $(PYTHON) -m pytest -q $(PYTEST_ARGS)
