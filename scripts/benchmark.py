@@ -49,15 +49,15 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from repinv.images import load_images
+from repinv.inputs.images import load_images
 from repinv.metrics import input_l2, psnr, ssim
 from repinv.models import create_model
 from repinv.models.packed import cpuinfo, native_bf16
-from repinv.module import ImageOptimization
+from repinv.engine.module import ImageOptimization
 from repinv.objectives import LayerInversion, distance
-from repinv.pipeline import Steps
+from repinv.engine.pipeline import Steps
 from repinv.priors import GaussianBlur
-from repinv.taps import resolve_layer
+from repinv.models.taps import resolve_layer
 
 FIELDS = ["variant", "layer", "batch", "precision", "seconds_per_step", "image_steps_per_second", "gflops_per_step",
           "gflops_per_second", "fraction_of_matmul_peak", "peak_memory_mib"]

@@ -50,7 +50,7 @@ def compose_cfg(overrides: list[str], out_dir: Path):
 @pytest.fixture
 def run_repinv(tmp_path):
     """Run repinv in-process; returns (records, run folder)."""
-    from repinv.pipeline import run
+    from repinv.engine.pipeline import run
 
     def _run(*overrides: str, tiny: bool = True, name: str = "run"):
         out = tmp_path / name

@@ -171,7 +171,7 @@ def test_grey_palette_rgba_and_16_bit_images_are_converted_with_a_warning(cli, f
 
 @pytest.mark.filterwarnings("default::UserWarning")  # the suite ignores UserWarning; a user's run shows it
 def test_a_warning_during_the_run_is_kept_in_its_log_file(cli, monkeypatch):
-    from repinv import precision as precision_lib
+    from repinv.engine import precision as precision_lib
 
     monkeypatch.setattr(precision_lib, "native_bf16", lambda: False)
     code, err, run_dir = cli(*FAST, "layers=[0]", "precision=bf16")

@@ -57,8 +57,8 @@ def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
 
     On a CPU without native bf16 the run says once that it will be slower; an fp32 run there says nothing.
     """
-    from repinv import module as module_lib
-    from repinv import precision as precision_lib
+    from repinv.engine import module as module_lib
+    from repinv.engine import precision as precision_lib
 
     seen = {}
     original = module_lib.ImageOptimization.on_fit_start

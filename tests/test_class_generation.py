@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import compose_cfg, read_metrics
-from repinv.module import ImageOptimization
+from repinv.engine.module import ImageOptimization
 from repinv.priors import Jitter, Octaves
 
 CLASS = ["model=vit_tiny", "objective=class", "steps=40", "log_every=10", "image_every=20", "logger=csv"]
@@ -67,7 +67,7 @@ class _Record(pl.Callback):
 
 def test_jitter_updates_only_the_crop(tmp_path):
     cfg = compose_cfg(["model=vit_tiny", "objective=class", "classes=[1,2]"], tmp_path)
-    from repinv.pipeline import Steps
+    from repinv.engine.pipeline import Steps
 
     module = ImageOptimization(
         model=instantiate(cfg.model), objective=instantiate(cfg.objective), images=[],

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from repinv.classes import class_name, resolve_class
+from repinv.inputs.classes import class_name, resolve_class
 from repinv.errors import RepinvError
 
 

@@ -16,14 +16,14 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from conftest import compose_cfg
 from repinv.errors import RepinvError
-from repinv.images import TargetImage
+from repinv.inputs.images import TargetImage
 from repinv.metrics import psnr, ssim
-from repinv.module import noise_canvas
+from repinv.engine.module import noise_canvas
 from repinv.objectives.base import target_seed
 from repinv.objectives.layer import LayerInversion, distance
 from repinv.params import Fourier, Pyramid
 from repinv.params.fourier import COLOR_CORRELATION_SQRT, spectrum_scale
-from repinv.pipeline import build, build_each
+from repinv.engine.pipeline import build, build_each
 from repinv.priors import GaussianBlur, Jitter
 
 
@@ -180,7 +180,7 @@ def test_init_is_seeded_normal_noise_with_mean_0_7_and_std_1_20():
 
 def test_a_run_starts_from_the_configured_noise(run_repinv, monkeypatch):
     """The canvas the first step sees is N(0.7, 1/20) per pixel, as config.yaml's `init` says."""
-    from repinv import module as module_lib
+    from repinv.engine import module as module_lib
 
     seen, original = {}, module_lib.ImageOptimization.on_fit_start
 

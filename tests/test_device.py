@@ -21,9 +21,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from repinv.errors import RepinvError
-from repinv.images import TargetImage
+from repinv.inputs.images import TargetImage
 from repinv.models import create_model
-from repinv.module import ImageOptimization
+from repinv.engine.module import ImageOptimization
 from repinv.objectives import ClassGeneration, LayerInversion
 from repinv.objectives.feature import FeatureVisualization
 from repinv.params import Fourier, Pixel, Pyramid
@@ -173,7 +173,7 @@ def test_a_sharded_module_computes_only_its_own_targets_on_its_device():
 
 
 def test_lbfgs_with_a_gradient_scaler_is_refused_before_the_first_step():
-    from repinv.module import check_scaler
+    from repinv.engine.module import check_scaler
 
     scaled = SimpleNamespace(scaler=object())
     lbfgs = torch.optim.LBFGS([torch.zeros(2, requires_grad=True)])
@@ -184,7 +184,7 @@ def test_lbfgs_with_a_gradient_scaler_is_refused_before_the_first_step():
 
 
 def test_matmul_precision_highest_keeps_cudnn_out_of_tf32():
-    from repinv.precision import set_matmul_precision
+    from repinv.engine.precision import set_matmul_precision
 
     before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     try:

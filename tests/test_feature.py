@@ -68,7 +68,7 @@ def test_feature_alone_runs_on_the_default_model_at_its_middle_layer(run_repinv)
 
 def test_a_shard_scores_only_its_own_targets():
     from repinv.objectives.feature import FeatureVisualization
-    from repinv.taps import resolve_layer
+    from repinv.models.taps import resolve_layer
 
     net = torch.nn.Sequential(OrderedDict(conv=torch.nn.Conv2d(3, 4, 3), relu=torch.nn.ReLU(), out=torch.nn.Conv2d(4, 6, 3)))
     whole, part = FeatureVisualization("out", units=[0, 3, 5]), FeatureVisualization("out", units=[0, 3, 5])
@@ -106,7 +106,7 @@ class Blob(Objective):
 
 def _blob_job(folder, blobs: list[int]):
     """A finished job folder of the Blob objective, written by the run's own result writer."""
-    from repinv.results import write_results
+    from repinv.outputs.results import write_results
 
     records = [Blob().finalize({"image": "x", "blob": b, "wobble": b + 0.25, "loss": 1.0, "status": "finished"}) for b in blobs]
     write_results(folder, records, torch.rand(len(blobs), 3, 8, 8), title="blob")
@@ -117,16 +117,16 @@ def _blob_job(folder, blobs: list[int]):
 def test_captions_and_csv_columns_come_from_the_records(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     import figlib
-    import repinv.results
-    import repinv.summary
-    from repinv.summary import summarize
+    import repinv.outputs.results
+    import repinv.outputs.summary
+    from repinv.outputs.summary import summarize
 
     titles = []
 
     def spy(real):
         return lambda rows, *a, **k: titles.extend(t for row in rows for _, t in row) or real(rows, *a, **k)
 
-    for module in (repinv.results, repinv.summary, figlib):
+    for module in (repinv.outputs.results, repinv.outputs.summary, figlib):
         monkeypatch.setattr(module, "titled_grid", spy(module.titled_grid))
     sweep = tmp_path / "sweep"
     _blob_job(sweep / "0", [1, 2])

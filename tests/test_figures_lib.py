@@ -15,8 +15,8 @@ from torch import nn
 
 import wandb_reader
 from conftest import compose_cfg
-from repinv.callbacks import FilterGrid
-from repinv.figures import filter_grid, filter_stats, grid_layout, input_conv, input_filters, minmax
+from repinv.outputs.callbacks import FilterGrid
+from repinv.outputs.figures import filter_grid, filter_stats, grid_layout, input_conv, input_filters, minmax
 
 
 def _cells(png, count: int, kernel: int) -> np.ndarray:
@@ -101,7 +101,7 @@ def test_figure_source_torchvision_picks_tv_models_and_the_experiments_layer_nam
     import sys
 
     from conftest import REPO
-    from repinv.taps import resolve_layers
+    from repinv.models.taps import resolve_layers
 
     sys.path.insert(0, str(REPO / "scripts"))
     from figlib import model_config

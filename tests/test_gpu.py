@@ -78,7 +78,7 @@ def _poison(module):
 @pytest.mark.gpu
 @needs_cuda
 def test_a_resumed_run_on_cuda_is_bit_identical(run_repinv, monkeypatch):
-    import repinv.pipeline as pipeline
+    import repinv.engine.pipeline as pipeline
 
     plain = pipeline.ImageOptimization
     whole, whole_dir = run_repinv(*RESUMABLE, *GPU, name="whole")
@@ -100,7 +100,7 @@ def test_a_resumed_run_on_cuda_is_bit_identical(run_repinv, monkeypatch):
 def test_a_target_diverges_on_cuda_then_the_run_resumes_with_it_stopped(run_repinv, monkeypatch):
     """Target 0 turns NaN after step 12 and stops at the log step; the run is stopped after step 18 and resumed on the GPU,
     where the restored divergence state (its last finite image) must be on the GPU too."""
-    import repinv.pipeline as pipeline
+    import repinv.engine.pipeline as pipeline
 
     _module_that(pipeline, monkeypatch, {13: _poison, 19: _stop})
     with pytest.raises(SystemExit):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from repinv.errors import RepinvError
-from repinv.images import load_images
+from repinv.inputs.images import load_images
 
 
 def test_embedded_name_gives_rgb_at_model_size():

@@ -107,7 +107,7 @@ def _logged(out, step: int) -> dict:
 def test_log_steps_report_the_centred_view_in_fp32(run_repinv):
     """With jitter the step's crop is shifted, but the logged psnr is that of the centre crop; under bf16 the
     logged loss is the fp32 one."""
-    from repinv.images import load_images
+    from repinv.inputs.images import load_images
     from repinv.metrics import psnr
 
     args = ["model=vit_tiny", "layers=[0]", "optimizer.lr=1.0", "log_every=5", "logger=csv"]
@@ -134,7 +134,7 @@ def test_collective_timeout_reaches_the_processes(tmp_path):
 
     from conftest import compose_cfg
     from repinv.errors import RepinvError
-    from repinv.pipeline import trainer_overrides, validate
+    from repinv.engine.pipeline import trainer_overrides, validate
 
     cfg = compose_cfg([*TWO, "collective_timeout_s=20"], tmp_path)
     assert trainer_overrides(cfg)["strategy"]._timeout == timedelta(seconds=20)

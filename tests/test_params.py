@@ -171,7 +171,7 @@ def test_param_configs_build_a_factory_of_the_batch_shape(name, tmp_path):
     ("transforms", ["GaussianBlur", "Jitter", "ScaleRotate"]),
 ])
 def test_prior_presets_build_their_priors_in_order(name, kinds, tmp_path):
-    from repinv.pipeline import build_each
+    from repinv.engine.pipeline import build_each
 
     cfg = compose_cfg([f"regularizer={name}"], tmp_path)
     assert [type(p).__name__ for p in build_each(cfg, "regularizer").values()] == kinds
@@ -186,7 +186,7 @@ def test_scale_rotate_is_the_step_transform():
 
 def _tiny_run(tmp_path, name, *overrides):
     from conftest import TINY
-    from repinv.pipeline import run
+    from repinv.engine.pipeline import run
 
     return run(compose_cfg([*TINY, "steps=20", "logger=csv", "log_every=5", *overrides], tmp_path / name))
 

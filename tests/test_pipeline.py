@@ -28,7 +28,7 @@ def _csv_rows(out):
 def default_run(tmp_path_factory):
     """One tiny run with both loggers, at an index layer and a module-path layer."""
     from conftest import TINY, compose_cfg
-    from repinv.pipeline import run
+    from repinv.engine.pipeline import run
 
     out = tmp_path_factory.mktemp("run")
     records = run(compose_cfg([*TINY, "layers=[0,blocks.0.norm1]", "logger=default"], out)).records
@@ -92,7 +92,7 @@ def test_wandb_offline_run_holds_scalars_and_images_like_csv(default_run):
 
 
 def test_frozen_model_unchanged_and_only_image_trained(run_repinv, monkeypatch):
-    import repinv.pipeline as pipeline
+    import repinv.engine.pipeline as pipeline
 
     seen = {}
     real = pipeline.ImageOptimization

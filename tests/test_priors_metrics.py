@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY, compose_cfg, read_metrics
 from repinv.errors import RepinvError
-from repinv.pipeline import run
+from repinv.engine.pipeline import run
 from repinv.priors import Prior
 
 SHORT = ["steps=6", "log_every=2", "logger=csv", "regularizer=none"]

@@ -19,7 +19,7 @@ from repinv.claims import rules
 from repinv.claims.ledger import Plan, judge
 from repinv.claims.registry import Claim, Run as Condition
 from repinv.claims.report import rows as ledger_rows
-from repinv.images import TargetImage
+from repinv.inputs.images import TargetImage
 from repinv.metrics import psnr
 from repinv.objectives.layer import LayerInversion
 
@@ -169,7 +169,7 @@ def test_shared_pass_with_layers_out_of_depth_order_scores_each_target_against_i
 
 def _spy_module(monkeypatch) -> dict:
     """Keeps the run's module (at fit start) so a test can look at what it used and its final image."""
-    from repinv import module as module_lib
+    from repinv.engine import module as module_lib
 
     seen, original = {}, module_lib.ImageOptimization.on_fit_start
 
@@ -212,7 +212,7 @@ def test_bf16_run_reports_final_metrics_of_an_fp32_forward_of_its_final_image(ru
 @pytest.fixture(scope="module")
 def logged_run(tmp_path_factory):
     """A tiny run with the CSV and W&B loggers, two images at two layers."""
-    from repinv.pipeline import run
+    from repinv.engine.pipeline import run
 
     out = tmp_path_factory.mktemp("logged")
     overrides = ["steps=8", "log_every=4", "layers=[0,patch_embed]", "image=[chelsea,astronaut]", "logger=default"]
@@ -250,7 +250,7 @@ def test_wandb_results_table_holds_the_metrics_json_records(logged_run):
 
 def test_wandb_results_table_does_not_depend_on_the_callback_order(tmp_path, monkeypatch):
     """With the callbacks in reverse order (the table's before the result files'), the table still holds every record."""
-    from repinv import pipeline
+    from repinv.engine import pipeline
 
     fit = pipeline.fit
 

@@ -41,7 +41,7 @@ def _image(run_dir):
 
 @pytest.mark.parametrize("param", [[], ["param=fourier", "optimizer=adam", "optimizer.lr=0.02"]], ids=["pixel", "fourier"])
 def test_sigterm_then_resume_equals_an_uninterrupted_run(run_repinv, monkeypatch, param):
-    import repinv.pipeline as pipeline
+    import repinv.engine.pipeline as pipeline
 
     plain = pipeline.ImageOptimization
     whole, whole_dir = run_repinv(*RESUMABLE, *param, name="whole")
@@ -72,7 +72,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(run_repinv, monkeypatch
 def test_ctrl_c_and_a_launchers_requeue_signal_stop_with_results(run_repinv, monkeypatch, tmp_path, signum):
     """Ctrl+C exits 130; a signal a launcher already handles (submitit requeues on SIGUSR2) reaches
     that handler once the results and the checkpoint are written."""
-    import repinv.pipeline as pipeline
+    import repinv.engine.pipeline as pipeline
 
     run_dir, seen = tmp_path / "run", []
 
@@ -118,7 +118,7 @@ def test_a_finished_or_different_run_is_not_resumed(run_repinv):
 
 
 def test_a_diverging_target_keeps_its_last_finite_image_and_the_others_go_on(run_repinv, monkeypatch):
-    import repinv.pipeline as pipeline
+    import repinv.engine.pipeline as pipeline
 
     class Poisoned(pipeline.ImageOptimization):
         def training_step(self, batch, batch_idx):
@@ -147,7 +147,7 @@ def test_a_diverging_target_keeps_its_last_finite_image_and_the_others_go_on(run
 
 def test_requeued_job_resumes_from_its_own_folder(tmp_path, monkeypatch):
     from repinv.errors import RepinvError
-    from repinv.pipeline import resume_path
+    from repinv.engine.pipeline import resume_path
 
     own = tmp_path / "checkpoints" / "last.ckpt"
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)

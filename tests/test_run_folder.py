@@ -56,7 +56,7 @@ def one_paragraph(code: int, err: str) -> str:
 @pytest.fixture
 def interrupted(cli, monkeypatch):
     """A Fourier run stopped by SIGTERM during step 5: its folder holds a checkpoint at step 6 of 8."""
-    import repinv.pipeline as pipeline
+    import repinv.engine.pipeline as pipeline
 
     plain = pipeline.ImageOptimization
     _signal_at(pipeline, monkeypatch, 5)
@@ -125,7 +125,7 @@ def test_a_file_image_loads_without_a_warning(tmp_path):
     from PIL import Image
 
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "black.png")
-    code = f"from repinv.images import load_images; load_images({str(tmp_path / 'black.png')!r}, 64)"
+    code = f"from repinv.inputs.images import load_images; load_images({str(tmp_path / 'black.png')!r}, 64)"
     res = subprocess.run([sys.executable, "-W", "always", "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0 and "not writable" not in res.stderr, res.stderr

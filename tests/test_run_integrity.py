@@ -25,7 +25,7 @@ def _csv_rows(out):
 
 def _interrupted(run_repinv, monkeypatch, *overrides, name="cut"):
     """A run of RESUMABLE stopped by SIGTERM during step 13 (its checkpoint is at step 14)."""
-    import repinv.pipeline as pipeline
+    import repinv.engine.pipeline as pipeline
 
     plain = pipeline.ImageOptimization
     _signal_at(pipeline, monkeypatch, 13)
@@ -38,7 +38,7 @@ def _interrupted(run_repinv, monkeypatch, *overrides, name="cut"):
 
 def test_non_finite_settings_are_refused_naming_each_key(tmp_path):
     from repinv.errors import SettingsError
-    from repinv.pipeline import validate
+    from repinv.engine.pipeline import validate
 
     cfg = compose_cfg(["regularizer.blur.sigma_start=nan", "init.mean=-inf", "model=vit_tiny"], tmp_path)
     with pytest.raises(SettingsError, match="settings must be finite numbers, not nan or inf") as err:
@@ -48,7 +48,7 @@ def test_non_finite_settings_are_refused_naming_each_key(tmp_path):
 
 
 def test_a_small_image_is_upscaled_with_a_warning_saying_how_much(tmp_path):
-    from repinv.images import ImageUpscaled, load_images
+    from repinv.inputs.images import ImageUpscaled, load_images
 
     Image.fromarray(np.full((3, 3, 3), 128, np.uint8)).save(tmp_path / "tiny.png")
     Image.fromarray(np.full((64, 80, 3), 128, np.uint8)).save(tmp_path / "big.png")
@@ -73,8 +73,8 @@ def test_a_small_image_is_upscaled_with_a_warning_saying_how_much(tmp_path):
      "popen"),
 ])
 def test_every_ddp_setting_on_several_processes_runs_sharded(tmp_path, overrides, start):
-    from repinv.pipeline import trainer_overrides
-    from repinv.sharding import ShardedDDP
+    from repinv.engine.pipeline import trainer_overrides
+    from repinv.engine.sharding import ShardedDDP
 
     strategy = trainer_overrides(compose_cfg(overrides, tmp_path))["strategy"]
     assert isinstance(strategy, ShardedDDP) and strategy._start_method == start
@@ -87,14 +87,14 @@ def test_every_ddp_setting_on_several_processes_runs_sharded(tmp_path, overrides
 ])
 def test_strategies_that_would_average_the_image_are_refused(tmp_path, overrides, needle):
     from repinv.errors import RepinvError
-    from repinv.pipeline import trainer_overrides
+    from repinv.engine.pipeline import trainer_overrides
 
     with pytest.raises(RepinvError, match=needle):
         trainer_overrides(compose_cfg(overrides, tmp_path))
 
 
 def test_one_process_keeps_the_configured_strategy(tmp_path):
-    from repinv.pipeline import trainer_overrides
+    from repinv.engine.pipeline import trainer_overrides
 
     assert trainer_overrides(compose_cfg(["trainer.devices=auto"], tmp_path)) == {}  # auto on a CPU: one process
     assert trainer_overrides(compose_cfg(["trainer.devices='1'", "trainer.strategy=ddp"], tmp_path)) == {}

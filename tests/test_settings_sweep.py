@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from repinv.errors import RepinvError
-from repinv.validation import flatten
+from repinv.engine.validation import flatten
 
 from repinv.cli import CONFIG_DIR
 

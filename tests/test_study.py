@@ -73,7 +73,7 @@ def test_cpu_budget_plans_the_study_models_at_1500_steps_in_10_runs(tmp_path, mo
 
 def _signal_in_run(monkeypatch, run: int, step: int):
     """SIGTERM this process during step `step` of the `run`-th inversion from now on, as SLURM or Ctrl+C would."""
-    import repinv.pipeline as pipeline
+    import repinv.engine.pipeline as pipeline
 
     started = []
 
@@ -93,7 +93,7 @@ def _signal_in_run(monkeypatch, run: int, step: int):
 def test_interrupted_ledger_resumes_without_rerunning_finished_runs(tmp_path, monkeypatch, capsys):
     args = ["--budget", "quick", "--seeds", "1", "--claims", "vit-untrained-constant-depth", "--sources", "timm", "--lrs", "0.5",
             "--steps", "6", "--out", str(tmp_path), "logger=none", "checkpoint_every=0"]
-    import repinv.pipeline as pipeline
+    import repinv.engine.pipeline as pipeline
 
     plain = pipeline.ImageOptimization
     _signal_in_run(monkeypatch, run=2, step=3)

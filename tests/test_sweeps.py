@@ -87,7 +87,7 @@ def test_sweep_with_a_failing_job_finishes_the_others_and_marks_it(tmp_path):
 
 def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     """Jobs that crashed (status crashed, or no metrics.json at all) show as failed, not missing."""
-    from repinv.summary import main
+    from repinv.outputs.summary import main
 
     sweep = tmp_path
     for job, layer in enumerate(["0", "patch_embed"]):
@@ -110,7 +110,7 @@ def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
 
 
 def test_score_is_what_optuna_optimises():
-    from repinv.summary import score
+    from repinv.outputs.summary import score
 
     assert score([{"output_l2": 1.0}, {"output_l2": 3.0}, {"output_l2": None}]) == 2.0
     assert score([{"psnr": 20.0}], "psnr") == 20.0
@@ -118,14 +118,14 @@ def test_score_is_what_optuna_optimises():
 
 
 def test_job_k_takes_gpu_k_mod_n():
-    from repinv.pipeline import job_device
+    from repinv.engine.pipeline import job_device
 
     assert [job_device(k, 3) for k in range(7)] == [0, 1, 2, 0, 1, 2, 0]
 
 
 def test_shards_cover_all_targets_in_order():
     from repinv.errors import RepinvError
-    from repinv.sharding import shard_bounds
+    from repinv.engine.sharding import shard_bounds
 
     for total, world in [(3, 2), (4, 2), (7, 3), (2, 2)]:
         bounds = [shard_bounds(total, r, world) for r in range(world)]
@@ -179,10 +179,10 @@ def test_devices_inside_a_local_multirun_are_refused(tmp_path, monkeypatch):
 
     from hydra.types import RunMode
 
-    import repinv.pipeline as pipeline
+    import repinv.engine.pipeline as pipeline
     from conftest import compose_cfg
     from repinv.errors import RepinvError
-    from repinv.pipeline import trainer_overrides
+    from repinv.engine.pipeline import trainer_overrides
 
     cfg = compose_cfg(["trainer.devices=2"], tmp_path)
     assert type(trainer_overrides(cfg)["strategy"]).__name__ == "ShardedDDP"

@@ -10,7 +10,7 @@ import torch
 from timm.models.mlp_mixer import MlpMixer
 
 from repinv.errors import RepinvError
-from repinv.taps import SharedPass, hidden_layer_names, resolve_layers
+from repinv.models.taps import SharedPass, hidden_layer_names, resolve_layers
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_a_tap_inside_a_residual_block_is_not_shared():
 
 def test_stack_false_runs_one_pass_per_layer():
     """objective.stack=false switches the shared pass off (for models where stacking does not pay)."""
-    from repinv.images import TargetImage
+    from repinv.inputs.images import TargetImage
     from repinv.objectives import LayerInversion
 
     net, image = _tiny("vit"), [TargetImage(name="a", pixels=torch.rand(3, 64, 64))]
@@ -128,9 +128,9 @@ def test_stack_false_runs_one_pass_per_layer():
 @pytest.mark.parametrize("slow,expect_shared", [("shared", False), ("single", True)])
 def test_stack_auto_keeps_the_faster_way(monkeypatch, slow, expect_shared):
     """objective.stack=auto times a step each way on the run's own view and keeps the faster one."""
-    from repinv.images import TargetImage
+    from repinv.inputs.images import TargetImage
     from repinv.objectives import LayerInversion
-    from repinv.taps import LayerTap
+    from repinv.models.taps import LayerTap
 
     net, image = _tiny("vit"), [TargetImage(name="a", pixels=torch.rand(3, 64, 64))]
     auto = LayerInversion([0, 2])
@@ -145,7 +145,7 @@ def test_stack_auto_keeps_the_faster_way(monkeypatch, slow, expect_shared):
 
 
 def test_a_resumed_run_keeps_the_stack_choice_of_its_checkpoint():
-    from repinv.images import TargetImage
+    from repinv.inputs.images import TargetImage
     from repinv.objectives import LayerInversion
 
     net, image = _tiny("vit"), [TargetImage(name="a", pixels=torch.rand(3, 64, 64))]
@@ -158,7 +158,7 @@ def test_a_resumed_run_keeps_the_stack_choice_of_its_checkpoint():
 
 def test_an_index_and_its_module_path_give_the_same_loss():
     """layers=1 and layers=blocks.1 are the same objective on the same image."""
-    from repinv.images import TargetImage
+    from repinv.inputs.images import TargetImage
     from repinv.objectives import LayerInversion
 
     net, image = _tiny("vit"), [TargetImage(name="a", pixels=torch.rand(3, 64, 64))]

@@ -17,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 
-from repinv import pipeline
+from repinv.engine import pipeline
 from repinv.errors import RepinvError, listing, suggest
 
 CONFIG_MODULE = "repinv.conf"

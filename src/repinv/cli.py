@@ -1,4 +1,4 @@
-"""The `repinv` command: a thin Hydra entry point over `repinv.pipeline.run`."""
+"""The `repinv` command: a thin Hydra entry point over `repinv.engine.pipeline.run`."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 
 from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job
 from repinv.errors import RepinvError
-from repinv.pipeline import holds_run, record_hydra
-from repinv.summary import report as summary_report
-from repinv.summary import summarize
+from repinv.engine.pipeline import holds_run, record_hydra
+from repinv.outputs.summary import report as summary_report
+from repinv.outputs.summary import summarize
 
 log = logging.getLogger("repinv")
 

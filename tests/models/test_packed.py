@@ -15,7 +15,7 @@ from repinv.errors import RepinvError
 from repinv.models.packed import _AVAILABLE, _BF16_FAST, _MKL, _ONEDNN, _PACKS, BF16_MAX_ROWS, PackedLinear, fp32_choice
 from repinv.models.patchify import PatchConv2d
 from repinv.models.surgery import Remove
-from repinv.taps import resolve_layer
+from repinv.models.taps import resolve_layer
 
 pytestmark = pytest.mark.skipif(not _AVAILABLE, reason="this torch has no MKL packed sgemm")
 

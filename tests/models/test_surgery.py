@@ -13,9 +13,9 @@ from torch import nn
 import wandb_reader
 from conftest import compose_cfg
 from repinv.errors import RepinvError
-from repinv.figures import input_conv
+from repinv.outputs.figures import input_conv
 from repinv.models.surgery import Rebuild, Remove, Stem, Transplant, apply_surgery
-from repinv.taps import hidden_layer_names, resolve_layer
+from repinv.models.taps import hidden_layer_names, resolve_layer
 
 
 def _model(tmp_path, *overrides):
@@ -74,7 +74,7 @@ def test_preset_keeps_the_named_part_of_the_configured_weights_and_resets_the_re
     path, trained = trained_file
     untrained = _model(tmp_path).net.state_dict()
     cfg = compose_cfg(["model=vit_tiny", f"model.checkpoint={path}", "surgery=trained_input_untrained_encoders"], tmp_path)
-    from repinv.pipeline import build
+    from repinv.engine.pipeline import build
 
     model = apply_surgery(build(cfg.model), {k: build(op) for k, op in cfg.surgery.items()})
     kept = ("patch_embed.", "pos_embed", "cls_token")

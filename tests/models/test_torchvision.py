@@ -9,11 +9,11 @@ from safetensors.torch import save_file
 
 from conftest import compose_cfg
 from repinv.errors import RepinvError
-from repinv.images import load_images
+from repinv.inputs.images import load_images
 from repinv.models import create_model
 from repinv.models.surgery import Remove, apply_surgery
-from repinv.pipeline import build
-from repinv.taps import resolve_layers
+from repinv.engine.pipeline import build
+from repinv.models.taps import resolve_layers
 
 TV_TINY = ["model=tv_vit_tiny", "optimizer.lr=1.0"]
 

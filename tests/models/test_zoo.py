@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import compose_cfg, read_metrics
-from repinv.taps import hidden_layer_names, resolve_layers
+from repinv.models.taps import hidden_layer_names, resolve_layers
 
 # config -> (timm name, input size, a module path that exists in it)
 BIG = {

@@ -25,7 +25,7 @@ from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import write
 from repinv.cli import CONFIG_DIR
 from repinv.errors import RepinvError, listing, suggest
-from repinv.images import locate
+from repinv.inputs.images import locate
 from repinv.sources import Weights
 from repinv.study import NOT_MADE
 

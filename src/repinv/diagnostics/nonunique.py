@@ -3,7 +3,7 @@
 For an invertible layer every accurate inversion (output distance below the noise-shift
 baseline) is the target photograph, so K of them from K seeds agree; for a projection they
 agree only on what the layer keeps and differ wherever it is blind. The K inversions are
-`repinv.pipeline.run` with only the seed changed (the untrained weights keep the base seed),
+`repinv.engine.pipeline.run` with only the seed changed (the untrained weights keep the base seed),
 so they use the configured recipe, regulariser included.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, open_dict
 
-from repinv.pipeline import run
+from repinv.engine.pipeline import run
 
 PSNR_CAP = 100.0  # dB, for identical images (mean squared difference below 1e-10)
 

@@ -27,14 +27,14 @@ from repinv.diagnostics.nonunique import seed_inversions
 from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectrum
 from repinv.diagnostics.table import write_table
 from repinv.errors import RepinvError
-from repinv.images import load_images
-from repinv.loggers import make_loggers
+from repinv.inputs.images import load_images
+from repinv.outputs.loggers import make_loggers
 from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
-from repinv.pipeline import build, record_config, sweep_name
-from repinv.runinfo import RunInfo
-from repinv.taps import resolve_layer
-from repinv.wandb_logger import WandbFinished
+from repinv.engine.pipeline import build, record_config, sweep_name
+from repinv.engine.runinfo import RunInfo
+from repinv.models.taps import resolve_layer
+from repinv.outputs.wandb_logger import WandbFinished
 
 log = logging.getLogger("repinv.diagnose")
 

@@ -42,7 +42,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from repinv.models import LoadedModel
-from repinv.taps import LayerTap
+from repinv.models.taps import LayerTap
 
 
 def layer_function(model: LoadedModel, tap: LayerTap) -> Callable[[torch.Tensor], torch.Tensor]:

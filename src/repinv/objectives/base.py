@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from repinv.errors import RepinvError
-from repinv.images import TargetImage
+from repinv.inputs.images import TargetImage
 from repinv.metrics import describe
 
 
@@ -78,7 +78,7 @@ class Objective(nn.Module):
         )
 
     def take_rows(self, start: int, stop: int) -> None:
-        """Keep the targets [start, stop) (see `repinv.sharding.Rows`): `shard` of that range."""
+        """Keep the targets [start, stop) (see `repinv.engine.sharding.Rows`): `shard` of that range."""
         self.shard(list(range(start, stop)))
 
     def prepare(self, net: nn.Module) -> None:

@@ -44,7 +44,7 @@ class ClassGeneration(Objective):
 
     @torch.no_grad()
     def setup(self, net, prep, images, seed):
-        from repinv.classes import class_name, resolve_class
+        from repinv.inputs.classes import class_name, resolve_class
 
         h = getattr(net, "num_classes", None)
         probe = None

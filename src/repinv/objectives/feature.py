@@ -8,7 +8,7 @@ import torch
 
 from repinv.errors import RepinvError
 from repinv.objectives.base import Objective, positive, samples_count
-from repinv.taps import LayerTap, hidden_layer_names, resolve_layer
+from repinv.models.taps import LayerTap, hidden_layer_names, resolve_layer
 
 
 def positions(out: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from repinv.errors import RepinvError
 from repinv.metrics import HEADLINE
 from repinv.objectives.base import Objective, positive, target_seed
-from repinv.taps import LayerTap, SharedPass, layer_label, resolve_layers
+from repinv.models.taps import LayerTap, SharedPass, layer_label, resolve_layers
 
 log = logging.getLogger(__name__)
 

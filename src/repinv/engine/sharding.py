@@ -247,6 +247,6 @@ def sharded_strategy(strategy, timeout_s: float = 600) -> ShardedDDP | None:
         f"trainer.strategy={strategy} with several processes: repinv splits the targets across the processes, "
         "each optimising its own share, and that strategy would synchronise or shard the image and average its "
         f"gradients across processes (wrong results). Use trainer.strategy=auto or one of Lightning's DDP strategies "
-        f"({listing(k for k in SHARDABLE if 'find_unused' not in k)}), which run as repinv.sharding.ShardedDDP, "
+        f"({listing(k for k in SHARDABLE if 'find_unused' not in k)}), which run as repinv.engine.sharding.ShardedDDP, "
         "or trainer.devices=1."
     )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from repinv.divergence import Divergence
+from repinv.engine.divergence import Divergence
 from repinv.params import Parametrization
 from repinv.priors import Prior
 

@@ -23,20 +23,20 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal
+from repinv.outputs.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal
 from repinv.errors import RepinvError
-from repinv.identity import MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
-from repinv.images import load_images
-from repinv.loggers import make_loggers
+from repinv.engine.identity import MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
+from repinv.inputs.images import load_images
+from repinv.outputs.loggers import make_loggers
 from repinv.models.surgery import apply_surgery
-from repinv.module import ImageOptimization
-from repinv.plugins import build, build_each, check_arguments, check_metrics, check_prior
-from repinv.precision import set_matmul_precision
-from repinv.runinfo import RunInfo, given_run
-from repinv.sharding import process_count, sharded_strategy
-from repinv.summary import score
-from repinv.validation import check_finite
-from repinv.wandb_logger import WANDB_ID, WandbFinished
+from repinv.engine.module import ImageOptimization
+from repinv.engine.plugins import build, build_each, check_arguments, check_metrics, check_prior
+from repinv.engine.precision import set_matmul_precision
+from repinv.engine.runinfo import RunInfo, given_run
+from repinv.engine.sharding import process_count, sharded_strategy
+from repinv.outputs.summary import score
+from repinv.engine.validation import check_finite
+from repinv.outputs.wandb_logger import WANDB_ID, WandbFinished
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def job_device(job_num: int, n_gpus: int) -> int:
 
 
 def processes(cfg: DictConfig) -> int:
-    """How many processes the configured trainer runs (see `repinv.sharding.process_count`)."""
+    """How many processes the configured trainer runs (see `repinv.engine.sharding.process_count`)."""
     t = cfg.trainer
     devices = t.get("devices", 1)
     devices = OmegaConf.to_container(devices) if isinstance(devices, ListConfig) else devices
@@ -253,7 +253,7 @@ def trainer_overrides(cfg: DictConfig) -> dict:
 
 
 def resume_state(cfg: DictConfig, ckpt: Path | None, module: ImageOptimization) -> tuple[dict, list[dict], dict]:
-    """The run's identity (see `repinv.identity`), the changes allowed against the checkpoint, and the
+    """The run's identity (see `repinv.engine.identity`), the changes allowed against the checkpoint, and the
     checkpoint itself ({} when starting afresh); a checkpoint of another run is refused."""
     identity = config_identity(cfg)
     if ckpt is None:

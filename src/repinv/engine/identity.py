@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from repinv.errors import RepinvError, SettingsError, listing, suggest
-from repinv.validation import flatten
+from repinv.engine.validation import flatten
 
 RUN_ONLY = (
     "output_dir", "logger", "callbacks", "resume", "resume_allow_changes", "log_every", "image_every", "checkpoint_every",

@@ -24,8 +24,8 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 from PIL import Image
 
-from repinv.figures import plt, titled_grid
-from repinv.results import METRICS_FILE, slug
+from repinv.outputs.figures import plt, titled_grid
+from repinv.outputs.results import METRICS_FILE, slug
 
 SWEPT_COLUMNS = ("layers",)  # overrides that pick a column, not a row
 IDENTITY = ["job", "condition", "status", "image", "column"]  # the first table columns; the records' own fields follow

@@ -8,17 +8,17 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from repinv.canvas import Canvas
-from repinv.divergence import Divergence
+from repinv.engine.canvas import Canvas
+from repinv.engine.divergence import Divergence
 from repinv.errors import RepinvError
-from repinv.images import TargetImage
-from repinv.measuring import Measuring
+from repinv.inputs.images import TargetImage
+from repinv.engine.measuring import Measuring
 from repinv.models import LoadedModel
 from repinv.objectives import Objective
 from repinv.params import Parametrization, Pixel
-from repinv.precision import StepNetwork, compile_forward, step_network
+from repinv.engine.precision import StepNetwork, compile_forward, step_network
 from repinv.priors import Prior
-from repinv.sharding import gather, gather_rows, gather_tensor, take_checkpoint_rows, take_shard
+from repinv.engine.sharding import gather, gather_rows, gather_tensor, take_checkpoint_rows, take_shard
 
 
 def noise_canvas(seeds: Sequence[int], size: tuple[int, int], mean: float, std: float) -> torch.Tensor:
@@ -56,7 +56,7 @@ class ImageOptimization(pl.LightningModule):
     the metrics of the centre crop in fp32; at a log step whose own forward saw another crop
     (jitter), a transformed one, or ran under bf16/autocast, one extra no-grad fp32 forward.
 
-    Callbacks read the run through `RunView` (repinv.callbacks), which this module provides.
+    Callbacks read the run through `RunView` (repinv.outputs.callbacks), which this module provides.
     """
 
     def __init__(
@@ -114,7 +114,7 @@ class ImageOptimization(pl.LightningModule):
             self.take_shard(self.trainer.global_rank, world)
 
     def take_shard(self, rank: int, world: int) -> None:
-        """Cut every per-target part (`repinv.sharding.Rows`) to `rank`'s share of the targets."""
+        """Cut every per-target part (`repinv.engine.sharding.Rows`) to `rank`'s share of the targets."""
         parts = {"objective": self.objective, "image_param": self.image_param, "divergence": self.divergence}
         self.shard, self.sharded_prefixes = take_shard(parts, len(self.records), rank, world)
 
@@ -236,7 +236,7 @@ class ImageOptimization(pl.LightningModule):
             logger.log_metrics(flat, step=self.global_step)
         self.logged_loss = total  # what the progress bar shows until the next log step
 
-    # -- what callbacks read (`repinv.callbacks.RunView`) ------------------------------------
+    # -- what callbacks read (`repinv.outputs.callbacks.RunView`) ------------------------------------
     def target_key(self, i: int) -> str:
         """Target `i`'s name in logged scalars and captions: its record's fields but the module path."""
         return "/".join(str(v) for k, v in self.records[i].items() if k != "module")

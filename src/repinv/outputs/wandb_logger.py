@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from repinv.runinfo import RunInfo
+from repinv.engine.runinfo import RunInfo
 
 WANDB_ID = "wandb_run_id"  # the checkpoint's key for the W&B run a resumed run continues
 STEP_KEY = "trainer/global_step"  # the column Lightning's WandbLogger logs each row's step under

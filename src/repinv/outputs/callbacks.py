@@ -18,12 +18,12 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from repinv.figures import filter_grid, filter_stats, input_conv, to_uint8
-from repinv.identity import CHANGES_KEY
+from repinv.outputs.figures import filter_grid, filter_stats, input_conv, to_uint8
+from repinv.engine.identity import CHANGES_KEY
 from repinv.models import LoadedModel
-from repinv.results import merge_shares, share_file, write_results, write_share
-from repinv.runinfo import RunInfo
-from repinv.sharding import CollectiveFailed, any_rank, shard_bounds
+from repinv.outputs.results import merge_shares, share_file, write_results, write_share
+from repinv.engine.runinfo import RunInfo
+from repinv.engine.sharding import CollectiveFailed, any_rank, shard_bounds
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What a run leaves behind: callbacks, results, the sweep summary, figures, loggers."""
