@@ -12,9 +12,9 @@ import time
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+from test_reliability import _signal_at
 
 from conftest import REPO, read_metrics
-from test_reliability import _signal_at
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
 FAST = ["model=vit_tiny", "layers=[0]", "steps=8", "log_every=2", "checkpoint_every=4", "logger=csv"]

@@ -12,10 +12,10 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 from PIL import Image
+from test_reliability import RESUMABLE, _signal_at
 
 import wandb_reader
 from conftest import compose_cfg, read_metrics
-from test_reliability import RESUMABLE, _signal_at
 
 
 def _csv_rows(out):
