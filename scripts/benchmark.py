@@ -49,15 +49,15 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from repinv.engine.module import ImageOptimization
+from repinv.engine.pipeline import Steps
 from repinv.inputs.images import load_images
 from repinv.metrics import input_l2, psnr, ssim
 from repinv.models import create_model
 from repinv.models.packed import cpuinfo, native_bf16
-from repinv.engine.module import ImageOptimization
-from repinv.objectives import LayerInversion, distance
-from repinv.engine.pipeline import Steps
-from repinv.priors import GaussianBlur
 from repinv.models.taps import resolve_layer
+from repinv.objectives import LayerInversion, distance
+from repinv.priors import GaussianBlur
 
 FIELDS = ["variant", "layer", "batch", "precision", "seconds_per_step", "image_steps_per_second", "gflops_per_step",
           "gflops_per_second", "fraction_of_matmul_peak", "peak_memory_mib"]
@@ -289,7 +289,8 @@ class Bench:
     def create(cls, args) -> Bench:
         gpu = device().type == "cuda"
         if args.quick:
-            grid = ("vit_base_patch32_224", dict(img_size=64, patch_size=16, depth=4, embed_dim=64, num_heads=2), 64, [0, 1, 3], [1, 4])
+            grid = ("vit_base_patch32_224", dict(img_size=64, patch_size=16, depth=4, embed_dim=64, num_heads=2), 64,
+                    [0, 1, 3], [1, 4])
         else:
             grid = ("vit_base_patch32_224", dict(img_size=224), 224, [0, 5, 11], [1, 12, 64] if gpu else [1, 12])
         b = cls(*grid, steps=args.steps or (3 if args.quick else 10 if gpu else 6))
@@ -301,7 +302,8 @@ class Bench:
         return b
 
 
-PRECISION_OF = {"repinv": "fp32", "repinv_bf16": "bf16", "plain": "fp32", "study": "fp32", "kernels": "fp32", "kernels_bf16": "bf16"}
+PRECISION_OF = {"repinv": "fp32", "repinv_bf16": "bf16", "plain": "fp32", "study": "fp32",
+                "kernels": "fp32", "kernels_bf16": "bf16"}
 
 
 def time_grid(b: Bench, variants, rounds: int, peaks: dict[str, float]):
@@ -352,20 +354,22 @@ def grid_ratios(b: Bench, rows, sums, flops, peak: float, bf16: bool, kernels: b
     def sec_of(variant, layer, batch):
         return next(r["seconds_per_step"] for r in rows if (r["variant"], r["layer"], r["batch"]) == (variant, layer, batch))
 
-    cells = [(l, bt) for l in b.layers for bt in b.batches]
+    cells = [(layer, bt) for layer in b.layers for bt in b.batches]
     ratios = {
         "repinv_over_plain_batch1_mid_layer": ratio("repinv", "plain", b.layers[1], 1),
-        "study_over_repinv": {f"L{l}_b{bt}": ratio("study", "repinv", l, bt) for l, bt in cells},
+        "study_over_repinv": {f"L{layer}_b{bt}": ratio("study", "repinv", layer, bt) for layer, bt in cells},
         # the ceiling of study_over_repinv: repinv's step as nothing but its counted FLOPs at the fp32 peak
-        "study_over_repinv_at_fp32_peak": {f"L{l}_b{bt}": sec_of("study", l, bt) / (flops[(l, bt)] / peak) for l, bt in cells},
+        "study_over_repinv_at_fp32_peak": {f"L{layer}_b{bt}": sec_of("study", layer, bt) / (flops[(layer, bt)] / peak)
+                                           for layer, bt in cells},
     }
     if bf16:
-        ratios["study_over_repinv_bf16"] = {f"L{l}_b{bt}": ratio("study", "repinv_bf16", l, bt) for l, bt in cells}
-        ratios["bf16_speedup"] = {f"L{l}_b{bt}": ratio("repinv", "repinv_bf16", l, bt) for l, bt in cells}
+        ratios["study_over_repinv_bf16"] = {f"L{layer}_b{bt}": ratio("study", "repinv_bf16", layer, bt) for layer, bt in cells}
+        ratios["bf16_speedup"] = {f"L{layer}_b{bt}": ratio("repinv", "repinv_bf16", layer, bt) for layer, bt in cells}
     if kernels:  # what the step costs beyond its forward and input gradient alone (goal on a GPU at batch 64: under 1.5)
-        ratios["repinv_over_kernels"] = {f"L{l}_b{bt}": ratio("repinv", "kernels", l, bt) for l, bt in cells}
+        ratios["repinv_over_kernels"] = {f"L{layer}_b{bt}": ratio("repinv", "kernels", layer, bt) for layer, bt in cells}
         if bf16:
-            ratios["repinv_bf16_over_kernels_bf16"] = {f"L{l}_b{bt}": ratio("repinv_bf16", "kernels_bf16", l, bt) for l, bt in cells}
+            ratios["repinv_bf16_over_kernels_bf16"] = {f"L{layer}_b{bt}": ratio("repinv_bf16", "kernels_bf16", layer, bt)
+                                                       for layer, bt in cells}
     return ratios
 
 
@@ -407,8 +411,8 @@ def extras(b: Bench, args, bf16: bool, ratios: dict) -> dict:
         extra["vit_l16_512"] = {}
         for precision in ("32-true", *(["bf16-mixed"] if bf16 else [])):
             reset_peak()
-            sec, _ = repinv_step(big, load_images(["chelsea"], 512), [len(big.net.blocks) - 1], 2 if device().type == "cpu" else 5,
-                                 precision=precision)
+            sec, _ = repinv_step(big, load_images(["chelsea"], 512), [len(big.net.blocks) - 1],
+                                 2 if device().type == "cpu" else 5, precision=precision)
             extra["vit_l16_512"][precision] = {"seconds_per_step": sec, "peak_memory_mib": peak_mib()}
     return extra
 
@@ -433,17 +437,20 @@ def main(argv=None) -> int:
     ratios = grid_ratios(b, rows, sums, flops, peak, bf16, kernels=gpu)
     extra = extras(b, args, bf16, ratios)
     report = {
-        "machine": {"device": str(device()), "gpu": torch.cuda.get_device_name() if gpu else None, "cpu": cpuinfo("model name") or platform.processor() or platform.machine(),
+        "machine": {"device": str(device()), "gpu": torch.cuda.get_device_name() if gpu else None,
+                    "cpu": cpuinfo("model name") or platform.processor() or platform.machine(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__, "cores": os.cpu_count()},
         "model": b.name, "quick": args.quick, "steps": b.steps, "rounds": rounds, "matmul_peak_gflops": peak,
         "matmul_peak_gflops_by_precision": peaks,
         "rows": rows, "ratios": ratios, **extra,
     }
-    print(f"{'variant':11} {'layer':>5} {'batch':>5} {'s/step':>8} {'img-steps/s':>11} {'GFLOP/s':>8} {'peak%':>6} {'mem MiB':>8}")
+    print(f"{'variant':11} {'layer':>5} {'batch':>5} {'s/step':>8} {'img-steps/s':>11} "
+          f"{'GFLOP/s':>8} {'peak%':>6} {'mem MiB':>8}")
     for r in rows:
-        print(f"{r['variant']:11} {r['layer']:>5} {r['batch']:>5} {r['seconds_per_step']:8.4f} {r['image_steps_per_second']:11.2f} "
-              f"{r['gflops_per_second']:8.1f} {100 * r['fraction_of_matmul_peak']:5.1f}% {r['peak_memory_mib'] or 0:8.0f}")
+        print(f"{r['variant']:11} {r['layer']:>5} {r['batch']:>5} {r['seconds_per_step']:8.4f} "
+              f"{r['image_steps_per_second']:11.2f} {r['gflops_per_second']:8.1f} "
+              f"{100 * r['fraction_of_matmul_peak']:5.1f}% {r['peak_memory_mib'] or 0:8.0f}")
     print(json.dumps({"ratios": ratios, **extra}, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,4 +18,5 @@ PANELS = [
 ]
 
 if __name__ == "__main__":
-    sys.exit(main("resnet_conv1_vit", "ResNet50 conv1 (three filters, 112x112) feeding ViT-B/32 encoders", "fig_resnet_conv1_vit", PANELS))
+    sys.exit(main("resnet_conv1_vit", "ResNet50 conv1 (three filters, 112x112) feeding ViT-B/32 encoders",
+                  "fig_resnet_conv1_vit", PANELS))

@@ -13,4 +13,5 @@ PANELS = [
 ]
 
 if __name__ == "__main__":
-    sys.exit(main("vit_entry_representations", "ViT-B/32: patch-embedding convolution vs first encoder, untrained and trained", "fig_vit_entry", PANELS))
+    sys.exit(main("vit_entry_representations", "ViT-B/32: patch-embedding convolution vs first encoder, untrained and trained",
+                  "fig_vit_entry", PANELS))

@@ -13,4 +13,6 @@ PANELS = [
 ]
 
 if __name__ == "__main__":
-    sys.exit(main("vit_representations", "Trained ViT-B/32: layer representations of a photograph (the study: dalmatian, tesla coil)", "fig_vit_layers", PANELS))
+    sys.exit(main("vit_representations",
+                  "Trained ViT-B/32: layer representations of a photograph (the study: dalmatian, tesla coil)",
+                  "fig_vit_layers", PANELS))

@@ -8,9 +8,12 @@ import sys
 from figlib import Panel, main
 
 PANELS = [
-    Panel("1,500 steps", ["model=vit_b_32", "surgery=trained_input_untrained_encoders", "steps=1500"], smoke=["model=vit_tiny", "layers=[0,1]"], trained=True),
-    Panel("105,000 steps", ["model=vit_b_32", "surgery=trained_input_untrained_encoders", "steps=105000"], smoke=["model=vit_tiny", "layers=[0,1]"], trained=True),
+    Panel("1,500 steps", ["model=vit_b_32", "surgery=trained_input_untrained_encoders", "steps=1500"],
+          smoke=["model=vit_tiny", "layers=[0,1]"], trained=True),
+    Panel("105,000 steps", ["model=vit_b_32", "surgery=trained_input_untrained_encoders", "steps=105000"],
+          smoke=["model=vit_tiny", "layers=[0,1]"], trained=True),
 ]
 
 if __name__ == "__main__":
-    sys.exit(main("vit_trainedinput_untrained", "Trained input processing + untrained encoders: 1,500 vs 105,000 steps", "fig_trained_input", PANELS))
+    sys.exit(main("vit_trainedinput_untrained", "Trained input processing + untrained encoders: 1,500 vs 105,000 steps",
+                  "fig_trained_input", PANELS))

@@ -1,6 +1,7 @@
 """Figure [vit_vs_resnet_untrained_representations]: Untrained ViT-B/32 vs untrained ResNet50: representation by depth.
 
-    python scripts/fig_vit_vs_resnet_untrained_representations.py [--smoke] [--pretrained | --checkpoint FILE] [--image PATH] [overrides...]
+    python scripts/fig_vit_vs_resnet_untrained_representations.py [--smoke] [--pretrained | --checkpoint FILE]
+        [--image PATH] [overrides...]
 """
 
 import sys
@@ -13,4 +14,5 @@ PANELS = [
 ]
 
 if __name__ == "__main__":
-    sys.exit(main("vit_vs_resnet_untrained_representations", "Untrained ViT-B/32 vs untrained ResNet50: representation by depth", "fig_vit_vs_resnet", PANELS))
+    sys.exit(main("vit_vs_resnet_untrained_representations", "Untrained ViT-B/32 vs untrained ResNet50: representation by depth",
+                  "fig_vit_vs_resnet", PANELS))

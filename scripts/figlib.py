@@ -21,9 +21,9 @@ from PIL import Image
 
 from repinv import study
 from repinv.outputs.figures import titled_grid
+from repinv.outputs.summary import fields
 from repinv.sources import Weights, model_config
 from repinv.study import Run
-from repinv.outputs.summary import fields
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY = ["panel", "status", "weights", "image", "column"]  # the first CSV columns; the records' own fields follow

@@ -57,7 +57,8 @@ def benchmark(folder: Path) -> list[str]:
     report = json.loads(path.read_text())
     peaks = report.get("matmul_peak_gflops_by_precision") or {"fp32": report.get("matmul_peak_gflops")}
     lines = ["Plain matmul ceiling: " + ", ".join(f"{k} {v / 1000:.1f} TFLOP/s" for k, v in peaks.items() if v) + ".", "",
-             "| layer | batch | fp32 ms/step | fp32 % of peak | bf16 ms/step | bf16 % of peak | repinv / kernels fp32 | study ms/step |",
+             "| layer | batch | fp32 ms/step | fp32 % of peak | bf16 ms/step | bf16 % of peak "
+             "| repinv / kernels fp32 | study ms/step |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     cells = {(r["variant"], r["layer"], r["batch"]): r for r in report["rows"]}
     over_kernels = report.get("ratios", {}).get("repinv_over_kernels", {})
@@ -102,8 +103,8 @@ def study(folder: Path) -> list[str]:
 def summary(folder: Path) -> str:
     gpu = (folder / "gpu.txt").read_text().strip() if (folder / "gpu.txt").is_file() else "GPU unknown"
     parts = [f"# gpu_check: {gpu}", "", "## Stages", *stages(folder), "", "## Tests (pytest -m gpu)", *tests(folder), "",
-             "## Benchmark (scripts/benchmark.py)", *benchmark(folder), "", "## Study ledger (untrained claims, timm, study budget)",
-             *study(folder), ""]
+             "## Benchmark (scripts/benchmark.py)", *benchmark(folder), "",
+             "## Study ledger (untrained claims, timm, study budget)", *study(folder), ""]
     return "\n".join(parts)
 
 

@@ -23,7 +23,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     assert benchmark.main(["--quick", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     variants = {(r["variant"], r["layer"], r["batch"]) for r in report["rows"]}
-    assert variants == {(v, l, b) for v in ("repinv", "repinv_bf16", "plain", "study") for l in (0, 1, 3) for b in (1, 4)}
+    assert variants == {(v, layer, b) for v in ("repinv", "repinv_bf16", "plain", "study") for layer in (0, 1, 3) for b in (1, 4)}
     for row in report["rows"]:
         for field in benchmark.FIELDS:
             assert field in row, field
@@ -32,7 +32,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
         assert row["precision"] == ("bf16" if row["variant"] == "repinv_bf16" else "fp32")
     assert report["matmul_peak_gflops"] > 0
     assert report["machine"]["cpu"] and report["machine"]["native_bf16"] is native_bf16()
-    cells = {f"L{l}_b{b}" for l in (0, 1, 3) for b in (1, 4)}
+    cells = {f"L{layer}_b{b}" for layer in (0, 1, 3) for b in (1, 4)}
     for key in ("study_over_repinv", "study_over_repinv_bf16", "bf16_speedup", "study_over_repinv_at_fp32_peak"):
         ratios = report["ratios"][key]
         assert set(ratios) == cells and all(math.isfinite(r) and r > 0 for r in ratios.values()), key
@@ -57,8 +57,7 @@ def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
 
     On a CPU without native bf16 the run says once that it will be slower; an fp32 run there says nothing.
     """
-    from repinv.engine import module as module_lib
-    from repinv.engine import precision as precision_lib
+    from repinv.engine import module as module_lib, precision as precision_lib
 
     seen = {}
     original = module_lib.ImageOptimization.on_fit_start
@@ -70,8 +69,8 @@ def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
         before = {k: v.clone() for k, v in self.net.state_dict().items()}
         fused_before = fused(self.net)
         original(self)
-        seen.update(step=next(self.step_net.parameters()).dtype, net=next(self.net.parameters()).dtype, before=before, module=self,
-                    fused_before=fused_before, fused_step=fused(self.step_net), fused_net=fused(self.net))
+        seen.update(step=next(self.step_net.parameters()).dtype, net=next(self.net.parameters()).dtype, before=before,
+                    module=self, fused_before=fused_before, fused_step=fused(self.step_net), fused_net=fused(self.net))
 
     monkeypatch.setattr(module_lib.ImageOptimization, "on_fit_start", spy)
     monkeypatch.setattr(precision_lib, "native_bf16", lambda: False)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from repinv.inputs.classes import class_name, resolve_class
 from repinv.errors import RepinvError
+from repinv.inputs.classes import class_name, resolve_class
 
 
 @pytest.mark.parametrize("spec, index", [

@@ -41,7 +41,8 @@ def test_every_config_composes_and_resolves(group, option, tmp_path):
         assert callable(instantiate(cfg[group])), f"{group}={option} must build a partial"
 
 
-@pytest.mark.parametrize("launcher", sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml")) if (CONF / "hydra" / "launcher").is_dir() else [])
+@pytest.mark.parametrize("launcher", sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml"))
+                         if (CONF / "hydra" / "launcher").is_dir() else [])
 def test_launcher_configs_compose(launcher, tmp_path):
     cfg = compose_cfg([f"hydra/launcher={launcher}"], tmp_path)
     assert cfg.steps > 0

@@ -15,15 +15,15 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from conftest import compose_cfg
+from repinv.engine.module import noise_canvas
+from repinv.engine.pipeline import build, build_each
 from repinv.errors import RepinvError
 from repinv.inputs.images import TargetImage
 from repinv.metrics import psnr, ssim
-from repinv.engine.module import noise_canvas
 from repinv.objectives.base import target_seed
 from repinv.objectives.layer import LayerInversion, distance
 from repinv.params import Fourier, Pyramid
 from repinv.params.fourier import COLOR_CORRELATION_SQRT, spectrum_scale
-from repinv.engine.pipeline import build, build_each
 from repinv.priors import GaussianBlur, Jitter
 
 

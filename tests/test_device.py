@@ -20,10 +20,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from repinv.engine.module import ImageOptimization
 from repinv.errors import RepinvError
 from repinv.inputs.images import TargetImage
 from repinv.models import create_model
-from repinv.engine.module import ImageOptimization
 from repinv.objectives import ClassGeneration, LayerInversion
 from repinv.objectives.feature import FeatureVisualization
 from repinv.params import Fourier, Pixel, Pyramid

@@ -18,8 +18,8 @@ from torch import nn
 import wandb_reader
 from conftest import REPO
 from repinv.cli import CONFIG_DIR
-from repinv.diagnostics.run import diagnose
 from repinv.diagnostics.nonunique import pairwise
+from repinv.diagnostics.run import diagnose
 from repinv.diagnostics.spectrum import SpectrumSettings, spectrum
 from repinv.errors import RepinvError
 from repinv.models import LoadedModel

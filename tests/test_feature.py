@@ -67,8 +67,8 @@ def test_feature_alone_runs_on_the_default_model_at_its_middle_layer(run_repinv)
 
 
 def test_a_shard_scores_only_its_own_targets():
-    from repinv.objectives.feature import FeatureVisualization
     from repinv.models.taps import resolve_layer
+    from repinv.objectives.feature import FeatureVisualization
 
     net = torch.nn.Sequential(OrderedDict(conv=torch.nn.Conv2d(3, 4, 3), relu=torch.nn.ReLU(), out=torch.nn.Conv2d(4, 6, 3)))
     whole, part = FeatureVisualization("out", units=[0, 3, 5]), FeatureVisualization("out", units=[0, 3, 5])
@@ -117,6 +117,7 @@ def _blob_job(folder, blobs: list[int]):
 def test_captions_and_csv_columns_come_from_the_records(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     import figlib
+
     import repinv.outputs.results
     import repinv.outputs.summary
     from repinv.outputs.summary import summarize
@@ -130,7 +131,8 @@ def test_captions_and_csv_columns_come_from_the_records(tmp_path, monkeypatch):
         monkeypatch.setattr(module, "titled_grid", spy(module.titled_grid))
     sweep = tmp_path / "sweep"
     _blob_job(sweep / "0", [1, 2])
-    assert [(r["column"], r["caption"]) for r in read_metrics(sweep / "0")] == [("blob 1", "wobble=1.2"), ("blob 2", "wobble=2.2")]
+    assert [(r["column"], r["caption"]) for r in read_metrics(sweep / "0")] == [("blob 1", "wobble=1.2"),
+                                                                                ("blob 2", "wobble=2.2")]
     assert {"blob 1 · wobble=1.2", "blob 2 · wobble=2.2"} <= set(titles)
     failed = sweep / "1"  # a job that failed before writing records: its objective plans its cells
     (failed / ".hydra").mkdir(parents=True)
@@ -147,6 +149,7 @@ def test_captions_and_csv_columns_come_from_the_records(tmp_path, monkeypatch):
     figure = figlib.Panel("blobs", [])
     png, table = figlib.assemble("blobs", "blobs", [figure], {"blobs": ("finished", sweep / "0", "untrained")}, tmp_path / "fig")
     figure_rows = _csv(table)
-    assert [(r["panel"], r["column"], r["wobble"]) for r in figure_rows] == [("blobs", "blob 1", "1.25"), ("blobs", "blob 2", "2.25")]
+    assert [(r["panel"], r["column"], r["wobble"]) for r in figure_rows] == [("blobs", "blob 1", "1.25"),
+                                                                             ("blobs", "blob 2", "2.25")]
     assert json.loads((sweep / "0" / "metrics.json").read_text())[0]["png"] == "reconstructions/x__blob-1.png"
     assert png.is_file() and "blob 2 · wobble=2.2" in titles

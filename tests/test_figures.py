@@ -21,9 +21,10 @@ SCRIPTS = sorted(p.stem for p in (REPO / "scripts").glob("fig_*.py"))
 def test_figure_smoke_writes_png_and_csv(script, tmp_path):
     sys.path.insert(0, str(REPO / "scripts"))
     panels = importlib.import_module(script).PANELS
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "scripts"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{script}.py"), "--smoke", "--jobs", "2", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, cwd=REPO)
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "scripts"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{script}.py"), "--smoke", "--jobs", "2",
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO)
     name = script.removeprefix("fig_")
     png, table = tmp_path / "smoke" / f"{name}.png", tmp_path / "smoke" / f"{name}.csv"
     assert proc.stdout.split() == [str(png), str(table)], proc.stderr[-2000:]

@@ -69,7 +69,8 @@ def test_input_filters_of_checkpoint_equal_its_conv_weights(tmp_path, trained_vi
     model = instantiate(compose_cfg(["model=vit_tiny", f"model.checkpoint={path}"], tmp_path).model)
     assert torch.equal(input_filters(model.net), state["patch_embed.proj.weight"])
     normed = minmax(input_filters(model.net))
-    assert torch.allclose(normed.flatten(1).amin(1), torch.zeros(64)) and torch.allclose(normed.flatten(1).amax(1), torch.ones(64))
+    assert (torch.allclose(normed.flatten(1).amin(1), torch.zeros(64))
+            and torch.allclose(normed.flatten(1).amax(1), torch.ones(64)))
 
 
 @pytest.mark.parametrize("model,module", [("resnet_tiny", "conv1"), ("tv_vit_tiny", "conv_proj"), ("mixer_tiny", "stem.proj")])
@@ -107,7 +108,8 @@ def test_figure_source_torchvision_picks_tv_models_and_the_experiments_layer_nam
     from figlib import model_config
 
     given = ["model=vit_b_32", "model=vit_tiny", "layers=[patch_embed,0]", "model=mixer_b16"]
-    assert [model_config(o, "torchvision") for o in given] == ["model=tv_vit_b_32", "model=tv_vit_tiny", "layers=[patch_embed,0]", "model=mixer_b16"]
+    assert [model_config(o, "torchvision") for o in given] == ["model=tv_vit_b_32", "model=tv_vit_tiny",
+                                                               "layers=[patch_embed,0]", "model=mixer_b16"]
     assert [model_config(o, "timm") for o in given] == given
     cfg = compose_cfg(["experiment=fig_vit_b_32_conv", model_config("model=vit_tiny", "torchvision")], tmp_path)
     taps = resolve_layers(instantiate(cfg.model).net, cfg.layers)

@@ -52,7 +52,8 @@ def test_bf16_steps_on_cuda_reach_the_fp32_result(run_repinv):
 
 
 def _image(run_dir):
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]["image_param.param"]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)["state_dict"]["image_param.param"]
 
 
 def _module_that(pipeline, monkeypatch, actions):
@@ -177,11 +178,13 @@ def test_the_summary_reads_a_result_folder_and_says_what_is_missing(tmp_path):
     (tmp_path / "benchmark.json").write_text(json.dumps({
         "rows": rows, "matmul_peak_gflops_by_precision": {"fp32": 50000.0, "bf16": 800000.0},
         "ratios": {"repinv_over_kernels": {"L5_b64": 1.333}},
-        "shared_13_depths_3_images": {"32-true": {"seconds_per_step": 0.03, "seconds_for_1500_steps": 45.0, "peak_memory_mib": 2048}},
+        "shared_13_depths_3_images": {"32-true": {"seconds_per_step": 0.03, "seconds_for_1500_steps": 45.0,
+                                                  "peak_memory_mib": 2048}},
         "vit_l16_512": {"32-true": {"seconds_per_step": 0.2, "peak_memory_mib": 9000}}}))
     (tmp_path / "study" / "runs" / "vit-seed0-abc").mkdir(parents=True)
     (tmp_path / "study" / "runs" / "vit-seed0-abc" / "command.txt").write_text("model=vit_b_32")
-    (tmp_path / "study" / "claims.csv").write_text("claim,verdict,measured\nvit-keeps,holds,30.1 dB\nmixer,pending,runs not made yet: rerun the same command to make them\n")
+    (tmp_path / "study" / "claims.csv").write_text("claim,verdict,measured\nvit-keeps,holds,30.1 dB\n"
+                                                   "mixer,pending,runs not made yet: rerun the same command to make them\n")
     (tmp_path / "study.seconds").write_text("212\n")
     assert gpu_summary.main([str(tmp_path)]) == 0
     page = (tmp_path / "summary.md").read_text()
@@ -192,7 +195,8 @@ def test_the_summary_reads_a_result_folder_and_says_what_is_missing(tmp_path):
     assert "fp32 50.0 TFLOP/s, bf16 800.0 TFLOP/s" in page
     assert "| 5 | 64 | 20.0 | 25.0 | 10.0 | 12.5 | 1.33 | 50.0 |" in page
     assert "1,500 steps in 45 s, peak 2048 MiB" in page and "ViT-L/16 at 512x512" in page and "200.0 ms/step" in page
-    assert "1 runs finished in 212 s; verdicts: 1 holds, 1 pending." in page and "| mixer | pending | runs not made yet: rerun the same command to make them |" in page
+    assert ("1 runs finished in 212 s; verdicts: 1 holds, 1 pending." in page
+            and "| mixer | pending | runs not made yet: rerun the same command to make them |" in page)
     assert len(page.splitlines()) < 60, "one page"
 
     for name in ("benchmark.json", "tests.xml"):

@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 import torch.distributed as dist
+from test_sweeps import repinv
 
 from conftest import REPO, read_metrics
 from repinv.priors import Prior
-from test_sweeps import repinv
 
 # 4 targets (2 per process), jitter and blur: a resume that got the rows, step, schedule or RNG wrong ends elsewhere.
 FOUR = ["model=vit_tiny", "image=[chelsea,astronaut]", "layers=[0,patch_embed]", "log_every=5",
@@ -133,8 +133,8 @@ def test_collective_timeout_reaches_the_processes(tmp_path):
     from datetime import timedelta
 
     from conftest import compose_cfg
-    from repinv.errors import RepinvError
     from repinv.engine.pipeline import trainer_overrides, validate
+    from repinv.errors import RepinvError
 
     cfg = compose_cfg([*TWO, "collective_timeout_s=20"], tmp_path)
     assert trainer_overrides(cfg)["strategy"]._timeout == timedelta(seconds=20)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import TINY, compose_cfg, read_metrics
-from repinv.errors import RepinvError
 from repinv.engine.pipeline import run
+from repinv.errors import RepinvError
 from repinv.priors import Prior
 
 SHORT = ["steps=6", "log_every=2", "logger=csv", "regularizer=none"]

@@ -146,8 +146,8 @@ def test_a_diverging_target_keeps_its_last_finite_image_and_the_others_go_on(run
 
 
 def test_requeued_job_resumes_from_its_own_folder(tmp_path, monkeypatch):
-    from repinv.errors import RepinvError
     from repinv.engine.pipeline import resume_path
+    from repinv.errors import RepinvError
 
     own = tmp_path / "checkpoints" / "last.ckpt"
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)

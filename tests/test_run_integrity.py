@@ -12,10 +12,10 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 from PIL import Image
+from test_reliability import RESUMABLE, _signal_at
 
 import wandb_reader
 from conftest import compose_cfg, read_metrics
-from test_reliability import RESUMABLE, _signal_at
 
 
 def _csv_rows(out):
@@ -37,8 +37,8 @@ def _interrupted(run_repinv, monkeypatch, *overrides, name="cut"):
 # -- settings ---------------------------------------------------------------------------------
 
 def test_non_finite_settings_are_refused_naming_each_key(tmp_path):
-    from repinv.errors import SettingsError
     from repinv.engine.pipeline import validate
+    from repinv.errors import SettingsError
 
     cfg = compose_cfg(["regularizer.blur.sigma_start=nan", "init.mean=-inf", "model=vit_tiny"], tmp_path)
     with pytest.raises(SettingsError, match="settings must be finite numbers, not nan or inf") as err:
@@ -86,8 +86,8 @@ def test_every_ddp_setting_on_several_processes_runs_sharded(tmp_path, overrides
     (["trainer.devices=-1", "trainer.accelerator=cpu"], "trainer.devices=-1"),
 ])
 def test_strategies_that_would_average_the_image_are_refused(tmp_path, overrides, needle):
-    from repinv.errors import RepinvError
     from repinv.engine.pipeline import trainer_overrides
+    from repinv.errors import RepinvError
 
     with pytest.raises(RepinvError, match=needle):
         trainer_overrides(compose_cfg(overrides, tmp_path))

@@ -11,10 +11,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from repinv.errors import RepinvError
-from repinv.engine.validation import flatten
-
 from repinv.cli import CONFIG_DIR
+from repinv.engine.validation import flatten
+from repinv.errors import RepinvError
 
 GROUPS = ("param", "regularizer", "objective")
 EXTRA = {"objective=class": ["classes=[1]"]}

@@ -124,8 +124,8 @@ def test_job_k_takes_gpu_k_mod_n():
 
 
 def test_shards_cover_all_targets_in_order():
-    from repinv.errors import RepinvError
     from repinv.engine.sharding import shard_bounds
+    from repinv.errors import RepinvError
 
     for total, world in [(3, 2), (4, 2), (7, 3), (2, 2)]:
         bounds = [shard_bounds(total, r, world) for r in range(world)]
@@ -181,8 +181,8 @@ def test_devices_inside_a_local_multirun_are_refused(tmp_path, monkeypatch):
 
     import repinv.engine.pipeline as pipeline
     from conftest import compose_cfg
-    from repinv.errors import RepinvError
     from repinv.engine.pipeline import trainer_overrides
+    from repinv.errors import RepinvError
 
     cfg = compose_cfg(["trainer.devices=2"], tmp_path)
     assert type(trainer_overrides(cfg)["strategy"]).__name__ == "ShardedDDP"

@@ -129,8 +129,8 @@ def test_stack_false_runs_one_pass_per_layer():
 def test_stack_auto_keeps_the_faster_way(monkeypatch, slow, expect_shared):
     """objective.stack=auto times a step each way on the run's own view and keeps the faster one."""
     from repinv.inputs.images import TargetImage
-    from repinv.objectives import LayerInversion
     from repinv.models.taps import LayerTap
+    from repinv.objectives import LayerInversion
 
     net, image = _tiny("vit"), [TargetImage(name="a", pixels=torch.rand(3, 64, 64))]
     auto = LayerInversion([0, 2])

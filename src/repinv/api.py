@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from hydra import initialize_config_module
-from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig
 
 from repinv.engine import pipeline

@@ -11,17 +11,15 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from hydra.errors import ConfigCompositionException, OverrideParseException
-
 from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job
-from repinv.errors import RepinvError
 from repinv.engine.pipeline import holds_run, record_hydra
-from repinv.outputs.summary import report as summary_report
-from repinv.outputs.summary import summarize
+from repinv.errors import RepinvError
+from repinv.outputs.summary import report as summary_report, summarize
 
 log = logging.getLogger("repinv")
 

@@ -13,7 +13,8 @@ from repinv.study import quote, value
 
 # source -> timm model config -> that source's config (Mixers have no torchvision counterpart). Layer and
 # surgery names need no rewriting: neutral names (patch_embed, blocks.0) resolve in every model source.
-CONFIGS = {"torchvision": {"vit_b_32": "tv_vit_b_32", "vit_l_16": "tv_vit_l_16", "resnet50": "tv_resnet50", "vit_tiny": "tv_vit_tiny"}}
+CONFIGS = {"torchvision": {"vit_b_32": "tv_vit_b_32", "vit_l_16": "tv_vit_l_16", "resnet50": "tv_resnet50",
+                           "vit_tiny": "tv_vit_tiny"}}
 TORCHVISION_DEFAULT = "IMAGENET1K_V1"
 
 
@@ -41,7 +42,8 @@ class Weights:
         return cls(files, pretrained, torchvision)
 
     def choose(self, source: str, overrides: Sequence[str]) -> tuple[str, list[str]] | None:
-        """What a trained run of `source` with `overrides` loads (a label) and the overrides that load it; None if nothing was given."""
+        """What a trained run of `source` with `overrides` loads (a label) and the overrides that load it;
+        None if nothing was given."""
         model = value(overrides, "model") or ""
         file = self.checkpoints.get(model, self.checkpoints.get(""))
         if file:

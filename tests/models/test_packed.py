@@ -9,9 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from repinv.models import create_model
-from repinv.models import packed
 from repinv.errors import RepinvError
+from repinv.models import create_model, packed
 from repinv.models.packed import _AVAILABLE, _BF16_FAST, _MKL, _ONEDNN, _PACKS, BF16_MAX_ROWS, PackedLinear, fp32_choice
 from repinv.models.patchify import PatchConv2d
 from repinv.models.surgery import Remove

@@ -11,13 +11,13 @@ from torch import nn
 
 from conftest import compose_cfg
 from repinv.errors import RepinvError
-from repinv.outputs.figures import input_conv
 from repinv.models import create_model
 from repinv.models.packed import PackedLinear
 from repinv.models.patchify import PatchConv2d
 from repinv.models.sources import GENERIC, ModelSource, for_net, get_source, register
 from repinv.models.surgery import Remove
 from repinv.models.taps import hidden_layer_names, resolve_layers
+from repinv.outputs.figures import input_conv
 
 
 class TinyNet(nn.Module):

@@ -13,9 +13,9 @@ from torch import nn
 import wandb_reader
 from conftest import compose_cfg
 from repinv.errors import RepinvError
-from repinv.outputs.figures import input_conv
 from repinv.models.surgery import Rebuild, Remove, Stem, Transplant, apply_surgery
 from repinv.models.taps import hidden_layer_names, resolve_layer
+from repinv.outputs.figures import input_conv
 
 
 def _model(tmp_path, *overrides):
@@ -26,7 +26,8 @@ def _model(tmp_path, *overrides):
 def trained_file(tmp_path):
     """A 'trained' vit_tiny: the same architecture with every tensor moved by noise, saved as safetensors."""
     gen = torch.Generator().manual_seed(1)
-    state = {k: (v + 0.1 * torch.randn(v.shape, generator=gen)).contiguous() for k, v in _model(tmp_path).net.state_dict().items()}
+    state = {k: (v + 0.1 * torch.randn(v.shape, generator=gen)).contiguous()
+             for k, v in _model(tmp_path).net.state_dict().items()}
     path = tmp_path / "trained.safetensors"
     save_file(state, str(path))
     return path, state
@@ -85,8 +86,8 @@ def test_preset_keeps_the_named_part_of_the_configured_weights_and_resets_the_re
 
 def test_presets_compose_in_order_and_reach_run_name_config_and_wandb_tags(run_repinv, trained_file):
     path, trained = trained_file
-    records, out = run_repinv("surgery=[trained_pos_embed,no_layernorm]", f"surgery.trained_pos_embed.donor={{checkpoint:{path}}}",
-                              "steps=2", "log_every=1", "logger=wandb")
+    records, out = run_repinv("surgery=[trained_pos_embed,no_layernorm]",
+                              f"surgery.trained_pos_embed.donor={{checkpoint:{path}}}", "steps=2", "log_every=1", "logger=wandb")
     assert len(records) == 2
     assert "trained_pos_embed:" in (out / "config.yaml").read_text()
     [run] = wandb_reader.find_runs(out)
@@ -96,8 +97,10 @@ def test_presets_compose_in_order_and_reach_run_name_config_and_wandb_tags(run_r
 
 
 @pytest.mark.parametrize("op,message", [
-    (Transplant(["patch_embedding"], donor={"pretrained": True}), r"transplant name 'patch_embedding' is neither.*Did you mean 'patch_embed'.*It has .*blocks"),
-    (Transplant(["pos_embed"], donor={"name": "resnet50", "pretrained": True}), r"donor resnet50 is another architecture than the model \(vit_base_patch32_224\)"),
+    (Transplant(["patch_embedding"], donor={"pretrained": True}),
+     r"transplant name 'patch_embedding' is neither.*Did you mean 'patch_embed'.*It has .*blocks"),
+    (Transplant(["pos_embed"], donor={"name": "resnet50", "pretrained": True}),
+     r"donor resnet50 is another architecture than the model \(vit_base_patch32_224\)"),
     (Transplant(["pos_embed"], donor={"pretrained": False}), r"donor must be trained.*donor.checkpoint=FILE"),
     (Transplant(["pos_embed"], donor={"file": "x"}), r"donor settings \['file'\] are unknown"),
     (Remove("BatchNorm2d"), r"remove pattern 'BatchNorm2d' matches no module of vit_base_patch32_224.*LayerNorm"),
@@ -111,7 +114,8 @@ def test_donor_with_other_shapes_is_a_clear_error(tmp_path):
     other = _model(tmp_path, "model.kwargs.embed_dim=32").net.state_dict()
     path = tmp_path / "other.pth"
     torch.save(other, path)
-    with pytest.raises(RepinvError, match=r"does not fit model.name=vit_base_patch32_224 as configured: cls_token is \(1, 1, 32\) there and \(1, 1, 64\) here"):
+    with pytest.raises(RepinvError, match=r"does not fit model.name=vit_base_patch32_224 as configured: "
+                                          r"cls_token is \(1, 1, 32\) there and \(1, 1, 64\) here"):
         apply_surgery(_model(tmp_path), {"t": Transplant(["pos_embed"], donor={"checkpoint": str(path)})})
 
 
@@ -131,7 +135,8 @@ def resnet_file(tmp_path):
     """A 'trained' resnet_tiny: its untrained weights moved by noise, saved as a torch file."""
     net = instantiate(compose_cfg(["model=resnet_tiny"], tmp_path).model).net
     gen = torch.Generator().manual_seed(2)
-    state = {k: v + 0.1 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    state = {k: v + 0.1 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+             for k, v in net.state_dict().items()}
     path = tmp_path / "resnet.pth"
     torch.save(state, path)
     return path, state
@@ -179,9 +184,12 @@ def test_stem_preset_inversion_improves_the_image(run_repinv):
 
 @pytest.mark.parametrize("model,op,message", [
     ("resnet_tiny", Stem(TINY_RESNET), r"a stem goes in front of a ViT's encoder stack, but resnet18 is a ResNet"),
-    ("vit_tiny", Stem(TINY_RESNET, layers=["conv_1"]), r"stem layer 'conv_1' is not a module of the donor resnet18\. Did you mean 'conv1'.*It has .*layer1"),
-    ("vit_tiny", Stem(TINY_RESNET, channels=65), r"stem channels=65 but resnet18's conv1 gives 64 channels; pick channels from 1 to 64"),
-    ("vit_tiny", Stem({**TINY_RESNET, "name": "resnet_51"}), r"stem donor .* could not be built: model.name=resnet_51 is not a timm architecture"),
+    ("vit_tiny", Stem(TINY_RESNET, layers=["conv_1"]),
+     r"stem layer 'conv_1' is not a module of the donor resnet18\. Did you mean 'conv1'.*It has .*layer1"),
+    ("vit_tiny", Stem(TINY_RESNET, channels=65),
+     r"stem channels=65 but resnet18's conv1 gives 64 channels; pick channels from 1 to 64"),
+    ("vit_tiny", Stem({**TINY_RESNET, "name": "resnet_51"}),
+     r"stem donor .* could not be built: model.name=resnet_51 is not a timm architecture"),
 ])
 def test_bad_stems_are_clear_errors(tmp_path, model, op, message):
     with pytest.raises(RepinvError, match=message):

@@ -8,11 +8,11 @@ from hydra.utils import instantiate
 from safetensors.torch import save_file
 
 from conftest import compose_cfg
+from repinv.engine.pipeline import build
 from repinv.errors import RepinvError
 from repinv.inputs.images import load_images
 from repinv.models import create_model
 from repinv.models.surgery import Remove, apply_surgery
-from repinv.engine.pipeline import build
 from repinv.models.taps import resolve_layers
 
 TV_TINY = ["model=tv_vit_tiny", "optimizer.lr=1.0"]
@@ -35,7 +35,8 @@ def test_local_weights_round_trip(tmp_path, suffix):
     state = {k: v.contiguous() for k, v in donor.net.state_dict().items()}
     path = tmp_path / f"w{suffix}"
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
-    loaded = create_model("vit_b_32", source="torchvision", input_size=64, seed=0, checkpoint=str(path), kwargs={"image_size": 64})
+    loaded = create_model("vit_b_32", source="torchvision", input_size=64, seed=0, checkpoint=str(path),
+                          kwargs={"image_size": 64})
     assert loaded.trained
     for k, v in loaded.net.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -44,7 +45,8 @@ def test_local_weights_round_trip(tmp_path, suffix):
 def test_weights_trained_at_another_size_get_resampled_position_embeddings(tmp_path):
     donor = create_model("vit_b_32", source="torchvision", input_size=64, kwargs={"image_size": 64})
     torch.save(donor.net.state_dict(), tmp_path / "w.pth")
-    big = create_model("vit_b_32", source="torchvision", input_size=96, checkpoint=str(tmp_path / "w.pth"), kwargs={"image_size": 96})
+    big = create_model("vit_b_32", source="torchvision", input_size=96, checkpoint=str(tmp_path / "w.pth"),
+                       kwargs={"image_size": 96})
     assert big.net.encoder.pos_embedding.shape == (1, 10, 768)
     assert torch.equal(big.net.conv_proj.weight, donor.net.conv_proj.weight)
 

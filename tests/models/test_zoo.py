@@ -58,7 +58,8 @@ def test_vit_l_16_position_embeddings_follow_the_input_size(tmp_path):
     assert model.net.pos_embed.shape[1] == 1 + (128 // 16) ** 2
 
 
-@pytest.mark.parametrize("config,layers", [("mixer_tiny", "[0,blocks.1.norm1]"), ("resnet_tiny", "[1,conv1]"), ("convmixer_tiny", "[0,stem.0]")])
+@pytest.mark.parametrize("config,layers", [("mixer_tiny", "[0,blocks.1.norm1]"), ("resnet_tiny", "[1,conv1]"),
+                                           ("convmixer_tiny", "[0,stem.0]")])
 def test_tiny_config_inverts(config, layers, run_repinv):
     records, out = run_repinv(f"model={config}", f"layers={layers}", "steps=2", "log_every=1", "logger=none")
     metrics = read_metrics(out)

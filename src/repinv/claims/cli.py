@@ -33,8 +33,8 @@ EXAMPLE = "repinv-claims --budget quick logger=csv"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="repinv-claims", description="Does the study reproduce? Run each claim's inversions and write "
-                                "claims.md and claims.csv with a verdict per claim.")
+    p = argparse.ArgumentParser(prog="repinv-claims", description="Does the study reproduce? Run each claim's inversions "
+                                "and write claims.md and claims.csv with a verdict per claim.")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="study: the study's models and 1,500 steps; "
                    "cpu: the study's models and steps that fit a 2-core CPU (one image and seed, two recipes, fewer depths); "
                    "quick: tiny models, one image and 10 steps (a smoke check of the machinery, not of the study)")
@@ -52,8 +52,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="store_true", help="trained runs load timm's pretrained weights, and "
                    "torchvision's IMAGENET1K_V1 unless --weights is given")
     p.add_argument("--checkpoint", action="append", default=[], metavar="[MODEL=]FILE",
-                   help="trained weights file (model.checkpoint=); MODEL=FILE for one model config only, e.g. vit_b_32=vit.safetensors")
-    p.add_argument("--weights", help="torchvision weights enum for the trained torchvision runs (model.weights=), e.g. IMAGENET1K_V1")
+                   help="trained weights file (model.checkpoint=); MODEL=FILE for one model config only, "
+                   "e.g. vit_b_32=vit.safetensors")
+    p.add_argument("--weights", help="torchvision weights enum for the trained torchvision runs (model.weights=), "
+                   "e.g. IMAGENET1K_V1")
     p.add_argument("--list", action="store_true", help="list the claims and exit")
     p.add_argument("--report-only", action="store_true", help="write the ledger from the runs that have finished and launch "
                    "nothing; the claims still waiting for runs are 'pending' (rerun without it to make them)")
@@ -76,7 +78,8 @@ def check_lrs(lrs: list[float | None] | None) -> list[float] | None:
     if lrs is None or lrs == [None]:
         return None if lrs is None else []
     if None in lrs:
-        raise RepinvError(f"--lrs {' '.join(map(str, lrs))}: give positive learning rates, or none alone for the default recipe only.")
+        raise RepinvError(f"--lrs {' '.join(map(str, lrs))}: give positive learning rates, "
+                          "or none alone for the default recipe only.")
     bad = [lr for lr in lrs if not (math.isfinite(lr) and lr > 0)]
     if bad:
         raise RepinvError(f"--lrs {' '.join(f'{lr:g}' for lr in bad)}: learning rates must be positive finite numbers, "

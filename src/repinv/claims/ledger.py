@@ -92,7 +92,8 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
         if not claim.fits(budget.name):
             p.out_of_budget.add(claim.id)
             continue
-        loads = {name: weights(claim.source, claim.overrides(name, budget.name)) for name, run in claim.runs.items() if run.trained}
+        loads = {name: weights(claim.source, claim.overrides(name, budget.name))
+                 for name, run in claim.runs.items() if run.trained}
         if any(v is None for v in loads.values()):
             continue
         for recipe, recipe_overrides in (budget.recipes(lrs) if claim.sensitivity else {DEFAULT_RECIPE: []}).items():
@@ -101,8 +102,8 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
                 for seed in range(seeds):
                     # The claim's own overrides after the budget's steps: a condition may fix its own (105,000 steps).
                     overrides = [image_override(images), f"steps={budget.steps if steps is None else steps}", f"seed={seed}",
-                                 *budget.overrides(), *claim.overrides(name, budget.name), *recipe_overrides, *loads.get(name, []),
-                                 *extra]
+                                 *budget.overrides(), *claim.overrides(name, budget.name), *recipe_overrides,
+                                 *loads.get(name, []), *extra]
                     run = study.run_for(out, overrides)
                     conds.setdefault(name, []).append((seed, p.runs.setdefault(run.overrides, run)))
     return p

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from repinv.claims.ledger import COLUMNS, DEFAULT_RECIPE, Plan, judge, tagged
-from repinv.study import Run
 from repinv.claims.registry import Claim
 from repinv.claims.rules import KEEP_DB, by_layer, mean_sd
+from repinv.study import Run
 
 Conditions = dict[str, list[tuple[int, Run]]]
 
@@ -46,8 +46,8 @@ def rows(claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int, ou
         verdict, measured, rule = judge(claim, conds, claim.id in p.out_of_budget)
         dependent, recipe_rows = recipe_dependence(claim, p)
         sensitivity += recipe_rows
-        table.append({"claim": claim.id, "text": claim.text, "study says": f"“{claim.quote}”", "figure": claim.figure, "model source": claim.source,
-                      "images": ", ".join(Path(i).name for i in images), "seeds": seeds,
+        table.append({"claim": claim.id, "text": claim.text, "study says": f"“{claim.quote}”", "figure": claim.figure,
+                      "model source": claim.source, "images": ", ".join(Path(i).name for i in images), "seeds": seeds,
                       "measured": measured, "rule": rule, "verdict": verdict,
                       "recipe-dependent": dependent, "runs": _runs(conds, out)})
     return table, sensitivity
@@ -72,7 +72,8 @@ def write_md(path: Path, budget: str, table: list[dict], sensitivity: list[dict]
     counts = {v: sum(r["verdict"] == v for r in table) for v in dict.fromkeys(r["verdict"] for r in table)}
     lines = [f"# Does the study reproduce? (budget: {budget})", "",
              ", ".join(f"{n} {v}" for v, n in counts.items()), "",
-             "Measured: mean ± sd over seeds and images; each rule decides on the mean (thresholds in repinv/claims/rules.py).", "",
+             "Measured: mean ± sd over seeds and images; each rule decides on the mean "
+             "(thresholds in repinv/claims/rules.py).", "",
              *_md_table(table, [c for c in COLUMNS if c != "runs"]), "", "## Verdict per recipe", "",
              *_md_table(sensitivity, ["claim", "recipe", "measured", "verdict"]), "", "## Run folders", "",
              *(f"- {r['claim']}: {r['runs'] or '(none)'}" for r in table), "",

@@ -26,14 +26,14 @@ from repinv.diagnostics.ablation import AS_CONFIGURED, Variant, check_ablations,
 from repinv.diagnostics.nonunique import seed_inversions
 from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectrum
 from repinv.diagnostics.table import write_table
-from repinv.errors import RepinvError
-from repinv.inputs.images import load_images
-from repinv.outputs.loggers import make_loggers
-from repinv.models import LoadedModel
-from repinv.models.surgery import apply_surgery
 from repinv.engine.pipeline import build, record_config, sweep_name
 from repinv.engine.runinfo import RunInfo
+from repinv.errors import RepinvError
+from repinv.inputs.images import load_images
+from repinv.models import LoadedModel
+from repinv.models.surgery import apply_surgery
 from repinv.models.taps import resolve_layer
+from repinv.outputs.loggers import make_loggers
 from repinv.outputs.wandb_logger import WandbFinished
 
 log = logging.getLogger("repinv.diagnose")

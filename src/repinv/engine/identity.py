@@ -23,8 +23,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from repinv.errors import RepinvError, SettingsError, listing, suggest
 from repinv.engine.validation import flatten
+from repinv.errors import RepinvError, SettingsError, listing, suggest
 
 RUN_ONLY = (
     "output_dir", "logger", "callbacks", "resume", "resume_allow_changes", "log_every", "image_every", "checkpoint_every",

@@ -10,15 +10,15 @@ from torch import nn
 
 from repinv.engine.canvas import Canvas
 from repinv.engine.divergence import Divergence
+from repinv.engine.measuring import Measuring
+from repinv.engine.precision import StepNetwork, compile_forward, step_network
+from repinv.engine.sharding import gather, gather_rows, gather_tensor, take_checkpoint_rows, take_shard
 from repinv.errors import RepinvError
 from repinv.inputs.images import TargetImage
-from repinv.engine.measuring import Measuring
 from repinv.models import LoadedModel
 from repinv.objectives import Objective
 from repinv.params import Parametrization, Pixel
-from repinv.engine.precision import StepNetwork, compile_forward, step_network
 from repinv.priors import Prior
-from repinv.engine.sharding import gather, gather_rows, gather_tensor, take_checkpoint_rows, take_shard
 
 
 def noise_canvas(seeds: Sequence[int], size: tuple[int, int], mean: float, std: float) -> torch.Tensor:

@@ -23,19 +23,19 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.outputs.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal
-from repinv.errors import RepinvError
 from repinv.engine.identity import MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
-from repinv.inputs.images import load_images
-from repinv.outputs.loggers import make_loggers
-from repinv.models.surgery import apply_surgery
 from repinv.engine.module import ImageOptimization
 from repinv.engine.plugins import build, build_each, check_arguments, check_metrics, check_prior
 from repinv.engine.precision import set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
 from repinv.engine.sharding import process_count, sharded_strategy
-from repinv.outputs.summary import score
 from repinv.engine.validation import check_finite
+from repinv.errors import RepinvError
+from repinv.inputs.images import load_images
+from repinv.models.surgery import apply_surgery
+from repinv.outputs.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal
+from repinv.outputs.loggers import make_loggers
+from repinv.outputs.summary import score
 from repinv.outputs.wandb_logger import WANDB_ID, WandbFinished
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Pixel-space metrics: each `(image, reference) -> [N]`, images [N, 3, H, W], image unclamped (torchmetrics where it has them)."""
+"""Pixel-space metrics: each `(image, reference) -> [N]`, images [N, 3, H, W], image unclamped
+(torchmetrics where it has them)."""
 
 from __future__ import annotations
 

@@ -38,8 +38,10 @@ from torch import nn
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 BF16_MAX_ROWS = 128
-_MKL = torch.backends.mkl.is_available() and all(hasattr(torch.ops.mkl, op) for op in ("_mkl_reorder_linear_weight", "_mkl_linear"))
-_ONEDNN = torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise"))
+_MKL = torch.backends.mkl.is_available() and all(
+    hasattr(torch.ops.mkl, op) for op in ("_mkl_reorder_linear_weight", "_mkl_linear"))
+_ONEDNN = torch.backends.mkldnn.is_available() and all(
+    hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise"))
 
 
 def native_bf16() -> bool:

@@ -69,7 +69,8 @@ class Transplant(Operation):
             self.by_source = {"*": _name_list(names)}
         self.donor = None if donor is None else dict(donor)
         if not all(self.by_source.values()):
-            raise RepinvError("a transplant needs names: the parameters or modules to copy, e.g. names: [patch_embed, pos_embed].")
+            raise RepinvError("a transplant needs names: the parameters or modules to copy, "
+                              "e.g. names: [patch_embed, pos_embed].")
 
     def _names(self, model: LoadedModel) -> list[str]:
         """The names for the model's source, each in its spelling (neutral names such as patch_embed resolve)."""
@@ -88,7 +89,8 @@ class Transplant(Operation):
     def _donor(self, model: LoadedModel) -> nn.Module:
         unknown = set(self.donor) - {"name", "pretrained", "checkpoint", "weights"}
         if unknown:
-            raise RepinvError(f"transplant donor settings {sorted(unknown)} are unknown; a donor takes pretrained, checkpoint, weights and name.")
+            raise RepinvError(f"transplant donor settings {sorted(unknown)} are unknown; "
+                              "a donor takes pretrained, checkpoint, weights and name.")
         name = self.donor.get("name") or model.arch
         if name != model.arch:
             raise RepinvError(
@@ -116,7 +118,8 @@ class Transplant(Operation):
                 keys += [k for k in own if k.startswith(name + ".")]
             else:
                 raise RepinvError(
-                    f"transplant name '{name}' is neither a parameter nor a module of {model.arch}.{suggest(name, list(own) + list(modules))} "
+                    f"transplant name '{name}' is neither a parameter nor a module of {model.arch}."
+                    f"{suggest(name, list(own) + list(modules))} "
                     f"It has {listing(_top_names(model.net), 30)} (any name from named_modules() or named_parameters())."
                 )
         return keys
@@ -158,7 +161,8 @@ def _class_name(m: nn.Module) -> str:
 
 
 class Remove(Operation):
-    """Replace every module whose class name or path matches `pattern` (shell-style, e.g. LayerNorm, blocks.*.norm1) with identity.
+    """Replace every module whose class name or path matches `pattern` (shell-style, e.g. LayerNorm,
+    blocks.*.norm1) with identity.
 
     A path pattern that matches nothing as written is read as a neutral name (blocks.*.norm1) in
     the model source's spelling (torchvision's encoder.layers.encoder_layer_*.ln_1).
@@ -199,7 +203,8 @@ class Rebuild(Operation):
 
     def __call__(self, model: LoadedModel) -> LoadedModel:
         if model.surgery:
-            raise RepinvError(f"a rebuild (kwargs {self.kwargs}) builds a new model and would undo {model.surgery}; list it first in surgery.")
+            raise RepinvError(f"a rebuild (kwargs {self.kwargs}) builds a new model and would undo {model.surgery}; "
+                              "list it first in surgery.")
         spec = {**model.spec, "kwargs": {**model.spec.get("kwargs", {}), **self.kwargs}}
         if "img_size" in self.kwargs:
             spec["input_size"] = self.kwargs["img_size"]
@@ -231,7 +236,8 @@ class Stem(Operation):
                 f"{f'; {sorted(unknown)} are unknown' if unknown else ''}, e.g. donor: {{name: resnet50, pretrained: true}}."
             )
         if not self.layers or self.channels < 1:
-            raise RepinvError(f"a stem needs donor layers and at least one channel (layers={self.layers}, channels={self.channels}), e.g. layers: [conv1], channels: 3.")
+            raise RepinvError(f"a stem needs donor layers and at least one channel (layers={self.layers}, "
+                              f"channels={self.channels}), e.g. layers: [conv1], channels: 3.")
 
     def _build_donor(self, model: LoadedModel) -> LoadedModel:
         spec = {"input_size": model.input_size, "seed": model.spec.get("seed", 0),
@@ -254,7 +260,8 @@ class Stem(Operation):
             with torch.no_grad():
                 out = stem.run_layers(torch.zeros(1, 3, *model.input_size))
         except RuntimeError as err:
-            raise RepinvError(f"stem layers {self.layers} of {donor.arch} do not run in that order on an image: {str(err).splitlines()[0]}") from None
+            raise RepinvError(f"stem layers {self.layers} of {donor.arch} do not run in that order on an image: "
+                              f"{str(err).splitlines()[0]}") from None
         if out.ndim != 4 or out.shape[1] < self.channels:
             have = f"{out.shape[1]} channels" if out.ndim == 4 else f"a {out.ndim}-D output"
             raise RepinvError(
@@ -266,7 +273,8 @@ class Stem(Operation):
     def __call__(self, model: LoadedModel) -> LoadedModel:
         stemmed = model.source.stem_classes.get(type(model.net))
         if stemmed is None:
-            already = " already has a stem" if type(model.net) in model.source.stem_classes.values() else f" is a {type(model.net).__name__}"
+            already = (" already has a stem" if type(model.net) in model.source.stem_classes.values()
+                       else f" is a {type(model.net).__name__}")
             raise RepinvError(
                 f"a stem goes in front of a ViT's encoder stack, but {model.arch}{already}. Use it on a timm or "
                 "torchvision VisionTransformer (model=vit_b_32, tv_vit_b_32, vit_tiny), once."

@@ -19,7 +19,6 @@ from repinv.errors import RepinvError
 from repinv.inputs.images import TargetImage
 from repinv.metrics import describe
 
-
 # Images one objective may generate per unit or class: each is a full canvas in memory for the whole run.
 MAX_SAMPLES = 1024
 

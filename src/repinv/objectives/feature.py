@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 
 from repinv.errors import RepinvError
-from repinv.objectives.base import Objective, positive, samples_count
 from repinv.models.taps import LayerTap, hidden_layer_names, resolve_layer
+from repinv.objectives.base import Objective, positive, samples_count
 
 
 def positions(out: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from repinv.errors import RepinvError
 from repinv.metrics import HEADLINE
-from repinv.objectives.base import Objective, positive, target_seed
 from repinv.models.taps import LayerTap, SharedPass, layer_label, resolve_layers
+from repinv.objectives.base import Objective, positive, target_seed
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from repinv.outputs.figures import filter_grid, filter_stats, input_conv, to_uint8
 from repinv.engine.identity import CHANGES_KEY
-from repinv.models import LoadedModel
-from repinv.outputs.results import merge_shares, share_file, write_results, write_share
 from repinv.engine.runinfo import RunInfo
 from repinv.engine.sharding import CollectiveFailed, any_rank, shard_bounds
+from repinv.models import LoadedModel
+from repinv.outputs.figures import filter_grid, filter_stats, input_conv, to_uint8
+from repinv.outputs.results import merge_shares, share_file, write_results, write_share
 
 log = logging.getLogger(__name__)
 

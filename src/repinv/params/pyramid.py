@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from repinv.errors import RepinvError
 from repinv.params.base import Parametrization, batch_shape
 
-
 # The smallest weight gain^(levels-1) of the coarsest level: its parameter is the image / that weight,
 # which float32 holds with room for a step (as Fourier's MAX_WEIGHT_RATIO).
 MIN_WEIGHT = 1e-12
