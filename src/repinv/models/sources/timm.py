@@ -22,6 +22,10 @@ from torch import nn
 from repinv.errors import RepinvError, listing, suggest
 from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource, load_state_file, register
 
+# The TypeErrors that mean kwargs do not fit a model: an entry point's own size next to the same one in
+# kwargs (mixer_b16_224's patch_size), and a constructor without that setting. Any other TypeError is a fault.
+DUPLICATE, UNEXPECTED = "got multiple values for keyword argument", "got an unexpected keyword argument"
+
 
 class TimmStemViT(VisionTransformer):
     """timm's ViT with `stem` first; forward_intermediates index 0 is the stem's output."""
@@ -91,7 +95,9 @@ def build(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     """
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except TypeError:
+    except TypeError as err:
+        if DUPLICATE not in str(err):
+            raise
         with torch.device("meta"):
             cls = type(timm.create_model(name))
     return timm.models.build_model_with_cfg(
@@ -123,6 +129,8 @@ class TimmSource(ModelSource):
         try:
             return build(name, use_weights, kwargs), use_weights
         except TypeError as err:
+            if not any(phrase in str(err) for phrase in (DUPLICATE, UNEXPECTED)):
+                raise
             raise RepinvError(
                 f"model.kwargs={kwargs} do not fit {name}: {err}. Use keyword arguments that "
                 f"timm's {name} constructor takes (depth, embed_dim, num_heads, img_size, patch_size, ...)."
