@@ -65,13 +65,15 @@ DIAGNOSTICS = {
     "null_fraction": (lambda r: r["null_fraction"], ["forward_seconds"]),
     "stable_rank_fraction": (lambda r: r["stable_rank"] / r["n_in"], ["svd_seconds"]),
     "entropy_rank": (lambda r: r["entropy_rank"], ["svd_seconds"]),
-    "log10_condition": (lambda r: math.log10(r["condition"]) if r["condition"] > 0 else math.nan, ["svd_seconds", "lanczos_seconds"]),
+    "log10_condition": (lambda r: math.log10(r["condition"]) if r["condition"] > 0 else math.nan,
+                        ["svd_seconds", "lanczos_seconds"]),
     "nonunique_psnr": (lambda r: r["nonunique_psnr"], ["nonunique_seconds"]),
     "nonunique_input_l2": (lambda r: r["nonunique_input_l2"], ["nonunique_seconds"]),
 }
 TARGET = "inversion_psnr"
 # --ledger: the spectrum's settings (no inversions of its own, no normalisation variants)
-LEDGER_SPECTRUM = ["diagnostics.nonunique.seeds=0", "diagnostics.norm_ablation=[]", "diagnostics.top_k=8", "diagnostics.oversample=4",
+LEDGER_SPECTRUM = ["diagnostics.nonunique.seeds=0", "diagnostics.norm_ablation=[]", "diagnostics.top_k=8",
+                   "diagnostics.oversample=4",
                    "diagnostics.power_iters=1", "diagnostics.lanczos_steps=8", "diagnostics.small_k=2", "logger=none"]
 
 
@@ -121,7 +123,8 @@ def network_records(name: str, bases: list[Run], extra: list[Run], root: Path) -
         found = [(run, next(r for r in run.records if (r["layer"], r["image"]) == key)) for run in runs]
         ledger = [r for run, r in found if any(run is b for b in bases)]
         out.append({**row, "model": name, "variant": "as_configured",
-                    **pairwise(torch.stack([reconstruction(run, r) for run, r in found]), [bool(r["accurate"]) for _, r in found]),
+                    **pairwise(torch.stack([reconstruction(run, r) for run, r in found]),
+                               [bool(r["accurate"]) for _, r in found]),
                     "inversion_psnr": sum(r["psnr"] for r in ledger) / len(ledger),
                     "inversion_accurate": sum(bool(r["accurate"]) for r in ledger) / len(ledger),
                     "inversion_seconds": sum(map(inversion_seconds, bases)) / len(bases),
@@ -189,7 +192,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny untrained models and a few steps (what the tests run)")
-    p.add_argument("--out", type=Path, help="where the table, plot and runs go (default logs/diagnostics; with --ledger its folder)")
+    p.add_argument("--out", type=Path,
+                   help="where the table, plot and runs go (default logs/diagnostics; with --ledger its folder)")
     p.add_argument("--ledger", type=Path, help="a claims ledger's folder: diagnose every network and layer it inverted")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="with --ledger: the ledger's budget (default cpu)")
     p.add_argument("--extra-seeds", type=int, default=1, help="with --ledger: inversions besides the ledger's for non-uniqueness")
@@ -211,8 +215,10 @@ def main(argv=None) -> None:
     plot(records, corr, args.out / "diagnostics.png")
     print(f"Spearman rank correlation with the inversion's PSNR over {len(records)} (model, variant, layer, image):")
     for c in corr:
-        print(f"  {c['diagnostic']:22s} rho={c['spearman']:+.2f}  cost {c['seconds']:.2f} s vs inversion {c['inversion_seconds']:.2f} s")
-    print(f"table {args.out / 'diagnostics.csv'}, correlations {args.out / 'correlations.csv'}, plot {args.out / 'diagnostics.png'}")
+        print(f"  {c['diagnostic']:22s} rho={c['spearman']:+.2f}  cost {c['seconds']:.2f} s "
+              f"vs inversion {c['inversion_seconds']:.2f} s")
+    print(f"table {args.out / 'diagnostics.csv'}, correlations {args.out / 'correlations.csv'}, "
+          f"plot {args.out / 'diagnostics.png'}")
 
 
 if __name__ == "__main__":

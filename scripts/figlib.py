@@ -2,8 +2,8 @@
 
 Every panel is one `repinv` run made by the study runner (`repinv.study`) under `--out`
 (`<out>/runs/<model>-seed<k>-<hash>/`): a finished run with the same overrides, made by any tool
-under the same folder, is reused; `--jobs N` runs N panels at once, each its own process. The figure is a grid with one row per panel and
-the target first, then each reconstruction titled with its record's column and caption (its
+under the same folder, is reused; `--jobs N` runs N panels at once, each its own process. The figure is a grid with one row per
+panel and the target first, then each reconstruction titled with its record's column and caption (its
 objective's headline number), or the run's filter grid (filters.png); its numbers go to a CSV beside it.
 """
 
@@ -52,8 +52,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="store_true", help="trained panels load timm's pretrained weights (hub or cache)")
     p.add_argument("--image", help="photograph(s) to invert, e.g. a path to the study's dalmatian (image=...)")
     p.add_argument("--steps", type=int, help="override the figure's number of steps")
-    p.add_argument("--source", choices=["timm", "torchvision"], default="timm",
-                   help="model library: torchvision runs the study's own models (tv_* configs)")
+    p.add_argument(
+        "--source",
+        choices=["timm", "torchvision"],
+        default="timm",
+        help="model library: torchvision runs the study's own models (tv_* configs)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="panels run at once (each its own repinv process)")
     p.add_argument("overrides", nargs="*", help="extra repinv overrides applied to every panel, e.g. model.source=torchvision")
     return p
@@ -106,11 +110,15 @@ def _filter_row(panel: Panel, status: str, run_dir: Path, records: list[dict]) -
         return [], []
     stats = json.loads((run_dir / "filters.json").read_text())
     title = f"{stats['module']} · {stats['filters']} filters · {stats['structured']:.0%} structured"
-    return ([(Image.open(run_dir / "filters.png").convert("RGB"), title)],
-            [{"panel": panel.label, "status": status, "steps": records[0].get("steps"), "column": stats["module"], **stats}])
+    return (
+        [(Image.open(run_dir / "filters.png").convert("RGB"), title)],
+        [{"panel": panel.label, "status": status, "steps": records[0].get("steps"), "column": stats["module"], **stats}],
+    )
 
 
-def assemble(name: str, title: str, panels: list[Panel], results: dict[str, tuple[str, Path, str]], out: Path) -> tuple[Path, Path]:
+def assemble(
+    name: str, title: str, panels: list[Panel], results: dict[str, tuple[str, Path, str]], out: Path
+) -> tuple[Path, Path]:
     """Grid PNG (rows = panels) and CSV of every panel's numbers and weights."""
     rows, labels, table = [], [], []
     for panel in panels:

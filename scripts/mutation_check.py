@@ -66,7 +66,8 @@ MUTATIONS = [
                "channels = image.to(self.param.dtype)")),
              (DEFS + "test_fourier_renders_a_dc_coefficient_as_a_flat_image_in_its_colour",)),
     Mutation("final metrics of a bf16 run through the bf16 network",
-             (("engine/module.py", "        losses, stats = self.measuring.fp32(self.net, view)\n        if self.divergence.check(",
+             (("engine/module.py",
+               "        losses, stats = self.measuring.fp32(self.net, view)\n        if self.divergence.check(",
                "        with torch.autocast(device_type=view.device.type, dtype=torch.bfloat16,\n"
                "                            enabled=self.step_net is not self.net):\n"
                "            losses, stats = self.objective(self.step_net, self.normalize(view.float()))\n"

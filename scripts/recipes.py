@@ -87,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES), help="a subset of the recipes")
     p.add_argument("--models", nargs="+", help="a subset of the models by label (vit_b_32 resnet50 mixer_b16_noln; "
                    "with --smoke vit_tiny resnet_tiny mixer_tiny_noln)")
-    p.add_argument("--steps", type=int, help="steps per run (default 1500, with --ledger 300; the report steps above it are left out)")
+    p.add_argument("--steps", type=int,
+                   help="steps per run (default 1500, with --ledger 300; the report steps above it are left out)")
     p.add_argument("--ledger", type=Path, help="a claims ledger's folder: its runs are the study recipes, the other recipes "
                    "run on its networks and layers (under this folder); --out defaults to it")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="with --ledger: the ledger's budget (default cpu)")
@@ -221,7 +222,8 @@ def reach(row: dict) -> str:
 
 
 def answer(rows: list[dict], within: int) -> list[str]:
-    """Whether one recipe reaches the study's best final PSNR within `within` steps at every model/layer, and where each falls short."""
+    """Whether one recipe reaches the study's best final PSNR within `within` steps at every model/layer, and where
+    each falls short."""
     panels = sorted({(r["model"], r["layer"]) for r in rows})
     lines, winners = [], []
     for recipe in dict.fromkeys(r["recipe"] for r in rows):
@@ -231,8 +233,8 @@ def answer(rows: list[dict], within: int) -> list[str]:
         winners += [] if short else [recipe]
         lines.append(f"- {recipe}: {len(panels) - len(short)} of {len(panels)} layers within {within} steps"
                      + (f"; short at {', '.join(short)}" if short else ""))
-    head = (f"Reaches the better study recipe's final PSNR within {within} steps at every layer of every network: {', '.join(winners)}."
-            if winners else f"No recipe reaches the better study recipe's final PSNR within {within} steps at every layer of every network.")
+    goal = f"the better study recipe's final PSNR within {within} steps at every layer of every network"
+    head = f"Reaches {goal}: {', '.join(winners)}." if winners else f"No recipe reaches {goal}."
     return [head, "", *lines]
 
 

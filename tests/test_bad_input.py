@@ -83,7 +83,8 @@ CASES = {
     "nan setting": (["regularizer.blur.sigma_start=nan"], "regularizer.blur.sigma_start=nan: settings must be finite"),
     "fourier weights below float32": (["param=fourier", "param.decay=40", "optimizer=adam"],
                                       "param.decay=40 weights the finest frequencies of a 64x64 image by less than 1/1e+12"),
-    "pyramid gain that runs away": (["param=pyramid", "param.gain=1e3"], "param.gain=1000.0 must lie in [0.0001, 1] for 4 levels"),
+    "pyramid gain that runs away": (["param=pyramid", "param.gain=1e3"],
+                                    "param.gain=1000.0 must lie in [0.0001, 1] for 4 levels"),
     "objective scale 0": (["objective.scale=0"], "objective.scale=0 must be positive"),
     "negative noise baseline": (["objective.noise_std=-1"], "objective.noise_std=-1 must be positive"),
     "feature samples beyond memory": (["objective=feature", "objective.samples=1e9"], "objective.samples=1000000000.0 must be"),
@@ -103,7 +104,8 @@ CASES = {
     "target that does not exist": (["param._target_=repinv.params.Nope"],
                                    "param could not be built from _target_=repinv.params.Nope"),
     "arguments a target does not take": (["+param.levels=3"], "param could not be built from _target_=repinv.params.Pixel"),
-    "trainer option that does not exist": (["+trainer.bogus_option=3"], "trainer could not be built from _target_=pytorch_lightning"),
+    "trainer option that does not exist": (["+trainer.bogus_option=3"],
+                                           "trainer could not be built from _target_=pytorch_lightning"),
 }
 
 # Refused by Hydra's composition, before any run folder exists.

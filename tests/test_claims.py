@@ -77,12 +77,14 @@ def test_filter_and_class_rules():
     assert not rules.about_half_structured({"v": [{"structured": 0.25}]}, "v").holds
     assert not rules.about_half_structured({"v": [{"structured": 0.8}]}, "v").holds
     assert rules.generates_classes({"g": [{"rank": 0, "prob": 0.9}, {"rank": 3, "prob": 0.1}]}, "g").holds
-    assert not rules.generates_classes({"g": [{"rank": 0, "prob": 0.9}, {"rank": 3, "prob": 0.1}, {"rank": 1, "prob": 0.2}]}, "g").holds
+    ranks = [{"rank": 0, "prob": 0.9}, {"rank": 3, "prob": 0.1}, {"rank": 1, "prob": 0.2}]
+    assert not rules.generates_classes({"g": ranks}, "g").holds
 
 
 def test_every_claim_has_runs_for_both_budgets_and_trained_claims_are_marked():
     ids = [c.id for c in CLAIMS]
-    assert len(ids) == len(set(ids)) and {"vit-untrained-constant-depth", "resnet-untrained-loses-input", "mixer-layernorm"} <= set(ids)
+    assert len(ids) == len(set(ids))
+    assert {"vit-untrained-constant-depth", "resnet-untrained-loses-input", "mixer-layernorm"} <= set(ids)
     for claim in CLAIMS:
         for name in claim.runs:
             assert any(o.startswith("model=") for o in claim.overrides(name, "study"))

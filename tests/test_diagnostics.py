@@ -96,7 +96,8 @@ def test_projection_reports_its_null_space():
     assert top[k:].abs().max() < 1e-5 and got["sigma_min_found"] < 1e-5
     assert got["stable_rank"] == pytest.approx(k, rel=1e-3)
     keep = spectrum(lambda x: x.flatten(1)[:, :k], X0, SpectrumSettings(top_k=k, lanczos_steps=k))
-    assert keep["null_dim_min"] == N - k and keep["completeness"] == "under-complete" and keep["condition"] == pytest.approx(1, abs=1e-4)
+    assert keep["null_dim_min"] == N - k and keep["completeness"] == "under-complete"
+    assert keep["condition"] == pytest.approx(1, abs=1e-4)
 
 
 def test_norm_ablation_variants_of_mixer_and_resnet():
@@ -112,7 +113,8 @@ def test_norm_ablation_variants_of_mixer_and_resnet():
     assert [v.name for v in variants(resnet, ["each"])][:3] == ["as_configured", "no_bn1", "no_layer1.0.bn1"]
     tv_vit = torchvision.models.vit_b_32(image_size=64)  # torchvision names its LayerNorms ln_1, ln_2, ln
     names = [v.name for v in variants(tv_vit, ["each"])]
-    assert len(names) == 1 + 2 * 12 + 1 and names[1:3] == ["no_encoder.layers.encoder_layer_0.ln_1", "no_encoder.layers.encoder_layer_0.ln_2"]
+    assert len(names) == 1 + 2 * 12 + 1
+    assert names[1:3] == ["no_encoder.layers.encoder_layer_0.ln_1", "no_encoder.layers.encoder_layer_0.ln_2"]
 
 
 def test_pairwise_of_equal_and_different_images():

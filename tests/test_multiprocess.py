@@ -67,7 +67,9 @@ def test_sigterm_to_one_process_stops_all_then_resume_equals_an_uninterrupted_ru
     assert [(r["layer"], r["status"], r["steps"]) for r in cut] == [(r["layer"], "interrupted", 14) for r in whole]
     assert all((cut_dir / r["png"]).is_file() for r in cut)
     ckpt = _ckpt(cut_dir)
-    assert ckpt["global_step"] == 14 and ckpt["state_dict"]["image_param.param"].shape[0] == 4, "one checkpoint of the whole batch"
+    assert ckpt["global_step"] == 14 and ckpt["state_dict"]["image_param.param"].shape[0] == 4, (
+        "one checkpoint of the whole batch"
+    )
     assert ckpt["optimizer_states"][0]["state"][0]["exp_avg"].shape == ckpt["state_dict"]["image_param.param"].shape
 
     res = _env_repinv(*args, *TWO, "logger=csv", "resume=last", f"hydra.run.dir={cut_dir}")
@@ -87,8 +89,17 @@ def test_a_crashed_process_stops_the_other_and_the_survivors_results_are_written
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     run_dir = tmp_path / "crash"
     start = time.monotonic()
-    res = _env_repinv(*FOUR, "steps=2000", "checkpoint_every=0", "logger=none", "collective_timeout_s=20",
-                      *on_rank(1, 5), *TWO, f"hydra.run.dir={run_dir}", timeout=240)
+    res = _env_repinv(
+        *FOUR,
+        "steps=2000",
+        "checkpoint_every=0",
+        "logger=none",
+        "collective_timeout_s=20",
+        *on_rank(1, 5),
+        *TWO,
+        f"hydra.run.dir={run_dir}",
+        timeout=240,
+    )
     took = time.monotonic() - start
     assert res.returncode not in (0, None), res.stderr[-3000:]
     assert took < 150, f"the run took {took:.0f} s with collective_timeout_s=20"
@@ -111,12 +122,18 @@ def test_log_steps_report_the_centred_view_in_fp32(run_repinv):
     from repinv.metrics import psnr
 
     args = ["model=vit_tiny", "layers=[0]", "optimizer.lr=1.0", "log_every=5", "logger=csv"]
-    _, out = run_repinv(*args, "steps=11", "regularizer=blur_jitter", "regularizer.jitter.pixels=8",
-                        "regularizer.jitter.start=0", tiny=False, name="jitter")
+    _, out = run_repinv(
+        *args,
+        "steps=11",
+        "regularizer=blur_jitter",
+        "regularizer.jitter.pixels=8",
+        "regularizer.jitter.start=0",
+        tiny=False,
+        name="jitter",
+    )
     img = _ckpt(out)["state_dict"]["divergence.last_good"]  # the image the last log step (10) saw
     centre = img[:, :, 4:68, 4:68]
-    shifted = max((img[:, :, y:y + 64, x:x + 64] for y in range(9) for x in range(9)),
-                  key=lambda v: (v - centre).abs().max())
+    shifted = max((img[:, :, y : y + 64, x : x + 64] for y in range(9) for x in range(9)), key=lambda v: (v - centre).abs().max())
     ref = load_images("chelsea", (64, 64))[0].pixels.unsqueeze(0)
     logged = _logged(out, 10)["psnr/chelsea/L0"]
     assert logged == pytest.approx(psnr(centre, ref).item(), abs=1e-4)

@@ -180,7 +180,8 @@ def test_prior_presets_build_their_priors_in_order(name, kinds, tmp_path):
 def test_scale_rotate_is_the_step_transform():
     image = noise((2, 3, 32, 32))
     prior = ScaleRotate((0.8, 1.2), 15)
-    assert torch.equal(prior.transform(image, 0, torch.Generator().manual_seed(5)), prior(image, torch.Generator().manual_seed(5)))
+    seeded = torch.Generator().manual_seed
+    assert torch.equal(prior.transform(image, 0, seeded(5)), prior(image, seeded(5)))
     assert prior.penalty(image, 0) is None and prior.margin == 0
 
 
@@ -191,16 +192,20 @@ def _tiny_run(tmp_path, name, *overrides):
     return run(compose_cfg([*TINY, "steps=20", "logger=csv", "log_every=5", *overrides], tmp_path / name))
 
 
-@pytest.mark.parametrize("name,prior,weight,measure", [
-    ("tv", "repinv.priors.TotalVariation", 0.05, lambda x: TotalVariation(1, 2)(x)),
-    ("alpha", "repinv.priors.AlphaNorm", 20, lambda x: AlphaNorm(1, 6)(x)),
-    ("l2", "repinv.priors.L2Decay", 0.05, lambda x: L2Decay(1)(x)),
-])
+@pytest.mark.parametrize(
+    "name,prior,weight,measure",
+    [
+        ("tv", "repinv.priors.TotalVariation", 0.05, lambda x: TotalVariation(1, 2)(x)),
+        ("alpha", "repinv.priors.AlphaNorm", 20, lambda x: AlphaNorm(1, 6)(x)),
+        ("l2", "repinv.priors.L2Decay", 0.05, lambda x: L2Decay(1)(x)),
+    ],
+)
 def test_each_prior_lowers_its_penalty_through_the_module(tmp_path, name, prior, weight, measure):
     """A heavily weighted penalty prior, given by `_target_` alone, pulls the run's final images towards it."""
     plain = _tiny_run(tmp_path, "plain", "regularizer=none").images
-    weighted = _tiny_run(tmp_path, name, "regularizer=none", f"+regularizer.{name}._target_={prior}",
-                         f"+regularizer.{name}.weight={weight}").images
+    weighted = _tiny_run(
+        tmp_path, name, "regularizer=none", f"+regularizer.{name}._target_={prior}", f"+regularizer.{name}.weight={weight}"
+    ).images
     assert (measure(weighted) < 0.7 * measure(plain)).all()
 
 

@@ -107,7 +107,9 @@ def test_interrupted_ledger_resumes_without_rerunning_finished_runs(tmp_path, mo
     assert len(launches) == 3, "4 runs: the finished one is reused, the interrupted one resumes, two are new"
     assert sum("resume=last" in a for a in launches) == 1
     resumed = next(a for a in launches if "resume=last" in a)
-    assert [r["steps"] for r in json.loads((Path(resumed[-1].split("=", 1)[1].strip("'")) / "metrics.json").read_text())] == [6] * 3
+    assert [r["steps"] for r in json.loads((Path(resumed[-1].split("=", 1)[1].strip("'")) / "metrics.json").read_text())] == [
+        6
+    ] * 3
     assert {r["verdict"] for r in csv.DictReader(open(tmp_path / "claims.csv"))} <= {"holds", "fails"}
     launches.clear()
     assert cli.main(args) == 0 and launches == [], "a finished ledger runs nothing again"
@@ -129,14 +131,30 @@ def ledger(tmp_path_factory):
 
 def _final_psnr(nets) -> dict[tuple[str, str, str], float]:
     """(network, recipe, layer) -> the ledger run's final PSNR, from its metrics.json."""
-    return {(net, recipe, r["layer"]): r["psnr"] for net, by in nets.items() for recipe, runs in by.items()
-            for r in json.loads((runs[0].folder / "metrics.json").read_text())}
+    return {
+        (net, recipe, r["layer"]): r["psnr"]
+        for net, by in nets.items()
+        for recipe, runs in by.items()
+        for r in json.loads((runs[0].folder / "metrics.json").read_text())
+    }
 
 
 def test_recipe_study_from_ledger_runs_only_the_other_recipes(ledger, monkeypatch, capsys):
     nets = networks(ledger, TINY, EXTRA)
     launches = _counted(monkeypatch)
-    args = ["--ledger", str(ledger), "--budget", "quick", "--recipes", "adam-pyramid-blur", "--steps", "4", "--within", "4", *EXTRA]
+    args = [
+        "--ledger",
+        str(ledger),
+        "--budget",
+        "quick",
+        "--recipes",
+        "adam-pyramid-blur",
+        "--steps",
+        "4",
+        "--within",
+        "4",
+        *EXTRA,
+    ]
     assert _script("recipes").main(args) == 0
     assert len(launches) == len(nets) == 7, "one run per network for the one other recipe; the ledger's are reused"
     assert all("steps=4" in a and "optimizer=adam" in a and "param=pyramid" in a for a in launches)
@@ -145,8 +163,11 @@ def test_recipe_study_from_ledger_runs_only_the_other_recipes(ledger, monkeypatc
     recipes = {DEFAULT_RECIPE, "constant lr=0.5, no input norm", "adam-pyramid-blur"}
     for net, layer in {(n, layer) for n, _, layer in final}:
         mine = {r["recipe"]: r for r in rows if (r["model"], r["layer"]) == (net, layer)}
-        assert set(mine) == recipes or net.endswith(("patch_size=8", "[patch_embed]", "resnet_stem")) and set(mine) == recipes - {
-            "constant lr=0.5, no input norm"}
+        assert (
+            set(mine) == recipes
+            or net.endswith(("patch_size=8", "[patch_embed]", "resnet_stem"))
+            and set(mine) == recipes - {"constant lr=0.5, no input norm"}
+        )
         goal = max(v for (n, _, la), v in final.items() if (n, la) == (net, layer))
         assert all(float(r["study_best_psnr"]) == pytest.approx(goal) for r in mine.values())
         assert float(mine[DEFAULT_RECIPE]["psnr@6"]) == pytest.approx(final[(net, DEFAULT_RECIPE, layer)])
@@ -173,7 +194,9 @@ def test_diagnostics_from_ledger_runs_one_extra_seed_per_network(ledger, monkeyp
     assert all("steps=4" in a and "model.seed=0" in a and "seed=1" in a for a in launches)
     rows = list(csv.DictReader(open(out / "diagnostics.csv")))
     final = _final_psnr(nets)
-    assert sorted((r["model"], r["layer"]) for r in rows) == sorted((n, la) for n, recipe, la in final if recipe == DEFAULT_RECIPE)
+    assert sorted((r["model"], r["layer"]) for r in rows) == sorted(
+        (n, la) for n, recipe, la in final if recipe == DEFAULT_RECIPE
+    )
     for r in rows:
         assert float(r["inversion_psnr"]) == pytest.approx(final[(r["model"], DEFAULT_RECIPE, r["layer"])])
         assert r["nonunique_k"] == "2" and float(r["nonunique_input_l2"]) > 0 and float(r["stable_rank"]) > 0

@@ -64,7 +64,9 @@ def app(cfg: DictConfig) -> float:
         if not multirun:
             raise
         log.exception("job %s crashed; the sweep goes on", hc.job.num)
-        Path(hc.runtime.output_dir, "error.txt").write_text(traceback.format_exc().strip().splitlines()[-1] + "\n\n" + traceback.format_exc())
+        Path(hc.runtime.output_dir, "error.txt").write_text(
+            traceback.format_exc().strip().splitlines()[-1] + "\n\n" + traceback.format_exc()
+        )
         return float("nan")
     return result.score
 

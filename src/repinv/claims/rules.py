@@ -112,7 +112,7 @@ def _difference(m: Measurements, a: str, b: str, layer_a: str | None, layer_b: s
     """Paired PSNR differences a − b: per (seed, image) between two layers, else per (seed, image, layer)."""
     key = _sample if layer_a or layer_b else (lambda r: (*_sample(r), str(r["layer"])))
     diff = _paired(_select(m, a, layer_a), _select(m, b, layer_b), key)
-    name = lambda c, l: f"{c}{'@' + l if l else ''}"  # noqa: E731
+    name = lambda c, layer: f"{c}{'@' + layer if layer else ''}"  # noqa: E731
     return f"{name(a, layer_a)} − {name(b, layer_b)}", diff
 
 

@@ -4,8 +4,8 @@ Each ablation kind maps a built network to named variants, each a `Remove` surge
 (as config, so the same variant is rebuilt for the inversions). `all`: every LayerNorm at once
 (the study's Mixer without LayerNorm); `each`: one variant per normalisation module, one at a
 time: a module whose own name (the last part of its path) contains "norm" or whose class is a
-norm (LayerNorm, BatchNorm2d, GroupNorm, ...; torchvision names its LayerNorms ln_1, ln_2). Kinds that find nothing in a model (a ResNet has no LayerNorm) give no
-variant.
+norm (LayerNorm, BatchNorm2d, GroupNorm, ...; torchvision names its LayerNorms ln_1, ln_2). Kinds that find
+nothing in a model (a ResNet has no LayerNorm) give no variant.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def _all_layernorms(net: nn.Module) -> list[Variant]:
 
 def _is_norm(path: str, module: nn.Module) -> bool:
     named = "norm" in path.rsplit(".", 1)[-1].lower()
-    return bool(path) and not isinstance(module, nn.Identity) and (named or any("Norm" in c.__name__ for c in type(module).__mro__))
+    return (
+        bool(path) and not isinstance(module, nn.Identity) and (named or any("Norm" in c.__name__ for c in type(module).__mro__))
+    )
 
 
 def _each_norm(net: nn.Module) -> list[Variant]:

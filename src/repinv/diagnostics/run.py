@@ -45,7 +45,9 @@ SCALARS = ("sigma_max", "sigma_min_found", "condition", "stable_rank", "numerica
 
 def _whole(name: str, value, low: int, example: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise RepinvError(f"diagnostics.{name}={value} must be a whole number of at least {low}; e.g. diagnostics.{name}={example}.")
+        raise RepinvError(
+            f"diagnostics.{name}={value} must be a whole number of at least {low}; e.g. diagnostics.{name}={example}."
+        )
     return value
 
 
@@ -56,16 +58,24 @@ def settings(cfg: DictConfig) -> tuple[SpectrumSettings, int, int, list[str]]:
         raise RepinvError("the config has no diagnostics node; run repinv-diagnose (config diagnose.yaml), not repinv.")
     tol = d.get("rank_tol", 1e-3)
     if not isinstance(tol, (int, float)) or not 0 < tol < 1:
-        raise RepinvError(f"diagnostics.rank_tol={tol} must be a number between 0 and 1; e.g. 1e-3 counts singular values above 0.001 σmax.")
+        raise RepinvError(
+            f"diagnostics.rank_tol={tol} must be a number between 0 and 1; e.g. 1e-3 counts singular values above 0.001 σmax."
+        )
     spec = SpectrumSettings(
-        top_k=_whole("top_k", d.top_k, 1, "16"), oversample=_whole("oversample", d.oversample, 0, "8"),
-        power_iters=_whole("power_iters", d.power_iters, 0, "2"), lanczos_steps=_whole("lanczos_steps", d.lanczos_steps, 1, "24"),
-        small_k=_whole("small_k", d.small_k, 1, "4"), rank_tol=float(tol), probe_batch=_whole("probe_batch", d.probe_batch, 1, "16"),
+        top_k=_whole("top_k", d.top_k, 1, "16"),
+        oversample=_whole("oversample", d.oversample, 0, "8"),
+        power_iters=_whole("power_iters", d.power_iters, 0, "2"),
+        lanczos_steps=_whole("lanczos_steps", d.lanczos_steps, 1, "24"),
+        small_k=_whole("small_k", d.small_k, 1, "4"),
+        rank_tol=float(tol),
+        probe_batch=_whole("probe_batch", d.probe_batch, 1, "16"),
         seed=int(cfg.seed),
     )
     seeds = _whole("nonunique.seeds", d.nonunique.seeds, 0, "3")
     if seeds == 1:
-        raise RepinvError("diagnostics.nonunique.seeds=1 gives no pair to compare; use 0 (no non-uniqueness) or at least 2, e.g. 3.")
+        raise RepinvError(
+            "diagnostics.nonunique.seeds=1 gives no pair to compare; use 0 (no non-uniqueness) or at least 2, e.g. 3."
+        )
     steps = _whole("nonunique.steps", d.nonunique.steps, 1, "1500 (the study's recipe)")
     return spec, seeds, steps, check_ablations(d.get("norm_ablation"))
 
@@ -90,18 +100,30 @@ def spectra(cfg: DictConfig, model: LoadedModel, spec: SpectrumSettings) -> list
         fn = layer_function(model, tap)
         for im in images:
             log.info("spectrum of %s at %s (%s)", tap.label, im.name, model.label)
-            out.append({"layer": tap.label, "module": tap.module, "depth": depth, "image": im.name,
-                        **spectrum(fn, im.pixels[None].float(), spec)})
+            out.append(
+                {
+                    "layer": tap.label,
+                    "module": tap.module,
+                    "depth": depth,
+                    "image": im.name,
+                    **spectrum(fn, im.pixels[None].float(), spec),
+                }
+            )
     return out
 
 
-def diagnose_variant(cfg: DictConfig, variant: Variant, spec: SpectrumSettings, seeds: int, steps: int, out_dir: Path) -> list[dict]:
+def diagnose_variant(
+    cfg: DictConfig, variant: Variant, spec: SpectrumSettings, seeds: int, steps: int, out_dir: Path
+) -> list[dict]:
     """Spectral and non-uniqueness records of one model variant."""
     model = build_variant(cfg, variant)
     rows = spectra(cfg, model, spec)
     if seeds:
         folder = out_dir / "inversions" / variant.name
-        found = {(r["layer"], r["image"]): r for r in seed_inversions(cfg, list(range(cfg.seed, cfg.seed + seeds)), steps, folder, variant.surgery)}
+        found = {
+            (r["layer"], r["image"]): r
+            for r in seed_inversions(cfg, list(range(cfg.seed, cfg.seed + seeds)), steps, folder, variant.surgery)
+        }
         rows = [{**r, **{k: v for k, v in found[(r["layer"], r["image"])].items() if k not in r}} for r in rows]
     return [{"model": model.label, "trained": model.trained, "variant": variant.name, **r} for r in rows]
 
@@ -114,7 +136,9 @@ def log_records(cfg: DictConfig, records: list[dict]) -> None:
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         for depth in sorted({r["depth"] for r in records}):
-            flat = {f"{k}/{r['variant']}/{r['image']}": float(r[k]) for r in records if r["depth"] == depth for k in SCALARS if k in r}
+            flat = {
+                f"{k}/{r['variant']}/{r['image']}": float(r[k]) for r in records if r["depth"] == depth for k in SCALARS if k in r
+            }
             for lg in loggers:
                 lg.log_metrics(flat, step=depth)
         for lg in loggers:
@@ -157,9 +181,13 @@ class DiagnoseSweepEnd(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        records = [dict(r, job=p.parent.name) for p in sorted(sweep_dir.glob("*/metrics.json")) for r in json.loads(p.read_text())]
+        records = [
+            dict(r, job=p.parent.name) for p in sorted(sweep_dir.glob("*/metrics.json")) for r in json.loads(p.read_text())
+        ]
         if records:
-            print(f"diagnostics of {len(records)} (variant, layer, image) in {write_table(records, sweep_dir / 'diagnostics.csv')}")
+            print(
+                f"diagnostics of {len(records)} (variant, layer, image) in {write_table(records, sweep_dir / 'diagnostics.csv')}"
+            )
         if any(sweep_dir.glob("*/wandb/offline-run-*")):
             print(f"W&B offline runs: upload with `wandb sync {sweep_dir}/*/wandb/offline-run-*`")
 

@@ -98,7 +98,11 @@ def forward_until(net: nn.Module, x: torch.Tensor, hooks: dict[str, Callable]) -
 def _invalid(spec, net: nn.Module, key: str = "layers") -> RepinvError:
     names = hidden_layer_names(net)
     modules = [n for n, _ in net.named_modules() if n and n.count(".") <= 1]
-    idx = f"indices 0..{len(names) - 1} (or -1 for the last) meaning {listing(names, 6)}" if names else "no indices (this model has no forward_intermediates)"
+    idx = (
+        f"indices 0..{len(names) - 1} (or -1 for the last) meaning {listing(names, 6)}"
+        if names
+        else "no indices (this model has no forward_intermediates)"
+    )
     return RepinvError(
         f"{key}={spec} is not a layer of this model.{suggest(str(spec), [n for n, _ in net.named_modules() if n])} "
         f"Valid layers are {idx}, or a module path such as {listing(modules, 16)} "
@@ -134,8 +138,13 @@ def resolve_layer(net: nn.Module, spec: int | str, key: str = "layers") -> Layer
 def resolve_layers(net: nn.Module, specs) -> list[LayerTap]:
     """Resolve `layers=` (one entry or a list) to distinct taps, in the order given."""
     if specs is None:
-        raise RepinvError("layers= is empty. Give an index such as layers=5, a module path such as layers=patch_embed, or a list such as layers=[0,5,11].")
-    entries = list(specs) if isinstance(specs, (list, tuple)) or hasattr(specs, "__iter__") and not isinstance(specs, str) else [specs]
+        raise RepinvError(
+            "layers= is empty. Give an index such as layers=5, a module path such as layers=patch_embed, "
+            "or a list such as layers=[0,5,11]."
+        )
+    entries = (
+        list(specs) if isinstance(specs, (list, tuple)) or hasattr(specs, "__iter__") and not isinstance(specs, str) else [specs]
+    )
     taps: list[LayerTap] = []
     for spec in entries:
         tap = resolve_layer(net, spec)
@@ -207,6 +216,7 @@ class SharedPass:
                 for g in exits[name]:
                     outs[g], out = out[: counts[g]], out[counts[g] :]
                 raise _Passing(None, out)
+
             return hook
 
         forward_until(net, x, {n: split(n) for n in exits})

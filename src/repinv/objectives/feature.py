@@ -19,7 +19,9 @@ def positions(out: torch.Tensor) -> torch.Tensor:
         return out
     if out.dim() == 2:
         return out[:, None]
-    raise RepinvError(f"objective=feature reads [N, C, H, W] feature maps or [N, T, C] tokens; this layer gives shape {tuple(out.shape)}.")
+    raise RepinvError(
+        f"objective=feature reads [N, C, H, W] feature maps or [N, T, C] tokens; this layer gives shape {tuple(out.shape)}."
+    )
 
 
 def _unit(spec) -> tuple[int | None, int]:
@@ -27,8 +29,10 @@ def _unit(spec) -> tuple[int | None, int]:
     parts = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else [spec]
     if len(parts) in (1, 2) and all(str(p).lstrip("-").isdigit() for p in parts):
         return (None, int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-    raise RepinvError(f"objective.units entry {spec!r} is not a unit: give a channel index (units=[3]) or a "
-                      "[token, channel] pair (units=[[0,3]]), e.g. objective.units=[0,5,[0,3]].")
+    raise RepinvError(
+        f"objective.units entry {spec!r} is not a unit: give a channel index (units=[3]) or a "
+        "[token, channel] pair (units=[[0,3]]), e.g. objective.units=[0,5,[0,3]]."
+    )
 
 
 class FeatureVisualization(Objective):
@@ -48,8 +52,12 @@ class FeatureVisualization(Objective):
             raise RepinvError("objective.units is empty: give channel indices, e.g. objective.units=[0,3].")
         self.layer_spec, self.units = layer, [_unit(u) for u in specs]
         self.samples = samples_count(samples, "unit")
-        self.scale = positive("scale", scale, "the loss is -scale x the activation, so 0 optimises nothing and a negative "
-                              "scale minimises the activation; 1.0 is the default.")
+        self.scale = positive(
+            "scale",
+            scale,
+            "the loss is -scale x the activation, so 0 optimises nothing and a negative "
+            "scale minimises the activation; 1.0 is the default.",
+        )
         self.tap: LayerTap | None = None
 
     @torch.no_grad()

@@ -13,4 +13,14 @@ from repinv.models.sources.base import (
     register,
 )
 
-__all__ = ["GENERIC", "IMAGENET_MEAN", "IMAGENET_STD", "SOURCE_ATTR", "ModelSource", "for_net", "get_source", "known_sources", "register"]
+__all__ = [
+    "GENERIC",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SOURCE_ATTR",
+    "ModelSource",
+    "for_net",
+    "get_source",
+    "known_sources",
+    "register",
+]

@@ -39,7 +39,9 @@ class TimmStemViT(VisionTransformer):
         blocks = [i - 1 for i in take if i > 0]
         if not blocks and intermediates_only:
             return [x]
-        out = super().forward_intermediates(x, indices=blocks or [len(self.blocks) - 1], intermediates_only=intermediates_only, **kwargs)
+        out = super().forward_intermediates(
+            x, indices=blocks or [len(self.blocks) - 1], intermediates_only=intermediates_only, **kwargs
+        )
         final, inner = (None, out) if intermediates_only else out
         inner = ([x] if 0 in take else []) + (inner if blocks else [])
         return inner if intermediates_only else (final, inner)
@@ -58,8 +60,11 @@ def _mismatched(name: str, kwargs: dict[str, Any], checkpoint: str) -> list[str]
     state = load_state_file(Path(checkpoint).expanduser())
     with torch.device("meta"):
         own = build(name, False, {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}).state_dict()
-    return [f"{k} is {tuple(v.shape)} there and {tuple(own[k].shape)} here" for k, v in state.items()
-            if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    return [
+        f"{k} is {tuple(v.shape)} there and {tuple(own[k].shape)} here"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
 
 
 def _weights_missing(name: str, kwargs: dict[str, Any], checkpoint: str | None, err: Exception) -> RepinvError:
