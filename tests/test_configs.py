@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from conftest import REPO, compose_cfg
 
 CONF = REPO / "src" / "repinv" / "conf"
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+# every config group folder (not hydra/, not the package's own __pycache__/)
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra" and not p.name.startswith(("__", ".")))
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 
 
