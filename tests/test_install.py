@@ -17,9 +17,14 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 RUN = ["model=vit_tiny", "layers=[0]", "steps=2", "logger=none"]
-# The repository without what builds, runs and version control leave in it.
-NOT_SOURCE = shutil.ignore_patterns(".git", "logs", "outputs", "multirun", "wandb", "build", "dist", "*.egg-info",
-                                    "__pycache__", ".pytest_cache", ".venv")
+# The repository without what builds, runs and version control leave in it: run folders at its root only
+# (src/repinv/outputs is a package), build and cache folders anywhere.
+RUN_FOLDERS = {"logs", "outputs", "multirun", "wandb", "build", "dist", ".venv"}
+CACHES = shutil.ignore_patterns(".git", "*.egg-info", "__pycache__", ".pytest_cache")
+
+
+def not_source(folder: str, names: list[str]) -> set[str]:
+    return set(CACHES(folder, names)) | (RUN_FOLDERS & set(names) if Path(folder) == REPO else set())
 
 
 def _run(cmd: list, **kwargs) -> subprocess.CompletedProcess:
@@ -32,7 +37,7 @@ def _run(cmd: list, **kwargs) -> subprocess.CompletedProcess:
 def wheel(tmp_path_factory) -> Path:
     """A wheel built offline from a copy of the repository (the build writes into its source tree)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    shutil.copytree(REPO, tmp / "repo", ignore=NOT_SOURCE)
+    shutil.copytree(REPO, tmp / "repo", ignore=not_source)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
           "-w", str(tmp / "dist"), str(tmp / "repo")])
     (found,) = (tmp / "dist").glob("repinv-*.whl")
