@@ -19,6 +19,7 @@ from repinv.engine.runinfo import RunInfo
 
 WANDB_ID = "wandb_run_id"  # the checkpoint's key for the W&B run a resumed run continues
 STEP_KEY = "trainer/global_step"  # the column Lightning's WandbLogger logs each row's step under
+LAST_STEP = "repinv-last-step"  # written into an offline run's folder once W&B finished it: the last step it holds
 
 
 class WandbLogger(LightningWandbLogger):
@@ -38,11 +39,20 @@ class WandbLogger(LightningWandbLogger):
     @rank_zero_only
     def replay(self, rows: list[tuple[int, dict]]) -> None:
         """Log a resumed run's earlier rows that this W&B run does not hold: those after the last step its summary
-        knows (online, the server's; offline, none), as an offline writer killed with its process keeps no rows."""
-        last = self.experiment.summary.get(STEP_KEY, -1)
+        knows online (the server's) or an earlier offline segment finished with; an offline writer killed with its
+        process keeps no rows and finishes nothing, so its rows are logged again."""
+        last = max([self.experiment.summary.get(STEP_KEY, -1), *finished_offline_steps(self.experiment)])
         for step, metrics in rows:
             if step > last:
                 self.log_metrics(metrics, step=step)
+
+
+def finished_offline_steps(run) -> list[int]:
+    """The last steps of this W&B run's earlier offline segments that W&B finished (and so wrote to disk)."""
+    if not run.offline:
+        return []
+    folders = Path(run.settings.sync_dir).parent.glob(f"offline-run-*-{run.id}")
+    return [int((folder / LAST_STEP).read_text()) for folder in folders if (folder / LAST_STEP).is_file()]
 
 
 def finish_wandb(exit_code: int = 0) -> Path | None:
@@ -55,11 +65,14 @@ def finish_wandb(exit_code: int = 0) -> Path | None:
     if run is None:
         return None
     offline = Path(run.settings.sync_dir) if run.offline else None
+    last = run.summary.get(STEP_KEY)
     try:
         wandb.finish(exit_code=exit_code)
     except Exception as err:  # W&B failures must not cost the run: its local files are written
         warnings.warn(f"W&B could not finish the run ({type(err).__name__}: {err}); the local logs and results are complete")
         return None
+    if offline is not None and last is not None:
+        (offline / LAST_STEP).write_text(str(int(last)))
     return offline
 
 
