@@ -90,7 +90,7 @@ class LayerInversion(Objective):
         shifted = pixels + torch.randn(pixels.shape, generator=gen) * self.noise_std
         dev = next(net.parameters()).device
         self.register_buffer("shifted", shifted.to(dev), persistent=False)
-        self.shared = SharedPass.build(net, self.taps, prep(pixels.to(dev))) if self.stack else None
+        self.shared = SharedPass.checked(net, self.taps, prep(pixels.to(dev))) if self.stack else None
         self.reference = pixels.to(dev).repeat(len(self.taps), 1, 1, 1)
         self.group = len(images)
         self.__dict__["prep"] = prep  # the module's normalisation: not a submodule
