@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repinv.cli import CONFIG_PATH, report
 from repinv.diagnostics.ablation import AS_CONFIGURED, Variant, check_ablations, variants
-from repinv.diagnostics.nonunique import seed_inversions
+from repinv.diagnostics.nonunique import INVERSION_PSNR, seed_inversions
 from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectrum
 from repinv.diagnostics.table import write_table
 from repinv.errors import RepinvError
@@ -40,7 +40,7 @@ log = logging.getLogger("repinv.diagnose")
 
 # Scalar measures sent to the loggers (lists and labels stay in metrics.json).
 SCALARS = ("sigma_max", "sigma_min_found", "condition", "stable_rank", "numerical_rank", "entropy_rank",
-           "null_fraction", "nonunique_psnr", "nonunique_input_l2", "inversion_psnr", "inversion_accurate")
+           "null_fraction", "nonunique_psnr", "nonunique_input_l2", INVERSION_PSNR, "inversion_accurate")
 
 
 def _whole(name: str, value, low: int, example: str) -> int:
