@@ -96,7 +96,7 @@ class Blob(Objective):
     def column(self, record):
         return f"blob {record['blob']}"
 
-    def caption(self, record):
+    def caption(self, record, metrics=()):
         return f"wobble={record['wobble']:.1f}"
 
     @classmethod

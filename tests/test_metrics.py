@@ -48,3 +48,15 @@ def test_metric_fields_are_read_by_their_one_name_in_repinv_metrics():
     own = REPO / "src" / "repinv" / "metrics"
     readers = [p for p in [*(REPO / "src" / "repinv").rglob("*.py"), *(REPO / "scripts").glob("*.py")] if own not in p.parents]
     assert [hit for p in readers for hit in _spelled_fields(p, fields)] == []
+
+
+def test_a_layer_caption_falls_back_on_the_first_metric_the_run_names():
+    """Without the headline metric the caption is the first of the run's metrics the record holds, as the run names them
+    to `finalize`; without any, the objective's score metric."""
+    from repinv.objectives import LayerInversion
+
+    record = {"image": "x", "layer": "L0", "loss": 1.0, "output_l2": 2.0, "accurate": 0.0, SSIM: 0.5, INPUT_L2: 3.0}
+    objective = LayerInversion([0])
+    assert objective.finalize(record, metrics=(PSNR, SSIM, INPUT_L2))["caption"] == "SSIM 0.500"
+    assert objective.finalize(record, metrics=(INPUT_L2, SSIM))["caption"] == "input_l2 3"
+    assert objective.finalize(record)["caption"] == "output_l2 2"

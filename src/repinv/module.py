@@ -88,7 +88,6 @@ class ImageOptimization(pl.LightningModule):
         objective.setup(self.net, self.normalize, images, seed)
         self.records = objective.records
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        objective.metric_names = tuple(metrics or {})
         for prior in priors:
             prior.check(model.input_size)
         self.steps, self.log_every = int(steps), int(log_every)
@@ -264,7 +263,7 @@ class ImageOptimization(pl.LightningModule):
         rows = self.measuring.rows(losses, stats, view, self.shard)
         out = []
         for i, row, div in zip(self.shard, rows, self.divergence.mask.tolist()):
-            out.append(self.objective.finalize({**self.records[i], **row, "diverged": bool(div)}))
+            out.append(self.objective.finalize({**self.records[i], **row, "diverged": bool(div)}, self.measuring.names))
         return gather(out) if gathered else out
 
     def current_images(self) -> torch.Tensor:

@@ -88,7 +88,7 @@ class ClassGeneration(Objective):
     def column(self, record):
         return record["class_name"]
 
-    def caption(self, record):
+    def caption(self, record, metrics=()):
         return f"p={record['prob']:.2f}"
 
     def name(self):

@@ -96,7 +96,7 @@ class FeatureVisualization(Objective):
     def column(self, record):
         return f"unit {self._unit_text(record)}"
 
-    def caption(self, record):
+    def caption(self, record, metrics=()):
         return f"act {record['activation']:.3g}"
 
     def name(self):

@@ -192,8 +192,8 @@ class LayerInversion(Objective):
     def column(self, record):
         return record["layer"]
 
-    def finalize(self, record):
-        return super().finalize({**record, "accurate": bool(record["accurate"])})
+    def finalize(self, record, metrics=()):
+        return super().finalize({**record, "accurate": bool(record["accurate"])}, metrics)
 
     def tags(self):
         return [f"layer:{tap.label}" for tap in self.taps]
