@@ -70,7 +70,7 @@ def test_layer_loss_is_0_15_times_the_summed_absolute_difference_per_target():
         diff = targets[layer][image] - taps[layer][row]
         assert loss[row].item() == pytest.approx(0.15 * diff.abs().sum().item(), rel=1e-4), (layer, image)
         assert stats["output_l2"][row].item() == pytest.approx(diff.norm().item(), rel=1e-4), (layer, image)
-    assert [(r["layer"], r["image"]) for r in objective.records] == \
+    assert [(r["layer"], r["image"]) for r in objective.targets] == \
         [("L1", "a"), ("L1", "b"), ("patch_embed", "a"), ("patch_embed", "b")]
 
 

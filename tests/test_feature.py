@@ -79,7 +79,7 @@ def test_a_shard_scores_only_its_own_targets():
     (loss, stats), (loss_part, stats_part) = whole(net, x), part(net, x[1:])
     assert torch.allclose(loss[1:], loss_part) and torch.allclose(stats["activation"][1:], stats_part["activation"])
     expected = net(x)[[0, 1, 2], [0, 3, 5]].mean((1, 2))
-    assert torch.allclose(stats["activation"], expected) and resolve_layer(net, "out").label == whole.records[0]["layer"]
+    assert torch.allclose(stats["activation"], expected) and resolve_layer(net, "out").label == whole.targets[0]["layer"]
 
 
 def test_a_unit_outside_the_layer_is_a_clear_error(run_repinv):

@@ -47,7 +47,7 @@ def target_seed(seed: int, *parts) -> int:
 class Objective(nn.Module):
     """Base class: `setup` names the targets, `prepare` computes them, `forward` gives per-target losses and stats.
 
-    `records` hold each target's identity (they name its scalars and checkpoints); `finalize`
+    `targets` hold each target's identity (they name its scalars and checkpoints); `finalize`
     turns a target's identity plus its final metrics into the record metrics.json keeps.
     """
 
@@ -59,7 +59,7 @@ class Objective(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.records: list[dict] = []
+        self.targets: list[dict] = []
         # target pixels per record for input-space metrics; None when there is no target photograph
         self.register_buffer("reference", None, persistent=False)
 
@@ -69,7 +69,7 @@ class Objective(nn.Module):
     def shard(self, index: list[int]) -> None:
         """From now on `forward` takes and scores only the targets in `index` (this process's share).
 
-        `records` and `reference` stay whole so rank 0 can name and write every target.
+        `targets` and `reference` stay whole so rank 0 can name and write every target.
         """
         raise RepinvError(
             f"objective '{self.kind}' cannot split its targets across processes; "
@@ -96,7 +96,7 @@ class Objective(nn.Module):
     def init_seeds(self, seed: int) -> list[int]:
         """One noise seed per target, from the seed and the target's record but its `labels`: two spellings
         of one target start from the same noise."""
-        return [target_seed(seed, *(v for k, v in r.items() if k not in self.labels)) for r in self.records]
+        return [target_seed(seed, *(v for k, v in r.items() if k not in self.labels)) for r in self.targets]
 
     # -- naming and describing the results ------------------------------------------
     def column(self, record: dict) -> str:
@@ -118,7 +118,7 @@ class Objective(nn.Module):
 
     def name(self) -> str:
         """The run name's part that says what was optimised (after `setup`), e.g. L0+L5."""
-        return "+".join(dict.fromkeys(self.column(r) for r in self.records))
+        return "+".join(dict.fromkeys(self.column(r) for r in self.targets))
 
     def tags(self) -> list[str]:
         """W&B tags for what was optimised (after `setup`), besides the model's and `kind`."""

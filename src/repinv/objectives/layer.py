@@ -83,7 +83,7 @@ class LayerInversion(Objective):
 
     @torch.no_grad()
     def setup(self, net, prep, images, seed):
-        """The taps, records and target photographs; the targets themselves are computed by `prepare`."""
+        """The taps, the targets' identities and photographs; the target activations are computed by `prepare`."""
         self.taps = resolve_layers(net, self.layer_specs)
         pixels = torch.stack([im.pixels for im in images])
         gen = torch.Generator().manual_seed(target_seed(seed, "noise-shift"))
@@ -95,7 +95,7 @@ class LayerInversion(Objective):
         self.group = len(images)
         self.__dict__["prep"] = prep  # the module's normalisation: not a submodule
         self.shard(list(range(len(self.taps) * len(images))))
-        self.records = [
+        self.targets = [
             {"image": im.name, "layer": tap.label, "module": tap.module or tap.label}
             for tap in self.taps
             for im in images
