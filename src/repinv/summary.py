@@ -27,7 +27,8 @@ from PIL import Image
 
 from repinv.figures import plt, titled_grid
 from repinv.metrics import COMPARED, axis_label
-from repinv.results import METRICS_FILE, slug
+from repinv.naming import slug
+from repinv.results import METRICS_FILE
 
 SWEPT_COLUMNS = ("layers",)  # overrides that pick a column, not a row
 IDENTITY = ["job", "condition", "status", "image", "column"]  # the first table columns; the records' own fields follow
