@@ -37,12 +37,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from hydra import compose, initialize_config_module  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
 from PIL import Image  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
 
 from repinv import study  # noqa: E402
 from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, networks  # noqa: E402

@@ -202,6 +202,14 @@ def _diagnose_cli(monkeypatch, *args: str) -> int:
     return 0
 
 
+def test_an_unknown_option_ends_repinv_diagnose_as_it_ends_repinv(tmp_path, monkeypatch, capsys):
+    """Both commands share one entry shell: Hydra's refusal of the command line is one paragraph and exit 2."""
+    code = _diagnose_cli(monkeypatch, "model=bogus", f"hydra.run.dir={tmp_path}")
+    err = capsys.readouterr().err
+    assert code == 2 and "repinv: error: model=bogus: there is no config 'bogus' in the group 'model'" in err
+    assert "Traceback" not in err
+
+
 def test_entry_point_writes_metrics_for_vit_tiny(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     code = _diagnose_cli(monkeypatch, "model=vit_tiny", "layers=[patch_embed,1]", "steps=5", "diagnostics.nonunique.seeds=2",

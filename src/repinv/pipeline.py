@@ -29,6 +29,7 @@ from repinv.errors import RepinvError
 from repinv.identity import MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
 from repinv.images import load_images
 from repinv.loggers import make_loggers
+from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
 from repinv.module import ImageOptimization
 from repinv.plugins import build, build_each, check_metrics, check_prior
@@ -278,6 +279,12 @@ def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None) -> No
             raise SystemExit(128 + signal.SIGTERM) from None
 
 
+def build_model(cfg: DictConfig, surgery: dict | None = None) -> LoadedModel:
+    """The configured model after the configured surgery, plus `surgery` (more operations by name, e.g. an ablation's)."""
+    ops = {**(cfg.get("surgery") or {}), **(surgery or {})}
+    return apply_surgery(build(cfg.model), {k: build(op, f"surgery.{k}") for k, op in ops.items()})
+
+
 def run(cfg: DictConfig) -> RunResult:
     """Run the configured objective; returns its records, images, folder and score.
 
@@ -292,7 +299,7 @@ def run(cfg: DictConfig) -> RunResult:
     pl.seed_everything(cfg.seed, verbose=False)
     set_matmul_precision(cfg.get("matmul_precision", "highest"))
 
-    model = apply_surgery(build(cfg.model), {k: build(op, f"surgery.{k}") for k, op in (cfg.get("surgery") or {}).items()})
+    model = build_model(cfg)
     objective = build(cfg.objective)
     images = load_images(cfg.image, model.input_size) if objective.needs_images else []
     metrics = build_each(cfg, "metrics")

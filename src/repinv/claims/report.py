@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from repinv.claims.ledger import COLUMNS, DEFAULT_RECIPE, Plan, judge, tagged
-from repinv.study import Run
 from repinv.claims.registry import Claim
 from repinv.claims.rules import KEEP_DB, by_layer, mean_sd
 from repinv.metrics import PSNR, axis_label
+from repinv.study import Run
 
 Conditions = dict[str, list[tuple[int, Run]]]
 
