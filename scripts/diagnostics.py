@@ -45,6 +45,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from repinv import study  # noqa: E402
 from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, networks  # noqa: E402
+from repinv.conf import respell_all  # noqa: E402
 from repinv.diagnostics.nonunique import INVERSION_PSNR, inversion_quality, pairwise  # noqa: E402
 from repinv.diagnostics.run import diagnose  # noqa: E402
 from repinv.diagnostics.table import write_table  # noqa: E402
@@ -78,7 +79,7 @@ LEDGER_SPECTRUM = ["diagnostics.nonunique.seeds=0", "diagnostics.norm_ablation=[
 def diagnose_with(overrides: list[str]) -> list[dict]:
     """`repinv-diagnose OVERRIDES` in this process; its records."""
     with initialize_config_module("repinv.conf", version_base="1.3"):
-        return diagnose(compose("diagnose", overrides=overrides))
+        return diagnose(compose("diagnose", overrides=respell_all(overrides)))
 
 
 def run_model(model: str, layers: list, mode: str, out: Path, extra: list[str]) -> list[dict]:

@@ -44,7 +44,9 @@ from repinv.study import Run  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "logs" / "recipes"
 
-# name -> overrides on top of the defaults (param=pixel, regularizer=blur, optimizer=sgd, scheduler=linear)
+# name -> overrides on top of the defaults (param=pixel, priors=blur, optimizer=sgd, scheduler=linear). The priors go by
+# their former name, regularizer (repinv.conf.ALIASES): run folders are named by a hash of these overrides, and a
+# respelled recipe would run again.
 RECIPES = {
     "study-decay": [],
     "study-constant": ["scheduler=constant"],

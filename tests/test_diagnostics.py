@@ -155,7 +155,7 @@ def _diagnose_cfg(*overrides):
 
 
 def _toy_records(tmp_path, kind):
-    cfg = _diagnose_cfg("layers=[layer]", "logger=none", "regularizer=none", "optimizer.lr=0.2", "steps=200", "log_every=50",
+    cfg = _diagnose_cfg("layers=[layer]", "logger=none", "priors=none", "optimizer.lr=0.2", "steps=200", "log_every=50",
                         "diagnostics.nonunique.seeds=3", "diagnostics.norm_ablation=[]", "diagnostics.top_k=4",
                         "diagnostics.lanczos_steps=2", f"output_dir={tmp_path / kind}")
     cfg.model = {"_target_": f"{__name__}.toy_model", "kind": kind, "seed": 0}

@@ -63,7 +63,7 @@ def test_feature_alone_runs_on_the_default_model_at_its_middle_layer(run_repinv)
     assert [(r["layer"], r["unit"], r["column"]) for r in records] == [("L6", 0, "unit 0")]
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["model"]["label"] == "vit_b_32" and cfg["optimizer"]["_target_"] == "torch.optim.Adam"
-    assert cfg["regularizer"]["blur"]["every"] == 1 and cfg["regularizer"]["jitter"]["pixels"] == 16
+    assert cfg["priors"]["blur"]["every"] == 1 and cfg["priors"]["jitter"]["pixels"] == 16
 
 
 def test_a_shard_scores_only_its_own_targets():

@@ -174,7 +174,7 @@ def test_prior_presets_build_their_priors_in_order(name, kinds, tmp_path):
     from repinv.pipeline import build_each
 
     cfg = compose_cfg([f"regularizer={name}"], tmp_path)
-    assert [type(p).__name__ for p in build_each(cfg, "regularizer").values()] == kinds
+    assert [type(p).__name__ for p in build_each(cfg, "priors").values()] == kinds
 
 
 def test_scale_rotate_is_the_step_transform():

@@ -87,5 +87,5 @@ def test_a_prior_penalty_is_optimised(tmp_path):
 
 
 def test_a_config_entry_that_is_not_a_prior_says_what_an_entry_is(run_repinv):
-    with pytest.raises(RepinvError, match="each entry of regularizer is a mapping with a _target_"):
+    with pytest.raises(RepinvError, match="each entry of priors is a mapping with a _target_"):
         run_repinv(*SHORT, "+regularizer.sharpen=3")

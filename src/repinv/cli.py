@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job
+from repinv.conf import respell_all
 from repinv.errors import RepinvError
 from repinv.pipeline import holds_run, record_hydra
 from repinv.summary import report as summary_report, summarize
@@ -76,12 +77,14 @@ def app(cfg: DictConfig) -> float:
 
 
 def command(hydra_app: Callable[[], object], example: str) -> None:
-    """A Hydra app as a command, with Hydra's own refusals of the command line (an unknown option such
-    as param=bogus, an unknown key, a malformed override) as one paragraph and exit 2.
+    """A Hydra app as a command: its overrides with former names spelled anew (`repinv.conf.respell`), and
+    Hydra's own refusals of the command line (an unknown option such as param=bogus, an unknown key, a
+    malformed override) as one paragraph and exit 2.
 
     Hydra prints these itself and exits 1 unless HYDRA_FULL_ERROR is set; set for the app's
     duration, they reach this function as exceptions.
     """
+    sys.argv[1:] = respell_all(sys.argv[1:])  # Hydra reads them there
     previous = os.environ.get(FULL_ERROR)
     os.environ[FULL_ERROR] = "1"
     try:

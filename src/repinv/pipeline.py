@@ -25,8 +25,9 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
 from repinv.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal
+from repinv.conf import respell_key
 from repinv.errors import RepinvError
-from repinv.identity import MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
+from repinv.identity import CHANGES_KEY, CONFIG_KEY, MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
 from repinv.images import load_images
 from repinv.loggers import make_loggers
 from repinv.models import LoadedModel
@@ -260,9 +261,17 @@ def resume_state(cfg: DictConfig, ckpt: Path | None, module: ImageOptimization) 
     identity = config_identity(cfg)
     if ckpt is None:
         return identity, [], {}
-    saved = read_checkpoint(ckpt)
-    allowed = [str(a) for a in cfg.get("resume_allow_changes") or []]
+    saved = respelled(read_checkpoint(ckpt))
+    allowed = [respell_key(str(a)) for a in cfg.get("resume_allow_changes") or []]
     return identity, check_resume(ckpt, saved, identity, module.run_identity(), allowed), saved
+
+
+def respelled(checkpoint: dict) -> dict:
+    """A checkpoint whose saved identity and changes name settings by former names (`regularizer.` before `priors.`),
+    spelled as the config now spells them: a run saved before a rename resumes."""
+    identity = {respell_key(k): v for k, v in checkpoint.get(CONFIG_KEY, {}).items()}
+    changes = [{**c, "field": respell_key(c["field"])} for c in checkpoint.get(CHANGES_KEY, [])]
+    return {**checkpoint, CONFIG_KEY: identity, CHANGES_KEY: changes}
 
 
 def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None) -> None:
@@ -310,7 +319,7 @@ def run(cfg: DictConfig) -> RunResult:
         images=images,
         optimizer=build(cfg.optimizer),
         scheduler=build(cfg.scheduler) if cfg.get("scheduler") else None,
-        priors=list(build_each(cfg, "regularizer", check_prior).values()),
+        priors=list(build_each(cfg, "priors", check_prior).values()),
         param=build(cfg.param),
         metrics=metrics,
         steps=cfg.steps,
