@@ -52,7 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from repinv.engine.module import ImageOptimization
 from repinv.engine.pipeline import Steps
 from repinv.inputs.images import load_images
-from repinv.metrics import input_l2, psnr, ssim
+from repinv.metrics import INPUT_L2, PSNR, SSIM, input_l2, psnr, ssim
 from repinv.models import create_model
 from repinv.models.packed import cpuinfo, native_bf16
 from repinv.models.taps import resolve_layer
@@ -175,7 +175,7 @@ def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25
     module = ImageOptimization(
         model=loaded, objective=LayerInversion(layers), images=images,
         optimizer=partial(torch.optim.SGD, lr=0.05), steps=steps + 2, priors=[GaussianBlur()], log_every=log_every,
-        metrics={"input_l2": input_l2, "psnr": psnr, "ssim": ssim},
+        metrics={INPUT_L2: input_l2, PSNR: psnr, SSIM: ssim},
         compile=compile,
     )
     timer = StepTimer(steps + 2)

@@ -45,7 +45,8 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from repinv import study  # noqa: E402
 from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, networks  # noqa: E402
-from repinv.diagnostics.nonunique import pairwise  # noqa: E402
+from repinv.conf import respell_all  # noqa: E402
+from repinv.diagnostics.nonunique import INVERSION_PSNR, inversion_quality, pairwise  # noqa: E402
 from repinv.diagnostics.run import diagnose  # noqa: E402
 from repinv.diagnostics.table import write_table  # noqa: E402
 from repinv.study import Run  # noqa: E402
@@ -70,7 +71,7 @@ DIAGNOSTICS = {
     "nonunique_psnr": (lambda r: r["nonunique_psnr"], ["nonunique_seconds"]),
     "nonunique_input_l2": (lambda r: r["nonunique_input_l2"], ["nonunique_seconds"]),
 }
-TARGET = "inversion_psnr"
+TARGET = INVERSION_PSNR
 # --ledger: the spectrum's settings (no inversions of its own, no normalisation variants)
 LEDGER_SPECTRUM = ["diagnostics.nonunique.seeds=0", "diagnostics.norm_ablation=[]", "diagnostics.top_k=8",
                    "diagnostics.oversample=4",
@@ -80,7 +81,7 @@ LEDGER_SPECTRUM = ["diagnostics.nonunique.seeds=0", "diagnostics.norm_ablation=[
 def diagnose_with(overrides: list[str]) -> list[dict]:
     """`repinv-diagnose OVERRIDES` in this process; its records."""
     with initialize_config_module("repinv.conf", version_base="1.3"):
-        return diagnose(compose("diagnose", overrides=overrides))
+        return diagnose(compose("diagnose", overrides=respell_all(overrides)))
 
 
 def run_model(model: str, layers: list, mode: str, out: Path, extra: list[str]) -> list[dict]:
@@ -125,8 +126,7 @@ def network_records(name: str, bases: list[Run], extra: list[Run], root: Path) -
         out.append({**row, "model": name, "variant": "as_configured",
                     **pairwise(torch.stack([reconstruction(run, r) for run, r in found]),
                                [bool(r["accurate"]) for _, r in found]),
-                    "inversion_psnr": sum(r["psnr"] for r in ledger) / len(ledger),
-                    "inversion_accurate": sum(bool(r["accurate"]) for r in ledger) / len(ledger),
+                    **inversion_quality(ledger),
                     "inversion_seconds": sum(map(inversion_seconds, bases)) / len(bases),
                     "nonunique_seconds": sum(map(inversion_seconds, extra))})
     return out

@@ -6,7 +6,7 @@
 Every recipe (a set of `repinv` overrides) is a run of the study runner (`repinv.study`: one run
 per recipe, model and seed, all images and layers in one run) under `<out>/runs/`; a finished run
 with the same overrides, made by any tool under the same folder, is reused. From each run's CSV
-log (`csv/metrics.csv`, psnr/<image>/<layer> every `log_every` steps) and final metrics it reports,
+log (`csv/metrics.csv`, <metric>/<image>/<layer> every `log_every` steps) and final metrics it reports,
 per recipe and model/layer, the mean PSNR and SSIM over images and seeds at the report steps, and
 the steps the recipe needs to reach the best final PSNR of the study recipes. Writes `recipes.csv`
 and `recipes.png` (PSNR against steps, one line per recipe, one panel per model/layer).
@@ -38,12 +38,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from repinv import study  # noqa: E402
 from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, networks  # noqa: E402
 from repinv.errors import RepinvError  # noqa: E402
+from repinv.metrics import COMPARED, PSNR, axis_label  # noqa: E402
 from repinv.study import Run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "logs" / "recipes"
 
-# name -> overrides on top of the defaults (param=pixel, regularizer=blur, optimizer=sgd, scheduler=linear)
+# name -> overrides on top of the defaults (param=pixel, priors=blur, optimizer=sgd, scheduler=linear). The priors go by
+# their former name, regularizer (repinv.conf.ALIASES): run folders are named by a hash of these overrides, and a
+# respelled recipe would run again.
 RECIPES = {
     "study-decay": [],
     "study-constant": ["scheduler=constant"],
@@ -54,6 +57,7 @@ RECIPES = {
     "adam-cosine-fourier": ["optimizer=adam", "param=fourier", "regularizer=none", "scheduler=cosine"],
 }
 STUDY = ("study-decay", "study-constant")
+GOAL = f"study_best_{PSNR}"  # the table column of the best final PSNR of the study recipes
 
 
 @dataclass
@@ -105,7 +109,7 @@ def recipe_run(recipe: str, model: Model, seed: int, settings: dict, out: Path, 
 
 
 def curves(run_dir: Path) -> dict[str, dict[str, dict[int, float]]]:
-    """layer -> metric (psnr, ssim) -> step -> mean over the run's images; the final metrics count as the run's last step."""
+    """layer -> metric (each of `COMPARED`) -> step -> mean over the run's images; the final metrics count as its last step."""
     values: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     log = run_dir / "csv" / "metrics.csv"
     if not log.is_file():
@@ -115,10 +119,10 @@ def curves(run_dir: Path) -> dict[str, dict[str, dict[int, float]]]:
         for row in csv.DictReader(f):
             for key, value in row.items():
                 metric, _, rest = key.partition("/")
-                if metric in ("psnr", "ssim") and value not in ("", None):
+                if metric in COMPARED and value not in ("", None):
                     values[rest.split("/", 1)[1]][metric][int(row["step"])].append(float(value))
     for record in json.loads((run_dir / "metrics.json").read_text()):
-        for metric in ("psnr", "ssim"):
+        for metric in COMPARED:
             values[record["layer"]][metric][int(record["steps"])].append(float(record[metric]))
     return {layer: {m: {s: sum(v) / len(v) for s, v in by_step.items()} for m, by_step in ms.items()}
             for layer, ms in values.items()}
@@ -130,7 +134,7 @@ def mean_curves(runs: list[Path]) -> dict[str, dict[str, dict[int, float]]]:
     out: dict = {}
     for layer in parts[0]:
         out[layer] = {}
-        for metric in ("psnr", "ssim"):
+        for metric in COMPARED:
             common = set.intersection(*(set(p[layer][metric]) for p in parts))
             out[layer][metric] = {s: sum(p[layer][metric][s] for p in parts) / len(parts) for s in sorted(common)}
     return out
@@ -146,17 +150,16 @@ def table(results: dict[tuple[str, str], dict], report: list[int], studied: tupl
     rows = []
     panels = sorted({(model, layer) for (_, model), layers in results.items() for layer in layers})
     for model, layer in panels:
-        best = [results[(s, model)][layer]["psnr"] for s in studied if layer in results.get((s, model), {})]
+        best = [results[(s, model)][layer][PSNR] for s in studied if layer in results.get((s, model), {})]
         goal = max((curve[max(curve)] for curve in best), default=None)  # the best final PSNR
         for (recipe, m), layers in results.items():
             if m != model or layer not in layers:
                 continue
-            psnr, ssim = layers[layer]["psnr"], layers[layer]["ssim"]
             row = {"recipe": recipe, "model": model, "layer": layer}
             for s in report:
-                row[f"psnr@{s}"], row[f"ssim@{s}"] = psnr.get(s), ssim.get(s)
-            row["study_best_psnr"] = goal
-            row["steps_to_study_best"] = steps_to_reach(psnr, goal) if goal is not None else None
+                row.update({f"{metric}@{s}": layers[layer][metric].get(s) for metric in COMPARED})
+            row[GOAL] = goal
+            row["steps_to_study_best"] = steps_to_reach(layers[layer][PSNR], goal) if goal is not None else None
             rows.append(row)
     return rows
 
@@ -170,9 +173,9 @@ def plot(results: dict[tuple[str, str], dict], path: Path) -> None:
     for ax, (model, layer) in zip(axes.flat, panels):
         for (recipe, m), layers in results.items():
             if m == model and layer in layers:
-                curve = layers[layer]["psnr"]
+                curve = layers[layer][PSNR]
                 ax.plot(list(curve), list(curve.values()), label=recipe)
-        ax.set(title=f"{model} {layer}", xlabel="step", ylabel="PSNR (dB)")
+        ax.set(title=f"{model} {layer}", xlabel="step", ylabel=axis_label(PSNR))
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
@@ -214,11 +217,12 @@ def ledger_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tupl
 
 def reach(row: dict) -> str:
     """Where a table row stands against the goal: the step it reaches it at, or how far short it ends."""
-    last = max((k for k in row if k.startswith("psnr@") and row[k] is not None), key=lambda k: int(k[5:]), default=None)
+    logged = {int(k.rpartition("@")[2]): k for k in row if k.startswith(f"{PSNR}@") and row[k] is not None}
+    last = logged[max(logged)] if logged else None
     if row["steps_to_study_best"] is not None:
         return f"step {row['steps_to_study_best']}"
-    ended = f"{row[last]:.1f} dB at step {last[5:]}" if last else "no PSNR"
-    return f"never: {ended} vs {row['study_best_psnr']:.1f} dB"
+    ended = f"{row[last]:.1f} dB at step {last.rpartition('@')[2]}" if last else "no PSNR"
+    return f"never: {ended} vs {row[GOAL]:.1f} dB"
 
 
 def answer(rows: list[dict], within: int) -> list[str]:

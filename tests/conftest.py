@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
 from repinv.cli import CONFIG_DIR  # noqa: E402
+from repinv.conf import respell_all  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # A tiny ViT (2 blocks, width 64, 64x64) on which 60 plain SGD steps clearly improve the image.
@@ -34,10 +35,10 @@ TINY = ["model=vit_tiny", "layers=[0,patch_embed]", "optimizer.lr=1.0", "steps=6
 
 
 def compose_cfg(overrides: list[str], out_dir: Path):
-    """Compose the app's config as the CLI would, with `out_dir` as the run folder."""
+    """Compose the app's config as the CLI would (former names spelled anew), with `out_dir` as the run folder."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        cfg = compose("config", overrides=respell_all(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(out_dir)
         cfg.hydra.job.num = 0

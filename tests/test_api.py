@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 import yaml
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -64,3 +65,16 @@ def test_bad_input_raises_repinv_error(tmp_path, override, needle):
 def test_a_string_instead_of_a_list_raises_repinv_error():
     with pytest.raises(repinv.RepinvError, match=re.escape("['model=vit_tiny', 'steps=3']")):
         repinv.run("model=vit_tiny steps=3")
+
+
+def test_the_priors_former_name_gives_the_same_run(tmp_path):
+    """`regularizer` is the priors group's former name: spelled either way, the run and its resolved config are the same."""
+    runs = {name: repinv.run([*FAST, f"{name}=tv", f"{name}.tv.weight=0.01", f"+{name}.jitter.pixels=2",
+                              f"hydra.run.dir={tmp_path / name}"]) for name in ("regularizer", "priors")}
+    old, new = runs["regularizer"], runs["priors"]
+    assert torch.equal(old.images, new.images) and old.records == new.records
+    configs = [yaml.safe_load((tmp_path / name / "config.yaml").read_text()) for name in runs]
+    for cfg in configs:
+        cfg.pop("output_dir")
+    assert configs[0] == configs[1] and "regularizer" not in configs[0]
+    assert configs[0]["priors"]["tv"]["weight"] == 0.01 and configs[0]["priors"]["jitter"]["pixels"] == 2

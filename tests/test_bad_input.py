@@ -71,7 +71,7 @@ CASES = {
     "layer index out of range": (["layers=[2]"], "Valid layers are indices 0..1 (or -1 for the last)"),
     "no steps": (["steps=0"], "steps=0 must be a positive number"),
     "negative lr": (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be a positive number"),
-    "negative sigma": (["regularizer.blur.sigma_start=-1"], "blur sigma must be positive"),
+    "negative sigma": (["priors.blur.sigma_start=-1"], "blur sigma must be positive"),
     "unknown loss": (["objective.loss=l3"], "Use one of l1, mse, cosine"),
     "trained weights offline": (["model.pretrained=true"], "pass it with model.checkpoint=/path/to/model.safetensors"),
     "negative checkpoint_every": (["checkpoint_every=-1"], "checkpoint_every=-1 must be a whole number"),
@@ -80,7 +80,7 @@ CASES = {
     "resume without a checkpoint": (["resume={d}/empty"], "names no checkpoint"),
     "unknown precision": (["precision=fp8"], "precision=fp8 is not a precision repinv knows. Use precision=32-true"),
     "half-precision image": (["precision=bf16-true"], "would make the image itself half precision"),
-    "nan setting": (["regularizer.blur.sigma_start=nan"], "regularizer.blur.sigma_start=nan: settings must be finite"),
+    "nan setting": (["priors.blur.sigma_start=nan"], "priors.blur.sigma_start=nan: settings must be finite"),
     "fourier weights below float32": (["param=fourier", "param.decay=40", "optimizer=adam"],
                                       "param.decay=40 weights the finest frequencies of a 64x64 image by less than 1/1e+12"),
     "pyramid gain that runs away": (["param=pyramid", "param.gain=1e3"],
@@ -88,13 +88,13 @@ CASES = {
     "objective scale 0": (["objective.scale=0"], "objective.scale=0 must be positive"),
     "negative noise baseline": (["objective.noise_std=-1"], "objective.noise_std=-1 must be positive"),
     "feature samples beyond memory": (["objective=feature", "objective.samples=1e9"], "objective.samples=1000000000.0 must be"),
-    "jitter wider than the image": (["regularizer=blur_jitter", "regularizer.jitter.pixels=1e9"],
-                                    "regularizer.jitter.pixels=1000000000 shifts the crop by more than the 64x64 input"),
-    "blur wider than the image": (["regularizer.blur.kernel_size=129"], "regularizer.blur.kernel_size=129 is wider than"),
+    "jitter wider than the image": (["priors=blur_jitter", "priors.jitter.pixels=1e9"],
+                                    "priors.jitter.pixels=1000000000 shifts the crop by more than the 64x64 input"),
+    "blur wider than the image": (["priors.blur.kernel_size=129"], "priors.blur.kernel_size=129 is wider than"),
     "feature layer that does not exist": (["objective=feature", "objective.layer=nonexistent"],
                                           "objective.layer=nonexistent is not a layer of this model"),
-    "prior that is not a Prior": (["+regularizer.x._target_=builtins.print"],
-                                  "regularizer.x._target_=builtins.print is not an image prior"),
+    "prior that is not a Prior": (["+priors.x._target_=builtins.print"],
+                                  "priors.x._target_=builtins.print is not an image prior"),
     "metric that takes other arguments": (["+metrics.x._target_=math.sqrt", "+metrics.x._partial_=true"],
                                           "metrics.x (math.sqrt) failed on two 64x64 images (TypeError"),
     "metric with one number for the batch": (["+metrics.x._target_=torch.dist", "+metrics.x._partial_=true"],
@@ -140,7 +140,7 @@ def test_overrides_hydra_refuses_are_one_paragraph_and_exit_2(case, cli):
 
 
 def test_a_prior_target_is_checked_before_it_is_called(cli, capsys):
-    code, err, _ = cli(*FAST, "+regularizer.x._target_=builtins.print", "+regularizer.x.sep=CALLED")
+    code, err, _ = cli(*FAST, "+priors.x._target_=builtins.print", "+priors.x.sep=CALLED")
     assert code == 2 and "is not an image prior" in err
     assert "CALLED" not in capsys.readouterr().out
 

@@ -71,7 +71,7 @@ def test_jitter_updates_only_the_crop(tmp_path):
 
     module = ImageOptimization(
         model=instantiate(cfg.model), objective=instantiate(cfg.objective), images=[],
-        optimizer=instantiate(cfg.optimizer), priors=[instantiate(cfg.regularizer.blur), Jitter(pixels=12, start=1)],
+        optimizer=instantiate(cfg.optimizer), priors=[instantiate(cfg.priors.blur), Jitter(pixels=12, start=1)],
         steps=4,
     )
     rec = _Record()

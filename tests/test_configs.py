@@ -67,3 +67,22 @@ def test_readme_commands_are_what_ci_runs():
         assert rule, f"make {target} must depend on install"
     assert "pip" in re.search(r"^install:.*?\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
     assert "-m repinv" in makefile and "-m pytest" in makefile
+
+
+@pytest.mark.parametrize("override,respelled", [
+    ("regularizer=none", "priors=none"),
+    ("regularizer.blur.sigma_start=1", "priors.blur.sigma_start=1"),
+    ("+regularizer.tv._target_=repinv.priors.TotalVariation", "+priors.tv._target_=repinv.priors.TotalVariation"),
+    ("++regularizer.jitter.pixels=4", "++priors.jitter.pixels=4"),
+    ("~regularizer.blur", "~priors.blur"),
+    ("regularizer=blur,tv", "priors=blur,tv"),
+    ("regularizers=none", "regularizers=none"),
+    ("model.regularizer=1", "model.regularizer=1"),
+    ("hydra/launcher=slurm", "hydra/launcher=slurm"),
+    ("-m", "-m"),
+])
+def test_the_priors_former_name_is_respelled_only_as_a_first_key(override, respelled):
+    from repinv.conf import respell, respell_key
+
+    assert respell(override) == respelled
+    assert respell_key("regularizer.blur.sigma_end") == "priors.blur.sigma_end" and respell_key("model.seed") == "model.seed"

@@ -70,7 +70,7 @@ def test_layer_loss_is_0_15_times_the_summed_absolute_difference_per_target():
         diff = targets[layer][image] - taps[layer][row]
         assert loss[row].item() == pytest.approx(0.15 * diff.abs().sum().item(), rel=1e-4), (layer, image)
         assert stats["output_l2"][row].item() == pytest.approx(diff.norm().item(), rel=1e-4), (layer, image)
-    assert [(r["layer"], r["image"]) for r in objective.records] == \
+    assert [(r["layer"], r["image"]) for r in objective.targets] == \
         [("L1", "a"), ("L1", "b"), ("patch_embed", "a"), ("patch_embed", "b")]
 
 
@@ -138,7 +138,7 @@ def test_study_config_fixes_the_blur_loss_noise_init_steps_and_lr(tmp_path):
     assert cfg.steps == 1500 and cfg.init.mean == 0.7 and cfg.init.std == pytest.approx(1 / 20)
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.05
     assert cfg.scheduler.total_iters == 1500 and cfg.scheduler.start_factor == 1.0
-    priors = build_each(cfg, "regularizer")
+    priors = build_each(cfg, "priors")
     assert list(priors) == ["blur", "jitter"] and priors["jitter"].pixels == 0, "the study blurs and does not jitter"
     blur = priors["blur"]
     assert blur.kernel_size == 3 and blur.every == 1
@@ -153,7 +153,7 @@ def test_study_config_fixes_the_blur_loss_noise_init_steps_and_lr(tmp_path):
 def test_default_run_is_300_steps_of_the_same_recipe(tmp_path):
     cfg = compose_cfg([], tmp_path)
     assert cfg.steps == 300 and cfg.optimizer.lr == 0.05 and cfg.objective.scale == 0.15
-    assert build(cfg.regularizer.blur).sigma(299, 300) == pytest.approx(0.4)
+    assert build(cfg.priors.blur).sigma(299, 300) == pytest.approx(0.4)
 
 
 # -- the jitter -----------------------------------------------------------------------------
@@ -166,7 +166,7 @@ def test_jitter_offsets_cover_0_to_pixels_inclusive_after_start():
 
 
 def test_blur_jitter_preset_jitters_16_pixels_from_step_200(tmp_path):
-    priors = build_each(compose_cfg(["regularizer=blur_jitter"], tmp_path), "regularizer")
+    priors = build_each(compose_cfg(["regularizer=blur_jitter"], tmp_path), "priors")
     assert list(priors) == ["blur", "jitter"] and (priors["jitter"].pixels, priors["jitter"].start) == (16, 200)
 
 

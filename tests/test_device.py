@@ -228,10 +228,10 @@ SYNC_CASES = {
     "default, progress bar shown": [],
     "fourier": ["param=fourier"],
     "pyramid": ["param=pyramid"],
-    "penalties and octaves": ["regularizer=penalties", "+regularizer.octaves._target_=repinv.priors.Octaves"],
+    "penalties and octaves": ["priors=penalties", "+priors.octaves._target_=repinv.priors.Octaves"],
     "one pass per layer": ["objective.stack=false"],
-    "class": ["objective=class", "classes=[1,2]", "regularizer=blur", "optimizer=sgd"],
-    "feature": ["objective=feature", "objective.units=[0,[1,2]]", "regularizer=blur", "optimizer=sgd"],
+    "class": ["objective=class", "classes=[1,2]", "priors=blur", "optimizer=sgd"],
+    "feature": ["objective=feature", "objective.units=[0,[1,2]]", "priors=blur", "optimizer=sgd"],
 }
 
 

@@ -157,7 +157,7 @@ def _diagnose_cfg(*overrides):
 
 
 def _toy_records(tmp_path, kind):
-    cfg = _diagnose_cfg("layers=[layer]", "logger=none", "regularizer=none", "optimizer.lr=0.2", "steps=200", "log_every=50",
+    cfg = _diagnose_cfg("layers=[layer]", "logger=none", "priors=none", "optimizer.lr=0.2", "steps=200", "log_every=50",
                         "diagnostics.nonunique.seeds=3", "diagnostics.norm_ablation=[]", "diagnostics.top_k=4",
                         "diagnostics.lanczos_steps=2", f"output_dir={tmp_path / kind}")
     cfg.model = {"_target_": f"{__name__}.toy_model", "kind": kind, "seed": 0}
@@ -202,6 +202,14 @@ def _diagnose_cli(monkeypatch, *args: str) -> int:
     except SystemExit as exit:
         return exit.code
     return 0
+
+
+def test_an_unknown_option_ends_repinv_diagnose_as_it_ends_repinv(tmp_path, monkeypatch, capsys):
+    """Both commands share one entry shell: Hydra's refusal of the command line is one paragraph and exit 2."""
+    code = _diagnose_cli(monkeypatch, "model=bogus", f"hydra.run.dir={tmp_path}")
+    err = capsys.readouterr().err
+    assert code == 2 and "repinv: error: model=bogus: there is no config 'bogus' in the group 'model'" in err
+    assert "Traceback" not in err
 
 
 def test_entry_point_writes_metrics_for_vit_tiny(tmp_path, monkeypatch, capsys):

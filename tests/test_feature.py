@@ -63,7 +63,7 @@ def test_feature_alone_runs_on_the_default_model_at_its_middle_layer(run_repinv)
     assert [(r["layer"], r["unit"], r["column"]) for r in records] == [("L6", 0, "unit 0")]
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["model"]["label"] == "vit_b_32" and cfg["optimizer"]["_target_"] == "torch.optim.Adam"
-    assert cfg["regularizer"]["blur"]["every"] == 1 and cfg["regularizer"]["jitter"]["pixels"] == 16
+    assert cfg["priors"]["blur"]["every"] == 1 and cfg["priors"]["jitter"]["pixels"] == 16
 
 
 def test_a_shard_scores_only_its_own_targets():
@@ -79,7 +79,7 @@ def test_a_shard_scores_only_its_own_targets():
     (loss, stats), (loss_part, stats_part) = whole(net, x), part(net, x[1:])
     assert torch.allclose(loss[1:], loss_part) and torch.allclose(stats["activation"][1:], stats_part["activation"])
     expected = net(x)[[0, 1, 2], [0, 3, 5]].mean((1, 2))
-    assert torch.allclose(stats["activation"], expected) and resolve_layer(net, "out").label == whole.records[0]["layer"]
+    assert torch.allclose(stats["activation"], expected) and resolve_layer(net, "out").label == whole.targets[0]["layer"]
 
 
 def test_a_unit_outside_the_layer_is_a_clear_error(run_repinv):
@@ -96,7 +96,7 @@ class Blob(Objective):
     def column(self, record):
         return f"blob {record['blob']}"
 
-    def caption(self, record):
+    def caption(self, record, metrics=()):
         return f"wobble={record['wobble']:.1f}"
 
     @classmethod

@@ -25,8 +25,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 needs_two = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 GPU = ["trainer.accelerator=gpu", "trainer.devices=1", "logger=none"]
 VIT_B32 = ["model=vit_b_32", "layers=[0,5]", "image=[chelsea,astronaut]", "steps=5", "log_every=4", "image_every=100"]
-RESUMABLE = ["steps=30", "log_every=5", "checkpoint_every=10", "regularizer=blur_jitter",
-             "regularizer.jitter.pixels=4", "regularizer.jitter.start=3"]
+RESUMABLE = ["steps=30", "log_every=5", "checkpoint_every=10", "priors=blur_jitter",
+             "priors.jitter.pixels=4", "priors.jitter.start=3"]
 
 
 @pytest.mark.gpu
@@ -118,12 +118,12 @@ def test_a_target_diverges_on_cuda_then_the_run_resumes_with_it_stopped(run_repi
 CASES = {
     "fourier": ["param=fourier", "optimizer=adam", "optimizer.lr=0.02"],
     "pyramid": ["param=pyramid"],
-    "blur_jitter": ["regularizer=blur_jitter", "regularizer.jitter.pixels=4", "regularizer.jitter.start=2"],
-    "octaves": ["regularizer=octaves", "regularizer.jitter.pixels=4"],
-    "penalties": ["regularizer=penalties"],
-    "transforms": ["regularizer=transforms", "regularizer.jitter.pixels=4"],
-    "tv": ["regularizer=tv"],
-    "class": ["objective=class", "classes=[1,2]", "regularizer.jitter.pixels=4", "regularizer.jitter.start=2"],
+    "blur_jitter": ["priors=blur_jitter", "priors.jitter.pixels=4", "priors.jitter.start=2"],
+    "octaves": ["priors=octaves", "priors.jitter.pixels=4"],
+    "penalties": ["priors=penalties"],
+    "transforms": ["priors=transforms", "priors.jitter.pixels=4"],
+    "tv": ["priors=tv"],
+    "class": ["objective=class", "classes=[1,2]", "priors.jitter.pixels=4", "priors.jitter.start=2"],
     "feature": ["objective=feature", "objective.units=[0,[1,2]]"],
     "16-mixed": ["precision=16-mixed"],
 }

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+
 import torch
+from omegaconf import OmegaConf
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from repinv.metrics import input_l2, psnr, ssim
+from conftest import REPO
+from repinv.metrics import COMPARED, HEADLINE, INPUT_L2, PSNR, SSIM, input_l2, psnr, ssim
 
 
 def test_pixel_metrics_are_torchmetrics_values_per_image():
@@ -21,3 +27,37 @@ def test_pixel_metrics_are_torchmetrics_values_per_image():
         assert torch.allclose(m["psnr"][i], peak_signal_noise_ratio(clamped[i:i + 1], ref[i:i + 1], data_range=1.0), atol=1e-5)
         assert torch.allclose(m["input_l2"][i], (image[i] - ref[i]).norm())
     assert m["ssim"][0] > m["ssim"][1] > m["ssim"][2] and m["psnr"][0] > m["psnr"][1] > m["psnr"][2]
+
+
+def _spelled_fields(path: Path, fields: set[str]) -> list[str]:
+    """The string literals of `path` (docstrings aside) that name one of `fields` as a word of their own."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    word = re.compile(rf"(?<![\w.])({'|'.join(map(re.escape, fields))})(?![\w(])")
+    return [f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and word.search(node.value)]
+
+
+def test_metric_fields_are_read_by_their_one_name_in_repinv_metrics():
+    """Summaries, claims, diagnostics and scripts read a metric's record field through repinv.metrics (PSNR, HEADLINE,
+    COMPARED, ...), never by spelling it, so renaming a metric there renames it for every reader."""
+    fields = set(OmegaConf.load(REPO / "src" / "repinv" / "conf" / "metrics" / "default.yaml"))
+    assert {INPUT_L2, PSNR, SSIM} == fields and HEADLINE in fields and set(COMPARED) <= fields
+    own = REPO / "src" / "repinv" / "metrics"
+    readers = [p for p in [*(REPO / "src" / "repinv").rglob("*.py"), *(REPO / "scripts").glob("*.py")] if own not in p.parents]
+    assert [hit for p in readers for hit in _spelled_fields(p, fields)] == []
+
+
+def test_a_layer_caption_falls_back_on_the_first_metric_the_run_names():
+    """Without the headline metric the caption is the first of the run's metrics the record holds, as the run names them
+    to `finalize`; without any, the objective's score metric."""
+    from repinv.objectives import LayerInversion
+
+    record = {"image": "x", "layer": "L0", "loss": 1.0, "output_l2": 2.0, "accurate": 0.0, SSIM: 0.5, INPUT_L2: 3.0}
+    objective = LayerInversion([0])
+    assert objective.finalize(record, metrics=(PSNR, SSIM, INPUT_L2))["caption"] == "SSIM 0.500"
+    assert objective.finalize(record, metrics=(INPUT_L2, SSIM))["caption"] == "input_l2 3"
+    assert objective.finalize(record)["caption"] == "output_l2 2"

@@ -173,8 +173,8 @@ def test_param_configs_build_a_factory_of_the_batch_shape(name, tmp_path):
 def test_prior_presets_build_their_priors_in_order(name, kinds, tmp_path):
     from repinv.engine.pipeline import build_each
 
-    cfg = compose_cfg([f"regularizer={name}"], tmp_path)
-    assert [type(p).__name__ for p in build_each(cfg, "regularizer").values()] == kinds
+    cfg = compose_cfg([f"priors={name}"], tmp_path)
+    assert [type(p).__name__ for p in build_each(cfg, "priors").values()] == kinds
 
 
 def test_scale_rotate_is_the_step_transform():
@@ -202,9 +202,9 @@ def _tiny_run(tmp_path, name, *overrides):
 )
 def test_each_prior_lowers_its_penalty_through_the_module(tmp_path, name, prior, weight, measure):
     """A heavily weighted penalty prior, given by `_target_` alone, pulls the run's final images towards it."""
-    plain = _tiny_run(tmp_path, "plain", "regularizer=none").images
+    plain = _tiny_run(tmp_path, "plain", "priors=none").images
     weighted = _tiny_run(
-        tmp_path, name, "regularizer=none", f"+regularizer.{name}._target_={prior}", f"+regularizer.{name}.weight={weight}"
+        tmp_path, name, "priors=none", f"+priors.{name}._target_={prior}", f"+priors.{name}.weight={weight}"
     ).images
     assert (measure(weighted) < 0.7 * measure(plain)).all()
 
@@ -212,7 +212,7 @@ def test_each_prior_lowers_its_penalty_through_the_module(tmp_path, name, prior,
 @pytest.mark.parametrize("param", ["pixel", "fourier", "pyramid"])
 def test_runs_step_each_parametrisation(tmp_path, param):
     """The checkpoint holds the parametrisation's tensor; the run's images are what it renders."""
-    result = _tiny_run(tmp_path, param, f"param={param}", "optimizer=adam", "optimizer.lr=0.02", "regularizer=tv")
+    result = _tiny_run(tmp_path, param, f"param={param}", "optimizer=adam", "optimizer.lr=0.02", "priors=tv")
     state = torch.load(result.out_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     p = build(param, (2, 3, 64, 64))
     p.param.data.copy_(state["image_param.param"])
@@ -223,11 +223,11 @@ def test_runs_step_each_parametrisation(tmp_path, param):
 def test_lbfgs_run_evaluates_several_times_per_step_and_logs_once(tmp_path):
     import csv
 
-    result = _tiny_run(tmp_path, "lbfgs", "optimizer=lbfgs", "regularizer=none", "objective.loss=mse")
+    result = _tiny_run(tmp_path, "lbfgs", "optimizer=lbfgs", "priors=none", "objective.loss=mse")
     with open(result.out_dir / "csv" / "metrics.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("loss")]
     assert steps == [0, 5, 10, 15, 19]
-    start = _tiny_run(tmp_path, "one", "optimizer=lbfgs", "regularizer=none", "objective.loss=mse", "steps=1").records
+    start = _tiny_run(tmp_path, "one", "optimizer=lbfgs", "priors=none", "objective.loss=mse", "steps=1").records
     assert all(r["output_l2"] < 0.5 * s["output_l2"] for r, s in zip(result.records, start))
 
 

@@ -116,7 +116,7 @@ def test_invertible_layer_recovers_the_target(run_repinv):
     """A square patch embedding (2x2x3 -> 12) loses nothing: its inversion must reach the photo."""
     records, out = run_repinv(
         "model.kwargs.patch_size=2", "model.kwargs.embed_dim=12", "model.kwargs.num_heads=2", "model.input_size=32",
-        "layers=[patch_embed]", "regularizer=none", "optimizer=adam", "optimizer.lr=0.05", "objective.loss=mse",
+        "layers=[patch_embed]", "priors=none", "optimizer=adam", "optimizer.lr=0.05", "objective.loss=mse",
         "objective.scale=1000", "steps=400", "logger=none",
     )
     assert records[0]["psnr"] > 30, records[0]

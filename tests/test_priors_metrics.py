@@ -13,7 +13,7 @@ from repinv.engine.pipeline import run
 from repinv.errors import RepinvError
 from repinv.priors import Prior
 
-SHORT = ["steps=6", "log_every=2", "logger=csv", "regularizer=none"]
+SHORT = ["steps=6", "log_every=2", "logger=csv", "priors=none"]
 
 
 def red_mean(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ class Darken(Prior):
 
 
 def prior(name: str, cls: str, **kw) -> list[str]:
-    return [f"+regularizer.{name}._target_=test_priors_metrics.{cls}", *(f"+regularizer.{name}.{k}={v}" for k, v in kw.items())]
+    return [f"+priors.{name}._target_=test_priors_metrics.{cls}", *(f"+priors.{name}.{k}={v}" for k, v in kw.items())]
 
 
 def test_a_prior_and_a_metric_from_this_file_take_effect_by_config_alone(run_repinv):
@@ -87,5 +87,5 @@ def test_a_prior_penalty_is_optimised(tmp_path):
 
 
 def test_a_config_entry_that_is_not_a_prior_says_what_an_entry_is(run_repinv):
-    with pytest.raises(RepinvError, match="each entry of regularizer is a mapping with a _target_"):
-        run_repinv(*SHORT, "+regularizer.sharpen=3")
+    with pytest.raises(RepinvError, match="each entry of priors is a mapping with a _target_"):
+        run_repinv(*SHORT, "+priors.sharpen=3")

@@ -42,7 +42,7 @@ def test_non_finite_settings_are_refused_naming_each_key(tmp_path):
     cfg = compose_cfg(["regularizer.blur.sigma_start=nan", "init.mean=-inf", "model=vit_tiny"], tmp_path)
     with pytest.raises(SettingsError, match="settings must be finite numbers, not nan or inf") as err:
         validate(cfg)
-    assert sorted(err.value.fields) == ["init.mean", "regularizer.blur.sigma_start"]
+    assert sorted(err.value.fields) == ["init.mean", "priors.blur.sigma_start"]
     validate(compose_cfg(["model=vit_tiny"], tmp_path))  # the defaults are all finite
 
 
@@ -104,7 +104,7 @@ def test_one_process_keeps_the_configured_strategy(tmp_path):
 @pytest.mark.parametrize("change,fields", [
     (["seed=1"], {"seed", "model.seed"}),
     (["model.kwargs.num_heads=4"], {"model.kwargs.num_heads"}),
-    (["regularizer.blur.sigma_end=0.3", "optimizer=adam"], {"regularizer.blur.sigma_end", "optimizer._target_"}),
+    (["regularizer.blur.sigma_end=0.3", "optimizer=adam"], {"priors.blur.sigma_end", "optimizer._target_"}),
 ])
 def test_a_checkpoint_of_another_experiment_is_refused_naming_each_field(run_repinv, change, fields):
     from repinv.errors import SettingsError
@@ -168,3 +168,18 @@ def test_a_job_failing_after_wandb_started_ends_its_run_failed(run_repinv, tmp_p
     assert len(bad) == len(good) == 1, "each job has its own W&B run"
     assert wandb_reader.exit_code(bad[0]) == 1 and wandb_reader.exit_code(good[0]) == 0
     assert any("loss" in h for h in wandb_reader.history(good[0])) and not wandb_reader.history(bad[0])
+
+
+def test_a_run_saved_when_the_priors_were_called_regularizer_resumes(run_repinv, monkeypatch, tmp_path):
+    """A checkpoint whose identity names the priors by their former name `regularizer` is the same run, not another."""
+    from repinv.engine.identity import CONFIG_KEY
+
+    _interrupted(run_repinv, monkeypatch)
+    ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    saved[CONFIG_KEY] = {"regularizer" + k[len("priors"):] if k.startswith("priors.") else k: v
+                         for k, v in saved[CONFIG_KEY].items()}
+    assert "regularizer.blur.sigma_start" in saved[CONFIG_KEY]
+    torch.save(saved, ckpt)
+    records, _ = run_repinv(*RESUMABLE, "resume=last", name="cut")
+    assert {r["status"] for r in records} == {"finished"} and "resumed_with_changes" not in records[0]

@@ -15,7 +15,7 @@ from repinv.cli import CONFIG_DIR
 from repinv.engine.validation import flatten
 from repinv.errors import RepinvError
 
-GROUPS = ("param", "regularizer", "objective")
+GROUPS = ("param", "priors", "objective")
 EXTRA = {"objective=class": ["classes=[1]"]}
 VALUES = ["0", "-1", "1e9", "nan"]
 FAST = ["model=vit_tiny", "layers=[0]", "steps=3", "log_every=1", "logger=none", "checkpoint_every=0",

@@ -74,7 +74,7 @@ def test_shared_pass_gives_each_layer_its_own_output_and_gradient(name, layers):
     net = _tiny(name)
     taps = resolve_layers(net, layers)
     x = torch.rand(2, 3, 64, 64)
-    shared = SharedPass.build(net, taps, x)
+    shared = SharedPass.checked(net, taps, x)
     assert shared is not None
     batch = torch.rand(len(taps) * 2, 3, 64, 64, requires_grad=True)
     groups = batch.split(2)
@@ -93,7 +93,7 @@ def test_shared_pass_runs_each_block_on_the_rows_that_still_need_it():
     net = _tiny("vit")
     taps = resolve_layers(net, [0, 1, 2])
     x = torch.rand(1, 3, 64, 64)
-    shared = SharedPass.build(net, taps, x)
+    shared = SharedPass.checked(net, taps, x)
     seen = []
     handles = [b.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[0])) for b in net.blocks]
     shared(net, torch.rand(3, 3, 64, 64), [1, 1, 1])
@@ -102,12 +102,25 @@ def test_shared_pass_runs_each_block_on_the_rows_that_still_need_it():
     assert seen == [3, 2, 1]
 
 
-def test_a_tap_inside_a_residual_block_is_not_shared():
-    """Splitting rows at a block's norm1 would break its residual sum: the layers then run one by one."""
+def test_a_tap_inside_a_residual_block_is_not_shared(caplog):
+    """Splitting rows at a block's norm1 would break its residual sum: the layers then run one by one, and the log says why."""
     net = _tiny("vit")
     taps = resolve_layers(net, ["blocks.0.norm1", 1])
     x = torch.rand(1, 3, 64, 64)
-    assert SharedPass.build(net, taps, x) is None
+    with caplog.at_level("INFO", logger="repinv.taps"):
+        assert SharedPass.checked(net, taps, x) is None
+    assert "layers blocks.0.norm1, L1 run one forward pass each" in caplog.text
+
+
+def test_running_out_of_memory_while_checking_the_shared_pass_is_not_taken_for_a_model_it_does_not_fit():
+    """An out-of-memory error during the check ends the run with that error instead of silently running layer by layer."""
+    def out_of_memory(*_):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    net = _tiny("vit")
+    net.blocks[1].register_forward_hook(out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        SharedPass.checked(net, resolve_layers(net, [0, 2]), torch.rand(1, 3, 64, 64))
 
 
 def test_stack_false_runs_one_pass_per_layer():

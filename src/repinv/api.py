@@ -17,6 +17,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig
 
+from repinv.conf import respell_all
 from repinv.engine import pipeline
 from repinv.errors import RepinvError, listing, suggest
 
@@ -67,6 +68,7 @@ def composition_error(err: ConfigCompositionException | OverrideParseException, 
 def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
     """Run one job as `repinv OVERRIDES...` would, in this process; returns its records, images and folder.
 
+    Former names in the overrides are spelled anew (`repinv.conf.respell`: `regularizer.` is `priors.`).
     Bad input (an unknown config or key, a malformed override, values the run refuses) raises
     `RepinvError`. Each call composes afresh, so it can be called again in the same process; a
     Hydra the caller initialised is put back afterwards.
@@ -74,7 +76,7 @@ def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
     if isinstance(overrides, str):
         raise RepinvError(f"repinv.run({overrides!r}): pass the overrides as a list of strings, one per "
                           f"override, e.g. repinv.run({overrides.split()!r}).")
-    overrides = [str(o) for o in overrides]
+    overrides = respell_all(overrides)
     caller = get_gh_backup()  # a notebook's own hydra.initialize, or a Hydra app calling this
     GlobalHydra.instance().clear()
     try:

@@ -1,4 +1,5 @@
-"""The `repinv` command: a thin Hydra entry point over `repinv.engine.pipeline.run`."""
+"""The `repinv` command: a thin Hydra entry point over `repinv.engine.pipeline.run`, and the shell every repinv
+Hydra command shares (`repinv-diagnose` too): `run_task` around the job, `command` around the Hydra app."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import sys
 import textwrap
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -17,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job
+from repinv.conf import respell_all
 from repinv.engine.pipeline import holds_run, record_hydra
 from repinv.errors import RepinvError
 from repinv.outputs.summary import report as summary_report, summarize
@@ -41,25 +44,23 @@ def report(err: RepinvError, out_dir: str | None) -> None:
         record_hydra(Path(out_dir))
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
-def app(cfg: DictConfig) -> float:
-    """Run one job and return its score (what Hydra's Optuna sweeper minimises).
+def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
+    """One Hydra job of a command: `task(cfg)`'s value, or None when it failed inside a multirun.
 
-    A single run ends bad input with a one-paragraph error and exit code 2. In a multirun a
-    failing job must not end the sweep (SystemExit would stop it, and any exception skips the
-    sweep summary), so the job leaves `error.txt` and returns NaN; the summary marks it failed.
+    A single run ends bad input with a one-paragraph error and exit code 2 (debug=true: the
+    traceback). In a multirun a failing job must not end the sweep (SystemExit would stop it, and
+    any exception skips the sweep's end), so the job leaves `error.txt` and the sweep goes on.
     """
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        result = job(cfg)
+        return task(cfg)
     except RepinvError as err:
         if cfg.get("debug"):
             raise
         report(err, hc.runtime.output_dir)
         if not multirun:
             sys.exit(2)
-        return float("nan")
     except Exception:
         if not multirun:
             raise
@@ -67,25 +68,33 @@ def app(cfg: DictConfig) -> float:
         Path(hc.runtime.output_dir, "error.txt").write_text(
             traceback.format_exc().strip().splitlines()[-1] + "\n\n" + traceback.format_exc()
         )
-        return float("nan")
-    return result.score
+    return None
 
 
-def main() -> None:
-    """The `repinv` command: Hydra's app, with Hydra's own refusals of the command line (an unknown
-    option such as param=bogus, an unknown key, a malformed override) as one paragraph and exit 2.
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
+def app(cfg: DictConfig) -> float:
+    """Run one job and return its score (what Hydra's Optuna sweeper minimises; NaN for a failed job of a multirun)."""
+    result = run_task(job, cfg)
+    return float("nan") if result is None else result.score
+
+
+def command(hydra_app: Callable[[], object], example: str) -> None:
+    """A Hydra app as a command: its overrides with former names spelled anew (`repinv.conf.respell`), and
+    Hydra's own refusals of the command line (an unknown option such as param=bogus, an unknown key, a
+    malformed override) as one paragraph and exit 2.
 
     Hydra prints these itself and exits 1 unless HYDRA_FULL_ERROR is set; set for the app's
     duration, they reach this function as exceptions.
     """
+    sys.argv[1:] = respell_all(sys.argv[1:])  # Hydra reads them there
     previous = os.environ.get(FULL_ERROR)
     os.environ[FULL_ERROR] = "1"
     try:
-        app()
+        hydra_app()
     except (ConfigCompositionException, OverrideParseException) as err:
         if previous:
             raise
-        print(textwrap.fill(f"repinv: error: {composition_error(err, sys.argv[1:], CLI_EXAMPLE)}", width=100), file=sys.stderr)
+        print(textwrap.fill(f"repinv: error: {composition_error(err, sys.argv[1:], example)}", width=100), file=sys.stderr)
         sys.exit(2)
     except Exception:  # a crash, or bad input with debug=true: the traceback, exit 1, as Hydra ends them
         traceback.print_exc()
@@ -95,6 +104,11 @@ def main() -> None:
             os.environ.pop(FULL_ERROR, None)
         else:
             os.environ[FULL_ERROR] = previous
+
+
+def main() -> None:
+    """The `repinv` command (see `command`)."""
+    command(app, CLI_EXAMPLE)
 
 
 class SweepSummary(Callback):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import traceback
@@ -25,18 +24,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from repinv.naming import slug
+
 COMMAND = "command.txt"  # the canonical overrides of a finished run, one per line
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
+FOLDER = {"sep": "_", "keep": ".-"}  # how `slug` spells a part of a run's folder name: other characters become one `_`
 
 
 def quote(value) -> str:
     """A value quoted for Hydra's override parser (spaces, commas, `=` and quotes survive)."""
     return "'" + str(value).replace("'", "\\'") + "'"
-
-
-def slug(text: str) -> str:
-    """A folder name: runs of other characters than letters, digits, `.` and `-` become one `_`."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
 
 
 def canonical(overrides: Iterable[str]) -> tuple[str, ...]:
@@ -55,13 +52,13 @@ def value(overrides: Sequence[str], key: str) -> str | None:
 
 def label(overrides: Sequence[str]) -> str:
     """`<model>[-<surgery>]`: the network a run inverts, as the tables and folder names show it."""
-    return "-".join(slug(p) for p in [value(overrides, "model") or "model", value(overrides, "surgery")] if p)
+    return "-".join(slug(p, **FOLDER) for p in [value(overrides, "model") or "model", value(overrides, "surgery")] if p)
 
 
 def folder_name(overrides: Sequence[str]) -> str:
     """`<model>[-<surgery>]-seed<k>-<hash of the canonical overrides>`: readable, and unique per condition."""
     digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:10]
-    return f"{label(overrides)}-seed{slug(value(overrides, 'seed') or '0')}-{digest}"
+    return f"{label(overrides)}-seed{slug(value(overrides, 'seed') or '0', **FOLDER)}-{digest}"
 
 
 @dataclass

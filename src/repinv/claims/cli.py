@@ -24,6 +24,7 @@ from repinv.claims.ledger import BUDGETS, execute, plan
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import write
 from repinv.cli import CONFIG_DIR
+from repinv.conf import respell_all
 from repinv.errors import RepinvError, listing, suggest
 from repinv.inputs.images import locate
 from repinv.sources import Weights
@@ -107,7 +108,7 @@ def check_runs(runs, extra: list[str]) -> None:
 
     def shape(overrides) -> tuple:
         """What decides whether overrides compose: their keys, and the options chosen for config groups."""
-        pairs = (o.partition("=")[::2] for o in overrides)
+        pairs = (o.partition("=")[::2] for o in respell_all(overrides))
         return tuple(sorted((k, v if k.lstrip("+~") in groups else None) for k, v in pairs))
 
     GlobalHydra.instance().clear()
@@ -115,7 +116,7 @@ def check_runs(runs, extra: list[str]) -> None:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             for run in {shape(r.overrides): r for r in runs}.values():
                 try:
-                    compose(CONFIG_NAME, overrides=list(run.overrides))
+                    compose(CONFIG_NAME, overrides=respell_all(run.overrides))
                 except (ConfigCompositionException, OverrideParseException) as err:
                     where = f" (in the run {' '.join(run.overrides)})" if extra else ""
                     raise RepinvError(f"{composition_error(err, list(extra) or list(run.overrides), EXAMPLE)}{where}") from None

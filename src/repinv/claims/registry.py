@@ -107,7 +107,7 @@ def _per_source(id: str, text: str, quote: str, figure: str, runs: Mapping[str, 
     return [Claim(id if s == "timm" else f"{id}-tv", text, quote, figure, s, runs, rule, **kw) for s in sources]
 
 
-def build() -> list[Claim]:
+def study_claims() -> list[Claim]:
     """Every claim of the study that repinv can check, in the study's order, each with the words it checks."""
     return [
         *_per_source("class-generation",
@@ -222,4 +222,4 @@ def build() -> list[Claim]:
     ]
 
 
-CLAIMS = build()
+CLAIMS = study_claims()

@@ -9,6 +9,7 @@ from pathlib import Path
 from repinv.claims.ledger import COLUMNS, DEFAULT_RECIPE, Plan, judge, tagged
 from repinv.claims.registry import Claim
 from repinv.claims.rules import KEEP_DB, by_layer, mean_sd
+from repinv.metrics import PSNR, axis_label
 from repinv.study import Run
 
 Conditions = dict[str, list[tuple[int, Run]]]
@@ -84,7 +85,7 @@ def write_md(path: Path, budget: str, table: list[dict], sensitivity: list[dict]
 
 def depth_plot(claim: Claim, series: dict[str, list[dict]], out: Path) -> Path | None:
     """PSNR against depth, one line per condition and recipe, mean ± sd band over seeds and images."""
-    layers_of = {name: by_layer([r for r in records if r.get("psnr") is not None]) for name, records in series.items()}
+    layers_of = {name: by_layer([r for r in records if r.get(PSNR) is not None]) for name, records in series.items()}
     if not any(len(s) > 1 for s in layers_of.values()):
         return None
     import matplotlib
@@ -100,7 +101,7 @@ def depth_plot(claim: Claim, series: dict[str, list[dict]], out: Path) -> Path |
         ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.25)
         ax.set_xticks(list(x), list(layers), rotation=45, fontsize=7)
     ax.axhline(KEEP_DB, ls="--", lw=0.8, color="grey", label=f"{KEEP_DB:g} dB")
-    ax.set(xlabel="layer (depth order)", ylabel="PSNR (dB)", title=f"{claim.id} ({claim.source})")
+    ax.set(xlabel="layer (depth order)", ylabel=axis_label(PSNR), title=f"{claim.id} ({claim.source})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)

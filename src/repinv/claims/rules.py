@@ -21,6 +21,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from repinv.metrics import PSNR
+
 KEEP_DB = 20.0
 GAP_DB = 3.0
 UNSTRUCTURED_MAX = 0.10
@@ -54,8 +56,8 @@ def _sample(r: Mapping) -> tuple:
     return r.get("seed"), r.get("image")
 
 
-def by_layer(records: Sequence[Mapping], field: str = "psnr") -> dict[str, list[float]]:
-    """Values per layer, layers in the order the runs list them (their depth order)."""
+def by_layer(records: Sequence[Mapping], field: str = PSNR) -> dict[str, list[float]]:
+    """Values of `field` (PSNR by default) per layer, layers in the order the runs list them (their depth order)."""
     out: dict[str, list[float]] = {}
     for r in records:
         out.setdefault(str(r["layer"]), []).append(float(r[field]))
@@ -64,8 +66,8 @@ def by_layer(records: Sequence[Mapping], field: str = "psnr") -> dict[str, list[
 
 def _paired(a: Sequence[Mapping], b: Sequence[Mapping], key) -> list[float]:
     """a − b PSNR for every sample (key of a record) present in both."""
-    right = {key(r): float(r["psnr"]) for r in b}
-    return [float(r["psnr"]) - right[key(r)] for r in a if key(r) in right]
+    right = {key(r): float(r[PSNR]) for r in b}
+    return [float(r[PSNR]) - right[key(r)] for r in a if key(r) in right]
 
 
 def _first_last(records: Sequence[Mapping]) -> tuple[str, str, list[float]]:

@@ -1,0 +1,36 @@
+"""repinv's configs (the Hydra config module `repinv.conf`) and the former spellings of their names.
+
+The image priors' group was called `regularizer`; it is `priors`. Overrides and dotted keys that spell a
+former name are spelled anew by `respell` and `respell_key` wherever overrides enter repinv (the commands,
+`repinv.run`, the claims ledger) and wherever a saved run is compared (a checkpoint's identity on resume),
+so `regularizer.blur.sigma_start=1` is `priors.blur.sigma_start=1`, and runs saved before keep resuming.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+ALIASES = {"regularizer": "priors"}  # former name -> name
+# an override's prefix (+, ++ or ~) and its first key part, up to `.`, `=`, `@` or the end
+_FIRST_KEY = re.compile(r"^(\+{0,2}|~)([A-Za-z_][A-Za-z0-9_]*)(?=[.=@]|$)")
+
+
+def respell(override: str) -> str:
+    """A Hydra override with a former group or key name spelled anew: `regularizer=none` -> `priors=none`,
+    `+regularizer.tv._target_=...` -> `+priors.tv._target_=...`; any other override as it is."""
+    found = _FIRST_KEY.match(override)
+    if found is None or found.group(2) not in ALIASES:
+        return override
+    return found.group(1) + ALIASES[found.group(2)] + override[found.end():]
+
+
+def respell_all(overrides: Iterable[str]) -> list[str]:
+    """`respell` of each override, in order."""
+    return [respell(str(o)) for o in overrides]
+
+
+def respell_key(key: str) -> str:
+    """A dotted config key with a former first part spelled anew: `regularizer.blur.sigma_start` -> `priors.blur.sigma_start`."""
+    first, dot, rest = key.partition(".")
+    return ALIASES.get(first, first) + dot + rest

@@ -19,8 +19,10 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from repinv.engine.pipeline import run
+from repinv.metrics import PSNR
 
 PSNR_CAP = 100.0  # dB, for identical images (mean squared difference below 1e-10)
+INVERSION_PSNR = f"inversion_{PSNR}"  # the inversions' mean PSNR to the target
 
 
 def pairwise(images: torch.Tensor, accurate: list[bool]) -> dict:
@@ -40,6 +42,12 @@ def pairwise(images: torch.Tensor, accurate: list[bool]) -> dict:
             "nonunique_accurate": sum(map(bool, accurate)), "nonunique_k": len(images)}
 
 
+def inversion_quality(records: list[dict]) -> dict:
+    """The mean PSNR to the target (`INVERSION_PSNR`) and the fraction accurate of several inversions' records of one target."""
+    return {INVERSION_PSNR: sum(r[PSNR] for r in records) / len(records),
+            "inversion_accurate": sum(bool(r["accurate"]) for r in records) / len(records)}
+
+
 def seeded_config(cfg: DictConfig, seed: int, steps: int, out_dir: Path, surgery: dict | None = None) -> DictConfig:
     """The run config for one inversion: `cfg` with another noise seed, the same weights, no loggers."""
     c = copy.deepcopy(cfg)
@@ -55,8 +63,8 @@ def seeded_config(cfg: DictConfig, seed: int, steps: int, out_dir: Path, surgery
 def seed_inversions(cfg: DictConfig, seeds: list[int], steps: int, out_dir: Path, surgery: dict | None = None) -> list[dict]:
     """Invert every (layer, image) of `cfg` once per seed; one record per target with the pairwise measures.
 
-    Each record also carries the inversions' mean PSNR to the target (`inversion_psnr`), the
-    fraction accurate, and the wall time of one inversion per target (`inversion_seconds`).
+    Each record also carries the inversions' mean PSNR to the target and the fraction accurate
+    (`inversion_quality`), and the wall time of one inversion per target (`inversion_seconds`).
     """
     results, seconds = [], []
     for s in seeds:
@@ -70,8 +78,7 @@ def seed_inversions(cfg: DictConfig, seeds: list[int], steps: int, out_dir: Path
         out.append({
             "layer": record["layer"], "image": record["image"],
             **pairwise(torch.stack([r.images[t] for r in results]), accurate),
-            "inversion_psnr": sum(r["psnr"] for r in runs) / len(runs),
-            "inversion_accurate": sum(accurate) / len(runs),
+            **inversion_quality(runs),
             "inversion_seconds": sum(seconds) / len(seconds),
         })
     return out

@@ -1,6 +1,7 @@
 """`repinv-diagnose`: why a layer cannot be inverted, per (model variant, layer, image).
 
-A thin Hydra entry point over `diagnose(cfg)`, which builds the model as `repinv` does, and for
+A thin Hydra entry point over `diagnose(cfg)` (the shell `repinv` has: `repinv.cli.command` and
+`repinv.cli.run_task`), which builds the model as `repinv` does (`repinv.engine.pipeline.build_model`), and for
 every normalisation variant, layer and image measures the Jacobian's spectrum
 (`repinv.diagnostics.spectrum`) and the non-uniqueness of K seeded inversions
 (`repinv.diagnostics.nonunique`). The run folder holds config.yaml and metrics.json (one record
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -21,26 +21,26 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from repinv.cli import CONFIG_PATH, report
+from repinv.cli import CONFIG_PATH, command, run_task
 from repinv.diagnostics.ablation import AS_CONFIGURED, Variant, check_ablations, variants
-from repinv.diagnostics.nonunique import seed_inversions
+from repinv.diagnostics.nonunique import INVERSION_PSNR, seed_inversions
 from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectrum
 from repinv.diagnostics.table import write_table
-from repinv.engine.pipeline import build, record_config, sweep_name
+from repinv.engine.pipeline import build_model, record_config, sweep_name
 from repinv.engine.runinfo import RunInfo
 from repinv.errors import RepinvError
 from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
-from repinv.models.surgery import apply_surgery
 from repinv.models.taps import resolve_layer
 from repinv.outputs.loggers import make_loggers
 from repinv.outputs.wandb_logger import WandbFinished
 
 log = logging.getLogger("repinv.diagnose")
+EXAMPLE = "repinv-diagnose model=vit_tiny 'layers=[0,5]' diagnostics.nonunique.seeds=0"
 
 # Scalar measures sent to the loggers (lists and labels stay in metrics.json).
 SCALARS = ("sigma_max", "sigma_min_found", "condition", "stable_rank", "numerical_rank", "entropy_rank",
-           "null_fraction", "nonunique_psnr", "nonunique_input_l2", "inversion_psnr", "inversion_accurate")
+           "null_fraction", "nonunique_psnr", "nonunique_input_l2", INVERSION_PSNR, "inversion_accurate")
 
 
 def _whole(name: str, value, low: int, example: str) -> int:
@@ -80,12 +80,6 @@ def settings(cfg: DictConfig) -> tuple[SpectrumSettings, int, int, list[str]]:
     return spec, seeds, steps, check_ablations(d.get("norm_ablation"))
 
 
-def build_variant(cfg: DictConfig, variant: Variant) -> LoadedModel:
-    """The configured model and surgery, plus the variant's own surgery."""
-    ops = {**(cfg.get("surgery") or {}), **(variant.surgery or {})}
-    return apply_surgery(build(cfg.model), {k: build(op) for k, op in ops.items()})
-
-
 def _layers(cfg: DictConfig) -> list:
     layers = cfg.get("layers")
     return list(layers) if isinstance(layers, (list, tuple)) or OmegaConf.is_list(layers) else [layers]
@@ -116,7 +110,7 @@ def diagnose_variant(
     cfg: DictConfig, variant: Variant, spec: SpectrumSettings, seeds: int, steps: int, out_dir: Path
 ) -> list[dict]:
     """Spectral and non-uniqueness records of one model variant."""
-    model = build_variant(cfg, variant)
+    model = build_model(cfg, variant.surgery)
     rows = spectra(cfg, model, spec)
     if seeds:
         folder = out_dir / "inversions" / variant.name
@@ -155,7 +149,7 @@ def diagnose(cfg: DictConfig) -> list[dict]:
     record_config(cfg, out_dir)
     torch.manual_seed(cfg.seed)
     records = []
-    for variant in variants(build_variant(cfg, AS_CONFIGURED).net, kinds):
+    for variant in variants(build_model(cfg, AS_CONFIGURED.surgery).net, kinds):
         records += diagnose_variant(cfg, variant, spec, seeds, steps, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(records, indent=1))
     log_records(cfg, records)
@@ -163,17 +157,14 @@ def diagnose(cfg: DictConfig) -> list[dict]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="diagnose")
-def main(cfg: DictConfig) -> None:
-    """Diagnose one model; bad input ends with a one-paragraph error (exit 2; in a multirun, error.txt)."""
-    hc = HydraConfig.get()
-    try:
-        diagnose(cfg)
-    except RepinvError as err:
-        if cfg.get("debug"):
-            raise
-        report(err, hc.runtime.output_dir)
-        if hc.mode != RunMode.MULTIRUN:
-            sys.exit(2)
+def app(cfg: DictConfig) -> None:
+    """Diagnose one model (see `repinv.cli.run_task` for how bad input and crashes end)."""
+    run_task(diagnose, cfg)
+
+
+def main() -> None:
+    """The `repinv-diagnose` command (see `repinv.cli.command`)."""
+    command(app, EXAMPLE)
 
 
 class DiagnoseSweepEnd(Callback):

@@ -22,6 +22,11 @@ class Measuring:
     def __init__(self, objective: Objective, normalize: Callable, metrics: Mapping[str, Callable] | None = None):
         self.objective, self.normalize, self.metrics = objective, normalize, dict(metrics or {})
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The metrics' names, in order: the record fields they fill."""
+        return tuple(self.metrics)
+
     @torch.no_grad()
     def fp32(self, net: nn.Module, view: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The objective's losses and stats of `view` through `net` in fp32, autocast off."""

@@ -86,9 +86,8 @@ class ImageOptimization(pl.LightningModule):
         self.register_buffer("std", torch.tensor(model.std, device=dev).view(1, 3, 1, 1), persistent=False)
         self.objective = objective
         objective.setup(self.net, self.normalize, images, seed)
-        self.records = objective.records
+        self.targets = objective.targets
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        objective.metric_names = tuple(metrics or {})
         for prior in priors:
             prior.check(model.input_size)
         self.steps, self.log_every = int(steps), int(log_every)
@@ -100,23 +99,23 @@ class ImageOptimization(pl.LightningModule):
         self.canvas = Canvas(self.image_param, model.input_size, priors)
         self.measuring = Measuring(objective, self.normalize, metrics)
         self.logged_loss: float | None = None  # the summed loss of the last log step, a host number
-        self.divergence = Divergence(len(self.records))
+        self.divergence = Divergence(len(self.targets))
         self.generator = torch.Generator().manual_seed(seed)  # the priors' random draws, saved in checkpoints
-        self.shard: list[int] = list(range(len(self.records)))  # the targets this process optimises
+        self.shard: list[int] = list(range(len(self.targets)))  # the targets this process optimises
         self.sharded_prefixes: list[str] = []  # the state cut to this process's rows (see `take_shard`)
         self.compile = compile
         self.__dict__["stepper"] = StepNetwork(self.net)  # what the steps run through (see on_fit_start)
 
     def setup(self, stage: str) -> None:
-        """With several processes, keep only this rank's share of the targets (`records` stays whole)."""
+        """With several processes, keep only this rank's share of the targets (`targets` stays whole)."""
         world = self.trainer.world_size
-        if world > 1 and len(self.shard) == len(self.records):
+        if world > 1 and len(self.shard) == len(self.targets):
             self.take_shard(self.trainer.global_rank, world)
 
     def take_shard(self, rank: int, world: int) -> None:
         """Cut every per-target part (`repinv.engine.sharding.Rows`) to `rank`'s share of the targets."""
         parts = {"objective": self.objective, "image_param": self.image_param, "divergence": self.divergence}
-        self.shard, self.sharded_prefixes = take_shard(parts, len(self.records), rank, world)
+        self.shard, self.sharded_prefixes = take_shard(parts, len(self.targets), rank, world)
 
     # -- the frozen network -------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -131,7 +130,7 @@ class ImageOptimization(pl.LightningModule):
         stepper = step_network(self.net, str(self.trainer.precision), self.device)
         self.__dict__["stepper"] = stepper  # not a submodule: not in checkpoints, not synced by DDP
         if self.compile:
-            compile_forward(stepper.net, graphs=4 * len(self.records) + 8)
+            compile_forward(stepper.net, graphs=4 * len(self.targets) + 8)
         with self.trainer.precision_plugin.forward_context(), stepper.context():
             self.objective.tune(stepper.net, self.normalize(self.canvas.view()))
 
@@ -152,7 +151,7 @@ class ImageOptimization(pl.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("net.")}
         checkpoint["prior_rng"] = self.generator.get_state()
         checkpoint["repinv"] = self.run_identity()
-        if len(self.shard) < len(self.records):
+        if len(self.shard) < len(self.targets):
             gather_rows(checkpoint, self.sharded_prefixes, len(self.shard))
             checkpoint["prior_rng_ranks"] = gather([checkpoint["prior_rng"]])
 
@@ -164,12 +163,12 @@ class ImageOptimization(pl.LightningModule):
             self.generator.set_state(rng[trainer.global_rank])
         elif "prior_rng" in checkpoint:
             self.generator.set_state(checkpoint["prior_rng"])
-        if len(self.shard) < len(self.records):
-            take_checkpoint_rows(checkpoint, self.sharded_prefixes, len(self.records), self.shard[0], self.shard[-1] + 1)
+        if len(self.shard) < len(self.targets):
+            take_checkpoint_rows(checkpoint, self.sharded_prefixes, len(self.targets), self.shard[0], self.shard[-1] + 1)
 
     def run_identity(self) -> dict:
         """What a checkpoint must agree on to be resumed by this module: the targets, the steps, the canvas."""
-        return {"targets": [self.target_key(i) for i in range(len(self.records))], "steps": self.steps,
+        return {"targets": [self.target_key(i) for i in range(len(self.targets))], "steps": self.steps,
                 "canvas": list(self.image_param.shape[1:]), "param": type(self.image_param).__name__}
 
     def configure_optimizers(self):
@@ -239,14 +238,14 @@ class ImageOptimization(pl.LightningModule):
     # -- what callbacks read (`repinv.outputs.callbacks.RunView`) ------------------------------------
     def target_key(self, i: int) -> str:
         """Target `i`'s name in logged scalars and captions: its record's fields but the module path."""
-        return "/".join(str(v) for k, v in self.records[i].items() if k != "module")
+        return "/".join(str(v) for k, v in self.targets[i].items() if k != "module")
 
     def reference_images(self) -> dict[str, torch.Tensor]:
         """The target photographs by image name ({} when the objective has none)."""
         reference = self.objective.reference
         if reference is None:
             return {}
-        names = list(dict.fromkeys(r["image"] for r in self.records))
+        names = list(dict.fromkeys(r["image"] for r in self.targets))
         return dict(zip(names, reference[: len(names)]))
 
     @torch.no_grad()
@@ -264,7 +263,7 @@ class ImageOptimization(pl.LightningModule):
         rows = self.measuring.rows(losses, stats, view, self.shard)
         out = []
         for i, row, div in zip(self.shard, rows, self.divergence.mask.tolist()):
-            out.append(self.objective.finalize({**self.records[i], **row, "diverged": bool(div)}))
+            out.append(self.objective.finalize({**self.targets[i], **row, "diverged": bool(div)}, self.measuring.names))
         return gather(out) if gathered else out
 
     def current_images(self) -> torch.Tensor:

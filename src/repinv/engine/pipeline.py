@@ -23,7 +23,8 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.engine.identity import MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
+from repinv.conf import respell_key
+from repinv.engine.identity import CHANGES_KEY, CONFIG_KEY, MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
 from repinv.engine.module import ImageOptimization
 from repinv.engine.plugins import build, build_each, check_arguments, check_metrics, check_prior
 from repinv.engine.precision import set_matmul_precision
@@ -32,6 +33,7 @@ from repinv.engine.sharding import process_count, sharded_strategy
 from repinv.engine.validation import check_finite
 from repinv.errors import RepinvError
 from repinv.inputs.images import load_images
+from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
 from repinv.outputs.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal
 from repinv.outputs.loggers import make_loggers
@@ -258,9 +260,17 @@ def resume_state(cfg: DictConfig, ckpt: Path | None, module: ImageOptimization) 
     identity = config_identity(cfg)
     if ckpt is None:
         return identity, [], {}
-    saved = read_checkpoint(ckpt)
-    allowed = [str(a) for a in cfg.get("resume_allow_changes") or []]
+    saved = respelled(read_checkpoint(ckpt))
+    allowed = [respell_key(str(a)) for a in cfg.get("resume_allow_changes") or []]
     return identity, check_resume(ckpt, saved, identity, module.run_identity(), allowed), saved
+
+
+def respelled(checkpoint: dict) -> dict:
+    """A checkpoint whose saved identity and changes name settings by former names (`regularizer.` before `priors.`),
+    spelled as the config now spells them: a run saved before a rename resumes."""
+    identity = {respell_key(k): v for k, v in checkpoint.get(CONFIG_KEY, {}).items()}
+    changes = [{**c, "field": respell_key(c["field"])} for c in checkpoint.get(CHANGES_KEY, [])]
+    return {**checkpoint, CONFIG_KEY: identity, CHANGES_KEY: changes}
 
 
 def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None) -> None:
@@ -277,6 +287,12 @@ def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None) -> No
             raise SystemExit(128 + signal.SIGTERM) from None
 
 
+def build_model(cfg: DictConfig, surgery: dict | None = None) -> LoadedModel:
+    """The configured model after the configured surgery, plus `surgery` (more operations by name, e.g. an ablation's)."""
+    ops = {**(cfg.get("surgery") or {}), **(surgery or {})}
+    return apply_surgery(build(cfg.model), {k: build(op, f"surgery.{k}") for k, op in ops.items()})
+
+
 def run(cfg: DictConfig) -> RunResult:
     """Run the configured objective; returns its records, images, folder and score.
 
@@ -291,7 +307,7 @@ def run(cfg: DictConfig) -> RunResult:
     pl.seed_everything(cfg.seed, verbose=False)
     set_matmul_precision(cfg.get("matmul_precision", "highest"))
 
-    model = apply_surgery(build(cfg.model), {k: build(op, f"surgery.{k}") for k, op in (cfg.get("surgery") or {}).items()})
+    model = build_model(cfg)
     objective = build(cfg.objective)
     images = load_images(cfg.image, model.input_size) if objective.needs_images else []
     metrics = build_each(cfg, "metrics")
@@ -302,7 +318,7 @@ def run(cfg: DictConfig) -> RunResult:
         images=images,
         optimizer=build(cfg.optimizer),
         scheduler=build(cfg.scheduler) if cfg.get("scheduler") else None,
-        priors=list(build_each(cfg, "regularizer", check_prior).values()),
+        priors=list(build_each(cfg, "priors", check_prior).values()),
         param=build(cfg.param),
         metrics=metrics,
         steps=cfg.steps,

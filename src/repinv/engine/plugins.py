@@ -1,6 +1,6 @@
 """Building config nodes by `_target_`, and checking once, at build time, that plug-ins keep their protocol.
 
-A prior named in `regularizer` must be a `repinv.priors.Prior` class; a metric named in `metrics`
+A prior named in `priors` must be a `repinv.priors.Prior` class; a metric named in `metrics`
 must map (image [N, 3, H, W], reference [N, 3, H, W]) to one finite number per image, a tensor [N].
 Anything else ends the run before its first step with one paragraph naming the config key, rather
 than a traceback at step 0 or a record full of nested lists.
@@ -100,12 +100,12 @@ def _target(key: str, node: DictConfig):
 
 
 def check_prior(key: str, node: DictConfig) -> None:
-    """A regularizer entry names a `Prior` class: checked before anything is called, so a wrong
+    """A priors entry names a `Prior` class: checked before anything is called, so a wrong
     `_target_` (a function, another class) never runs with the prior's settings."""
     target = _target(key, node)
     if not (isinstance(target, type) and issubclass(target, Prior)):
         raise RepinvError(
-            f"{key}._target_={node._target_} is not an image prior: each entry of regularizer names a subclass of "
+            f"{key}._target_={node._target_} is not an image prior: each entry of priors names a subclass of "
             "repinv.priors.Prior (e.g. repinv.priors.GaussianBlur, repinv.priors.TotalVariation), or is null to leave it out."
         )
 

@@ -35,7 +35,7 @@ def check_finite(cfg: DictConfig) -> None:
     if bad:
         raise SettingsError(
             f"{listing(f'{key}={value}' for key, value in bad)}: settings must be finite numbers, not nan or inf. "
-            "Give each a real value (e.g. regularizer.blur.sigma_start=2.4, optimizer.lr=0.05), or leave it at its "
+            "Give each a real value (e.g. priors.blur.sigma_start=2.4, optimizer.lr=0.05), or leave it at its "
             "default by dropping the override.",
             [key for key, _ in bad],
         )

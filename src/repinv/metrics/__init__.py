@@ -1,13 +1,19 @@
 """Metrics of a reconstruction against its reference image.
 
 A metric is a plain function `(image [N, 3, H, W] in [0, 1] unclamped, reference [N, 3, H, W]) -> [N]`;
-the `metrics` config group names the ones a run computes (name -> `_target_` with `_partial_: true`).
+the `metrics` config group names the ones a run computes (name -> `_target_` with `_partial_: true`),
+and each name is the record field that holds its value. Code outside this package reads a metric's
+field through the names below, never by spelling it: renaming one here renames it for every reader.
 """
 
 from repinv.metrics.pixel import input_l2, psnr, ssim
 
-HEADLINE = "psnr"  # the metric an inversion's pictures are captioned with, when the run computes it
-FORMATS = {"psnr": "{:.1f} dB", "ssim": "SSIM {:.3f}"}
+# the record fields of the default metrics (their keys in conf/metrics/default.yaml)
+INPUT_L2, PSNR, SSIM = "input_l2", "psnr", "ssim"
+HEADLINE = PSNR  # the study's measure of a reconstruction: pictures are captioned with it, when the run computes it
+COMPARED = (HEADLINE, SSIM)  # the metrics sweep summaries and the recipe study plot and tabulate
+FORMATS = {PSNR: "{:.1f} dB", SSIM: "SSIM {:.3f}"}
+UNITS = {PSNR: "dB"}
 
 
 def describe(name: str, value: float) -> str:
@@ -15,4 +21,10 @@ def describe(name: str, value: float) -> str:
     return FORMATS[name].format(value) if name in FORMATS else f"{name} {value:.3g}"
 
 
-__all__ = ["FORMATS", "HEADLINE", "describe", "input_l2", "psnr", "ssim"]
+def axis_label(name: str) -> str:
+    """A metric as a plot axis names it: `PSNR (dB)`, `SSIM`."""
+    return name.upper() + (f" ({UNITS[name]})" if name in UNITS else "")
+
+
+__all__ = ["COMPARED", "FORMATS", "HEADLINE", "INPUT_L2", "PSNR", "SSIM", "UNITS", "axis_label", "describe", "input_l2", "psnr",
+           "ssim"]

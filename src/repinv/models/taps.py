@@ -12,6 +12,7 @@ would drop the prefix tokens and reshape the rest to a feature map).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,13 @@ from torch import nn
 
 from repinv.errors import RepinvError, listing, suggest
 from repinv.models.sources import for_net
+
+log = logging.getLogger(__name__)
+# What a forward pass raises when its batch no longer fits a model that mixes rows across a tapped module
+# (a residual sum of a split and an unsplit batch, a reshape by batch size, a tuple output that cannot be split).
+_MIXED_ROWS = (RuntimeError, TypeError, ValueError, IndexError)
+# Failures of the device, not of the pass: never taken for a model the pass does not fit.
+_DEVICE_ERRORS = (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.OutOfMemoryError))
 
 
 class _Reached(Exception):
@@ -176,8 +184,9 @@ class SharedPass:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, net: nn.Module, taps: list[LayerTap], x: torch.Tensor) -> SharedPass | None:
-        """Check the pass on variations of `x` (one row per image) against each tap's own forward; None where it does not hold."""
+    def checked(cls, net: nn.Module, taps: list[LayerTap], x: torch.Tensor) -> SharedPass | None:
+        """The shared pass, checked on variations of `x` (one row per image) against each tap's own forward;
+        None where it does not hold."""
         if len(taps) < 2:
             return None
         try:
@@ -187,11 +196,20 @@ class SharedPass:
             inputs = [x + 0.1 * g * torch.randn(x.shape, generator=gen).to(x) for g in range(len(taps))]
             expected = [tap(net, xg) for tap, xg in zip(taps, inputs)]
             outs = shared(net, torch.cat([inputs[g] for g in order]), [len(x)] * len(taps))
-        except Exception:  # a model whose forward mixes rows across a tapped module: run taps one by one
-            return None
+        except _DEVICE_ERRORS:
+            raise
+        except _MIXED_ROWS as err:
+            return cls._one_by_one(taps, f"the shared pass fails on this model ({type(err).__name__}: {err})")
         # distinct rows per layer, so a split that only broadcasts (a residual of one row) shows up
-        ok = all(out.shape == e.shape and _close(out, e) for out, e in zip(outs, expected))
-        return shared if ok else None
+        if all(out.shape == e.shape and _close(out, e) for out, e in zip(outs, expected)):
+            return shared
+        return cls._one_by_one(taps, "the shared pass gives other outputs than each layer's own forward")
+
+    @staticmethod
+    def _one_by_one(taps: list[LayerTap], why: str) -> None:
+        """Log why the layers run one pass each (the slower, always correct way); None."""
+        log.info("layers %s run one forward pass each: %s", ", ".join(t.label for t in taps), " ".join(why.split()))
+        return None
 
     @staticmethod
     def _forward_order(net: nn.Module, modules: list[str], x: torch.Tensor) -> list[int]:

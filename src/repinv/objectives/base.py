@@ -46,20 +46,19 @@ def target_seed(seed: int, *parts) -> int:
 class Objective(nn.Module):
     """Base class: `setup` names the targets, `prepare` computes them, `forward` gives per-target losses and stats.
 
-    `records` hold each target's identity (they name its scalars and checkpoints); `finalize`
+    `targets` hold each target's identity (they name its scalars and checkpoints); `finalize`
     turns a target's identity plus its final metrics into the record metrics.json keeps.
     """
 
     kind = "objective"  # the W&B job type and a tag
     needs_images = False  # whether the run loads the photographs of `image=` as targets
     score_metric = "loss"  # the record field whose mean over targets a sweep minimises
-    caption_metric: str | None = None  # the record field shown under each picture (None: the score metric)
-    metric_names: Sequence[str] = ()  # the metrics the run computes, in order (set by the module that runs the objective)
+    caption_metric: str | None = None  # the record field shown under each picture (None: the run's first metric)
     labels: tuple[str, ...] = ()  # record fields that only name a target as it was spelled (not part of its seed)
 
     def __init__(self):
         super().__init__()
-        self.records: list[dict] = []
+        self.targets: list[dict] = []
         # target pixels per record for input-space metrics; None when there is no target photograph
         self.register_buffer("reference", None, persistent=False)
 
@@ -69,7 +68,7 @@ class Objective(nn.Module):
     def shard(self, index: list[int]) -> None:
         """From now on `forward` takes and scores only the targets in `index` (this process's share).
 
-        `records` and `reference` stay whole so rank 0 can name and write every target.
+        `targets` and `reference` stay whole so rank 0 can name and write every target.
         """
         raise RepinvError(
             f"objective '{self.kind}' cannot split its targets across processes; "
@@ -96,27 +95,29 @@ class Objective(nn.Module):
     def init_seeds(self, seed: int) -> list[int]:
         """One noise seed per target, from the seed and the target's record but its `labels`: two spellings
         of one target start from the same noise."""
-        return [target_seed(seed, *(v for k, v in r.items() if k not in self.labels)) for r in self.records]
+        return [target_seed(seed, *(v for k, v in r.items() if k not in self.labels)) for r in self.targets]
 
     # -- naming and describing the results ------------------------------------------
     def column(self, record: dict) -> str:
         """What a target's reconstruction shows: its grid column and file name ("L5", "tabby", "unit 3")."""
         raise NotImplementedError
 
-    def caption(self, record: dict) -> str:
+    def caption(self, record: dict, metrics: Sequence[str] = ()) -> str:
         """The headline number of a final record, shown under its picture: `caption_metric`, else the first
-        of the run's `metric_names` the record holds (a run may drop any metric), else the score metric or the loss."""
-        names = [self.caption_metric, *self.metric_names, self.score_metric, "loss"]
+        of the run's `metrics` (their names, in order) the record holds (a run may drop any metric), else
+        the score metric or the loss."""
+        names = [self.caption_metric, *metrics, self.score_metric, "loss"]
         name = next(n for n in names if n is not None and isinstance(record.get(n), (int, float)))
         return describe(name, record[name])
 
-    def finalize(self, record: dict) -> dict:
-        """A target's final record as metrics.json keeps it: its stats typed, its column and caption added."""
-        return {**record, "column": self.column(record), "caption": self.caption(record)}
+    def finalize(self, record: dict, metrics: Sequence[str] = ()) -> dict:
+        """A target's final record as metrics.json keeps it: its stats typed, its column and caption added
+        (`metrics`: the names of the metrics the run computed, in order, for the caption)."""
+        return {**record, "column": self.column(record), "caption": self.caption(record, metrics)}
 
     def name(self) -> str:
         """The run name's part that says what was optimised (after `setup`), e.g. L0+L5."""
-        return "+".join(dict.fromkeys(self.column(r) for r in self.records))
+        return "+".join(dict.fromkeys(self.column(r) for r in self.targets))
 
     def tags(self) -> list[str]:
         """W&B tags for what was optimised (after `setup`), besides the model's and `kind`."""

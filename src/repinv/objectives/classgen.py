@@ -56,13 +56,13 @@ class ClassGeneration(Objective):
         if not h:
             raise RepinvError("objective=class needs a classifier head, but the model has no logits (num_classes=0).")
         idx = [resolve_class(c, int(h)) for c in self.class_specs]
-        self.records = [
+        self.targets = [
             {"image": f"sample{k}", "class": i, "class_name": class_name(i, int(h))}
             for i in idx
             for k in range(self.samples)
         ]
-        self.register_buffer("classes", torch.tensor([r["class"] for r in self.records]), persistent=False)
-        self.register_buffer("index", torch.arange(len(self.records), device=self.classes.device), persistent=False)
+        self.register_buffer("classes", torch.tensor([r["class"] for r in self.targets]), persistent=False)
+        self.register_buffer("index", torch.arange(len(self.targets), device=self.classes.device), persistent=False)
 
     def shard(self, index):
         self.index = torch.as_tensor(index, device=self.index.device)
@@ -88,11 +88,11 @@ class ClassGeneration(Objective):
     def column(self, record):
         return record["class_name"]
 
-    def caption(self, record):
+    def caption(self, record, metrics=()):
         return f"p={record['prob']:.2f}"
 
     def name(self):
         return "+".join(str(c) for c in self.class_specs)
 
     def tags(self):
-        return [f"class:{c}" for c in dict.fromkeys(r["class"] for r in self.records)]
+        return [f"class:{c}" for c in dict.fromkeys(r["class"] for r in self.targets)]

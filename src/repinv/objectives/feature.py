@@ -65,14 +65,14 @@ class FeatureVisualization(Objective):
         spec = len(hidden_layer_names(net)) // 2 if self.layer_spec is None else self.layer_spec
         self.tap = resolve_layer(net, spec, "objective.layer")
         dev = next(net.parameters()).device
-        self.records = [
+        self.targets = [
             {"image": f"sample{k}", "layer": self.tap.label, "unit": c, **({} if t is None else {"token": t})}
             for t, c in self.units
             for k in range(self.samples)
         ]
-        self.register_buffer("channel", torch.tensor([r["unit"] for r in self.records], device=dev), persistent=False)
-        self.register_buffer("token", torch.tensor([r.get("token", -1) for r in self.records], device=dev), persistent=False)
-        self.register_buffer("index", torch.arange(len(self.records), device=dev), persistent=False)
+        self.register_buffer("channel", torch.tensor([r["unit"] for r in self.targets], device=dev), persistent=False)
+        self.register_buffer("token", torch.tensor([r.get("token", -1) for r in self.targets], device=dev), persistent=False)
+        self.register_buffer("index", torch.arange(len(self.targets), device=dev), persistent=False)
 
     def shard(self, index):
         self.index = torch.as_tensor(index, device=self.index.device)
@@ -104,11 +104,11 @@ class FeatureVisualization(Objective):
     def column(self, record):
         return f"unit {self._unit_text(record)}"
 
-    def caption(self, record):
+    def caption(self, record, metrics=()):
         return f"act {record['activation']:.3g}"
 
     def name(self):
-        return f"{self.tap.label}-" + "+".join(dict.fromkeys(f"unit{self._unit_text(r)}" for r in self.records))
+        return f"{self.tap.label}-" + "+".join(dict.fromkeys(f"unit{self._unit_text(r)}" for r in self.targets))
 
     def tags(self):
-        return [f"layer:{self.tap.label}", *dict.fromkeys(f"unit:{self._unit_text(r)}" for r in self.records)]
+        return [f"layer:{self.tap.label}", *dict.fromkeys(f"unit:{self._unit_text(r)}" for r in self.targets)]

@@ -83,19 +83,19 @@ class LayerInversion(Objective):
 
     @torch.no_grad()
     def setup(self, net, prep, images, seed):
-        """The taps, records and target photographs; the targets themselves are computed by `prepare`."""
+        """The taps, the targets' identities and photographs; the target activations are computed by `prepare`."""
         self.taps = resolve_layers(net, self.layer_specs)
         pixels = torch.stack([im.pixels for im in images])
         gen = torch.Generator().manual_seed(target_seed(seed, "noise-shift"))
         shifted = pixels + torch.randn(pixels.shape, generator=gen) * self.noise_std
         dev = next(net.parameters()).device
         self.register_buffer("shifted", shifted.to(dev), persistent=False)
-        self.shared = SharedPass.build(net, self.taps, prep(pixels.to(dev))) if self.stack else None
+        self.shared = SharedPass.checked(net, self.taps, prep(pixels.to(dev))) if self.stack else None
         self.reference = pixels.to(dev).repeat(len(self.taps), 1, 1, 1)
         self.group = len(images)
         self.__dict__["prep"] = prep  # the module's normalisation: not a submodule
         self.shard(list(range(len(self.taps) * len(images))))
-        self.records = [
+        self.targets = [
             {"image": im.name, "layer": tap.label, "module": tap.module or tap.label}
             for tap in self.taps
             for im in images
@@ -192,8 +192,8 @@ class LayerInversion(Objective):
     def column(self, record):
         return record["layer"]
 
-    def finalize(self, record):
-        return super().finalize({**record, "accurate": bool(record["accurate"])})
+    def finalize(self, record, metrics=()):
+        return super().finalize({**record, "accurate": bool(record["accurate"])}, metrics)
 
     def tags(self):
         return [f"layer:{tap.label}" for tap in self.taps]

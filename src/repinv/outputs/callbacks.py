@@ -34,7 +34,7 @@ class RunView(Protocol):
     """What a callback may read of the run (`ImageOptimization` provides it): nothing else of the module."""
 
     steps: int  # the run's step count
-    records: list[dict]  # every target's identity, in target order (all processes)
+    targets: list[dict]  # every target's identity, in target order (all processes)
     net: nn.Module  # the frozen network
     model_info: LoadedModel
     logged_loss: float | None  # the summed loss of the last log step
@@ -171,8 +171,8 @@ class ResultWriter(pl.Callback):
         records = [{**r, **extra} for r in pl_module.final_metrics(gathered=False)]
         write_share(self.out_dir, records, pl_module.current_images().cpu(), trainer.global_rank)
         if trainer.is_global_zero:
-            total, world = len(pl_module.records), trainer.world_size
-            shares = [pl_module.records[slice(*shard_bounds(total, r, world))] for r in range(world)]
+            total, world = len(pl_module.targets), trainer.world_size
+            shares = [pl_module.targets[slice(*shard_bounds(total, r, world))] for r in range(world)]
             self.records = merge_shares(self.out_dir, shares)
         log.warning("run %s: this process's share written to %s", status, self.out_dir / share_file(trainer.global_rank))
 

@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 
 import torch
 
+from repinv.naming import slug
 from repinv.outputs.figures import save_png, titled_grid
 
 METRICS_FILE = "metrics.json"
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "x"
 
 
 def png_name(record: dict) -> str:

@@ -3,7 +3,8 @@
 `repinv-summary SWEEP_DIR` (also run by the CLI when a multirun ends) reads every job folder's
 `metrics.json`, PNGs and `.hydra/overrides.yaml` and writes into the sweep folder:
 `summary.png` (rows: the swept conditions, columns: the target then each record's `column`,
-e.g. each layer), `summary_metrics.png` (PSNR and SSIM against column, one line per condition),
+e.g. each layer), `summary_metrics.png` (the compared metrics, `repinv.metrics.COMPARED`: PSNR and
+SSIM, against column, one line per condition),
 `summary.csv` (every field of the records) and `summary.md`. A job without a finished
 `metrics.json` shows as failed, with its error, in the columns its objective planned.
 """
@@ -24,13 +25,14 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 from PIL import Image
 
+from repinv.metrics import COMPARED, axis_label
+from repinv.naming import slug
 from repinv.outputs.figures import plt, titled_grid
-from repinv.outputs.results import METRICS_FILE, slug
+from repinv.outputs.results import METRICS_FILE
 
 SWEPT_COLUMNS = ("layers",)  # overrides that pick a column, not a row
 IDENTITY = ["job", "condition", "status", "image", "column"]  # the first table columns; the records' own fields follow
 MD_FIELDS = [*IDENTITY, "caption", "error"]
-PLOT_METRICS = ("psnr", "ssim")
 FAILED_CELL = np.full((64, 64, 3), (235, 200, 200), dtype=np.uint8)
 
 
@@ -182,16 +184,16 @@ def write_grid(jobs: list[Job], table: list[dict], root: Path) -> Path:
 
 
 def write_metric_plot(table: list[dict], root: Path) -> Path:
-    """PSNR and SSIM against column, one line per (condition, image), from the finished rows that hold them."""
+    """Each compared metric against column, one line per (condition, image), from the finished rows that hold them."""
     columns = list(dict.fromkeys(row["column"] for row in table))
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(columns)) * 2, 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(COMPARED), figsize=(max(6, 1.2 * len(columns)) * len(COMPARED), 4), squeeze=False)
     lines: dict[str, dict[str, dict]] = {}
     for row in table:
         if row.get("status") == "finished":
             name = row["condition"] + (f" / {row['image']}" if row.get("image") else "")
             lines.setdefault(name, {})[row["column"]] = row
     drawn = False
-    for ax, metric in zip(axes[0], PLOT_METRICS):
+    for ax, metric in zip(axes[0], COMPARED):
         for name, points in lines.items():
             xs = [c for c, row in points.items() if isinstance(row.get(metric), (int, float))]
             if xs:
@@ -199,10 +201,10 @@ def write_metric_plot(table: list[dict], root: Path) -> Path:
                 drawn = True
         ax.set_xticks(range(len(columns)), columns, rotation=30, fontsize=8)
         ax.set_xlabel("column")
-        ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
+        ax.set_ylabel(axis_label(metric))
         ax.grid(alpha=0.3)
     if drawn:
-        axes[0][1].legend(fontsize=7, loc="best")
+        axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = root / "summary_metrics.png"
     fig.savefig(path, dpi=100)

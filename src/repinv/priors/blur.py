@@ -24,20 +24,20 @@ class GaussianBlur(Prior):
 
     def __init__(self, kernel_size: int = 3, sigma_start: float = 2.4, sigma_end: float = 0.4, every: int = 1):
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise RepinvError(f"regularizer.blur.kernel_size={kernel_size} must be a positive odd number such as 3.")
+            raise RepinvError(f"priors.blur.kernel_size={kernel_size} must be a positive odd number such as 3.")
         if sigma_start <= 0 or sigma_end <= 0:
             raise RepinvError(
                 f"blur sigma must be positive (got sigma_start={sigma_start}, sigma_end={sigma_end}); "
-                "the study uses 2.4 → 0.4, or switch the blur off with regularizer=none."
+                "the study uses 2.4 → 0.4, or switch the blur off with priors=none."
             )
         if every < 1:
-            raise RepinvError(f"regularizer.blur.every={every} must be at least 1.")
+            raise RepinvError(f"priors.blur.every={every} must be at least 1.")
         self.kernel_size, self.sigma_start, self.sigma_end, self.every = kernel_size, sigma_start, sigma_end, every
         self._cache: tuple[float, list[float]] | None = None
 
     def check(self, size: tuple[int, int]) -> None:
         if self.kernel_size // 2 >= min(size):
-            raise RepinvError(f"regularizer.blur.kernel_size={self.kernel_size} is wider than the {size[0]}x{size[1]} input "
+            raise RepinvError(f"priors.blur.kernel_size={self.kernel_size} is wider than the {size[0]}x{size[1]} input "
                               f"(its reflect padding needs a radius below {min(size)}); use a small odd size such as 3.")
 
     def sigma(self, step: int, total: int) -> float:

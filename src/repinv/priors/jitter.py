@@ -23,7 +23,7 @@ class Jitter(Prior):
 
     def check(self, size: tuple[int, int]) -> None:
         if self.pixels > min(size):
-            raise RepinvError(f"regularizer.jitter.pixels={self.pixels} shifts the crop by more than the {size[0]}x{size[1]} "
+            raise RepinvError(f"priors.jitter.pixels={self.pixels} shifts the crop by more than the {size[0]}x{size[1]} "
                               f"input itself; use at most {min(size)} (the study uses 16 at 224x224).")
 
     @property

@@ -22,7 +22,7 @@ class Octaves(Prior):
         self.scales = [float(s) for s in scales]
         if not self.scales or any(not 0 < s <= 1 for s in self.scales) or self.scales != sorted(self.scales):
             raise RepinvError(
-                f"regularizer.octaves.scales={scales} must be ascending scales in (0, 1], e.g. [0.25, 0.5, 1.0]: "
+                f"priors.octaves.scales={scales} must be ascending scales in (0, 1], e.g. [0.25, 0.5, 1.0]: "
                 "the image is generated at each fraction of the model's input size in turn."
             )
 
