@@ -140,7 +140,11 @@ def test_stack_false_runs_one_pass_per_layer():
 
 @pytest.mark.parametrize("slow,expect_shared", [("shared", False), ("single", True)])
 def test_stack_auto_keeps_the_faster_way(monkeypatch, slow, expect_shared):
-    """objective.stack=auto times a step each way on the run's own view and keeps the faster one."""
+    """objective.stack=auto times a step each way on the run's own view and keeps the faster one (each call of the
+    slowed way costs ten seconds on the clock the timing reads, whatever the machine's load)."""
+    from types import SimpleNamespace
+
+    import repinv.objectives.layer as layer_module
     from repinv.inputs.images import TargetImage
     from repinv.models.taps import LayerTap
     from repinv.objectives import LayerInversion
@@ -151,7 +155,14 @@ def test_stack_auto_keeps_the_faster_way(monkeypatch, slow, expect_shared):
     shared = auto.shared
     slowed = SharedPass if slow == "shared" else LayerTap
     real = slowed.__call__
-    monkeypatch.setattr(slowed, "__call__", lambda self, *a: time.sleep(0.3) or real(self, *a))
+    spent = [0.0]
+    monkeypatch.setattr(layer_module, "time", SimpleNamespace(perf_counter=lambda: time.perf_counter() + spent[0]))
+
+    def slow_call(self, *args):
+        spent[0] += 10.0
+        return real(self, *args)
+
+    monkeypatch.setattr(slowed, "__call__", slow_call)
     auto.tune(net, torch.rand(2, 3, 64, 64))
     assert auto.stacked is expect_shared
     assert auto.shared is (shared if expect_shared else None)
