@@ -1,8 +1,9 @@
-"""Model sources: a registry by name, source-neutral module names, and a new source added by config alone."""
+"""Model sources: short names of the built-in ones, source-neutral module names, and a new source named by `_target_` alone."""
 
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 import torchvision
 from hydra.utils import instantiate
@@ -14,7 +15,7 @@ from repinv.errors import RepinvError
 from repinv.models import create_model
 from repinv.models.packed import PackedLinear
 from repinv.models.patchify import PatchConv2d
-from repinv.models.sources import GENERIC, ModelSource, for_net, get_source, register
+from repinv.models.sources import GENERIC, ModelSource, TorchvisionSource, for_net
 from repinv.models.surgery import Remove
 from repinv.models.taps import hidden_layer_names, resolve_layers
 from repinv.outputs.figures import input_conv
@@ -32,7 +33,6 @@ class TinyNet(nn.Module):
         return self.body(self.conv(x).flatten(2).transpose(1, 2))
 
 
-@register("tiny_custom")
 class TinySource(ModelSource):
     """A source of one model, `tinynet`, whose patch convolution answers to the neutral `patch_embed`."""
 
@@ -51,14 +51,15 @@ class TinySource(ModelSource):
 
 
 def tiny_config(**changes):
-    return OmegaConf.create({"_target_": "repinv.models.create_model", "source": "tiny_custom", "name": "tinynet",
-                             "input_size": 16, "seed": 3, "kwargs": {"width": 6}, **changes})
+    return OmegaConf.create({"_target_": "repinv.models.create_model", "source": {"_target_": "test_sources.TinySource"},
+                             "name": "tinynet", "input_size": 16, "seed": 3, "kwargs": {"width": 6}, **changes})
 
 
-def test_a_source_registered_here_builds_through_create_model_from_config_alone():
+def test_a_source_defined_here_builds_through_create_model_from_config_alone():
     model = instantiate(tiny_config())
     again, other = instantiate(tiny_config()), instantiate(tiny_config(seed=4))
-    assert model.source is get_source("tiny_custom") and model.net.repinv_source == "tiny_custom"
+    assert type(model.source) is TinySource and for_net(model.net) is model.source
+    assert model.source.name == "test_sources.TinySource", "a source's name is its dotted path unless it sets one"
     assert (model.mean, model.std, model.input_size, model.trained) == ((0.5,) * 3, (0.25,) * 3, (16, 16), False)
     assert torch.equal(model.net.conv.weight, again.net.conv.weight), "untrained weights follow the seed"
     assert not torch.equal(model.net.conv.weight, other.net.conv.weight)
@@ -75,7 +76,8 @@ def test_unknown_source_is_one_paragraph_naming_the_known_ones():
         create_model("vit_base_patch32_224", source="timmm")
     text = str(err.value)
     assert "model.source=timmm is not a model source" in text and "Did you mean 'timm'" in text
-    assert "timm, tiny_custom, torchvision" in text and "\n" not in text
+    assert "The built-in sources are timm, torchvision" in text and "model.source._target_=package.module.Class" in text
+    assert "\n" not in text
 
 
 @pytest.mark.parametrize("config,patch_module,block0", [
@@ -104,5 +106,17 @@ def test_remove_pattern_in_neutral_names_matches_torchvision_spelling(tmp_path):
 
 def test_nets_built_outside_create_model_find_their_source_by_class():
     tv = torchvision.models.get_model("resnet18")
-    assert for_net(tv) is get_source("torchvision") and hidden_layer_names(tv) == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert type(for_net(tv)) is TorchvisionSource and hidden_layer_names(tv) == ["relu", "layer1", "layer2", "layer3", "layer4"]
     assert for_net(nn.Sequential(nn.Linear(2, 2))) is GENERIC
+
+
+def test_only_kwargs_that_do_not_fit_become_a_kwargs_error(monkeypatch):
+    with pytest.raises(RepinvError, match="do not fit vit_base_patch32_224: .*unexpected keyword argument 'bogus'"):
+        create_model("vit_base_patch32_224", input_size=32, kwargs={"bogus": 1})
+
+    def faulty(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(timm, "create_model", faulty)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        create_model("vit_base_patch32_224", input_size=32, kwargs={"depth": 1})

@@ -13,6 +13,8 @@ checkpoint restores. What defines the targets or the saved parameter can never c
 the model and its surgery, the photographs, layers, classes and units, the objective's kind and
 baseline noise, the seed, the starting noise, the parametrisation, the steps), nor the module's
 own identity (targets, steps, canvas): the saved image and the schedules depend on them.
+A built-in model source or CPU kernel choice counts by its short name (`model.source: timm`), whether
+the config names it so or by its `_target_`: one choice is one identity, in old checkpoints too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repinv.engine.validation import flatten
 from repinv.errors import RepinvError, SettingsError, listing, suggest
+from repinv.models.factory import builtin_name
 
 RUN_ONLY = (
     "output_dir", "logger", "callbacks", "resume", "resume_allow_changes", "log_every", "image_every", "checkpoint_every",
@@ -43,9 +46,18 @@ def _under(key: str, prefixes) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+def short_names(value):
+    """`value` (a config as containers) with each node naming a built-in plug-in by `_target_` alone as its short name."""
+    if isinstance(value, dict):
+        return builtin_name(value) or {k: short_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [short_names(v) for v in value]
+    return value
+
+
 def config_identity(cfg: DictConfig) -> dict:
     """The resolved config as {dotted key: value}, without the run-only fields."""
-    return {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)) if not _under(k, RUN_ONLY)}
+    return {k: v for k, v in flatten(short_names(OmegaConf.to_container(cfg, resolve=True))) if not _under(k, RUN_ONLY)}
 
 
 def read_checkpoint(path: Path) -> dict:

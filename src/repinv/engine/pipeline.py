@@ -24,7 +24,15 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
 from repinv.conf import respell_key
-from repinv.engine.identity import CHANGES_KEY, CONFIG_KEY, MODULE_KEY, RunIdentity, check_resume, config_identity, read_checkpoint
+from repinv.engine.identity import (
+    CHANGES_KEY,
+    CONFIG_KEY,
+    MODULE_KEY,
+    RunIdentity,
+    check_resume,
+    config_identity,
+    read_checkpoint,
+)
 from repinv.engine.module import ImageOptimization
 from repinv.engine.plugins import build, build_each, check_arguments, check_metrics, check_prior
 from repinv.engine.precision import set_matmul_precision

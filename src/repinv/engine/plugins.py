@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from hydra.errors import InstantiationException
@@ -32,7 +32,7 @@ def _reason(err: Exception) -> str:
 
 def plugin_error(key: str, node, err: Exception) -> RepinvError:
     """A config node that could not be built, as one paragraph naming its key and `_target_`."""
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    target = node.get("_target_") if isinstance(node, Mapping) else None
     return RepinvError(f"{key} could not be built from _target_={target} ({_reason(err)}). Check that {key}._target_ "
                        f"names an existing class or function (package.module.name) and that {key}'s other settings are "
                        "arguments it takes.")

@@ -1,18 +1,25 @@
-"""Create a frozen model through its source (timm, torchvision, ...): untrained (seeded), trained, or from a file."""
+"""Create a frozen model through its source (timm, torchvision, ...): untrained (seeded), trained, or from a file.
+
+The model source and the CPU kernel choice are plug-ins: a config node whose `_target_` names the
+class (a ModelSource) or the function of the net, built through `repinv.engine.plugins.build`, or the short
+name of a built-in one (`model.source=timm`, `model.cpu_kernels=none`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from hydra.utils import get_object
 from torch import nn
 
+from repinv.engine.plugins import build
 from repinv.errors import RepinvError, suggest
 from repinv.models.packed import pack_linears
 from repinv.models.patchify import patchify_convs
-from repinv.models.sources import SOURCE_ATTR, ModelSource, for_net, get_source
+from repinv.models.sources import SOURCE_ATTR, SOURCES, ModelSource, for_net, model_source
 
 
 @dataclass
@@ -40,24 +47,45 @@ def freeze(net: nn.Module) -> nn.Module:
     return net.requires_grad_(False).eval()
 
 
-def _packed(net: nn.Module) -> None:
+def packed_kernels(net: nn.Module) -> None:
     """Patch convolutions as matmuls and linear layers on packed weights (`repinv.models.packed`; same values)."""
     patchify_convs(net)
     pack_linears(net)
 
 
-# model.cpu_kernels: how the step's frozen layers run on CPU
-CPU_KERNELS: dict[str, Callable[[nn.Module], None]] = {"packed": _packed, "none": lambda net: None}
+def torch_kernels(net: nn.Module) -> None:
+    """torch's own nn.Linear and nn.Conv2d: the net as its source built it."""
 
 
-def _cpu_kernels(choice: str) -> Callable[[nn.Module], None]:
-    if choice not in CPU_KERNELS:
-        raise RepinvError(
-            f"model.cpu_kernels={choice} is not a kernel choice.{suggest(choice, CPU_KERNELS)} Use packed (patch "
-            "convolutions as matmuls and linear layers on packed weights: same values, faster CPU steps) or none "
-            "(torch's own nn.Linear and nn.Conv2d)."
-        )
-    return CPU_KERNELS[choice]
+CPU_KERNELS: dict[str, Callable[[nn.Module], None]] = {"packed": packed_kernels, "none": torch_kernels}  # the short names
+
+
+def cpu_kernels_choice(choice: Any, key: str = "model.cpu_kernels") -> Callable[[nn.Module], None]:
+    """How the step's frozen layers run on CPU: a function of the net (changing it in place), a short name of
+    CPU_KERNELS, or a config node whose `_target_` names that function (its other settings bound to it)."""
+    if isinstance(choice, Mapping) and "_target_" in choice:
+        return build(choice, key, _partial_=True)
+    if callable(choice):
+        return choice
+    if isinstance(choice, str) and choice in CPU_KERNELS:
+        return CPU_KERNELS[choice]
+    raise RepinvError(
+        f"{key}={choice} is not a kernel choice.{suggest(str(choice), CPU_KERNELS)} Use packed (patch convolutions as "
+        "matmuls and linear layers on packed weights: same values, faster CPU steps) or none (torch's own nn.Linear and "
+        f"nn.Conv2d), or name a function of the net of your own with {key}._target_=package.module.function."
+    )
+
+
+def builtin_name(node: Any) -> str | None:
+    """The short name (timm, packed, ...) of a node that names a built-in model source or kernel choice by `_target_`
+    alone, else None: both spellings of one choice are one run identity."""
+    if not (isinstance(node, Mapping) and set(node) == {"_target_"}):
+        return None
+    try:
+        target = get_object(str(node["_target_"]))
+    except Exception:
+        return None
+    return next((name for name, obj in [*SOURCES.items(), *CPU_KERNELS.items()] if obj is target), None)
 
 
 def create_model(
@@ -70,25 +98,27 @@ def create_model(
     std: list[float] | None = None,
     seed: int = 0,
     kwargs: dict[str, Any] | None = None,
-    source: str = "timm",
+    source: str | Mapping | ModelSource = "timm",
     weights: str | None = None,
-    cpu_kernels: str = "packed",
+    cpu_kernels: str | Mapping | Callable[[nn.Module], None] = "packed",
 ) -> LoadedModel:
     """Build `name` through model source `source` and freeze it.
 
     Untrained weights depend only on `seed`. `pretrained=True` (timm), `weights=ENUM`
-    (torchvision) or `checkpoint=PATH` load trained weights the source's way. The net is
-    marked with its source's name (`repinv.models.sources.for_net`); `cpu_kernels` says how its
-    frozen layers run on CPU (`CPU_KERNELS`).
+    (torchvision) or `checkpoint=PATH` load trained weights the source's way. `source` and
+    `cpu_kernels` are a short name, a config node with `_target_` or the object itself
+    (`model_source`, `cpu_kernels_choice`); config nodes inside `kwargs` are built too (the model config
+    is not built recursively). The net is marked with its source (`for_net`).
     """
+    kwargs = dict(build(kwargs, "model.kwargs")) if kwargs else {}  # a node with _target_ inside (act_layer) is built here
     spec = dict(name=name, label=label, input_size=input_size, pretrained=pretrained, checkpoint=checkpoint, mean=mean,
-                std=std, seed=seed, kwargs=dict(kwargs or {}), source=source, weights=weights, cpu_kernels=cpu_kernels)
-    lib, prepare = get_source(source), _cpu_kernels(cpu_kernels)
+                std=std, seed=seed, kwargs=kwargs, source=source, weights=weights, cpu_kernels=cpu_kernels)
+    lib, prepare = model_source(source), cpu_kernels_choice(cpu_kernels)
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net, trained = lib.create(name, dict(kwargs or {}), pretrained=pretrained, weights=weights, checkpoint=checkpoint)
-    setattr(net, SOURCE_ATTR, lib.name)
+        net, trained = lib.create(name, dict(kwargs), pretrained=pretrained, weights=weights, checkpoint=checkpoint)
+    setattr(net, SOURCE_ATTR, lib)
     prepare(net)
     default_mean, default_std = lib.normalisation(net)
     return LoadedModel(

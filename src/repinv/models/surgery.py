@@ -59,7 +59,7 @@ class Transplant(Operation):
     `donor.name` may say which architecture the weights belong to; it must be the model's own.
     Names are source-neutral where the model source knows them (`patch_embed`, `pos_embed`,
     `blocks.0.norm1` name torchvision's conv_proj, encoder.pos_embedding, ...), so one preset serves
-    every source; `names` may also be a mapping per model source (`{timm: [...], torchvision: [...]}`).
+    every source; `names` may also be a mapping keyed by the model source's `name` (`{timm: [...], torchvision: [...]}`).
     """
 
     def __init__(self, names: list[str] | str | Mapping[str, list[str]], donor: Mapping[str, Any] | None = None):
@@ -74,7 +74,7 @@ class Transplant(Operation):
 
     def _names(self, model: LoadedModel) -> list[str]:
         """The names for the model's source, each in its spelling (neutral names such as patch_embed resolve)."""
-        source = model.spec.get("source", "timm")
+        source = model.source.name
         if "*" in self.by_source:
             names = self.by_source["*"]
         elif source in self.by_source:

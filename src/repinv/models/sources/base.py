@@ -1,12 +1,12 @@
-"""What a model library gives repinv, behind one interface, and the registry of those libraries.
+"""What a model library gives repinv, behind one interface.
 
 A `ModelSource` builds a model by name (untrained and seeded, trained, or from a weights file)
 and answers what the rest of repinv asks of a built net: the module paths that integer layer
 indices mean, the input normalisation its weights expect, its input convolution, the class a
 ViT of its own becomes under the Stem surgery, and how source-neutral module names (`patch_embed`,
 `blocks.0.norm1`, ...: timm's names) are spelled in its models. `create_model` marks each net
-with its source's name, so taps and surgery find the source from the net alone (`for_net`).
-A new library is one subclass registered with `@register("name")`; `model.source=name` picks it.
+with its source, so taps and surgery find the source from the net alone (`choice.for_net`).
+A new library is one subclass, named in config: `model.source._target_=package.module.Class`.
 """
 
 from __future__ import annotations
@@ -18,19 +18,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from repinv.errors import RepinvError, suggest
-
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-SOURCE_ATTR = "repinv_source"  # set on every net create_model builds: the name of its source
+SOURCE_ATTR = "repinv_source"  # set on every net create_model builds: the ModelSource that built it
 
 
 class ModelSource:
     """A model library. Subclasses implement `create` and override what differs from these defaults."""
 
-    name = "generic"
+    name = "generic"  # how messages and per-source settings (a transplant's names) call it; a subclass's dotted path by default
     package: str | None = None  # nets whose class (or a base class) comes from this package belong here
     neutral_names: dict[str, str] = {}  # regex on a neutral name (full match) -> this source's spelling
     stem_classes: dict[type, type] = {}  # a ViT class -> its subclass that runs a stem first
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = f"{cls.__module__}.{cls.__qualname__}"
 
     def create(self, name: str, kwargs: dict[str, Any], pretrained: bool = False, weights: str | None = None,
                checkpoint: str | None = None) -> tuple[nn.Module, bool]:
@@ -75,42 +78,7 @@ class ModelSource:
         return spelled if name not in known and spelled in known else name
 
 
-_SOURCES: dict[str, ModelSource] = {}
 GENERIC = ModelSource()
-
-
-def register(name: str):
-    """Class decorator: make a ModelSource subclass available as `model.source=name`."""
-
-    def add(cls: type[ModelSource]) -> type[ModelSource]:
-        cls.name = name
-        _SOURCES[name] = cls()
-        return cls
-
-    return add
-
-
-def known_sources() -> list[str]:
-    return sorted(_SOURCES)
-
-
-def get_source(name: str) -> ModelSource:
-    """The registered source `name`, or a RepinvError naming the known ones."""
-    if name not in _SOURCES:
-        raise RepinvError(
-            f"model.source={name} is not a model source.{suggest(name, _SOURCES)} The known sources are "
-            f"{', '.join(known_sources())}; a new one is a repinv.models.sources.ModelSource subclass "
-            "registered with @repinv.models.sources.register('name') before the model is built."
-        )
-    return _SOURCES[name]
-
-
-def for_net(net: nn.Module) -> ModelSource:
-    """The source `net` was built by: its mark from create_model, else the library its class comes from, else GENERIC."""
-    marked = getattr(net, SOURCE_ATTR, None)
-    if marked in _SOURCES:
-        return _SOURCES[marked]
-    return next((s for s in _SOURCES.values() if s.owns(net)), GENERIC)
 
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:

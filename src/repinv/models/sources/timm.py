@@ -20,7 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from repinv.errors import RepinvError, listing, suggest
-from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource, load_state_file, register
+from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource, load_state_file
 
 # The TypeErrors that mean kwargs do not fit a model: an entry point's own size next to the same one in
 # kwargs (mixer_b16_224's patch_size), and a constructor without that setting. Any other TypeError is a fault.
@@ -110,10 +110,10 @@ def build(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     )
 
 
-@register("timm")
 class TimmSource(ModelSource):
     """Models from timm: layer indices follow `forward_intermediates` (the model's feature_info)."""
 
+    name = "timm"
     package = "timm."
     neutral_names = {r"patch_embed": "stem", r"patch_embed\.proj": "stem.proj"}  # a Mixer's patch embedding
     stem_classes = {VisionTransformer: TimmStemViT}

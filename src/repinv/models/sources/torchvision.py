@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from repinv.errors import RepinvError, suggest
-from repinv.models.sources.base import ModelSource, load_state_file, register
+from repinv.models.sources.base import ModelSource, load_state_file
 
 BLOCK = r"blocks\.(\d+|\*)"  # a block index, or * in a shell pattern
 LAYER = r"encoder.layers.encoder_layer_\1"
@@ -69,10 +69,10 @@ def _load_checkpoint(net: nn.Module, name: str, checkpoint: str, kwargs) -> None
         ) from None
 
 
-@register("torchvision")
 class TorchvisionSource(ModelSource):
     """Models from torchvision.models; ImageNet normalisation, as torchvision's weights expect."""
 
+    name = "torchvision"
     package = "torchvision."
     neutral_names = {
         r"patch_embed(?:\.proj)?": "conv_proj",
