@@ -34,6 +34,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from repinv import study  # noqa: E402
 from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, networks  # noqa: E402
@@ -164,9 +165,11 @@ def table(results: dict[tuple[str, str], dict], report: list[int], studied: tupl
     return rows
 
 
-def plot(results: dict[tuple[str, str], dict], path: Path) -> None:
-    """PSNR against steps: one panel per model/layer, one line per recipe."""
+def figure(results: dict[tuple[str, str], dict]):
+    """PSNR against steps: one panel per model/layer, one line per recipe, each recipe one colour in every panel
+    (a recipe missing from a panel does not shift the others' colours)."""
     panels = sorted({(model, layer) for (_, model), layers in results.items() for layer in layers})
+    colours = {recipe: f"C{i % 10}" for i, recipe in enumerate(dict.fromkeys(recipe for recipe, _ in results))}
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
@@ -174,12 +177,20 @@ def plot(results: dict[tuple[str, str], dict], path: Path) -> None:
         for (recipe, m), layers in results.items():
             if m == model and layer in layers:
                 curve = layers[layer][PSNR]
-                ax.plot(list(curve), list(curve.values()), label=recipe)
+                ax.plot(list(curve), list(curve.values()), label=recipe, color=colours[recipe])
         ax.set(title=f"{model} {layer}", xlabel="step", ylabel=axis_label(PSNR))
-    for ax in list(axes.flat)[len(panels):]:
+    spare = list(axes.flat)[len(panels):]
+    for ax in spare:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    key = [Line2D([], [], color=colour, label=recipe) for recipe, colour in colours.items()]
+    (spare[0] if spare else axes.flat[0]).legend(handles=key, fontsize=7, loc="center" if spare else "best")
     fig.tight_layout()
+    return fig
+
+
+def plot(results: dict[tuple[str, str], dict], path: Path) -> None:
+    """Save `figure(results)` to `path`."""
+    fig = figure(results)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -49,3 +49,19 @@ def test_full_smoke_covers_every_recipe_model_and_layer(tmp_path):
     layers = [("vit_tiny", "patch_embed"), ("vit_tiny", "L1"), ("resnet_tiny", "L0"), ("resnet_tiny", "L1"),
               ("mixer_tiny_noln", "L1")]
     _check(_study(tmp_path, "--jobs", "2"), list(RECIPES), layers)
+
+
+def test_each_recipe_keeps_one_colour_in_every_panel_and_the_key_names_every_recipe():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from recipes import PSNR, figure
+
+    curve = {PSNR: {0: 10.0, 10: 20.0}}
+    results = {("a", "net"): {"L0": curve, "L1": curve}, ("b", "net"): {"L1": curve}, ("c", "net"): {"L0": curve, "L1": curve}}
+    fig = figure(results)
+    colours = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert colours == {"a": {"C0"}, "b": {"C1"}, "c": {"C2"}}
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert [t.get_text() for t in legends[0].get_texts()] == ["a", "b", "c"]
