@@ -393,7 +393,7 @@ def extras(b: Bench, args, bf16: bool, ratios: dict) -> dict:
         results = {}
         for precision in ("32-true", "bf16-mixed"):
             sec, module = repinv_step(b.loaded, b.photos[:1], [mid], 20 if args.quick else 100, precision=precision)
-            results[precision] = (sec, float(psnr(module.current_images(), module.objective.reference)[0]))
+            results[precision] = (sec, float(psnr(module.images(gathered=False), module.objective.reference)[0]))
         ratios["bf16_speedup_quality_run"] = results["32-true"][0] / results["bf16-mixed"][0]
         ratios["bf16_psnr_minus_fp32"] = results["bf16-mixed"][1] - results["32-true"][1]
     else:

@@ -69,8 +69,8 @@ MUTATIONS = [
              (("engine/module.py",
                "        losses, stats = self.measuring.fp32(self.net, view)\n        if self.divergence.check(",
                "        with torch.autocast(device_type=view.device.type, dtype=torch.bfloat16,\n"
-               "                            enabled=self.step_net is not self.net):\n"
-               "            losses, stats = self.objective(self.step_net, self.normalize(view.float()))\n"
+               "                            enabled=self.stepper.net is not self.net):\n"
+               "            losses, stats = self.objective(self.stepper.net, self.normalize(view.float()))\n"
                "        if self.divergence.check("),),
              (READS + "test_bf16_run_reports_final_metrics_of_an_fp32_forward_of_its_final_image",)),
     Mutation("every claim's verdict inverted (holds <-> fails)",

@@ -69,8 +69,8 @@ def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
         before = {k: v.clone() for k, v in self.net.state_dict().items()}
         fused_before = fused(self.net)
         original(self)
-        seen.update(step=next(self.step_net.parameters()).dtype, net=next(self.net.parameters()).dtype, before=before,
-                    module=self, fused_before=fused_before, fused_step=fused(self.step_net), fused_net=fused(self.net))
+        seen.update(step=next(self.stepper.net.parameters()).dtype, net=next(self.net.parameters()).dtype, before=before,
+                    module=self, fused_before=fused_before, fused_step=fused(self.stepper.net), fused_net=fused(self.net))
 
     monkeypatch.setattr(module_lib.ImageOptimization, "on_fit_start", spy)
     monkeypatch.setattr(precision_lib, "native_bf16", lambda: False)

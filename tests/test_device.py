@@ -141,7 +141,7 @@ def test_a_module_built_around_a_network_already_on_its_device_steps_there():
     model = tiny_model()
     model.net.to("meta")
     m = module(LayerInversion([0, 1], stack=False), model=model, priors=[GaussianBlur()])
-    assert m.mean.device.type == "meta"
+    assert m.normalize.mean.device.type == "meta"
     assert step_on(m, "meta") == []
 
 

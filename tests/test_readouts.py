@@ -199,7 +199,7 @@ def test_bf16_run_reports_final_metrics_of_an_fp32_forward_of_its_final_image(ru
     seen = _spy_module(monkeypatch)
     records, _ = run_repinv("precision=bf16", "steps=6", "log_every=5", "logger=none")
     module = seen["module"]
-    assert next(module.step_net.parameters()).dtype == torch.bfloat16, "the steps ran through the bf16 copy"
+    assert next(module.stepper.net.parameters()).dtype == torch.bfloat16, "the steps ran through the bf16 copy"
     view = module.canvas.view().detach().float()
     with torch.no_grad():
         loss, stats = module.objective(module.net, module.normalize(view))

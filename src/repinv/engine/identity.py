@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from repinv.engine.validation import flatten
 from repinv.errors import RepinvError, SettingsError, listing, suggest
 from repinv.models.factory import builtin_name
+from repinv.objectives import target_key
 
 RUN_ONLY = (
     "output_dir", "logger", "callbacks", "resume", "resume_allow_changes", "log_every", "image_every", "checkpoint_every",
@@ -72,6 +73,11 @@ def read_checkpoint(path: Path) -> dict:
 def _short(values: dict, key: str) -> str:
     text = str(values[key]) if key in values else "absent"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def module_identity(targets: list[dict], steps: int, image_shape: tuple[int, ...], param: str) -> dict:
+    """What a checkpoint must agree on besides the config: the targets, the steps, the canvas and its parametrisation."""
+    return {"targets": [target_key(t) for t in targets], "steps": steps, "canvas": list(image_shape[1:]), "param": param}
 
 
 def check_resume(path: Path, checkpoint: dict, config: dict, module: dict, allowed: list[str]) -> list[dict]:

@@ -10,13 +10,14 @@ from torch import nn
 
 from repinv.engine.canvas import Canvas
 from repinv.engine.divergence import Divergence
+from repinv.engine.identity import module_identity
 from repinv.engine.measuring import Measuring
 from repinv.engine.precision import StepNetwork, compile_forward, step_network
 from repinv.engine.sharding import gather, gather_rows, gather_tensor, take_checkpoint_rows, take_shard
 from repinv.errors import RepinvError
 from repinv.inputs.images import TargetImage
 from repinv.models import LoadedModel
-from repinv.objectives import Objective
+from repinv.objectives import Objective, target_key
 from repinv.params import Parametrization, Pixel
 from repinv.priors import Prior
 
@@ -36,6 +37,18 @@ def check_scaler(optimizer, plugin) -> None:
             "scaler, which L-BFGS (several loss evaluations per step, its own line search) cannot use. Use "
             "precision=bf16 or precision=32-true with L-BFGS, or another optimizer (sgd, adam) with 16-mixed."
         )
+
+
+class Normalize(nn.Module):
+    """The network's input normalisation, (x - mean) / std per channel; its buffers move with the module."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, device=device).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, device=device).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 class ImageOptimization(pl.LightningModule):
@@ -81,9 +94,7 @@ class ImageOptimization(pl.LightningModule):
         self.strict_loading = False
         self.net = model.net
         self.model_info = model
-        dev = next(model.net.parameters()).device  # wherever the network is now; buffers move with the module
-        self.register_buffer("mean", torch.tensor(model.mean, device=dev).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(model.std, device=dev).view(1, 3, 1, 1), persistent=False)
+        self.normalize = Normalize(model.mean, model.std, next(model.net.parameters()).device)  # where the network is now
         self.objective = objective
         objective.setup(self.net, self.normalize, images, seed)
         self.targets = objective.targets
@@ -134,13 +145,6 @@ class ImageOptimization(pl.LightningModule):
         with self.trainer.precision_plugin.forward_context(), stepper.context():
             self.objective.tune(stepper.net, self.normalize(self.canvas.view()))
 
-    @property
-    def step_net(self) -> nn.Module:
-        return self.stepper.net
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What a resumed run needs besides the state dict and Lightning's own state: the priors' RNG, what was run.
@@ -150,7 +154,7 @@ class ImageOptimization(pl.LightningModule):
         """
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("net.")}
         checkpoint["prior_rng"] = self.generator.get_state()
-        checkpoint["repinv"] = self.run_identity()
+        checkpoint["repinv"] = self.identity()
         if len(self.shard) < len(self.targets):
             gather_rows(checkpoint, self.sharded_prefixes, len(self.shard))
             checkpoint["prior_rng_ranks"] = gather([checkpoint["prior_rng"]])
@@ -166,10 +170,9 @@ class ImageOptimization(pl.LightningModule):
         if len(self.shard) < len(self.targets):
             take_checkpoint_rows(checkpoint, self.sharded_prefixes, len(self.targets), self.shard[0], self.shard[-1] + 1)
 
-    def run_identity(self) -> dict:
-        """What a checkpoint must agree on to be resumed by this module: the targets, the steps, the canvas."""
-        return {"targets": [self.target_key(i) for i in range(len(self.targets))], "steps": self.steps,
-                "canvas": list(self.image_param.shape[1:]), "param": type(self.image_param).__name__}
+    def identity(self) -> dict:
+        """What a checkpoint must agree on to be resumed by this module (`repinv.engine.identity.module_identity`)."""
+        return module_identity(self.targets, self.steps, tuple(self.image_param.shape), type(self.image_param).__name__)
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(list(self.image_param.parameters()))
@@ -210,10 +213,10 @@ class ImageOptimization(pl.LightningModule):
         view = canvas.view(offset)
         seen = canvas.seen(view, step, self.generator)
         with self.stepper.context():
-            losses, stats = self.objective(self.step_net, self.normalize(seen))
+            losses, stats = self.objective(self.stepper.net, self.normalize(seen))
         if check and (step % self.log_every == 0 or step == self.steps - 1):
             self.divergence.check(canvas.image, losses)
-            exact = seen is view and offset == canvas.centre() and self.step_net is self.net
+            exact = seen is view and offset == canvas.centre() and self.stepper.net is self.net
             if exact and not torch.is_autocast_enabled(view.device.type):
                 self._log_step(losses, stats, view)
             else:
@@ -225,7 +228,7 @@ class ImageOptimization(pl.LightningModule):
     def _log_step(self, losses, stats, view) -> None:
         rows = gather(self.measuring.rows(losses, stats, view, self.shard))
         diverged = gather(self.divergence.mask.tolist())
-        flat = {f"{name}/{self.target_key(i)}": value for i, row in enumerate(rows) for name, value in row.items()}
+        flat = {f"{name}/{target_key(self.targets[i])}": value for i, row in enumerate(rows) for name, value in row.items()}
         total = float(sum(r["loss"] for r, d in zip(rows, diverged) if not d))
         flat["lr"] = self.optimizers().param_groups[0]["lr"]
         for prior in self.canvas.priors:
@@ -236,10 +239,6 @@ class ImageOptimization(pl.LightningModule):
         self.logged_loss = total  # what the progress bar shows until the next log step
 
     # -- what callbacks read (`repinv.outputs.callbacks.RunView`) ------------------------------------
-    def target_key(self, i: int) -> str:
-        """Target `i`'s name in logged scalars and captions: its record's fields but the module path."""
-        return "/".join(str(v) for k, v in self.targets[i].items() if k != "module")
-
     def reference_images(self) -> dict[str, torch.Tensor]:
         """The target photographs by image name ({} when the objective has none)."""
         reference = self.objective.reference
@@ -266,10 +265,8 @@ class ImageOptimization(pl.LightningModule):
             out.append(self.objective.finalize({**self.targets[i], **row, "diverged": bool(div)}, self.measuring.names))
         return gather(out) if gathered else out
 
-    def current_images(self) -> torch.Tensor:
-        """The reconstructions as the network sees them, clamped to [0, 1]."""
-        return self.canvas.view().detach().float().clamp(0, 1)
-
-    def all_images(self) -> torch.Tensor:
-        """`current_images` of every rank in target order (collective with several processes)."""
-        return gather_tensor(self.current_images())
+    def images(self, gathered: bool = True) -> torch.Tensor:
+        """The reconstructions as the network sees them, clamped to [0, 1]: every rank's in target order
+        (collective with several processes), or with `gathered=False` only this rank's."""
+        mine = self.canvas.view().detach().float().clamp(0, 1)
+        return gather_tensor(mine) if gathered else mine

@@ -270,7 +270,7 @@ def resume_state(cfg: DictConfig, ckpt: Path | None, module: ImageOptimization) 
         return identity, [], {}
     saved = respelled(read_checkpoint(ckpt))
     allowed = [respell_key(str(a)) for a in cfg.get("resume_allow_changes") or []]
-    return identity, check_resume(ckpt, saved, identity, module.run_identity(), allowed), saved
+    return identity, check_resume(ckpt, saved, identity, module.identity(), allowed), saved
 
 
 def respelled(checkpoint: dict) -> dict:

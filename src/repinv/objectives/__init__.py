@@ -6,8 +6,8 @@ layers or classes; it sums the per-target losses so every target's gradient is t
 as in a run of its own. See `base.Objective` for what an objective tells the rest of a run.
 """
 
-from repinv.objectives.base import Objective, target_seed
+from repinv.objectives.base import Objective, target_key, target_seed
 from repinv.objectives.classgen import CLASS_LOSSES, ClassGeneration
 from repinv.objectives.layer import LOSSES, LayerInversion, distance
 
-__all__ = ["CLASS_LOSSES", "LOSSES", "ClassGeneration", "LayerInversion", "Objective", "distance", "target_seed"]
+__all__ = ["CLASS_LOSSES", "LOSSES", "ClassGeneration", "LayerInversion", "Objective", "distance", "target_key", "target_seed"]

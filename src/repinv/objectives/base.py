@@ -43,6 +43,11 @@ def target_seed(seed: int, *parts) -> int:
     return (seed * 1_000_003 + zlib.crc32("|".join(map(str, parts)).encode())) % (2**63)
 
 
+def target_key(record: dict) -> str:
+    """A target's name in logged scalars and captions: its identity's fields but the module path."""
+    return "/".join(str(v) for k, v in record.items() if k != "module")
+
+
 class Objective(nn.Module):
     """Base class: `setup` names the targets, `prepare` computes them, `forward` gives per-target losses and stats.
 

@@ -22,6 +22,7 @@ from repinv.engine.identity import CHANGES_KEY
 from repinv.engine.runinfo import RunInfo
 from repinv.engine.sharding import CollectiveFailed, any_rank, shard_bounds
 from repinv.models import LoadedModel
+from repinv.objectives import target_key
 from repinv.outputs.figures import filter_grid, filter_stats, input_conv, to_uint8
 from repinv.outputs.results import merge_shares, share_file, write_results, write_share
 
@@ -39,15 +40,11 @@ class RunView(Protocol):
     model_info: LoadedModel
     logged_loss: float | None  # the summed loss of the last log step
 
-    def target_key(self, i: int) -> str: ...
-
     def reference_images(self) -> dict[str, torch.Tensor]: ...
 
     def final_metrics(self, gathered: bool = True) -> list[dict]: ...
 
-    def current_images(self) -> torch.Tensor: ...
-
-    def all_images(self) -> torch.Tensor: ...
+    def images(self, gathered: bool = True) -> torch.Tensor: ...
 
 
 def _image_loggers(trainer: pl.Trainer):
@@ -72,11 +69,11 @@ class ImageTimeline(pl.Callback):
         step = trainer.global_step
         if step % self.every and step != pl_module.steps:
             return
-        imgs = pl_module.all_images()  # every rank takes part; only rank 0's loggers write
+        imgs = pl_module.images()  # every rank takes part; only rank 0's loggers write
         if not trainer.is_global_zero:
             return
         imgs = [to_uint8(x) for x in imgs]
-        captions = [pl_module.target_key(i) for i in range(len(imgs))]
+        captions = [target_key(t) for t in pl_module.targets]
         for lg in _image_loggers(trainer):
             lg.log_image(key="reconstruction", images=imgs, step=step, caption=captions)
 
@@ -146,7 +143,7 @@ class ResultWriter(pl.Callback):
         """Gather every rank's targets (collective), then rank 0 writes the files."""
         extra = self._fields(trainer, pl_module, status)
         records = [{**r, **extra} for r in pl_module.final_metrics()]
-        images = pl_module.all_images()
+        images = pl_module.images()
         if not trainer.is_global_zero:
             return
         refs = {name: ref.cpu() for name, ref in pl_module.reference_images().items()}
@@ -169,7 +166,7 @@ class ResultWriter(pl.Callback):
         """After a crash with several processes: this rank's share, then (rank 0) metrics.json from every share on disk."""
         extra = {**self._fields(trainer, pl_module, status), "rank": trainer.global_rank}
         records = [{**r, **extra} for r in pl_module.final_metrics(gathered=False)]
-        write_share(self.out_dir, records, pl_module.current_images().cpu(), trainer.global_rank)
+        write_share(self.out_dir, records, pl_module.images(gathered=False).cpu(), trainer.global_rank)
         if trainer.is_global_zero:
             total, world = len(pl_module.targets), trainer.world_size
             shares = [pl_module.targets[slice(*shard_bounds(total, r, world))] for r in range(world)]
