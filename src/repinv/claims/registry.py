@@ -28,7 +28,7 @@ ARCHS: dict[tuple[str, str], dict[str, list[str]]] = {
                            "quick": ["model=resnet_tiny", "layers=[0,1,2,3,4]"]},
     ("resnet50", "torchvision"): {"study": ["model=tv_resnet50", "layers=[0,1,2,3,4]"],
                                   "quick": ["model=tv_resnet50", "model.input_size=64", "layers=[0,1,2,3,4]"]},
-    ("mixer_l16", "timm"): {"study": ["model=mixer_l16", "layers=[0,1,4,8]"], "cpu": ["model=mixer_l16", "layers=[0,1,4]"],
+    ("mixer_l16", "timm"): {"study": ["model=mixer_l16", "layers=[0,1,4,8]"], "cpu": ["model=mixer_l16", "layers=[0,2]"],
                             "quick": ["model=mixer_tiny", "layers=[0,1]"]},
     ("mixer_b8", "timm"): {"study": ["model=mixer_b8", "layers=[0,1,4,8]"],
                            "quick": ["model=mixer_tiny", "model.kwargs.patch_size=8", "layers=[0,1]"]},
