@@ -11,13 +11,15 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, suggest
 from repinv.priors import Prior
 
 
@@ -78,6 +80,47 @@ def build_each(cfg: DictConfig, group: str, check: Callable[[str, DictConfig], N
         if entry is not None and check is not None:
             check(f"{group}.{name}", entry)
     return {name: build(entry, f"{group}.{name}", **kwargs) for name, entry in node.items() if entry is not None}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A plug-in slot (the model source, the CPU kernels) that takes its plug-in three ways: the object itself, the
+    short name of a built-in one, or a config node with `_target_`. `builtins` maps each short name to its target;
+    a `partial` slot takes a function (the node's other settings bound to it), any other the object the target
+    builds. `accepts` says what the slot takes; `how` (with `{key}`) says how to name a plug-in of one's own."""
+
+    key: str
+    what: str
+    builtins: Mapping[str, Any]
+    accepts: Callable[[Any], bool]
+    how: str
+    partial: bool = False
+
+    def __call__(self, choice: Any, key: str | None = None) -> Any:
+        key = key or self.key
+        if isinstance(choice, Mapping) and "_target_" in choice:
+            built = build(choice, key, **({"_partial_": True} if self.partial else {}))
+            if not self.accepts(built):
+                raise RepinvError(f"{key}._target_={choice['_target_']} is not {self.what} (it built a {type(built).__name__}); "
+                                  f"{self.how.format(key=key)}")
+            return built
+        if self.accepts(choice):
+            return choice
+        if isinstance(choice, str) and choice in self.builtins:
+            target = self.builtins[choice]
+            return target if self.partial else target()
+        raise RepinvError(f"{key}={choice} is not {self.what}.{suggest(str(choice), self.builtins)} {self.how.format(key=key)}")
+
+    def short_name(self, node: Any) -> str | None:
+        """The short name of a node that names a built-in by `_target_` alone, else None: both spellings of one
+        choice are one run identity."""
+        if not (isinstance(node, Mapping) and set(node) == {"_target_"}):
+            return None
+        try:
+            target = get_object(str(node["_target_"]))
+        except (ImportError, ValueError):  # what Hydra raises for a target that does not exist
+            return None
+        return next((name for name, builtin in self.builtins.items() if builtin is target), None)
 
 
 def check_arguments(key: str, node: DictConfig, *given: str) -> None:

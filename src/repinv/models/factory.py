@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from hydra.utils import get_object
 from torch import nn
 
-from repinv.engine.plugins import build
-from repinv.errors import RepinvError, suggest
+from repinv.engine.plugins import Choice, build
 from repinv.models.packed import pack_linears
 from repinv.models.patchify import patchify_convs
-from repinv.models.sources import SOURCE_ATTR, SOURCES, ModelSource, for_net, model_source
+from repinv.models.sources import SOURCE_ATTR, ModelSource, for_net, model_source
 
 
 @dataclass
@@ -60,32 +58,17 @@ def torch_kernels(net: nn.Module) -> None:
 CPU_KERNELS: dict[str, Callable[[nn.Module], None]] = {"packed": packed_kernels, "none": torch_kernels}  # the short names
 
 
-def cpu_kernels_choice(choice: Any, key: str = "model.cpu_kernels") -> Callable[[nn.Module], None]:
-    """How the step's frozen layers run on CPU: a function of the net (changing it in place), a short name of
-    CPU_KERNELS, or a config node whose `_target_` names that function (its other settings bound to it)."""
-    if isinstance(choice, Mapping) and "_target_" in choice:
-        return build(choice, key, _partial_=True)
-    if callable(choice):
-        return choice
-    if isinstance(choice, str) and choice in CPU_KERNELS:
-        return CPU_KERNELS[choice]
-    raise RepinvError(
-        f"{key}={choice} is not a kernel choice.{suggest(str(choice), CPU_KERNELS)} Use packed (patch convolutions as "
-        "matmuls and linear layers on packed weights: same values, faster CPU steps) or none (torch's own nn.Linear and "
-        f"nn.Conv2d), or name a function of the net of your own with {key}._target_=package.module.function."
-    )
+cpu_kernels_choice = Choice(
+    key="model.cpu_kernels", what="a kernel choice", builtins=CPU_KERNELS, accepts=callable, partial=True,
+    how="Use packed (patch convolutions as matmuls and linear layers on packed weights: same values, faster CPU steps) "
+        "or none (torch's own nn.Linear and nn.Conv2d), or name a function of the net of your own with "
+        "{key}._target_=package.module.function.",
+)
 
 
 def builtin_name(node: Any) -> str | None:
-    """The short name (timm, packed, ...) of a node that names a built-in model source or kernel choice by `_target_`
-    alone, else None: both spellings of one choice are one run identity."""
-    if not (isinstance(node, Mapping) and set(node) == {"_target_"}):
-        return None
-    try:
-        target = get_object(str(node["_target_"]))
-    except Exception:
-        return None
-    return next((name for name, obj in [*SOURCES.items(), *CPU_KERNELS.items()] if obj is target), None)
+    """The short name (timm, packed, ...) of a node that names a built-in model source or kernel choice by `_target_` alone."""
+    return model_source.short_name(node) or cpu_kernels_choice.short_name(node)
 
 
 def create_model(
