@@ -20,8 +20,8 @@ from pathlib import Path
 from PIL import Image
 
 from repinv import study
-from repinv.outputs.figures import titled_grid
-from repinv.outputs.summary import fields
+from repinv.reporting.figures import titled_grid
+from repinv.reporting.summary import fields
 from repinv.sources import Weights, model_config
 from repinv.study import Run
 

@@ -106,7 +106,7 @@ class Blob(Objective):
 
 def _blob_job(folder, blobs: list[int]):
     """A finished job folder of the Blob objective, written by the run's own result writer."""
-    from repinv.outputs.results import write_results
+    from repinv.reporting.results import write_results
 
     records = [Blob().finalize({"image": "x", "blob": b, "wobble": b + 0.25, "loss": 1.0, "status": "finished"}) for b in blobs]
     write_results(folder, records, torch.rand(len(blobs), 3, 8, 8), title="blob")
@@ -118,16 +118,16 @@ def test_captions_and_csv_columns_come_from_the_records(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     import figlib
 
-    import repinv.outputs.results
-    import repinv.outputs.summary
-    from repinv.outputs.summary import summarize
+    import repinv.reporting.results
+    import repinv.reporting.summary
+    from repinv.reporting.summary import summarize
 
     titles = []
 
     def spy(real):
         return lambda rows, *a, **k: titles.extend(t for row in rows for _, t in row) or real(rows, *a, **k)
 
-    for module in (repinv.outputs.results, repinv.outputs.summary, figlib):
+    for module in (repinv.reporting.results, repinv.reporting.summary, figlib):
         monkeypatch.setattr(module, "titled_grid", spy(module.titled_grid))
     sweep = tmp_path / "sweep"
     _blob_job(sweep / "0", [1, 2])

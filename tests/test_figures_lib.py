@@ -15,8 +15,8 @@ from torch import nn
 
 import wandb_reader
 from conftest import compose_cfg
-from repinv.outputs.callbacks import FilterGrid
-from repinv.outputs.figures import filter_grid, filter_stats, grid_layout, input_conv, input_filters, minmax
+from repinv.reporting.callbacks import FilterGrid
+from repinv.reporting.figures import filter_grid, filter_stats, grid_layout, input_conv, input_filters, minmax
 
 
 def _cells(png, count: int, kernel: int) -> np.ndarray:

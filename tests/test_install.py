@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 RUN = ["model=vit_tiny", "layers=[0]", "steps=2", "logger=none"]
 # The repository without what builds, runs and version control leave in it: run folders at its root only
-# (src/repinv/outputs is a package), build and cache folders anywhere.
+# (src/repinv/reporting is a package), build and cache folders anywhere.
 RUN_FOLDERS = {"logs", "outputs", "multirun", "wandb", "build", "dist", ".venv"}
 CACHES = shutil.ignore_patterns(".git", "*.egg-info", "__pycache__", ".pytest_cache")
 

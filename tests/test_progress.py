@@ -10,7 +10,7 @@ from rich.console import Console
 
 import repinv
 from conftest import TINY
-from repinv.outputs.progress import StepsProgressBar
+from repinv.reporting.progress import StepsProgressBar
 
 
 class RenderBar(pl.Callback):

@@ -87,7 +87,7 @@ def test_sweep_with_a_failing_job_finishes_the_others_and_marks_it(tmp_path):
 
 def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     """Jobs that crashed (status crashed, or no metrics.json at all) show as failed, not missing."""
-    from repinv.outputs.summary import main
+    from repinv.reporting.summary import main
 
     sweep = tmp_path
     for job, layer in enumerate(["0", "patch_embed"]):
@@ -110,7 +110,7 @@ def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
 
 
 def test_score_is_what_optuna_optimises():
-    from repinv.outputs.summary import score
+    from repinv.reporting.summary import score
 
     assert score([{"output_l2": 1.0}, {"output_l2": 3.0}, {"output_l2": None}]) == 2.0
     assert score([{"psnr": 20.0}], "psnr") == 20.0

@@ -22,7 +22,7 @@ from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job
 from repinv.conf import respell_all
 from repinv.engine.pipeline import holds_run, record_hydra
 from repinv.errors import RepinvError
-from repinv.outputs.summary import report as summary_report, summarize
+from repinv.reporting.summary import report as summary_report, summarize
 
 log = logging.getLogger("repinv")
 

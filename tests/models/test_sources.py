@@ -18,7 +18,7 @@ from repinv.models.patchify import PatchConv2d
 from repinv.models.sources import GENERIC, ModelSource, TorchvisionSource, for_net
 from repinv.models.surgery import Remove
 from repinv.models.taps import hidden_layer_names, resolve_layers
-from repinv.outputs.figures import input_conv
+from repinv.reporting.figures import input_conv
 
 
 class TinyNet(nn.Module):

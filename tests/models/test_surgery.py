@@ -15,7 +15,7 @@ from conftest import compose_cfg
 from repinv.errors import RepinvError
 from repinv.models.surgery import Rebuild, Remove, Stem, Transplant, apply_surgery
 from repinv.models.taps import hidden_layer_names, resolve_layer
-from repinv.outputs.figures import input_conv
+from repinv.reporting.figures import input_conv
 
 
 def _model(tmp_path, *overrides):

@@ -32,8 +32,8 @@ from repinv.errors import RepinvError
 from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
 from repinv.models.taps import resolve_layer
-from repinv.outputs.loggers import make_loggers
-from repinv.outputs.wandb_logger import WandbFinished
+from repinv.reporting.loggers import make_loggers
+from repinv.reporting.wandb_logger import WandbFinished
 
 log = logging.getLogger("repinv.diagnose")
 EXAMPLE = "repinv-diagnose model=vit_tiny 'layers=[0,5]' diagnostics.nonunique.seeds=0"

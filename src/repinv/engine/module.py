@@ -69,7 +69,7 @@ class ImageOptimization(pl.LightningModule):
     the metrics of the centre crop in fp32; at a log step whose own forward saw another crop
     (jitter), a transformed one, or ran under bf16/autocast, one extra no-grad fp32 forward.
 
-    Callbacks read the run through `RunView` (repinv.outputs.callbacks), which this module provides.
+    Callbacks read the run through `RunView` (repinv.reporting.callbacks), which this module provides.
     """
 
     def __init__(
@@ -238,7 +238,7 @@ class ImageOptimization(pl.LightningModule):
             logger.log_metrics(flat, step=self.global_step)
         self.logged_loss = total  # what the progress bar shows until the next log step
 
-    # -- what callbacks read (`repinv.outputs.callbacks.RunView`) ------------------------------------
+    # -- what callbacks read (`repinv.reporting.callbacks.RunView`) ------------------------------------
     def reference_images(self) -> dict[str, torch.Tensor]:
         """The target photographs by image name ({} when the objective has none)."""
         reference = self.objective.reference

@@ -43,10 +43,10 @@ from repinv.errors import RepinvError
 from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
-from repinv.outputs.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal
-from repinv.outputs.loggers import make_loggers
-from repinv.outputs.summary import score
-from repinv.outputs.wandb_logger import WANDB_ID, WandbFinished
+from repinv.reporting.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal
+from repinv.reporting.loggers import make_loggers
+from repinv.reporting.summary import score
+from repinv.reporting.wandb_logger import WANDB_ID, WandbFinished
 
 log = logging.getLogger(__name__)
 

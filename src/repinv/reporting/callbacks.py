@@ -23,8 +23,8 @@ from repinv.engine.runinfo import RunInfo
 from repinv.engine.sharding import CollectiveFailed, any_rank, shard_bounds
 from repinv.models import LoadedModel
 from repinv.objectives import target_key
-from repinv.outputs.figures import filter_grid, filter_stats, input_conv, to_uint8
-from repinv.outputs.results import merge_shares, share_file, write_results, write_share
+from repinv.reporting.figures import filter_grid, filter_stats, input_conv, to_uint8
+from repinv.reporting.results import merge_shares, share_file, write_results, write_share
 
 log = logging.getLogger(__name__)
 

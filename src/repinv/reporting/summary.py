@@ -27,8 +27,8 @@ from PIL import Image
 
 from repinv.metrics import COMPARED, axis_label
 from repinv.naming import slug
-from repinv.outputs.figures import plt, titled_grid
-from repinv.outputs.results import METRICS_FILE
+from repinv.reporting.figures import plt, titled_grid
+from repinv.reporting.results import METRICS_FILE
 
 SWEPT_COLUMNS = ("layers",)  # overrides that pick a column, not a row
 IDENTITY = ["job", "condition", "status", "image", "column"]  # the first table columns; the records' own fields follow

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from repinv.naming import slug
-from repinv.outputs.figures import save_png, titled_grid
+from repinv.reporting.figures import save_png, titled_grid
 
 METRICS_FILE = "metrics.json"
 

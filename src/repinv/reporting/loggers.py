@@ -1,7 +1,7 @@
 """The run's loggers, built from `cfg.logger`, and a CSV log that a resumed run continues.
 
 Every logger is given the run's `RunInfo` when its constructor asks for `run`, and maps it to its
-own terms (W&B's in `repinv.outputs.wandb_logger`, the one place that knows W&B). A resumed run
+own terms (W&B's in `repinv.reporting.wandb_logger`, the one place that knows W&B). A resumed run
 (`resume=`, a requeued SLURM job) keeps one history: the CSV log keeps its rows from before
 the resume point, and a logger with a `replay(rows)` method is given them, so one that lost rows
 with its process (W&B's offline writer, after SIGKILL) gets them back.
