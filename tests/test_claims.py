@@ -117,7 +117,9 @@ def test_quick_ledger_runs_claims_end_to_end_with_sensitivity(tmp_path, capsys, 
     sensitivity = list(csv.DictReader(open(tmp_path / "sensitivity.csv")))
     assert len([r for r in sensitivity if r["claim"] == "vit-untrained-constant-depth"]) == 4
     for trained in ("vit-entry-trained", "class-generation"):
-        assert ledger[trained]["verdict"] == "needs trained weights" and ledger[trained]["measured"] == ""
+        assert ledger[trained]["verdict"] == "needs trained weights" and ledger[trained]["runs"] == ""
+        assert "--pretrained" in ledger[trained]["measured"] and "--checkpoint" in ledger[trained]["measured"], \
+            "a claim left untested says how to give it trained weights"
     series = plotted["vit-untrained-constant-depth"]
     assert len(series) == 4, "one line per recipe"
     [folder] = kept["runs"].split("; ")

@@ -27,6 +27,7 @@ def test_every_committed_claim_has_a_verdict_and_a_quote():
     assert table and all(r["verdict"] in VERDICTS for r in table), {r["claim"]: r["verdict"] for r in table}
     assert all(r["study says"].startswith("“") for r in table)
     assert any(r["verdict"] in {"holds", "fails"} for r in table)
+    assert all(r["measured"] for r in table), "a row says what it measured, or why nothing and how to run it"
 
 
 def test_the_committed_verdicts_follow_from_the_committed_runs(tmp_path, monkeypatch):

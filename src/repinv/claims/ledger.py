@@ -136,9 +136,9 @@ def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_b
     """The claim's verdict (holds, fails, needs trained weights, GPU budget, run failed, pending), what was measured,
     and the rule."""
     if out_of_budget:
-        return GPU_BUDGET, "", ""
+        return GPU_BUDGET, "not run at this budget: --budget study runs it", ""
     if conds is None:
-        return NEEDS_WEIGHTS, "", ""
+        return NEEDS_WEIGHTS, "not run: trained weights come with --pretrained or --checkpoint [MODEL=]FILE", ""
     if any(r.status == study.NOT_MADE for rs in conds.values() for _, r in rs):
         return PENDING, "runs not made yet: rerun the same command to make them", ""
     failed = [r.status for rs in conds.values() for _, r in rs if r.status != "finished"]
