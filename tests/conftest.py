@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -59,6 +60,26 @@ def run_repinv(tmp_path):
         return run(cfg).records, out
 
     return _run
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """Run `repinv ARGS` in-process in the folder `name`; returns (exit code, stdout, stderr, run folder)."""
+    from repinv.cli import main
+
+    def _cli(*args: str, name: str = "run"):
+        run_dir = tmp_path / name
+        GlobalHydra.instance().clear()
+        monkeypatch.setattr(sys, "argv", ["repinv", *args, f"hydra.run.dir={run_dir}"])
+        code = 0
+        try:
+            main()
+        except SystemExit as exit:
+            code = exit.code
+        out = capsys.readouterr()
+        return code, out.out, out.err, run_dir
+
+    return _cli
 
 
 def read_metrics(out: Path) -> list[dict]:

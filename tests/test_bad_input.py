@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from conftest import REPO, TINY, read_metrics
@@ -38,25 +37,6 @@ def files(tmp_path_factory):
     Image.fromarray(arr).convert("RGBA").save(modes / "rgba.png")
     Image.fromarray(arr.astype(np.uint16) * 256).save(modes / "deep.png")
     return d
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    """Run `repinv ARGS` in-process; returns (exit code, stderr, run folder)."""
-    from repinv.cli import main
-
-    def _cli(*args: str):
-        run_dir = tmp_path / "run"
-        GlobalHydra.instance().clear()
-        monkeypatch.setattr(sys, "argv", ["repinv", *args, f"hydra.run.dir={run_dir}"])
-        code = 0
-        try:
-            main()
-        except SystemExit as exit:
-            code = exit.code
-        return code, capsys.readouterr().err, run_dir
-
-    return _cli
 
 
 CASES = {
@@ -130,7 +110,7 @@ def test_bad_input_is_one_paragraph_and_exit_2(case, cli, files, tmp_path, monke
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     overrides, needle = CASES[case]
-    code, err, run_dir = cli(*FAST, *(o.format(d=files) for o in overrides))
+    code, _, err, run_dir = cli(*FAST, *(o.format(d=files) for o in overrides))
     assert code == 2, err[-2000:]
     assert "Traceback" not in err
     assert err.startswith("repinv: error: ") and "\n\n" not in err.strip(), err
@@ -141,14 +121,14 @@ def test_bad_input_is_one_paragraph_and_exit_2(case, cli, files, tmp_path, monke
 @pytest.mark.parametrize("case", list(COMPOSITION))
 def test_overrides_hydra_refuses_are_one_paragraph_and_exit_2(case, cli):
     overrides, needle = COMPOSITION[case]
-    code, err, run_dir = cli(*FAST, *overrides)
+    code, _, err, run_dir = cli(*FAST, *overrides)
     assert code == 2, err[-2000:]
     assert err.startswith("repinv: error: ") and "Traceback" not in err and "\n\n" not in err.strip(), err
     assert needle in " ".join(err.split()) and not run_dir.exists()
 
 
 def test_a_prior_target_is_checked_before_it_is_called(cli, capsys):
-    code, err, _ = cli(*FAST, "+priors.x._target_=builtins.print", "+priors.x.sep=CALLED")
+    code, _, err, _ = cli(*FAST, "+priors.x._target_=builtins.print", "+priors.x.sep=CALLED")
     assert code == 2 and "is not an image prior" in err
     assert "CALLED" not in capsys.readouterr().out
 
@@ -165,12 +145,12 @@ def test_plugin_errors_through_the_python_call_are_repinv_errors(tmp_path):
 
 
 def test_debug_shows_the_traceback(cli):
-    code, err, _ = cli(*FAST, "steps=0", "debug=true")
+    code, _, err, _ = cli(*FAST, "steps=0", "debug=true")
     assert code != 0 and "Traceback" in err and "RepinvError" in err
 
 
 def test_grey_palette_rgba_and_16_bit_images_are_converted_with_a_warning(cli, files):
-    code, err, run_dir = cli(*FAST, "layers=[0]", f"image={files}/modes")
+    code, _, err, run_dir = cli(*FAST, "layers=[0]", f"image={files}/modes")
     assert code == 0, err[-2000:]
     assert sorted(r["image"] for r in read_metrics(run_dir)) == ["deep", "grey", "palette", "rgba"]
     log = (run_dir / "cli.log").read_text()
@@ -184,7 +164,7 @@ def test_a_warning_during_the_run_is_kept_in_its_log_file(cli, monkeypatch):
     from repinv.engine import precision as precision_lib
 
     monkeypatch.setattr(precision_lib, "native_bf16", lambda: False)
-    code, err, run_dir = cli(*FAST, "layers=[0]", "precision=bf16")
+    code, _, err, run_dir = cli(*FAST, "layers=[0]", "precision=bf16")
     assert code == 0, err[-2000:]
     assert "precision=bf16 on a CPU without native bfloat16" in (run_dir / "cli.log").read_text()
 

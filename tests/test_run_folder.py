@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 from test_reliability import _signal_at
 
 import wandb_reader
@@ -20,26 +19,6 @@ from conftest import REPO, read_metrics
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
 FAST = ["model=vit_tiny", "layers=[0]", "steps=8", "log_every=2", "checkpoint_every=4", "logger=csv"]
 FOURIER = [*FAST, "param=fourier", "optimizer=adam", "optimizer.lr=0.02"]
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    """Run `repinv ARGS` in-process in the folder `name`; returns (exit code, stdout, stderr, run folder)."""
-    from repinv.cli import main
-
-    def _cli(*args: str, name: str = "run"):
-        run_dir = tmp_path / name
-        GlobalHydra.instance().clear()
-        monkeypatch.setattr(sys, "argv", ["repinv", *args, f"hydra.run.dir={run_dir}"])
-        code = 0
-        try:
-            main()
-        except SystemExit as exit:
-            code = exit.code
-        out = capsys.readouterr()
-        return code, out.out, out.err, run_dir
-
-    return _cli
 
 
 def snapshot(folder) -> dict:
