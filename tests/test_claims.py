@@ -67,6 +67,9 @@ def test_better_and_as_good_compare_paired_conditions_or_layers():
     assert rules.better(vit, "vit", "vit", layer_a="first", layer_b="L0").holds  # +3 dB
     assert rules.as_good(vit, "vit", "vit", layer_a="L0", layer_b="first").holds  # −3 dB
     assert not rules.as_good(vit, "vit", "vit", layer_a="last", layer_b="first").holds  # −10 dB
+    other_image = {"ln": [{**r, "image": "coffee"} for r in m["ln"]], "no_ln": m["no_ln"]}
+    with pytest.raises(rules.Unmeasured, match="no seed and image measured in both"):
+        rules.better(other_image, "no_ln", "ln")
 
 
 def test_filter_and_class_rules():
@@ -199,6 +202,18 @@ def test_report_only_judges_finished_runs_and_launches_nothing(tmp_path, capsys)
     assert ledger["resnet-untrained-loses-input"]["verdict"] == "pending"
     assert "rerun the same command" in ledger["resnet-untrained-loses-input"]["measured"]
     assert len(list(tmp_path.glob("runs/*/metrics.json"))) == 1
+
+
+def test_a_finished_run_kept_without_what_its_rule_reads_is_incomplete_not_a_crash(tmp_path, capsys):
+    args = ["--budget", "quick", "--sources", "timm", "--seeds", "1", "--steps", "2",
+            "--claims", "filters-untrained-unstructured", "--out", str(tmp_path), "logger=none"]
+    assert main(args) == 0 and _ledger(tmp_path)[0]["verdict"] == "holds"
+    [filters] = tmp_path.glob("runs/*/filters.json")
+    filters.unlink()
+    assert main([*args, "--report-only"]) == 0
+    [row] = _ledger(tmp_path)
+    assert row["verdict"] == "incomplete runs"
+    assert "filters.json" in row["measured"] and "rerun the same command" in row["measured"]
 
 
 @pytest.mark.parametrize("args,needle", [

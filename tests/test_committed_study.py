@@ -12,7 +12,7 @@ from conftest import REPO
 from repinv.claims.cli import main
 
 STUDY = REPO / "docs" / "study" / "cpu"
-VERDICTS = {"holds", "fails", "needs trained weights", "GPU budget", "pending"}
+VERDICTS = {"holds", "fails", "needs trained weights", "GPU budget", "pending", "incomplete runs"}
 
 
 def rows(folder) -> list[dict]:
@@ -30,12 +30,9 @@ def test_every_committed_claim_has_a_verdict_and_a_quote():
     assert all(r["measured"] for r in table), "a row says what it measured, or why nothing and how to run it"
 
 
-def test_the_committed_verdicts_follow_from_the_committed_runs(tmp_path, monkeypatch):
+def test_the_committed_verdicts_follow_from_the_committed_runs(tmp_path):
     copy = tmp_path / "cpu"
     shutil.copytree(STUDY, copy)
-    commands = [p.read_text().splitlines() for p in copy.glob("runs/*/command.txt")]
-    bf16 = all("precision=bf16" in c for c in commands)  # the budget steps in bf16 where the CPU that ran it does
-    monkeypatch.setattr("repinv.models.packed.native_bf16", lambda: bf16)
     for p in list(copy.glob("claims.*")) + [copy / "sensitivity.csv"]:
         p.unlink()
     assert main(["--budget", "cpu", "--out", str(copy), "--report-only"]) == 0

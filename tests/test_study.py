@@ -47,6 +47,20 @@ def test_no_tool_launches_repinv_but_the_runner():
 
 
 @pytest.mark.parametrize("bf16", [True, False], ids=["native-bf16", "no-native-bf16"])
+def test_a_ledger_read_on_another_cpu_plans_the_runs_it_holds(tmp_path, monkeypatch, bf16):
+    budget = BUDGETS["cpu"]
+    timm = [c for c in CLAIMS if c.source in budget.sources]
+    planned = lambda: plan(timm, budget, tmp_path, budget.seeds, budget.images, None, Weights().overrides, [])  # noqa: E731
+    monkeypatch.setattr("repinv.models.packed.native_bf16", lambda: bf16)
+    made = planned()
+    run = next(iter(made.runs.values()))
+    run.folder.mkdir(parents=True)
+    (run.folder / study.COMMAND).write_text("\n".join(run.overrides))
+    monkeypatch.setattr("repinv.models.packed.native_bf16", lambda: not bf16)
+    assert list(planned().runs) == list(made.runs), "the ledger keeps the precision its runs were made in"
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["native-bf16", "no-native-bf16"])
 def test_cpu_budget_plans_the_study_models_at_1500_steps_in_10_runs(tmp_path, monkeypatch, bf16):
     monkeypatch.setattr("repinv.models.packed.native_bf16", lambda: bf16)
     budget = BUDGETS["cpu"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repinv import study
+from repinv.claims import rules
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.study import Run, quote
 
@@ -23,6 +24,7 @@ GPU_BUDGET = "GPU budget"
 DEFAULT_RECIPE = "default (linear lr)"
 RUN_FAILED = "run failed"
 PENDING = "pending"
+INCOMPLETE = "incomplete runs"
 NO_NORM = ["model.mean=[0,0,0]", "model.std=[1,1,1]"]
 COLUMNS = ["claim", "text", "study says", "figure", "model source", "images", "seeds", "measured", "rule", "verdict",
            "recipe-dependent", "runs"]
@@ -57,11 +59,15 @@ class Budget:
                 out[name if norm else f"{name}, no input norm"] = o if norm else [*o, *NO_NORM]
         return out
 
-    def overrides(self) -> list[str]:
-        """What every run of this budget adds (bf16 where it runs natively)."""
+    def overrides(self, root: Path) -> list[str]:
+        """What every run of this budget's ledger at `root` adds: bf16 where the budget steps in it and this CPU runs it
+        natively, unless the ledger already holds runs, whose precision it keeps (so a ledger read or continued on
+        another CPU plans the runs it holds)."""
         from repinv.models.packed import native_bf16
 
-        return ["precision=bf16"] if self.bf16 and native_bf16() else []
+        made = [p.read_text().splitlines() for p in root.glob(f"runs/*/{study.COMMAND}")]
+        bf16 = any("precision=bf16" in c for c in made) if made else self.bf16 and native_bf16()
+        return ["precision=bf16"] if bf16 else []
 
 
 BUDGETS = {"study": Budget("study", 1500, ("chelsea", "astronaut", "coffee"), (0.01, 0.05, 0.2, 0.5)),
@@ -87,7 +93,7 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
          weights, extra: Sequence[str], steps: int | None = None) -> Plan:
     """The runs each claim needs. Claims whose trained runs have no weights get none (needs trained weights);
     claims whose models the budget does not hold are out of budget."""
-    p = Plan()
+    p, every_run = Plan(), budget.overrides(out)
     for claim in claims:
         if not claim.fits(budget.name):
             p.out_of_budget.add(claim.id)
@@ -102,7 +108,7 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
                 for seed in range(seeds):
                     # The claim's own overrides after the budget's steps: a condition may fix its own (105,000 steps).
                     overrides = [image_override(images), f"steps={budget.steps if steps is None else steps}", f"seed={seed}",
-                                 *budget.overrides(), *claim.overrides(name, budget.name), *recipe_overrides,
+                                 *every_run, *claim.overrides(name, budget.name), *recipe_overrides,
                                  *loads.get(name, []), *extra]
                     run = study.run_for(out, overrides)
                     conds.setdefault(name, []).append((seed, p.runs.setdefault(run.overrides, run)))
@@ -133,8 +139,8 @@ def execute(p: Plan, jobs: int, launch_missing: bool = True) -> None:
 
 
 def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_budget: bool = False) -> tuple[str, str, str]:
-    """The claim's verdict (holds, fails, needs trained weights, GPU budget, run failed, pending), what was measured,
-    and the rule."""
+    """The claim's verdict (holds, fails, needs trained weights, GPU budget, run failed, pending, incomplete runs),
+    what was measured, and the rule."""
     if out_of_budget:
         return GPU_BUDGET, "not run at this budget: --budget study runs it", ""
     if conds is None:
@@ -144,7 +150,10 @@ def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_b
     failed = [r.status for rs in conds.values() for _, r in rs if r.status != "finished"]
     if failed:
         return RUN_FAILED, failed[0], ""
-    v = claim.rule({name: [x for seed, r in rs for x in tagged(seed, r)] for name, rs in conds.items()})
+    try:
+        v = claim.rule({name: [x for seed, r in rs for x in tagged(seed, r)] for name, rs in conds.items()})
+    except rules.Unmeasured as e:
+        return INCOMPLETE, f"{e}: delete those run folders and rerun the same command to remake them", ""
     return ("holds" if v.holds else "fails"), v.measured, v.rule
 
 

@@ -32,6 +32,11 @@ TOP1_MIN = 0.50
 Measurements = Mapping[str, Sequence[Mapping]]
 
 
+class Unmeasured(LookupError):
+    """The runs finished but lack what the rule decides on (a run folder kept without its filters.json,
+    two conditions with no seed and image in common)."""
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What a rule decided, the numbers it decided on (mean ± sd) and the rule in words."""
@@ -115,6 +120,8 @@ def _difference(m: Measurements, a: str, b: str, layer_a: str | None, layer_b: s
     key = _sample if layer_a or layer_b else (lambda r: (*_sample(r), str(r["layer"])))
     diff = _paired(_select(m, a, layer_a), _select(m, b, layer_b), key)
     name = lambda c, layer: f"{c}{'@' + layer if layer else ''}"  # noqa: E731
+    if not diff:
+        raise Unmeasured(f"{name(a, layer_a)} and {name(b, layer_b)} have no seed and image measured in both")
     return f"{name(a, layer_a)} − {name(b, layer_b)}", diff
 
 
@@ -137,7 +144,10 @@ def same(m: Measurements, a: str, b: str, layer_a: str | None = None, layer_b: s
 
 
 def _structured(m: Measurements, cond: str) -> list[float]:
-    return [float(r["structured"]) for r in m[cond] if r.get("structured") is not None]
+    values = [float(r["structured"]) for r in m[cond] if r.get("structured") is not None]
+    if not values:
+        raise Unmeasured(f"no run of {cond} holds filters.json (its input filters' structure)")
+    return values
 
 
 def unstructured_filters(m: Measurements, cond: str) -> Verdict:
