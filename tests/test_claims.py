@@ -202,6 +202,8 @@ def test_report_only_judges_finished_runs_and_launches_nothing(tmp_path, capsys)
     assert ledger["resnet-untrained-loses-input"]["verdict"] == "pending"
     assert "rerun the same command" in ledger["resnet-untrained-loses-input"]["measured"]
     assert len(list(tmp_path.glob("runs/*/metrics.json"))) == 1
+    made_with = f"Made with `repinv-claims {' '.join(common)} --claims vit-entry-untrained,resnet-untrained-loses-input`"
+    assert made_with in (tmp_path / "claims.md").read_text(), "claims.md names the command that continues it"
 
 
 def test_a_finished_run_kept_without_what_its_rule_reads_is_incomplete_not_a_crash(tmp_path, capsys):

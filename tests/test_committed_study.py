@@ -1,9 +1,11 @@
-"""The committed CPU ledger (docs/study/cpu/) reads back: every row has a verdict, and recomputing the ledger
-from the committed run folders' metrics.json gives the committed verdicts and measured numbers."""
+"""The committed ledgers (docs/study/*/) read back: every row has a verdict, and recomputing each ledger
+from its committed run folders' metrics.json gives the committed verdicts and measured numbers."""
 
 from __future__ import annotations
 
 import csv
+import re
+import shlex
 import shutil
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from conftest import REPO
 from repinv.claims.cli import main
 
-STUDY = REPO / "docs" / "study" / "cpu"
+LEDGERS = sorted(p.parent for p in (REPO / "docs" / "study").glob("*/claims.csv"))
 VERDICTS = {"holds", "fails", "needs trained weights", "GPU budget", "pending", "incomplete runs"}
 
 
@@ -19,27 +21,37 @@ def rows(folder) -> list[dict]:
     return list(csv.DictReader(open(folder / "claims.csv")))
 
 
-pytestmark = pytest.mark.skipif(not (STUDY / "claims.csv").is_file(), reason="no committed CPU ledger")
+def arguments(folder) -> list[str]:
+    """The repinv-claims arguments that claims.md says made the ledger, less --out (the test judges a copy)."""
+    args = shlex.split(re.search(r"Made with `(.+?)`", (folder / "claims.md").read_text()).group(1))[1:]
+    if "--out" in args:
+        del args[args.index("--out"):args.index("--out") + 2]
+    return args
 
 
-def test_every_committed_claim_has_a_verdict_and_a_quote():
-    table = rows(STUDY)
+pytestmark = pytest.mark.skipif(not LEDGERS, reason="no committed ledger")
+
+
+@pytest.mark.parametrize("study", LEDGERS, ids=lambda p: p.name)
+def test_every_committed_claim_has_a_verdict_and_a_quote(study):
+    table = rows(study)
     assert table and all(r["verdict"] in VERDICTS for r in table), {r["claim"]: r["verdict"] for r in table}
     assert all(r["study says"].startswith("“") for r in table)
     assert any(r["verdict"] in {"holds", "fails"} for r in table)
     assert all(r["measured"] for r in table), "a row says what it measured, or why nothing and how to run it"
 
 
-def test_the_committed_verdicts_follow_from_the_committed_runs(tmp_path):
-    copy = tmp_path / "cpu"
-    shutil.copytree(STUDY, copy)
+@pytest.mark.parametrize("study", LEDGERS, ids=lambda p: p.name)
+def test_the_committed_verdicts_follow_from_the_committed_runs(study, tmp_path):
+    copy = tmp_path / study.name
+    shutil.copytree(study, copy)
     for p in list(copy.glob("claims.*")) + [copy / "sensitivity.csv"]:
         p.unlink()
-    assert main(["--budget", "cpu", "--out", str(copy), "--report-only"]) == 0
-    committed = {r["claim"]: r for r in rows(STUDY)}
+    assert main([*arguments(study), "--out", str(copy), "--report-only"]) == 0
+    committed = {r["claim"]: r for r in rows(study)}
     recomputed = {r["claim"]: r for r in rows(copy)}
     assert recomputed.keys() == committed.keys()
     for claim, row in recomputed.items():
         assert (row["verdict"], row["measured"], row["recipe-dependent"]) == \
             (committed[claim]["verdict"], committed[claim]["measured"], committed[claim]["recipe-dependent"]), claim
-    assert list(csv.DictReader(open(copy / "sensitivity.csv"))) == list(csv.DictReader(open(STUDY / "sensitivity.csv")))
+    assert list(csv.DictReader(open(copy / "sensitivity.csv"))) == list(csv.DictReader(open(study / "sensitivity.csv")))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import textwrap
 import time
@@ -159,8 +160,14 @@ def select(ids: str | None, sources: str) -> list[Claim]:
     return [c for c in CLAIMS if c.id in names and c.source in wanted]
 
 
+def made_with(argv: list[str]) -> str:
+    """The command that makes (and continues) this ledger: the arguments given, less --report-only."""
+    return shlex.join(["repinv-claims", *(a for a in argv if a != "--report-only")])
+
+
 def main(argv=None) -> int:
     """Plan, run and judge; print the paths of claims.md and claims.csv. Exit 1 when a run failed."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     budget = BUDGETS[args.budget]
     args.seeds = budget.seeds if args.seeds is None else args.seeds
@@ -186,7 +193,7 @@ def main(argv=None) -> int:
     print(f"{len(claims)} claims, {len(p.runs)} runs -> {out}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     execute(p, args.jobs, launch_missing=not args.report_only)
-    csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds)
+    csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds, made_with(argv))
     print(md_path)
     print(csv_path)
     print(f"ledger in {time.perf_counter() - started:.0f} s", file=sys.stderr)

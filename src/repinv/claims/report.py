@@ -68,13 +68,14 @@ def _md_table(table: list[dict], columns: Sequence[str]) -> list[str]:
             *("| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in table)]
 
 
-def write_md(path: Path, budget: str, table: list[dict], sensitivity: list[dict], plots: list[Path]) -> Path:
-    """claims.md: the ledger, the verdict per recipe, and the depth plots."""
+def write_md(path: Path, budget: str, table: list[dict], sensitivity: list[dict], plots: list[Path], command: str) -> Path:
+    """claims.md: the command that makes it, the ledger, the verdict per recipe, and the depth plots."""
     counts = {v: sum(r["verdict"] == v for r in table) for v in dict.fromkeys(r["verdict"] for r in table)}
     lines = [f"# Does the study reproduce? (budget: {budget})", "",
              ", ".join(f"{n} {v}" for v, n in counts.items()), "",
              "Measured: mean ± sd over seeds and images; each rule decides on the mean "
              "(thresholds in repinv/claims/rules.py).", "",
+             f"Made with `{command}` (the same command continues it; with --report-only it judges what has run).", "",
              *_md_table(table, [c for c in COLUMNS if c != "runs"]), "", "## Verdict per recipe", "",
              *_md_table(sensitivity, ["claim", "recipe", "measured", "verdict"]), "", "## Run folders", "",
              *(f"- {r['claim']}: {r['runs'] or '(none)'}" for r in table), "",
@@ -124,9 +125,10 @@ def plot_series(claim: Claim, p: Plan) -> dict[str, list[dict]]:
     return series
 
 
-def write(out: Path, budget: str, claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int) -> tuple[Path, Path]:
+def write(out: Path, budget: str, claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int,
+          command: str) -> tuple[Path, Path]:
     """claims.csv, claims.md, sensitivity.csv and plots/<claim>.png under `out`."""
     table, sensitivity = rows(claims, p, images, seeds, out)
     plots = [path for claim in claims if claim.plot and (path := depth_plot(claim, plot_series(claim, p), out / "plots"))]
     write_csv(out / "sensitivity.csv", sensitivity, ["claim", "recipe", "measured", "verdict"])
-    return write_csv(out / "claims.csv", table, COLUMNS), write_md(out / "claims.md", budget, table, sensitivity, plots)
+    return write_csv(out / "claims.csv", table, COLUMNS), write_md(out / "claims.md", budget, table, sensitivity, plots, command)
