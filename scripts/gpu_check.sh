@@ -12,7 +12,7 @@
 # Everything goes under one folder: $OUT when set, else GPU_CHECK_OUT, else a temporary folder. The
 # stages work in <folder>/work; at the end <folder> holds summary.md (one page), benchmark.json,
 # logs.tar.gz (stage logs, the tests' JUnit XML) and study.tar.gz (the ledger: claims.csv/.md,
-# sensitivity.csv, plots, each run's metrics.json and command.txt; the grids would take the archive past what a
+# sensitivity.csv, plots, each run's metrics.json, command.txt and filters.json; the grids would take the archive past what a
 # device returns). With $OUT set the work
 # folder is removed after packing (GPU_CHECK_KEEP_WORK=1 keeps it). Exits 1 if a stage failed; without
 # CUDA it says it skipped and exits 0. Runs with $PYTHON (default python3) and PYTHONPATH=src; wheels
@@ -81,7 +81,7 @@ cp "$work/summary.md" "$out/summary.md" 2>/dev/null
 tar -czf "$out/logs.tar.gz" -C "$work" $(cd "$work" && ls *.log tests.xml stages.tsv gpu.txt study.seconds 2>/dev/null)
 if [ -d "$work/study" ]; then
     (cd "$work" && find study -maxdepth 1 -type f; find study/plots -type f 2>/dev/null
-     find study/runs -maxdepth 2 \( -name metrics.json -o -name command.txt \) 2>/dev/null) >"$work/study.files"
+     find study/runs -maxdepth 2 \( -name metrics.json -o -name command.txt -o -name filters.json \) 2>/dev/null) >"$work/study.files"
     tar -czf "$out/study.tar.gz" -C "$work" -T "$work/study.files"
 fi
 if [ -n "${OUT:-}" ] && [ "${GPU_CHECK_KEEP_WORK:-0}" != 1 ]; then
