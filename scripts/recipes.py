@@ -14,7 +14,7 @@ and `recipes.png` (PSNR against steps, one line per recipe, one panel per model/
 `--ledger ROOT` answers the question from a claims ledger's runs (`repinv-claims --budget B --out
 ROOT`) instead: the study recipes are the ledger's own (at the budget's steps, read from its run
 folders, not run again); every other recipe runs `--steps` (default 300) steps on the same
-networks, layers, images and budget overrides (bf16 where native), under ROOT. It also writes
+networks, layers, images and budget overrides (the precision the ledger was made in), under ROOT. It also writes
 `recipes.md`: whether one recipe reaches the better study recipe's final PSNR within `--within`
 (default 150) steps at every layer of every network, and where each recipe falls short.
 (`adam-pyramid-blur` is the recipe of `experiment=fast`.)
