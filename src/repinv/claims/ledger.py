@@ -26,6 +26,7 @@ RUN_FAILED = "run failed"
 PENDING = "pending"
 INCOMPLETE = "incomplete runs"
 NO_NORM = ["model.mean=[0,0,0]", "model.std=[1,1,1]"]
+BF16 = "precision=bf16"
 COLUMNS = ["claim", "text", "study says", "figure", "model source", "images", "seeds", "measured", "rule", "verdict",
            "recipe-dependent", "runs"]
 
@@ -66,8 +67,8 @@ class Budget:
         from repinv.models.packed import native_bf16
 
         made = [p.read_text().splitlines() for p in root.glob(f"runs/*/{study.COMMAND}")]
-        bf16 = any("precision=bf16" in c for c in made) if made else self.bf16 and native_bf16()
-        return ["precision=bf16"] if bf16 else []
+        bf16 = any(BF16 in c for c in made) if made else self.bf16 and native_bf16()
+        return [BF16] if bf16 else []
 
 
 BUDGETS = {"study": Budget("study", 1500, ("chelsea", "astronaut", "coffee"), (0.01, 0.05, 0.2, 0.5)),
