@@ -84,6 +84,24 @@ def test_filter_and_class_rules():
     assert not rules.generates_classes({"g": ranks}, "g").holds
 
 
+def test_the_mixer_patch_claim_compares_the_studys_200k_and_800k_element_layers(tmp_path):
+    """The study's patch-16 Mixer has "a hidden dimension per patch of 1024. Each layer therefore has a little over
+    200k elements"; its patch-8 one "each layer contains >800k elements"."""
+    import torch
+
+    from conftest import compose_cfg
+    from repinv.engine.pipeline import build_model
+
+    claim = next(c for c in CLAIMS if c.id == "mixer-patch8")
+    elements = {}
+    for name in ("patch16", "patch8"):
+        with torch.device("meta"):
+            net = build_model(compose_cfg(claim.overrides(name, "study"), tmp_path)).net
+            elements[name] = net.blocks[0](net.stem(torch.empty(1, 3, 224, 224))).numel()
+    assert elements == {"patch16": 196 * 1024, "patch8": 784 * 1024}
+    assert 200_000 < elements["patch16"] < 210_000 and elements["patch8"] > 800_000
+
+
 def test_every_claim_has_runs_for_both_budgets_and_trained_claims_are_marked():
     ids = [c.id for c in CLAIMS]
     assert len(ids) == len(set(ids))

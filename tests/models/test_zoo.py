@@ -15,6 +15,7 @@ BIG = {
     "mixer_b16": ("mixer_b16_224", 224, "blocks.0.norm1"),
     "mixer_l16": ("mixer_l16_224", 224, "blocks.0.norm1"),
     "mixer_b8": ("mixer_b16_224", 224, "stem.proj"),
+    "mixer_l8": ("mixer_l16_224", 224, "stem.proj"),
     "resnet50": ("resnet50", 224, "conv1"),
     "convmixer": ("convmixer_768_32", 224, "stem.0"),
 }
@@ -24,6 +25,7 @@ SHRINK = {
     "mixer_b16": ["model.input_size=64", "+model.kwargs.num_blocks=2", "+model.kwargs.embed_dim=32"],
     "mixer_l16": ["model.input_size=64", "+model.kwargs.num_blocks=2", "+model.kwargs.embed_dim=32"],
     "mixer_b8": ["model.input_size=32", "++model.kwargs.num_blocks=2", "++model.kwargs.embed_dim=32"],
+    "mixer_l8": ["model.input_size=32", "++model.kwargs.num_blocks=2", "++model.kwargs.embed_dim=32"],
     "resnet50": ["model.input_size=64", "+model.kwargs.layers=[1,1,1,1]", "+model.kwargs.channels=[8,16,32,64]"],
     "convmixer": ["model.input_size=64", "+model.kwargs.dim=16", "+model.kwargs.depth=2"],
 }

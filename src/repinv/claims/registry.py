@@ -30,7 +30,7 @@ ARCHS: dict[tuple[str, str], dict[str, list[str]]] = {
                                   "quick": ["model=tv_resnet50", "model.input_size=64", "layers=[0,1,2,3,4]"]},
     ("mixer_l16", "timm"): {"study": ["model=mixer_l16", "layers=[0,1,4,8]"], "cpu": ["model=mixer_l16", "layers=[0,2]"],
                             "quick": ["model=mixer_tiny", "layers=[0,1]"]},
-    ("mixer_b8", "timm"): {"study": ["model=mixer_b8", "layers=[0,1,4,8]"],
+    ("mixer_l8", "timm"): {"study": ["model=mixer_l8", "layers=[0,1,4,8]"], "cpu": ["model=mixer_l8", "layers=[0,2]"],
                            "quick": ["model=mixer_tiny", "model.kwargs.patch_size=8", "layers=[0,1]"]},
     ("vit_l_16", "timm"): {"study": ["model=vit_l_16", "layers=[0,3,7,11,15]", "objective.stack=false"],
                            "quick": ["model=vit_tiny", "layers=[0,1]"]},
@@ -208,10 +208,10 @@ def study_claims() -> list[Claim]:
                      "and the autencoding's accuracy declines the deeper the layer in question", "mlp_mixer_representations",
                      {"layernorm": MIXER_L16}, partial(rules.poor_and_declining, cond="layernorm"), sources=("timm",),
                      sensitivity=True, plot=True),
-        *_per_source("mixer-patch8", "An untrained Mixer with patch 8 (B/8) reconstructs better than with patch 16 (L/16)",
+        *_per_source("mixer-patch8", "An untrained Mixer with patch 8 (L/8) reconstructs better than with patch 16 (L/16)",
                      "Specifying a smaller patch size of 8 (such that each layer contains >800k elements) "
                      "does reduce the representation error",
-                     "mlp_mixer_representations", {"patch8": Run("mixer_b8"), "patch16": MIXER_L16},
+                     "mlp_mixer_representations", {"patch8": Run("mixer_l8"), "patch16": MIXER_L16},
                      partial(rules.better, a="patch8", b="patch16"), sources=("timm",), plot=True),
         *_per_source("mixer-layernorm", "An untrained Mixer (L/16) represents the input far better without LayerNorm",
                      "removing this transformation (from every MLP) [...] visually provides a large increase "
