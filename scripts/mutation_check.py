@@ -1,13 +1,13 @@
 """Mutation check: deliberate bugs in the study's definitions must each fail a fast test that names them.
 
-    python scripts/mutation_check.py [--only NAME ...] [--list]
+    python scripts/mutation_check.py [--only NAME ...] [--jobs N] [--list]
 
 Each entry of MUTATIONS is one deliberate bug: text substitutions in files of the package (paths under
 src/repinv) and the fast tests expected to catch it. For each, the package is copied to a temporary folder,
-the bug applied to the copy, and only its named tests run with PYTHONPATH pointing at the copy (the
-installed package stays untouched). First the same tests run on an unchanged copy: they must pass there,
-or a "caught" bug would mean nothing. A bug is caught when at least one of its tests fails. Exit status 0
-when every bug is caught.
+the bug applied to the copy, and only its named tests run in a forked child that imports the copy (PYTHONPATH
+points at it for any process a test starts; the installed package stays untouched). First the same tests run
+on an unchanged copy: they must pass there, or a "caught" bug would mean nothing. A bug is caught when at
+least one of its tests fails. Exit status 0 when every bug is caught.
 
 Add a bug here when a definition of the study gains a test; keep `old` unique in its file.
 """
@@ -15,14 +15,19 @@ Add a bug here when a definition of the study gains a test; keep `old` unique in
 from __future__ import annotations
 
 import argparse
+import importlib
+import multiprocessing
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+from contextlib import redirect_stdout
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "repinv"
@@ -102,43 +107,72 @@ def copy_package(root: Path, edits=()) -> Path:
     return root / "src"
 
 
-def run_tests(src: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
-    """Run `tests` against the package under `src`; whether all passed, and the last lines of pytest's report."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    where = subprocess.run([sys.executable, "-c", "import repinv; print(repinv.__file__)"],
-                           env=env, capture_output=True, text=True)
-    if not where.stdout.startswith(str(src)):
-        found = where.stdout.strip() or where.stderr
-        raise SystemExit(f"mutation_check: the tests would import repinv from {found}, not the copy")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests],
-                          cwd=REPO, env=env, capture_output=True, text=True)
-    return proc.returncode == 0, "\n".join(proc.stdout.strip().splitlines()[-3:])
+# Imported once before forking, so each check pays only for importing its own copy of the package.
+PRELOAD = ("torch", "torchvision", "timm", "pytorch_lightning", "hydra", "omegaconf")
 
 
-def check(mutations: list[Mutation]) -> dict[str, bool]:
-    """Mutation name -> caught; raises SystemExit when the named tests fail on the unchanged package."""
+def _pytest(src: Path, tests: tuple[str, ...], report: Path) -> None:
+    """In a forked child: run `tests` against the package under `src`; pytest's report goes to `report` and its exit
+    status is the child's. Modules of the package and of the tests that the parent imported are forgotten first."""
+    for name in [n for n in sys.modules if n.partition(".")[0] in ("repinv", "conftest") or n.startswith("test_")]:
+        del sys.modules[name]
+    os.environ.update(PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+                      HF_HUB_OFFLINE="1", WANDB_MODE="offline")
+    sys.path.insert(0, str(src))
+    os.chdir(REPO)
+    import repinv
+    with open(report, "w") as out, redirect_stdout(out):
+        if not repinv.__file__.startswith(str(src)):
+            print(f"mutation_check: the tests would import repinv from {repinv.__file__}, not the copy")
+            sys.exit(3)
+        sys.exit(int(pytest.main(["-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests])))
+
+
+def run_tests(checks: dict[str, tuple[Path, tuple[str, ...]]], jobs: int, tmp: Path) -> dict[str, tuple[bool, str]]:
+    """Run each check's tests against its package (name -> (src, tests)), `jobs` forked children at once; name ->
+    (whether all passed, the last lines of pytest's report)."""
+    fork, pending, running, results = multiprocessing.get_context("fork"), list(checks), {}, {}
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            name = pending.pop(0)
+            report = tmp / f"report-{len(results) + len(running)}.txt"
+            running[name] = fork.Process(target=_pytest, args=(*checks[name], report)), report
+            running[name][0].start()
+        wait([proc.sentinel for proc, _ in running.values()])
+        for name in [n for n, (proc, _) in running.items() if not proc.is_alive()]:
+            proc, report = running.pop(name)
+            proc.join()
+            results[name] = proc.exitcode == 0, "\n".join(report.read_text().strip().splitlines()[-3:])
+    return results
+
+
+def check(mutations: list[Mutation], jobs: int = 1) -> dict[str, bool]:
+    """Mutation name -> caught, checking `jobs` mutations at once; raises SystemExit when the named tests fail on the
+    unchanged package."""
     tests = tuple(dict.fromkeys(t for m in mutations for t in m.tests))
+    for module in PRELOAD:
+        importlib.import_module(module)
     with tempfile.TemporaryDirectory(prefix="repinv-mutation-") as tmp:
-        passed, report = run_tests(copy_package(Path(tmp) / "baseline"), tests)
+        root = Path(tmp)
+        passed, report = run_tests({"baseline": (copy_package(root / "baseline"), tests)}, 1, root)["baseline"]
         if not passed:
             raise SystemExit(f"mutation_check: the named tests fail on the unchanged package:\n{report}")
         print(f"baseline: {len(tests)} tests pass on the unchanged package", flush=True)
-        caught = {}
-        for k, m in enumerate(mutations):
-            start = time.perf_counter()
-            passed, report = run_tests(copy_package(Path(tmp) / str(k), m.edits), m.tests)
-            caught[m.name] = not passed
-            summary = report.splitlines()[-1] if report else ""
-            verdict = "caught" if caught[m.name] else "MISSED"
-            print(f"{verdict}: {m.name} ({time.perf_counter() - start:.0f} s; {summary})", flush=True)
-    return caught
+        start = time.perf_counter()
+        results = run_tests({m.name: (copy_package(root / str(k), m.edits), m.tests) for k, m in enumerate(mutations)},
+                            jobs, root)
+        for m in mutations:
+            passed, report = results[m.name]
+            print(f"{'MISSED' if passed else 'caught'}: {m.name} ({report.splitlines()[-1] if report else ''})")
+        print(f"mutations checked in {time.perf_counter() - start:.0f} s")
+    return {m.name: not results[m.name][0] for m in mutations}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", default=None, help="names (or parts of names) of the mutations to check")
     parser.add_argument("--list", action="store_true", help="list the mutations and their tests, then exit")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutations checked at once (default: one per core)")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTATIONS if args.only is None or any(o in m.name for o in args.only)]
     if args.list:
@@ -146,7 +180,7 @@ def main(argv=None) -> int:
             print(f"{m.name}: {', '.join(t.rpartition('::')[2] for t in m.tests)}")
         return 0
     start = time.perf_counter()
-    caught = check(chosen)
+    caught = check(chosen, args.jobs)
     print(f"{sum(caught.values())} of {len(caught)} mutations caught in {time.perf_counter() - start:.0f} s")
     return 0 if all(caught.values()) else 1
 

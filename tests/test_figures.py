@@ -19,11 +19,12 @@ SCRIPTS = sorted(p.stem for p in (REPO / "scripts").glob("fig_*.py"))
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_figure_smoke_writes_png_and_csv(script, tmp_path):
+    """Panels run in the script's own process (--jobs 1); tests/test_recipes.py covers the same executor at --jobs 2."""
     sys.path.insert(0, str(REPO / "scripts"))
     panels = importlib.import_module(script).PANELS
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "scripts"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{script}.py"), "--smoke", "--jobs", "2",
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{script}.py"), "--smoke", "--jobs", "1",
                            "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO)
     name = script.removeprefix("fig_")
     png, table = tmp_path / "smoke" / f"{name}.png", tmp_path / "smoke" / f"{name}.csv"

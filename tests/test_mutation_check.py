@@ -29,3 +29,12 @@ def test_mutation_check_catches_every_mutation(capsys):
     out = capsys.readouterr().out
     assert "MISSED" not in out
     assert out.count("caught: ") == len(mutation_check.MUTATIONS)
+
+
+def test_a_mutation_that_changes_nothing_is_reported_missed(capsys):
+    """The check is not vacuous: with the edit undone the named test passes, and the check says so."""
+    real = mutation_check.MUTATIONS[-1]
+    rel, old, _ = real.edits[0]
+    noop = mutation_check.Mutation("no-op", ((rel, old, old),), real.tests)
+    assert mutation_check.check([noop, real], jobs=2) == {"no-op": False, real.name: True}
+    assert "MISSED: no-op" in capsys.readouterr().out
