@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +34,11 @@ from repinv.conf import respell_all  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 # A tiny ViT (2 blocks, width 64, 64x64) on which 60 plain SGD steps clearly improve the image.
 TINY = ["model=vit_tiny", "layers=[0,patch_embed]", "optimizer.lr=1.0", "steps=60", "log_every=10", "image_every=30"]
+
+
+def pytest_unconfigure(config):
+    """Remove this test process's W&B folder."""
+    shutil.rmtree(_WANDB_HOME, ignore_errors=True)
 
 
 def compose_cfg(overrides: list[str], out_dir: Path):
