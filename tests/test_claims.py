@@ -271,3 +271,34 @@ def test_lrs_none_is_the_default_recipe_only(capsys):
 
     assert check_lrs(parser().parse_args(["--lrs", "none"]).lrs) == []
     assert main(["--lrs", "none", "--list"]) == 0
+
+
+def _fake_ledger(root, image: str, precision: str | None, sensitivity: list[tuple[str, str, str, str]]):
+    """A ledger folder as repinv-claims leaves it, reduced to what --compare reads."""
+    (root / "runs" / "run-0").mkdir(parents=True)
+    (root / "runs" / "run-0" / "command.txt").write_text("\n".join(["model=vit_b_32", *([precision] if precision else [])]))
+    report.write_csv(root / "claims.csv", [{"claim": s[0], "images": image} for s in sensitivity], ["claim", "images"])
+    report.write_csv(root / "sensitivity.csv", [dict(zip(("claim", "recipe", "measured", "verdict"), s)) for s in sensitivity],
+                     ["claim", "recipe", "measured", "verdict"])
+
+
+def test_compare_sets_ledgers_side_by_side_naming_photograph_and_precision(tmp_path, capsys):
+    _fake_ledger(tmp_path / "a", "chelsea", None, [("depth", "default", "d 1.7 ± 0.0 dB", "holds"),
+                                                   ("depth", "constant", "d -9.0 ± 0.0 dB", "fails")])
+    _fake_ledger(tmp_path / "b", "astronaut", "precision=bf16", [("depth", "default", "d -4.0 ± 0.5 dB", "fails"),
+                                                                  ("mixer", "default", "m 3.1 ± 0.0 dB", "holds")])
+    assert main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert f"Made with `repinv-claims --compare {tmp_path / 'a'} {tmp_path / 'b'}`" in out
+    table = out[out.index("| claim"):].splitlines()
+    assert table[0] == "| claim | recipe | a (chelsea; 32-true) | b (astronaut; bf16) |"
+    assert table[2:] == ["| depth | default | holds: d 1.7 dB | fails: d -4.0 ± 0.5 dB |",
+                         "| depth | constant | fails: d -9.0 dB |  |",
+                         "| mixer | default |  | holds: m 3.1 dB |"]
+
+
+def test_compare_of_a_folder_without_a_ledger_is_one_paragraph(tmp_path, capsys):
+    assert main(["--compare", str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(f"repinv-claims: error: --compare {tmp_path}: no ledger there") and "Traceback" not in err
+    assert "docs/study/cpu docs/study/cpu-astronaut" in err

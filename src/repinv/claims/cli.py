@@ -4,6 +4,7 @@
     repinv-claims --budget study --jobs 2        # the study's models and 1,500 steps
     repinv-claims --budget study --pretrained    # also the trained-weight claims
     repinv-claims --budget study --report-only   # the ledger of the runs finished so far, making none
+    repinv-claims --compare docs/study/cpu docs/study/cpu-astronaut   # ledgers side by side
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, OverrideParseException
 
 from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error
+from repinv.claims.compare import comparison
 from repinv.claims.ledger import BUDGETS, execute, plan
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import write
@@ -59,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="torchvision weights enum for the trained torchvision runs (model.weights=), "
                    "e.g. IMAGENET1K_V1")
     p.add_argument("--list", action="store_true", help="list the claims and exit")
+    p.add_argument("--compare", type=Path, nargs="+", metavar="LEDGER", help="print a markdown table of these ledger "
+                   "folders' verdicts side by side (one column each) and exit; runs nothing")
     p.add_argument("--report-only", action="store_true", help="write the ledger from the runs that have finished and launch "
                    "nothing; the claims still waiting for runs are 'pending' (rerun without it to make them)")
     p.add_argument("overrides", nargs="*", help="extra repinv overrides for every run, e.g. logger=csv")
@@ -177,6 +181,13 @@ def main(argv=None) -> int:
     except RepinvError as err:
         print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False), file=sys.stderr)
         return 2
+    if args.compare:
+        try:
+            print(comparison(args.compare, made_with(argv)), end="")
+        except RepinvError as err:
+            print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False), file=sys.stderr)
+            return 2
+        return 0
     if args.list:
         print("\n".join(f"{c.id:<36} {c.source:<12} {'trained' if c.trained else 'untrained':<10} {c.text}" for c in claims))
         return 0

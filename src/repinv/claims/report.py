@@ -62,7 +62,7 @@ def write_csv(path: Path, table: list[dict], columns: Sequence[str]) -> Path:
     return path
 
 
-def _md_table(table: list[dict], columns: Sequence[str]) -> list[str]:
+def md_table(table: list[dict], columns: Sequence[str]) -> list[str]:
     cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
     return ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns),
             *("| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in table)]
@@ -73,11 +73,11 @@ def write_md(path: Path, budget: str, table: list[dict], sensitivity: list[dict]
     counts = {v: sum(r["verdict"] == v for r in table) for v in dict.fromkeys(r["verdict"] for r in table)}
     lines = [f"# Does the study reproduce? (budget: {budget})", "",
              ", ".join(f"{n} {v}" for v, n in counts.items()), "",
-             "Measured: mean ± sd over seeds and images; each rule decides on the mean "
-             "(thresholds in repinv/claims/rules.py).", "",
+             "Measured: mean ± sd over seeds and images (and layers, where a rule compares two conditions layer by layer); "
+             "each rule decides on the mean (thresholds in repinv/claims/rules.py).", "",
              f"Made with `{command}` (the same command continues it; with --report-only it judges what has run).", "",
-             *_md_table(table, [c for c in COLUMNS if c != "runs"]), "", "## Verdict per recipe", "",
-             *_md_table(sensitivity, ["claim", "recipe", "measured", "verdict"]), "", "## Run folders", "",
+             *md_table(table, [c for c in COLUMNS if c != "runs"]), "", "## Verdict per recipe", "",
+             *md_table(sensitivity, ["claim", "recipe", "measured", "verdict"]), "", "## Run folders", "",
              *(f"- {r['claim']}: {r['runs'] or '(none)'}" for r in table), "",
              *(f"![{p.stem}](plots/{p.name})" for p in plots)]
     path.write_text("\n".join(lines) + "\n")

@@ -2,8 +2,9 @@
 
 `measurements` maps a condition name (a run of the claim: "vit", "no_layernorm", ...) to that
 condition's records from every seed and image (metrics.json rows with `seed` added; filter runs
-carry filters.json's `structured`). A rule averages over seeds and images (mean ± sd) and
-decides on the mean; it never looks at how the numbers were produced.
+carry filters.json's `structured`). A rule averages over seeds and images (mean ± sd), and over
+layers when it pairs two conditions layer by layer, and decides on the mean; it never looks at
+how the numbers were produced.
 
 Thresholds (the same for every budget and model, fixed before any run):
 - KEEP_DB = 20 dB PSNR: a reconstruction at 20 dB is recognisably the photograph; the N(0.7, 1/20)

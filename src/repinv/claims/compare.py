@@ -1,0 +1,53 @@
+"""Ledgers side by side: one row per claim and recipe, one column per ledger folder, each cell its verdict and measure.
+
+Ledgers of one budget made on other photographs, precisions or machines answer whether a verdict depends on them.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from repinv.claims.ledger import BF16
+from repinv.claims.report import md_table
+from repinv.cli import CONFIG_DIR
+from repinv.errors import RepinvError
+
+PRECISION = BF16.partition("=")[0] + "="
+
+
+def precisions(root: Path) -> str:
+    """The precisions the ledger's runs stepped in, from their recorded commands (the app config's when unset)."""
+    commands = [p.read_text().splitlines() for p in sorted(root.glob("runs/*/command.txt"))]
+    found = [next((line.removeprefix(PRECISION) for line in lines if line.startswith(PRECISION)), None) for lines in commands]
+    if None in found:
+        default = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml")[PRECISION.rstrip("=")]
+        found = [str(default) if f is None else f for f in found]
+    return ", ".join(sorted(set(found))) or "no runs"
+
+
+def read(root: Path) -> tuple[str, dict[tuple[str, str], str]]:
+    """A ledger's column header (folder, photographs, precision of its runs) and its cells by (claim, recipe)."""
+    if not (root / "sensitivity.csv").is_file() or not (root / "claims.csv").is_file():
+        raise RepinvError(f"--compare {root}: no ledger there (sensitivity.csv and claims.csv are missing). Give folders "
+                          "that repinv-claims wrote, e.g. --compare docs/study/cpu docs/study/cpu-astronaut.")
+    with open(root / "claims.csv", newline="") as f:
+        images = next(csv.DictReader(f), {}).get("images", "")
+    with open(root / "sensitivity.csv", newline="") as f:
+        cells = {(r["claim"], r["recipe"]): f"{r['verdict']}: {r['measured'].replace(' ± 0.0', '')}" for r in csv.DictReader(f)}
+    return f"{root.name} ({images}; {precisions(root)})", cells
+
+
+def comparison(roots: list[Path], command: str) -> str:
+    """The markdown page: the command that made it, then the table (a cell is empty where a ledger lacks the row)."""
+    columns = dict(read(root) for root in roots)
+    keys = list(dict.fromkeys(key for cells in columns.values() for key in cells))
+    table = [{"claim": claim, "recipe": recipe, **{name: cells.get((claim, recipe), "") for name, cells in columns.items()}}
+             for claim, recipe in keys]
+    lines = ["# Ledgers side by side", "",
+             "Each cell: the verdict and what was measured (mean ± sd as in each ledger's claims.md; no sd where one value). "
+             "A column names the ledger folder, its photographs and the precision its runs stepped in.", "",
+             f"Made with `{command}`.", "", *md_table(table, ["claim", "recipe", *columns])]
+    return "\n".join(lines) + "\n"
