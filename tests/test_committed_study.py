@@ -53,3 +53,10 @@ def test_the_committed_verdicts_follow_from_the_committed_runs(study, tmp_path):
         assert (row["verdict"], row["measured"], row["recipe-dependent"]) == \
             (committed[claim]["verdict"], committed[claim]["measured"], committed[claim]["recipe-dependent"]), claim
     assert list(csv.DictReader(open(copy / "sensitivity.csv"))) == list(csv.DictReader(open(study / "sensitivity.csv")))
+
+
+def test_the_committed_comparison_is_what_its_command_prints(capsys, monkeypatch):
+    page = (REPO / "docs" / "study" / "compare.md").read_text()
+    monkeypatch.chdir(REPO)
+    assert main(shlex.split(re.search(r"Made with `(.+?)`", page).group(1))[1:]) == 0
+    assert capsys.readouterr().out == page
