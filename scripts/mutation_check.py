@@ -4,8 +4,8 @@
 
 Each entry of MUTATIONS is one deliberate bug: text substitutions in files of the package (paths under
 src/repinv) and the fast tests expected to catch it. For each, the package is copied to a temporary folder,
-the bug applied to the copy, and only its named tests run in a forked child that imports the copy (PYTHONPATH
-points at it for any process a test starts; the installed package stays untouched). First the same tests run
+the bug applied to the copy, and only its named tests run in a pytest process with PYTHONPATH pointing at the
+copy (the installed package stays untouched), several at once. First the same tests run
 on an unchanged copy: they must pass there, or a "caught" bug would mean nothing. A bug is caught when at
 least one of its tests fails. Exit status 0 when every bug is caught.
 
@@ -15,19 +15,15 @@ Add a bug here when a definition of the study gains a test; keep `old` unique in
 from __future__ import annotations
 
 import argparse
-import importlib
-import multiprocessing
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from contextlib import redirect_stdout
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "repinv"
@@ -107,65 +103,38 @@ def copy_package(root: Path, edits=()) -> Path:
     return root / "src"
 
 
-# Imported once before forking, so each check pays only for importing its own copy of the package.
-PRELOAD = ("torch", "torchvision", "timm", "pytorch_lightning", "hydra", "omegaconf")
-
-
-def _pytest(src: Path, tests: tuple[str, ...], report: Path) -> None:
-    """In a forked child: run `tests` against the package under `src`; pytest's report goes to `report` and its exit
-    status is the child's. Modules of the package and of the tests that the parent imported are forgotten first."""
-    for name in [n for n in sys.modules if n.partition(".")[0] in ("repinv", "conftest") or n.startswith("test_")]:
-        del sys.modules[name]
-    os.environ.update(PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
-                      HF_HUB_OFFLINE="1", WANDB_MODE="offline")
-    sys.path.insert(0, str(src))
-    os.chdir(REPO)
-    import repinv
-    with open(report, "w") as out, redirect_stdout(out):
-        if not repinv.__file__.startswith(str(src)):
-            print(f"mutation_check: the tests would import repinv from {repinv.__file__}, not the copy")
-            sys.exit(3)
-        sys.exit(int(pytest.main(["-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests])))
-
-
-def run_tests(checks: dict[str, tuple[Path, tuple[str, ...]]], jobs: int, tmp: Path) -> dict[str, tuple[bool, str]]:
-    """Run each check's tests against its package (name -> (src, tests)), `jobs` forked children at once; name ->
-    (whether all passed, the last lines of pytest's report)."""
-    fork, pending, running, results = multiprocessing.get_context("fork"), list(checks), {}, {}
-    while pending or running:
-        while pending and len(running) < max(1, jobs):
-            name = pending.pop(0)
-            report = tmp / f"report-{len(results) + len(running)}.txt"
-            running[name] = fork.Process(target=_pytest, args=(*checks[name], report)), report
-            running[name][0].start()
-        wait([proc.sentinel for proc, _ in running.values()])
-        for name in [n for n, (proc, _) in running.items() if not proc.is_alive()]:
-            proc, report = running.pop(name)
-            proc.join()
-            results[name] = proc.exitcode == 0, "\n".join(report.read_text().strip().splitlines()[-3:])
-    return results
+def run_tests(src: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
+    """Run `tests` against the package under `src` in a fresh pytest process; whether all passed, and the last lines
+    of pytest's report. (A fresh process, not a fork: a fork of a process that has run torch or W&B can hang.)"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    where = subprocess.run([sys.executable, "-c", "import repinv; print(repinv.__file__)"],
+                           env=env, capture_output=True, text=True)
+    if not where.stdout.startswith(str(src)):
+        found = where.stdout.strip() or where.stderr
+        raise SystemExit(f"mutation_check: the tests would import repinv from {found}, not the copy")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    return proc.returncode == 0, "\n".join(proc.stdout.strip().splitlines()[-3:])
 
 
 def check(mutations: list[Mutation], jobs: int = 1) -> dict[str, bool]:
     """Mutation name -> caught, checking `jobs` mutations at once; raises SystemExit when the named tests fail on the
     unchanged package."""
     tests = tuple(dict.fromkeys(t for m in mutations for t in m.tests))
-    for module in PRELOAD:
-        importlib.import_module(module)
     with tempfile.TemporaryDirectory(prefix="repinv-mutation-") as tmp:
-        root = Path(tmp)
-        passed, report = run_tests({"baseline": (copy_package(root / "baseline"), tests)}, 1, root)["baseline"]
+        passed, report = run_tests(copy_package(Path(tmp) / "baseline"), tests)
         if not passed:
             raise SystemExit(f"mutation_check: the named tests fail on the unchanged package:\n{report}")
         print(f"baseline: {len(tests)} tests pass on the unchanged package", flush=True)
         start = time.perf_counter()
-        results = run_tests({m.name: (copy_package(root / str(k), m.edits), m.tests) for k, m in enumerate(mutations)},
-                            jobs, root)
-        for m in mutations:
-            passed, report = results[m.name]
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            results = list(pool.map(lambda k: run_tests(copy_package(Path(tmp) / str(k), mutations[k].edits),
+                                                        mutations[k].tests), range(len(mutations))))
+        for m, (passed, report) in zip(mutations, results):
             print(f"{'MISSED' if passed else 'caught'}: {m.name} ({report.splitlines()[-1] if report else ''})")
         print(f"mutations checked in {time.perf_counter() - start:.0f} s")
-    return {m.name: not results[m.name][0] for m in mutations}
+    return {m.name: not passed for m, (passed, _) in zip(mutations, results)}
 
 
 def main(argv=None) -> int:
