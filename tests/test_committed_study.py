@@ -27,7 +27,7 @@ def arguments(folder) -> list[str]:
 
 
 def test_the_ledgers_the_readme_cites_are_committed():
-    assert {"cpu", "cpu-astronaut", "cpu-coffee", "gpu-h200"} <= {p.name for p in LEDGERS}
+    assert {"cpu", "cpu-bf16", "cpu-seeds", "cpu-astronaut", "cpu-coffee", "gpu-h200"} <= {p.name for p in LEDGERS}
 
 
 @pytest.mark.parametrize("study", LEDGERS, ids=lambda p: p.name)
