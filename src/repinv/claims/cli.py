@@ -164,6 +164,12 @@ def select(ids: str | None, sources: str) -> list[Claim]:
     return [c for c in CLAIMS if c.id in names and c.source in wanted]
 
 
+def refuse(err: RepinvError) -> int:
+    """Print the one-paragraph error; exit status 2 (bad input)."""
+    print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False), file=sys.stderr)
+    return 2
+
+
 def made_with(argv: list[str]) -> str:
     """The command that makes (and continues) this ledger: the arguments given, less --report-only."""
     return shlex.join(["repinv-claims", *(a for a in argv if a != "--report-only")])
@@ -179,14 +185,12 @@ def main(argv=None) -> int:
         claims = select(args.claims, args.sources or ",".join(budget.sources))
         check(args, budget)
     except RepinvError as err:
-        print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False), file=sys.stderr)
-        return 2
+        return refuse(err)
     if args.compare:
         try:
             print(comparison(args.compare, made_with(argv)), end="")
         except RepinvError as err:
-            print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False), file=sys.stderr)
-            return 2
+            return refuse(err)
         return 0
     if args.list:
         print("\n".join(f"{c.id:<36} {c.source:<12} {'trained' if c.trained else 'untrained':<10} {c.text}" for c in claims))
@@ -199,8 +203,7 @@ def main(argv=None) -> int:
     try:
         check_runs(p.runs.values(), args.overrides)
     except RepinvError as err:
-        print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False), file=sys.stderr)
-        return 2
+        return refuse(err)
     print(f"{len(claims)} claims, {len(p.runs)} runs -> {out}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     execute(p, args.jobs, launch_missing=not args.report_only)

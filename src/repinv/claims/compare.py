@@ -14,18 +14,22 @@ from repinv.claims.ledger import BF16
 from repinv.claims.report import md_table
 from repinv.cli import CONFIG_DIR
 from repinv.errors import RepinvError
+from repinv.study import COMMAND
 
-PRECISION = BF16.partition("=")[0] + "="
+KEY = BF16.partition("=")[0]
+
+
+def _precision(command: Path) -> str | None:
+    """The precision a run's recorded command sets, or None."""
+    return next((line.partition("=")[2] for line in command.read_text().splitlines() if line.startswith(f"{KEY}=")), None)
 
 
 def precisions(root: Path) -> str:
     """The precisions the ledger's runs stepped in, from their recorded commands (the app config's when unset)."""
-    commands = [p.read_text().splitlines() for p in sorted(root.glob("runs/*/command.txt"))]
-    found = [next((line.removeprefix(PRECISION) for line in lines if line.startswith(PRECISION)), None) for lines in commands]
+    found = {_precision(p) for p in root.glob(f"runs/*/{COMMAND}")}
     if None in found:
-        default = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml")[PRECISION.rstrip("=")]
-        found = [str(default) if f is None else f for f in found]
-    return ", ".join(sorted(set(found))) or "no runs"
+        found = found - {None} | {str(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml")[KEY])}
+    return ", ".join(sorted(found)) or "no runs"
 
 
 def read(root: Path) -> tuple[str, dict[tuple[str, str], str]]:
