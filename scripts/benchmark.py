@@ -373,22 +373,31 @@ def grid_ratios(b: Bench, rows, sums, flops, peak: float, bf16: bool, kernels: b
     return ratios
 
 
+def shared_pass(b: Bench, bf16: bool, compile: bool) -> dict:
+    """The study's run: every depth (the patch embedding and each block) of 3 images in one shared pass; per
+    variant its seconds per step, seconds for the study's 1,500 steps and peak memory. With `compile`, also
+    compiled in fp32, the lever against per-kernel launch cost on a GPU."""
+    depths = ["patch_embed", *range(len(b.loaded.net.blocks))]
+    variants = {"32-true": {}, **({"bf16-mixed": {"precision": "bf16-mixed"}} if bf16 else {}),
+                **({"32-true compiled": {"compile": True}} if compile else {})}
+    timed = {}
+    for name, kwargs in variants.items():
+        reset_peak()
+        sec, _ = repinv_step(b.loaded, b.photos[:3], depths, b.steps, **kwargs)
+        timed[name] = {"seconds_per_step": sec, "seconds_for_1500_steps": 1500 * sec, "peak_memory_mib": peak_mib()}
+    return {"depths": len(depths), "images": 3, "variants": timed}
+
+
 def extras(b: Bench, args, bf16: bool, ratios: dict) -> dict:
-    """All layers in one run, the bf16 quality run, compile and ViT-L/16: what the grid does not time."""
+    """All layers in one run, the shared pass, the bf16 quality run, compile and ViT-L/16: what the grid does not time."""
     extra = {}
     all_layers = list(range(len(b.loaded.net.blocks)))
     one_run, _ = repinv_step(b.loaded, b.photos[:1], all_layers, b.steps)
     separate = sum(repinv_step(b.loaded, b.photos[:1], [i], b.steps)[0] for i in all_layers)
     ratios["all_layers_one_run_over_separate_runs"] = one_run / separate
     mid = b.layers[1]
-    if device().type == "cuda":  # the study's 13 depths (patch_embed and every block) of 3 images in one shared pass
-        depths = ["patch_embed", *all_layers]
-        extra["shared_13_depths_3_images"] = {}
-        for precision in ("32-true", *(["bf16-mixed"] if bf16 else [])):
-            reset_peak()
-            sec, _ = repinv_step(b.loaded, b.photos[:3], depths, b.steps, precision=precision)
-            extra["shared_13_depths_3_images"][precision] = {"seconds_per_step": sec, "seconds_for_1500_steps": 1500 * sec,
-                                                             "peak_memory_mib": peak_mib()}
+    if device().type == "cuda" or args.quick:
+        extra["shared_pass"] = shared_pass(b, bf16, args.compile)
     if bf16:  # bf16 against fp32 in one longer run each: final PSNR after the same steps (and that run's speed)
         results = {}
         for precision in ("32-true", "bf16-mixed"):

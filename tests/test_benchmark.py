@@ -39,17 +39,24 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     for key in ("repinv_over_plain_batch1_mid_layer", "all_layers_one_run_over_separate_runs", "bf16_speedup_quality_run"):
         assert math.isfinite(report["ratios"][key]) and report["ratios"][key] > 0, key
     assert abs(report["ratios"]["bf16_psnr_minus_fp32"]) < 1.0, "bf16 steps end within 1 dB of fp32 from the same start"
+    shared = report["shared_pass"]
+    assert (shared["depths"], shared["images"], set(shared["variants"])) == (5, 3, {"32-true", "bf16-mixed"})
+    for v in shared["variants"].values():
+        assert v["seconds_per_step"] > 0 and v["seconds_for_1500_steps"] == pytest.approx(1500 * v["seconds_per_step"])
 
 
 @pytest.mark.slow
 def test_benchmark_without_bf16_says_so_and_keeps_the_fp32_ratios(tmp_path):
+    """--no-bf16 leaves bf16 out everywhere; --compile adds the compiled shared pass and the compile speed-up."""
     out = tmp_path / "bench.json"
-    assert benchmark.main(["--quick", "--no-bf16", "--out", str(out)]) == 0
+    assert benchmark.main(["--quick", "--no-bf16", "--compile", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert {r["variant"] for r in report["rows"]} == {"repinv", "plain", "study"}
     assert "native bfloat16" in report["bf16_skipped"]
     assert not {"bf16_speedup", "study_over_repinv_bf16", "bf16_speedup_quality_run"} & set(report["ratios"])
     assert all(r > 0 for r in report["ratios"]["study_over_repinv"].values())
+    assert set(report["shared_pass"]["variants"]) == {"32-true", "32-true compiled"}
+    assert report["ratios"]["compile_speedup"] > 0
 
 
 def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
