@@ -9,7 +9,12 @@
 #   study      repinv-claims --budget study for the untrained timm claims, several runs sharing the
 #              GPU, with the time left; cut off, it still writes the ledger of the runs that finished
 #              (--report-only) and a later call resumes them
-# Everything goes under one folder: $OUT when set, else GPU_CHECK_OUT, else a temporary folder. The
+# GPU_CHECK_STAGES picks stages (default "tests benchmark study"; e.g. "study" alone gives the whole budget
+# to the ledger once the tests and benchmark are measured). The study continues the committed ledger of
+# this GPU model (docs/study/gpu-<model>, e.g. gpu-h200; GPU_CHECK_LEDGER names another folder,
+# relative to the repository): its
+# finished runs are reused, the rest are made. Everything goes under one folder: $OUT when set, else
+# GPU_CHECK_OUT, else a temporary folder. The
 # stages work in <folder>/work; at the end <folder> holds summary.md (one page), benchmark.json,
 # logs.tar.gz (stage logs, the tests' JUnit XML) and study.tar.gz (the ledger: claims.csv/.md,
 # sensitivity.csv, plots, each run's metrics.json, command.txt and filters.json; the grids would take the archive past what a
@@ -39,7 +44,10 @@ fi
 out=${OUT:-${GPU_CHECK_OUT:-$(mktemp -d -t repinv-gpu-check-XXXX)}}
 work=$out/work
 mkdir -p "$work"
-echo "$gpus x $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $($PY -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)')" >"$work/gpu.txt"
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+echo "$gpus x $gpu_name, $($PY -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)')" >"$work/gpu.txt"
+stages=${GPU_CHECK_STAGES:-tests benchmark study}
+wants() { [[ " $stages " == *" $1 "* ]]; }
 : >"$work/stages.tsv"
 failed=0
 
@@ -59,26 +67,38 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit (SIGTERM, then
     return $rc
 }
 
-stage tests "$(limit 120 290)" $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py --junitxml="$work/tests.xml" || failed=1
-stage benchmark "$(limit 150 120)" $PY scripts/benchmark.py --vit-l --out "$work/benchmark.json" || failed=1
-
-claims=$($PY -m repinv.claims --budget study --sources timm --list 2>/dev/null | awk '$3 == "untrained" {print $1}' | paste -sd, -)
-jobs=${GPU_CHECK_JOBS:-6}
-study_start=$(date +%s)
-stage study "$(limit 100000 40)" env OMP_NUM_THREADS=2 $PY -m repinv.claims --budget study --sources timm --claims "$claims" --jobs "$jobs" \
-    --out "$work/study" logger=csv trainer.accelerator=gpu trainer.devices=1 checkpoint_every=250
-study_rc=$?
-echo $(( $(date +%s) - study_start )) >"$work/study.seconds"
-if [ "$study_rc" -ne 0 ]; then  # cut off (or a run failed): the ledger of what finished
-    stage ledger "$(limit 60 10)" $PY -m repinv.claims --budget study --sources timm --claims "$claims" --report-only \
-        --out "$work/study" logger=csv trainer.accelerator=gpu trainer.devices=1 checkpoint_every=250 || failed=1
+if wants tests; then
+    stage tests "$(limit 120 290)" $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py --junitxml="$work/tests.xml" || failed=1
 fi
-[ "$study_rc" -eq 0 ] || [ "$study_rc" -eq 124 ] || [ "$study_rc" -eq 137 ] || failed=1
+if wants benchmark; then
+    stage benchmark "$(limit 180 90)" $PY scripts/benchmark.py --vit-l --compile --out "$work/benchmark.json" || failed=1
+fi
+
+if wants study; then
+    model=$(echo "$gpu_name" | tr 'A-Z' 'a-z' | grep -oE '\b[a-z][0-9]{2,4}[a-z]?\b' | head -1)
+    ledger=${GPU_CHECK_LEDGER:-docs/study/gpu-${model:-unknown}}
+    if [ -d "$ledger/runs" ]; then  # continue it: its finished runs are reused (what the work folder holds is kept)
+        mkdir -p "$work/study" && cp -R -n "$ledger/runs" "$work/study/"
+        printf '%s\t%s\n' "$ledger" "$(find "$ledger/runs" -mindepth 2 -maxdepth 2 -name command.txt | wc -l)" >"$work/study.from"
+    fi
+    claims=$($PY -m repinv.claims --budget study --sources timm --list 2>/dev/null | awk '$3 == "untrained" {print $1}' | paste -sd, -)
+    jobs=${GPU_CHECK_JOBS:-6}
+    study_start=$(date +%s)
+    stage study "$(limit 100000 40)" env OMP_NUM_THREADS=2 $PY -m repinv.claims --budget study --sources timm --claims "$claims" --jobs "$jobs" \
+        --out "$work/study" logger=csv trainer.accelerator=gpu trainer.devices=1 checkpoint_every=250
+    study_rc=$?
+    echo $(( $(date +%s) - study_start )) >"$work/study.seconds"
+    if [ "$study_rc" -ne 0 ]; then  # cut off (or a run failed): the ledger of what finished
+        stage ledger "$(limit 60 10)" $PY -m repinv.claims --budget study --sources timm --claims "$claims" --report-only \
+            --out "$work/study" logger=csv trainer.accelerator=gpu trainer.devices=1 checkpoint_every=250 || failed=1
+    fi
+    [ "$study_rc" -eq 0 ] || [ "$study_rc" -eq 124 ] || [ "$study_rc" -eq 137 ] || failed=1
+fi
 
 $PY scripts/gpu_summary.py "$work" >/dev/null || failed=1
 cp "$work/summary.md" "$out/summary.md" 2>/dev/null
 [ -f "$work/benchmark.json" ] && cp "$work/benchmark.json" "$out/benchmark.json"
-tar -czf "$out/logs.tar.gz" -C "$work" $(cd "$work" && ls *.log tests.xml stages.tsv gpu.txt study.seconds 2>/dev/null)
+tar -czf "$out/logs.tar.gz" -C "$work" $(cd "$work" && ls *.log tests.xml stages.tsv gpu.txt study.seconds study.from 2>/dev/null)
 if [ -d "$work/study" ]; then
     (cd "$work" && find study -maxdepth 1 -type f; find study/plots -type f 2>/dev/null
      find study/runs -maxdepth 2 \( -name metrics.json -o -name command.txt -o -name filters.json \) 2>/dev/null) >"$work/study.files"

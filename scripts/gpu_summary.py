@@ -2,8 +2,8 @@
 
 It reads `stages.tsv` (stage, exit status, seconds, log), `gpu.txt` (the GPUs and torch), the
 tests' JUnit XML (`tests.xml`), the benchmark's JSON (`benchmark.json`) and the study ledger
-(`study/claims.csv`, its run folders and `study.seconds`); any of them may be missing (a stage
-cut off or failed), and the page says so.
+(`study/claims.csv`, its run folders, `study.seconds`, and `study.from`: the committed ledger it
+continues); any of them may be missing (a stage cut off, failed or not chosen), and the page says so.
 
     python scripts/gpu_summary.py RESULT_FOLDER     # writes RESULT_FOLDER/summary.md and prints it
 """
@@ -70,16 +70,18 @@ def benchmark(folder: Path) -> list[str]:
             _ms(fp["seconds_per_step"]) if fp else "-", f"{100 * fp['fraction_of_matmul_peak']:.1f}" if fp else "-",
             _ms(bf["seconds_per_step"]) if bf else "-", f"{100 * bf['fraction_of_matmul_peak']:.1f}" if bf else "-",
             f"{ratio:.2f}" if ratio else "-", (_ms(study["seconds_per_step"]) if study else "-") + " |"]))
-    shared = report.get("shared_13_depths_3_images") or {}
-    for precision, v in shared.items():
-        lines.append(f"- 13 depths x 3 images, one shared pass, {precision}: {_ms(v['seconds_per_step'])} ms/step, "
-                     f"1,500 steps in {v['seconds_for_1500_steps']:.0f} s, peak {v.get('peak_memory_mib') or 0:.0f} MiB")
+    shared = report.get("shared_pass") or {}
+    for variant, v in shared.get("variants", {}).items():
+        lines.append(f"- {shared['depths']} depths x {shared['images']} images, one shared pass, {variant}: "
+                     f"{_ms(v['seconds_per_step'])} ms/step, 1,500 steps in {v['seconds_for_1500_steps']:.0f} s, "
+                     f"peak {v.get('peak_memory_mib') or 0:.0f} MiB")
     big = report.get("vit_l16_512") or {}
     for precision, v in big.items():
         lines.append(f"- ViT-L/16 at 512x512, last block, batch 1, {precision}: {_ms(v['seconds_per_step'])} ms/step, "
                      f"peak {v.get('peak_memory_mib') or 0:.0f} MiB")
     ratios = report.get("ratios", {})
-    for key in ("all_layers_one_run_over_separate_runs", "bf16_psnr_minus_fp32", "bf16_speedup_quality_run"):
+    for key in ("all_layers_one_run_over_separate_runs", "bf16_psnr_minus_fp32", "bf16_speedup_quality_run",
+                "compile_speedup"):
         if key in ratios:
             lines.append(f"- {key}: {ratios[key]:.3g}")
     return lines
@@ -94,8 +96,11 @@ def study(folder: Path) -> list[str]:
     runs = sorted((ledger / "runs").glob("*/command.txt")) if (ledger / "runs").is_dir() else []
     seconds = (ledger.parent / "study.seconds").read_text().strip() if (ledger.parent / "study.seconds").is_file() else "?"
     verdicts = Counter(r["verdict"] for r in rows)
-    lines = [f"{len(runs)} runs finished in {seconds} s; verdicts: " + ", ".join(f"{v} {k}" for k, v in verdicts.items()) + ".",
-             "", "| claim | verdict | measured |", "|---|---|---|"]
+    lines = [f"{len(runs)} runs finished in {seconds} s; verdicts: " + ", ".join(f"{v} {k}" for k, v in verdicts.items()) + "."]
+    if (ledger.parent / "study.from").is_file():
+        committed, reused = (ledger.parent / "study.from").read_text().strip().split("\t")
+        lines.append(f"It continues {committed}: {reused} of those runs were finished there and reused.")
+    lines += ["", "| claim | verdict | measured |", "|---|---|---|"]
     lines += [f"| {r['claim']} | {r['verdict']} | {r['measured'][:90]} |" for r in rows]
     return lines
 

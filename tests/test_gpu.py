@@ -163,6 +163,39 @@ def test_gpu_check_skips_without_cuda():
     assert "gpu_check: skipped (no CUDA device" in res.stdout
 
 
+def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
+    """On an H200 the study stage starts from docs/study/gpu-h200: its finished runs are reused and packed, and
+    the ledger of them gives the committed verdicts. A stand-in python reports one GPU; --jobs 0 makes the study
+    stage refuse at once, so the ledger stage reads only the committed runs."""
+    import csv
+    import tarfile
+
+    bin_dir, out = tmp_path / "bin", tmp_path / "out"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text("#!/usr/bin/env bash\n"
+                                    'if [ "$1" = -c ] && [[ "$2" == *device_count* ]]; then echo 1; exit 0; fi\n'
+                                    f'exec {sys.executable} "$@"\n')
+    (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\necho 'NVIDIA H200'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"), "OUT": str(out),
+           "GPU_CHECK_STAGES": "study", "GPU_CHECK_JOBS": "0", "GPU_CHECK_BUDGET": "120"}
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    committed = REPO / "docs" / "study" / "gpu-h200"
+    finished = sorted(p.parent.name for p in committed.glob("runs/*/command.txt"))
+    page = (out / "summary.md").read_text()
+    assert f"It continues docs/study/gpu-h200: {len(finished)} of those runs were finished there and reused." in page, res.stdout
+    assert f"{len(finished)} runs finished in" in page and "| study | FAILED (exit 2) |" in page
+    with tarfile.open(out / "study.tar.gz") as tar:
+        names = tar.getnames()
+        rows = csv.DictReader(tar.extractfile("study/claims.csv").read().decode().splitlines())
+        ledger = {r["claim"]: r["verdict"] for r in rows}
+    assert sorted(n.split("/")[2] for n in names if n.endswith("command.txt")) == finished
+    assert len([n for n in names if n.endswith("metrics.json")]) == len(list(committed.glob("runs/*/metrics.json")))
+    assert ledger == {r["claim"]: r["verdict"] for r in csv.DictReader((committed / "claims.csv").open())}
+
+
 def test_the_summary_reads_a_result_folder_and_says_what_is_missing(tmp_path):
     """scripts/gpu_summary.py on a fake result folder: stage outcomes, test counts, the benchmark table, the ledger."""
     sys.path.insert(0, str(REPO / "scripts"))
@@ -178,8 +211,9 @@ def test_the_summary_reads_a_result_folder_and_says_what_is_missing(tmp_path):
     (tmp_path / "benchmark.json").write_text(json.dumps({
         "rows": rows, "matmul_peak_gflops_by_precision": {"fp32": 50000.0, "bf16": 800000.0},
         "ratios": {"repinv_over_kernels": {"L5_b64": 1.333}},
-        "shared_13_depths_3_images": {"32-true": {"seconds_per_step": 0.03, "seconds_for_1500_steps": 45.0,
-                                                  "peak_memory_mib": 2048}},
+        "shared_pass": {"depths": 13, "images": 3, "variants": {
+            "32-true": {"seconds_per_step": 0.03, "seconds_for_1500_steps": 45.0, "peak_memory_mib": 2048},
+            "32-true compiled": {"seconds_per_step": 0.01, "seconds_for_1500_steps": 15.0, "peak_memory_mib": 1024}}},
         "vit_l16_512": {"32-true": {"seconds_per_step": 0.2, "peak_memory_mib": 9000}}}))
     (tmp_path / "study" / "runs" / "vit-seed0-abc").mkdir(parents=True)
     (tmp_path / "study" / "runs" / "vit-seed0-abc" / "command.txt").write_text("model=vit_b_32")
@@ -194,7 +228,9 @@ def test_the_summary_reads_a_result_folder_and_says_what_is_missing(tmp_path):
     assert "1 passed, 1 failed, 1 skipped of 3." in page and "- test_b: **failed**" in page
     assert "fp32 50.0 TFLOP/s, bf16 800.0 TFLOP/s" in page
     assert "| 5 | 64 | 20.0 | 25.0 | 10.0 | 12.5 | 1.33 | 50.0 |" in page
-    assert "1,500 steps in 45 s, peak 2048 MiB" in page and "ViT-L/16 at 512x512" in page and "200.0 ms/step" in page
+    assert "13 depths x 3 images, one shared pass, 32-true: 30.0 ms/step, 1,500 steps in 45 s, peak 2048 MiB" in page
+    assert "one shared pass, 32-true compiled: 10.0 ms/step, 1,500 steps in 15 s" in page
+    assert "ViT-L/16 at 512x512" in page and "200.0 ms/step" in page
     assert ("1 runs finished in 212 s; verdicts: 1 holds, 1 pending." in page
             and "| mixer | pending | runs not made yet: rerun the same command to make them |" in page)
     assert len(page.splitlines()) < 60, "one page"
