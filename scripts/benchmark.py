@@ -46,6 +46,7 @@ from typing import Any
 import pytorch_lightning as pl
 import timm
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -163,7 +164,36 @@ class StepTimer(pl.Callback):
         self.times.append(time.perf_counter() - self._t)
 
 
-def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25, compile=False):
+class OpCounter(pl.Callback):
+    """The aten operators one training step (batch `at`, not a log step) dispatches: `ops` in all and `kernels`
+    leaving out views (which launch nothing). Device-neutral: on a GPU each of `kernels` is at least one launch."""
+
+    def __init__(self, at: int = 1):
+        self.at, self.ops, self.kernels = at, 0, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.at:
+            self._mode = _Counting()
+            self._mode.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.at:
+            self._mode.__exit__(None, None, None)
+            self.ops, self.kernels = self._mode.ops, self._mode.kernels
+
+
+class _Counting(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        self.kernels += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25, compile=False, callbacks=()):
     """Seconds per step of the real module inside a Trainer, logging amortised as in a run.
 
     Runs steps + 2: the first is warm-up (and compiling); the last is a log step (metrics and
@@ -181,7 +211,7 @@ def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25
     timer = StepTimer(steps + 2)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = pl.Trainer(
-            max_steps=steps + 2, logger=pl.loggers.CSVLogger(tmp, name="csv", version=""), callbacks=[timer],
+            max_steps=steps + 2, logger=pl.loggers.CSVLogger(tmp, name="csv", version=""), callbacks=[timer, *callbacks],
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
             precision=precision, accelerator="auto", devices=1, log_every_n_steps=1,
         )
@@ -376,7 +406,8 @@ def grid_ratios(b: Bench, rows, sums, flops, peak: float, bf16: bool, kernels: b
 def shared_pass(b: Bench, bf16: bool, compile: bool) -> dict:
     """The study's run: every depth (the patch embedding and each block) of 3 images in one shared pass; per
     variant its seconds per step, seconds for the study's 1,500 steps and peak memory. With `compile`, also
-    compiled in fp32, the lever against per-kernel launch cost on a GPU."""
+    compiled in fp32, the lever against per-kernel launch cost on a GPU. It also counts the aten operators of
+    one fp32 step: the step's time over that count says whether a GPU step is bound by launches."""
     depths = ["patch_embed", *range(len(b.loaded.net.blocks))]
     variants = {"32-true": {}, **({"bf16-mixed": {"precision": "bf16-mixed"}} if bf16 else {}),
                 **({"32-true compiled": {"compile": True}} if compile else {})}
@@ -385,7 +416,10 @@ def shared_pass(b: Bench, bf16: bool, compile: bool) -> dict:
         reset_peak()
         sec, _ = repinv_step(b.loaded, b.photos[:3], depths, b.steps, **kwargs)
         timed[name] = {"seconds_per_step": sec, "seconds_for_1500_steps": 1500 * sec, "peak_memory_mib": peak_mib()}
-    return {"depths": len(depths), "images": 3, "variants": timed}
+    counter = OpCounter()
+    repinv_step(b.loaded, b.photos[:3], depths, 2, callbacks=[counter])
+    return {"depths": len(depths), "images": 3, "variants": timed, "aten_ops_per_step": counter.ops,
+            "kernel_ops_per_step": counter.kernels}
 
 
 def extras(b: Bench, args, bf16: bool, ratios: dict) -> dict:

@@ -75,6 +75,10 @@ def benchmark(folder: Path) -> list[str]:
         lines.append(f"- {shared['depths']} depths x {shared['images']} images, one shared pass, {variant}: "
                      f"{_ms(v['seconds_per_step'])} ms/step, 1,500 steps in {v['seconds_for_1500_steps']:.0f} s, "
                      f"peak {v.get('peak_memory_mib') or 0:.0f} MiB")
+    if shared.get("kernel_ops_per_step") and "32-true" in shared.get("variants", {}):
+        per_op = 1e6 * shared["variants"]["32-true"]["seconds_per_step"] / shared["kernel_ops_per_step"]
+        lines.append(f"- one step of it dispatches {shared['aten_ops_per_step']} aten operators, "
+                     f"{shared['kernel_ops_per_step']} of them not views: {per_op:.1f} µs each at the fp32 step time")
     big = report.get("vit_l16_512") or {}
     for precision, v in big.items():
         lines.append(f"- ViT-L/16 at 512x512, last block, batch 1, {precision}: {_ms(v['seconds_per_step'])} ms/step, "

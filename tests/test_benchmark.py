@@ -43,6 +43,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     assert (shared["depths"], shared["images"], set(shared["variants"])) == (5, 3, {"32-true", "bf16-mixed"})
     for v in shared["variants"].values():
         assert v["seconds_per_step"] > 0 and v["seconds_for_1500_steps"] == pytest.approx(1500 * v["seconds_per_step"])
+    assert 0 < shared["kernel_ops_per_step"] < shared["aten_ops_per_step"]
 
 
 @pytest.mark.slow
