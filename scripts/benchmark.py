@@ -19,7 +19,8 @@ On a GPU the grid adds batch 64, steps are timed as one window synchronised only
 (torch.cuda.synchronize), and peak memory is torch.cuda.max_memory_allocated.
 bf16 is timed by default where it can pay (GPUs, CPUs with native bf16); `--bf16` forces it.
 The table shows each variant's best round; a ratio between variants is taken within each round
-(they ran side by side) and its median over rounds reported. Prints both; `--out FILE` writes JSON.
+(they ran side by side) and its median over rounds reported. Prints both; `--out FILE` writes JSON,
+rewritten after each part, so a run stopped by a time limit keeps what it measured.
 
     python scripts/benchmark.py                 # full (minutes on 2 CPU cores)
     python scripts/benchmark.py --quick --out logs/bench.json
@@ -422,45 +423,62 @@ def shared_pass(b: Bench, bf16: bool, compile: bool) -> dict:
             "kernel_ops_per_step": counter.kernels}
 
 
-def extras(b: Bench, args, bf16: bool, ratios: dict) -> dict:
-    """All layers in one run, the shared pass, the bf16 quality run, compile and ViT-L/16: what the grid does not time."""
-    extra = {}
-    all_layers = list(range(len(b.loaded.net.blocks)))
-    one_run, _ = repinv_step(b.loaded, b.photos[:1], all_layers, b.steps)
-    separate = sum(repinv_step(b.loaded, b.photos[:1], [i], b.steps)[0] for i in all_layers)
-    ratios["all_layers_one_run_over_separate_runs"] = one_run / separate
-    mid = b.layers[1]
-    if device().type == "cuda" or args.quick:
-        extra["shared_pass"] = shared_pass(b, bf16, args.compile)
-    if bf16:  # bf16 against fp32 in one longer run each: final PSNR after the same steps (and that run's speed)
-        results = {}
-        for precision in ("32-true", "bf16-mixed"):
-            sec, module = repinv_step(b.loaded, b.photos[:1], [mid], 20 if args.quick else 100, precision=precision)
-            results[precision] = (sec, float(psnr(module.images(gathered=False), module.objective.reference)[0]))
-        ratios["bf16_speedup_quality_run"] = results["32-true"][0] / results["bf16-mixed"][0]
-        ratios["bf16_psnr_minus_fp32"] = results["bf16-mixed"][1] - results["32-true"][1]
-    else:
-        extra["bf16_skipped"] = BF16_SKIPPED
+def vit_l(bf16: bool) -> dict:
+    """ViT-L/16 at 512x512, its last block, batch 1: seconds per step and peak memory per precision."""
+    big = create_model("vit_large_patch16_224", input_size=512, kwargs=dict(img_size=512))
+    big.net.to(device())
+    out = {}
+    for precision in ("32-true", *(["bf16-mixed"] if bf16 else [])):
+        reset_peak()
+        sec, _ = repinv_step(big, load_images(["chelsea"], 512), [len(big.net.blocks) - 1],
+                             2 if device().type == "cpu" else 5, precision=precision)
+        out[precision] = {"seconds_per_step": sec, "peak_memory_mib": peak_mib()}
+    return out
+
+
+def extras(b: Bench, args, bf16: bool, report: dict, save) -> None:
+    """What the grid does not time, into `report`, `save()` after each part so a run cut off keeps what it
+    measured: ViT-L/16, compile, all layers in one run against separate runs, the bf16 quality run."""
+    ratios, mid = report["ratios"], b.layers[1]
+    if args.vit_l:
+        report["vit_l16_512"] = vit_l(bf16)
+        save()
     if args.compile:
         eager, _ = repinv_step(b.loaded, b.photos[:1], [mid], b.steps)
         start = time.perf_counter()
         compiled, _ = repinv_step(b.loaded, b.photos[:1], [mid], b.steps, compile=True)
         ratios["compile_speedup"] = eager / compiled
-        extra["compile"] = {"eager_seconds_per_step": eager, "compiled_seconds_per_step": compiled,
-                            "wall_seconds_including_compilation": time.perf_counter() - start}
-    if args.vit_l:
-        big = create_model("vit_large_patch16_224", input_size=512, kwargs=dict(img_size=512))
-        big.net.to(device())
-        extra["vit_l16_512"] = {}
-        for precision in ("32-true", *(["bf16-mixed"] if bf16 else [])):
-            reset_peak()
-            sec, _ = repinv_step(big, load_images(["chelsea"], 512), [len(big.net.blocks) - 1],
-                                 2 if device().type == "cpu" else 5, precision=precision)
-            extra["vit_l16_512"][precision] = {"seconds_per_step": sec, "peak_memory_mib": peak_mib()}
-    return extra
+        report["compile"] = {"eager_seconds_per_step": eager, "compiled_seconds_per_step": compiled,
+                             "wall_seconds_including_compilation": time.perf_counter() - start}
+        save()
+    all_layers = list(range(len(b.loaded.net.blocks)))
+    one_run, _ = repinv_step(b.loaded, b.photos[:1], all_layers, b.steps)
+    separate = sum(repinv_step(b.loaded, b.photos[:1], [i], b.steps)[0] for i in all_layers)
+    ratios["all_layers_one_run_over_separate_runs"] = one_run / separate
+    save()
+    if not bf16:
+        return
+    results = {}  # bf16 against fp32 in one longer run each: final PSNR after the same steps (and that run's speed)
+    for precision in ("32-true", "bf16-mixed"):
+        sec, module = repinv_step(b.loaded, b.photos[:1], [mid], 20 if args.quick else 100, precision=precision)
+        results[precision] = (sec, float(psnr(module.images(gathered=False), module.objective.reference)[0]))
+    ratios["bf16_speedup_quality_run"] = results["32-true"][0] / results["bf16-mixed"][0]
+    ratios["bf16_psnr_minus_fp32"] = results["bf16-mixed"][1] - results["32-true"][1]
+    save()
+
+
+def print_grid(rows) -> None:
+    print(f"{'variant':11} {'layer':>5} {'batch':>5} {'s/step':>8} {'img-steps/s':>11} "
+          f"{'GFLOP/s':>8} {'peak%':>6} {'mem MiB':>8}")
+    for r in rows:
+        print(f"{r['variant']:11} {r['layer']:>5} {r['batch']:>5} {r['seconds_per_step']:8.4f} "
+              f"{r['image_steps_per_second']:11.2f} {r['gflops_per_second']:8.1f} "
+              f"{100 * r['fraction_of_matmul_peak']:5.1f}% {r['peak_memory_mib'] or 0:8.0f}")
 
 
 def main(argv=None) -> int:
+    """Measure in order of what is wanted most (on a GPU the shared pass, then the grid, then the extras),
+    writing `--out` after each part: a run stopped by a time limit keeps what it measured."""
     args = parse(argv)
     b = Bench.create(args)
     rounds = args.rounds or (1 if args.quick or device().type == "cuda" else 3)
@@ -468,6 +486,23 @@ def main(argv=None) -> int:
     if not bf16:
         print(f"precision=bf16 not timed: {BF16_SKIPPED} (--bf16 times it anyway)")
     gpu = device().type == "cuda"
+    report = {
+        "machine": {"device": str(device()), "gpu": torch.cuda.get_device_name() if gpu else None,
+                    "cpu": cpuinfo("model name") or platform.processor() or platform.machine(),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__, "cores": os.cpu_count()},
+        "model": b.name, "quick": args.quick, "steps": b.steps, "rounds": rounds, "rows": [], "ratios": {},
+        **({} if bf16 else {"bf16_skipped": BF16_SKIPPED}),
+    }
+
+    def save() -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2))
+
+    if gpu or args.quick:
+        report["shared_pass"] = shared_pass(b, bf16, args.compile)
+        save()
     variants = ["repinv", *(["repinv_bf16"] if bf16 else []), "plain", "study"]
     if gpu:
         variants += ["kernels", *(["kernels_bf16"] if bf16 else [])]
@@ -475,29 +510,14 @@ def main(argv=None) -> int:
     peaks = {"fp32": matmul_peak(sizes)}
     if bf16:
         peaks["bf16"] = matmul_peak(sizes, dtype=torch.bfloat16) if gpu else peaks["fp32"]
-    peak = peaks["fp32"]
+    report["matmul_peak_gflops"], report["matmul_peak_gflops_by_precision"] = peaks["fp32"], peaks
     rows, sums, flops = time_grid(b, variants, rounds, peaks)
-    ratios = grid_ratios(b, rows, sums, flops, peak, bf16, kernels=gpu)
-    extra = extras(b, args, bf16, ratios)
-    report = {
-        "machine": {"device": str(device()), "gpu": torch.cuda.get_device_name() if gpu else None,
-                    "cpu": cpuinfo("model name") or platform.processor() or platform.machine(),
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__, "cores": os.cpu_count()},
-        "model": b.name, "quick": args.quick, "steps": b.steps, "rounds": rounds, "matmul_peak_gflops": peak,
-        "matmul_peak_gflops_by_precision": peaks,
-        "rows": rows, "ratios": ratios, **extra,
-    }
-    print(f"{'variant':11} {'layer':>5} {'batch':>5} {'s/step':>8} {'img-steps/s':>11} "
-          f"{'GFLOP/s':>8} {'peak%':>6} {'mem MiB':>8}")
-    for r in rows:
-        print(f"{r['variant']:11} {r['layer']:>5} {r['batch']:>5} {r['seconds_per_step']:8.4f} "
-              f"{r['image_steps_per_second']:11.2f} {r['gflops_per_second']:8.1f} "
-              f"{100 * r['fraction_of_matmul_peak']:5.1f}% {r['peak_memory_mib'] or 0:8.0f}")
-    print(json.dumps({"ratios": ratios, **extra}, indent=2))
+    report["rows"], report["ratios"] = rows, grid_ratios(b, rows, sums, flops, peaks["fp32"], bf16, kernels=gpu)
+    save()
+    print_grid(rows)
+    extras(b, args, bf16, report, save)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("machine", "rows")}, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
         print(args.out)
     return 0
 

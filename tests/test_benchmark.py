@@ -60,6 +60,20 @@ def test_benchmark_without_bf16_says_so_and_keeps_the_fp32_ratios(tmp_path):
     assert report["ratios"]["compile_speedup"] > 0
 
 
+def test_a_benchmark_stopped_after_the_shared_pass_keeps_it(tmp_path, monkeypatch):
+    """--out is written after each part: a run killed in the grid (a GPU check's time limit) keeps the shared pass."""
+    def stopped(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark, "time_grid", stopped)
+    out = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main(["--quick", "--no-bf16", "--steps", "2", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["rows"] == [] and report["machine"]["cpu"]
+    assert report["shared_pass"]["variants"]["32-true"]["seconds_per_step"] > 0
+
+
 def test_bf16_run_gives_valid_results(run_repinv, monkeypatch):
     """precision=bf16 steps through a bfloat16 copy of the weights (attention unfused on CPU); the run's own network stays fp32.
 
