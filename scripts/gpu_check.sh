@@ -5,23 +5,24 @@
 #              against fp32, resume bit-identical, divergence then resume, every parametrisation,
 #              prior and objective, two processes equal to one (with two GPUs)
 #   benchmark  scripts/benchmark.py at real size: ViT-B/32 layers 0, 5, 11 x batch 1, 12, 64 in fp32
-#              and bf16, the 13-depth shared pass, ViT-L/16 at 512x512, the GPU's matmul ceiling
+#              and bf16, the 13-depth shared pass (also compiled, and its operators a step),
+#              ViT-L/16 at 512x512, the GPU's matmul ceiling
 #   study      repinv-claims --budget study for the untrained timm claims, several runs sharing the
 #              GPU, with the time left; cut off, it still writes the ledger of the runs that finished
 #              (--report-only) and a later call resumes them
-# GPU_CHECK_STAGES picks stages (default "tests benchmark study"; e.g. "study" alone gives the whole budget
-# to the ledger once the tests and benchmark are measured). The study continues the committed ledger of
-# this GPU model (docs/study/gpu-<model>, e.g. gpu-h200; GPU_CHECK_LEDGER names another folder,
-# relative to the repository): its
-# finished runs are reused, the rest are made. Everything goes under one folder: $OUT when set, else
-# GPU_CHECK_OUT, else a temporary folder. The
+# GPU_CHECK_STAGES picks stages (default "tests benchmark study"; "study" alone gives the whole budget to
+# the ledger once the tests and benchmark are measured). The study continues the committed ledger of this
+# GPU model (docs/study/gpu-<model>, e.g. gpu-h200; GPU_CHECK_LEDGER names another folder, relative to the
+# repository): its finished runs are reused, the rest are made. The benchmark rewrites its JSON after
+# each part, so a stage cut off keeps what it measured.
+# Everything goes under one folder: $OUT when set, else GPU_CHECK_OUT, else a temporary folder. The
 # stages work in <folder>/work; at the end <folder> holds summary.md (one page), benchmark.json,
 # logs.tar.gz (stage logs, the tests' JUnit XML) and study.tar.gz (the ledger: claims.csv/.md,
-# sensitivity.csv, plots, each run's metrics.json, command.txt and filters.json; the grids would take the archive past what a
-# device returns). With $OUT set the work
-# folder is removed after packing (GPU_CHECK_KEEP_WORK=1 keeps it). Exits 1 if a stage failed; without
-# CUDA it says it skipped and exits 0. Runs with $PYTHON (default python3) and PYTHONPATH=src; wheels
-# in .whl/ are installed into a temporary folder when hydra-core or omegaconf is missing.
+# sensitivity.csv, plots, each run's metrics.json, command.txt and filters.json; the grids would take
+# the archive past what a device returns). With $OUT set the work folder is removed after packing
+# (GPU_CHECK_KEEP_WORK=1 keeps it). Exits 1 if a stage failed (the tests or benchmark also when cut
+# off; the study's cut-off is its budget); without CUDA it says it skipped and exits 0. Runs with $PYTHON (default python3) and PYTHONPATH=src; wheels in .whl/ are
+# installed into a temporary folder when hydra-core or omegaconf is missing.
 #
 #     bash scripts/gpu_check.sh
 set -u
