@@ -21,8 +21,9 @@
 # sensitivity.csv, plots, each run's metrics.json, command.txt and filters.json; the grids would take
 # the archive past what a device returns). With $OUT set the work folder is removed after packing
 # (GPU_CHECK_KEEP_WORK=1 keeps it). Exits 1 if a stage failed (the tests or benchmark also when cut
-# off; the study's cut-off is its budget); without CUDA it says it skipped and exits 0. Runs with $PYTHON (default python3) and PYTHONPATH=src; wheels in .whl/ are
-# installed into a temporary folder when hydra-core or omegaconf is missing.
+# off; the study's cut-off is its budget); without CUDA it says it skipped and exits 0. Runs with
+# $PYTHON (default python3) and PYTHONPATH=src; wheels in .whl/ are installed into a temporary folder
+# when hydra-core or omegaconf is missing.
 #
 #     bash scripts/gpu_check.sh
 set -u
