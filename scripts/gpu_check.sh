@@ -33,6 +33,15 @@ budget=${GPU_CHECK_BUDGET:-420}
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 WANDB_MODE=offline WANDB_SILENT=true
 
+stages=${GPU_CHECK_STAGES:-tests benchmark study}
+for s in $stages; do
+    case $s in tests|benchmark|study) ;;
+    *) echo "gpu_check: error: GPU_CHECK_STAGES names '$s', which is not a stage; give some of: tests benchmark study (e.g. GPU_CHECK_STAGES=study)." >&2
+       exit 2 ;;
+    esac
+done
+wants() { [[ " $stages " == *" $1 "* ]]; }
+
 gpus=$($PY -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" 2>/dev/null || echo 0)
 if [ "$gpus" -eq 0 ]; then
     echo "gpu_check: skipped (no CUDA device visible to torch)"
@@ -48,8 +57,6 @@ work=$out/work
 mkdir -p "$work"
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 echo "$gpus x $gpu_name, $($PY -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)')" >"$work/gpu.txt"
-stages=${GPU_CHECK_STAGES:-tests benchmark study}
-wants() { [[ " $stages " == *" $1 "* ]]; }
 : >"$work/stages.tsv"
 failed=0
 

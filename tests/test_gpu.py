@@ -163,6 +163,14 @@ def test_gpu_check_skips_without_cuda():
     assert "gpu_check: skipped (no CUDA device" in res.stdout
 
 
+def test_gpu_check_refuses_a_stage_it_does_not_have():
+    env = {**os.environ, "GPU_CHECK_STAGES": "tests studdy"}
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and "skipped" not in res.stdout
+    assert "GPU_CHECK_STAGES names 'studdy', which is not a stage; give some of: tests benchmark study" in res.stderr
+
+
 def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
     """On an H200 the study stage starts from docs/study/gpu-h200: its finished runs are reused and packed, and
     the ledger of them gives the committed verdicts. A stand-in python reports one GPU; --jobs 0 makes the study
