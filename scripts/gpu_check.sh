@@ -41,6 +41,10 @@ for s in $stages; do
     esac
 done
 wants() { [[ " $stages " == *" $1 "* ]]; }
+if ! [[ $budget =~ ^[0-9]+$ ]] || [ "$budget" -lt 60 ]; then
+    echo "gpu_check: error: GPU_CHECK_BUDGET=$budget is not a number of seconds of at least 60; give e.g. GPU_CHECK_BUDGET=420 (the default)." >&2
+    exit 2
+fi
 
 gpus=$($PY -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" 2>/dev/null || echo 0)
 if [ "$gpus" -eq 0 ]; then

@@ -163,12 +163,16 @@ def test_gpu_check_skips_without_cuda():
     assert "gpu_check: skipped (no CUDA device" in res.stdout
 
 
-def test_gpu_check_refuses_a_stage_it_does_not_have():
-    env = {**os.environ, "GPU_CHECK_STAGES": "tests studdy"}
-    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True,
-                         timeout=60)
+@pytest.mark.parametrize("setting, error", [
+    ({"GPU_CHECK_STAGES": "tests studdy"},
+     "GPU_CHECK_STAGES names 'studdy', which is not a stage; give some of: tests benchmark study"),
+    ({"GPU_CHECK_BUDGET": "7min"}, "GPU_CHECK_BUDGET=7min is not a number of seconds of at least 60"),
+])
+def test_gpu_check_refuses_bad_settings_before_anything_runs(setting, error):
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env={**os.environ, **setting},
+                         capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "skipped" not in res.stdout
-    assert "GPU_CHECK_STAGES names 'studdy', which is not a stage; give some of: tests benchmark study" in res.stderr
+    assert error in res.stderr
 
 
 def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
