@@ -11,7 +11,8 @@ round so machine drift cancels:
             kernel time a step cannot go below; repinv over it is what the rest of the step costs
 It also measures one run inverting many layers at once against separate runs, bf16 against
 fp32 (speed per cell of the grid; PSNR after 100 steps), optionally ViT-L/16 at 512x512 (time
-and peak memory), on a GPU the study's 13 depths of 3 images in one shared pass, and the
+and peak memory), the study's run (every depth of 3 images in one shared pass; on a GPU and with
+--quick; also compiled with --compile; and the aten operators of one of its steps), and the
 ceiling of study/repinv: the study's time over repinv's counted FLOPs at the measured fp32
 matmul peak (what repinv would reach if its step were nothing but matmuls at peak). Each cell's
 FLOP rate is also given as a fraction of a plain large matmul's in its precision, measured now.
