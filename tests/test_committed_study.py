@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO
 from repinv.claims.cli import main
+from repinv.claims.registry import CLAIMS
 
 LEDGERS = sorted(p.parent for p in (REPO / "docs" / "study").glob("*/claims.csv"))
 VERDICTS = {"holds", "fails", "needs trained weights", "GPU budget", "pending", "incomplete runs"}
@@ -37,6 +38,10 @@ def test_every_committed_claim_has_a_verdict_and_a_quote(study):
     assert all(r["study says"].startswith("“") for r in table)
     assert any(r["verdict"] in {"holds", "fails"} for r in table)
     assert all(r["measured"] for r in table), "a row says what it measured, or why nothing and how to run it"
+    trained = {c.id for c in CLAIMS if c.trained}
+    unjudged = [r for r in table if r["claim"] in trained and r["verdict"] not in {"holds", "fails"}]
+    assert all("--pretrained or --checkpoint" in r["measured"] for r in unjudged), \
+        "an unjudged trained claim says how to get weights"
 
 
 @pytest.mark.parametrize("study", LEDGERS, ids=lambda p: p.name)

@@ -20,6 +20,7 @@ from repinv.claims.registry import CLAIMS, Claim
 from repinv.study import Run, quote
 
 NEEDS_WEIGHTS = "needs trained weights"
+WEIGHTS = "--pretrained or --checkpoint [MODEL=]FILE"  # how a ledger gets trained weights
 GPU_BUDGET = "GPU budget"
 DEFAULT_RECIPE = "default (linear lr)"
 RUN_FAILED = "run failed"
@@ -143,9 +144,10 @@ def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_b
     """The claim's verdict (holds, fails, needs trained weights, GPU budget, run failed, pending, incomplete runs),
     what was measured, and the rule."""
     if out_of_budget:
-        return GPU_BUDGET, "not run at this budget: --budget study runs it", ""
+        weights = f" with trained weights ({WEIGHTS})" if claim.trained else ""
+        return GPU_BUDGET, f"not run at this budget: --budget study runs it{weights}", ""
     if conds is None:
-        return NEEDS_WEIGHTS, "not run: trained weights come with --pretrained or --checkpoint [MODEL=]FILE", ""
+        return NEEDS_WEIGHTS, f"not run: trained weights come with {WEIGHTS}", ""
     if any(r.status == study.NOT_MADE for rs in conds.values() for _, r in rs):
         return PENDING, "runs not made yet: rerun the same command to make them", ""
     failed = [r.status for rs in conds.values() for _, r in rs if r.status != "finished"]
