@@ -155,10 +155,15 @@ def test_two_processes_on_two_gpus_equal_one(tmp_path):
         assert b["psnr"] == pytest.approx(a["psnr"], abs=1e-4) and b["output_l2"] == pytest.approx(a["output_l2"], rel=1e-5)
 
 
+def gpu_check(env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """scripts/gpu_check.sh run with `env`, its output captured."""
+    return subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def test_gpu_check_skips_without_cuda():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True,
-                         timeout=120)
+    res = gpu_check(env, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "gpu_check: skipped (no CUDA device" in res.stdout
 
@@ -169,8 +174,7 @@ def test_gpu_check_skips_without_cuda():
     ({"GPU_CHECK_BUDGET": "7min"}, "GPU_CHECK_BUDGET=7min is not a number of seconds of at least 60"),
 ])
 def test_gpu_check_refuses_bad_settings_before_anything_runs(setting, error):
-    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env={**os.environ, **setting},
-                         capture_output=True, text=True, timeout=60)
+    res = gpu_check({**os.environ, **setting}, timeout=60)
     assert res.returncode == 2 and "skipped" not in res.stdout
     assert error in res.stderr
 
@@ -192,8 +196,7 @@ def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
         f.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"), "OUT": str(out),
            "GPU_CHECK_STAGES": "study", "GPU_CHECK_JOBS": "0", "GPU_CHECK_BUDGET": "120"}
-    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = gpu_check(env, timeout=300)
     committed = REPO / "docs" / "study" / "gpu-h200"
     finished = sorted(p.parent.name for p in committed.glob("runs/*/command.txt"))
     page = (out / "summary.md").read_text()
