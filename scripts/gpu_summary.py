@@ -71,12 +71,13 @@ def benchmark(folder: Path) -> list[str]:
             _ms(bf["seconds_per_step"]) if bf else "-", f"{100 * bf['fraction_of_matmul_peak']:.1f}" if bf else "-",
             f"{ratio:.2f}" if ratio else "-", (_ms(study["seconds_per_step"]) if study else "-") + " |"]))
     shared = report.get("shared_pass") or {}
-    for variant, v in shared.get("variants", {}).items():
+    variants = shared.get("variants", {})
+    for variant, v in variants.items():
         lines.append(f"- {shared['depths']} depths x {shared['images']} images, one shared pass, {variant}: "
                      f"{_ms(v['seconds_per_step'])} ms/step, 1,500 steps in {v['seconds_for_1500_steps']:.0f} s, "
                      f"peak {v.get('peak_memory_mib') or 0:.0f} MiB")
-    if shared.get("kernel_ops_per_step") and "32-true" in shared.get("variants", {}):
-        per_op = 1e6 * shared["variants"]["32-true"]["seconds_per_step"] / shared["kernel_ops_per_step"]
+    if shared.get("kernel_ops_per_step") and "32-true" in variants:
+        per_op = 1e6 * variants["32-true"]["seconds_per_step"] / shared["kernel_ops_per_step"]
         lines.append(f"- one step of it dispatches {shared['aten_ops_per_step']} aten operators, "
                      f"{shared['kernel_ops_per_step']} of them not views: {per_op:.1f} µs each at the fp32 step time")
     big = report.get("vit_l16_512") or {}
