@@ -48,7 +48,6 @@ from typing import Any
 import pytorch_lightning as pl
 import timm
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -61,6 +60,7 @@ from repinv.models.packed import cpuinfo, native_bf16
 from repinv.models.taps import resolve_layer
 from repinv.objectives import LayerInversion, distance
 from repinv.priors import GaussianBlur
+from repinv.reporting.cost import StepCost
 
 FIELDS = ["variant", "layer", "batch", "precision", "seconds_per_step", "image_steps_per_second", "gflops_per_step",
           "gflops_per_second", "fraction_of_matmul_peak", "peak_memory_mib"]
@@ -164,35 +164,6 @@ class StepTimer(pl.Callback):
         if batch_idx == self.steps - 1 or device().type != "cuda":
             sync()
         self.times.append(time.perf_counter() - self._t)
-
-
-class OpCounter(pl.Callback):
-    """The aten operators one training step (batch `at`, not a log step) dispatches: `ops` in all and `kernels`
-    leaving out views (which launch nothing). Device-neutral: on a GPU each of `kernels` is at least one launch."""
-
-    def __init__(self, at: int = 1):
-        self.at, self.ops, self.kernels = at, 0, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.at:
-            self._mode = _Counting()
-            self._mode.__enter__()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx == self.at:
-            self._mode.__exit__(None, None, None)
-            self.ops, self.kernels = self._mode.ops, self._mode.kernels
-
-
-class _Counting(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = self.kernels = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        self.kernels += not func.is_view
-        return func(*args, **(kwargs or {}))
 
 
 def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25, compile=False, callbacks=()):
@@ -418,10 +389,10 @@ def shared_pass(b: Bench, bf16: bool, compile: bool) -> dict:
         reset_peak()
         sec, _ = repinv_step(b.loaded, b.photos[:3], depths, b.steps, **kwargs)
         timed[name] = {"seconds_per_step": sec, "seconds_for_1500_steps": 1500 * sec, "peak_memory_mib": peak_mib()}
-    counter = OpCounter()
-    repinv_step(b.loaded, b.photos[:3], depths, 2, callbacks=[counter])
-    return {"depths": len(depths), "images": 3, "variants": timed, "aten_ops_per_step": counter.ops,
-            "kernel_ops_per_step": counter.kernels}
+    cost = StepCost()
+    repinv_step(b.loaded, b.photos[:3], depths, 2, callbacks=[cost])
+    return {"depths": len(depths), "images": 3, "variants": timed, "aten_ops_per_step": cost.ops,
+            "kernel_ops_per_step": cost.kernels, "flops_per_step": cost.flops}
 
 
 def vit_l(bf16: bool) -> dict:

@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import sys
 import textwrap
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -23,6 +25,7 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 
 from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error
 from repinv.claims.compare import comparison
+from repinv.claims.cost import cost_table, plan_cost
 from repinv.claims.ledger import BUDGETS, execute, plan
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import write
@@ -65,6 +68,11 @@ def parser() -> argparse.ArgumentParser:
                    "folders' verdicts side by side (one column each) and exit; runs nothing")
     p.add_argument("--report-only", action="store_true", help="write the ledger from the runs that have finished and launch "
                    "nothing; the claims still waiting for runs are 'pending' (rerun without it to make them)")
+    p.add_argument("--cost", action="store_true", help="count what the plan costs instead of running it: one 3-step run "
+                   "per network counts a step's FLOPs; prints a table and writes cost.md, cost.json (and the "
+                   "counting runs' cost.log) in the ledger folder")
+    p.add_argument("--peak", action="append", default=[], metavar="NAME=TFLOPS", type=peak,
+                   help="with --cost, the least time the plan takes at this many TFLOP/s (repeatable), e.g. 'H200 fp32=67'")
     p.add_argument("overrides", nargs="*", help="extra repinv overrides for every run, e.g. logger=csv")
     return p
 
@@ -72,6 +80,18 @@ def parser() -> argparse.ArgumentParser:
 def learning_rate(text: str) -> float | None:
     """One --lrs value: a number, or `none` (None) for the default recipe only."""
     return None if text.strip().lower() == "none" else float(text)
+
+
+def peak(text: str) -> tuple[str, float]:
+    """One --peak: NAME=TFLOPS with a positive number."""
+    name, _, value = text.rpartition("=")
+    try:
+        tflops = float(value)
+    except ValueError:
+        tflops = math.nan
+    if not name or not (math.isfinite(tflops) and tflops > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=TFLOPS with a positive number of TFLOP/s, e.g. 'H200 fp32=67'")
+    return name, tflops
 
 
 def model_configs() -> list[str]:
@@ -170,6 +190,20 @@ def refuse(err: RepinvError) -> int:
     return 2
 
 
+def report_cost(p, out: Path, peaks: dict[str, float], command: str) -> int:
+    """Count the plan's networks, print the table and write it to `<out>/cost.md`, the counts to `cost.json` (their
+    runs' output: cost.log); exit 2 when a count failed."""
+    try:
+        costs = plan_cost(p.runs.values(), out / "cost.log")
+    except RepinvError as err:
+        return refuse(err)
+    (out / "cost.json").write_text(json.dumps([asdict(c) for c in costs], indent=1) + "\n")
+    text = f"Made with `{command}`.\n\n{cost_table(costs, peaks)}"
+    (out / "cost.md").write_text(text)
+    print(text, end="")
+    return 0
+
+
 def made_with(argv: list[str]) -> str:
     """The command that makes (and continues) this ledger: the arguments given, less --report-only."""
     return shlex.join(["repinv-claims", *(a for a in argv if a != "--report-only")])
@@ -206,6 +240,8 @@ def main(argv=None) -> int:
         return refuse(err)
     print(f"{len(claims)} claims, {len(p.runs)} runs -> {out}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
+    if args.cost:
+        return report_cost(p, out, dict(args.peak), made_with(argv))
     execute(p, args.jobs, launch_missing=not args.report_only)
     csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds, made_with(argv))
     print(md_path)

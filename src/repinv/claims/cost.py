@@ -1,0 +1,96 @@
+"""What a ledger's plan costs before it runs: one counted step per network, times the steps of its runs.
+
+Runs that differ only in seed, learning rate, schedule or input normalisation do the same work a
+step, so each network is counted once, by a 3-step run (its second step: not a log step) with `repinv.reporting.cost.StepCost`.
+FLOPs do not depend on the device; a device's peak turns them into the least time the plan needs.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from repinv import study
+from repinv.claims.ledger import network_name
+from repinv.errors import RepinvError
+from repinv.reporting.cost import COST_FILE
+
+# Overrides (keys, and the keys below them) that leave a step's work as it is: what runs of one network may
+# differ in. Where a run runs (trainer) and what it logs are among them, so a GPU plan is counted on any machine.
+SAME_WORK = ("seed", "steps", "scheduler", "optimizer.lr", "model.mean", "model.std", "trainer", "logger",
+             "checkpoint_every", "log_every", "image_every", "hydra")
+COUNTING = ["steps=3", "logger=none", "callbacks.checkpoints=null",
+            "+callbacks.cost._target_=repinv.reporting.cost.StepCost", "+callbacks.cost.out_dir=${output_dir}"]
+
+
+@dataclass
+class NetworkCost:
+    """One network of the plan: its runs and their steps, and what one step of it costs."""
+
+    network: tuple[str, ...]
+    runs: int
+    steps: int
+    flops_per_step: float
+    kernels_per_step: int
+
+    @property
+    def flops(self) -> float:
+        return self.flops_per_step * self.steps
+
+
+def network(overrides: Iterable[str]) -> tuple[str, ...]:
+    """A run's overrides without those that leave its work per step as it is."""
+    def same_work(key: str) -> bool:
+        return any(key == k or key.startswith(f"{k}.") for k in SAME_WORK)
+
+    return tuple(o for o in overrides if not same_work(o.partition("=")[0].lstrip("+~")))
+
+
+def steps(overrides: Sequence[str]) -> int:
+    return int(study.value(overrides, "steps") or 1500)
+
+
+def count(overrides: Sequence[str], folder: Path, log: Path) -> dict:
+    """One step of the run these overrides describe, counted by a 3-step run in `folder` (its `cost.json`);
+    the run's output goes to `log`."""
+    failure = study.launch([*overrides, *COUNTING, f"hydra.run.dir={study.quote(folder)}"], log, in_process=True)
+    if failure:
+        raise RepinvError(f"Counting the step of {' '.join(overrides)} failed ({failure}). Fix that network's "
+                          "overrides (run them alone with `repinv ... steps=3`), or leave its claim out with --claims.")
+    return json.loads((folder / COST_FILE).read_text())
+
+
+def plan_cost(runs: Iterable[study.Run], log: Path) -> list[NetworkCost]:
+    """Each network of these runs counted once: its runs, their steps in all and one step's FLOPs and kernels.
+    The counting runs' output goes to `log`."""
+    groups: dict[tuple[str, ...], list[study.Run]] = {}
+    for run in runs:
+        groups.setdefault(network(run.overrides), []).append(run)
+    out = []
+    with tempfile.TemporaryDirectory(prefix="repinv-cost-") as tmp:
+        for i, (key, members) in enumerate(groups.items()):
+            counted = count(key, Path(tmp) / str(i), log)
+            out.append(NetworkCost(key, len(members), sum(steps(r.overrides) for r in members),
+                                   counted["flops_per_step"], counted["kernel_ops_per_step"]))
+    return out
+
+
+def cost_table(costs: Sequence[NetworkCost], peaks: dict[str, float]) -> str:
+    """Markdown: per network its runs, steps, GFLOP a step and PFLOP in all; then the total and, per named peak
+    (TFLOP/s), the least time the whole plan takes at it."""
+    lines = ["| network | runs | steps | GFLOP/step | kernels/step | PFLOP |", "| --- | --- | --- | --- | --- | --- |"]
+    names = [c.network for c in costs]
+    for c in sorted(costs, key=lambda c: -c.flops):
+        cells = [network_name(c.network, names), c.runs, c.steps, f"{c.flops_per_step / 1e9:.3g}", c.kernels_per_step,
+                 f"{c.flops / 1e15:.3g}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    total = sum(c.flops for c in costs)
+    lines += ["", f"In all: {sum(c.runs for c in costs)} runs, {total / 1e15:.3g} PFLOP (matmuls, convolutions and "
+              "attention, forward and input gradient, counted by torch's FlopCounterMode on one step of each network "
+              "that is not a log step)."]
+    lines += [f"- at {name} ({tflops:g} TFLOP/s): at least {total / tflops / 1e12 / 60:.3g} min"
+              for name, tflops in peaks.items()]
+    return "\n".join(lines) + "\n"
