@@ -65,3 +65,21 @@ def test_the_committed_comparison_is_what_its_command_prints(capsys, monkeypatch
     monkeypatch.chdir(REPO)
     assert main(shlex.split(re.search(r"Made with `(.+?)`", page).group(1))[1:]) == 0
     assert capsys.readouterr().out == page
+
+
+def test_the_committed_cost_is_what_its_counts_give_and_what_the_readme_quotes():
+    """docs/study/gpu-h200/cost.md renders its cost.json, and the README's totals are that file's."""
+    import json
+
+    from repinv.claims.cost import NetworkCost, cost_table
+
+    folder = REPO / "docs" / "study" / "gpu-h200"
+    costs = [NetworkCost(**{**c, "network": tuple(c["network"])}) for c in json.loads((folder / "cost.json").read_text())]
+    made_with, _, table = (folder / "cost.md").read_text().partition("\n\n")
+    peaks = dict((name, float(tflops)) for name, tflops in re.findall(r"--peak '([^=']+)=([0-9.]+)'", made_with))
+    assert table == cost_table(costs, peaks)
+    assert sum(c.runs for c in costs) == 129 and f"Made with `repinv-claims {shlex.join(arguments(folder))}" in made_with
+    total = sum(c.flops for c in costs) / 1e15
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"it counts {total:.1f} PFLOP" in readme
+    assert f"(67 TFLOP/s) at least {total * 1e3 / 67 / 60:.1f} minutes" in readme
