@@ -13,8 +13,11 @@
 # GPU_CHECK_STAGES picks stages (default "tests benchmark study"; "study" alone gives the whole budget to
 # the ledger once the tests and benchmark are measured). The study continues the committed ledger of this
 # GPU model (docs/study/gpu-<model>, e.g. gpu-h200; GPU_CHECK_LEDGER names another folder, relative to the
-# repository): its finished runs are reused, the rest are made. The benchmark rewrites its JSON after
-# each part, so a stage cut off keeps what it measured.
+# repository): its finished runs are reused, the rest are made. GPU_CHECK_STUDY_ARGS adds repinv overrides to
+# every study run (e.g. "precision=bf16"); the default ledger is then docs/study/gpu-<model>-<them>, so runs of
+# another precision never join the fp32 ledger. The ledger folder's cost.json (repinv-claims --cost: the plan's
+# FLOPs) is copied too, and the summary turns it into the least time the plan takes at this GPU's matmul ceiling.
+# The benchmark rewrites its JSON after each part, so a stage cut off keeps what it measured.
 # Everything goes under one folder: $OUT when set, else GPU_CHECK_OUT, else a temporary folder. The
 # stages work in <folder>/work; at the end <folder> holds summary.md (one page), benchmark.json,
 # logs.tar.gz (stage logs, the tests' JUnit XML) and study.tar.gz (the ledger: claims.csv/.md,
@@ -89,21 +92,26 @@ fi
 
 if wants study; then
     model=$(echo "$gpu_name" | tr 'A-Z' 'a-z' | grep -oE '\b[a-z][0-9]{2,4}[a-z]?\b' | head -1)
-    ledger=${GPU_CHECK_LEDGER:-docs/study/gpu-${model:-unknown}}
+    read -r -a study_args <<<"${GPU_CHECK_STUDY_ARGS:-}"
+    suffix=$(printf '%s' "${study_args[*]:-}" | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9.' '-' | sed 's/^-*//; s/-*$//')
+    ledger=${GPU_CHECK_LEDGER:-docs/study/gpu-${model:-unknown}${suffix:+-$suffix}}
+    mkdir -p "$work/study"
+    [ -f "$ledger/cost.json" ] && cp "$ledger/cost.json" "$work/study/"
     if [ -d "$ledger/runs" ]; then  # continue it: its finished runs are reused (what the work folder holds is kept)
-        mkdir -p "$work/study" && cp -R -n "$ledger/runs" "$work/study/"
+        cp -R -n "$ledger/runs" "$work/study/"
         printf '%s\t%s\n' "$ledger" "$(find "$ledger/runs" -mindepth 2 -maxdepth 2 -name command.txt | wc -l)" >"$work/study.from"
     fi
     claims=$($PY -m repinv.claims --budget study --sources timm --list 2>/dev/null | awk '$3 == "untrained" {print $1}' | paste -sd, -)
     jobs=${GPU_CHECK_JOBS:-6}
     study_start=$(date +%s)
     stage study "$(limit 100000 40)" env OMP_NUM_THREADS=2 $PY -m repinv.claims --budget study --sources timm --claims "$claims" --jobs "$jobs" \
-        --out "$work/study" logger=csv trainer.accelerator=gpu trainer.devices=1 checkpoint_every=250
+        --out "$work/study" logger=csv trainer.accelerator=gpu trainer.devices=1 checkpoint_every=250 ${study_args[@]+"${study_args[@]}"}
     study_rc=$?
     echo $(( $(date +%s) - study_start )) >"$work/study.seconds"
     if [ "$study_rc" -ne 0 ]; then  # cut off (or a run failed): the ledger of what finished
         stage ledger "$(limit 60 10)" $PY -m repinv.claims --budget study --sources timm --claims "$claims" --report-only \
-            --out "$work/study" logger=csv trainer.accelerator=gpu trainer.devices=1 checkpoint_every=250 || failed=1
+            --out "$work/study" logger=csv trainer.accelerator=gpu trainer.devices=1 checkpoint_every=250 ${study_args[@]+"${study_args[@]}"} \
+            || failed=1
     fi
     [ "$study_rc" -eq 0 ] || [ "$study_rc" -eq 124 ] || [ "$study_rc" -eq 137 ] || failed=1
 fi

@@ -2,8 +2,9 @@
 
 It reads `stages.tsv` (stage, exit status, seconds, log), `gpu.txt` (the GPUs and torch), the
 tests' JUnit XML (`tests.xml`), the benchmark's JSON (`benchmark.json`) and the study ledger
-(`study/claims.csv`, its run folders, `study.seconds`, and `study.from`: the committed ledger it
-continues); any of them may be missing (a stage cut off, failed or not chosen), and the page says so.
+(`study/claims.csv`, its run folders, `study.seconds`, `study.from`: the committed ledger it
+continues, and `study/cost.json`: the plan's FLOPs, divided by the measured matmul ceiling); any
+of them may be missing (a stage cut off, failed or not chosen), and the page says so.
 
     python scripts/gpu_summary.py RESULT_FOLDER     # writes RESULT_FOLDER/summary.md and prints it
 """
@@ -92,6 +93,20 @@ def benchmark(folder: Path) -> list[str]:
     return lines
 
 
+def least_time(cost: Path, bench: Path) -> list[str]:
+    """The plan's FLOPs (`repinv-claims --cost`) over this GPU's measured matmul ceiling per precision: the least
+    time the whole plan takes."""
+    if not cost.is_file():
+        return []
+    flops = sum(c["flops_per_step"] * c["steps"] for c in json.loads(cost.read_text()))
+    line = f"The plan counts {flops / 1e15:.3g} PFLOP (cost.json, `repinv-claims --cost`)"
+    peaks = json.loads(bench.read_text()).get("matmul_peak_gflops_by_precision") if bench.is_file() else None
+    if not peaks:
+        return [line + "; no measured matmul ceiling to divide it by (the benchmark stage did not run)."]
+    return [line + "; at this GPU's measured matmul ceiling it takes at least " +
+            ", ".join(f"{flops / (g * 1e9) / 60:.1f} min in {k}" for k, g in peaks.items() if g) + "."]
+
+
 def study(folder: Path) -> list[str]:
     ledger = folder / "study"
     path = ledger / "claims.csv"
@@ -105,6 +120,7 @@ def study(folder: Path) -> list[str]:
     if (ledger.parent / "study.from").is_file():
         committed, reused = (ledger.parent / "study.from").read_text().strip().split("\t")
         lines.append(f"It continues {committed}: {reused} of those runs were finished there and reused.")
+    lines += least_time(ledger / "cost.json", folder / "benchmark.json")
     lines += ["", "| claim | verdict | measured |", "|---|---|---|"]
     lines += [f"| {r['claim']} | {r['verdict']} | {r['measured'][:90]} |" for r in rows]
     return lines

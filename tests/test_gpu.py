@@ -179,14 +179,11 @@ def test_gpu_check_refuses_bad_settings_before_anything_runs(setting, error):
     assert error in res.stderr
 
 
-def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
-    """On an H200 the study stage starts from docs/study/gpu-h200: its finished runs are reused and packed, and
-    the ledger of them gives the committed verdicts. A stand-in python reports one GPU; --jobs 0 makes the study
-    stage refuse at once, so the ledger stage reads only the committed runs."""
-    import csv
-    import tarfile
-
-    bin_dir, out = tmp_path / "bin", tmp_path / "out"
+def stand_in_h200(tmp_path) -> dict:
+    """gpu_check's environment on a CPU posing as one H200: a stand-in python reports one GPU and a stand-in
+    nvidia-smi its name; only the study stage runs, with --jobs 0, which repinv-claims refuses at once, so the
+    ledger stage reads only the runs the study folder was given. Results go to tmp_path/out."""
+    bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text("#!/usr/bin/env bash\n"
                                     'if [ "$1" = -c ] && [[ "$2" == *device_count* ]]; then echo 1; exit 0; fi\n'
@@ -194,9 +191,19 @@ def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
     (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\necho 'NVIDIA H200'\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"), "OUT": str(out),
-           "GPU_CHECK_STAGES": "study", "GPU_CHECK_JOBS": "0", "GPU_CHECK_BUDGET": "120"}
-    res = gpu_check(env, timeout=300)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"),
+            "OUT": str(tmp_path / "out"), "GPU_CHECK_STAGES": "study", "GPU_CHECK_JOBS": "0", "GPU_CHECK_BUDGET": "120"}
+
+
+def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
+    """On an H200 the study stage starts from docs/study/gpu-h200: its finished runs are reused and packed, and
+    the ledger of them gives the committed verdicts. A stand-in python reports one GPU; --jobs 0 makes the study
+    stage refuse at once, so the ledger stage reads only the committed runs."""
+    import csv
+    import tarfile
+
+    out = tmp_path / "out"
+    res = gpu_check(stand_in_h200(tmp_path), timeout=300)
     committed = REPO / "docs" / "study" / "gpu-h200"
     finished = sorted(p.parent.name for p in committed.glob("runs/*/command.txt"))
     page = (out / "summary.md").read_text()
@@ -209,6 +216,19 @@ def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
     assert sorted(n.split("/")[2] for n in names if n.endswith("command.txt")) == finished
     assert len([n for n in names if n.endswith("metrics.json")]) == len(list(committed.glob("runs/*/metrics.json")))
     assert ledger == {r["claim"]: r["verdict"] for r in csv.DictReader((committed / "claims.csv").open())}
+    assert "study/cost.json" in names and "The plan counts 62.9 PFLOP (cost.json" in page, "the plan's committed cost"
+
+
+def test_gpu_check_study_args_start_a_ledger_of_their_own(tmp_path):
+    """Overrides for the study runs (another precision) never join the committed fp32 ledger: their own folder."""
+    import tarfile
+
+    res = gpu_check({**stand_in_h200(tmp_path), "GPU_CHECK_STUDY_ARGS": "precision=bf16"}, timeout=300)
+    page = (tmp_path / "out" / "summary.md").read_text()
+    assert "It continues" not in page and "0 runs finished in" in page, res.stdout
+    with tarfile.open(tmp_path / "out" / "study.tar.gz") as tar:
+        made_with = tar.extractfile("study/claims.md").read().decode()
+    assert "trainer.devices=1 checkpoint_every=250 precision=bf16` (the same command continues it" in made_with
 
 
 def test_the_summary_reads_a_result_folder_and_says_what_is_missing(tmp_path):
@@ -236,6 +256,8 @@ def test_the_summary_reads_a_result_folder_and_says_what_is_missing(tmp_path):
     (tmp_path / "study" / "claims.csv").write_text("claim,verdict,measured\nvit-keeps,holds,30.1 dB\n"
                                                    "mixer,pending,runs not made yet: rerun the same command to make them\n")
     (tmp_path / "study.seconds").write_text("212\n")
+    (tmp_path / "study" / "cost.json").write_text(json.dumps([{"flops_per_step": 3e11, "steps": 45000},
+                                                              {"flops_per_step": 1e12, "steps": 4500}]))
     assert gpu_summary.main([str(tmp_path)]) == 0
     page = (tmp_path / "summary.md").read_text()
     assert page.startswith("# gpu_check: 1 x NVIDIA H200")
@@ -250,9 +272,12 @@ def test_the_summary_reads_a_result_folder_and_says_what_is_missing(tmp_path):
     assert "ViT-L/16 at 512x512" in page and "200.0 ms/step" in page
     assert ("1 runs finished in 212 s; verdicts: 1 holds, 1 pending." in page
             and "| mixer | pending | runs not made yet: rerun the same command to make them |" in page)
+    assert ("The plan counts 18 PFLOP (cost.json, `repinv-claims --cost`); at this GPU's measured matmul ceiling "
+            "it takes at least 6.0 min in fp32, 0.4 min in bf16.") in page, "1.8e16 FLOP at 5e13 and 8e14 FLOP/s"
     assert len(page.splitlines()) < 60, "one page"
 
     for name in ("benchmark.json", "tests.xml"):
         (tmp_path / name).unlink()
     page = gpu_summary.summary(tmp_path)
+    assert "18 PFLOP (cost.json, `repinv-claims --cost`); no measured matmul ceiling" in page
     assert "No benchmark results (benchmark.json missing)." in page and "No test results (tests.xml missing)." in page
