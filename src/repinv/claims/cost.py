@@ -1,8 +1,9 @@
 """What a ledger's plan costs before it runs: one counted step per network, times the steps of its runs.
 
 Runs that differ only in seed, learning rate, schedule or input normalisation do the same work a
-step, so each network is counted once, by a 3-step run (its second step: not a log step) with `repinv.reporting.cost.StepCost`.
-FLOPs do not depend on the device; a device's peak turns them into the least time the plan needs.
+step, so each network is counted once: the second step (not a log step) of a 3-step run with
+`repinv.reporting.cost.StepCost`. FLOPs do not depend on the device; a device's peak turns them
+into the least time the plan needs.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def network(overrides: Iterable[str]) -> tuple[str, ...]:
 
 
 def steps(overrides: Sequence[str]) -> int:
-    return int(study.value(overrides, "steps") or 1500)
+    """The steps a ledger's run makes (its plan always names them)."""
+    return int(study.value(overrides, "steps"))
 
 
 def count(overrides: Sequence[str], folder: Path, log: Path) -> dict:
