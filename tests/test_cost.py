@@ -70,3 +70,16 @@ def test_a_network_that_cannot_be_counted_is_one_paragraph_and_keeps_its_log(tmp
     assert code == 2 and "repinv-claims: error: Counting the step of" in err and "Traceback" not in err, err
     assert "no_such_layer" in (tmp_path / "cost.log").read_text(), "the log the error names is kept"
     assert not (tmp_path / "cost.json").exists()
+
+
+def test_cost_says_what_the_runs_not_finished_yet_need(tmp_path, capsys):
+    args = ["--budget", "quick", "--claims", "vit-entry-untrained", "--sources", "timm", "--steps", "3", "--out", str(tmp_path)]
+    assert main([*args, "--seeds", "1", "logger=none"]) == 0, "seed 0's run is made"
+    capsys.readouterr()
+    assert main([*args, "--seeds", "2", "--cost", "--peak", "slow=1e-9", "logger=none"]) == 0
+    out = capsys.readouterr().out
+    [cost] = json.loads((tmp_path / "cost.json").read_text())
+    assert (cost["runs"], cost["steps"], cost["steps_left"]) == (2, 6, 3), "seed 1's run is left"
+    left = cost["flops_per_step"] * 3
+    assert f"The runs not finished in the ledger folder yet: {left / 1e15:.3g} PFLOP." in out
+    assert f", {left / 1e3 / 60:.3g} min for the runs not finished" in out

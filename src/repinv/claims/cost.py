@@ -36,10 +36,15 @@ class NetworkCost:
     steps: int
     flops_per_step: float
     kernels_per_step: int
+    steps_left: int = 0  # the steps of its runs not finished in the ledger folder yet
 
     @property
     def flops(self) -> float:
         return self.flops_per_step * self.steps
+
+    @property
+    def flops_left(self) -> float:
+        return self.flops_per_step * self.steps_left
 
 
 def network(overrides: Iterable[str]) -> tuple[str, ...]:
@@ -76,7 +81,8 @@ def plan_cost(runs: Iterable[study.Run], log: Path) -> list[NetworkCost]:
         for i, (key, members) in enumerate(groups.items()):
             counted = count(key, Path(tmp) / str(i), log)
             out.append(NetworkCost(key, len(members), sum(steps(r.overrides) for r in members),
-                                   counted["flops_per_step"], counted["kernel_ops_per_step"]))
+                                   counted["flops_per_step"], counted["kernel_ops_per_step"],
+                                   sum(steps(r.overrides) for r in members if not r.finished)))
     return out
 
 
@@ -93,6 +99,10 @@ def cost_table(costs: Sequence[NetworkCost], peaks: dict[str, float]) -> str:
     lines += ["", f"In all: {sum(c.runs for c in costs)} runs, {total / 1e15:.3g} PFLOP (matmuls, convolutions and "
               "attention, forward and input gradient, counted by torch's FlopCounterMode on one step of each network "
               "that is not a log step)."]
+    left = sum(c.flops_left for c in costs)
+    if left < total:
+        lines.append(f"The runs not finished in the ledger folder yet: {left / 1e15:.3g} PFLOP.")
     lines += [f"- at {name} ({tflops:g} TFLOP/s): at least {total / tflops / 1e12 / 60:.3g} min"
+              + (f", {left / tflops / 1e12 / 60:.3g} min for the runs not finished" if left < total else "")
               for name, tflops in peaks.items()]
     return "\n".join(lines) + "\n"
