@@ -395,6 +395,18 @@ def shared_pass(b: Bench, bf16: bool, compile: bool) -> dict:
             "kernel_ops_per_step": cost.kernels, "flops_per_step": cost.flops}
 
 
+def host_step(steps: int = 100) -> dict:
+    """What a step costs beyond its network's arithmetic: repinv's step (Lightning, the step loop, blur, jitter,
+    logging every 25 steps) on a near-empty ViT (one block of width 8 at 32x32, two depths). On a GPU its time is
+    the host's floor per step, which a network's step approaches when it is bound by launches and Python."""
+    tiny = create_model("vit_tiny_patch16_224", input_size=32,
+                        kwargs=dict(img_size=32, patch_size=16, depth=1, embed_dim=8, num_heads=1))
+    tiny.net.to(device())
+    cost = StepCost()
+    sec, _ = repinv_step(tiny, load_images(["chelsea"], 32), ["patch_embed", 0], steps, callbacks=[cost])
+    return {"seconds_per_step": sec, "kernel_ops_per_step": cost.kernels}
+
+
 def vit_l(bf16: bool) -> dict:
     """ViT-L/16 at 512x512, its last block, batch 1: seconds per step and peak memory per precision."""
     big = create_model("vit_large_patch16_224", input_size=512, kwargs=dict(img_size=512))
@@ -472,6 +484,8 @@ def main(argv=None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2))
 
+    report["host_step"] = host_step()
+    save()
     if gpu or args.quick:
         report["shared_pass"] = shared_pass(b, bf16, args.compile)
         save()

@@ -77,6 +77,10 @@ def benchmark(folder: Path) -> list[str]:
         lines.append(f"- {shared['depths']} depths x {shared['images']} images, one shared pass, {variant}: "
                      f"{_ms(v['seconds_per_step'])} ms/step, 1,500 steps in {v['seconds_for_1500_steps']:.0f} s, "
                      f"peak {v.get('peak_memory_mib') or 0:.0f} MiB")
+    host = report.get("host_step")
+    if host:
+        lines.append(f"- a near-empty network's step (repinv's own cost a step, {host['kernel_ops_per_step']} kernels): "
+                     f"{_ms(host['seconds_per_step'])} ms")
     if shared.get("kernel_ops_per_step") and "32-true" in variants:
         per_op = 1e6 * variants["32-true"]["seconds_per_step"] / shared["kernel_ops_per_step"]
         lines.append(f"- one step of it dispatches {shared['aten_ops_per_step']} aten operators, "

@@ -44,6 +44,9 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     for v in shared["variants"].values():
         assert v["seconds_per_step"] > 0 and v["seconds_for_1500_steps"] == pytest.approx(1500 * v["seconds_per_step"])
     assert 0 < shared["kernel_ops_per_step"] < shared["aten_ops_per_step"]
+    host = report["host_step"]
+    assert 0 < host["seconds_per_step"] < shared["variants"]["32-true"]["seconds_per_step"], "less work than a real step"
+    assert 0 < host["kernel_ops_per_step"] < shared["kernel_ops_per_step"]
 
 
 @pytest.mark.slow

@@ -250,6 +250,7 @@ def test_the_summary_reads_a_result_folder_and_says_what_is_missing(tmp_path):
             "32-true": {"seconds_per_step": 0.03, "seconds_for_1500_steps": 45.0, "peak_memory_mib": 2048},
             "32-true compiled": {"seconds_per_step": 0.01, "seconds_for_1500_steps": 15.0, "peak_memory_mib": 1024}},
             "aten_ops_per_step": 800, "kernel_ops_per_step": 600},
+        "host_step": {"seconds_per_step": 0.004, "kernel_ops_per_step": 70},
         "vit_l16_512": {"32-true": {"seconds_per_step": 0.2, "peak_memory_mib": 9000}}}))
     (tmp_path / "study" / "runs" / "vit-seed0-abc").mkdir(parents=True)
     (tmp_path / "study" / "runs" / "vit-seed0-abc" / "command.txt").write_text("model=vit_b_32")
@@ -269,6 +270,7 @@ def test_the_summary_reads_a_result_folder_and_says_what_is_missing(tmp_path):
     assert "13 depths x 3 images, one shared pass, 32-true: 30.0 ms/step, 1,500 steps in 45 s, peak 2048 MiB" in page
     assert "one shared pass, 32-true compiled: 10.0 ms/step, 1,500 steps in 15 s" in page
     assert "one step of it dispatches 800 aten operators, 600 of them not views: 50.0 µs each" in page
+    assert "a near-empty network's step (repinv's own cost a step, 70 kernels): 4.0 ms" in page
     assert "ViT-L/16 at 512x512" in page and "200.0 ms/step" in page
     assert ("1 runs finished in 212 s; verdicts: 1 holds, 1 pending." in page
             and "| mixer | pending | runs not made yet: rerun the same command to make them |" in page)
