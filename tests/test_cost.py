@@ -68,7 +68,8 @@ def test_a_network_that_cannot_be_counted_is_one_paragraph_and_keeps_its_log(tmp
                  "--out", str(tmp_path), "layers=[no_such_layer]"])
     err = capsys.readouterr().err
     assert code == 2 and "repinv-claims: error: Counting the step of" in err and "Traceback" not in err, err
-    assert "no_such_layer" in (tmp_path / "cost.log").read_text(), "the log the error names is kept"
+    [log] = (tmp_path / "cost" / "runs").glob("*.log")
+    assert str(log) in " ".join(err.split()) and "no_such_layer" in log.read_text(), "the error names the kept log"
     assert not (tmp_path / "cost.json").exists()
 
 

@@ -69,8 +69,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="write the ledger from the runs that have finished and launch "
                    "nothing; the claims still waiting for runs are 'pending' (rerun without it to make them)")
     p.add_argument("--cost", action="store_true", help="count what the plan costs instead of running it: one 3-step run "
-                   "per network counts a step's FLOPs; prints a table and writes cost.md, cost.json (and the "
-                   "counting runs' cost.log) in the ledger folder")
+                   "per network counts a step's FLOPs; prints a table and writes cost.md and cost.json "
+                   "in the ledger folder (the counting runs in its cost/)")
     p.add_argument("--peak", action="append", default=[], metavar="NAME=TFLOPS", type=peak,
                    help="with --cost, the least time the plan takes at this many TFLOP/s (repeatable), e.g. 'H200 fp32=67'")
     p.add_argument("overrides", nargs="*", help="extra repinv overrides for every run, e.g. logger=csv")
@@ -186,15 +186,15 @@ def select(ids: str | None, sources: str) -> list[Claim]:
 
 def refuse(err: RepinvError) -> int:
     """Print the one-paragraph error; exit status 2 (bad input)."""
-    print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False), file=sys.stderr)
+    print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False, break_long_words=False), file=sys.stderr)
     return 2
 
 
 def report_cost(p, out: Path, peaks: dict[str, float], command: str) -> int:
-    """Count the plan's networks, print the table and write it to `<out>/cost.md`, the counts to `cost.json` (their
-    runs' output: cost.log); exit 2 when a count failed."""
+    """Count the plan's networks (their counting runs in `<out>/cost/`), print the table and write it to
+    `<out>/cost.md`, the counts to `cost.json`; exit 2 when a count failed."""
     try:
-        costs = plan_cost(p.runs.values(), out / "cost.log")
+        costs = plan_cost(p.runs.values(), out / "cost")
     except RepinvError as err:
         return refuse(err)
     (out / "cost.json").write_text(json.dumps([asdict(c) for c in costs], indent=1) + "\n")

@@ -2,14 +2,14 @@
 
 Runs that differ only in seed, learning rate, schedule or input normalisation do the same work a
 step, so each network is counted once: the second step (not a log step) of a 3-step run with
-`repinv.reporting.cost.StepCost`. FLOPs do not depend on the device; a device's peak turns them
-into the least time the plan needs.
+`repinv.reporting.cost.StepCost`, made by the study runner in the ledger's `cost/` folder (and
+reused from there). FLOPs do not depend on the device; a device's peak turns them into the least
+time the plan needs.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,29 +60,28 @@ def steps(overrides: Sequence[str]) -> int:
     return int(study.value(overrides, "steps"))
 
 
-def count(overrides: Sequence[str], folder: Path, log: Path) -> dict:
-    """One step of the run these overrides describe, counted by a 3-step run in `folder` (its `cost.json`);
-    the run's output goes to `log`."""
-    failure = study.launch([*overrides, *COUNTING, f"hydra.run.dir={study.quote(folder)}"], log, in_process=True)
-    if failure:
-        raise RepinvError(f"Counting the step of {' '.join(overrides)} failed ({failure}). Fix that network's "
+def count(overrides: Sequence[str], root: Path) -> dict:
+    """One step of the run these overrides describe, counted by a 3-step run of the study runner under `root`
+    (a finished count is reused)."""
+    run = study.make(study.run_for(root, [*overrides, *COUNTING]))
+    if run.status != "finished":
+        raise RepinvError(f"Counting the step of {' '.join(overrides)} failed ({run.status}). Fix that network's "
                           "overrides (run them alone with `repinv ... steps=3`), or leave its claim out with --claims.")
-    return json.loads((folder / COST_FILE).read_text())
+    return json.loads((run.folder / COST_FILE).read_text())
 
 
-def plan_cost(runs: Iterable[study.Run], log: Path) -> list[NetworkCost]:
-    """Each network of these runs counted once: its runs, their steps in all and one step's FLOPs and kernels.
-    The counting runs' output goes to `log`."""
+def plan_cost(runs: Iterable[study.Run], root: Path) -> list[NetworkCost]:
+    """Each network of these runs counted once (its counting run under `root`): its runs, their steps in all and
+    those not finished yet, and one step's FLOPs and kernels."""
     groups: dict[tuple[str, ...], list[study.Run]] = {}
     for run in runs:
         groups.setdefault(network(run.overrides), []).append(run)
     out = []
-    with tempfile.TemporaryDirectory(prefix="repinv-cost-") as tmp:
-        for i, (key, members) in enumerate(groups.items()):
-            counted = count(key, Path(tmp) / str(i), log)
-            out.append(NetworkCost(key, len(members), sum(steps(r.overrides) for r in members),
-                                   counted["flops_per_step"], counted["kernel_ops_per_step"],
-                                   sum(steps(r.overrides) for r in members if not r.finished)))
+    for key, members in groups.items():
+        counted = count(key, root)
+        out.append(NetworkCost(key, len(members), sum(steps(r.overrides) for r in members),
+                               counted["flops_per_step"], counted["kernel_ops_per_step"],
+                               sum(steps(r.overrides) for r in members if not r.finished)))
     return out
 
 
