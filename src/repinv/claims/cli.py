@@ -186,7 +186,8 @@ def select(ids: str | None, sources: str) -> list[Claim]:
 
 def refuse(err: RepinvError) -> int:
     """Print the one-paragraph error; exit status 2 (bad input)."""
-    print(textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False, break_long_words=False), file=sys.stderr)
+    text = textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False, break_long_words=False)
+    print(text, file=sys.stderr)
     return 2
 
 
