@@ -16,7 +16,8 @@
 # repository): its finished runs are reused, the rest are made. GPU_CHECK_STUDY_ARGS adds repinv overrides to
 # every study run (e.g. "precision=bf16"); the default ledger is then docs/study/gpu-<model>-<them>, so runs of
 # another precision never join the fp32 ledger. The ledger folder's cost.json (repinv-claims --cost: the plan's
-# FLOPs) is copied too, and the summary turns it into the least time the plan takes at this GPU's matmul ceiling.
+# FLOPs; else another GPU ledger's, the same plan) is copied too, and the summary turns it into the least time
+# the plan takes at this GPU's matmul ceiling.
 # The benchmark rewrites its JSON after each part, so a stage cut off keeps what it measured.
 # Everything goes under one folder: $OUT when set, else GPU_CHECK_OUT, else a temporary folder. The
 # stages work in <folder>/work; at the end <folder> holds summary.md (one page), benchmark.json,
@@ -96,7 +97,9 @@ if wants study; then
     suffix=$(printf '%s' "${study_args[*]:-}" | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9.' '-' | sed 's/^-*//; s/-*$//')
     ledger=${GPU_CHECK_LEDGER:-docs/study/gpu-${model:-unknown}${suffix:+-$suffix}}
     mkdir -p "$work/study"
-    [ -f "$ledger/cost.json" ] && cp "$ledger/cost.json" "$work/study/"
+    # the plan's FLOPs: every GPU ledger holds the same plan, and its FLOPs depend on neither GPU nor precision
+    cost=$(ls "$ledger/cost.json" docs/study/gpu-*/cost.json 2>/dev/null | head -1)
+    [ -n "$cost" ] && cp "$cost" "$work/study/cost.json"
     if [ -d "$ledger/runs" ]; then  # continue it: its finished runs are reused (what the work folder holds is kept)
         cp -R -n "$ledger/runs" "$work/study/"
         printf '%s\t%s\n' "$ledger" "$(find "$ledger/runs" -mindepth 2 -maxdepth 2 -name command.txt | wc -l)" >"$work/study.from"
