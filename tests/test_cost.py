@@ -84,3 +84,13 @@ def test_cost_says_what_the_runs_not_finished_yet_need(tmp_path, capsys):
     left = cost["flops_per_step"] * 3
     assert f"The runs not finished in the ledger folder yet: {left / 1e15:.3g} PFLOP." in out
     assert f", {left / 1e3 / 60:.3g} min for the runs not finished" in out
+
+
+def test_trained_claims_are_counted_without_their_weights(tmp_path, capsys):
+    """Weights change no step's work: a plan with --pretrained is counted offline, on untrained networks."""
+    code = main(["--budget", "quick", "--claims", "trained-input-falls-with-depth", "--sources", "timm", "--pretrained",
+                 "--cost", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    [cost] = json.loads((tmp_path / "cost.json").read_text())
+    assert "surgery=trained_input_untrained_encoders" in cost["network"] and cost["runs"] == 3 and cost["flops_per_step"] > 0
+    assert not any(o.startswith("model.pretrained") for o in cost["network"])

@@ -20,9 +20,11 @@ from repinv.errors import RepinvError
 from repinv.reporting.cost import COST_FILE
 
 # Overrides (keys, and the keys below them) that leave a step's work as it is: what runs of one network may
-# differ in. Where a run runs (trainer) and what it logs are among them, so a GPU plan is counted on any machine.
+# differ in. Where a run runs (trainer) and what it logs are among them, so a GPU plan is counted on any machine,
+# and its weights, so a trained run is counted offline on an untrained network of the same shape.
 SAME_WORK = ("seed", "steps", "scheduler", "optimizer.lr", "model.mean", "model.std", "trainer", "logger",
-             "checkpoint_every", "log_every", "image_every", "hydra")
+             "checkpoint_every", "log_every", "image_every", "hydra", "model.pretrained", "model.checkpoint",
+             "model.weights")
 COUNTING = ["steps=3", "logger=none", "callbacks.checkpoints=null",
             "+callbacks.cost._target_=repinv.reporting.cost.StepCost", "+callbacks.cost.out_dir=${output_dir}"]
 
