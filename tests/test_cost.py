@@ -94,3 +94,15 @@ def test_trained_claims_are_counted_without_their_weights(tmp_path, capsys):
     [cost] = json.loads((tmp_path / "cost.json").read_text())
     assert "surgery=trained_input_untrained_encoders" in cost["network"] and cost["runs"] == 3 and cost["flops_per_step"] > 0
     assert not any(o.startswith("model.pretrained") for o in cost["network"])
+
+
+def test_a_run_that_fails_in_the_counted_step_leaves_no_counting_mode_active(tmp_path):
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    from repinv.reporting.cost import StepCost
+
+    cost = StepCost()
+    cost.on_train_batch_start(None, None, None, batch_idx=1)
+    assert _get_current_dispatch_mode() is not None
+    cost.on_exception(None, None, RuntimeError("the step failed"))
+    assert _get_current_dispatch_mode() is None, "every later operation of the process would be counted"

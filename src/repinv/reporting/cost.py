@@ -64,12 +64,20 @@ class StepCost(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx != self.at or not self._modes:
             return
-        flops, operators = self._modes
-        operators.__exit__(None, None, None)
-        flops.__exit__(None, None, None)
-        self._modes = ()
+        flops, operators = self._leave()
         self.flops, self.ops, self.kernels = flops.get_total_flops(), operators.ops, operators.kernels
         if self.out_dir is not None and trainer.is_global_zero:
             record = {"step": self.at, "flops_per_step": self.flops, "aten_ops_per_step": self.ops,
                       "kernel_ops_per_step": self.kernels, "steps": trainer.max_steps}
             (Path(self.out_dir) / COST_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
+    def on_exception(self, trainer, pl_module, exception):
+        """A run that fails inside the counted step leaves no counting mode active in the process."""
+        self._leave()
+
+    def _leave(self) -> tuple:
+        """Exit the counting modes (innermost first) and return them."""
+        modes, self._modes = self._modes, ()
+        for mode in reversed(modes):
+            mode.__exit__(None, None, None)
+        return modes
