@@ -4,6 +4,7 @@ from its committed run folders' metrics.json gives the committed verdicts and me
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shlex
 import shutil
@@ -67,18 +68,28 @@ def test_the_committed_comparison_is_what_its_command_prints(capsys, monkeypatch
     assert capsys.readouterr().out == page
 
 
-def test_the_committed_cost_is_what_its_counts_give_and_what_the_readme_quotes():
-    """docs/study/gpu-h200/cost.md renders its cost.json, and the README's totals are that file's."""
-    import json
+COSTS = sorted(p.parent for p in (REPO / "docs" / "study").glob("*/cost.json"))
 
-    from repinv.claims.cost import NetworkCost, cost_table
 
-    folder = REPO / "docs" / "study" / "gpu-h200"
-    costs = [NetworkCost(**{**c, "network": tuple(c["network"])}) for c in json.loads((folder / "cost.json").read_text())]
+def committed_costs(folder):
+    from repinv.claims.cost import NetworkCost
+
+    return [NetworkCost(**{**c, "network": tuple(c["network"])}) for c in json.loads((folder / "cost.json").read_text())]
+
+
+@pytest.mark.parametrize("folder", COSTS, ids=lambda p: p.name)
+def test_a_committed_cost_renders_its_counts_and_names_its_ledgers_command(folder):
+    from repinv.claims.cost import cost_table
+
     made_with, _, table = (folder / "cost.md").read_text().partition("\n\n")
     peaks = dict((name, float(tflops)) for name, tflops in re.findall(r"--peak '([^=']+)=([0-9.]+)'", made_with))
-    assert table == cost_table(costs, peaks)
-    assert sum(c.runs for c in costs) == 129 and f"Made with `repinv-claims {shlex.join(arguments(folder))}" in made_with
+    assert table == cost_table(committed_costs(folder), peaks)
+    assert f"Made with `repinv-claims {shlex.join(arguments(folder))}" in made_with
+
+
+def test_the_readme_quotes_the_committed_cost_of_the_gpu_ledger():
+    costs = committed_costs(REPO / "docs" / "study" / "gpu-h200")
+    assert sum(c.runs for c in costs) == 129
     total = sum(c.flops for c in costs) / 1e15
     readme = " ".join((REPO / "README.md").read_text().split())
     assert f"it counts {total:.1f} PFLOP" in readme
