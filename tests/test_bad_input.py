@@ -127,6 +127,13 @@ def test_overrides_hydra_refuses_are_one_paragraph_and_exit_2(case, cli):
     assert needle in " ".join(err.split()) and not run_dir.exists()
 
 
+def test_a_long_path_in_an_error_stays_whole_on_its_line(cli, tmp_path):
+    """The paragraph wraps between words only: a path longer than a line can still be copied from it."""
+    path = str(tmp_path / ("a-very-long-folder-name-" * 6) / "missing-photograph.png")
+    code, _, err, _ = cli(*FAST, f"image={path}")
+    assert code == 2 and any(path in line for line in err.splitlines()), err
+
+
 def test_a_prior_target_is_checked_before_it_is_called(cli, capsys):
     code, _, err, _ = cli(*FAST, "+priors.x._target_=builtins.print", "+priors.x.sep=CALLED")
     assert code == 2 and "is not an image prior" in err

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import textwrap
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from omegaconf import DictConfig
 from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job
 from repinv.conf import respell_all
 from repinv.engine.pipeline import holds_run, record_hydra
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, paragraph
 from repinv.reporting.summary import report as summary_report, summarize
 
 log = logging.getLogger("repinv")
@@ -36,7 +35,7 @@ CLI_EXAMPLE = "repinv model=vit_tiny 'layers=[0,5]' steps=100"
 def report(err: RepinvError, out_dir: str | None) -> None:
     """Print the user's error as one paragraph and keep it, with Hydra's files, beside the run's other files
     (a sweep's summary reads them), unless the folder holds an earlier run, which is left as it was."""
-    text = textwrap.fill(f"repinv: error: {err}", width=100)
+    text = paragraph("repinv", err)
     print(text, file=sys.stderr)
     if out_dir and not holds_run(Path(out_dir)):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -94,7 +93,7 @@ def command(hydra_app: Callable[[], object], example: str) -> None:
     except (ConfigCompositionException, OverrideParseException) as err:
         if previous:
             raise
-        print(textwrap.fill(f"repinv: error: {composition_error(err, sys.argv[1:], example)}", width=100), file=sys.stderr)
+        print(paragraph("repinv", composition_error(err, sys.argv[1:], example)), file=sys.stderr)
         sys.exit(2)
     except Exception:  # a crash, or bad input with debug=true: the traceback, exit 1, as Hydra ends them
         traceback.print_exc()

@@ -1,11 +1,19 @@
 """User-facing errors: one paragraph saying what was wrong and what would be right."""
 
 import difflib
+import textwrap
 from collections.abc import Iterable
 
 
 class RepinvError(Exception):
     """Bad input from the user. The CLI prints the message alone, without a traceback."""
+
+
+def paragraph(prog: str, message) -> str:
+    """`<prog>: error: <message>` wrapped at 100 columns; paths, overrides and hyphenated names stay whole, so
+    what the error names can be copied."""
+    return textwrap.fill(str(message), width=100, initial_indent=f"{prog}: error: ", break_on_hyphens=False,
+                         break_long_words=False)
 
 
 def suggest(word: str, choices: Iterable[str], n: int = 5) -> str:

@@ -14,7 +14,6 @@ import json
 import math
 import shlex
 import sys
-import textwrap
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +30,7 @@ from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import write
 from repinv.cli import CONFIG_DIR
 from repinv.conf import respell_all
-from repinv.errors import RepinvError, listing, suggest
+from repinv.errors import RepinvError, listing, paragraph, suggest
 from repinv.inputs.images import locate
 from repinv.sources import Weights
 from repinv.study import NOT_MADE
@@ -186,8 +185,7 @@ def select(ids: str | None, sources: str) -> list[Claim]:
 
 def refuse(err: RepinvError) -> int:
     """Print the one-paragraph error; exit status 2 (bad input)."""
-    text = textwrap.fill(f"repinv-claims: error: {err}", width=100, break_on_hyphens=False, break_long_words=False)
-    print(text, file=sys.stderr)
+    print(paragraph("repinv-claims", err), file=sys.stderr)
     return 2
 
 
