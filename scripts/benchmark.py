@@ -40,7 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -391,8 +391,7 @@ def shared_pass(b: Bench, bf16: bool, compile: bool) -> dict:
         timed[name] = {"seconds_per_step": sec, "seconds_for_1500_steps": 1500 * sec, "peak_memory_mib": peak_mib()}
     cost = StepCost()
     repinv_step(b.loaded, b.photos[:3], depths, 2, callbacks=[cost])
-    return {"depths": len(depths), "images": 3, "variants": timed, "aten_ops_per_step": cost.ops,
-            "kernel_ops_per_step": cost.kernels, "flops_per_step": cost.flops}
+    return {"depths": len(depths), "images": 3, "variants": timed, **asdict(cost.count)}
 
 
 def host_step(steps: int = 100) -> dict:
@@ -405,7 +404,7 @@ def host_step(steps: int = 100) -> dict:
     image, depths, cost = load_images(["chelsea"], 32), ["patch_embed", 0], StepCost()
     sec, _ = repinv_step(tiny, image, depths, steps)
     repinv_step(tiny, image, depths, 2, callbacks=[cost])  # counted apart: the dispatch modes slow the step they count
-    return {"seconds_per_step": sec, "kernel_ops_per_step": cost.kernels}
+    return {"seconds_per_step": sec, "kernel_ops_per_step": cost.count.kernel_ops_per_step}
 
 
 def vit_l(bf16: bool) -> dict:

@@ -9,7 +9,6 @@ time the plan needs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from repinv import study
 from repinv.claims.ledger import network_name
 from repinv.errors import RepinvError
-from repinv.reporting.cost import COST_FILE
+from repinv.reporting.cost import StepCount
 
 # Overrides (keys, and the keys below them) that leave a step's work as it is: what runs of one network may
 # differ in. Where a run runs (trainer) and what it logs are among them, so a GPU plan is counted on any machine,
@@ -62,14 +61,14 @@ def steps(overrides: Sequence[str]) -> int:
     return int(study.value(overrides, "steps"))
 
 
-def count(overrides: Sequence[str], root: Path) -> dict:
+def count(overrides: Sequence[str], root: Path) -> StepCount:
     """One step of the run these overrides describe, counted by a 3-step run of the study runner under `root`
     (a finished count is reused)."""
     run = study.make(study.run_for(root, [*overrides, *COUNTING]))
     if run.status != "finished":
         raise RepinvError(f"Counting the step of {' '.join(overrides)} failed ({run.status}). Fix that network's "
                           "overrides (run them alone with `repinv ... steps=3`), or leave its claim out with --claims.")
-    return json.loads((run.folder / COST_FILE).read_text())
+    return StepCount.load(run.folder)
 
 
 def plan_cost(runs: Iterable[study.Run], root: Path) -> list[NetworkCost]:
@@ -82,7 +81,7 @@ def plan_cost(runs: Iterable[study.Run], root: Path) -> list[NetworkCost]:
     for key, members in groups.items():
         counted = count(key, root)
         out.append(NetworkCost(key, len(members), sum(steps(r.overrides) for r in members),
-                               counted["flops_per_step"], counted["kernel_ops_per_step"],
+                               counted.flops_per_step, counted.kernel_ops_per_step,
                                sum(steps(r.overrides) for r in members if not r.finished)))
     return out
 

@@ -7,6 +7,7 @@ Opt in with `+callbacks.cost._target_=repinv.reporting.cost.StepCost`; the run f
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -44,15 +45,30 @@ class _Operators(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@dataclass(frozen=True)
+class StepCount:
+    """What one step dispatched: FLOPs, aten operators, and operators that are not views."""
+
+    flops_per_step: int = 0
+    aten_ops_per_step: int = 0
+    kernel_ops_per_step: int = 0
+
+    @classmethod
+    def load(cls, folder: str | Path) -> StepCount:
+        """The count a run with `StepCost(out_dir=folder)` wrote."""
+        record = json.loads((Path(folder) / COST_FILE).read_text())
+        return cls(**{f.name: record[f.name] for f in fields(cls)})
+
+
 class StepCost(pl.Callback):
-    """Counts training batch `at` (after the first, not a log step): `flops` (matmuls, convolutions and
-    attention, forward and backward, by torch's FlopCounterMode), `ops` (aten operators) and `kernels`
-    (operators that are not views: on a GPU each launches at least one kernel). Written to
-    `<out_dir>/cost.json` by rank 0 (its share of the targets, with several processes) when `out_dir` is given."""
+    """Counts training batch `at` (after the first, not a log step) into `count` (a `StepCount`): its FLOPs
+    (matmuls, convolutions and attention, forward and backward, by torch's FlopCounterMode), its aten operators
+    and those that are not views (on a GPU each launches at least one kernel). Written to `<out_dir>/cost.json`
+    by rank 0 (its share of the targets, with several processes) when `out_dir` is given."""
 
     def __init__(self, out_dir: str | Path | None = None, at: int = 1):
         self.out_dir, self.at = out_dir, at
-        self.flops = self.ops = self.kernels = 0
+        self.count = StepCount()
         self._modes: tuple = ()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -65,10 +81,9 @@ class StepCost(pl.Callback):
         if batch_idx != self.at or not self._modes:
             return
         flops, operators = self._leave()
-        self.flops, self.ops, self.kernels = flops.get_total_flops(), operators.ops, operators.kernels
+        self.count = StepCount(flops.get_total_flops(), operators.ops, operators.kernels)
         if self.out_dir is not None and trainer.is_global_zero:
-            record = {"step": self.at, "flops_per_step": self.flops, "aten_ops_per_step": self.ops,
-                      "kernel_ops_per_step": self.kernels, "steps": trainer.max_steps}
+            record = {"step": self.at, **asdict(self.count), "steps": trainer.max_steps}
             (Path(self.out_dir) / COST_FILE).write_text(json.dumps(record, indent=1) + "\n")
 
     def on_exception(self, trainer, pl_module, exception):
