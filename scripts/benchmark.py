@@ -126,7 +126,7 @@ def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), reps: int = 3, dtype: tor
 
 def per_step(step, steps: int) -> float:
     """Seconds per call of `step(s)` for s in 0..steps, the first a warm-up. On CPU the median of the
-    calls (the VM stalls now and then); on a GPU the calls as one window synchronised only at its ends,
+    calls (a shared machine stalls now and then); on a GPU the calls as one window synchronised only at its ends,
     so the host queues work ahead as in a run and the time is the device's."""
     if device().type == "cuda":
         step(0)
@@ -172,7 +172,7 @@ def repinv_step(loaded, images, layers, steps, precision="32-true", log_every=25
     Runs steps + 2: the first is warm-up (and compiling); the last is a log step (metrics and
     the logger write), whose extra cost counts 1/log_every per step, as in a normal run that
     logs every `log_every` steps. A step's time is the median over the steps on CPU (as in every
-    variant: the VM stalls now and then for tens of milliseconds), the window's mean on a GPU.
+    variant: a shared machine stalls now and then for tens of milliseconds), the window's mean on a GPU.
     Returns (seconds per step, the module).
     """
     module = ImageOptimization(
