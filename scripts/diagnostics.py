@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -49,6 +48,8 @@ from repinv.conf import respell_all  # noqa: E402
 from repinv.diagnostics.nonunique import INVERSION_PSNR, inversion_quality, pairwise  # noqa: E402
 from repinv.diagnostics.run import diagnose  # noqa: E402
 from repinv.diagnostics.table import write_table  # noqa: E402
+from repinv.objectives import ACCURATE  # noqa: E402
+from repinv.reporting.results import METRICS_FILE, read_records  # noqa: E402
 from repinv.study import Run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,9 +98,8 @@ def spectrum_of(base: Run, root: Path) -> list[dict]:
     """The spectrum of every layer of a ledger run at its targets, made once under `root/spectra/`."""
     overrides = study.canonical([*base.overrides, *LEDGER_SPECTRUM])
     folder = root / "spectra" / study.folder_name(overrides)
-    done = folder / "metrics.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    if (folder / METRICS_FILE).is_file():
+        return read_records(folder)
     return diagnose_with([*overrides, f"output_dir={study.quote(folder)}"])
 
 
@@ -117,7 +117,7 @@ def inversion_seconds(run: Run) -> float:
 
 def network_records(name: str, bases: list[Run], extra: list[Run], root: Path) -> list[dict]:
     """Spectrum and non-uniqueness of every (layer, image) of one network, with the ledger runs' PSNR."""
-    runs = [r for r in [*bases, *extra] if r.status == "finished"]
+    runs = [r for r in [*bases, *extra] if r.ok]
     out = []
     for row in spectrum_of(bases[0], root):
         key = (row["layer"], row["image"])
@@ -125,7 +125,7 @@ def network_records(name: str, bases: list[Run], extra: list[Run], root: Path) -
         ledger = [r for run, r in found if any(run is b for b in bases)]
         out.append({**row, "model": name, "variant": "as_configured",
                     **pairwise(torch.stack([reconstruction(run, r) for run, r in found]),
-                               [bool(r["accurate"]) for _, r in found]),
+                               [bool(r[ACCURATE]) for _, r in found]),
                     **inversion_quality(ledger),
                     "inversion_seconds": sum(map(inversion_seconds, bases)) / len(bases),
                     "nonunique_seconds": sum(map(inversion_seconds, extra))})
@@ -142,7 +142,7 @@ def ledger_records(root: Path, budget: str, extra_seeds: int, extra_steps: int, 
                                          f"seed={len(bases) + k}", f"steps={extra_steps}"])
                     for base in bases[:1] for k in range(extra_seeds)] for name, bases in nets.items()}
     study.execute([*(r for bases in nets.values() for r in bases), *(r for runs in extra.values() for r in runs)])
-    return [r for name, bases in nets.items() if bases[0].status == "finished"
+    return [r for name, bases in nets.items() if bases[0].ok
             for r in network_records(name, bases, extra[name], root)]
 
 

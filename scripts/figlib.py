@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,9 @@ from pathlib import Path
 from PIL import Image
 
 from repinv import study
+from repinv.reporting.callbacks import FILTERS, read_filters
 from repinv.reporting.figures import titled_grid
+from repinv.reporting.results import FINISHED, read_records
 from repinv.reporting.summary import fields
 from repinv.sources import Weights, model_config
 from repinv.study import Run
@@ -106,12 +107,12 @@ def _reconstruction_row(panel: Panel, status: str, run_dir: Path, records: list[
 
 def _filter_row(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
     """The run's filters.png (the model's first filters on the image) and one CSV row of their numbers."""
-    if not records or not (run_dir / "filters.png").is_file():
+    stats = read_filters(run_dir) if records else None
+    if stats is None:
         return [], []
-    stats = json.loads((run_dir / "filters.json").read_text())
     title = f"{stats['module']} · {stats['filters']} filters · {stats['structured']:.0%} structured"
     return (
-        [(Image.open(run_dir / "filters.png").convert("RGB"), title)],
+        [(Image.open(run_dir / f"{FILTERS}.png").convert("RGB"), title)],
         [{"panel": panel.label, "status": status, "steps": records[0].get("steps"), "column": stats["module"], **stats}],
     )
 
@@ -123,7 +124,7 @@ def assemble(
     rows, labels, table = [], [], []
     for panel in panels:
         status, run_dir, loaded = results[panel.label]
-        records = json.loads((run_dir / "metrics.json").read_text()) if status == "finished" else []
+        records = read_records(run_dir) if status == FINISHED else []
         row, panel_rows = (_filter_row if panel.show == "filters" else _reconstruction_row)(panel, status, run_dir, records)
         if not panel_rows:
             status = "failed"
@@ -131,7 +132,7 @@ def assemble(
         table += [{**r, "weights": loaded} for r in panel_rows]
         rows.append(row)
         label = f"{panel.label} (no trained weights given)" if loaded == NO_WEIGHTS else panel.label
-        labels.append(label if status == "finished" else f"{label} (failed)")
+        labels.append(label if status == FINISHED else f"{label} (failed)")
     import numpy as np
 
     rows = [[(np.asarray(img) if img is not None else None, t) for img, t in row] for row in rows]
@@ -154,7 +155,7 @@ def run_panels(panels: list[Panel], experiment: str, args) -> list[Run]:
         run = unique[run.overrides]
         if weights(panel, args)[1]:
             study.expect_trained(run)
-        if run.status != "finished":
+        if not run.ok:
             print(f"panel '{panel.label}' failed: {run.status}", file=sys.stderr)
     return [unique[run.overrides] for run in runs]
 
@@ -170,4 +171,4 @@ def main(name: str, title: str, experiment: str, panels: list[Panel], argv=None)
     print(png)
     print(csv_path)
     print(f"{name}: {len(panels)} panels in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return 0 if all(s == "finished" for s, _, _ in results.values()) else 1
+    return 0 if all(s == FINISHED for s, _, _ in results.values()) else 1

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from repinv import study  # noqa: E402
 from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, networks  # noqa: E402
 from repinv.errors import RepinvError  # noqa: E402
 from repinv.metrics import COMPARED, PSNR, axis_label  # noqa: E402
+from repinv.reporting.results import read_records  # noqa: E402
 from repinv.study import Run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def curves(run_dir: Path) -> dict[str, dict[str, dict[int, float]]]:
                 metric, _, rest = key.partition("/")
                 if metric in COMPARED and value not in ("", None):
                     values[rest.split("/", 1)[1]][metric][int(row["step"])].append(float(value))
-    for record in json.loads((run_dir / "metrics.json").read_text()):
+    for record in read_records(run_dir):
         for metric in COMPARED:
             values[record["layer"]][metric][int(record["steps"])].append(float(record[metric]))
     return {layer: {m: {s: sum(v) / len(v) for s, v in by_step.items()} for m, by_step in ms.items()}
@@ -275,8 +275,8 @@ def main(argv=None) -> int:
         print(f"recipes.py: error: {err}", file=sys.stderr)
         return 2
     study.execute({id(run): run for runs in jobs.values() for run in runs}.values(), args.jobs)
-    results = {key: mean_curves([r.folder for r in runs if r.status == "finished"]) for key, runs in jobs.items()
-               if any(r.status == "finished" for r in runs)}
+    results = {key: mean_curves([r.folder for r in runs if r.ok]) for key, runs in jobs.items()
+               if any(r.ok for r in runs)}
     if not results:
         print(f"every run failed; see the logs under {out / 'runs'}", file=sys.stderr)
         return 1
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
         written.append(out / "recipes.md")
         print("\n".join(lines))
     print(f"wrote {', '.join(map(str, written))}")
-    return 0 if all(r.status == "finished" for runs in jobs.values() for r in runs) else 1
+    return 0 if all(r.ok for runs in jobs.values() for r in runs) else 1
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -90,3 +92,17 @@ def cli(tmp_path, monkeypatch, capsys):
 
 def read_metrics(out: Path) -> list[dict]:
     return json.loads((out / "metrics.json").read_text())
+
+
+def spelled(path: Path, fields: set[str], whole: bool = False) -> list[str]:
+    """The string literals of `path` (docstrings aside) that name one of `fields` as a word of their own; with `whole`,
+    only those that are one of `fields` or a path ending in one (a read, not a message that mentions it)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    names = "|".join(map(re.escape, fields))
+    word = re.compile(rf"^(.*/)?({names})$" if whole else rf"(?<![\w.])({names})(?![\w(])")
+    return [f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and word.search(node.value)]

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import ast
-import re
-from pathlib import Path
-
 import torch
 from omegaconf import OmegaConf
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from conftest import REPO
+from conftest import REPO, spelled
 from repinv.metrics import COMPARED, HEADLINE, INPUT_L2, PSNR, SSIM, input_l2, psnr, ssim
 
 
@@ -29,18 +25,6 @@ def test_pixel_metrics_are_torchmetrics_values_per_image():
     assert m["ssim"][0] > m["ssim"][1] > m["ssim"][2] and m["psnr"][0] > m["psnr"][1] > m["psnr"][2]
 
 
-def _spelled_fields(path: Path, fields: set[str]) -> list[str]:
-    """The string literals of `path` (docstrings aside) that name one of `fields` as a word of their own."""
-    tree = ast.parse(path.read_text())
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-    word = re.compile(rf"(?<![\w.])({'|'.join(map(re.escape, fields))})(?![\w(])")
-    return [f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
-            and word.search(node.value)]
-
-
 def test_metric_fields_are_read_by_their_one_name_in_repinv_metrics():
     """Summaries, claims, diagnostics and scripts read a metric's record field through repinv.metrics (PSNR, HEADLINE,
     COMPARED, ...), never by spelling it, so renaming a metric there renames it for every reader."""
@@ -48,7 +32,7 @@ def test_metric_fields_are_read_by_their_one_name_in_repinv_metrics():
     assert {INPUT_L2, PSNR, SSIM} == fields and HEADLINE in fields and set(COMPARED) <= fields
     own = REPO / "src" / "repinv" / "metrics"
     readers = [p for p in [*(REPO / "src" / "repinv").rglob("*.py"), *(REPO / "scripts").glob("*.py")] if own not in p.parents]
-    assert [hit for p in readers for hit in _spelled_fields(p, fields)] == []
+    assert [hit for p in readers for hit in spelled(p, fields)] == []
 
 
 def test_a_layer_caption_falls_back_on_the_first_metric_the_run_names():

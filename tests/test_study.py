@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, spelled
 from repinv import study
 from repinv.claims import cli
 from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, Budget, networks, plan
 from repinv.claims.registry import CLAIMS
+from repinv.reporting.results import all_finished
 from repinv.sources import Weights
 
 TOOLS = ["scripts/figlib.py", "scripts/recipes.py", "scripts/diagnostics.py",
@@ -115,7 +116,7 @@ def test_interrupted_ledger_resumes_without_rerunning_finished_runs(tmp_path, mo
     with pytest.raises(SystemExit):
         cli.main(args)
     folders = sorted(tmp_path.glob("runs/*/"))
-    assert [study.completed(f) for f in folders] == [True, False] or [study.completed(f) for f in folders] == [False, True]
+    assert [all_finished(f) for f in folders] == [True, False] or [all_finished(f) for f in folders] == [False, True]
     monkeypatch.setattr(pipeline, "ImageOptimization", plain)
     launches = _counted(monkeypatch)
     assert cli.main(args) == 0
@@ -221,3 +222,13 @@ def test_diagnostics_from_ledger_runs_one_extra_seed_per_network(ledger, monkeyp
     launches.clear()
     _script("diagnostics").main(args)
     assert launches == [], "a second call reuses the extra inversions and the spectra"
+
+
+def test_a_run_folders_files_and_statuses_are_named_in_reporting_alone():
+    """The study tools read a run folder through repinv.reporting (`read_records`, `all_finished`, `FINISHED`,
+    `read_filters`), never by spelling its file names or a record's status, so renaming one there renames it for
+    every reader."""
+    names = {"metrics.json", "filters.json", "finished", "interrupted"}
+    own = REPO / "src" / "repinv" / "reporting" / "results.py"
+    readers = [p for p in [*(REPO / "src" / "repinv").rglob("*.py"), *(REPO / "scripts").glob("*.py")] if p != own]
+    assert [hit for p in readers for hit in spelled(p, names, whole=True)] == []

@@ -12,7 +12,6 @@ as its own `python -m repinv` process, and the folder is the same either way.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -25,9 +24,11 @@ from functools import partial
 from pathlib import Path
 
 from repinv.naming import slug
+from repinv.reporting.callbacks import last_checkpoint
+from repinv.reporting.results import FINISHED, all_finished, read_records
 
 COMMAND = "command.txt"  # the canonical overrides of a finished run, one per line
-CHECKPOINT = Path("checkpoints") / "last.ckpt"
+RUNS = "runs"  # the folder of a study's run folders under its root
 FOLDER = {"sep": "_", "keep": ".-"}  # how `slug` spells a part of a run's folder name: other characters become one `_`
 
 
@@ -78,19 +79,23 @@ class Run:
     def finished(self) -> bool:
         """Whether the folder holds this run, finished: its command matches and its metrics.json exists."""
         done = self.folder / COMMAND
-        return done.is_file() and done.read_text() == "\n".join(self.overrides) and completed(self.folder)
+        return done.is_file() and done.read_text() == "\n".join(self.overrides) and all_finished(self.folder)
 
-
-def completed(folder: Path) -> bool:
-    """Whether `folder`'s metrics.json exists and every record in it finished (not interrupted, crashed, ...)."""
-    path = folder / "metrics.json"
-    return path.is_file() and all(r.get("status") == "finished" for r in json.loads(path.read_text()))
+    @property
+    def ok(self) -> bool:
+        """Whether this run was made (or found) finished, its records read."""
+        return self.status == FINISHED
 
 
 def run_for(root: Path, overrides: Iterable[str]) -> Run:
     """The run of these overrides under `root` (`<root>/runs/<folder_name>`)."""
     o = canonical(overrides)
-    return Run(o, Path(root) / "runs" / folder_name(o))
+    return Run(o, Path(root) / RUNS / folder_name(o))
+
+
+def recorded(root: Path) -> list[tuple[str, ...]]:
+    """The canonical overrides of every run under `root` that finished (its folder's COMMAND file)."""
+    return [tuple(p.read_text().splitlines()) for p in sorted(Path(root).glob(f"{RUNS}/*/{COMMAND}"))]
 
 
 def launch(args: list[str], log: Path, in_process: bool) -> str | None:
@@ -121,20 +126,20 @@ def make(run: Run, in_process: bool = True, launch_missing: bool = True) -> Run:
         return run
     if not run.finished:
         run.folder.parent.mkdir(parents=True, exist_ok=True)
-        resume = ["resume=last"] if (run.folder / CHECKPOINT).is_file() else []
+        resume = ["resume=last"] if last_checkpoint(run.folder).is_file() else []
         failure = launch([*run.overrides, *resume, f"hydra.run.dir={quote(run.folder)}"], run.log, in_process)
-        if failure or not completed(run.folder):
+        if failure or not all_finished(run.folder):
             run.status = failure or f"the run did not finish (metrics.json missing or unfinished); see {run.log}"
             return run
         (run.folder / COMMAND).write_text("\n".join(run.overrides))
-    run.records = json.loads((run.folder / "metrics.json").read_text())
-    run.status = "finished"
+    run.records = read_records(run.folder)
+    run.status = FINISHED
     return run
 
 
 def expect_trained(run: Run) -> Run:
     """A finished run that was given trained weights but whose records say untrained failed: the weights did not load."""
-    if run.status == "finished" and not all(r.get("trained") for r in run.records):
+    if run.ok and not all(r.get("trained") for r in run.records):
         run.status = f"weights were given but metrics.json says trained=false: {run.folder}"
     return run
 
@@ -149,7 +154,7 @@ def execute(runs: Iterable[Run], jobs: int = 1, launch_missing: bool = True) -> 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         try:
             for run in pool.map(partial(one, in_process=False), runs) if jobs > 1 else map(one, runs):
-                print(f"finished: {run.folder}" if run.status == "finished" else f"run failed: {run.status}", file=sys.stderr)
+                print(f"finished: {run.folder}" if run.ok else f"run failed: {run.status}", file=sys.stderr)
                 made.append(run)
         except BaseException:
             pool.shutdown(cancel_futures=True)  # an interrupted study starts no further run

@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     print(md_path)
     print(csv_path)
     print(f"ledger in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return 0 if all(r.status in ("finished", NOT_MADE) for r in p.runs.values()) else 1
+    return 0 if all(r.ok or r.status == NOT_MADE for r in p.runs.values()) else 1
 
 
 if __name__ == "__main__":

@@ -10,23 +10,18 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from repinv import study
 from repinv.claims.ledger import BF16
 from repinv.claims.report import md_table
 from repinv.cli import CONFIG_DIR
 from repinv.errors import RepinvError
-from repinv.study import COMMAND
 
 KEY = BF16.partition("=")[0]
 
 
-def _precision(command: Path) -> str | None:
-    """The precision a run's recorded command sets, or None."""
-    return next((line.partition("=")[2] for line in command.read_text().splitlines() if line.startswith(f"{KEY}=")), None)
-
-
 def precisions(root: Path) -> str:
     """The precisions the ledger's runs stepped in, from their recorded commands (the app config's when unset)."""
-    found = {_precision(p) for p in root.glob(f"runs/*/{COMMAND}")}
+    found = {study.value(c, KEY) for c in study.recorded(root)}
     if None in found:
         found = found - {None} | {str(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml")[KEY])}
     return ", ".join(sorted(found)) or "no runs"

@@ -65,7 +65,7 @@ def count(overrides: Sequence[str], root: Path) -> StepCount:
     """One step of the run these overrides describe, counted by a 3-step run of the study runner under `root`
     (a finished count is reused)."""
     run = study.make(study.run_for(root, [*overrides, *COUNTING]))
-    if run.status != "finished":
+    if not run.ok:
         raise RepinvError(f"Counting the step of {' '.join(overrides)} failed ({run.status}). Fix that network's "
                           "overrides (run them alone with `repinv ... steps=3`), or leave its claim out with --claims.")
     return StepCount.load(run.folder)

@@ -9,7 +9,6 @@ a finished folder is reused and an interrupted one resumes, so an interrupted le
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from repinv import study
 from repinv.claims import rules
 from repinv.claims.registry import CLAIMS, Claim
+from repinv.reporting.callbacks import read_filters
 from repinv.study import Run, quote
 
 NEEDS_WEIGHTS = "needs trained weights"
@@ -67,7 +67,7 @@ class Budget:
         another CPU plans the runs it holds)."""
         from repinv.models.packed import native_bf16
 
-        made = [p.read_text().splitlines() for p in root.glob(f"runs/*/{study.COMMAND}")]
+        made = study.recorded(root)
         bf16 = any(BF16 in c for c in made) if made else self.bf16 and native_bf16()
         return [BF16] if bf16 else []
 
@@ -119,9 +119,8 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
 
 def tagged(seed: int, run: Run) -> list[dict]:
     """A run's records tagged with its seed and its input filters' structure (filters.json)."""
-    filters = run.folder / "filters.json"
-    structured = json.loads(filters.read_text())["structured"] if filters.is_file() else None
-    return [{**r, "seed": seed, "structured": structured} for r in run.records]
+    stats = read_filters(run.folder) or {}
+    return [{**r, "seed": seed, "structured": stats.get("structured")} for r in run.records]
 
 
 def trained_check(p: Plan) -> None:
@@ -150,7 +149,7 @@ def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_b
         return NEEDS_WEIGHTS, f"not run: trained weights come with {WEIGHTS}", ""
     if any(r.status == study.NOT_MADE for rs in conds.values() for _, r in rs):
         return PENDING, "runs not made yet: rerun the same command to make them", ""
-    failed = [r.status for rs in conds.values() for _, r in rs if r.status != "finished"]
+    failed = [r.status for rs in conds.values() for _, r in rs if not r.ok]
     if failed:
         return RUN_FAILED, failed[0], ""
     try:

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from repinv.metrics import PSNR
+from repinv.objectives import PROB, RANK
 
 KEEP_DB = 20.0
 GAP_DB = 3.0
@@ -167,7 +168,7 @@ def about_half_structured(m: Measurements, cond: str) -> Verdict:
 
 def generates_classes(m: Measurements, cond: str) -> Verdict:
     """Holds when the model ranks the asked class first (rank 0) in ≥ TOP1_MIN of the generated images."""
-    top1 = [1.0 if int(r["rank"]) == 0 else 0.0 for r in m[cond]]
-    probs = [float(r["prob"]) for r in m[cond]]
+    top1 = [1.0 if int(r[RANK]) == 0 else 0.0 for r in m[cond]]
+    probs = [float(r[PROB]) for r in m[cond]]
     return Verdict(statistics.fmean(top1) >= TOP1_MIN, f"top-1 {statistics.fmean(top1):.2f}; prob {fmt(probs, '')}",
                    f"top-1 fraction ≥ {TOP1_MIN:g}")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from repinv.engine.pipeline import run
 from repinv.metrics import PSNR
+from repinv.objectives import ACCURATE
 
 PSNR_CAP = 100.0  # dB, for identical images (mean squared difference below 1e-10)
 INVERSION_PSNR = f"inversion_{PSNR}"  # the inversions' mean PSNR to the target
@@ -45,7 +46,7 @@ def pairwise(images: torch.Tensor, accurate: list[bool]) -> dict:
 def inversion_quality(records: list[dict]) -> dict:
     """The mean PSNR to the target (`INVERSION_PSNR`) and the fraction accurate of several inversions' records of one target."""
     return {INVERSION_PSNR: sum(r[PSNR] for r in records) / len(records),
-            "inversion_accurate": sum(bool(r["accurate"]) for r in records) / len(records)}
+            "inversion_accurate": sum(bool(r[ACCURATE]) for r in records) / len(records)}
 
 
 def seeded_config(cfg: DictConfig, seed: int, steps: int, out_dir: Path, surgery: dict | None = None) -> DictConfig:
@@ -74,7 +75,7 @@ def seed_inversions(cfg: DictConfig, seeds: list[int], steps: int, out_dir: Path
     out = []
     for t, record in enumerate(results[0].records):
         runs = [r.records[t] for r in results]
-        accurate = [bool(r["accurate"]) for r in runs]
+        accurate = [bool(r[ACCURATE]) for r in runs]
         out.append({
             "layer": record["layer"], "image": record["image"],
             **pairwise(torch.stack([r.images[t] for r in results]), accurate),

@@ -33,6 +33,7 @@ from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
 from repinv.models.taps import resolve_layer
 from repinv.reporting.loggers import make_loggers
+from repinv.reporting.results import METRICS_FILE, read_records
 from repinv.reporting.wandb_logger import WandbFinished
 
 log = logging.getLogger("repinv.diagnose")
@@ -151,7 +152,7 @@ def diagnose(cfg: DictConfig) -> list[dict]:
     records = []
     for variant in variants(build_model(cfg, AS_CONFIGURED.surgery).net, kinds):
         records += diagnose_variant(cfg, variant, spec, seeds, steps, out_dir)
-    (out_dir / "metrics.json").write_text(json.dumps(records, indent=1))
+    (out_dir / METRICS_FILE).write_text(json.dumps(records, indent=1))
     log_records(cfg, records)
     return records
 
@@ -173,7 +174,7 @@ class DiagnoseSweepEnd(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         records = [
-            dict(r, job=p.parent.name) for p in sorted(sweep_dir.glob("*/metrics.json")) for r in json.loads(p.read_text())
+            dict(r, job=p.parent.name) for p in sorted(sweep_dir.glob(f"*/{METRICS_FILE}")) for r in read_records(p.parent)
         ]
         if records:
             print(

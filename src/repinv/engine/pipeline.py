@@ -43,8 +43,9 @@ from repinv.errors import RepinvError
 from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
-from repinv.reporting.callbacks import LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal
+from repinv.reporting.callbacks import CHECKPOINT_DIR, LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal, last_checkpoint
 from repinv.reporting.loggers import make_loggers
+from repinv.reporting.results import METRICS_FILE
 from repinv.reporting.summary import score
 from repinv.reporting.wandb_logger import WANDB_ID, WandbFinished
 
@@ -108,7 +109,6 @@ def validate(cfg: DictConfig) -> None:
                           "(bfloat16 steps, fp32 image, targets and metrics) or precision=16-mixed (float16 autocast, GPUs).")
 
 
-CHECKPOINT_DIR = "checkpoints"
 HYDRA_FILES = ".hydra"
 
 
@@ -124,7 +124,7 @@ def resume_path(resume, out_dir: Path) -> Path | None:
     folder's). With `resume=null` a requeued SLURM job continues from its own folder's last
     checkpoint when there is one: the requeued job has the same folder, and nothing else reuses one.
     """
-    own = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    own = last_checkpoint(out_dir)
     if resume is None:
         if requeued() and own.is_file():
             log.info("requeued job: resuming from %s", own)
@@ -133,13 +133,13 @@ def resume_path(resume, out_dir: Path) -> Path | None:
     path = out_dir if str(resume) == "last" else Path(str(resume)).expanduser()
     if path.is_file():
         return path
-    for candidate in (path / CHECKPOINT_DIR / LAST_CHECKPOINT, path / LAST_CHECKPOINT):
+    for candidate in (last_checkpoint(path), path / LAST_CHECKPOINT):
         if candidate.is_file():
             return candidate
     found = sorted(str(p) for p in path.rglob("*.ckpt"))[:5] if path.is_dir() else []
     there = f"holds only {', '.join(found)}" if found else ("holds no .ckpt file" if path.is_dir() else "does not exist")
     raise RepinvError(
-        f"resume={resume} names no checkpoint: there is no {path / CHECKPOINT_DIR / LAST_CHECKPOINT}, and {path} {there}. "
+        f"resume={resume} names no checkpoint: there is no {last_checkpoint(path)}, and {path} {there}. "
         "Pass a .ckpt file, the folder of the run to continue (runs save checkpoints/last.ckpt every checkpoint_every "
         "steps and when interrupted), or resume=last together with hydra.run.dir=<that folder>."
     )
@@ -147,12 +147,12 @@ def resume_path(resume, out_dir: Path) -> Path | None:
 
 def holds_run(out_dir: Path) -> bool:
     """Whether `out_dir` holds a run's files (its config, a checkpoint or results)."""
-    return any((out_dir / name).exists() for name in ("config.yaml", CHECKPOINT_DIR, "metrics.json"))
+    return any((out_dir / name).exists() for name in ("config.yaml", CHECKPOINT_DIR, METRICS_FILE))
 
 
 def refuse_unfinished(out_dir: Path) -> None:
     """A fresh run (no `resume=`) in a folder whose checkpoint belongs to an unfinished run would overwrite it: refused."""
-    own = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    own = last_checkpoint(out_dir)
     if not own.is_file():
         return
     saved = read_checkpoint(own)

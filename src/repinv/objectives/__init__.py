@@ -7,7 +7,8 @@ as in a run of its own. See `base.Objective` for what an objective tells the res
 """
 
 from repinv.objectives.base import Objective, target_key, target_seed
-from repinv.objectives.classgen import CLASS_LOSSES, ClassGeneration
-from repinv.objectives.layer import LOSSES, LayerInversion, distance
+from repinv.objectives.classgen import CLASS_LOSSES, PROB, RANK, ClassGeneration
+from repinv.objectives.layer import ACCURATE, LOSSES, OUTPUT_L2, LayerInversion, distance
 
-__all__ = ["CLASS_LOSSES", "LOSSES", "ClassGeneration", "LayerInversion", "Objective", "distance", "target_key", "target_seed"]
+__all__ = ["ACCURATE", "CLASS_LOSSES", "LOSSES", "OUTPUT_L2", "PROB", "RANK", "ClassGeneration", "LayerInversion", "Objective",
+           "distance", "target_key", "target_seed"]

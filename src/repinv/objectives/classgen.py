@@ -10,6 +10,8 @@ from repinv.errors import RepinvError
 from repinv.objectives.base import Objective, positive, samples_count
 
 CLASS_LOSSES = ("abs", "logit", "ce")
+RANK = "rank"  # a record's class rank among all classes (0 = top)
+PROB = "prob"  # its softmax probability
 
 
 def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -28,7 +30,7 @@ class ClassGeneration(Objective):
     """
 
     kind = "class"
-    score_metric = "rank"  # a sweep minimises the class's rank among all classes (0 = top)
+    score_metric = RANK  # a sweep minimises the class's rank among all classes (0 = top)
 
     def __init__(self, classes, loss: str = "abs", constant: float = 100.0, samples: int = 1, scale: float = 1.0):
         super().__init__()
@@ -80,8 +82,8 @@ class ClassGeneration(Objective):
         with torch.no_grad():
             stats = {
                 "logit": target.detach(),
-                "prob": logits.softmax(1).gather(1, cls[:, None]).squeeze(1),
-                "rank": (logits > target[:, None]).sum(1).float(),
+                PROB: logits.softmax(1).gather(1, cls[:, None]).squeeze(1),
+                RANK: (logits > target[:, None]).sum(1).float(),
             }
         return self.scale * losses, stats
 

@@ -17,6 +17,8 @@ from repinv.objectives.base import Objective, positive, target_seed
 log = logging.getLogger(__name__)
 
 LOSSES = ("l1", "mse", "cosine")
+OUTPUT_L2 = "output_l2"  # a record's distance of its layer output to the target
+ACCURATE = "accurate"  # whether that distance is below the noise-shifted target's (the study's criterion)
 STACK = ("auto", True, False)
 
 
@@ -57,7 +59,7 @@ class LayerInversion(Objective):
 
     kind = "layer"
     needs_images = True
-    score_metric = "output_l2"
+    score_metric = OUTPUT_L2
     caption_metric = HEADLINE
     labels = ("layer",)  # the layer as spelled (5 or blocks.5); its seed comes from `module`, the path it resolves to
 
@@ -183,9 +185,9 @@ class LayerInversion(Objective):
         if back is not None:
             loss, output_l2 = loss[back], output_l2[back]
         stats = {
-            "output_l2": output_l2,
+            OUTPUT_L2: output_l2,
             "noise_shift_l2": self.noise_shift_l2,
-            "accurate": (output_l2 < self.noise_shift_l2).float(),
+            ACCURATE: (output_l2 < self.noise_shift_l2).float(),
         }
         return self.scale * loss, stats
 
@@ -193,7 +195,7 @@ class LayerInversion(Objective):
         return record["layer"]
 
     def finalize(self, record, metrics=()):
-        return super().finalize({**record, "accurate": bool(record["accurate"])}, metrics)
+        return super().finalize({**record, ACCURATE: bool(record[ACCURATE])}, metrics)
 
     def tags(self):
         return [f"layer:{tap.label}" for tap in self.taps]

@@ -24,11 +24,17 @@ from repinv.engine.sharding import CollectiveFailed, any_rank, shard_bounds
 from repinv.models import LoadedModel
 from repinv.objectives import target_key
 from repinv.reporting.figures import filter_grid, filter_stats, input_conv, to_uint8
-from repinv.reporting.results import merge_shares, share_file, write_results, write_share
+from repinv.reporting.results import FINISHED, INTERRUPTED, merge_shares, share_file, write_results, write_share
 
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.ckpt"
+CHECKPOINT_DIR = "checkpoints"  # under a run folder (conf/callbacks/default.yaml's `checkpoints.dirpath`)
+
+
+def last_checkpoint(run_folder: str | Path) -> Path:
+    """Where a run folder's latest checkpoint is (`resume=last` continues from it)."""
+    return Path(run_folder) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
 
 class RunView(Protocol):
@@ -78,12 +84,21 @@ class ImageTimeline(pl.Callback):
             lg.log_image(key="reconstruction", images=imgs, step=step, caption=captions)
 
 
+FILTERS = "filters"  # FilterGrid's default key: <run folder>/filters.png and filters.json
+
+
+def read_filters(folder: str | Path, key: str = FILTERS) -> dict | None:
+    """The numbers FilterGrid wrote for a run's input filters (`module` and `figures.filter_stats`), or None."""
+    path = Path(folder) / f"{key}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 class FilterGrid(pl.Callback):
     """At train start, the model's first filters on the image as `filters.png` (and their numbers
     as `filters.json`) in the run folder, also logged as image `filters`. Models without a
     3-channel first convolution are skipped."""
 
-    def __init__(self, out_dir: str | Path, key: str = "filters"):
+    def __init__(self, out_dir: str | Path, key: str = FILTERS):
         self.out_dir, self.key = Path(out_dir), key
 
     @rank_zero_only
@@ -158,7 +173,7 @@ class ResultWriter(pl.Callback):
         """The records of this fit, written at the first call after it ended (collective): whichever
         callback asks first at the end of fit, the files are written once."""
         if not self._written:
-            self.write(trainer, pl_module, "finished" if trainer.global_step >= pl_module.steps else "interrupted")
+            self.write(trainer, pl_module, FINISHED if trainer.global_step >= pl_module.steps else INTERRUPTED)
             self._written = True
         return self.records
 
@@ -174,7 +189,7 @@ class ResultWriter(pl.Callback):
         log.warning("run %s: this process's share written to %s", status, self.out_dir / share_file(trainer.global_rank))
 
     def on_exception(self, trainer, pl_module, exception):
-        status = ("interrupted" if isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        status = (INTERRUPTED if isinstance(exception, (KeyboardInterrupt, SIGTERMException))
                   else "aborted" if isinstance(exception, (CollectiveFailed, dist.DistError)) else "crashed")
         try:
             if trainer.world_size == 1:

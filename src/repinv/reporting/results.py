@@ -13,6 +13,18 @@ from repinv.naming import slug
 from repinv.reporting.figures import save_png, titled_grid
 
 METRICS_FILE = "metrics.json"
+FINISHED = "finished"  # a record's status when its run made every step (else interrupted, crashed, aborted, missing)
+INTERRUPTED = "interrupted"
+
+
+def read_records(folder: str | Path) -> list[dict]:
+    """The records of a run folder's metrics.json."""
+    return json.loads((Path(folder) / METRICS_FILE).read_text())
+
+
+def all_finished(folder: str | Path) -> bool:
+    """Whether `folder`'s metrics.json exists and every record in it finished."""
+    return (Path(folder) / METRICS_FILE).is_file() and all(r.get("status") == FINISHED for r in read_records(folder))
 
 
 def png_name(record: dict) -> str:

@@ -27,8 +27,9 @@ from PIL import Image
 
 from repinv.metrics import COMPARED, axis_label
 from repinv.naming import slug
+from repinv.objectives import OUTPUT_L2
 from repinv.reporting.figures import plt, titled_grid
-from repinv.reporting.results import METRICS_FILE
+from repinv.reporting.results import FINISHED, METRICS_FILE
 
 SWEPT_COLUMNS = ("layers",)  # overrides that pick a column, not a row
 IDENTITY = ["job", "condition", "status", "image", "column"]  # the first table columns; the records' own fields follow
@@ -43,7 +44,7 @@ class Job:
     path: Path
     overrides: list[str]
     records: list[dict] = field(default_factory=list)
-    status: str = "finished"
+    status: str = FINISHED
     error: str = ""
     condition: str = "default"  # the swept overrides other than layers, e.g. "model=resnet50"
 
@@ -85,7 +86,7 @@ def read_job(path: Path) -> Job:
     metrics, error = path / METRICS_FILE, path / "error.txt"
     if metrics.is_file():
         job.records = [{"column": "?", "caption": "", **r} for r in json.loads(metrics.read_text())]
-        bad = sorted({r.get("status", "finished") for r in job.records} - {"finished"})
+        bad = sorted({r.get("status", FINISHED) for r in job.records} - {FINISHED})
         if bad:
             job.status = bad[0]
     if error.is_file():
@@ -93,7 +94,7 @@ def read_job(path: Path) -> Job:
         job.status, job.error = "failed", text.splitlines()[0] if text else "failed"
     elif not metrics.is_file():
         job.status, job.error = "failed", "no metrics.json: the job crashed or is still running"
-    if job.status != "finished" and not job.error:
+    if job.status != FINISHED and not job.error:
         job.error = f"the run ended with status {job.status}"
     return job
 
@@ -173,7 +174,7 @@ def write_grid(jobs: list[Job], table: list[dict], root: Path) -> Path:
             for r in job.records:
                 if r.get("image") != image:
                     continue
-                ok = job.status == "finished"
+                ok = job.status == FINISHED
                 img = _png(job.path / r["png"]) if ok and r.get("png") else FAILED_CELL
                 cells[r["column"]] = (img, f"{r['column']} · {r['caption'] if ok else job.status}")
     fig_rows, labels = [], []
@@ -189,7 +190,7 @@ def write_metric_plot(table: list[dict], root: Path) -> Path:
     fig, axes = plt.subplots(1, len(COMPARED), figsize=(max(6, 1.2 * len(columns)) * len(COMPARED), 4), squeeze=False)
     lines: dict[str, dict[str, dict]] = {}
     for row in table:
-        if row.get("status") == "finished":
+        if row.get("status") == FINISHED:
             name = row["condition"] + (f" / {row['image']}" if row.get("image") else "")
             lines.setdefault(name, {})[row["column"]] = row
     drawn = False
@@ -219,13 +220,13 @@ def summarize(sweep_dir: str | Path) -> dict:
     if not jobs:
         raise FileNotFoundError(f"{root} holds no job folders (expected 0/, 1/, ... from `repinv -m`)")
     table = rows(jobs, root)
-    failed = [j for j in jobs if j.status != "finished"]
+    failed = [j for j in jobs if j.status != FINISHED]
     csv_path, md_path = write_tables(table, root, len(jobs), len(failed))
     return {"grid": write_grid(jobs, table, root), "plot": write_metric_plot(table, root), "csv": csv_path,
             "md": md_path, "jobs": jobs, "failed": failed}
 
 
-def score(records: list[dict], metric: str = "output_l2") -> float:
+def score(records: list[dict], metric: str = OUTPUT_L2) -> float:
     """The number a sweeper optimises: the mean of `metric` over a run's records (NaN if none)."""
     values = [r[metric] for r in records if isinstance(r.get(metric), (int, float)) and not isinstance(r.get(metric), bool)]
     values = [v for v in values if math.isfinite(v)]
