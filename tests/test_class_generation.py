@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -13,6 +15,8 @@ from PIL import Image
 from conftest import compose_cfg, read_metrics
 from repinv.engine.module import ImageOptimization
 from repinv.priors import Jitter, Octaves
+from repinv.reporting.callbacks import ResultWriter
+from repinv.reporting.results import PROCESS
 
 CLASS = ["model=vit_tiny", "objective=class", "steps=40", "log_every=10", "image_every=20", "logger=csv"]
 
@@ -106,3 +110,15 @@ def test_octaves_generate_small_then_leave_the_full_size_alone():
     full = noise.clone()
     oct.update(full, 8, 9)
     assert torch.equal(full, noise)
+
+
+def test_a_crashed_process_share_keeps_each_class_rank(tmp_path):
+    """After a crash with several processes each record names its process in its own field: the class's rank among
+    all classes (0 = top) stays what the objective measured."""
+    record = {"class": 1, "class_name": "goldfish", "column": "goldfish", "logit": 9.0, "prob": 0.8, "rank": 0.0}
+    run = SimpleNamespace(final_metrics=lambda gathered: [dict(record)], images=lambda gathered: torch.rand(1, 3, 8, 8),
+                          model_info=SimpleNamespace(label="vit_tiny", trained=False))
+    trainer = SimpleNamespace(global_rank=1, world_size=2, is_global_zero=False, global_step=5)
+    ResultWriter(tmp_path).write_share(trainer, run, "crashed")
+    (share,) = json.loads((tmp_path / "metrics.rank1.json").read_text())
+    assert share["rank"] == 0.0 and share[PROCESS] == 1 and share["status"] == "crashed"

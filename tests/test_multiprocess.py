@@ -15,6 +15,7 @@ from test_sweeps import repinv
 
 from conftest import REPO, read_metrics
 from repinv.priors import Prior
+from repinv.reporting.results import PROCESS
 
 # 4 targets (2 per process), jitter and blur: a resume that got the rows, step, schedule or RNG wrong ends elsewhere.
 FOUR = ["model=vit_tiny", "image=[chelsea,astronaut]", "layers=[0,patch_embed]", "log_every=5",
@@ -104,7 +105,7 @@ def test_a_crashed_process_stops_the_other_and_the_survivors_results_are_written
     assert res.returncode not in (0, None), res.stderr[-3000:]
     assert took < 150, f"the run took {took:.0f} s with collective_timeout_s=20"
     records = read_metrics(run_dir)
-    assert [r["rank"] for r in records] == [0, 0, 1, 1]
+    assert [r[PROCESS] for r in records] == [0, 0, 1, 1]
     assert [r["status"] for r in records] == ["aborted", "aborted", "crashed", "crashed"], records
     assert all(5 <= r["steps"] <= 6 and r["psnr"] > 0 and (run_dir / r["png"]).is_file() for r in records)
     assert json.loads((run_dir / "metrics.rank0.json").read_text()) == records[:2]

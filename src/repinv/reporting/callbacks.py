@@ -24,7 +24,7 @@ from repinv.engine.sharding import CollectiveFailed, any_rank, shard_bounds
 from repinv.models import LoadedModel
 from repinv.objectives import target_key
 from repinv.reporting.figures import filter_grid, filter_stats, input_conv, to_uint8
-from repinv.reporting.results import FINISHED, INTERRUPTED, merge_shares, share_file, write_results, write_share
+from repinv.reporting.results import FINISHED, INTERRUPTED, PROCESS, merge_shares, share_file, write_results, write_share
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class ResultWriter(pl.Callback):
 
     def write_share(self, trainer, pl_module, status: str) -> None:
         """After a crash with several processes: this rank's share, then (rank 0) metrics.json from every share on disk."""
-        extra = {**self._fields(trainer, pl_module, status), "rank": trainer.global_rank}
+        extra = {**self._fields(trainer, pl_module, status), PROCESS: trainer.global_rank}
         records = [{**r, **extra} for r in pl_module.final_metrics(gathered=False)]
         write_share(self.out_dir, records, pl_module.images(gathered=False).cpu(), trainer.global_rank)
         if trainer.is_global_zero:

@@ -15,6 +15,7 @@ from repinv.reporting.figures import save_png, titled_grid
 METRICS_FILE = "metrics.json"
 FINISHED = "finished"  # a record's status when its run made every step (else interrupted, crashed, aborted, missing)
 INTERRUPTED = "interrupted"
+PROCESS = "process"  # the process (rank) whose share a record came from, after a crash with several processes
 
 
 def read_records(folder: str | Path) -> list[dict]:
@@ -73,7 +74,7 @@ def merge_shares(out_dir: str | Path, shares: list[list[dict]]) -> list[dict]:
     for rank, targets in enumerate(shares):
         path = out / share_file(rank)
         records += (json.loads(path.read_text()) if path.is_file()
-                    else [{**t, "status": "missing", "rank": rank} for t in targets])
+                    else [{**t, "status": "missing", PROCESS: rank} for t in targets])
     write_json_atomic(out / METRICS_FILE, records)
     return records
 
