@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +205,11 @@ def test_a_logger_defined_outside_repinv_is_used_from_config_alone(run_repinv):
     assert (logger.run.name, logger.run.kind) == (f"vit_tiny-{records[0]['column']}-untrained", "layer")
     assert [step for step, _ in logger.logged] == [0, 1, 2] and logger.params["steps"] == 3
     assert (out / "csv" / "metrics.csv").is_file()
+
+
+def test_an_offline_wandb_run_says_how_to_upload_it(cli):
+    """A run that logged to W&B offline ends by naming its offline folder, which `wandb sync` uploads."""
+    code, out, _, run_dir = cli("model=vit_tiny", "layers=[0]", "steps=2", "logger=wandb")
+    assert code == 0
+    (folder,) = re.findall(r"upload it with `wandb sync (.+)`", out)
+    assert Path(folder).is_dir() and run_dir in Path(folder).parents and Path(folder).name.startswith("offline-run-")

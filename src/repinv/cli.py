@@ -22,6 +22,7 @@ from repinv.conf import respell_all
 from repinv.engine.pipeline import holds_run, record_hydra
 from repinv.errors import RepinvError, paragraph
 from repinv.reporting.summary import report as summary_report, summarize
+from repinv.reporting.wandb_logger import announce_offline_sweep
 
 log = logging.getLogger("repinv")
 
@@ -121,8 +122,7 @@ class SweepSummary(Callback):
             log.warning("no sweep summary: %s", err)
             return
         print(summary_report(out))
-        if any(sweep_dir.glob("*/wandb/offline-run-*")):
-            print(f"W&B offline runs: upload with `wandb sync {sweep_dir}/*/wandb/offline-run-*`")
+        announce_offline_sweep(sweep_dir)
         if out["failed"]:
             sys.exit(1)
 

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from repinv.cli import CONFIG_PATH, command, run_task
@@ -34,7 +32,7 @@ from repinv.models import LoadedModel
 from repinv.models.taps import resolve_layer
 from repinv.reporting.loggers import make_loggers
 from repinv.reporting.results import METRICS_FILE, read_records
-from repinv.reporting.wandb_logger import WandbFinished
+from repinv.reporting.wandb_logger import WandbFinished, announce_offline_sweep
 
 log = logging.getLogger("repinv.diagnose")
 EXAMPLE = "repinv-diagnose model=vit_tiny 'layers=[0,5]' diagnostics.nonunique.seeds=0"
@@ -138,9 +136,8 @@ def log_records(cfg: DictConfig, records: list[dict]) -> None:
                 lg.log_metrics(flat, step=depth)
         for lg in loggers:
             lg.finalize("success")
-    offline = wandb_run.offline
-    if offline is not None and HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN:
-        print(f"W&B offline run: upload it with `wandb sync {offline}`")
+    if sweep_name() is None:
+        wandb_run.announce()
 
 
 def diagnose(cfg: DictConfig) -> list[dict]:
@@ -180,8 +177,7 @@ class DiagnoseSweepEnd(Callback):
             print(
                 f"diagnostics of {len(records)} (variant, layer, image) in {write_table(records, sweep_dir / 'diagnostics.csv')}"
             )
-        if any(sweep_dir.glob("*/wandb/offline-run-*")):
-            print(f"W&B offline runs: upload with `wandb sync {sweep_dir}/*/wandb/offline-run-*`")
+        announce_offline_sweep(sweep_dir)
 
 
 if __name__ == "__main__":

@@ -360,9 +360,8 @@ def run(cfg: DictConfig) -> RunResult:
             **overrides,
         )
         fit(trainer, module, ckpt)
-    offline = wandb_run.offline
-    if offline is not None and trainer.is_global_zero and sweep_name() is None:
-        print(f"W&B offline run: upload it with `wandb sync {offline}`")
+    if trainer.is_global_zero and sweep_name() is None:
+        wandb_run.announce()
     if stopper is not None and stopper.stopped_at is not None:
         resume = f"continue with resume={checkpoints.last}" if checkpoints else "no checkpoint (callbacks.checkpoints=null)"
         print(f"repinv: {signal.Signals(stopper.signum).name} at step {stopper.stopped_at} of {cfg.steps}: results in "

@@ -90,6 +90,17 @@ class WandbFinished:
         self.offline = finish_wandb(code)
         return False
 
+    def announce(self) -> None:
+        """Print how to upload the offline run this block ended, if it was one."""
+        if self.offline is not None:
+            print(f"W&B offline run: upload it with `wandb sync {self.offline}`")
+
+
+def announce_offline_sweep(sweep_dir: Path) -> None:
+    """Print how to upload a sweep's offline W&B runs, if its jobs left any."""
+    if any(sweep_dir.glob("*/wandb/offline-run-*")):
+        print(f"W&B offline runs: upload with `wandb sync {sweep_dir}/*/wandb/offline-run-*`")
+
 
 class WandbRunId(pl.Callback):
     """Store the W&B run's id in each checkpoint, so a run resumed from it continues that W&B run."""
