@@ -43,6 +43,7 @@ from repinv.errors import RepinvError
 from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
+from repinv.objectives import Objective
 from repinv.reporting.callbacks import CHECKPOINT_DIR, LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal, last_checkpoint
 from repinv.reporting.loggers import make_loggers
 from repinv.reporting.results import METRICS_FILE
@@ -301,20 +302,9 @@ def build_model(cfg: DictConfig, surgery: dict | None = None) -> LoadedModel:
     return apply_surgery(build(cfg.model), {k: build(op, f"surgery.{k}") for k, op in ops.items()})
 
 
-def run(cfg: DictConfig) -> RunResult:
-    """Run the configured objective; returns its records, images, folder and score.
-
-    Everything is built and checked (settings, plug-ins, the checkpoint to resume) before the run
-    folder is written, so a refused run leaves an existing folder as it was.
-    """
-    validate(cfg)
-    out_dir = Path(cfg.output_dir)
-    ckpt = resume_path(cfg.get("resume"), out_dir)
-    if ckpt is None:
-        refuse_unfinished(out_dir)
-    pl.seed_everything(cfg.seed, verbose=False)
-    set_matmul_precision(cfg.get("matmul_precision", "highest"))
-
+def build_module(cfg: DictConfig) -> tuple[LoadedModel, Objective, ImageOptimization]:
+    """The model (after surgery) and objective of `cfg`, and the step module over them, its images, optimiser, priors
+    and metrics: all built and checked."""
     model = build_model(cfg)
     objective = build(cfg.objective)
     images = load_images(cfg.image, model.input_size) if objective.needs_images else []
@@ -337,6 +327,31 @@ def run(cfg: DictConfig) -> RunResult:
         compile=cfg.get("compile", False),
     )
     objective.check(model.net, model.input_size)
+    return model, objective, module
+
+
+def exit_stopped(stopper: StopOnSignal, checkpoints: Checkpoints | None, steps: int, out_dir: Path) -> None:
+    """A run a signal stopped: say where its results are and how to continue it, then exit as the signal asks."""
+    resume = f"continue with resume={checkpoints.last}" if checkpoints else "no checkpoint (callbacks.checkpoints=null)"
+    print(f"repinv: {signal.Signals(stopper.signum).name} at step {stopper.stopped_at} of {steps}: results in "
+          f"{out_dir}, {resume}", file=sys.stderr)
+    stopper.exit()
+
+
+def run(cfg: DictConfig) -> RunResult:
+    """Run the configured objective; returns its records, images, folder and score.
+
+    Everything is built and checked (settings, plug-ins, the checkpoint to resume) before the run
+    folder is written, so a refused run leaves an existing folder as it was.
+    """
+    validate(cfg)
+    out_dir = Path(cfg.output_dir)
+    ckpt = resume_path(cfg.get("resume"), out_dir)
+    if ckpt is None:
+        refuse_unfinished(out_dir)
+    pl.seed_everything(cfg.seed, verbose=False)
+    set_matmul_precision(cfg.get("matmul_precision", "highest"))
+    model, objective, module = build_module(cfg)
     overrides = trainer_overrides(cfg)
     check_arguments("trainer", cfg.trainer, "logger", "callbacks", "max_steps", *overrides)
     name = run_name("-".join([model.label, *model.surgery]), objective.name(), model.trained)
@@ -363,10 +378,7 @@ def run(cfg: DictConfig) -> RunResult:
     if trainer.is_global_zero and sweep_name() is None:
         wandb_run.announce()
     if stopper is not None and stopper.stopped_at is not None:
-        resume = f"continue with resume={checkpoints.last}" if checkpoints else "no checkpoint (callbacks.checkpoints=null)"
-        print(f"repinv: {signal.Signals(stopper.signum).name} at step {stopper.stopped_at} of {cfg.steps}: results in "
-              f"{out_dir}, {resume}", file=sys.stderr)
-        stopper.exit()
+        exit_stopped(stopper, checkpoints, cfg.steps, out_dir)
     metric = cfg.get("optimized_metric") or objective.score_metric
     records, images = (writer.records, writer.images) if writer else ([], None)
     return RunResult(records, images, out_dir, score(records, metric))
