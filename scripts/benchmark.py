@@ -206,7 +206,7 @@ def plain_step(net, mean, std, tap, target, batch, steps, size):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        blur.update(img.data, s, steps)
+        blur.update(img.data, s, steps + 1)  # per_step makes steps + 1 of them (a warm-up first)
 
     return per_step(step, steps)
 
@@ -248,7 +248,7 @@ def study_step(net, mean, std, index, pix, steps, size):
             img.sub_(0.05 * img.grad)
             img.grad = None
             net.zero_grad(set_to_none=True)
-        blur.update(img.data, s, steps)
+        blur.update(img.data, s, steps + 1)  # per_step makes steps + 1 of them (a warm-up first)
 
     return per_step(step, steps)
 

@@ -49,6 +49,27 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     assert 0 < host["kernel_ops_per_step"] < shared["kernel_ops_per_step"]
 
 
+def test_the_timed_loops_blur_on_the_study_schedule(monkeypatch):
+    """The plain and study loops make steps + 1 steps (a warm-up first); their blur goes from 2.4 to 0.4 over them and
+    never past it (past it, at the CPU default of 6 steps, sigma reached 0 and the blur divided by zero)."""
+    sigmas = []
+
+    class Recorded(benchmark.GaussianBlur):
+        def update(self, img, step, total):
+            sigmas.append(self.sigma(step, total))
+            super().update(img, step, total)
+
+    monkeypatch.setattr(benchmark, "GaussianBlur", Recorded)
+    kwargs = dict(img_size=32, patch_size=16, depth=1, embed_dim=8, num_heads=1)
+    loaded = benchmark.create_model("vit_tiny_patch16_224", input_size=32, kwargs=kwargs)
+    mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
+    tap = benchmark.resolve_layer(loaded.net, 0)
+    pix = torch.rand(1, 3, 32, 32)
+    benchmark.plain_step(loaded.net, mean, std, tap, tap(loaded.net, pix), 1, 6, (32, 32))
+    benchmark.study_step(benchmark.study_net("vit_tiny_patch16_224", kwargs), mean, std, 0, pix, 6, (32, 32))
+    schedule = [2.4 - 2.0 * s / 6 for s in range(7)]
+    assert sigmas == pytest.approx(schedule + schedule)
+
 @pytest.mark.slow
 def test_benchmark_without_bf16_says_so_and_keeps_the_fp32_ratios(tmp_path):
     """--no-bf16 leaves bf16 out everywhere; --compile adds the compiled shared pass and the compile speed-up."""
