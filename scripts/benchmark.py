@@ -16,6 +16,8 @@ and peak memory), the study's run (every depth of 3 images in one shared pass; o
 ceiling of study/repinv: the study's time over repinv's counted FLOPs at the measured fp32
 matmul peak (what repinv would reach if its step were nothing but matmuls at peak). Each cell's
 FLOP rate is also given as a fraction of a plain large matmul's in its precision, measured now.
+On a CPU it also times two of repinv's CPU choices against torch's default at batch 1 and 12
+(`cpu_choices`): the patch embedding as a matmul and SSIM on channels-last tensors.
 On a GPU the grid adds batch 64, steps are timed as one window synchronised only at its ends
 (torch.cuda.synchronize), and peak memory is torch.cuda.max_memory_allocated.
 bf16 is timed by default where it can pay (GPUs, CPUs with native bf16); `--bf16` forces it.
@@ -50,6 +52,7 @@ import timm
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from repinv.engine.module import ImageOptimization
 from repinv.engine.pipeline import Steps
@@ -407,6 +410,41 @@ def host_step(steps: int = 100) -> dict:
     return {"seconds_per_step": sec, "kernel_ops_per_step": cost.count.kernel_ops_per_step}
 
 
+def cpu_choices(b: Bench, batches: tuple[int, ...] = (1, 12), calls: int = 10, rounds: int = 3) -> dict:
+    """Two CPU choices of repinv against torch's default, at each batch of photographs: the patch embedding as a
+    matmul over patches (forward plus input gradient, `model.cpu_kernels=packed`) against the same weights in
+    nn.Conv2d, and SSIM on channels-last tensors against contiguous ones. Seconds per call: the median call of the
+    best of `rounds` interleaved rounds. The two sides give the same values; `max_relative_difference` (to the
+    largest value) says how nearly."""
+    patch = b.loaded.net.patch_embed.proj
+    conv = torch.nn.Conv2d(patch.in_channels, patch.out_channels, patch.kernel_size, patch.stride).to(device())
+    conv.load_state_dict(patch.state_dict())
+    conv.requires_grad_(False)
+    out = {"size": b.size}
+    for batch in batches:
+        x = torch.stack([b.photos[i % len(b.photos)].pixels for i in range(batch)]).to(device())
+        noisy = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+        pairs = {"patch_embedding": (partial(input_gradient, patch, x), partial(input_gradient, conv, x)),
+                 "ssim": (partial(ssim, noisy, x),
+                          partial(structural_similarity_index_measure, noisy, x, data_range=1.0, reduction="none"))}
+        out[f"batch_{batch}"] = {name: compared(*ways, calls, rounds) for name, ways in pairs.items()}
+    return out
+
+
+def input_gradient(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    image = x.clone().requires_grad_(True)
+    return torch.autograd.grad(module(image).square().sum(), image)[0]
+
+
+def compared(repinv_way, torch_way, calls: int, rounds: int) -> dict:
+    """Seconds per call of two ways to the same values (best of interleaved rounds), and how nearly they agree."""
+    times = [(per_step(lambda s: repinv_way(), calls), per_step(lambda s: torch_way(), calls)) for _ in range(rounds)]
+    ours, theirs = min(t[0] for t in times), min(t[1] for t in times)
+    ref = torch_way()
+    return {"repinv_seconds": ours, "torch_seconds": theirs, "speedup": theirs / ours,
+            "max_relative_difference": float((repinv_way() - ref).abs().max() / ref.abs().max())}
+
+
 def vit_l(bf16: bool) -> dict:
     """ViT-L/16 at 512x512, its last block, batch 1: seconds per step and peak memory per precision."""
     big = create_model("vit_large_patch16_224", input_size=512, kwargs=dict(img_size=512))
@@ -486,6 +524,9 @@ def main(argv=None) -> int:
 
     report["host_step"] = host_step()
     save()
+    if not gpu:
+        report["cpu_choices"] = cpu_choices(b)
+        save()
     if gpu or args.quick:
         report["shared_pass"] = shared_pass(b, bf16, args.compile)
         save()

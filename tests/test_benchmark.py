@@ -47,6 +47,14 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     host = report["host_step"]
     assert 0 < host["seconds_per_step"] < shared["variants"]["32-true"]["seconds_per_step"], "less work than a real step"
     assert 0 < host["kernel_ops_per_step"] < shared["kernel_ops_per_step"]
+    choices = report["cpu_choices"]
+    assert set(choices) == {"size", "batch_1", "batch_12"}
+    for name in ("patch_embedding", "ssim"):
+        for batch in ("batch_1", "batch_12"):
+            c = choices[batch][name]
+            assert c["repinv_seconds"] > 0 and c["speedup"] == pytest.approx(c["torch_seconds"] / c["repinv_seconds"])
+            assert c["max_relative_difference"] < 1e-4, f"{name}: repinv's way gives torch's values"
+
 
 
 def test_the_timed_loops_blur_on_the_study_schedule(monkeypatch):

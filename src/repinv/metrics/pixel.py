@@ -17,8 +17,8 @@ def psnr(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def ssim(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Structural similarity (data range 1) of the image clamped to [0, 1]."""
-    # channels-last: SSIM's 11x11 per-channel Gaussian convolution runs ~4x faster on CPU in that
-    # layout (the same values); SSIM is most of a log step's cost (~0.4 s for 12 images at 224)
+    # channels-last: SSIM's 11x11 per-channel Gaussian convolution can run faster on CPU in that layout (the same
+    # values); SSIM is most of a log step's cost. scripts/benchmark.py times both layouts (`cpu_choices`).
     clamped = image.detach().float().clamp(0, 1).contiguous(memory_format=torch.channels_last)
     return structural_similarity_index_measure(clamped, reference.float().contiguous(memory_format=torch.channels_last),
                                                data_range=1.0, reduction="none")

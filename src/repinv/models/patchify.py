@@ -1,8 +1,8 @@
 """A faster, equivalent patch embedding for CPU.
 
 A convolution whose stride equals its kernel (ViT and Mixer patch embeddings) is a matmul
-over non-overlapping patches. On CPU the matmul's input gradient is about 20x faster than
-the convolution's (ViT-B/32 at 224: ~2 ms against ~46 ms per step), and the matmul runs on
+over non-overlapping patches. On CPU its forward plus input gradient is several times faster
+than the convolution's (`cpu_choices` in scripts/benchmark.py times both), and the matmul runs on
 packed weights like every other frozen linear layer (`repinv.models.packed`). The module keeps its
 class hierarchy, parameters and state-dict keys; only `forward` changes.
 """
