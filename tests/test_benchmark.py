@@ -49,7 +49,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     assert 0 < host["kernel_ops_per_step"] < shared["kernel_ops_per_step"]
     choices = report["cpu_choices"]
     assert set(choices) == {"size", "batch_1", "batch_12"}
-    for name in ("patch_embedding", "ssim"):
+    for name in ("patch_embedding_as_matmul", "ssim_channels_last"):
         for batch in ("batch_1", "batch_12"):
             c = choices[batch][name]
             assert c["repinv_seconds"] > 0 and c["speedup"] == pytest.approx(c["torch_seconds"] / c["repinv_seconds"])
