@@ -86,3 +86,14 @@ def test_the_priors_former_name_is_respelled_only_as_a_first_key(override, respe
 
     assert respell(override) == respelled
     assert respell_key("regularizer.blur.sigma_end") == "priors.blur.sigma_end" and respell_key("model.seed") == "model.seed"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("steps=3", "steps"), ("+priors.tv.weight=1", "priors.tv.weight"), ("++trainer.devices=2", "trainer.devices"),
+    ("~priors.blur", "priors.blur"), ("image='a=b.png'", "image"), ("hydra/launcher=slurm", "hydra/launcher"),
+])
+def test_an_override_names_the_key_it_sets_whatever_its_prefix(override, key):
+    """The ledger's cost plan, its config check and the sweep summary tell overrides apart by this key."""
+    from repinv.conf import override_key
+
+    assert override_key(override) == key

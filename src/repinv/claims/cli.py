@@ -29,7 +29,7 @@ from repinv.claims.ledger import BUDGETS, execute, plan
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import write
 from repinv.cli import CONFIG_DIR
-from repinv.conf import respell_all
+from repinv.conf import override_key, respell_all
 from repinv.errors import RepinvError, listing, paragraph, suggest
 from repinv.inputs.images import locate
 from repinv.sources import Weights
@@ -133,7 +133,7 @@ def check_runs(runs, extra: list[str]) -> None:
     def shape(overrides) -> tuple:
         """What decides whether overrides compose: their keys, and the options chosen for config groups."""
         pairs = (o.partition("=")[::2] for o in respell_all(overrides))
-        return tuple(sorted((k, v if k.lstrip("+~") in groups else None) for k, v in pairs))
+        return tuple(sorted((k, v if override_key(k) in groups else None) for k, v in pairs))
 
     GlobalHydra.instance().clear()
     try:

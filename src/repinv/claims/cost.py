@@ -15,6 +15,7 @@ from pathlib import Path
 
 from repinv import study
 from repinv.claims.ledger import network_name
+from repinv.conf import override_key
 from repinv.errors import RepinvError
 from repinv.reporting.cost import StepCount
 
@@ -53,7 +54,7 @@ def network(overrides: Iterable[str]) -> tuple[str, ...]:
     def same_work(key: str) -> bool:
         return any(key == k or key.startswith(f"{k}.") for k in SAME_WORK)
 
-    return tuple(o for o in overrides if not same_work(o.partition("=")[0].lstrip("+~")))
+    return tuple(o for o in overrides if not same_work(override_key(o)))
 
 
 def steps(overrides: Sequence[str]) -> int:

@@ -30,6 +30,11 @@ def respell_all(overrides: Iterable[str]) -> list[str]:
     return [respell(str(o)) for o in overrides]
 
 
+def override_key(override: str) -> str:
+    """The config key an override sets, without Hydra's `+`, `++` or `~` prefix: `+priors.tv.weight=1` -> `priors.tv.weight`."""
+    return str(override).partition("=")[0].lstrip("+~")
+
+
 def respell_key(key: str) -> str:
     """A dotted config key with a former first part spelled anew: `regularizer.blur.sigma_start` -> `priors.blur.sigma_start`."""
     first, dot, rest = key.partition(".")

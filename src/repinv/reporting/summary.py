@@ -25,6 +25,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 from PIL import Image
 
+from repinv.conf import override_key
 from repinv.metrics import COMPARED, axis_label
 from repinv.naming import slug
 from repinv.objectives import OUTPUT_L2
@@ -49,7 +50,7 @@ class Job:
     condition: str = "default"  # the swept overrides other than layers, e.g. "model=resnet50"
 
     def override(self, key: str) -> str | None:
-        return next((o.partition("=")[2] for o in self.overrides if o.partition("=")[0].lstrip("+~") == key), None)
+        return next((o.partition("=")[2] for o in self.overrides if override_key(o) == key), None)
 
     def planned(self) -> list[dict]:
         """The records this job wrote, else those its objective planned (one unnamed column if unknown)."""
@@ -105,7 +106,7 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
     marks = (".hydra", METRICS_FILE, "error.txt", "config.yaml")
     folders = [p for p in root.iterdir() if p.is_dir() and any((p / m).exists() for m in marks)]
     jobs = [read_job(p) for p in sorted(folders, key=_job_number)]
-    keys = dict.fromkeys(o.partition("=")[0].lstrip("+~") for j in jobs for o in j.overrides)
+    keys = dict.fromkeys(override_key(o) for j in jobs for o in j.overrides)
     swept = [k for k in keys if k not in SWEPT_COLUMNS and len({j.override(k) for j in jobs}) > 1]
     for job in jobs:
         job.condition = ", ".join(f"{k}={job.override(k)}" for k in swept) or "default"
