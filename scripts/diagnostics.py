@@ -28,7 +28,6 @@ folders, not run again). Sized for the CPU budget's 18 layers in about 20 minute
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from repinv.diagnostics.run import diagnose  # noqa: E402
 from repinv.diagnostics.table import write_table  # noqa: E402
 from repinv.objectives import ACCURATE  # noqa: E402
 from repinv.reporting.results import METRICS_FILE, read_records  # noqa: E402
+from repinv.reporting.tables import write_csv  # noqa: E402
 from repinv.study import Run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,13 +182,6 @@ def plot(records: list[dict], corr: list[dict], path: Path) -> Path:
     return path
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny untrained models and a few steps (what the tests run)")
@@ -211,7 +204,7 @@ def main(argv=None) -> None:
         records = [r for model, layers in MODELS[mode].items() for r in run_model(model, layers, mode, args.out, args.overrides)]
     write_table(records, args.out / "diagnostics.csv")
     corr = correlations(records)
-    write_csv(corr, args.out / "correlations.csv")
+    write_csv(args.out / "correlations.csv", corr)
     plot(records, corr, args.out / "diagnostics.png")
     print(f"Spearman rank correlation with the inversion's PSNR over {len(records)} (model, variant, layer, image):")
     for c in corr:

@@ -10,7 +10,6 @@ objective's headline number), or the run's filter grid (filters.png); its number
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,8 +20,8 @@ from PIL import Image
 from repinv import study
 from repinv.reporting.callbacks import FILTERS, read_filters
 from repinv.reporting.figures import titled_grid
-from repinv.reporting.results import FINISHED, read_records
-from repinv.reporting.summary import fields
+from repinv.reporting.results import FINISHED, cell_title, read_records, target_png
+from repinv.reporting.tables import columns, write_csv
 from repinv.sources import Weights, model_config
 from repinv.study import Run
 
@@ -96,11 +95,11 @@ def panel_run(panel: Panel, experiment: str, args) -> Run:
 def _reconstruction_row(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
     """The target, then each reconstruction titled with its column and caption; one CSV row each."""
     row, table = [], []
-    target = next(iter(sorted((run_dir / "targets").glob("*.png"))), None) if records else None
-    if target is not None:
+    target = target_png(run_dir, records[0]["image"]) if records and records[0].get("image") else None
+    if target is not None and target.is_file():
         row.append((Image.open(target).convert("RGB"), "target"))
     for r in records:
-        row.append((Image.open(run_dir / r["png"]).convert("RGB"), f"{r['column']} · {r['caption']}"))
+        row.append((Image.open(run_dir / r["png"]).convert("RGB"), cell_title(r["column"], r["caption"])))
         table.append({"panel": panel.label, "status": status, **r})
     return row, table
 
@@ -139,11 +138,7 @@ def assemble(
     cell = 4.4 if all(p.show == "filters" for p in panels) else 2.2  # a filter grid holds many small pictures
     png = titled_grid(rows, out / f"{name}.png", row_labels=labels, suptitle=title, cell=cell)
     csv_path = out / f"{name}.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields(table, IDENTITY))
-        writer.writeheader()
-        writer.writerows(table)
-    return png, csv_path
+    return png, write_csv(csv_path, table, columns(table, IDENTITY))
 
 
 def run_panels(panels: list[Panel], experiment: str, args) -> list[Run]:

@@ -40,6 +40,7 @@ from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, networks  # noqa: E402
 from repinv.errors import RepinvError  # noqa: E402
 from repinv.metrics import COMPARED, PSNR, axis_label  # noqa: E402
 from repinv.reporting.results import read_records  # noqa: E402
+from repinv.reporting.tables import columns, write_csv  # noqa: E402
 from repinv.study import Run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,10 +258,7 @@ def write(results: dict[tuple[str, str], dict], report: list[int], studied: tupl
     """recipes.csv and recipes.png under `out`; returns the table."""
     rows = table(results, report, studied)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "recipes.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)) or ["recipe"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "recipes.csv", rows, columns(rows) or ["recipe"])
     plot(results, out / "recipes.png")
     return rows
 

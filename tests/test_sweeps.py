@@ -192,3 +192,18 @@ def test_devices_inside_a_local_multirun_are_refused(tmp_path, monkeypatch):
         trainer_overrides(cfg)
     monkeypatch.setenv("SLURM_NTASKS", "2")
     assert type(trainer_overrides(cfg)["strategy"]).__name__ == "ShardedDDP"
+
+
+def test_a_table_puts_the_named_columns_first_and_the_error_last(tmp_path):
+    """Every CSV and markdown table of the tools (sweep summary, ledger, figures, recipes, diagnostics, cost) is
+    written by repinv.reporting.tables: named columns first, then the rest in first-seen order, an error last; a `|`
+    in a markdown cell stays inside its cell."""
+    from repinv.reporting.tables import columns, md_table, write_csv
+
+    rows = [{"b": 1, "error": "no|file", "a": 2}, {"c": 3}]
+    assert columns(rows, ["a"]) == ["a", "b", "c", "error"]
+    assert md_table(rows, ["a", "error"]) == ["| a | error |", "| --- | --- |", "| 2 | no\\|file |", "|  |  |"]
+    with open(write_csv(tmp_path / "t.csv", rows), newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["b", "a", "c", "error"]
+        assert list(reader) == [{"b": "1", "a": "2", "c": "", "error": "no|file"}, {"b": "", "a": "", "c": "3", "error": ""}]

@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 
 from repinv import study
 from repinv.claims.ledger import BF16
-from repinv.claims.report import md_table
 from repinv.cli import CONFIG_DIR
 from repinv.errors import RepinvError
+from repinv.reporting.tables import md_table
 
 KEY = BF16.partition("=")[0]
 

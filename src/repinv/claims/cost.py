@@ -18,6 +18,7 @@ from repinv.claims.ledger import network_name
 from repinv.conf import override_key
 from repinv.errors import RepinvError
 from repinv.reporting.cost import StepCount
+from repinv.reporting.tables import md_table
 
 # Overrides (keys, and the keys below them) that leave a step's work as it is: what runs of one network may
 # differ in. Where a run runs (trainer) and what it logs are among them, so a GPU plan is counted on any machine,
@@ -90,12 +91,10 @@ def plan_cost(runs: Iterable[study.Run], root: Path) -> list[NetworkCost]:
 def cost_table(costs: Sequence[NetworkCost], peaks: dict[str, float]) -> str:
     """Markdown: per network its runs, steps, GFLOP a step and PFLOP in all; then the total and, per named peak
     (TFLOP/s), the least time the whole plan takes at it."""
-    lines = ["| network | runs | steps | GFLOP/step | kernels/step | PFLOP |", "| --- | --- | --- | --- | --- | --- |"]
-    names = [c.network for c in costs]
-    for c in sorted(costs, key=lambda c: -c.flops):
-        cells = [network_name(c.network, names), c.runs, c.steps, f"{c.flops_per_step / 1e9:.3g}", c.kernels_per_step,
-                 f"{c.flops / 1e15:.3g}"]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    header, names = ["network", "runs", "steps", "GFLOP/step", "kernels/step", "PFLOP"], [c.network for c in costs]
+    lines = md_table([dict(zip(header, [network_name(c.network, names), c.runs, c.steps, f"{c.flops_per_step / 1e9:.3g}",
+                                        c.kernels_per_step, f"{c.flops / 1e15:.3g}"]))
+                      for c in sorted(costs, key=lambda c: -c.flops)], header)
     total = sum(c.flops for c in costs)
     lines += ["", f"In all: {sum(c.runs for c in costs)} runs, {total / 1e15:.3g} PFLOP (matmuls, convolutions and "
               "attention, forward and input gradient, counted by torch's FlopCounterMode on one step of each network "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from repinv.claims.ledger import COLUMNS, DEFAULT_RECIPE, Plan, judge, tagged
 from repinv.claims.registry import Claim
 from repinv.claims.rules import KEEP_DB, by_layer, mean_sd
 from repinv.metrics import PSNR, axis_label
+from repinv.reporting.tables import md_table, write_csv
 from repinv.study import Run
 
 Conditions = dict[str, list[tuple[int, Run]]]
@@ -52,20 +52,6 @@ def rows(claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int, ou
                       "measured": measured, "rule": rule, "verdict": verdict,
                       "recipe-dependent": dependent, "runs": _runs(conds, out)})
     return table, sensitivity
-
-
-def write_csv(path: Path, table: list[dict], columns: Sequence[str]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(table)
-    return path
-
-
-def md_table(table: list[dict], columns: Sequence[str]) -> list[str]:
-    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
-    return ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns),
-            *("| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in table)]
 
 
 def write_md(path: Path, budget: str, table: list[dict], sensitivity: list[dict], plots: list[Path], command: str) -> Path:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
+
+from repinv.reporting.tables import write_csv
 
 
 def write_table(records: list[dict], path: Path) -> Path:
-    """Write `records` (columns: every key, in first-seen order) to `path` and return it."""
-    columns = list(dict.fromkeys(k for r in records for k in r))
+    """Write `records` (columns: every key, in first-seen order, `error` last) to `path` and return it."""
     cell = lambda v: " ".join(f"{x:.6g}" for x in v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({k: cell(v) for k, v in r.items()} for r in records)
-    return path
+    return write_csv(path, [{k: cell(v) for k, v in r.items()} for r in records])

@@ -28,6 +28,16 @@ def all_finished(folder: str | Path) -> bool:
     return (Path(folder) / METRICS_FILE).is_file() and all(r.get("status") == FINISHED for r in read_records(folder))
 
 
+def target_png(out_dir: str | Path, image: str) -> Path:
+    """Where a run folder keeps the target photograph `image` (the grid's first column)."""
+    return Path(out_dir) / "targets" / f"{slug(image)}.png"
+
+
+def cell_title(column: str, caption: str) -> str:
+    """A grid cell's title: its column, then its caption (a record's headline metric, or why it has none)."""
+    return f"{column} · {caption}"
+
+
 def png_name(record: dict) -> str:
     parts = [record.get("image"), record["column"]]
     return "__".join(slug(p) for p in parts if p is not None) + ".png"
@@ -95,13 +105,13 @@ def write_results(
     records = _write_pngs(out, records, images)
     references = references or {}
     for name, ref in references.items():
-        save_png(ref, out / "targets" / f"{slug(name)}.png")
+        save_png(ref, target_png(out, name))
     rows, labels = [], []
     for name in dict.fromkeys(r.get("image") for r in records):
         row = [(references[name], "target")] if name in references else []
         for record, img in zip(records, images):
             if record.get("image") == name:
-                row.append((img, f"{record['column']} · {record['caption']}"))
+                row.append((img, cell_title(record["column"], record["caption"])))
         rows.append(row)
         labels.append(str(name) if name is not None else "")
     titled_grid(rows, out / "grid.png", row_labels=labels, suptitle=title)

@@ -12,7 +12,6 @@ SSIM, against column, one line per condition),
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -27,10 +26,10 @@ from PIL import Image
 
 from repinv.conf import override_key
 from repinv.metrics import COMPARED, axis_label
-from repinv.naming import slug
 from repinv.objectives import OUTPUT_L2
+from repinv.reporting import tables
 from repinv.reporting.figures import plt, titled_grid
-from repinv.reporting.results import FINISHED, METRICS_FILE
+from repinv.reporting.results import FINISHED, METRICS_FILE, cell_title, target_png
 
 SWEPT_COLUMNS = ("layers",)  # overrides that pick a column, not a row
 IDENTITY = ["job", "condition", "status", "image", "column"]  # the first table columns; the records' own fields follow
@@ -134,22 +133,11 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def fields(table: list[dict], first: list[str]) -> list[str]:
-    """Table columns: `first`, then every other key of the rows in first-seen order, `error` (if any) last."""
-    keys = dict.fromkeys(k for row in table for k in row)
-    return [*first, *(k for k in keys if k not in first and k != "error"), *(["error"] if "error" in keys else [])]
-
-
 def write_tables(table: list[dict], root: Path, n_jobs: int, n_failed: int) -> tuple[Path, Path]:
     csv_path, md_path = root / "summary.csv", root / "summary.md"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields(table, IDENTITY))
-        writer.writeheader()
-        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in table)
-    cols = MD_FIELDS
+    tables.write_csv(csv_path, [{k: _fmt(v) for k, v in row.items()} for row in table], tables.columns(table, IDENTITY))
     lines = [f"# Sweep {root.name}", "", f"{n_jobs} jobs, {n_failed} failed.", "",
-             "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(row.get(c)).replace("|", "/") for c in cols) + " |" for row in table]
+             *tables.md_table([{c: _fmt(row.get(c)) for c in MD_FIELDS} for row in table], MD_FIELDS)]
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
@@ -167,17 +155,17 @@ def write_grid(jobs: list[Job], table: list[dict], root: Path) -> Path:
         if not images:
             keys = [k for k in grid if k[0] == job.condition] or [(job.condition, None)]
             for key in keys:
-                grid.setdefault(key, {}).update({c: (FAILED_CELL, f"{c} · {job.status}") for c in job.columns})
+                grid.setdefault(key, {}).update({c: (FAILED_CELL, cell_title(c, job.status)) for c in job.columns})
         for image in images:
             cells = grid.setdefault((job.condition, image), {})
             if "target" not in cells:
-                cells["target"] = (_png(job.path / "targets" / f"{slug(image)}.png"), "target")
+                cells["target"] = (_png(target_png(job.path, image)), "target")
             for r in job.records:
                 if r.get("image") != image:
                     continue
                 ok = job.status == FINISHED
                 img = _png(job.path / r["png"]) if ok and r.get("png") else FAILED_CELL
-                cells[r["column"]] = (img, f"{r['column']} · {r['caption'] if ok else job.status}")
+                cells[r["column"]] = (img, cell_title(r["column"], r["caption"] if ok else job.status))
     fig_rows, labels = [], []
     for (condition, image), cells in grid.items():
         fig_rows.append([cells.get(c, (None, "")) for c in ["target", *columns]])
