@@ -10,12 +10,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -24,7 +22,7 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 
 from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error
 from repinv.claims.compare import comparison
-from repinv.claims.cost import cost_table, plan_cost
+from repinv.claims.cost import plan_cost, write_plan
 from repinv.claims.ledger import BUDGETS, execute, plan
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import write
@@ -196,10 +194,7 @@ def report_cost(p, out: Path, peaks: dict[str, float], command: str) -> int:
         costs = plan_cost(p.runs.values(), out / "cost")
     except RepinvError as err:
         return refuse(err)
-    (out / "cost.json").write_text(json.dumps([asdict(c) for c in costs], indent=1) + "\n")
-    text = f"Made with `{command}`.\n\n{cost_table(costs, peaks)}"
-    (out / "cost.md").write_text(text)
-    print(text, end="")
+    print(write_plan(costs, out, command, peaks), end="")
     return 0
 
 

@@ -9,8 +9,9 @@ time the plan needs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from repinv import study
@@ -26,6 +27,7 @@ from repinv.reporting.tables import md_table
 SAME_WORK = ("seed", "steps", "scheduler", "optimizer.lr", "model.mean", "model.std", "trainer", "logger",
              "checkpoint_every", "log_every", "image_every", "hydra", "model.pretrained", "model.checkpoint",
              "model.weights")
+PLAN_FILE = "cost.json"  # in a ledger folder: each network's NetworkCost (a run folder's cost.json is a StepCount)
 COUNTING = ["steps=3", "logger=none", "callbacks.checkpoints=null",
             "+callbacks.cost._target_=repinv.reporting.cost.StepCost", "+callbacks.cost.out_dir=${output_dir}"]
 
@@ -81,10 +83,9 @@ def plan_cost(runs: Iterable[study.Run], root: Path) -> list[NetworkCost]:
         groups.setdefault(network(run.overrides), []).append(run)
     out = []
     for key, members in groups.items():
-        counted = count(key, root)
-        out.append(NetworkCost(key, len(members), sum(steps(r.overrides) for r in members),
-                               counted.flops_per_step, counted.kernel_ops_per_step,
-                               sum(steps(r.overrides) for r in members if not r.finished)))
+        counted, made = count(key, root), [(steps(r.overrides), r.finished) for r in members]
+        out.append(NetworkCost(key, len(members), sum(s for s, _ in made), counted.flops_per_step,
+                               counted.kernel_ops_per_step, sum(s for s, finished in made if not finished)))
     return out
 
 
@@ -106,3 +107,12 @@ def cost_table(costs: Sequence[NetworkCost], peaks: dict[str, float]) -> str:
               + (f", {left / tflops / 1e12 / 60:.3g} min for the runs not finished" if left < total else "")
               for name, tflops in peaks.items()]
     return "\n".join(lines) + "\n"
+
+
+def write_plan(costs: Sequence[NetworkCost], out: Path, command: str, peaks: dict[str, float]) -> str:
+    """The plan's counts as `<out>/cost.json` and its table, made with `command`, as `<out>/cost.md`; returns the table."""
+    (out / PLAN_FILE).write_text(json.dumps([asdict(c) for c in costs], indent=1) + "\n")
+    text = f"Made with `{command}`.\n\n{cost_table(costs, peaks)}"
+    (out / PLAN_FILE).with_suffix(".md").write_text(text)
+    return text
+
