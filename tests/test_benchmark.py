@@ -56,7 +56,6 @@ def test_quick_benchmark_writes_every_field(tmp_path):
             assert c["max_relative_difference"] < 1e-4, f"{name}: repinv's way gives torch's values"
 
 
-
 def test_the_timed_loops_blur_on_the_study_schedule(monkeypatch):
     """The plain and study loops make steps + 1 steps (a warm-up first); their blur goes from 2.4 to 0.4 over them and
     never past it (past it, at the CPU default of 6 steps, sigma reached 0 and the blur divided by zero)."""
@@ -77,6 +76,7 @@ def test_the_timed_loops_blur_on_the_study_schedule(monkeypatch):
     benchmark.study_step(benchmark.study_net("vit_tiny_patch16_224", kwargs), mean, std, 0, pix, 6, (32, 32))
     schedule = [2.4 - 2.0 * s / 6 for s in range(7)]
     assert sigmas == pytest.approx(schedule + schedule)
+
 
 @pytest.mark.slow
 def test_benchmark_without_bf16_says_so_and_keeps_the_fp32_ratios(tmp_path):

@@ -16,7 +16,7 @@ from conftest import compose_cfg, read_metrics
 from repinv.engine.module import ImageOptimization
 from repinv.priors import Jitter, Octaves
 from repinv.reporting.callbacks import ResultWriter
-from repinv.reporting.results import PROCESS
+from repinv.reporting.results import PROCESS, share_file
 
 CLASS = ["model=vit_tiny", "objective=class", "steps=40", "log_every=10", "image_every=20", "logger=csv"]
 
@@ -120,5 +120,5 @@ def test_a_crashed_process_share_keeps_each_class_rank(tmp_path):
                           model_info=SimpleNamespace(label="vit_tiny", trained=False))
     trainer = SimpleNamespace(global_rank=1, world_size=2, is_global_zero=False, global_step=5)
     ResultWriter(tmp_path).write_share(trainer, run, "crashed")
-    (share,) = json.loads((tmp_path / "metrics.rank1.json").read_text())
+    (share,) = json.loads((tmp_path / share_file(1)).read_text())
     assert share["rank"] == 0.0 and share[PROCESS] == 1 and share["status"] == "crashed"
