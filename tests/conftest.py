@@ -13,17 +13,8 @@ from pathlib import Path
 
 import pytest
 
-# Never reach a hub or W&B server; keep W&B's own files out of the home directory.
-_WANDB_HOME = Path(tempfile.mkdtemp(prefix="repinv-wandb-"))
-os.environ.update(
-    HF_HUB_OFFLINE="1",
-    WANDB_MODE="offline",
-    WANDB_SILENT="true",
-    WANDB_CONSOLE="off",
-    WANDB_CACHE_DIR=str(_WANDB_HOME / "cache"),
-    WANDB_CONFIG_DIR=str(_WANDB_HOME / "config"),
-    WANDB_DATA_DIR=str(_WANDB_HOME / "data"),
-)
+# Never reach a hub or W&B server.
+os.environ.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONSOLE="off")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
@@ -38,9 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=vit_tiny", "layers=[0,patch_embed]", "optimizer.lr=1.0", "steps=60", "log_every=10", "image_every=30"]
 
 
+def pytest_configure(config):
+    """Keep W&B's own files out of the home directory, in a folder of this pytest process. Made here, not on import:
+    the processes a test launches import test modules (and so this one) too, and may end without unconfiguring."""
+    config.wandb_home = Path(tempfile.mkdtemp(prefix="repinv-wandb-"))
+    os.environ.update({f"WANDB_{part.upper()}_DIR": str(config.wandb_home / part) for part in ("cache", "config", "data")})
+
+
 def pytest_unconfigure(config):
     """Remove this test process's W&B folder."""
-    shutil.rmtree(_WANDB_HOME, ignore_errors=True)
+    shutil.rmtree(config.wandb_home, ignore_errors=True)
 
 
 def compose_cfg(overrides: list[str], out_dir: Path):

@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -158,3 +160,14 @@ def test_collective_timeout_reaches_the_processes(tmp_path):
     assert trainer_overrides(cfg)["strategy"]._timeout == timedelta(seconds=20)
     with pytest.raises(RepinvError, match="collective_timeout_s=0 must be a positive number"):
         validate(compose_cfg(["collective_timeout_s=0"], tmp_path))
+
+
+def test_a_process_that_imports_a_test_module_leaves_no_temporary_folder(tmp_path):
+    """The ranks above import this module (for `OnRank`) and may die without pytest's unconfigure hook: importing it
+    makes no folder in the temporary directory."""
+    env = {**os.environ, "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", "import test_multiprocess"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(tmp_path.glob("repinv-wandb-*"))
