@@ -54,7 +54,7 @@ def test_two_calls_in_one_process_each_write_their_own_folder(tmp_path, monkeypa
     ("model=vit_tinyy", "Did you mean 'vit_tiny'"),
     ("stepz=3", "Could not override 'stepz'"),
     ("layers=[0,", "do not compose"),
-    ("steps=0", "steps=0 must be a positive number"),
+    ("steps=0", "steps=0 must be a positive whole number"),
 ])
 def test_bad_input_raises_repinv_error(tmp_path, override, needle):
     with pytest.raises(repinv.RepinvError, match=re.escape(needle)) as err:

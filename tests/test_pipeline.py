@@ -6,10 +6,12 @@ import csv
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import torch
 import yaml
 from PIL import Image
 from pytorch_lightning.loggers.logger import Logger
@@ -213,3 +215,17 @@ def test_an_offline_wandb_run_says_how_to_upload_it(cli):
     assert code == 0
     (folder,) = re.findall(r"upload it with `wandb sync (.+)`", out)
     assert Path(folder).is_dir() and run_dir in Path(folder).parents and Path(folder).name.startswith("offline-run-")
+
+
+@pytest.mark.parametrize("every,logged", [(4, [0, 4, 8, 10]), (0, [10])])
+def test_the_image_timeline_logs_every_n_steps_and_the_last_and_0_means_the_last_alone(every, logged):
+    from repinv.reporting.callbacks import ImageTimeline
+
+    steps = []
+    logger = SimpleNamespace(log_image=lambda key, images, step, caption: steps.append(step))
+    module = SimpleNamespace(steps=10, targets=[{"image": "cat"}], images=lambda: torch.zeros(1, 3, 4, 4))
+    timeline = ImageTimeline(every)
+    for step in range(11):
+        timeline.on_train_batch_end(SimpleNamespace(global_step=step, is_global_zero=True, loggers=[logger]), module,
+                                    None, None, step)
+    assert steps == logged

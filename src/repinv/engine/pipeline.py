@@ -34,7 +34,7 @@ from repinv.engine.identity import (
     read_checkpoint,
 )
 from repinv.engine.module import ImageOptimization
-from repinv.engine.plugins import build, build_each, check_arguments, check_metrics, check_prior
+from repinv.engine.plugins import build, build_each, check_arguments, check_metrics, check_prior, plugin_error
 from repinv.engine.precision import set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
 from repinv.engine.sharding import process_count, sharded_strategy
@@ -81,8 +81,16 @@ class Steps(Dataset):
 
 
 def _positive(name: str, value, hint: str) -> None:
-    if value is None or not isinstance(value, (int, float)) or value <= 0:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise RepinvError(f"{name}={value} must be a positive number; {hint}")
+
+
+def _steps(name: str, value, hint: str, zero: str | None = None) -> None:
+    """A count of steps is a whole number, positive, or 0 where `zero` says what 0 means: a fraction would be cut
+    by one part of the run and not by another (the Trainer would take one step more than the schedules)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero else 1):
+        what = f"a whole number of steps, or 0 for {zero}" if zero else "a positive whole number of steps"
+        raise RepinvError(f"{name}={value} must be {what}; {hint}")
 
 
 PRECISIONS = ("32-true", "32", "bf16", "bf16-mixed", "16-mixed", "16")
@@ -91,17 +99,16 @@ PRECISIONS = ("32-true", "32", "bf16", "bf16-mixed", "16-mixed", "16")
 def validate(cfg: DictConfig) -> None:
     """Check the numbers a run cannot start with, before anything is built."""
     check_finite(cfg)
-    _positive("steps", cfg.steps, "the study uses steps=1500 (up to 105000 for slow-converging layers).")
+    _steps("steps", cfg.steps, "the study uses steps=1500 (up to 105000 for slow-converging layers).")
     _positive("optimizer.lr", cfg.optimizer.get("lr"), "the default SGD uses optimizer.lr=0.05.")
-    _positive("log_every", cfg.log_every, "e.g. log_every=25.")
+    _steps("log_every", cfg.log_every, "e.g. log_every=25.")
+    _steps("image_every", cfg.get("image_every", 0), "e.g. image_every=100.", zero="the final images alone")
+    _steps("checkpoint_every", cfg.get("checkpoint_every", 0), "e.g. checkpoint_every=500.",
+           zero="no periodic checkpoints")
     if cfg.init.std < 0:
         raise RepinvError(f"init.std={cfg.init.std} must be non-negative; the study initialises from N(0.7, 1/20).")
     _positive("collective_timeout_s", cfg.get("collective_timeout_s", 600),
               "how long a process of a multi-process run waits for the others, e.g. collective_timeout_s=600.")
-    every = cfg.get("checkpoint_every", 0)
-    if not isinstance(every, int) or every < 0:
-        raise RepinvError(f"checkpoint_every={every} must be a whole number of steps, or 0 for no periodic "
-                          "checkpoints; e.g. checkpoint_every=500.")
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
         why = (" would make the image itself half precision, too coarse for small steps" if precision.endswith("-true")
@@ -195,8 +202,13 @@ def instantiate_callbacks(cfg: DictConfig, run: RunInfo) -> list[pl.Callback]:
     """The callbacks of `cfg.callbacks`, in their order: those whose constructor takes `run` are given the RunInfo;
     progress bars are left out with trainer.enable_progress_bar=false (Lightning refuses them then)."""
     out = []
-    for factory in build_each(cfg, "callbacks", _partial_=True).values():
-        callback = given_run(factory, run)
+    for name, factory in build_each(cfg, "callbacks", _partial_=True).items():
+        try:
+            callback = given_run(factory, run)
+        except RepinvError:
+            raise
+        except Exception as err:  # its constructor refused a setting
+            raise plugin_error(f"callbacks.{name}", cfg.callbacks[name], err) from None
         if cfg.trainer.get("enable_progress_bar", True) or not isinstance(callback, ProgressBar):
             out.append(callback)
     return out
@@ -357,14 +369,14 @@ def run(cfg: DictConfig) -> RunResult:
     name = run_name("-".join([model.label, *model.surgery]), objective.name(), model.trained)
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery, *objective.tags()]
     identity, changes, saved = resume_state(cfg, ckpt, module)
-    record_config(cfg, out_dir)
     info = RunInfo(name, tags, objective.kind, group=sweep_name(), resume_id=saved.get(WANDB_ID),
                    resume_step=saved.get("global_step"), changes=changes)
+    callbacks = instantiate_callbacks(cfg, info)
+    record_config(cfg, out_dir)
     loggers = make_loggers(cfg, info)
     with WandbFinished() as wandb_run:
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        callbacks = instantiate_callbacks(cfg, info)
         writer, checkpoints, stopper = the(callbacks, ResultWriter), the(callbacks, Checkpoints), the(callbacks, StopOnSignal)
         trainer = build(
             cfg.trainer,

@@ -58,10 +58,10 @@ def _image_loggers(trainer: pl.Trainer):
 
 
 class ImageTimeline(pl.Callback):
-    """Every `every` steps, log the reconstructions to each logger that takes images (W&B)."""
+    """Every `every` steps (0: at the last step alone), log the reconstructions to each logger that takes images (W&B)."""
 
     def __init__(self, every: int = 100):
-        self.every = max(int(every), 1)
+        self.every = int(every)
 
     @rank_zero_only
     def on_train_start(self, trainer, pl_module: RunView):
@@ -73,7 +73,7 @@ class ImageTimeline(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module: RunView, outputs, batch, batch_idx):
         step = trainer.global_step
-        if step % self.every and step != pl_module.steps:
+        if (not self.every or step % self.every) and step != pl_module.steps:
             return
         imgs = pl_module.images()  # every rank takes part; only rank 0's loggers write
         if not trainer.is_global_zero:
