@@ -28,6 +28,19 @@ def test_list_file_and_directory(tmp_path):
     assert torch.allclose(imgs[0].pixels, imgs[2].pixels)
 
 
+def test_images_whose_file_names_would_be_one_get_names_of_their_own(tmp_path):
+    """`my cat` and `my-cat` share a file name (`my-cat.png`); `b/cat.png` after `a/cat.png` becomes `cat_2`, which
+    `b/cat_2.png` then must not take again: each image keeps a target and reconstruction file of its own."""
+    from repinv.naming import slug
+
+    arr = (np.random.default_rng(0).random((20, 20, 3)) * 255).astype(np.uint8)
+    for rel in ("s/my cat.png", "s/my-cat.png", "a/cat.png", "b/cat.png", "b/cat_2.png"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        Image.fromarray(arr).save(tmp_path / rel)
+    names = [i.name for i in load_images([str(tmp_path / d) for d in "sab"], 16)]
+    assert len(names) == 5 and len({slug(n) for n in names}) == 5, names
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
 def test_non_rgb_modes_are_converted_with_a_warning(tmp_path, mode, caplog):
     arr = (np.random.default_rng(1).random((20, 20)) * 255).astype(np.uint8)

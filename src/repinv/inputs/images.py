@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from repinv.errors import RepinvError, listing, suggest
+from repinv.naming import slug
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,23 @@ def load_images(spec: str | list | tuple, size: int | tuple[int, int]) -> list[T
             "directory, or a list such as image=[chelsea,astronaut]."
         )
     out: list[TargetImage] = []
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
     for entry in entries:
         for name, arr in _expand(str(entry)):
-            seen[name] = seen.get(name, 0) + 1
-            unique = name if seen[name] == 1 else f"{name}_{seen[name]}"
+            unique = _unused(name, taken)
             factor = upscale_factor(arr.shape[:2], size)
             if factor > 1:
                 warnings.warn(ImageUpscaled(unique, arr.shape[:2], size, factor), stacklevel=2)
             out.append(TargetImage(unique, resize_center_crop(arr, size)))
     return out
+
+
+def _unused(name: str, taken: set[str]) -> str:
+    """`name`, or `name_2`, `name_3`, ... : the first whose file name (its slug: `my cat` and `my-cat` are one) no
+    earlier image has, so no image's target and reconstruction files overwrite another's. Adds it to `taken`."""
+    unique, k = name, 1
+    while slug(unique) in taken:
+        k += 1
+        unique = f"{name}_{k}"
+    taken.add(slug(unique))
+    return unique
