@@ -297,6 +297,18 @@ def test_compare_sets_ledgers_side_by_side_naming_photograph_and_precision(tmp_p
                          "| mixer | default |  | holds: m 3.1 dB |"]
 
 
+def test_compare_keeps_a_column_for_each_of_two_ledgers_in_folders_of_one_name(tmp_path, capsys):
+    """hostA/cpu and hostB/cpu, both on chelsea in fp32: each keeps its column, named by its path."""
+    for host, verdict in (("hostA", "holds"), ("hostB", "fails")):
+        _fake_ledger(tmp_path / host / "cpu", "chelsea", None, [("depth", "default", "d 1.0 ± 0.0 dB", verdict)])
+    assert main(["--compare", str(tmp_path / "hostA" / "cpu"), str(tmp_path / "hostB" / "cpu")]) == 0
+    table = capsys.readouterr().out.split("| claim")[1].splitlines()
+    assert table[0].count("(chelsea; 32-true)") == 2 and str(tmp_path / "hostB" / "cpu") in table[0]
+    assert table[2] == "| depth | default | holds: d 1.0 dB | fails: d 1.0 dB |"
+    assert main(["--compare", str(tmp_path / "hostA" / "cpu"), str(tmp_path / "hostA" / "cpu")]) == 2
+    assert "names one ledger folder twice" in " ".join(capsys.readouterr().err.split())
+
+
 def test_compare_of_a_folder_without_a_ledger_is_one_paragraph(tmp_path, capsys):
     assert main(["--compare", str(tmp_path)]) == 2
     err = " ".join(capsys.readouterr().err.split())

@@ -28,7 +28,7 @@ def precisions(root: Path) -> str:
 
 
 def read(root: Path) -> tuple[str, dict[tuple[str, str], str]]:
-    """A ledger's column header (folder, photographs, precision of its runs) and its cells by (claim, recipe)."""
+    """What a ledger's column header says of it (photographs, precision of its runs) and its cells by (claim, recipe)."""
     if not (root / "sensitivity.csv").is_file() or not (root / "claims.csv").is_file():
         raise RepinvError(f"--compare {root}: no ledger there (sensitivity.csv and claims.csv are missing). Give folders "
                           "that repinv-claims wrote, e.g. --compare docs/study/cpu docs/study/cpu-astronaut.")
@@ -36,12 +36,24 @@ def read(root: Path) -> tuple[str, dict[tuple[str, str], str]]:
         images = next(csv.DictReader(f), {}).get("images", "")
     with open(root / "sensitivity.csv", newline="") as f:
         cells = {(r["claim"], r["recipe"]): f"{r['verdict']}: {r['measured'].replace(' ± 0.0', '')}" for r in csv.DictReader(f)}
-    return f"{root.name} ({images}; {precisions(root)})", cells
+    return f"{images}; {precisions(root)}", cells
+
+
+def names(roots: list[Path]) -> list[str]:
+    """Each ledger's name in its column header: its folder's name, or the path as given where two folders share one
+    (hostA/cpu, hostB/cpu), so that no column takes another's place."""
+    if len({root.resolve() for root in roots}) < len(roots):
+        raise RepinvError(f"--compare {' '.join(map(str, roots))} names one ledger folder twice; give each folder once.")
+    short = [root.name for root in roots]
+    return short if len(set(short)) == len(short) else [str(root) for root in roots]
 
 
 def comparison(roots: list[Path], command: str) -> str:
     """The markdown page: the command that made it, then the table (a cell is empty where a ledger lacks the row)."""
-    columns = dict(read(root) for root in roots)
+    columns = {}
+    for name, root in zip(names(roots), roots):
+        about, cells = read(root)
+        columns[f"{name} ({about})"] = cells
     keys = list(dict.fromkeys(key for cells in columns.values() for key in cells))
     table = [{"claim": claim, "recipe": recipe, **{name: cells.get((claim, recipe), "") for name, cells in columns.items()}}
              for claim, recipe in keys]
