@@ -246,6 +246,7 @@ def test_a_finished_run_kept_without_what_its_rule_reads_is_incomplete_not_a_cra
     (["--checkpoint", "vit_b_32=/no/such.safetensors"], "/no/such.safetensors is not a file"),
     (["objective.layer=nonexistent"], "Could not override 'objective.layer'"),
     (["param=bogus"], "param=bogus: there is no config 'bogus' in the group 'param'"),
+    (["metrics.psnr=null"], "metrics.psnr=null: every run's records must hold psnr for the ledger's rules"),
 ])
 def test_every_argument_is_checked_before_the_first_run(args, needle, tmp_path, capsys, monkeypatch):
     import repinv.study

@@ -178,7 +178,8 @@ def test_nonuniqueness_is_zero_for_an_invertible_layer_and_large_for_a_projectio
 def test_bad_settings_are_one_paragraph_errors(tmp_path):
     for override, says in [("diagnostics.top_k=0", "top_k=0 must be a whole number"),
                            ("diagnostics.nonunique.seeds=1", "no pair to compare"),
-                           ("diagnostics.norm_ablation=[eachh]", "Did you mean 'each'")]:
+                           ("diagnostics.norm_ablation=[eachh]", "Did you mean 'each'"),
+                           ("metrics.psnr=null", "must hold psnr for the non-uniqueness diagnostic")]:
         cfg = _diagnose_cfg("model=vit_tiny", override, f"output_dir={tmp_path}")
         with pytest.raises(RepinvError, match=says) as err:
             diagnose(cfg)

@@ -30,6 +30,7 @@ from repinv.cli import CONFIG_DIR
 from repinv.conf import override_key, respell_all
 from repinv.errors import RepinvError, listing, paragraph, suggest
 from repinv.inputs.images import locate
+from repinv.metrics import PSNR, require
 from repinv.sources import Weights
 from repinv.study import NOT_MADE
 
@@ -138,10 +139,11 @@ def check_runs(runs, extra: list[str]) -> None:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             for run in {shape(r.overrides): r for r in runs}.values():
                 try:
-                    compose(CONFIG_NAME, overrides=respell_all(run.overrides))
+                    cfg = compose(CONFIG_NAME, overrides=respell_all(run.overrides))
                 except (ConfigCompositionException, OverrideParseException) as err:
                     where = f" (in the run {' '.join(run.overrides)})" if extra else ""
                     raise RepinvError(f"{composition_error(err, list(extra) or list(run.overrides), EXAMPLE)}{where}") from None
+                require(cfg, "the ledger's rules", PSNR)
     finally:
         GlobalHydra.instance().clear()
 

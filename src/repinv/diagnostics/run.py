@@ -28,6 +28,7 @@ from repinv.engine.pipeline import build_model, record_config, sweep_name
 from repinv.engine.runinfo import RunInfo
 from repinv.errors import RepinvError
 from repinv.inputs.images import load_images
+from repinv.metrics import PSNR, require
 from repinv.models import LoadedModel
 from repinv.models.taps import resolve_layer
 from repinv.reporting.loggers import make_loggers
@@ -76,6 +77,8 @@ def settings(cfg: DictConfig) -> tuple[SpectrumSettings, int, int, list[str]]:
             "diagnostics.nonunique.seeds=1 gives no pair to compare; use 0 (no non-uniqueness) or at least 2, e.g. 3."
         )
     steps = _whole("nonunique.steps", d.nonunique.steps, 1, "1500 (the study's recipe)")
+    if seeds:
+        require(cfg, "the non-uniqueness diagnostic (diagnostics.nonunique.seeds > 0)", PSNR)
     return spec, seeds, steps, check_ablations(d.get("norm_ablation"))
 
 

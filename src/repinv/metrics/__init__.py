@@ -6,6 +6,7 @@ and each name is the record field that holds its value. Code outside this packag
 field through the names below, never by spelling it: renaming one here renames it for every reader.
 """
 
+from repinv.errors import RepinvError
 from repinv.metrics.pixel import input_l2, psnr, ssim
 
 # the record fields of the default metrics (their keys in conf/metrics/default.yaml)
@@ -26,5 +27,15 @@ def axis_label(name: str) -> str:
     return name.upper() + (f" ({UNITS[name]})" if name in UNITS else "")
 
 
+def require(cfg, who: str, *names: str) -> None:
+    """Refuse, before anything runs, a config that leaves out a metric (metrics.NAME=null) that `who` reads from
+    every run's records: it would fail only once every run had been made."""
+    dropped = [name for name in names if (cfg.get("metrics") or {}).get(name) is None]
+    if dropped:
+        off = " ".join(f"metrics.{name}=null" for name in dropped)
+        raise RepinvError(f"{off}: every run's records must hold {', '.join(dropped)} for {who}. Keep it (leave another "
+                          "metric out with metrics.NAME=null, or add one with +metrics.NAME._target_=...).")
+
+
 __all__ = ["COMPARED", "FORMATS", "HEADLINE", "INPUT_L2", "PSNR", "SSIM", "UNITS", "axis_label", "describe", "input_l2", "psnr",
-           "ssim"]
+           "require", "ssim"]
