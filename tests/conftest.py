@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 # Never reach a hub or W&B server.
 os.environ.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONSOLE="off")
@@ -34,6 +35,24 @@ def pytest_configure(config):
     the processes a test launches import test modules (and so this one) too, and may end without unconfiguring."""
     config.wandb_home = Path(tempfile.mkdtemp(prefix="repinv-wandb-"))
     os.environ.update({f"WANDB_{part.upper()}_DIR": str(config.wandb_home / part) for part in ("cache", "config", "data")})
+    _share_the_cores()
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist, give each worker (and the processes its tests launch) its share of the cores: torch's
+    default of every core per process would have the workers' threads wait on each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first: pytest-xdist hands tests out in this order, so its workers start the long ones side by side
+    and end on short ones, rather than one worker finishing a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_unconfigure(config):

@@ -118,6 +118,7 @@ def _ledger(out) -> list[dict]:
     return list(csv.DictReader(open(out / "claims.csv")))
 
 
+@pytest.mark.slow
 def test_quick_ledger_runs_claims_end_to_end_with_sensitivity(tmp_path, capsys, monkeypatch):
     plotted, draw = {}, report.depth_plot
     monkeypatch.setattr(report, "depth_plot",
@@ -177,6 +178,7 @@ def test_bad_claim_id_is_one_paragraph(capsys):
     assert "Did you mean 'vit-untrained-constant-depth'" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_full_quick_ledger_has_a_verdict_in_every_row(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "repinv.claims", "--budget", "quick", "--seeds", "1",
                            "--out", str(tmp_path), "logger=none"], capture_output=True, text=True, env=ENV, cwd=REPO)

@@ -252,6 +252,7 @@ def _script():
     return module
 
 
+@pytest.mark.slow
 def test_script_smoke_writes_table_correlations_and_plot(tmp_path, capsys):
     _script().main(["--smoke", "--out", str(tmp_path)])
     with open(tmp_path / "diagnostics.csv") as f:

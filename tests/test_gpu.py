@@ -195,6 +195,7 @@ def stand_in_h200(tmp_path) -> dict:
             "OUT": str(tmp_path / "out"), "GPU_CHECK_STAGES": "study", "GPU_CHECK_JOBS": "0", "GPU_CHECK_BUDGET": "120"}
 
 
+@pytest.mark.slow
 def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
     """On an H200 the study stage starts from docs/study/gpu-h200: its finished runs are reused and packed, and
     the ledger of them gives the committed verdicts. A stand-in python reports one GPU; --jobs 0 makes the study
@@ -219,6 +220,7 @@ def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
     assert "study/cost.json" in names and "The plan counts 62.9 PFLOP (cost.json" in page, "the plan's committed cost"
 
 
+@pytest.mark.slow
 def test_gpu_check_study_args_start_a_ledger_of_their_own(tmp_path):
     """Overrides for the study runs (another precision) never join the committed fp32 ledger: their own folder."""
     import tarfile

@@ -71,6 +71,7 @@ def test_wheel_ships_every_config(wheel):
     assert not any(n.startswith(("tests/", "scripts/")) for n in names)
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_the_command_and_the_python_call_from_another_folder(venv, tmp_path):
     python, env = str(venv / "bin" / "python"), _clean_env()
     _run([str(venv / "bin" / "repinv"), *RUN, "hydra.run.dir=cli_run"], cwd=tmp_path, env=env)

@@ -55,6 +55,7 @@ def _ckpt(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_all_then_resume_equals_an_uninterrupted_run(run_repinv, tmp_path, monkeypatch):
     """SIGTERM to rank 1 at step 13: both processes stop after that step, metrics.json holds every target and the
     checkpoint the whole batch (Adam's state included); resumed on two processes, the run ends where an
@@ -86,6 +87,7 @@ def test_sigterm_to_one_process_stops_all_then_resume_equals_an_uninterrupted_ru
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["layer"], key)
 
 
+@pytest.mark.slow
 def test_a_crashed_process_stops_the_other_and_the_survivors_results_are_written(tmp_path, monkeypatch):
     """Rank 1 raises at step 5 of 2000: rank 0 gives up within collective_timeout_s, each process writes its share,
     and metrics.json says which targets crashed and which were stopped with it."""

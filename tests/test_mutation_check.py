@@ -31,6 +31,7 @@ def test_mutation_check_catches_every_mutation(capsys):
     assert out.count("caught: ") == len(mutation_check.MUTATIONS)
 
 
+@pytest.mark.slow
 def test_a_mutation_that_changes_nothing_is_reported_missed(capsys):
     """The check is not vacuous: with the edit undone the named test passes, and the check says so."""
     real = mutation_check.MUTATIONS[-1]

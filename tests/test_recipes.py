@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from conftest import REPO
@@ -34,12 +35,14 @@ def _check(rows, recipes, layers):
         assert float(best["study_best_psnr"]) == float(best["psnr@20"]) and best["steps_to_study_best"] == "20"
 
 
+@pytest.mark.slow
 def test_smoke_writes_a_row_per_recipe_and_layer_and_the_plot(tmp_path):
     recipes = ["study-decay", "study-constant", "adam-pyramid-blur"]
     rows = _study(tmp_path, "--recipes", *recipes, "--models", "vit_tiny", "--jobs", "2")
     _check(rows, recipes, [("vit_tiny", "patch_embed"), ("vit_tiny", "L1")])
 
 
+@pytest.mark.slow
 def test_full_smoke_covers_every_recipe_model_and_layer(tmp_path):
     """Every run in the study's own process (--jobs 1): the test above covers --jobs 2."""
     sys.path.insert(0, str(REPO / "scripts"))

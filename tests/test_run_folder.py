@@ -121,6 +121,7 @@ def _wandb_steps(run_dir) -> set[int]:
             for r in wandb_reader.history(f) if "loss" in r}
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_a_checkpoint_and_resumed_logs_every_step(tmp_path):
     """SIGKILL (no handler runs) after the checkpoint at step 40: the resumed run's CSV and W&B history have every
     logged step, and the resume says nothing about the dataloader."""

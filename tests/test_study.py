@@ -200,6 +200,7 @@ def test_recipe_study_from_ledger_runs_only_the_other_recipes(ledger, monkeypatc
     assert _script("recipes").main(args) == 0 and launches == [], "a second call reuses every run"
 
 
+@pytest.mark.slow
 def test_diagnostics_from_ledger_runs_one_extra_seed_per_network(ledger, monkeypatch, capsys):
     nets = networks(ledger, TINY, EXTRA)
     launches = _counted(monkeypatch)
