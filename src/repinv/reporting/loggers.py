@@ -21,6 +21,15 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from repinv.engine.runinfo import RunInfo, given_run
 
 
+def rows_before(fs, path: str, step: int) -> tuple[list[dict], list[str]]:
+    """The rows of the CSV log at `path` (on the filesystem `fs`) logged at steps before `step`, and its header: what a
+    run resumed at `step` keeps, and what it replays."""
+    with fs.open(path, "r", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r.get("step") and int(float(r["step"])) < step]
+        return rows, list(reader.fieldnames or [])
+
+
 class ContinuedWriter(ExperimentWriter):
     """Lightning's CSV writer, which deletes an existing metrics.csv, continuing it instead.
 
@@ -39,10 +48,7 @@ class ContinuedWriter(ExperimentWriter):
         super().log_metrics(metrics_dict, step)
 
     def _keep_rows_before(self, step: int) -> None:
-        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-            reader = csv.DictReader(f)
-            rows = [r for r in reader if r.get("step") and int(float(r["step"])) < step]
-            header = list(reader.fieldnames or [])
+        rows, header = rows_before(self._fs, self.metrics_file_path, step)
         if not rows:
             self._fs.rm_file(self.metrics_file_path)
             return
@@ -89,7 +95,5 @@ def logged_before(loggers: list, step: int | None) -> list[tuple[int, dict]]:
     path = csv_logger and f"{csv_logger.log_dir}/{ExperimentWriter.NAME_METRICS_FILE}"
     if step is None or csv_logger is None or not csv_logger._fs.isfile(path):
         return []
-    with csv_logger._fs.open(path, "r", newline="") as f:
-        rows = [(int(float(r.pop("step"))), {k: float(v) for k, v in r.items() if v not in ("", None)})
-                for r in csv.DictReader(f) if r.get("step")]
-    return [(s, row) for s, row in rows if s < step]
+    rows, _ = rows_before(csv_logger._fs, path, step)
+    return [(int(float(r.pop("step"))), {k: float(v) for k, v in r.items() if v not in ("", None)}) for r in rows]
