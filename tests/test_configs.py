@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
 import yaml
-from hydra.utils import instantiate
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.plugins.launcher import Launcher
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose_cfg
@@ -42,11 +46,18 @@ def test_every_config_composes_and_resolves(group, option, tmp_path):
         assert callable(instantiate(cfg[group])), f"{group}={option} must build a partial"
 
 
-@pytest.mark.parametrize("launcher", sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml"))
-                         if (CONF / "hydra" / "launcher").is_dir() else [])
-def test_launcher_configs_compose(launcher, tmp_path):
-    cfg = compose_cfg([f"hydra/launcher={launcher}"], tmp_path)
-    assert cfg.steps > 0
+@pytest.mark.parametrize("launcher", sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml")))
+def test_each_launcher_config_is_hydras_launcher_with_its_files_settings(launcher):
+    """hydra/launcher=X puts X's settings under hydra.launcher, and its _target_ is a Hydra launcher that imports."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        node = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True).hydra.launcher
+    GlobalHydra.instance().clear()
+    assert issubclass(get_class(node._target_), Launcher), node._target_
+    composed = OmegaConf.to_container(node, resolve=False)
+    path = CONF / "hydra" / "launcher" / f"{launcher}.yaml"
+    for key, value in _scalars(yaml.safe_load(path.read_text()), ""):
+        assert functools.reduce(dict.get, key.split("."), composed) == value, f"hydra/launcher={launcher}: {key}"
 
 
 def test_every_group_has_a_default():
