@@ -18,7 +18,7 @@ from repinv import study
 from repinv.claims import cli
 from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, Budget, networks, plan
 from repinv.claims.registry import CLAIMS
-from repinv.reporting.results import all_finished
+from repinv.reporting.results import FINISHED, METRICS_FILE, all_finished
 from repinv.sources import Weights
 
 TOOLS = ["scripts/figlib.py", "scripts/recipes.py", "scripts/diagnostics.py",
@@ -129,6 +129,18 @@ def test_interrupted_ledger_resumes_without_rerunning_finished_runs(tmp_path, mo
     assert {r["verdict"] for r in csv.DictReader(open(tmp_path / "claims.csv"))} <= {"holds", "fails"}
     launches.clear()
     assert cli.main(args) == 0 and launches == [], "a finished ledger runs nothing again"
+
+
+def test_a_run_that_finished_but_lost_its_command_file_is_read_not_launched_again(tmp_path, monkeypatch):
+    """Stopped between its last step and the runner's command file: the next call reads the finished run (repinv
+    would refuse to resume it) and writes the file."""
+    run = study.run_for(tmp_path, ["model=vit_tiny", "steps=6"])
+    run.folder.mkdir(parents=True)
+    records = [{"layer": "L0", "status": FINISHED, "steps": 6}]
+    (run.folder / METRICS_FILE).write_text(json.dumps(records))
+    monkeypatch.setattr(study, "launch", lambda *args: pytest.fail("a finished run was launched again"))
+    made = study.make(run)
+    assert made.ok and made.records == records and study.recorded(tmp_path) == [run.overrides]
 
 
 TINY = Budget("quick", 6, ("chelsea",), (0.5,), seeds=1, norms=(False,), sources=("timm",))

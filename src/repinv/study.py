@@ -125,12 +125,15 @@ def make(run: Run, in_process: bool = True, launch_missing: bool = True) -> Run:
         run.status = NOT_MADE
         return run
     if not run.finished:
-        run.folder.parent.mkdir(parents=True, exist_ok=True)
-        resume = ["resume=last"] if last_checkpoint(run.folder).is_file() else []
-        failure = launch([*run.overrides, *resume, f"hydra.run.dir={quote(run.folder)}"], run.log, in_process)
-        if failure or not all_finished(run.folder):
-            run.status = failure or f"the run did not finish (metrics.json missing or unfinished); see {run.log}"
-            return run
+        # a run that finished but was stopped before its command was written needs no launch (its folder's name
+        # is its overrides' digest): resuming a finished run is refused
+        if not all_finished(run.folder):
+            run.folder.parent.mkdir(parents=True, exist_ok=True)
+            resume = ["resume=last"] if last_checkpoint(run.folder).is_file() else []
+            failure = launch([*run.overrides, *resume, f"hydra.run.dir={quote(run.folder)}"], run.log, in_process)
+            if failure or not all_finished(run.folder):
+                run.status = failure or f"the run did not finish (metrics.json missing or unfinished); see {run.log}"
+                return run
         (run.folder / COMMAND).write_text("\n".join(run.overrides))
     run.records = read_records(run.folder)
     run.status = FINISHED
