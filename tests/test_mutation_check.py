@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -24,18 +25,19 @@ def test_every_mutation_names_existing_tests_and_edits_text_that_is_there_once()
 
 
 @pytest.mark.slow
-def test_mutation_check_catches_every_mutation(capsys):
-    assert mutation_check.main([]) == 0
-    out = capsys.readouterr().out
-    assert "MISSED" not in out
-    assert out.count("caught: ") == len(mutation_check.MUTATIONS)
-
-
-@pytest.mark.slow
-def test_a_mutation_that_changes_nothing_is_reported_missed(capsys):
-    """The check is not vacuous: with the edit undone the named test passes, and the check says so."""
+def test_mutation_check_catches_every_mutation_and_reports_a_no_op_missed(capsys):
+    """Every deliberate bug fails its tests; and the check is not vacuous: a mutation whose edit changes nothing
+    leaves its tests passing, and the check says so."""
     real = mutation_check.MUTATIONS[-1]
     rel, old, _ = real.edits[0]
     noop = mutation_check.Mutation("no-op", ((rel, old, old),), real.tests)
-    assert mutation_check.check([noop, real], jobs=2) == {"no-op": False, real.name: True}
-    assert "MISSED: no-op" in capsys.readouterr().out
+    caught = mutation_check.check([noop, *mutation_check.MUTATIONS], jobs=os.cpu_count() or 1)
+    assert caught == {"no-op": False, **{m.name: True for m in mutation_check.MUTATIONS}}
+    out = capsys.readouterr().out
+    assert "MISSED: no-op" in out and out.count("caught: ") == len(mutation_check.MUTATIONS)
+
+
+@pytest.mark.parametrize("caught,code", [({"a": True, "b": True}, 0), ({"a": True, "b": False}, 1)])
+def test_the_script_exits_1_when_a_mutation_is_missed(caught, code, monkeypatch):
+    monkeypatch.setattr(mutation_check, "check", lambda chosen, jobs: caught)
+    assert mutation_check.main([]) == code
