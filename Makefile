@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export HF_HUB_OFFLINE ?= 1
 # pytest-xdist workers for `make test` (each gets its share of the cores); `make test PARALLEL=` runs one process.
-PARALLEL ?= -n auto --maxprocesses 4
+PARALLEL ?= -n auto --maxprocesses 4 --maxschedchunk 1
 
 .PHONY: install run test test-all
 
