@@ -92,6 +92,20 @@ def test_ctrl_c_and_a_launchers_requeue_signal_stop_with_results(run_repinv, mon
     assert seen == ([(signal.SIGUSR2, "interrupted", True)] if signum == signal.SIGUSR2 else [])
 
 
+def test_a_signal_during_the_last_step_still_ends_the_process_after_the_finished_results(run_repinv, monkeypatch,
+                                                                                          capsys, tmp_path):
+    """Nothing is left to stop, but the signal is not lost: the finished results are written and the process exits
+    128 + the signal (SLURM's SIGTERM ends the job; a study run in-process starts no next run)."""
+    import repinv.engine.pipeline as pipeline
+
+    _signal_at(pipeline, monkeypatch, 9)
+    with pytest.raises(SystemExit, match=f"^{128 + signal.SIGTERM}$"):
+        run_repinv("steps=10", "logger=none")
+    assert [(r["status"], r["steps"]) for r in read_metrics(tmp_path / "run")] == [("finished", 10)] * 2
+    err = capsys.readouterr().err
+    assert "SIGTERM at step 10 of 10: results in" in err and "the run had finished" in err
+
+
 def test_same_seed_same_result(run_repinv):
     _, first = run_repinv(*RESUMABLE, "steps=12", name="first")
     _, second = run_repinv(*RESUMABLE, "steps=12", name="second")

@@ -344,7 +344,8 @@ def build_module(cfg: DictConfig) -> tuple[LoadedModel, Objective, ImageOptimiza
 
 def exit_stopped(stopper: StopOnSignal, checkpoints: Checkpoints | None, steps: int, out_dir: Path) -> None:
     """A run a signal stopped: say where its results are and how to continue it, then exit as the signal asks."""
-    resume = f"continue with resume={checkpoints.last}" if checkpoints else "no checkpoint (callbacks.checkpoints=null)"
+    resume = ("the run had finished" if stopper.stopped_at >= steps else f"continue with resume={checkpoints.last}"
+              if checkpoints else "no checkpoint (callbacks.checkpoints=null)")
     print(f"repinv: {signal.Signals(stopper.signum).name} at step {stopper.stopped_at} of {steps}: results in "
           f"{out_dir}, {resume}", file=sys.stderr)
     stopper.exit()

@@ -286,8 +286,12 @@ class StopOnSignal(pl.Callback):
             trainer.should_stop = True
 
     def teardown(self, trainer, pl_module, stage):
+        """Restore the handlers from before the run. A signal that came during the last step or while the results
+        were written stopped nothing, yet must still end the process (SLURM's SIGTERM, Ctrl+C between a study's runs)."""
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+        if self.received and self.stopped_at is None:
+            self.stopped_at = trainer.global_step
 
     def exit(self) -> None:
         """After an early stop: pass the signal to the handler from before the run, else exit 128 + signum."""
