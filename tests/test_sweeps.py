@@ -109,6 +109,16 @@ def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     assert main([str(sweep / "0" / "reconstructions")]) == 2, "a folder without jobs is an error"
 
 
+@pytest.mark.parametrize("given", ["missing", "file"])
+def test_summary_of_a_folder_that_is_not_there_is_one_line_and_exit_2(given, tmp_path, capsys):
+    from repinv.reporting.summary import main
+
+    (tmp_path / "file").write_text("")
+    assert main([str(tmp_path / given)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("repinv-summary: error: ") and "give the folder of a multirun" in err and "Traceback" not in err
+
+
 def test_score_is_what_optuna_optimises():
     from repinv.reporting.summary import score
 

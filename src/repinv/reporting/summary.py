@@ -229,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = summarize(args.sweep_dir)
-    except FileNotFoundError as err:
-        print(f"repinv-summary: error: {err}", file=sys.stderr)
+    except (FileNotFoundError, NotADirectoryError) as err:
+        print(f"repinv-summary: error: {err}; give the folder of a multirun (e.g. logs/multiruns/<date>_<time>)",
+              file=sys.stderr)
         return 2
     print(report(out))
     return 1 if out["failed"] else 0
