@@ -179,6 +179,7 @@ def test_bad_settings_are_one_paragraph_errors(tmp_path):
     for override, says in [("diagnostics.top_k=0", "top_k=0 must be a whole number"),
                            ("diagnostics.nonunique.seeds=1", "no pair to compare"),
                            ("diagnostics.norm_ablation=[eachh]", "Did you mean 'each'"),
+                           ("diagnostics.norm_ablation=true", "norm_ablation=True is not a normalisation ablation"),
                            ("metrics.psnr=null", "must hold psnr for the non-uniqueness diagnostic")]:
         cfg = _diagnose_cfg("model=vit_tiny", override, f"output_dir={tmp_path}")
         with pytest.raises(RepinvError, match=says) as err:

@@ -56,7 +56,8 @@ NORM_ABLATIONS: dict[str, Callable[[nn.Module], list[Variant]]] = {"all": _all_l
 
 def check_ablations(kinds) -> list[str]:
     """The ablation kinds asked for, or a RepinvError naming the valid ones."""
-    kinds = [] if kinds is None else [kinds] if isinstance(kinds, str) else [str(k) for k in kinds]
+    scalar = isinstance(kinds, (str, bool, int, float))  # one kind, or a value that names none (true, 1): refused below
+    kinds = [] if kinds is None else [str(kinds)] if scalar else [str(k) for k in kinds]
     for kind in kinds:
         if kind not in NORM_ABLATIONS:
             raise RepinvError(
