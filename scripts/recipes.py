@@ -214,6 +214,10 @@ def ledger_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tupl
     """The ledger's runs under its own recipes (the study recipes), and every other recipe's runs on the same networks."""
     budget = BUDGETS[args.budget]
     nets = networks(args.ledger, budget, args.overrides)
+    if not any(run.finished for by in nets.values() for runs in by.values() for run in runs):
+        raise RepinvError(f"--ledger {args.ledger} holds none of the runs of a ledger made at --budget {budget.name} "
+                          "(with these overrides), so every one would be made anew. Give the folder of a ledger and "
+                          "the --budget (and overrides) it was made with, e.g. --ledger docs/study/cpu --budget cpu.")
     if args.models and not set(args.models) & set(nets):
         raise RepinvError(f"--models {' '.join(args.models)} names none of the ledger's networks: {', '.join(nets)}.")
     nets = {net: by for net, by in nets.items() if not args.models or net in args.models}
@@ -234,7 +238,8 @@ def reach(row: dict) -> str:
     if row["steps_to_study_best"] is not None:
         return f"step {row['steps_to_study_best']}"
     ended = f"{row[last]:.1f} dB at step {last.rpartition('@')[2]}" if last else "no PSNR"
-    return f"never: {ended} vs {row[GOAL]:.1f} dB"
+    goal = f"{row[GOAL]:.1f} dB" if row[GOAL] is not None else "no goal (no study recipe's run finished)"
+    return f"never: {ended} vs {goal}"
 
 
 def answer(rows: list[dict], within: int) -> list[str]:

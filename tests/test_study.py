@@ -167,6 +167,15 @@ def _final_psnr(nets) -> dict[tuple[str, str, str], float]:
     }
 
 
+def test_a_recipe_study_from_a_folder_without_the_ledgers_runs_is_refused(tmp_path, monkeypatch, capsys):
+    """A mistyped --ledger, or the wrong --budget, would make every run of a ledger anew: refused, nothing launched."""
+    launches = _counted(monkeypatch)
+    assert _script("recipes").main(["--ledger", str(tmp_path / "no-ledger"), "--budget", "quick"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--ledger {tmp_path / 'no-ledger'} holds none of the runs of a ledger made at --budget quick" in err
+    assert launches == [] and "Traceback" not in err
+
+
 def test_recipe_study_from_ledger_runs_only_the_other_recipes(ledger, monkeypatch, capsys):
     nets = networks(ledger, TINY, EXTRA)
     launches = _counted(monkeypatch)
