@@ -67,3 +67,14 @@ def test_each_recipe_keeps_one_colour_in_every_panel_and_the_key_names_every_rec
     assert colours == {"a": {"C0"}, "b": {"C1"}, "c": {"C2"}}
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
     assert [t.get_text() for t in legends[0].get_texts()] == ["a", "b", "c"]
+
+
+def test_a_network_whose_study_recipes_all_failed_is_answered_without_a_goal():
+    """No study recipe's run finished at a layer: the other recipes' rows have no goal, and the answer says so."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from recipes import PSNR, answer, table
+
+    results = {("fast", "net"): {"L0": {PSNR: {0: 10.0, 10: 20.0}, "ssim": {0: 0.1, 10: 0.2}}}}
+    lines = answer(table(results, [10], studied=("study",)), 10)
+    assert lines[0].startswith("No recipe reaches")
+    assert "net L0 (never: 20.0 dB at step 10 vs no goal (no study recipe's run finished))" in lines[2]
