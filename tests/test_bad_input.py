@@ -98,6 +98,13 @@ CASES = {
     "target that does not exist": (["param._target_=repinv.params.Nope"],
                                    "param could not be built from _target_=repinv.params.Nope"),
     "arguments a target does not take": (["+param.levels=3"], "param could not be built from _target_=repinv.params.Pixel"),
+    "strategy class that does not exist": (["trainer.devices=2", "trainer.accelerator=cpu",
+                                            "trainer.strategy={{_target_:repinv.engine.sharding.ShardedDPP}}"],
+                                           "trainer.strategy._target_=repinv.engine.sharding.ShardedDPP is no class"),
+    "strategy timeout": (["trainer.devices=2", "trainer.accelerator=cpu",
+                          "trainer.strategy={{_target_:pytorch_lightning.strategies.DDPStrategy,timeout:60}}"],
+                         "trainer.strategy.timeout=60: how long a collective waits for the other processes is "
+                         "collective_timeout_s"),
     "trainer option that does not exist": (["+trainer.bogus_option=3"],
                                            "trainer could not be built from _target_=pytorch_lightning"),
 }

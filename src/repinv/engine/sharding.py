@@ -223,6 +223,17 @@ def process_count(accelerator, devices, num_nodes: int = 1) -> int:
 SHARDABLE = sorted(k for k in StrategyRegistry if StrategyRegistry[k]["strategy"] is DDPStrategy)
 
 
+def _strategy_class(target: str) -> type:
+    """The class trainer.strategy._target_ names, or a RepinvError."""
+    try:
+        cls = get_class(str(target))
+    except Exception as err:
+        raise RepinvError(f"trainer.strategy._target_={target} is no class that imports ({type(err).__name__}); name a "
+                          "strategy class (package.module.Class), e.g. pytorch_lightning.strategies.DDPStrategy, or "
+                          "use trainer.strategy=auto.") from None
+    return cls
+
+
 def sharded_strategy(strategy, timeout_s: float = 600) -> ShardedDDP | None:
     """The strategy for a run on several processes: `ShardedDDP`, keeping a DDP strategy's settings.
 
@@ -238,11 +249,15 @@ def sharded_strategy(strategy, timeout_s: float = 600) -> ShardedDDP | None:
     if isinstance(strategy, str) and strategy in SHARDABLE:
         return ShardedDDP(timeout_s=timeout_s, **StrategyRegistry[strategy]["init_params"])
     if isinstance(strategy, Mapping) and "_target_" in strategy:
-        cls = get_class(strategy["_target_"])
+        cls = _strategy_class(strategy["_target_"])
         if issubclass(cls, ShardedDDP):
             return None
         if cls is DDPStrategy:
-            return ShardedDDP(timeout_s=timeout_s, **{k: v for k, v in strategy.items() if k != "_target_"})
+            settings = {k: v for k, v in strategy.items() if k != "_target_"}
+            if "timeout" in settings:
+                raise RepinvError(f"trainer.strategy.timeout={settings['timeout']}: how long a collective waits for "
+                                  "the other processes is collective_timeout_s (seconds), e.g. collective_timeout_s=600.")
+            return ShardedDDP(timeout_s=timeout_s, **settings)
     raise RepinvError(
         f"trainer.strategy={strategy} with several processes: repinv splits the targets across the processes, "
         "each optimising its own share, and that strategy would synchronise or shard the image and average its "
