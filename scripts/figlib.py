@@ -51,7 +51,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="trained weights file for the trained panels (model.checkpoint=...)")
     p.add_argument("--pretrained", action="store_true", help="trained panels load timm's pretrained weights (hub or cache)")
     p.add_argument("--image", help="photograph(s) to invert, e.g. a path to the study's dalmatian (image=...)")
-    p.add_argument("--steps", type=int, help="override the figure's number of steps")
+    p.add_argument("--steps", type=study.steps_arg, help="override the figure's number of steps")
     p.add_argument(
         "--source",
         choices=["timm", "torchvision"],

@@ -93,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES), help="a subset of the recipes")
     p.add_argument("--models", nargs="+", help="a subset of the models by label (vit_b_32 resnet50 mixer_b16_noln; "
                    "with --smoke vit_tiny resnet_tiny mixer_tiny_noln)")
-    p.add_argument("--steps", type=int,
+    p.add_argument("--steps", type=study.steps_arg,
                    help="steps per run (default 1500, with --ledger 300; the report steps above it are left out)")
     p.add_argument("--ledger", type=Path, help="a claims ledger's folder: its runs are the study recipes, the other recipes "
                    "run on its networks and layers (under this folder); --out defaults to it")

@@ -114,3 +114,20 @@ def test_figure_source_torchvision_picks_tv_models_and_the_experiments_layer_nam
     cfg = compose_cfg(["experiment=fig_vit_b_32_conv", model_config("model=vit_tiny", "torchvision")], tmp_path)
     taps = resolve_layers(instantiate(cfg.model).net, cfg.layers)
     assert [(t.label, t.module) for t in taps] == [("patch_embed", "conv_proj")], "the experiment config's patch_embed"
+
+
+@pytest.mark.parametrize("script", ["figlib", "recipes"])
+@pytest.mark.parametrize("steps", ["0", "-5", "1.5"])
+def test_the_study_tools_refuse_steps_that_are_no_number_of_steps(script, steps, capsys):
+    """--steps 0 used to read as "the default" (the whole budget); it is refused, as are fractions and negatives."""
+    import importlib
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    module = importlib.import_module(script)
+    parser = module.parser("figure") if script == "figlib" else module.parser()
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--steps", steps])
+    assert stop.value.code == 2 and f"{steps} is not a number of steps" in capsys.readouterr().err

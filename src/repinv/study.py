@@ -11,6 +11,7 @@ as its own `python -m repinv` process, and the folder is the same either way.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import subprocess
@@ -35,6 +36,13 @@ FOLDER = {"sep": "_", "keep": ".-"}  # how `slug` spells a part of a run's folde
 def quote(value) -> str:
     """A value quoted for Hydra's override parser (spaces, commas, `=` and quotes survive)."""
     return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def steps_arg(text: str) -> int:
+    """The study tools' `--steps` (an argparse type): a whole number of at least 1, where 0 would read as the default."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of steps: give a whole number of at least 1, e.g. 300")
+    return int(text)
 
 
 def canonical(overrides: Iterable[str]) -> tuple[str, ...]:
