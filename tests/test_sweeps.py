@@ -119,6 +119,31 @@ def test_summary_of_a_folder_that_is_not_there_is_one_line_and_exit_2(given, tmp
     assert err.startswith("repinv-summary: error: ") and "give the folder of a multirun" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("failed_records", [True, False], ids=["crashed", "no-records"])
+def test_a_failed_job_never_covers_a_finished_jobs_cell_of_its_condition(failed_records, tmp_path, monkeypatch):
+    """layers=[0,1],[1,2]: two jobs of one condition share column L1; the one that failed leaves the finished
+    job's reconstruction and caption in that cell."""
+    from repinv.reporting import summary
+    from repinv.reporting.results import target_png
+
+    grids = []
+    monkeypatch.setattr(summary, "titled_grid", lambda rows, path, **kw: grids.append(rows) or path)
+    done, failed = tmp_path / "0", tmp_path / "1"
+    picture = np.full((8, 8, 3), 40, dtype=np.uint8)
+    for path in (done / "L1.png", target_png(done, "cat")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).save(path)
+    record = {"image": "cat", "column": "L1", "png": "L1.png", "caption": "20.0 dB"}
+    jobs = [summary.Job(done, [], [record]),
+            summary.Job(failed, [], [{**record, "column": c} for c in ("L1", "L2")] if failed_records else [],
+                        status="crashed")]
+    monkeypatch.setattr(summary, "planned_records", lambda path: [{"column": "L1"}, {"column": "L2"}])
+    summary.write_grid(jobs, [{"column": "L1"}, {"column": "L2"}], tmp_path)
+    [[_, (l1, l1_title), (l2, l2_title)]] = grids[0]
+    assert l1_title.endswith("20.0 dB") and l1.mean() < 100, "the finished job's reconstruction"
+    assert l2_title.endswith("crashed") and l2.mean() > 200, "the failed job's own column shows it failed"
+
+
 def test_score_is_what_optuna_optimises():
     from repinv.reporting.summary import score
 

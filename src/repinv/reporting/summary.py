@@ -154,8 +154,8 @@ def write_grid(jobs: list[Job], table: list[dict], root: Path) -> Path:
         images = list(dict.fromkeys(r.get("image") for r in job.records))
         if not images:
             keys = [k for k in grid if k[0] == job.condition] or [(job.condition, None)]
-            for key in keys:
-                grid.setdefault(key, {}).update({c: (FAILED_CELL, cell_title(c, job.status)) for c in job.columns})
+            for key, c in ((key, c) for key in keys for c in job.columns):
+                grid.setdefault(key, {}).setdefault(c, (FAILED_CELL, cell_title(c, job.status)))
         for image in images:
             cells = grid.setdefault((job.condition, image), {})
             if "target" not in cells:
@@ -164,6 +164,8 @@ def write_grid(jobs: list[Job], table: list[dict], root: Path) -> Path:
                 if r.get("image") != image:
                     continue
                 ok = job.status == FINISHED
+                if not ok and r["column"] in cells:  # another job of the condition filled it (layers=[0,1],[1,2])
+                    continue
                 img = _png(job.path / r["png"]) if ok and r.get("png") else FAILED_CELL
                 cells[r["column"]] = (img, cell_title(r["column"], r["caption"] if ok else job.status))
     fig_rows, labels = [], []
