@@ -100,7 +100,7 @@ CASES = {
     "arguments a target does not take": (["+param.levels=3"], "param could not be built from _target_=repinv.params.Pixel"),
     "strategy class that does not exist": (["trainer.devices=2", "trainer.accelerator=cpu",
                                             "trainer.strategy={{_target_:repinv.engine.sharding.ShardedDPP}}"],
-                                           "trainer.strategy._target_=repinv.engine.sharding.ShardedDPP is no class"),
+                                           "trainer.strategy could not be built from _target_=repinv.engine.sharding.ShardedDPP"),
     "strategy timeout": (["trainer.devices=2", "trainer.accelerator=cpu",
                           "trainer.strategy={{_target_:pytorch_lightning.strategies.DDPStrategy,timeout:60}}"],
                          "trainer.strategy.timeout=60: how long a collective waits for the other processes is "

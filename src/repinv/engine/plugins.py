@@ -126,7 +126,7 @@ class Choice:
 def check_arguments(key: str, node: DictConfig, *given: str) -> None:
     """The settings of `node` (and the keyword arguments `given` at build time) are arguments its `_target_`
     takes: checked before the run folder is written, for a node that is built only after it (the trainer)."""
-    target, names = _target(key, node), [k for k in node if not k.startswith("_")] + list(given)
+    target, names = located(key, node), [k for k in node if not k.startswith("_")] + list(given)
     try:
         inspect.signature(target).bind_partial(**dict.fromkeys(names))
     except TypeError as err:
@@ -135,9 +135,10 @@ def check_arguments(key: str, node: DictConfig, *given: str) -> None:
         return
 
 
-def _target(key: str, node: DictConfig):
+def located(key: str, node: Mapping):
+    """What `node._target_` names (a class or function), or a RepinvError naming `key`."""
     try:
-        return get_object(str(node._target_))
+        return get_object(str(node["_target_"]))
     except Exception as err:
         raise plugin_error(key, node, err) from None
 
@@ -145,7 +146,7 @@ def _target(key: str, node: DictConfig):
 def check_prior(key: str, node: DictConfig) -> None:
     """A priors entry names a `Prior` class: checked before anything is called, so a wrong
     `_target_` (a function, another class) never runs with the prior's settings."""
-    target = _target(key, node)
+    target = located(key, node)
     if not (isinstance(target, type) and issubclass(target, Prior)):
         raise RepinvError(
             f"{key}._target_={node._target_} is not an image prior: each entry of priors names a subclass of "

@@ -17,13 +17,13 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
-from hydra.utils import get_class
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.accelerators import AcceleratorRegistry
 from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
 from pytorch_lightning.trainer.connectors.accelerator_connector import _AcceleratorConnector
 from torch import nn
 
+from repinv.engine.plugins import located
 from repinv.errors import RepinvError, listing
 
 
@@ -223,17 +223,6 @@ def process_count(accelerator, devices, num_nodes: int = 1) -> int:
 SHARDABLE = sorted(k for k in StrategyRegistry if StrategyRegistry[k]["strategy"] is DDPStrategy)
 
 
-def _strategy_class(target: str) -> type:
-    """The class trainer.strategy._target_ names, or a RepinvError."""
-    try:
-        cls = get_class(str(target))
-    except Exception as err:
-        raise RepinvError(f"trainer.strategy._target_={target} is no class that imports ({type(err).__name__}); name a "
-                          "strategy class (package.module.Class), e.g. pytorch_lightning.strategies.DDPStrategy, or "
-                          "use trainer.strategy=auto.") from None
-    return cls
-
-
 def sharded_strategy(strategy, timeout_s: float = 600) -> ShardedDDP | None:
     """The strategy for a run on several processes: `ShardedDDP`, keeping a DDP strategy's settings.
 
@@ -249,8 +238,8 @@ def sharded_strategy(strategy, timeout_s: float = 600) -> ShardedDDP | None:
     if isinstance(strategy, str) and strategy in SHARDABLE:
         return ShardedDDP(timeout_s=timeout_s, **StrategyRegistry[strategy]["init_params"])
     if isinstance(strategy, Mapping) and "_target_" in strategy:
-        cls = _strategy_class(strategy["_target_"])
-        if issubclass(cls, ShardedDDP):
+        cls = located("trainer.strategy", strategy)
+        if isinstance(cls, type) and issubclass(cls, ShardedDDP):
             return None
         if cls is DDPStrategy:
             settings = {k: v for k, v in strategy.items() if k != "_target_"}
