@@ -105,6 +105,10 @@ CASES = {
                           "trainer.strategy={{_target_:pytorch_lightning.strategies.DDPStrategy,timeout:60}}"],
                          "trainer.strategy.timeout=60: how long a collective waits for the other processes is "
                          "collective_timeout_s"),
+    "optimized metric the records lack": (["+optimized_metric=output_l3"],
+                                          "optimized_metric=output_l3 is not a number this run's records hold"),
+    "optimized metric of another objective": (["objective=class", "classes=[1]", "+optimized_metric=psnr"],
+                                              "Use one of loss, logit, prob, rank, steps, seconds_per_step"),
     "trainer option that does not exist": (["+trainer.bogus_option=3"],
                                            "trainer could not be built from _target_=pytorch_lightning"),
 }

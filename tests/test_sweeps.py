@@ -10,10 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 import wandb_reader
-from conftest import REPO, TINY, read_metrics
+from conftest import REPO, TINY, compose_cfg, read_metrics
 
 FAST = ["model=vit_tiny", "optimizer.lr=1.0", "steps=12", "log_every=4", "image_every=6"]
 
@@ -144,11 +145,29 @@ def test_a_failed_job_never_covers_a_finished_jobs_cell_of_its_condition(failed_
     assert l2_title.endswith("crashed") and l2.mean() > 200, "the failed job's own column shows it failed"
 
 
+@pytest.mark.parametrize("objective", [[], ["objective=class", "classes=[1]"], ["objective=feature", "objective.units=[2]"]],
+                         ids=["layer", "class", "feature"])
+def test_a_sweep_may_optimise_each_number_a_run_records_and_no_other(run_repinv, tmp_path, objective):
+    """`optimized_metric` is checked before the run against the numbers the records will hold: those two lists agree."""
+    from repinv.engine.pipeline import build_module, score_metric
+    from repinv.reporting.callbacks import ResultWriter
+
+    records, _ = run_repinv(*objective, "steps=2")
+    _, _, module = build_module(compose_cfg([*TINY, *objective, "steps=2"], tmp_path / "built"))
+    names = {k for t in module.objective.targets for k in t}
+    numbers = {k for r in records for k, v in r.items() if type(v) in (int, float) and k not in names}
+    for name in numbers:
+        assert score_metric(OmegaConf.create({"optimized_metric": name}), module) == name
+    accepted = {*module.measuring.fields, *ResultWriter.NUMBERS}
+    assert all(type(r.get(name)) in (int, float, bool) for r in records for name in accepted)  # none the records lack
+
+
 def test_score_is_what_optuna_optimises():
     from repinv.reporting.summary import score
 
     assert score([{"output_l2": 1.0}, {"output_l2": 3.0}, {"output_l2": None}]) == 2.0
     assert score([{"psnr": 20.0}], "psnr") == 20.0
+    assert score([{"accurate": True}, {"accurate": False}], "accurate") == 0.5  # the fraction judged accurate
     assert np.isnan(score([]))
 
 

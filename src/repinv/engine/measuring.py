@@ -27,6 +27,11 @@ class Measuring:
         """The metrics' names, in order: the record fields they fill."""
         return tuple(self.metrics)
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The numbers `rows` gives each target: the loss, the objective's stats, then the metrics when it has a reference."""
+        return ("loss", *self.objective.stats, *(self.names if self.objective.reference is not None else ()))
+
     @torch.no_grad()
     def fp32(self, net: nn.Module, view: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The objective's losses and stats of `view` through `net` in fp32, autocast off."""

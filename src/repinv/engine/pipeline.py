@@ -342,6 +342,17 @@ def build_module(cfg: DictConfig) -> tuple[LoadedModel, Objective, ImageOptimiza
     return model, objective, module
 
 
+def score_metric(cfg: DictConfig, module: ImageOptimization) -> str:
+    """The record field a sweep optimises: `optimized_metric`, else the objective's; refused before the run when the
+    records would not hold it as a number (every job of a sweep would score NaN)."""
+    metric = cfg.get("optimized_metric") or module.objective.score_metric
+    numbers = (*module.measuring.fields, *ResultWriter.NUMBERS)
+    if metric not in numbers:
+        raise RepinvError(f"optimized_metric={metric} is not a number this run's records hold, so every job of a sweep "
+                          f"would score NaN. Use one of {', '.join(numbers)}, and set hydra.sweeper.direction to match.")
+    return metric
+
+
 def exit_stopped(stopper: StopOnSignal, checkpoints: Checkpoints | None, steps: int, out_dir: Path) -> None:
     """A run a signal stopped: say where its results are and how to continue it, then exit as the signal asks."""
     resume = ("the run had finished" if stopper.stopped_at >= steps else f"continue with resume={checkpoints.last}"
@@ -365,6 +376,7 @@ def run(cfg: DictConfig) -> RunResult:
     pl.seed_everything(cfg.seed, verbose=False)
     set_matmul_precision(cfg.get("matmul_precision", "highest"))
     model, objective, module = build_module(cfg)
+    metric = score_metric(cfg, module)
     overrides = trainer_overrides(cfg)
     check_arguments("trainer", cfg.trainer, "logger", "callbacks", "max_steps", *overrides)
     name = run_name("-".join([model.label, *model.surgery]), objective.name(), model.trained)
@@ -392,6 +404,5 @@ def run(cfg: DictConfig) -> RunResult:
         wandb_run.announce()
     if stopper is not None and stopper.stopped_at is not None:
         exit_stopped(stopper, checkpoints, cfg.steps, out_dir)
-    metric = cfg.get("optimized_metric") or objective.score_metric
     records, images = (writer.records, writer.images) if writer else ([], None)
     return RunResult(records, images, out_dir, score(records, metric))

@@ -58,6 +58,7 @@ class Objective(nn.Module):
     kind = "objective"  # the W&B job type and a tag
     needs_images = False  # whether the run loads the photographs of `image=` as targets
     score_metric = "loss"  # the record field whose mean over targets a sweep minimises
+    stats: tuple[str, ...] = ()  # the per-target statistics `forward` returns: record fields besides the loss and metrics
     caption_metric: str | None = None  # the record field shown under each picture (None: the run's first metric)
     labels: tuple[str, ...] = ()  # record fields that only name a target as it was spelled (not part of its seed)
 

@@ -10,6 +10,7 @@ from repinv.errors import RepinvError
 from repinv.objectives.base import Objective, positive, samples_count
 
 CLASS_LOSSES = ("abs", "logit", "ce")
+LOGIT = "logit"  # a record's target logit
 RANK = "rank"  # a record's class rank among all classes (0 = top)
 PROB = "prob"  # its softmax probability
 
@@ -31,6 +32,7 @@ class ClassGeneration(Objective):
 
     kind = "class"
     score_metric = RANK  # a sweep minimises the class's rank among all classes (0 = top)
+    stats = (LOGIT, PROB, RANK)
 
     def __init__(self, classes, loss: str = "abs", constant: float = 100.0, samples: int = 1, scale: float = 1.0):
         super().__init__()
@@ -81,7 +83,7 @@ class ClassGeneration(Objective):
             losses = F.cross_entropy(logits, cls, reduction="none")
         with torch.no_grad():
             stats = {
-                "logit": target.detach(),
+                LOGIT: target.detach(),
                 PROB: logits.softmax(1).gather(1, cls[:, None]).squeeze(1),
                 RANK: (logits > target[:, None]).sum(1).float(),
             }

@@ -10,6 +10,8 @@ from repinv.errors import RepinvError
 from repinv.models.taps import LayerTap, hidden_layer_names, resolve_layer
 from repinv.objectives.base import Objective, positive, samples_count
 
+ACTIVATION = "activation"  # a record's mean activation of its unit
+
 
 def positions(out: torch.Tensor) -> torch.Tensor:
     """A layer's output as [N, positions, channels]: feature maps [N, C, H, W] by pixel, tokens [N, T, C] as they are."""
@@ -44,6 +46,7 @@ class FeatureVisualization(Objective):
     """
 
     kind = "feature"
+    stats = (ACTIVATION,)
 
     def __init__(self, layer=None, units=(0,), samples: int = 1, scale: float = 1.0):
         super().__init__()
@@ -95,7 +98,7 @@ class FeatureVisualization(Objective):
         per_position = out[torch.arange(len(out), device=out.device), :, channel]  # [N, positions]
         at_token = per_position.gather(1, token.clamp(min=0)[:, None]).squeeze(1)
         activation = torch.where(token >= 0, at_token, per_position.mean(1))
-        return -self.scale * activation, {"activation": activation.detach()}
+        return -self.scale * activation, {ACTIVATION: activation.detach()}
 
     @staticmethod
     def _unit_text(record: dict) -> str:
@@ -105,7 +108,7 @@ class FeatureVisualization(Objective):
         return f"unit {self._unit_text(record)}"
 
     def caption(self, record, metrics=()):
-        return f"act {record['activation']:.3g}"
+        return f"act {record[ACTIVATION]:.3g}"
 
     def name(self):
         return f"{self.tap.label}-" + "+".join(dict.fromkeys(f"unit{self._unit_text(r)}" for r in self.targets))

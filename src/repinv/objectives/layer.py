@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 LOSSES = ("l1", "mse", "cosine")
 OUTPUT_L2 = "output_l2"  # a record's distance of its layer output to the target
+NOISE_SHIFT_L2 = "noise_shift_l2"  # the distance of the noise-shifted target's output to the target's
 ACCURATE = "accurate"  # whether that distance is below the noise-shifted target's (the study's criterion)
 STACK = ("auto", True, False)
 
@@ -60,6 +61,7 @@ class LayerInversion(Objective):
     kind = "layer"
     needs_images = True
     score_metric = OUTPUT_L2
+    stats = (OUTPUT_L2, NOISE_SHIFT_L2, ACCURATE)
     caption_metric = HEADLINE
     labels = ("layer",)  # the layer as spelled (5 or blocks.5); its seed comes from `module`, the path it resolves to
 
@@ -186,7 +188,7 @@ class LayerInversion(Objective):
             loss, output_l2 = loss[back], output_l2[back]
         stats = {
             OUTPUT_L2: output_l2,
-            "noise_shift_l2": self.noise_shift_l2,
+            NOISE_SHIFT_L2: self.noise_shift_l2,
             ACCURATE: (output_l2 < self.noise_shift_l2).float(),
         }
         return self.scale * loss, stats

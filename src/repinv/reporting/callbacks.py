@@ -125,6 +125,8 @@ class ResultWriter(pl.Callback):
     writes metrics.json from the share files there are, the other targets as `status: missing`.
     """
 
+    NUMBERS = ("steps", "seconds_per_step")  # the numeric fields it adds to each target's record
+
     def __init__(self, out_dir: str | Path, run: RunInfo | None = None):
         self.out_dir = Path(out_dir)
         self.title = run.name if run else None

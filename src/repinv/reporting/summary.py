@@ -218,8 +218,9 @@ def summarize(sweep_dir: str | Path) -> dict:
 
 
 def score(records: list[dict], metric: str = OUTPUT_L2) -> float:
-    """The number a sweeper optimises: the mean of `metric` over a run's records (NaN if none)."""
-    values = [r[metric] for r in records if isinstance(r.get(metric), (int, float)) and not isinstance(r.get(metric), bool)]
+    """The number a sweeper optimises: the mean of `metric` over a run's records (a flag counts 1 when true, so the
+    mean of `accurate` is the fraction judged accurate; NaN if none)."""
+    values = [float(r[metric]) for r in records if isinstance(r.get(metric), (int, float))]
     values = [v for v in values if math.isfinite(v)]
     return float(sum(values) / len(values)) if values else float("nan")
 
