@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -47,6 +48,7 @@ from repinv.conf import respell_all  # noqa: E402
 from repinv.diagnostics.nonunique import INVERSION_PSNR, inversion_quality, pairwise  # noqa: E402
 from repinv.diagnostics.run import diagnose  # noqa: E402
 from repinv.diagnostics.table import write_table  # noqa: E402
+from repinv.errors import RepinvError  # noqa: E402
 from repinv.objectives import ACCURATE  # noqa: E402
 from repinv.reporting.results import METRICS_FILE, read_records  # noqa: E402
 from repinv.reporting.tables import write_csv  # noqa: E402
@@ -182,7 +184,8 @@ def plot(records: list[dict], corr: list[dict], path: Path) -> Path:
     return path
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    """Diagnose, then write the table, the correlations and the plot; exit 2 on bad input."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny untrained models and a few steps (what the tests run)")
     p.add_argument("--out", type=Path,
@@ -199,7 +202,11 @@ def main(argv=None) -> None:
     args.out = args.out or args.ledger or REPO / "logs" / "diagnostics"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.ledger:
-        records = ledger_records(args.ledger, args.budget, args.extra_seeds, args.extra_steps, args.overrides, args.models)
+        try:
+            records = ledger_records(args.ledger, args.budget, args.extra_seeds, args.extra_steps, args.overrides, args.models)
+        except RepinvError as err:
+            print(f"diagnostics.py: error: {err}", file=sys.stderr)
+            return 2
     else:
         records = [r for model, layers in MODELS[mode].items() for r in run_model(model, layers, mode, args.out, args.overrides)]
     write_table(records, args.out / "diagnostics.csv")
@@ -212,7 +219,8 @@ def main(argv=None) -> None:
               f"vs inversion {c['inversion_seconds']:.2f} s")
     print(f"table {args.out / 'diagnostics.csv'}, correlations {args.out / 'correlations.csv'}, "
           f"plot {args.out / 'diagnostics.png'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

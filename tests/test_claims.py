@@ -249,6 +249,12 @@ def test_a_finished_run_kept_without_what_its_rule_reads_is_incomplete_not_a_cra
     (["objective.layer=nonexistent"], "Could not override 'objective.layer'"),
     (["param=bogus"], "param=bogus: there is no config 'bogus' in the group 'param'"),
     (["metrics.psnr=null"], "metrics.psnr=null: every run's records must hold psnr for the ledger's rules"),
+    (["seed=0"], "seed=0: the ledger sets seed in its runs, per claim, seed and recipe, and an extra override would replace "
+                 "it in every run; use --seeds instead"),
+    (["+steps=20"], "+steps=20: the ledger sets steps in its runs"),
+    (["model=vit_tiny"], "model=vit_tiny: the ledger sets model in its runs, per claim, seed and recipe, and an extra "
+                         "override would replace it in every run; leave it out"),
+    (["optimizer.lr=0.1"], "use --lrs instead"),
 ])
 def test_every_argument_is_checked_before_the_first_run(args, needle, tmp_path, capsys, monkeypatch):
     import repinv.study

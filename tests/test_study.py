@@ -143,6 +143,13 @@ def test_a_run_that_finished_but_lost_its_command_file_is_read_not_launched_agai
     assert made.ok and made.records == records and study.recorded(tmp_path) == [run.overrides]
 
 
+def test_an_override_added_with_a_plus_sets_the_same_key_as_one_without():
+    """Hydra's `+k=v` and `k=v` set one key: the last wins, so both name one run (one folder, one value)."""
+    assert study.canonical(["+steps=6", "model=vit_tiny", "steps=8"]) == ("model=vit_tiny", "steps=8")
+    assert study.value(["steps=8", "++steps=6"], "steps") == "6"
+    assert study.run_for(Path("x"), ["+steps=6", "steps=8"]).folder == study.run_for(Path("x"), ["steps=8"]).folder
+
+
 TINY = Budget("quick", 6, ("chelsea",), (0.5,), seeds=1, norms=(False,), sources=("timm",))
 EXTRA = ["logger=csv", "log_every=2", "checkpoint_every=0"]
 
@@ -174,6 +181,13 @@ def test_a_recipe_study_from_a_folder_without_the_ledgers_runs_is_refused(tmp_pa
     err = " ".join(capsys.readouterr().err.split())
     assert f"--ledger {tmp_path / 'no-ledger'} holds none of the runs of a ledger made at --budget quick" in err
     assert launches == [] and "Traceback" not in err
+
+
+def test_the_diagnostics_of_a_ledger_refuse_an_override_of_what_its_runs_set(ledger, monkeypatch, capsys):
+    launches = _counted(monkeypatch)
+    assert _script("diagnostics").main(["--ledger", str(ledger), "--budget", "quick", "--out", str(ledger / "d"), "seed=3"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "seed=3: the ledger sets seed in its runs" in err and launches == [] and "Traceback" not in err
 
 
 def test_recipe_study_from_ledger_runs_only_the_other_recipes(ledger, monkeypatch, capsys):

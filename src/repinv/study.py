@@ -45,18 +45,22 @@ def steps_arg(text: str) -> int:
     return int(text)
 
 
+def key(override: str) -> str:
+    """The config key an override sets: `+k=v`, `++k=v` and `k=v` all set k."""
+    return str(override).partition("=")[0].lstrip("+~")
+
+
 def canonical(overrides: Iterable[str]) -> tuple[str, ...]:
     """The overrides as Hydra applies them: the last value of each key wins; sorted by key."""
     last: dict[str, str] = {}
     for o in overrides:
-        key = str(o).partition("=")[0]
-        last[key] = str(o)
+        last[key(o)] = str(o)
     return tuple(last[k] for k in sorted(last))
 
 
-def value(overrides: Sequence[str], key: str) -> str | None:
-    """The value `overrides` give `key` (the last one), or None."""
-    return next((o.partition("=")[2] for o in reversed(overrides) if o.partition("=")[0] == key), None)
+def value(overrides: Sequence[str], name: str) -> str | None:
+    """The value `overrides` give the key `name` (the last one), or None."""
+    return next((o.partition("=")[2] for o in reversed(overrides) if key(o) == name), None)
 
 
 def label(overrides: Sequence[str]) -> str:

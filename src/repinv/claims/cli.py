@@ -229,8 +229,8 @@ def main(argv=None) -> int:
     images = args.image or list(budget.images)
     started = time.perf_counter()
     weights = Weights.parse(args.checkpoint, args.pretrained, args.weights)
-    p = plan(claims, budget, out, args.seeds, images, args.lrs, weights.overrides, args.overrides, args.steps)
     try:
+        p = plan(claims, budget, out, args.seeds, images, args.lrs, weights.overrides, args.overrides, args.steps)
         check_runs(p.runs.values(), args.overrides)
     except RepinvError as err:
         return refuse(err)

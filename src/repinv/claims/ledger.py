@@ -16,6 +16,8 @@ from pathlib import Path
 from repinv import study
 from repinv.claims import rules
 from repinv.claims.registry import CLAIMS, Claim
+from repinv.conf import respell_all
+from repinv.errors import RepinvError
 from repinv.reporting.callbacks import read_filters
 from repinv.study import Run, quote
 
@@ -95,7 +97,7 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
          weights, extra: Sequence[str], steps: int | None = None) -> Plan:
     """The runs each claim needs. Claims whose trained runs have no weights get none (needs trained weights);
     claims whose models the budget does not hold are out of budget."""
-    p, every_run = Plan(), budget.overrides(out)
+    p, every_run, planned = Plan(), budget.overrides(out), set()
     for claim in claims:
         if not claim.fits(budget.name):
             p.out_of_budget.add(claim.id)
@@ -109,12 +111,30 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
             for name in claim.runs:
                 for seed in range(seeds):
                     # The claim's own overrides after the budget's steps: a condition may fix its own (105,000 steps).
-                    overrides = [image_override(images), f"steps={budget.steps if steps is None else steps}", f"seed={seed}",
-                                 *every_run, *claim.overrides(name, budget.name), *recipe_overrides,
-                                 *loads.get(name, []), *extra]
-                    run = study.run_for(out, overrides)
+                    head = [image_override(images), f"steps={budget.steps if steps is None else steps}", f"seed={seed}"]
+                    fixed = [*claim.overrides(name, budget.name), *recipe_overrides, *loads.get(name, [])]
+                    planned.update(map(study.key, [*head, *fixed]))
+                    run = study.run_for(out, [*head, *every_run, *fixed, *extra])
                     conds.setdefault(name, []).append((seed, p.runs.setdefault(run.overrides, run)))
+    refuse_planned(extra, planned)
     return p
+
+
+# The flags that set what a ledger plans per run; an extra override of the same key would replace it.
+FLAGS = {"image": "--image", "steps": "--steps", "seed": "--seeds", "optimizer.lr": "--lrs", "model.checkpoint": "--checkpoint",
+         "model.pretrained": "--pretrained", "model.weights": "--weights"}
+
+
+def refuse_planned(extra: Sequence[str], planned: set[str]) -> None:
+    """Refuse an extra override of a key the ledger sets in its runs: as the last value it would win in every run,
+    so the conditions (seeds, models, recipes) would be one run and the verdicts judged from it."""
+    for override in respell_all(extra):
+        name = study.key(override)
+        if name in planned:
+            how = f"use {FLAGS[name]} instead" if name in FLAGS else "leave it out: the claims fix it per condition"
+            raise RepinvError(f"{override}: the ledger sets {name} in its runs, per claim, seed and recipe, and an extra "
+                              f"override would replace it in every run; {how}. Extra overrides are for what the ledger "
+                              "leaves open, e.g. logger=csv precision=bf16 trainer.accelerator=gpu.")
 
 
 def tagged(seed: int, run: Run) -> list[dict]:
