@@ -215,7 +215,11 @@ def test_report_only_judges_finished_runs_and_launches_nothing(tmp_path, capsys)
     assert main([*common, *both]) == 0
     assert not list(tmp_path.glob("runs/*/metrics.json"))
     assert {r["verdict"] for r in _ledger(tmp_path)} == {"pending"}
+    capsys.readouterr()
     assert main([*common, "--claims", "vit-entry-untrained"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"judged resnet-untrained-loses-input too. Its runs are kept: `repinv-claims {' '.join(common)} --claims "
+            "vit-entry-untrained,resnet-untrained-loses-input --report-only` writes that ledger again") in err, err
     assert main([*common, *both]) == 0
     ledger = {r["claim"]: r for r in _ledger(tmp_path)}
     assert ledger["vit-entry-untrained"]["verdict"] in {"holds", "fails"}

@@ -25,7 +25,7 @@ from repinv.claims.compare import comparison
 from repinv.claims.cost import plan_cost, write_plan
 from repinv.claims.ledger import BUDGETS, execute, plan
 from repinv.claims.registry import CLAIMS, Claim
-from repinv.claims.report import write
+from repinv.claims.report import judged, made_by, write
 from repinv.cli import CONFIG_DIR
 from repinv.conf import override_key, respell_all
 from repinv.errors import RepinvError, listing, paragraph, suggest
@@ -239,7 +239,13 @@ def main(argv=None) -> int:
     if args.cost:
         return report_cost(p, out, dict(args.peak), made_with(argv))
     execute(p, args.jobs, launch_missing=not args.report_only)
+    dropped = [cid for cid in judged(out) if cid not in {c.id for c in claims}]
+    before = made_by(out) or "the command that made it"
     csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds, made_with(argv))
+    if dropped:
+        print(f"repinv-claims: {md_path} and {csv_path.name} now judge this selection alone; they judged "
+              f"{listing(dropped, 6)} too. Its runs are kept: `{before} --report-only` writes that ledger again.",
+              file=sys.stderr)
     print(md_path)
     print(csv_path)
     print(f"ledger in {time.perf_counter() - started:.0f} s", file=sys.stderr)

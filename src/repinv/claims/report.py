@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +13,9 @@ from repinv.claims.rules import KEEP_DB, by_layer, mean_sd
 from repinv.metrics import PSNR, axis_label
 from repinv.reporting.tables import md_table, write_csv
 from repinv.study import Run
+
+LEDGER_CSV, LEDGER_MD = "claims.csv", "claims.md"  # one row per claim and its verdict; the page that shows them
+MADE_WITH = "Made with "  # claims.md names the command that makes (and continues) the ledger after this
 
 Conditions = dict[str, list[tuple[int, Run]]]
 
@@ -61,7 +66,7 @@ def write_md(path: Path, budget: str, table: list[dict], sensitivity: list[dict]
              ", ".join(f"{n} {v}" for v, n in counts.items()), "",
              "Measured: mean ± sd over seeds and images (and layers, where a rule compares two conditions layer by layer); "
              "each rule decides on the mean (thresholds in repinv/claims/rules.py).", "",
-             f"Made with `{command}` (the same command continues it; with --report-only it judges what has run).", "",
+             f"{MADE_WITH}`{command}` (the same command continues it; with --report-only it judges what has run).", "",
              *md_table(table, [c for c in COLUMNS if c != "runs"]), "", "## Verdict per recipe", "",
              *md_table(sensitivity, ["claim", "recipe", "measured", "verdict"]), "", "## Run folders", "",
              *(f"- {r['claim']}: {r['runs'] or '(none)'}" for r in table), "",
@@ -111,10 +116,25 @@ def plot_series(claim: Claim, p: Plan) -> dict[str, list[dict]]:
     return series
 
 
+def judged(out: Path) -> list[str]:
+    """The claim ids the ledger at `out` holds verdicts for ([] where there is none yet)."""
+    if not (out / LEDGER_CSV).is_file():
+        return []
+    with open(out / LEDGER_CSV, newline="") as f:
+        return list(dict.fromkeys(r["claim"] for r in csv.DictReader(f)))
+
+
+def made_by(out: Path) -> str | None:
+    """The command that made the ledger at `out`, as its claims.md names it (None where there is none)."""
+    md = out / LEDGER_MD
+    found = re.search(rf"^{MADE_WITH}`(.+?)`", md.read_text(), re.M) if md.is_file() else None
+    return found and found.group(1)
+
+
 def write(out: Path, budget: str, claims: Sequence[Claim], p: Plan, images: Sequence[str], seeds: int,
           command: str) -> tuple[Path, Path]:
     """claims.csv, claims.md, sensitivity.csv and plots/<claim>.png under `out`."""
     table, sensitivity = rows(claims, p, images, seeds, out)
     plots = [path for claim in claims if claim.plot and (path := depth_plot(claim, plot_series(claim, p), out / "plots"))]
     write_csv(out / "sensitivity.csv", sensitivity, ["claim", "recipe", "measured", "verdict"])
-    return write_csv(out / "claims.csv", table, COLUMNS), write_md(out / "claims.md", budget, table, sensitivity, plots, command)
+    return write_csv(out / LEDGER_CSV, table, COLUMNS), write_md(out / LEDGER_MD, budget, table, sensitivity, plots, command)
