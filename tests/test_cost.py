@@ -65,11 +65,11 @@ def test_a_bad_peak_is_refused_before_anything_runs(value, tmp_path, capsys):
 
 def test_a_network_that_cannot_be_counted_is_one_paragraph_and_keeps_its_log(tmp_path, capsys):
     code = main(["--budget", "quick", "--claims", "vit-entry-untrained", "--sources", "timm", "--cost",
-                 "--out", str(tmp_path), "layers=[no_such_layer]"])
+                 "--out", str(tmp_path), "+model.kwargs.no_such_option=1"])
     err = capsys.readouterr().err
     assert code == 2 and "repinv-claims: error: Counting the step of" in err and "Traceback" not in err, err
     [log] = (tmp_path / "cost" / "runs").glob("*.log")
-    assert str(log) in " ".join(err.split()) and "no_such_layer" in log.read_text(), "the error names the kept log"
+    assert str(log) in " ".join(err.split()) and "no_such_option" in log.read_text(), "the error names the kept log"
     assert not (tmp_path / "cost.json").exists()
 
 
