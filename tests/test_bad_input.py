@@ -44,6 +44,8 @@ CASES = {
     "not an image": (["image={d}/notes.png"], "could not be read as an image"),
     "truncated image": (["image={d}/truncated.png"], "image file is truncated"),
     "empty directory": (["image={d}/empty"], "is a directory with no images in it"),
+    "image that is a number": (["image=2024"], "image=2024 is neither an embedded photograph nor an existing file"),
+    "image that is a boolean": (["image=true"], "image=True is neither an embedded photograph nor an existing file"),
     "unknown model": (["model.name=vit_base_patch32_22"], "Did you mean 'vit_base_patch32_224'"),
     "unknown model source": (["model.source=timmm"], "model.source=timmm is not a model source. Did you mean 'timm'?"),
     "unknown cpu kernels": (["model.cpu_kernels=fast"], "model.cpu_kernels=fast is not a kernel choice."),

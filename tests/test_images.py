@@ -72,3 +72,11 @@ def test_empty_directory_and_broken_file(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(RepinvError, match="could not be read as an image"):
         load_images(str(tmp_path / "broken.jpg"), 32)
+
+
+def test_a_number_is_one_name(tmp_path, monkeypatch):
+    """`image=2024` reaches the loader as an int: it names the folder 2024, as it would spelled as a string."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "2024").mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "2024" / "a.png")
+    assert [i.name for i in load_images(2024, 16)] == ["a"]

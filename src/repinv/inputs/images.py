@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,9 +136,11 @@ def resize_center_crop(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 
 def load_images(spec: str | list | tuple, size: int | tuple[int, int]) -> list[TargetImage]:
-    """Resolve `image=` (a name, path, directory or list of these) to RGB tensors at `size`."""
+    """Resolve `image=` (a name, path, directory or list of these) to RGB tensors at `size`. A scalar is one name
+    (`image=2024` arrives as an int): a folder or file may be called that."""
     size = (size, size) if isinstance(size, int) else tuple(size)
-    entries = [spec] if isinstance(spec, (str, Path)) else list(spec or [])
+    many = isinstance(spec, Sequence) and not isinstance(spec, str)
+    entries = list(spec) if many else [] if spec is None else [spec]
     if not entries:
         raise RepinvError(
             "image= is empty. Give an embedded photograph such as 'chelsea', a file, a "
