@@ -34,6 +34,14 @@ class _Reached(Exception):
     """Raised by a forward hook to end the forward pass once every tapped module has run."""
 
 
+class NotRun(RuntimeError):
+    """Tapped modules a forward pass never ran: they exist in the model, but its forward skips them."""
+
+    def __init__(self, modules: list[str]):
+        self.modules = modules
+        super().__init__(f"modules {modules} did not run in the forward pass")
+
+
 class _Passing(Exception):
     """Raised by a `forward_until` hook to record a value and pass a different output on."""
 
@@ -73,7 +81,7 @@ def forward_until(net: nn.Module, x: torch.Tensor, hooks: dict[str, Callable]) -
     A hook returns the value to record for its module (on its first run only); the pass ends
     as soon as all have run. A hook may also replace the module's output by raising
     `_Passing(record, output)`. Returns module name -> recorded value; a module that never
-    ran is an error.
+    ran is a `NotRun`.
     """
     seen: dict = {}
 
@@ -99,8 +107,24 @@ def forward_until(net: nn.Module, x: torch.Tensor, hooks: dict[str, Callable]) -
         for h in handles:
             h.remove()
     if len(seen) < len(hooks):
-        raise RuntimeError(f"modules {sorted(set(hooks) - set(seen))} did not run in the forward pass")
+        raise NotRun(sorted(set(hooks) - set(seen)))
     return seen
+
+
+def tap_outputs(net: nn.Module, taps: list[LayerTap], x: torch.Tensor, key: str = "layers") -> dict[str, torch.Tensor]:
+    """Each tap's output for `x` (module path -> tensor) in one pass, before a run starts: a tapped module that exists
+    but never runs (a dropout that fused attention skips) has no output to invert, a RepinvError naming `key`."""
+    try:
+        return forward_until(net, x, {t.module: lambda _m, _i, out: _first_tensor(out) for t in taps})
+    except NotRun as err:
+        tap = next(t for t in taps if t.module in err.modules)
+        holder = next((n for n in hidden_layer_names(net) if tap.module.startswith(f"{n}.")), tap.module.rpartition(".")[0])
+        named = tap.label + (f" (module {tap.module})" if tap.label != tap.module else "")
+        such = f", such as the block that holds it ({key}={holder})" if holder else f", such as a block (e.g. {key}=0)"
+        raise RepinvError(
+            f"{key}={named} does not run in the forward pass of this model: it exists, but the forward never calls it, "
+            f"so it has no output to invert. Pick a module that runs{such}."
+        ) from None
 
 
 def _invalid(spec, net: nn.Module, key: str = "layers") -> RepinvError:

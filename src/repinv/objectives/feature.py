@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from repinv.errors import RepinvError
-from repinv.models.taps import LayerTap, hidden_layer_names, resolve_layer
+from repinv.models.taps import LayerTap, hidden_layer_names, resolve_layer, tap_outputs
 from repinv.objectives.base import Objective, positive, samples_count
 
 ACTIVATION = "activation"  # a record's mean activation of its unit
@@ -84,7 +84,8 @@ class FeatureVisualization(Objective):
     def check(self, net, input_size):
         """Every unit must exist in the layer's output, whose size depends on the input's."""
         dev = next(net.parameters()).device
-        shape = positions(self.tap(net, torch.zeros(1, 3, *input_size, device=dev))).shape
+        x = torch.zeros(1, 3, *input_size, device=dev)
+        shape = positions(tap_outputs(net, [self.tap], x, "objective.layer")[self.tap.module]).shape
         for token, channel in self.units:
             if not (0 <= channel < shape[2] and (token is None or 0 <= token < shape[1])):
                 raise RepinvError(

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from repinv.errors import RepinvError
 from repinv.metrics import HEADLINE
-from repinv.models.taps import LayerTap, SharedPass, layer_label, resolve_layers
+from repinv.models.taps import LayerTap, SharedPass, layer_label, resolve_layers, tap_outputs
 from repinv.objectives.base import Objective, positive, target_seed
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,17 @@ class LayerInversion(Objective):
 
     @torch.no_grad()
     def setup(self, net, prep, images, seed):
-        """The taps, the targets' identities and photographs; the target activations are computed by `prepare`."""
+        """The taps (each checked to run), the targets' identities and photographs; the target activations are computed
+        by `prepare`."""
         self.taps = resolve_layers(net, self.layer_specs)
         pixels = torch.stack([im.pixels for im in images])
         gen = torch.Generator().manual_seed(target_seed(seed, "noise-shift"))
         shifted = pixels + torch.randn(pixels.shape, generator=gen) * self.noise_std
         dev = next(net.parameters()).device
         self.register_buffer("shifted", shifted.to(dev), persistent=False)
-        self.shared = SharedPass.checked(net, self.taps, prep(pixels.to(dev))) if self.stack else None
+        x = prep(pixels.to(dev))
+        tap_outputs(net, self.taps, x[:1])
+        self.shared = SharedPass.checked(net, self.taps, x) if self.stack else None
         self.reference = pixels.to(dev).repeat(len(self.taps), 1, 1, 1)
         self.group = len(images)
         self.__dict__["prep"] = prep  # the module's normalisation: not a submodule
