@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from repinv.errors import RepinvError
-from repinv.inputs.images import load_images
+from repinv.inputs.images import EMBEDDED, load_images
 
 
 def test_embedded_name_gives_rgb_at_model_size():
@@ -80,3 +80,20 @@ def test_a_number_is_one_name(tmp_path, monkeypatch):
     (tmp_path / "2024").mkdir()
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "2024" / "a.png")
     assert [i.name for i in load_images(2024, 16)] == ["a"]
+
+
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_every_embedded_photograph_loads_offline(name):
+    [img] = load_images(name, 16)
+    assert img.name == name and img.pixels.shape == (3, 16, 16)
+
+
+def test_an_embedded_photograph_that_does_not_load_is_a_clear_error(monkeypatch):
+    from skimage import data
+
+    def missing():
+        raise ModuleNotFoundError("the file requires pooch")
+
+    monkeypatch.setattr(data, "chelsea", missing)
+    with pytest.raises(RepinvError, match=r"image=chelsea: the embedded photograph could not be loaded .*requires pooch"):
+        load_images("chelsea", 16)
