@@ -73,6 +73,10 @@ CASES = {
     "negative lr": (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be a positive number"),
     "negative sigma": (["priors.blur.sigma_start=-1"], "blur sigma must be positive"),
     "unknown loss": (["objective.loss=l3"], "Use one of l1, mse, cosine"),
+    "normalisation with two channels": (["model.mean=[0.5,0.5]"],
+                                        "model.mean=[0.5, 0.5] must be three finite numbers, one per RGB channel"),
+    "normalisation dividing by 0": (["model.std=[0.5,0,0.5]"], "model.std=[0.5, 0, 0.5] must be three finite numbers, "
+                                    "one per RGB channel, each above 0"),
     "trained weights offline": (["model.pretrained=true"], "pass it with model.checkpoint=/path/to/model.safetensors"),
     "negative checkpoint_every": (["checkpoint_every=-1"], "checkpoint_every=-1 must be a whole number"),
     "unknown class name": (["objective=class", "classes=[goldfsh]"], "Did you mean 'goldfish'"),

@@ -7,7 +7,8 @@ name of a built-in one (`model.source=timm`, `model.cpu_kernels=none`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +16,10 @@ import torch
 from torch import nn
 
 from repinv.engine.plugins import Choice, build
+from repinv.errors import RepinvError
 from repinv.models.packed import pack_linears
 from repinv.models.patchify import patchify_convs
-from repinv.models.sources import SOURCE_ATTR, ModelSource, for_net, model_source
+from repinv.models.sources import IMAGENET_MEAN, IMAGENET_STD, SOURCE_ATTR, ModelSource, for_net, model_source
 
 
 @dataclass
@@ -71,6 +73,23 @@ def builtin_name(node: Any) -> str | None:
     return model_source.short_name(node) or cpu_kernels_choice.short_name(node)
 
 
+def per_channel(key: str, values: Any, example: tuple[float, ...], positive: bool = False) -> tuple[float, ...] | None:
+    """`model.mean` or `model.std` as three finite numbers, one per RGB channel (each above 0 with `positive`: the
+    input is divided by std); None leaves the model's own. Anything else would fail to broadcast at the first step, or
+    divide by 0 and turn the image into NaN."""
+    if values is None:
+        return None
+    numbers = list(values) if isinstance(values, Sequence) and not isinstance(values, str) else [values]
+    if len(numbers) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                    and (v > 0 or not positive) for v in numbers):
+        raise RepinvError(
+            f"{key}={values} must be three finite numbers, one per RGB channel"
+            f"{', each above 0 (the input is divided by it)' if positive else ''}: e.g. {key}=[{','.join(map(str, example))}] "
+            f"(ImageNet's), or {key}=null for the model's own."
+        )
+    return tuple(float(v) for v in numbers)
+
+
 def create_model(
     name: str,
     label: str | None = None,
@@ -93,6 +112,7 @@ def create_model(
     (`model_source`, `cpu_kernels_choice`); config nodes inside `kwargs` are built too (the model config
     is not built recursively). The net is marked with its source (`for_net`).
     """
+    mean, std = per_channel("model.mean", mean, IMAGENET_MEAN), per_channel("model.std", std, IMAGENET_STD, positive=True)
     kwargs = dict(build(kwargs, "model.kwargs")) if kwargs else {}  # a node with _target_ inside (act_layer) is built here
     spec = dict(name=name, label=label, input_size=input_size, pretrained=pretrained, checkpoint=checkpoint, mean=mean,
                 std=std, seed=seed, kwargs=kwargs, source=source, weights=weights, cpu_kernels=cpu_kernels)
