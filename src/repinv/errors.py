@@ -1,6 +1,7 @@
 """User-facing errors: one paragraph saying what was wrong and what would be right."""
 
 import difflib
+import numbers
 import textwrap
 from collections.abc import Iterable
 
@@ -27,6 +28,17 @@ def listing(items: Iterable[str], limit: int = 24) -> str:
     items = list(items)
     shown = ", ".join(str(i) for i in items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def is_whole(value) -> bool:
+    """A whole number as a setting arrives from Hydra: an int (`3`), not a bool (`true`) nor a float (`3.0`, `1.5`),
+    which a count, a size or a step would cut or refuse further on."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A real number (an int or a float), not a bool nor a string such as `abc`."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class SettingsError(RepinvError):

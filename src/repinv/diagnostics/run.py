@@ -26,7 +26,7 @@ from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectr
 from repinv.diagnostics.table import write_table
 from repinv.engine.pipeline import build_model, record_config, sweep_name
 from repinv.engine.runinfo import RunInfo
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, is_whole
 from repinv.inputs.images import load_images
 from repinv.metrics import PSNR, require
 from repinv.models import LoadedModel
@@ -44,7 +44,7 @@ SCALARS = ("sigma_max", "sigma_min_found", "condition", "stable_rank", "numerica
 
 
 def _whole(name: str, value, low: int, example: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_whole(value) or value < low:
         raise RepinvError(
             f"diagnostics.{name}={value} must be a whole number of at least {low}; e.g. diagnostics.{name}={example}."
         )

@@ -39,7 +39,7 @@ from repinv.engine.precision import set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
 from repinv.engine.sharding import process_count, sharded_strategy
 from repinv.engine.validation import check_finite
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, is_number, is_whole
 from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
 from repinv.models.surgery import apply_surgery
@@ -81,14 +81,14 @@ class Steps(Dataset):
 
 
 def _positive(name: str, value, hint: str) -> None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if not is_number(value) or value <= 0:
         raise RepinvError(f"{name}={value} must be a positive number; {hint}")
 
 
 def _steps(name: str, value, hint: str, zero: str | None = None) -> None:
     """A count of steps is a whole number, positive, or 0 where `zero` says what 0 means: a fraction would be cut
     by one part of the run and not by another (the Trainer would take one step more than the schedules)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero else 1):
+    if not is_whole(value) or value < (0 if zero else 1):
         what = f"a whole number of steps, or 0 for {zero}" if zero else "a positive whole number of steps"
         raise RepinvError(f"{name}={value} must be {what}; {hint}")
 

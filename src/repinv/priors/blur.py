@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, is_number, is_whole
 from repinv.priors.base import Prior
 
 
@@ -23,15 +23,15 @@ class GaussianBlur(Prior):
     """
 
     def __init__(self, kernel_size: int = 3, sigma_start: float = 2.4, sigma_end: float = 0.4, every: int = 1):
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise RepinvError(f"priors.blur.kernel_size={kernel_size} must be a positive odd number such as 3.")
-        if sigma_start <= 0 or sigma_end <= 0:
+        if not is_whole(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise RepinvError(f"priors.blur.kernel_size={kernel_size} must be a positive odd whole number such as 3.")
+        if not (is_number(sigma_start) and is_number(sigma_end) and sigma_start > 0 and sigma_end > 0):
             raise RepinvError(
-                f"blur sigma must be positive (got sigma_start={sigma_start}, sigma_end={sigma_end}); "
+                f"blur sigma must be positive numbers (got sigma_start={sigma_start}, sigma_end={sigma_end}); "
                 "the study uses 2.4 → 0.4, or switch the blur off with priors=none."
             )
-        if every < 1:
-            raise RepinvError(f"priors.blur.every={every} must be at least 1.")
+        if not is_whole(every) or every < 1:
+            raise RepinvError(f"priors.blur.every={every} must be a whole number of steps, at least 1 (1 blurs after each step).")
         self.kernel_size, self.sigma_start, self.sigma_end, self.every = kernel_size, sigma_start, sigma_end, every
         self._cache: tuple[float, list[float]] | None = None
 

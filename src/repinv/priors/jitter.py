@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, is_whole
 from repinv.priors.base import Prior
 
 
@@ -17,9 +17,10 @@ class Jitter(Prior):
     """
 
     def __init__(self, pixels: int = 0, start: int = 0):
-        if pixels < 0 or start < 0:
-            raise RepinvError(f"jitter pixels={pixels} and start={start} must be non-negative (0 switches jitter off).")
-        self.pixels, self.start = int(pixels), int(start)
+        if not (is_whole(pixels) and is_whole(start) and pixels >= 0 and start >= 0):
+            raise RepinvError(f"priors.jitter.pixels={pixels} and priors.jitter.start={start} must be non-negative whole "
+                              "numbers, of pixels and of steps (pixels=0 switches jitter off); the study uses 16 from step 200.")
+        self.pixels, self.start = pixels, start
 
     def check(self, size: tuple[int, int]) -> None:
         if self.pixels > min(size):
