@@ -112,6 +112,19 @@ CASES = {
                                              "metrics.x (torch.dist) returned a tensor of shape [] for 2 images"),
     "metric with an image per image": (["+metrics.x._target_=torch.sub", "+metrics.x._partial_=true"],
                                        "metrics.x (torch.sub) returned a tensor of shape [2, 3, 64, 64] for 2 images"),
+    "fourier decay that is not a number": (["param=fourier", "param.decay=abc"], "param.decay=abc must be a non-negative number"),
+    "pyramid levels that are not a number": (["param=pyramid", "param.levels=two"], "param.levels=two must be a whole number"),
+    "pyramid gain that is not a number": (["param=pyramid", "param.gain=abc"], "param.gain=abc must lie in [0.0001, 1]"),
+    "parametrisation whose constructor fails": (["param._target_=collections.OrderedDict"],
+                                                "param could not be built from _target_=collections.OrderedDict (TypeError"),
+    "optimizer setting its constructor refuses": (["+optimizer.momentum=-1"], "optimizer could not be built from "
+                                                  "_target_=torch.optim.SGD (ValueError: Invalid momentum value: -1)"),
+    "scheduler end factor above 1": (["scheduler.end_factor=2"], "scheduler could not be built from "
+                                     "_target_=torch.optim.lr_scheduler.LinearLR (ValueError: Ending multiplicative factor"),
+    "scheduler start factor 0": (["scheduler.start_factor=0"], "scheduler could not be built from "
+                                 "_target_=torch.optim.lr_scheduler.LinearLR (ValueError: Starting multiplicative factor"),
+    "cosine schedule over no steps": (["scheduler=cosine", "scheduler.T_max=0"], "scheduler could not be built from "
+                                      "_target_=torch.optim.lr_scheduler.CosineAnnealingLR (ZeroDivisionError"),
     "target that does not exist": (["param._target_=repinv.params.Nope"],
                                    "param could not be built from _target_=repinv.params.Nope"),
     "arguments a target does not take": (["+param.levels=3"], "param could not be built from _target_=repinv.params.Pixel"),
@@ -166,6 +179,13 @@ def test_a_long_path_in_an_error_stays_whole_on_its_line(cli, tmp_path):
     path = str(tmp_path / ("a-very-long-folder-name-" * 6) / "missing-photograph.png")
     code, _, err, _ = cli(*FAST, f"image={path}")
     assert code == 2 and any(path in line for line in err.splitlines()), err
+
+
+def test_a_schedule_that_fails_at_its_first_step_is_refused_before_the_run_folder_is_written(cli):
+    """A cosine over T_max=0 steps divides by zero only when stepped: tried before the run, it leaves no run behind."""
+    code, _, err, run_dir = cli(*FAST, "scheduler=cosine", "scheduler.T_max=0")
+    assert code == 2 and "ZeroDivisionError" in err
+    assert not (run_dir / "config.yaml").exists() and not (run_dir / "metrics.json").exists()
 
 
 def test_a_prior_target_is_checked_before_it_is_called(cli, capsys):

@@ -6,6 +6,7 @@ pieces it assembles know nothing of Hydra.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from repinv.engine.identity import (
     read_checkpoint,
 )
 from repinv.engine.module import ImageOptimization
-from repinv.engine.plugins import build, build_each, check_arguments, check_metrics, check_prior, plugin_error
+from repinv.engine.plugins import build, build_each, called, check_arguments, check_metrics, check_prior
 from repinv.engine.precision import set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
 from repinv.engine.sharding import process_count, sharded_strategy
@@ -203,12 +204,7 @@ def instantiate_callbacks(cfg: DictConfig, run: RunInfo) -> list[pl.Callback]:
     progress bars are left out with trainer.enable_progress_bar=false (Lightning refuses them then)."""
     out = []
     for name, factory in build_each(cfg, "callbacks", _partial_=True).items():
-        try:
-            callback = given_run(factory, run)
-        except RepinvError:
-            raise
-        except Exception as err:  # its constructor refused a setting
-            raise plugin_error(f"callbacks.{name}", cfg.callbacks[name], err) from None
+        callback = called(f"callbacks.{name}", cfg.callbacks[name], given_run, factory, run)
         if cfg.trainer.get("enable_progress_bar", True) or not isinstance(callback, ProgressBar):
             out.append(callback)
     return out
@@ -314,6 +310,20 @@ def build_model(cfg: DictConfig, surgery: dict | None = None) -> LoadedModel:
     return apply_surgery(build(cfg.model), {k: build(op, f"surgery.{k}") for k, op in ops.items()})
 
 
+def check_schedule(cfg: DictConfig, optimizer, scheduler) -> None:
+    """Build the optimiser on a throwaway parameter and step the scheduler on it twice: a setting their constructors or
+    first steps refuse (a negative momentum, end_factor=2, a cosine over T_max=0 steps), which Lightning's fit would meet
+    only after the run folder is written, is one paragraph naming optimizer or scheduler now."""
+    opt = called("optimizer", cfg.optimizer, optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    if scheduler is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scheduler steps without optimiser steps
+        sched = called("scheduler", cfg.scheduler, scheduler, opt)
+        for _ in range(2):
+            called("scheduler", cfg.scheduler, sched.step)
+
+
 def build_module(cfg: DictConfig) -> tuple[LoadedModel, Objective, ImageOptimization]:
     """The model (after surgery) and objective of `cfg`, and the step module over them, its images, optimiser, priors
     and metrics: all built and checked."""
@@ -322,14 +332,16 @@ def build_module(cfg: DictConfig) -> tuple[LoadedModel, Objective, ImageOptimiza
     images = load_images(cfg.image, model.input_size) if objective.needs_images else []
     metrics = build_each(cfg, "metrics")
     check_metrics(metrics, model.input_size)
+    optimizer, scheduler = build(cfg.optimizer), build(cfg.scheduler) if cfg.get("scheduler") else None
+    check_schedule(cfg, optimizer, scheduler)
     module = ImageOptimization(
         model=model,
         objective=objective,
         images=images,
-        optimizer=build(cfg.optimizer),
-        scheduler=build(cfg.scheduler) if cfg.get("scheduler") else None,
+        optimizer=optimizer,
+        scheduler=scheduler,
         priors=list(build_each(cfg, "priors", check_prior).values()),
-        param=build(cfg.param),
+        param=functools.partial(called, "param", cfg.param, build(cfg.param)),
         metrics=metrics,
         steps=cfg.steps,
         init_mean=cfg.init.mean,

@@ -37,7 +37,7 @@ def plugin_error(key: str, node, err: Exception) -> RepinvError:
     target = node.get("_target_") if isinstance(node, Mapping) else None
     return RepinvError(f"{key} could not be built from _target_={target} ({_reason(err)}). Check that {key}._target_ "
                        f"names an existing class or function (package.module.name) and that {key}'s other settings are "
-                       "arguments it takes.")
+                       "arguments it takes, with values it accepts.")
 
 
 def build(node, key: str | None = None, **kwargs):
@@ -57,6 +57,17 @@ def build(node, key: str | None = None, **kwargs):
         raise
     except Exception as err:
         raise plugin_error(key or _key(node), node, err) from None
+
+
+def called(key: str, node, factory: Callable, *args, **kwargs):
+    """`factory(*args, **kwargs)`: a partial `build` made, called (or a method of what it made); a failure other than a
+    RepinvError, such as a setting its constructor refuses, becomes a RepinvError naming `key`, as in `build`."""
+    try:
+        return factory(*args, **kwargs)
+    except RepinvError:
+        raise
+    except Exception as err:
+        raise plugin_error(key, node, err) from None
 
 
 def _check_partial(built: functools.partial) -> None:

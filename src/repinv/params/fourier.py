@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, is_number
 from repinv.params.base import Parametrization, batch_shape
 
 # Square root of ImageNet's RGB colour correlation (lucid/lucent): the image's colours are this
@@ -59,9 +59,9 @@ class Fourier(Parametrization):
                 f"param=fourier decorrelates RGB colours and needs images [N, 3, H, W], got {list(shape)}; "
                 "use param=pixel or param=pyramid for other channel counts."
             )
-        if decay < 0:
+        if not is_number(decay) or decay < 0:
             raise RepinvError(
-                f"param.decay={decay} must be non-negative: 1.0 weights frequency f by 1/f, 0 weights all equally."
+                f"param.decay={decay} must be a non-negative number: 1.0 weights frequency f by 1/f, 0 weights all equally."
             )
         if decay > max_decay(h, w):
             raise RepinvError(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, is_number, is_whole
 from repinv.params.base import Parametrization, batch_shape
 
 # The smallest weight gain^(levels-1) of the coarsest level: its parameter is the image / that weight,
@@ -29,16 +29,15 @@ class Pyramid(Parametrization):
     """
 
     def __init__(self, shape: Sequence[int], levels: int = 4, gain: float = 0.5):
-        if levels != int(levels) or levels < 1:
+        if not is_whole(levels) or levels < 1:
             raise RepinvError(f"param.levels={levels} must be a whole number, at least 1 (1 is the pixel parametrisation).")
-        levels = int(levels)
         h, w = batch_shape(shape)[2:]
         if levels > min(h, w).bit_length():
             raise RepinvError(
                 f"param.levels={levels} halves a {h}x{w} image below one pixel; "
                 f"use at most {max(1, min(h, w).bit_length())} levels for this size."
             )
-        if not MIN_WEIGHT ** (1 / max(levels - 1, 1)) <= gain <= 1:
+        if not (is_number(gain) and MIN_WEIGHT ** (1 / max(levels - 1, 1)) <= gain <= 1):
             raise RepinvError(
                 f"param.gain={gain} must lie in [{MIN_WEIGHT ** (1 / max(levels - 1, 1)):.3g}, 1] for {levels} levels: the "
                 "coarsest level's weight gain^(levels-1) must stay within float32 steps (at least 1e-12), and a gain above "
