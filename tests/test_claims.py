@@ -244,6 +244,7 @@ def test_a_finished_run_kept_without_what_its_rule_reads_is_incomplete_not_a_cra
 
 @pytest.mark.parametrize("args,needle", [
     (["--out", "{file}"], "--out {file} is a file"),
+    (["--out", "{file}/ledger"], "--out {file}/ledger is inside {file}, which is a file; the ledger is a folder"),
     (["--image", "/nonexistent.jpg"], "--image /nonexistent.jpg: image=/nonexistent.jpg is neither an embedded photograph"),
     (["--lrs", "-1"], "--lrs -1: learning rates must be positive finite numbers"),
     (["--lrs", "0.1", "none"], "give positive learning rates, or none alone"),

@@ -161,8 +161,11 @@ def check(args, budget) -> None:
             locate(entry)
         except RepinvError as err:
             raise RepinvError(f"--image {entry}: {err}") from None
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise RepinvError(f"--out {args.out} is a file; the ledger is a folder (claims.md, claims.csv, runs/). "
+    # a file at --out, or at a folder above it, would stop the ledger folder from being made
+    blocked = next((p for p in (args.out, *args.out.parents) if p.exists() and not p.is_dir()), None) if args.out else None
+    if blocked is not None:
+        where = "" if blocked == args.out else f" is inside {blocked}, which"
+        raise RepinvError(f"--out {args.out}{where} is a file; the ledger is a folder (claims.md, claims.csv, runs/). "
                           "Give a new or existing folder.")
     check_checkpoints(args.checkpoint)
 
