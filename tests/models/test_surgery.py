@@ -84,6 +84,28 @@ def test_preset_keeps_the_named_part_of_the_configured_weights_and_resets_the_re
     assert not model.trained and model.surgery == ["trained_input_untrained_encoders"]
 
 
+def test_two_presets_without_a_donor_keep_both_parts_of_the_configured_weights(tmp_path, trained_file):
+    path, _ = trained_file
+    trained = _model(tmp_path, f"model.checkpoint={path}").net.state_dict()
+    untrained = _model(tmp_path).net.state_dict()
+    cfg = compose_cfg(["model=vit_tiny", f"model.checkpoint={path}", "surgery=[trained_patch_embed,trained_pos_embed]"], tmp_path)
+    from repinv.engine.pipeline import build
+
+    model = apply_surgery(build(cfg.model), {k: build(op) for k, op in cfg.surgery.items()})
+    for key, value in model.net.state_dict().items():
+        assert torch.equal(value, trained[key] if key.startswith(("patch_embed.", "pos_embed")) else untrained[key]), key
+    assert not model.trained and model.surgery == ["trained_patch_embed", "trained_pos_embed"]
+
+
+def test_a_transplant_without_a_donor_into_a_model_without_trained_weights_changes_nothing(tmp_path, trained_file):
+    path, _ = trained_file
+    model = apply_surgery(_model(tmp_path), {"pos": Transplant(["pos_embed"], donor={"checkpoint": str(path)})})
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    with pytest.warns(UserWarning, match=r"configured without trained weights and without a donor changes nothing"):
+        model = apply_surgery(model, {"norm": Transplant(["blocks.0.norm1"])})
+    assert all(torch.equal(v, before[k]) for k, v in model.net.state_dict().items()), "the donor's pos_embed must stay"
+
+
 def test_presets_compose_in_order_and_reach_run_name_config_and_wandb_tags(run_repinv, trained_file):
     path, trained = trained_file
     records, out = run_repinv("surgery=[trained_pos_embed,no_layernorm]",

@@ -44,6 +44,11 @@ def _top_names(net: nn.Module) -> list[str]:
     return names
 
 
+def _loads_weights(spec: Mapping[str, Any]) -> bool:
+    """Whether create_model's arguments `spec` load trained weights (pretrained, weights or checkpoint)."""
+    return bool(spec.get("pretrained") or spec.get("weights") or spec.get("checkpoint"))
+
+
 def _name_list(names) -> list[str]:
     return [names] if isinstance(names, str) else [str(n) for n in names]
 
@@ -51,10 +56,13 @@ def _name_list(names) -> list[str]:
 class Transplant(Operation):
     """Trained `names` (parameters, buffers or whole submodules) in an otherwise untrained model.
 
-    Without `donor`, the model's own configured weights (model.pretrained or model.checkpoint)
-    are the trained ones: `names` keep them and everything else is reset to the seeded untrained
-    weights, so `model.pretrained=true surgery=trained_norm1` is an untrained ViT with the trained
-    first LayerNorm. With `donor` (`pretrained`, `checkpoint` or, for torchvision, `weights`),
+    Without `donor`, the model's own configured weights (model.pretrained, model.weights or
+    model.checkpoint) are the trained ones: `names` keep them and everything else is reset to the
+    seeded untrained weights, so `model.pretrained=true surgery=trained_norm1` is an untrained ViT
+    with the trained first LayerNorm. On a model an earlier transplant already made untrained,
+    `names` are copied from a build of the configured weights, so `surgery=[trained_patch_embed,
+    trained_pos_embed]` keeps both trained; a model configured without trained weights is left
+    as it is, with a warning. With `donor` (`pretrained`, `checkpoint` or, for torchvision, `weights`),
     `names` are copied from that build of the same architecture into the model as configured.
     `donor.name` may say which architecture the weights belong to; it must be the model's own.
     Names are source-neutral where the model source knows them (`patch_embed`, `pos_embed`,
@@ -97,7 +105,7 @@ class Transplant(Operation):
                 f"transplant donor {name} is another architecture than the model ({model.arch}); parameters can only "
                 f"be copied between two builds of {model.arch}. Leave donor.name unset or set it to {model.arch}."
             )
-        if not (self.donor.get("pretrained") or self.donor.get("checkpoint") or self.donor.get("weights")):
+        if not _loads_weights(self.donor):
             raise RepinvError(
                 "a transplant donor must be trained: set donor.pretrained=true (timm's weights), donor.checkpoint=FILE "
                 "or, for torchvision, donor.weights; or leave donor unset to take the model's own configured weights."
@@ -128,15 +136,19 @@ class Transplant(Operation):
         names = self._names(model)
         own = {**dict(model.net.named_parameters()), **dict(model.net.named_buffers())}
         keys = self._keys(model, own, names)
-        if self.donor is None:
-            if not model.trained:
-                warnings.warn(f"transplant of {names} into an untrained model without a donor changes nothing; "
-                              "set model.pretrained=true or model.checkpoint=FILE for the trained weights")
+        if self.donor is not None:
+            source = self._donor(model)
+        elif model.trained:
             untrained = {**model.spec, "pretrained": False, "checkpoint": None, "weights": None}
             source, keys = create_model(**untrained).net, [k for k in own if k not in keys]
             model = replace(model, trained=False)
+        elif _loads_weights(model.spec):  # an earlier operation made it untrained: its configured weights are the donor
+            source = create_model(**model.spec).net
         else:
-            source = self._donor(model)
+            warnings.warn(f"transplant of {names} into a model configured without trained weights and without a donor "
+                          "changes nothing; set model.pretrained=true, model.weights=ENUM or model.checkpoint=FILE for the "
+                          "trained weights, or give the transplant a donor")
+            return model
         theirs = {**dict(source.named_parameters()), **dict(source.named_buffers())}
         with torch.no_grad():
             for key in keys:
