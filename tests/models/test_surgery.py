@@ -132,6 +132,14 @@ def test_bad_specs_are_clear_errors(op, message, tmp_path):
         apply_surgery(_model(tmp_path), {"op": op})
 
 
+def test_transplant_of_a_removed_module_is_a_clear_error(tmp_path, trained_file):
+    path, _ = trained_file
+    ops = {"no_layernorm": Remove("LayerNorm"), "norm1": Transplant(["blocks.0.norm1"], donor={"checkpoint": str(path)})}
+    with pytest.raises(RepinvError, match=r"transplant name 'blocks.0.norm1' is a module of .* \(Identity\) that holds "
+                                          r"no parameters or buffers.*Put the transplant first"):
+        apply_surgery(_model(tmp_path), ops)
+
+
 def test_donor_with_other_shapes_is_a_clear_error(tmp_path):
     other = _model(tmp_path, "model.kwargs.embed_dim=32").net.state_dict()
     path = tmp_path / "other.pth"

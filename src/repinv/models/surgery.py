@@ -123,7 +123,14 @@ class Transplant(Operation):
             if name in own:
                 keys.append(name)
             elif name in modules and name:
-                keys += [k for k in own if k.startswith(name + ".")]
+                inside = [k for k in own if k.startswith(name + ".")]
+                if not inside:
+                    raise RepinvError(
+                        f"transplant name '{name}' is a module of {model.arch} ({_class_name(modules[name])}) that holds no "
+                        "parameters or buffers, so there is nothing to copy; an earlier operation may have removed it "
+                        "(no_layernorm makes every LayerNorm an Identity). Put the transplant first in surgery."
+                    )
+                keys += inside
             else:
                 raise RepinvError(
                     f"transplant name '{name}' is neither a parameter nor a module of {model.arch}."
