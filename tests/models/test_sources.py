@@ -120,3 +120,22 @@ def test_only_kwargs_that_do_not_fit_become_a_kwargs_error(monkeypatch):
     monkeypatch.setattr(timm, "create_model", faulty)
     with pytest.raises(TypeError, match="unsupported operand"):
         create_model("vit_base_patch32_224", input_size=32, kwargs={"depth": 1})
+
+
+@pytest.mark.parametrize("name,source,setting,message", [
+    ("vit_base_patch32_224", "timm", {"weights": "IMAGENET1K_V1"},
+     r"model.weights=IMAGENET1K_V1 names a torchvision weights enum, which timm's vit_base_patch32_224 does not take"),
+    ("vit_b_32", "torchvision", {"pretrained": True},
+     r"model.pretrained=true is timm's switch, which torchvision's vit_b_32 does not take.*model.weights=ENUM \(IMAGENET1K_V1"),
+])
+def test_a_loading_setting_of_the_other_library_is_refused(name, source, setting, message):
+    with pytest.raises(RepinvError, match=message):
+        create_model(name, input_size=64, source=source, **setting)
+
+
+def test_a_transplant_donor_its_source_builds_untrained_is_refused():
+    from repinv.models.surgery import Transplant, apply_surgery
+
+    with pytest.raises(RepinvError, match=r"donor \(tinynet, .*\) was built without trained weights: the model source "
+                                          r"test_sources.TinySource loaded none"):
+        apply_surgery(instantiate(tiny_config()), {"t": Transplant(["patch_embed"], donor={"checkpoint": "weights.pt"})})

@@ -140,6 +140,11 @@ def test_transplant_of_a_removed_module_is_a_clear_error(tmp_path, trained_file)
         apply_surgery(_model(tmp_path), ops)
 
 
+def test_a_donor_setting_of_the_other_library_is_refused(tmp_path):
+    with pytest.raises(RepinvError, match=r"transplant donor .* could not be built: model.pretrained=true is timm's switch"):
+        apply_surgery(_model(tmp_path, "model=tv_vit_tiny"), {"t": Transplant(["patch_embed"], donor={"pretrained": True})})
+
+
 def test_donor_with_other_shapes_is_a_clear_error(tmp_path):
     other = _model(tmp_path, "model.kwargs.embed_dim=32").net.state_dict()
     path = tmp_path / "other.pth"

@@ -112,9 +112,16 @@ class Transplant(Operation):
             )
         spec = {**model.spec, **{k: v for k, v in self.donor.items() if k != "name"}}
         try:
-            return create_model(**spec).net
+            donor = create_model(**spec)
         except RepinvError as err:
             raise RepinvError(f"the transplant donor ({model.arch}, {self.donor}) could not be built: {err}") from None
+        if not donor.trained:
+            raise RepinvError(
+                f"the transplant donor ({model.arch}, {self.donor}) was built without trained weights: the model source "
+                f"{model.source.name} loaded none from these settings. Give the donor the settings that load trained "
+                "weights in that source (pretrained=true for timm, weights=ENUM for torchvision, or checkpoint=FILE)."
+            )
+        return donor.net
 
     def _keys(self, model: LoadedModel, own: dict[str, torch.Tensor], names: list[str]) -> list[str]:
         modules = dict(model.net.named_modules())

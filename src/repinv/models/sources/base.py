@@ -37,7 +37,12 @@ class ModelSource:
 
     def create(self, name: str, kwargs: dict[str, Any], pretrained: bool = False, weights: str | None = None,
                checkpoint: str | None = None) -> tuple[nn.Module, bool]:
-        """Build model `name` with `kwargs` (seeded by the caller); returns the net and whether it holds trained weights."""
+        """Build model `name` with `kwargs` (seeded by the caller); returns the net and whether it holds trained weights.
+
+        A loading argument the library does not take (timm has no `weights`, torchvision no `pretrained`) is
+        refused with a RepinvError, never ignored: ignored, it would give untrained weights where trained ones
+        were asked for.
+        """
         raise NotImplementedError
 
     def hidden_layers(self, net: nn.Module) -> list[str]:

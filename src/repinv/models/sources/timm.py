@@ -121,6 +121,11 @@ class TimmSource(ModelSource):
     def create(self, name, kwargs, pretrained=False, weights=None, checkpoint=None):
         if name not in timm.list_models() and not timm.is_model(name):
             raise _unknown_model(name)
+        if weights:
+            raise RepinvError(
+                f"model.weights={weights} names a torchvision weights enum, which timm's {name} does not take. Load "
+                "timm's trained weights with model.pretrained=true, or a file with model.checkpoint=FILE."
+            )
         kwargs = dict(kwargs)
         if checkpoint:
             path = Path(checkpoint).expanduser()

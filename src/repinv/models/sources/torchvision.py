@@ -90,6 +90,12 @@ class TorchvisionSource(ModelSource):
     def create(self, name, kwargs, pretrained=False, weights=None, checkpoint=None):
         """Build `name` (untrained, enum weights, or a local file)."""
         _check_name_and_weights(name, weights)
+        if pretrained:
+            options = ", ".join(w.name for w in torchvision.models.get_model_weights(name))
+            raise RepinvError(
+                f"model.pretrained=true is timm's switch, which torchvision's {name} does not take. Load its trained "
+                f"weights with model.weights=ENUM ({options}), or a file with model.checkpoint=FILE."
+            )
         try:
             net = torchvision.models.get_model(name, **kwargs)
             if weights:
