@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from safetensors.torch import save_file
 
 from conftest import REPO, compose_cfg
+from repinv.engine.pipeline import build
 from repinv.errors import RepinvError
 from repinv.models import create_model
 
@@ -52,3 +53,33 @@ def test_pretrained_offline_names_the_hub_file_and_checkpoint_option(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "timm/vit_base_patch32_224" in proc.stderr and "model.safetensors" in proc.stderr
     assert "model.checkpoint=" in proc.stderr
+
+
+
+
+TEN = ["model=vit_tiny", "+model.kwargs.num_classes=10"]  # a head fine-tuned to 10 classes: not timm's pretrained config
+
+
+def test_a_fine_tuned_head_of_its_own_size_loads_exactly(tmp_path):
+    state = {k: v.clone() for k, v in instantiate(compose_cfg([*TEN, "seed=123"], tmp_path).model).net.state_dict().items()}
+    path = tmp_path / "ten.pth"
+    torch.save(state, path)
+    loaded = instantiate(compose_cfg([*TEN, f"model.checkpoint={path}"], tmp_path).model)
+    got = loaded.net.state_dict()
+    assert loaded.trained and got["head.weight"].shape == (10, 64)
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("saved,change,message", [
+    (["model=vit_tiny"], lambda state: {k: v for k, v in state.items() if not k.startswith("blocks.1.")},
+     r"blocks.1.norm1.weight is missing there"),
+    (["model=vit_tiny"], lambda state: {f"net.{k}": v for k, v in state.items()}, r"cls_token is missing there, .*\(\d+ more\)"),
+    (TEN, lambda state: state, r"head.weight is \(10, 64\) there and \(1000, 64\) here"),
+])
+def test_a_file_that_does_not_supply_the_whole_model_as_configured_is_refused(saved, change, message, tmp_path):
+    state = {k: v.clone() for k, v in instantiate(compose_cfg([*saved, "seed=123"], tmp_path).model).net.state_dict().items()}
+    path = tmp_path / "partial.pth"
+    torch.save(change(state), path)
+    with pytest.raises(RepinvError, match=r"model.checkpoint=.*partial.pth does not fit model.name=vit_base_patch32_224 as "
+                                          rf"configured: {message}.*must hold weights for the whole model as configured"):
+        build(compose_cfg(["model=vit_tiny", f"model.checkpoint={path}"], tmp_path).model)

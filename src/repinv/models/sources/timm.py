@@ -1,8 +1,9 @@
 """timm as a model source: any name from timm.list_models(), untrained, hub-trained or from a file.
 
-Trained weights go through timm's own pretrained machinery (hub or local cache); a checkpoint
-file goes through the same machinery (`pretrained_cfg_overlay`), so timm's filtering and head
-resizing apply as usual. timm's module names are the source-neutral ones; a Mixer's `stem`
+Trained weights go through timm's own pretrained machinery (hub or local cache). A checkpoint
+file is read and filtered as timm reads and filters trained weights (EMA weights, DDP prefixes,
+renamed keys, resampled position embeddings), then must supply every tensor of the model as
+configured. timm's module names are the source-neutral ones; a Mixer's `stem`
 answers to `patch_embed` too.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from repinv.errors import RepinvError, listing, suggest
-from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource, load_state_file
+from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource
 
 # The TypeErrors that mean kwargs do not fit a model: an entry point's own size next to the same one in
 # kwargs (mixer_b16_224's patch_size), and a constructor without that setting. Any other TypeError is a fault.
@@ -55,29 +57,11 @@ def _unknown_model(name: str) -> RepinvError:
     )
 
 
-def _mismatched(name: str, kwargs: dict[str, Any], checkpoint: str) -> list[str]:
-    """The tensors of a checkpoint file whose shapes differ from the model built with `kwargs` (on the meta device)."""
-    state = load_state_file(Path(checkpoint).expanduser())
-    with torch.device("meta"):
-        own = build(name, False, {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}).state_dict()
-    return [
-        f"{k} is {tuple(v.shape)} there and {tuple(own[k].shape)} here"
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-
-
-def _weights_missing(name: str, kwargs: dict[str, Any], checkpoint: str | None, err: Exception) -> RepinvError:
+def _weights_missing(name: str, err: Exception) -> RepinvError:
     cfg = timm.models.get_pretrained_cfg(name)
     where = ""
     if cfg is not None and cfg.hf_hub_id:
         where = f" timm looks for hub repo '{cfg.hf_hub_id}' (file model.safetensors or pytorch_model.bin)."
-    mismatched = _mismatched(name, kwargs, checkpoint) if checkpoint else []
-    if mismatched:
-        return RepinvError(
-            f"model.checkpoint={checkpoint} does not fit model.name={name} as configured: {listing(mismatched, 3)}. "
-            "Pass weights saved from the same architecture with the same timm kwargs (patch size, width, depth)."
-        )
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     return RepinvError(
         f"trained weights for model.name={name} could not be loaded"
@@ -87,6 +71,35 @@ def _weights_missing(name: str, kwargs: dict[str, Any], checkpoint: str | None, 
         "model.checkpoint=/path/to/model.safetensors, or run with model.pretrained=false "
         "for an untrained model."
     )
+
+
+def _filter_fn(cls: type) -> Callable | None:
+    """The checkpoint filter of a timm model class's module (renamed keys, resampled position and patch embeddings)."""
+    return getattr(sys.modules[cls.__module__], "checkpoint_filter_fn", None)
+
+
+def _load_file(net: nn.Module, name: str, checkpoint: str, path: Path) -> None:
+    """Every tensor of `net` from the weights file `path`, read and filtered the way timm loads trained weights.
+
+    timm's own loading of a file drops the file's classifier where the model's num_classes differs
+    from its pretrained config's and then loads whatever keys match; here the file must supply the
+    whole model as configured (a fine-tuned head of its own size included) and nothing else.
+    """
+    state = timm.models.load_state_dict(str(path))
+    filter_fn = _filter_fn(type(net))
+    if filter_fn is not None:
+        state = filter_fn(state, net)
+    own = net.state_dict()
+    problems = [f"{k} is missing there" if k not in state else f"{k} is {tuple(state[k].shape)} there and {tuple(v.shape)} here"
+                for k, v in own.items() if k not in state or state[k].shape != v.shape]
+    problems += [f"{k} is there but not in the model" for k in state if k not in own]
+    if problems:
+        raise RepinvError(
+            f"model.checkpoint={checkpoint} does not fit model.name={name} as configured: {listing(problems, 3)}. "
+            "The file must hold weights for the whole model as configured, under its own names: saved from the same "
+            "architecture with the same timm kwargs (patch size, width, depth, num_classes)."
+        )
+    net.load_state_dict(state)
 
 
 def build(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
@@ -105,9 +118,7 @@ def build(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
             raise
         with torch.device("meta"):
             cls = type(timm.create_model(name))
-    return timm.models.build_model_with_cfg(
-        cls, name, pretrained, pretrained_filter_fn=getattr(sys.modules[cls.__module__], "checkpoint_filter_fn", None), **kwargs
-    )
+    return timm.models.build_model_with_cfg(cls, name, pretrained, pretrained_filter_fn=_filter_fn(cls), **kwargs)
 
 
 class TimmSource(ModelSource):
@@ -127,17 +138,15 @@ class TimmSource(ModelSource):
                 "timm's trained weights with model.pretrained=true, or a file with model.checkpoint=FILE."
             )
         kwargs = dict(kwargs)
-        if checkpoint:
-            path = Path(checkpoint).expanduser()
-            if not path.is_file():
-                raise RepinvError(
-                    f"model.checkpoint={checkpoint} does not exist. Pass the path of a safetensors "
-                    f"or torch state-dict file holding weights for {name}, or leave model.checkpoint=null."
-                )
-            kwargs["pretrained_cfg_overlay"] = {"file": str(path.resolve())}
-        use_weights = bool(pretrained or checkpoint)
+        path = Path(checkpoint).expanduser() if checkpoint else None
+        if path is not None and not path.is_file():
+            raise RepinvError(
+                f"model.checkpoint={checkpoint} does not exist. Pass the path of a safetensors "
+                f"or torch state-dict file holding weights for {name}, or leave model.checkpoint=null."
+            )
+        hub = bool(pretrained) and path is None  # a checkpoint file replaces every tensor timm's weights would give
         try:
-            return build(name, use_weights, kwargs), use_weights
+            net = build(name, hub, kwargs)
         except TypeError as err:
             if not any(phrase in str(err) for phrase in (DUPLICATE, UNEXPECTED)):
                 raise
@@ -146,9 +155,12 @@ class TimmSource(ModelSource):
                 f"timm's {name} constructor takes (depth, embed_dim, num_heads, img_size, patch_size, ...)."
             ) from None
         except (RuntimeError, OSError, ValueError, ImportError) as err:
-            if use_weights:
-                raise _weights_missing(name, kwargs, checkpoint, err) from None
+            if hub:
+                raise _weights_missing(name, err) from None
             raise
+        if path is not None:
+            _load_file(net, name, checkpoint, path)
+        return net, bool(pretrained or path)
 
     def hidden_layers(self, net):
         """The feature_info order (what forward_intermediates numbers), else the blocks."""
