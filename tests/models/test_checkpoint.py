@@ -83,3 +83,14 @@ def test_a_file_that_does_not_supply_the_whole_model_as_configured_is_refused(sa
     with pytest.raises(RepinvError, match=r"model.checkpoint=.*partial.pth does not fit model.name=vit_base_patch32_224 as "
                                           rf"configured: {message}.*must hold weights for the whole model as configured"):
         build(compose_cfg(["model=vit_tiny", f"model.checkpoint={path}"], tmp_path).model)
+
+
+@pytest.mark.parametrize("config", ["vit_tiny", "tv_vit_tiny"])
+@pytest.mark.parametrize("name", ["junk.pt", "junk.safetensors"])
+def test_an_unreadable_checkpoint_file_is_one_paragraph(config, name, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(b"\x00 not a state dict " * 8)
+    with pytest.raises(RepinvError, match=rf"model.checkpoint={path} could not be read as a state dict \(safetensors or torch "
+                                          r"file\): \w+: .*Pass a file written by safetensors' save_file") as err:
+        build(compose_cfg([f"model={config}", f"model.checkpoint={path}"], tmp_path).model)
+    assert "\n" not in str(err.value)

@@ -145,6 +145,14 @@ def test_a_donor_setting_of_the_other_library_is_refused(tmp_path):
         apply_surgery(_model(tmp_path, "model=tv_vit_tiny"), {"t": Transplant(["patch_embed"], donor={"pretrained": True})})
 
 
+def test_an_unreadable_donor_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"\x00 not a state dict " * 8)
+    with pytest.raises(RepinvError, match=r"transplant donor .* could not be built: model.checkpoint=.*junk.pt could not be "
+                                          r"read as a state dict \(safetensors or torch file\)"):
+        apply_surgery(_model(tmp_path), {"t": Transplant(["patch_embed"], donor={"checkpoint": str(path)})})
+
+
 def test_donor_with_other_shapes_is_a_clear_error(tmp_path):
     other = _model(tmp_path, "model.kwargs.embed_dim=32").net.state_dict()
     path = tmp_path / "other.pth"

@@ -12,11 +12,14 @@ A new library is one subclass, named in config: `model.source._target_=package.m
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from repinv.errors import RepinvError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SOURCE_ATTR = "repinv_source"  # set on every net create_model builds: the ModelSource that built it
@@ -86,7 +89,27 @@ class ModelSource:
 GENERIC = ModelSource()
 
 
-def load_state_file(path: Path) -> dict[str, torch.Tensor]:
+def load_state_file(path: Path, read: Callable[[Path], Any] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict in the weights file `path`, read by `read` (a library's own reader) or `read_state`.
+
+    Any failure to read it (junk bytes, a broken safetensors header, a pickle torch.load refuses,
+    something other than a dict) is a RepinvError naming the file, wherever the file was given.
+    """
+    try:
+        state = (read or read_state)(path)
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a dict of tensors")
+    except Exception as err:  # each reader fails its own way: UnpicklingError, SafetensorError, EOFError, ...
+        line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = re.split(r"(?<=\.)\s", line, maxsplit=1)[0].rstrip(".")  # torch's first line goes on to advice
+        raise RepinvError(
+            f"model.checkpoint={path} could not be read as a state dict (safetensors or torch file): "
+            f"{type(err).__name__}: {first}. Pass a file written by safetensors' save_file or by torch.save(model.state_dict())."
+        ) from None
+    return state
+
+
+def read_state(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a safetensors or torch file (a dict holding 'state_dict' or 'model' is unwrapped)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file

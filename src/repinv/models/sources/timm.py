@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from repinv.errors import RepinvError, listing, suggest
-from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource
+from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource, load_state_file
 
 # The TypeErrors that mean kwargs do not fit a model: an entry point's own size next to the same one in
 # kwargs (mixer_b16_224's patch_size), and a constructor without that setting. Any other TypeError is a fault.
@@ -85,7 +85,7 @@ def _load_file(net: nn.Module, name: str, checkpoint: str, path: Path) -> None:
     from its pretrained config's and then loads whatever keys match; here the file must supply the
     whole model as configured (a fine-tuned head of its own size included) and nothing else.
     """
-    state = timm.models.load_state_dict(str(path))
+    state = load_state_file(path, lambda file: timm.models.load_state_dict(str(file)))
     filter_fn = _filter_fn(type(net))
     if filter_fn is not None:
         state = filter_fn(state, net)
