@@ -71,6 +71,14 @@ def test_rebuild_with_patch_size(tmp_path):
     assert model.surgery == ["patch8"]
 
 
+@pytest.mark.parametrize("model_name,size_kwarg", [("vit_tiny", "img_size"), ("tv_vit_tiny", "image_size")])
+def test_a_rebuild_at_another_input_size_feeds_the_model_at_that_size(tmp_path, model_name, size_kwarg):
+    """Each source spells the input size its own way; the rebuilt model's input size follows either spelling."""
+    model = apply_surgery(_model(tmp_path, f"model={model_name}"), {"big": Rebuild(**{size_kwarg: 96})})
+    assert model.input_size == (96, 96)
+    assert model.net(torch.rand(1, 3, 96, 96)).shape == (1, 1000)
+
+
 def test_preset_keeps_the_named_part_of_the_configured_weights_and_resets_the_rest(tmp_path, trained_file):
     path, trained = trained_file
     untrained = _model(tmp_path).net.state_dict()

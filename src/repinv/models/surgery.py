@@ -220,11 +220,12 @@ class Remove(Operation):
 
 
 class Rebuild(Operation):
-    """Build the model again with `kwargs` merged into its timm kwargs; must come before other operations."""
+    """Build the model again with `kwargs` merged into its source's kwargs; must come before other operations. The
+    source's input-size argument (timm's img_size, torchvision's image_size) sets the model's input size too."""
 
     def __init__(self, **kwargs: Any):
         if not kwargs:
-            raise RepinvError("a rebuild needs timm kwargs, e.g. patch_size: 8 or depth: 4.")
+            raise RepinvError("a rebuild needs the model source's kwargs, e.g. patch_size: 8 or depth: 4.")
         self.kwargs = kwargs
 
     def __call__(self, model: LoadedModel) -> LoadedModel:
@@ -232,8 +233,9 @@ class Rebuild(Operation):
             raise RepinvError(f"a rebuild (kwargs {self.kwargs}) builds a new model and would undo {model.surgery}; "
                               "list it first in surgery.")
         spec = {**model.spec, "kwargs": {**model.spec.get("kwargs", {}), **self.kwargs}}
-        if "img_size" in self.kwargs:
-            spec["input_size"] = self.kwargs["img_size"]
+        size = model.source.size_kwarg
+        if size in self.kwargs:
+            spec["input_size"] = self.kwargs[size]
         return create_model(**spec)
 
 

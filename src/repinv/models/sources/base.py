@@ -32,6 +32,7 @@ class ModelSource:
     package: str | None = None  # nets whose class (or a base class) comes from this package belong here
     neutral_names: dict[str, str] = {}  # regex on a neutral name (full match) -> this source's spelling
     stem_classes: dict[type, type] = {}  # a ViT class -> its subclass that runs a stem first
+    size_kwarg: str | None = None  # the constructor argument that sets the input size (timm's img_size), if any
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -128,6 +128,7 @@ class TimmSource(ModelSource):
     package = "timm."
     neutral_names = {r"patch_embed": "stem", r"patch_embed\.proj": "stem.proj"}  # a Mixer's patch embedding
     stem_classes = {VisionTransformer: TimmStemViT}
+    size_kwarg = "img_size"
 
     def create(self, name, kwargs, pretrained=False, weights=None, checkpoint=None):
         if name not in timm.list_models() and not timm.is_model(name):

@@ -74,6 +74,7 @@ class TorchvisionSource(ModelSource):
 
     name = "torchvision"
     package = "torchvision."
+    size_kwarg = "image_size"  # its ViTs
     neutral_names = {
         r"patch_embed(?:\.proj)?": "conv_proj",
         r"cls_token": "class_token",
