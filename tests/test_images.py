@@ -57,6 +57,27 @@ def test_non_rgb_modes_are_converted_with_a_warning(tmp_path, mode, caplog):
     assert "converted to RGB" in caplog.text
 
 
+def test_a_float_image_in_zero_to_one_keeps_its_brightness(tmp_path, caplog):
+    """A float TIFF holds intensities in [0, 1]: read as 0..255 it would load almost black."""
+    arr = np.random.default_rng(2).random((20, 20)).astype(np.float32)
+    Image.fromarray(arr, mode="F").save(tmp_path / "x.tif")
+    [loaded] = load_images(str(tmp_path / "x.tif"), 20)
+    assert torch.allclose(loaded.pixels[0], torch.from_numpy(arr), atol=1 / 255)
+    assert "float image" in caplog.text
+
+
+def test_a_photo_stored_on_its_side_loads_upright(tmp_path):
+    """A camera's portrait photo is stored landscape with EXIF orientation 6 (turn 90 degrees clockwise to view)."""
+    upright = np.zeros((40, 20, 3), np.uint8)
+    upright[:10] = 255  # white top
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # on its side, as the camera writes it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "portrait.png", exif=exif)
+    [loaded] = load_images(str(tmp_path / "portrait.png"), (40, 20))
+    assert loaded.pixels[:, :8].min() > 0.9 and loaded.pixels[:, 12:].max() < 0.1, "white on top, as seen"
+
+
 @pytest.mark.parametrize("bad,needle", [
     ("chelsey", "Did you mean 'chelsea'"),
     ("/no/such/file.png", "neither an embedded photograph nor an existing file"),

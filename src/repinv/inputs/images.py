@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from repinv.errors import RepinvError, listing, suggest
 from repinv.naming import slug
@@ -66,7 +66,12 @@ def _to_rgb(img: Image.Image, source: str) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB, warning when information is dropped or invented."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode == "F":  # 32-bit float: [0, 1] intensities as written by most tools, else scaled by its maximum
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        hi = arr.max() if arr.max() > 1 else 1.0
+        img = Image.fromarray((arr.clip(0, None) / hi * 255).round().astype(np.uint8))
+        log.warning("%s: float image (maximum %.3g) scaled to 8 bits and converted to RGB", source, hi)
+    elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         hi = arr.max() if arr.max() > 0 else 1.0
         img = Image.fromarray((arr / hi * 255).round().astype(np.uint8))
@@ -82,10 +87,12 @@ def _to_rgb(img: Image.Image, source: str) -> Image.Image:
 
 
 def _read_file(path: Path) -> np.ndarray:
+    """The file as 8-bit RGB, turned upright as its EXIF orientation says (a camera's portrait photo is stored on
+    its side)."""
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(_to_rgb(img, str(path)))
+            return np.asarray(_to_rgb(ImageOps.exif_transpose(img), str(path)))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise RepinvError(
             f"image={path} could not be read as an image ({err}). Pass a readable PNG, JPEG, "
