@@ -139,6 +139,30 @@ def test_an_allowed_lr_change_applies_and_is_recorded(run_repinv, monkeypatch):
     assert [r["status"] for r in records] == ["finished"] * 2
 
 
+def test_an_allowed_schedule_change_follows_the_new_schedule_from_the_resume(run_repinv, monkeypatch):
+    """LinearLR steps its rate by ratios: the rate after the resume must be the new schedule's, not a path bent from
+    where the old one had reached."""
+    _interrupted(run_repinv, monkeypatch, "logger=csv")
+    _, out = run_repinv(*RESUMABLE, "logger=csv", "scheduler.end_factor=0.5", "resume=last",
+                        "resume_allow_changes=[scheduler.end_factor]", name="cut")
+    lr = {int(r["step"]): float(r["lr"]) for r in _csv_rows(out)}
+    assert lr[10] == pytest.approx(linear(1.0, 10))
+    assert lr[15] == pytest.approx(1 - 0.5 * 15 / 30) and lr[29] == pytest.approx(1 - 0.5 * 29 / 30)
+
+
+def test_another_kind_of_optimiser_on_resume_is_refused_not_a_crash(run_repinv, monkeypatch, tmp_path):
+    """The checkpoint holds SGD's state, which Adam cannot take up: even with the optimiser's settings allowed to
+    change, its kind is refused, naming it, and the interrupted run's files stay as they were."""
+    from repinv.errors import SettingsError
+
+    _interrupted(run_repinv, monkeypatch)
+    before = (tmp_path / "cut" / "metrics.json").read_bytes()
+    with pytest.raises(SettingsError, match="optimizer._target_ cannot change on resume") as err:
+        run_repinv(*RESUMABLE, "optimizer=adam", "resume=last", "resume_allow_changes=[optimizer]", name="cut")
+    assert err.value.fields == ["optimizer._target_"]
+    assert (tmp_path / "cut" / "metrics.json").read_bytes() == before
+
+
 def test_a_resumed_run_continues_its_csv_log_and_its_wandb_run(run_repinv, monkeypatch):
     _interrupted(run_repinv, monkeypatch, "logger=default")
     _, out = run_repinv(*RESUMABLE, "logger=default", "resume=last", name="cut")

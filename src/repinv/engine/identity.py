@@ -9,7 +9,7 @@ resume that differs anywhere else is refused, naming each field; `resume_allow_c
 ...]` lets named fields (or whole subtrees: `optimizer`) change, the change is kept in the
 checkpoint and in metrics.json (`resumed_with_changes`), and the new values apply: the module
 is built from the new config, and new optimiser and scheduler settings replace those the
-checkpoint restores. What defines the targets or the saved parameter can never change (`FIXED`:
+checkpoint restores (their kinds, `KINDS`, cannot change: the checkpoint holds their state). What defines the targets or the saved parameter can never change (`FIXED`:
 the model and its surgery, the photographs, layers, classes and units, the objective's kind and
 baseline noise, the seed, the starting noise, the parametrisation, the steps), nor the module's
 own identity (targets, steps, canvas): the saved image and the schedules depend on them.
@@ -40,6 +40,9 @@ FIXED = (
     "model", "surgery", "image", "layers", "classes", "seed", "init", "param", "steps", "objective._target_",
     "objective.layers", "objective.layer", "objective.classes", "objective.units", "objective.samples", "objective.noise_std",
 )
+# The optimiser's and scheduler's kinds: the checkpoint holds their state (momentum, Adam's moments, the schedule's
+# position), which another kind cannot take up, so a change of kind is refused even where their settings may change.
+KINDS = ("optimizer._target_", "scheduler._target_")
 CONFIG_KEY, CHANGES_KEY, MODULE_KEY = "repinv_config", "resumed_with_changes", "repinv"
 
 
@@ -99,15 +102,20 @@ def check_resume(path: Path, checkpoint: dict, config: dict, module: dict, allow
             f"Name settings of the run (e.g. resume_allow_changes=[optimizer.lr]); run-only settings "
             f"({listing(RUN_ONLY, 8)}) may change on resume anyway.", unknown)
     differ = [k for k in dict.fromkeys([*saved, *mine]) if (k in saved, saved.get(k)) != (k in mine, mine.get(k))]
-    refused = [k for k in differ if k in module or _under(k, FIXED) or not _under(k, allowed)]
+    refused = [k for k in differ if k in module or _under(k, FIXED) or k in KINDS or not _under(k, allowed)]
     if refused:
         diff = "; ".join(f"{k}: {_short(saved, k)} there, {_short(mine, k)} here" for k in refused)
-        forcible = [k for k in refused if k not in module and not _under(k, FIXED)]
         fixed = [k for k in refused if k in module or _under(k, FIXED)]
+        kinds = [k for k in refused if k in KINDS]
+        forcible = [k for k in refused if k not in fixed and k not in kinds]
         advice = [f"or allow those changes deliberately with resume_allow_changes=[{','.join(forcible)}]" if forcible else ""]
         if fixed:
             advice.append(f"{listing(fixed)} cannot change on resume, as they define the targets and the saved image "
                           "(start a new run in a new folder, hydra.run.dir=<new folder>, for those)")
+        if kinds:
+            advice.append(f"{listing(kinds)} cannot change on resume, as the checkpoint holds the state of that kind of "
+                          "optimiser or scheduler (momentum, Adam's moments, the schedule's position); their settings "
+                          "may change, another kind needs a new run in a new folder")
         raise SettingsError(
             f"resume={path} was written by a different run ({diff}). Resume with the overrides of the run that wrote "
             f"it (its config.yaml); {'; '.join(a for a in advice if a)}.", refused)
@@ -155,3 +163,16 @@ class RunIdentity(pl.Callback):
                 key = field.partition(".")[2]
                 if field.startswith("scheduler.") and hasattr(sched, key):
                     setattr(sched, key, value)
+            restart(sched)
+
+
+def restart(sched) -> None:
+    """Put the rate where the scheduler's settings, as they are now, place it at its step. A chainable scheduler
+    (LinearLR) scales the last rate step by step, so a changed setting would otherwise bend the path from the rate
+    the old settings reached, ending at neither schedule's value."""
+    closed_form = getattr(sched, "_get_closed_form_lr", None)
+    if closed_form is None:
+        return
+    for group, lr in zip(sched.optimizer.param_groups, closed_form()):
+        group["lr"] = lr
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
