@@ -141,6 +141,10 @@ CASES = {
                                               "Use one of loss, logit, prob, rank, steps, seconds_per_step"),
     "trainer option that does not exist": (["+trainer.bogus_option=3"],
                                            "trainer could not be built from _target_=pytorch_lightning"),
+    "init std missing": (["init.std=null"], "init.mean=0.7 and init.std=None must be numbers"),
+    "init mean a word": (["init.mean=abc"], "init.mean=abc and init.std=0.05 must be numbers"),
+    "negative seed": (["seed=-1"], "seed=-1 must be a whole number from 0 to 2^32-1"),
+    "fractional seed": (["seed=1.5"], "seed=1.5 must be a whole number"),
 }
 
 # Refused by Hydra's composition, before any run folder exists.

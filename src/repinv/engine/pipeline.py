@@ -106,8 +106,12 @@ def validate(cfg: DictConfig) -> None:
     _steps("image_every", cfg.get("image_every", 0), "e.g. image_every=100.", zero="the final images alone")
     _steps("checkpoint_every", cfg.get("checkpoint_every", 0), "e.g. checkpoint_every=500.",
            zero="no periodic checkpoints")
-    if cfg.init.std < 0:
-        raise RepinvError(f"init.std={cfg.init.std} must be non-negative; the study initialises from N(0.7, 1/20).")
+    if not (is_number(cfg.init.mean) and is_number(cfg.init.std) and cfg.init.std >= 0):
+        raise RepinvError(f"init.mean={cfg.init.mean} and init.std={cfg.init.std} must be numbers, std non-negative; the "
+                          "study initialises from N(0.7, 1/20): init.mean=0.7 init.std=0.05.")
+    if not (is_whole(cfg.seed) and 0 <= cfg.seed < 2**32):
+        raise RepinvError(f"seed={cfg.seed} must be a whole number from 0 to 2^32-1 (what torch and numpy seed with); "
+                          "e.g. seed=0.")
     _positive("collective_timeout_s", cfg.get("collective_timeout_s", 600),
               "how long a process of a multi-process run waits for the others, e.g. collective_timeout_s=600.")
     precision = str(cfg.trainer.get("precision", "32-true"))
