@@ -46,6 +46,14 @@ def test_samples_are_distinct_images_of_one_class(run_repinv):
     assert not torch.equal(a, b)
 
 
+def test_two_classes_of_one_name_keep_an_image_each(run_repinv):
+    """ImageNet's 134 and 517 are both 'crane': each class's image is its own file, its column names its index."""
+    records, out = run_repinv(*CLASS, "classes=[134,517]", "steps=2", tiny=False)
+    assert [r["column"] for r in records] == ["crane (134)", "crane (517)"]
+    a, b = (out / r["png"] for r in records)
+    assert a != b and a.is_file() and b.is_file()
+
+
 @pytest.mark.parametrize("model", ["mixer_tiny", "resnet_tiny", "convmixer_tiny", "tv_vit_tiny"])
 def test_every_zoo_family_generates_classes(model, run_repinv):
     records, _ = run_repinv(*CLASS, f"model={model}", "classes=[3]", "steps=3", "log_every=1", "logger=none", tiny=False)

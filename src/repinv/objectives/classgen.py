@@ -60,6 +60,10 @@ class ClassGeneration(Objective):
         if not h:
             raise RepinvError("objective=class needs a classifier head, but the model has no logits (num_classes=0).")
         idx = [resolve_class(c, int(h)) for c in self.class_specs]
+        twice = sorted({i for i in idx if idx.count(i) > 1})
+        if twice:
+            raise RepinvError(f"classes={self.class_specs} names class {', '.join(map(str, twice))} more than once (by "
+                              "index or name); name each class once, and draw more of one with objective.samples=N.")
         self.targets = [
             {"image": f"sample{k}", "class": i, "class_name": class_name(i, int(h))}
             for i in idx
@@ -90,7 +94,10 @@ class ClassGeneration(Objective):
         return self.scale * losses, stats
 
     def column(self, record):
-        return record["class_name"]
+        """The class's name, with its index where another class of the run has that name too (ImageNet's 134 and
+        517 are both 'crane'): columns name the images a run writes, one per class."""
+        shared = {r["class"] for r in self.targets if r["class_name"] == record["class_name"]}
+        return record["class_name"] if len(shared) == 1 else f"{record['class_name']} ({record['class']})"
 
     def caption(self, record, metrics=()):
         return f"p={record['prob']:.2f}"
