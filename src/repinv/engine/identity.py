@@ -9,7 +9,8 @@ resume that differs anywhere else is refused, naming each field; `resume_allow_c
 ...]` lets named fields (or whole subtrees: `optimizer`) change, the change is kept in the
 checkpoint and in metrics.json (`resumed_with_changes`), and the new values apply: the module
 is built from the new config, and new optimiser and scheduler settings replace those the
-checkpoint restores (their kinds, `KINDS`, cannot change: the checkpoint holds their state). What defines the targets or the saved parameter can never change (`FIXED`:
+checkpoint restores (their kinds, `KINDS`, cannot change: the checkpoint holds their state).
+What defines the targets or the saved parameter can never change (`FIXED`:
 the model and its surgery, the photographs, layers, classes and units, the objective's kind and
 baseline noise, the seed, the starting noise, the parametrisation, the steps), nor the module's
 own identity (targets, steps, canvas): the saved image and the schedules depend on them.
