@@ -86,6 +86,21 @@ def test_sweep_with_a_failing_job_finishes_the_others_and_marks_it(tmp_path):
     assert "job 1" in res.stdout and "failed" in res.stdout
 
 
+@pytest.mark.slow
+def test_a_sweep_in_the_folder_of_an_earlier_one_summarises_its_own_jobs_only(tmp_path):
+    """The earlier sweep's results stay on disk, but the later sweep's summary neither counts its extra job nor takes
+    its numbers for a job of the later sweep that failed before writing any."""
+    sweep, quick = tmp_path / "sweep", ["model=vit_tiny", "steps=2", "logger=none", "layers=[0]"]
+    assert repinv("-m", *quick, "seed=0,1", f"hydra.sweep.dir={sweep}").returncode == 0
+    res = repinv("-m", *quick, "seed=0", "optimizer.lr=-0.05", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 1, "the later sweep's only job failed"
+    assert read_metrics(sweep / "1")[0]["status"] == "finished", "the earlier sweep's results are kept"
+    [row] = _csv(sweep / "summary.csv")
+    assert row["job"] == "0" and row["status"] == "failed" and "optimizer.lr=-0.05" in row["error"]
+    assert not row.get("psnr"), "no number of the earlier run"
+    assert "1 jobs, 1 failed" in (sweep / "summary.md").read_text()
+
+
 def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     """Jobs that crashed (status crashed, or no metrics.json at all) show as failed, not missing."""
     from repinv.reporting.summary import main

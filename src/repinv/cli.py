@@ -21,7 +21,8 @@ from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job
 from repinv.conf import respell_all
 from repinv.engine.pipeline import holds_run, record_hydra
 from repinv.errors import RepinvError, paragraph
-from repinv.reporting.summary import report as summary_report, summarize
+from repinv.reporting.results import ERROR_FILE
+from repinv.reporting.summary import join_sweep, report as summary_report, start_sweep, summarize
 from repinv.reporting.wandb_logger import announce_offline_sweep
 
 log = logging.getLogger("repinv")
@@ -33,14 +34,15 @@ FULL_ERROR = "HYDRA_FULL_ERROR"
 CLI_EXAMPLE = "repinv model=vit_tiny 'layers=[0,5]' steps=100"
 
 
-def report(err: RepinvError, out_dir: str | None) -> None:
+def report(err: RepinvError, out_dir: str | None, multirun: bool) -> None:
     """Print the user's error as one paragraph and keep it, with Hydra's files, beside the run's other files
-    (a sweep's summary reads them), unless the folder holds an earlier run, which is left as it was."""
+    (a sweep's summary reads them). A single run leaves a folder that holds an earlier run as it was; a sweep's job
+    keeps its error there too, so the summary reports this job as failed."""
     text = paragraph("repinv", err)
     print(text, file=sys.stderr)
-    if out_dir and not holds_run(Path(out_dir)):
+    if out_dir and (multirun or not holds_run(Path(out_dir))):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "error.txt").write_text(str(err) + "\n")
+        (Path(out_dir) / ERROR_FILE).write_text(str(err) + "\n")
         record_hydra(Path(out_dir))
 
 
@@ -53,19 +55,21 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     """
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        join_sweep(hc.sweep.dir, hc.runtime.output_dir)
     try:
         return task(cfg)
     except RepinvError as err:
         if cfg.get("debug"):
             raise
-        report(err, hc.runtime.output_dir)
+        report(err, hc.runtime.output_dir, multirun)
         if not multirun:
             sys.exit(2)
     except Exception:
         if not multirun:
             raise
         log.exception("job %s crashed; the sweep goes on", hc.job.num)
-        Path(hc.runtime.output_dir, "error.txt").write_text(
+        Path(hc.runtime.output_dir, ERROR_FILE).write_text(
             traceback.format_exc().strip().splitlines()[-1] + "\n\n" + traceback.format_exc()
         )
     return None
@@ -112,7 +116,11 @@ def main() -> None:
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun: the sweep summary, the W&B sync command, exit 1 if a job failed."""
+    """At the start of a multirun its id (its jobs carry it); at the end the summary of its jobs, the W&B sync
+    command, exit 1 if a job failed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        start_sweep(str(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

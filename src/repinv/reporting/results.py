@@ -13,6 +13,7 @@ from repinv.naming import slug
 from repinv.reporting.figures import save_png, titled_grid
 
 METRICS_FILE = "metrics.json"
+ERROR_FILE = "error.txt"  # a failed job's error, for the sweep summary
 FINISHED = "finished"  # a record's status when its run made every step (else interrupted, crashed, aborted, missing)
 INTERRUPTED = "interrupted"
 PROCESS = "process"  # the process (rank) whose share a record came from, after a crash with several processes

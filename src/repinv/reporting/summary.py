@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from repinv.metrics import COMPARED, axis_label
 from repinv.objectives import OUTPUT_L2
 from repinv.reporting import tables
 from repinv.reporting.figures import plt, titled_grid
-from repinv.reporting.results import FINISHED, METRICS_FILE, cell_title, target_png
+from repinv.reporting.results import ERROR_FILE, FINISHED, METRICS_FILE, cell_title, target_png
 
 SWEPT_COLUMNS = ("layers",)  # overrides that pick a column, not a row
 IDENTITY = ["job", "condition", "status", "image", "column"]  # the first table columns; the records' own fields follow
@@ -78,13 +79,46 @@ def _job_number(path: Path):
     return (0, int(path.name)) if path.name.isdigit() else (1, path.name)
 
 
+SWEEP_ID = "sweep_id.txt"  # in a sweep folder: the id of the sweep that ran last; in a job folder: its sweep's id
+
+
+def start_sweep(sweep_dir: str | Path) -> None:
+    """Give the sweep starting in `sweep_dir` an id: its jobs carry it (`join_sweep`), so its summary reads its own
+    jobs, not those an earlier sweep left in the same folder."""
+    root = Path(sweep_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / SWEEP_ID).write_text(uuid.uuid4().hex)
+
+
+def join_sweep(sweep_dir: str | Path, job_dir: str | Path) -> None:
+    """Mark `job_dir` as a job of the sweep now running in `sweep_dir`, dropping the error an earlier job there left
+    (this job's outcome replaces it). Its results count only if written after this mark (`read_job`)."""
+    job = Path(job_dir)
+    job.mkdir(parents=True, exist_ok=True)
+    (job / ERROR_FILE).unlink(missing_ok=True)
+    sweep = Path(sweep_dir) / SWEEP_ID
+    if sweep.is_file():
+        (job / SWEEP_ID).write_text(sweep.read_text())
+
+
+def _sweep_id(folder: Path) -> str | None:
+    mark = folder / SWEEP_ID
+    return mark.read_text().strip() if mark.is_file() else None
+
+
+def _written_by_job(path: Path, job: Path) -> bool:
+    """Whether file `path` was written by the job that last ran in folder `job` (not left by an earlier run there)."""
+    mark = job / SWEEP_ID
+    return path.is_file() and (not mark.is_file() or path.stat().st_mtime >= mark.stat().st_mtime)
+
+
 def read_job(path: Path) -> Job:
-    """A job's overrides, records and status: failed when it left an error or no finished metrics."""
+    """A job's overrides, records and status: failed when it left an error or no finished metrics of its own."""
     overrides_file = path / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
     job = Job(path, [str(o) for o in overrides])
-    metrics, error = path / METRICS_FILE, path / "error.txt"
-    if metrics.is_file():
+    metrics, error = path / METRICS_FILE, path / ERROR_FILE
+    if _written_by_job(metrics, path):
         job.records = [{"column": "?", "caption": "", **r} for r in json.loads(metrics.read_text())]
         bad = sorted({r.get("status", FINISHED) for r in job.records} - {FINISHED})
         if bad:
@@ -92,18 +126,21 @@ def read_job(path: Path) -> Job:
     if error.is_file():
         text = error.read_text().strip()
         job.status, job.error = "failed", text.splitlines()[0] if text else "failed"
-    elif not metrics.is_file():
-        job.status, job.error = "failed", "no metrics.json: the job crashed or is still running"
+    elif not _written_by_job(metrics, path):
+        job.status, job.error = "failed", "no metrics.json of its own: the job crashed or is still running"
     if job.status != FINISHED and not job.error:
         job.error = f"the run ended with status {job.status}"
     return job
 
 
 def find_jobs(sweep_dir: str | Path) -> list[Job]:
-    """Every job folder under the sweep (those Hydra gave a `.hydra/` or that hold results)."""
+    """Every job folder of the sweep that ran last in `sweep_dir` (those Hydra gave a `.hydra/` or that hold results;
+    with a sweep id, those that carry it)."""
     root = Path(sweep_dir)
-    marks = (".hydra", METRICS_FILE, "error.txt", "config.yaml")
-    folders = [p for p in root.iterdir() if p.is_dir() and any((p / m).exists() for m in marks)]
+    marks = (".hydra", METRICS_FILE, ERROR_FILE, "config.yaml")
+    own = _sweep_id(root)
+    folders = [p for p in root.iterdir() if p.is_dir() and any((p / m).exists() for m in marks)
+               and own in (None, _sweep_id(p))]
     jobs = [read_job(p) for p in sorted(folders, key=_job_number)]
     keys = dict.fromkeys(override_key(o) for j in jobs for o in j.overrides)
     swept = [k for k in keys if k not in SWEPT_COLUMNS and len({j.override(k) for j in jobs}) > 1]
