@@ -50,7 +50,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=REPO / "logs" / "figures", help="where the figure and its runs go")
     p.add_argument("--checkpoint", help="trained weights file for the trained panels (model.checkpoint=...)")
     p.add_argument("--pretrained", action="store_true", help="trained panels load timm's pretrained weights (hub or cache)")
-    p.add_argument("--image", help="photograph(s) to invert, e.g. a path to the study's dalmatian (image=...)")
+    p.add_argument("--image", action="append", help="photograph to invert (repeatable; a row each), e.g. a path to "
+                   "the study's dalmatian")
     p.add_argument("--steps", type=study.steps_arg, help="override the figure's number of steps")
     p.add_argument(
         "--source",
@@ -86,32 +87,34 @@ def panel_overrides(panel: Panel, args) -> list[str]:
 
 def panel_run(panel: Panel, experiment: str, args) -> Run:
     """The study run of one panel: its overrides, weights, --image, --steps and the extra overrides, under --out."""
-    picked = [f"image={args.image}"] if args.image else []
+    picked = [study.image_override(args.image)] if args.image else []
     picked += [f"steps={args.steps}"] if args.steps else []
     overrides = [f"experiment={experiment}", *panel_overrides(panel, args), *weights(panel, args)[1], *picked, *args.overrides]
     return study.run_for(args.out / ("smoke" if args.smoke else ""), overrides)
 
 
-def _reconstruction_row(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
-    """The target, then each reconstruction titled with its column and caption; one CSV row each."""
-    row, table = [], []
-    target = target_png(run_dir, records[0]["image"]) if records and records[0].get("image") else None
-    if target is not None and target.is_file():
-        row.append((Image.open(target).convert("RGB"), "target"))
-    for r in records:
-        row.append((Image.open(run_dir / r["png"]).convert("RGB"), cell_title(r["column"], r["caption"])))
-        table.append({"panel": panel.label, "status": status, **r})
-    return row, table
+def _reconstruction_rows(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
+    """A row per target image, named by it where the run has several: the target, then each of its reconstructions
+    titled with its column and caption; one CSV row per record."""
+    images = list(dict.fromkeys(r.get("image") for r in records))
+    rows = []
+    for image in images:
+        target = target_png(run_dir, image) if image else None
+        cells = [(Image.open(target).convert("RGB"), "target")] if target is not None and target.is_file() else []
+        cells += [(Image.open(run_dir / r["png"]).convert("RGB"), cell_title(r["column"], r["caption"]))
+                  for r in records if r.get("image") == image]
+        rows.append((image if len(images) > 1 else "", cells))
+    return rows, [{"panel": panel.label, "status": status, **r} for r in records]
 
 
-def _filter_row(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
+def _filter_rows(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
     """The run's filters.png (the model's first filters on the image) and one CSV row of their numbers."""
     stats = read_filters(run_dir) if records else None
     if stats is None:
         return [], []
     title = f"{stats['module']} · {stats['filters']} filters · {stats['structured']:.0%} structured"
     return (
-        [(Image.open(run_dir / f"{FILTERS}.png").convert("RGB"), title)],
+        [("", [(Image.open(run_dir / f"{FILTERS}.png").convert("RGB"), title)])],
         [{"panel": panel.label, "status": status, "steps": records[0].get("steps"), "column": stats["module"], **stats}],
     )
 
@@ -124,14 +127,16 @@ def assemble(
     for panel in panels:
         status, run_dir, loaded = results[panel.label]
         records = read_records(run_dir) if status == FINISHED else []
-        row, panel_rows = (_filter_row if panel.show == "filters" else _reconstruction_row)(panel, status, run_dir, records)
+        drawn, panel_rows = (_filter_rows if panel.show == "filters" else _reconstruction_rows)(panel, status, run_dir, records)
         if not panel_rows:
             status = "failed"
-            panel_rows, row = [{"panel": panel.label, "status": status}], [(None, "")]
+            panel_rows, drawn = [{"panel": panel.label, "status": status}], [("", [(None, "")])]
         table += [{**r, "weights": loaded} for r in panel_rows]
-        rows.append(row)
         label = f"{panel.label} (no trained weights given)" if loaded == NO_WEIGHTS else panel.label
-        labels.append(label if status == FINISHED else f"{label} (failed)")
+        label = label if status == FINISHED else f"{label} (failed)"
+        for image, row in drawn:
+            rows.append(row)
+            labels.append(f"{label} · {image}" if image else label)
     import numpy as np
 
     rows = [[(np.asarray(img) if img is not None else None, t) for img, t in row] for row in rows]

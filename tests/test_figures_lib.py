@@ -131,3 +131,39 @@ def test_the_study_tools_refuse_steps_that_are_no_number_of_steps(script, steps,
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(["--steps", steps])
     assert stop.value.code == 2 and f"{steps} is not a number of steps" in capsys.readouterr().err
+
+
+def test_a_figure_of_several_photographs_draws_a_row_per_photograph_with_its_own_target(run_repinv, tmp_path, monkeypatch):
+    import sys
+
+    from conftest import REPO
+    from repinv.reporting.results import FINISHED, target_png
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import figlib
+
+    records, run_dir = run_repinv("image=[chelsea,astronaut]", "layers=[0,1]", "steps=2", "logger=none")
+    drawn = {}
+    monkeypatch.setattr(figlib, "titled_grid", lambda rows, png, row_labels, **kw: drawn.update(rows=rows, labels=row_labels))
+    panel = figlib.Panel("vit", [])
+    figlib.assemble("fig", "title", [panel], {"vit": (FINISHED, run_dir, "untrained")}, tmp_path)
+    assert drawn["labels"] == ["vit · chelsea", "vit · astronaut"]
+    for image, row in zip(["chelsea", "astronaut"], drawn["rows"]):
+        target = np.asarray(Image.open(target_png(run_dir, image)).convert("RGB"))
+        assert np.array_equal(row[0][0], target) and row[0][1] == "target"
+        mine = [r for r in records if r["image"] == image]
+        assert [title for _, title in row[1:]] == [f"{r['column']} · {r['caption']}" for r in mine]
+
+
+def test_figure_photographs_are_repeatable_and_their_paths_reach_the_run_whole(tmp_path):
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import figlib
+
+    args = figlib.parser("figure").parse_args(["--image", "my photos/cat (1).png", "--image", "chelsea", "--out", str(tmp_path)])
+    run = figlib.panel_run(figlib.Panel("vit", []), "fig_vit_b_32_conv", args)
+    [image] = [o for o in run.overrides if o.startswith("image=")]
+    assert list(compose_cfg([image], tmp_path).image) == ["my photos/cat (1).png", "chelsea"]

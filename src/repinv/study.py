@@ -38,6 +38,11 @@ def quote(value) -> str:
     return "'" + str(value).replace("'", "\\'") + "'"
 
 
+def image_override(images: Sequence[str]) -> str:
+    """`image=[...]` with each name or path quoted, so paths with spaces or commas survive Hydra's parser."""
+    return f"image=[{','.join(map(quote, images))}]"
+
+
 def steps_arg(text: str) -> int:
     """The study tools' `--steps` (an argparse type): a whole number of at least 1, where 0 would read as the default."""
     if not text.isdigit() or int(text) < 1:

@@ -19,7 +19,7 @@ from repinv.claims.registry import CLAIMS, Claim
 from repinv.conf import respell_all
 from repinv.errors import RepinvError
 from repinv.reporting.callbacks import read_filters
-from repinv.study import Run, quote
+from repinv.study import Run, image_override
 
 NEEDS_WEIGHTS = "needs trained weights"
 WEIGHTS = "--pretrained or --checkpoint [MODEL=]FILE"  # how a ledger gets trained weights
@@ -77,11 +77,6 @@ class Budget:
 BUDGETS = {"study": Budget("study", 1500, ("chelsea", "astronaut", "coffee"), (0.01, 0.05, 0.2, 0.5)),
            "cpu": Budget("cpu", 1500, ("chelsea",), (0.1,), seeds=1, norms=(False,), sources=("timm",), bf16=True),
            "quick": Budget("quick", 10, ("chelsea",), (0.5,))}
-
-
-def image_override(images: Sequence[str]) -> str:
-    """`image=[...]` with each name or path quoted, so paths with spaces or commas survive Hydra's parser."""
-    return f"image=[{','.join(map(quote, images))}]"
 
 
 @dataclass
