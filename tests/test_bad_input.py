@@ -145,6 +145,7 @@ CASES = {
     "init mean a word": (["init.mean=abc"], "init.mean=abc and init.std=0.05 must be numbers"),
     "negative seed": (["seed=-1"], "seed=-1 must be a whole number from 0 to 2^32-1"),
     "fractional seed": (["seed=1.5"], "seed=1.5 must be a whole number"),
+    "matmul precision torch does not know": (["matmul_precision=bogus"], "matmul_precision=bogus is not a float32"),
     "one class twice": (["objective=class", "classes=[134,tench,0]"], "names class 0 more than once"),
 }
 

@@ -36,7 +36,7 @@ from repinv.engine.identity import (
 )
 from repinv.engine.module import ImageOptimization
 from repinv.engine.plugins import build, build_each, called, check_arguments, check_metrics, check_prior
-from repinv.engine.precision import set_matmul_precision
+from repinv.engine.precision import MATMUL_PRECISIONS, set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
 from repinv.engine.sharding import process_count, sharded_strategy
 from repinv.engine.validation import check_finite
@@ -114,6 +114,9 @@ def validate(cfg: DictConfig) -> None:
                           "e.g. seed=0.")
     _positive("collective_timeout_s", cfg.get("collective_timeout_s", 600),
               "how long a process of a multi-process run waits for the others, e.g. collective_timeout_s=600.")
+    if cfg.get("matmul_precision", "highest") not in MATMUL_PRECISIONS:
+        raise RepinvError(f"matmul_precision={cfg.matmul_precision} is not a float32 matmul precision torch knows: use "
+                          "highest (fp32 throughout, the default), high or medium (TF32 or bf16 matmuls where supported).")
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
         why = (" would make the image itself half precision, too coarse for small steps" if precision.endswith("-true")

@@ -25,6 +25,9 @@ BF16_EMULATED = (
 )
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
+
+
 def set_matmul_precision(precision: str) -> None:
     """fp32 matmul precision for the whole process; "highest" also keeps cuDNN's convolutions out of TF32.
 
