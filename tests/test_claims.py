@@ -151,11 +151,23 @@ def test_quick_ledger_runs_claims_end_to_end_with_sensitivity(tmp_path, capsys, 
     assert "needs trained weights" in (tmp_path / "claims.md").read_text()
 
 
-def test_trained_claims_run_with_a_checkpoint_and_check_it_loaded(tmp_path, trained_checkpoint):
-    code = main(["--budget", "quick", "--seeds", "1", "--claims", "filters-trained-half", "--sources", "timm", "--lrs",
+@pytest.mark.parametrize("claim", ["filters-trained-half", "trained-norm1"])
+def test_trained_claims_run_with_a_checkpoint_and_check_it_loaded(tmp_path, trained_checkpoint, claim):
+    """trained-norm1's networks are untrained with trained parts (transplants): they are judged, not failed."""
+    code = main(["--budget", "quick", "--seeds", "1", "--claims", claim, "--sources", "timm", "--lrs",
                  "--steps", "1", "--checkpoint", f"vit_tiny={trained_checkpoint}", "--out", str(tmp_path), "logger=none"])
     [row] = _ledger(tmp_path)
-    assert code == 0 and row["verdict"] in {"holds", "fails"} and row["measured"].startswith("structured")
+    assert code == 0 and row["verdict"] in {"holds", "fails"}, row
+
+
+def test_a_run_given_weights_whose_network_holds_none_has_failed(tmp_path):
+    from repinv import study
+
+    cases = [({"trained": False, "trained_parts": True}, True), ({"trained": False, "trained_parts": False}, False),
+             ({"trained": False}, False), ({"trained": True}, True)]
+    for record, ok in cases:
+        run = study.expect_trained(study.Run(("model.pretrained=true",), tmp_path, study.FINISHED, [record]))
+        assert run.ok == ok, record
 
 
 @pytest.fixture

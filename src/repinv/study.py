@@ -158,9 +158,10 @@ def make(run: Run, in_process: bool = True, launch_missing: bool = True) -> Run:
 
 
 def expect_trained(run: Run) -> Run:
-    """A finished run that was given trained weights but whose records say untrained failed: the weights did not load."""
-    if run.ok and not all(r.get("trained") for r in run.records):
-        run.status = f"weights were given but metrics.json says trained=false: {run.folder}"
+    """A finished run that was given trained weights but whose records say its network holds none failed: the weights
+    did not load. A transplant's network is untrained with trained parts (`trained_parts`, absent in older records)."""
+    if run.ok and not all(r.get("trained_parts", r.get("trained")) for r in run.records):
+        run.status = f"weights were given but metrics.json says no part of the network is trained: {run.folder}"
     return run
 
 

@@ -34,6 +34,7 @@ class LoadedModel:
     std: tuple[float, float, float]
     trained: bool
     surgery: list[str] = field(default_factory=list)
+    trained_parts: bool = False  # whether any weights are trained (all are where `trained`; some after a transplant)
     spec: dict[str, Any] = field(default_factory=dict)  # create_model's arguments: surgery rebuilds and donors reuse them
 
     @property
@@ -132,5 +133,6 @@ def create_model(
         mean=tuple(mean or default_mean),
         std=tuple(std or default_std),
         trained=trained,
+        trained_parts=trained,
         spec=spec,
     )

@@ -173,7 +173,7 @@ class Transplant(Operation):
                         "Donor and model must be built with the same timm kwargs (patch size, width, image size)."
                     )
                 own[key].copy_(theirs[key])
-        return model
+        return replace(model, trained_parts=True)
 
 
 def _set_module(net: nn.Module, path: str, new: nn.Module) -> None:
@@ -309,7 +309,8 @@ class Stem(Operation):
             )
         donor = self._build_donor(model)
         net = put_stem_first(model.net, self._stem(model, donor), stemmed)
-        return replace(model, net=net, mean=donor.mean, std=donor.std, trained=model.trained and donor.trained)
+        return replace(model, net=net, mean=donor.mean, std=donor.std, trained=model.trained and donor.trained,
+                       trained_parts=model.trained_parts or donor.trained)
 
 
 def apply_surgery(model: LoadedModel, operations: Mapping[str, Operation]) -> LoadedModel:

@@ -154,7 +154,8 @@ class ResultWriter(pl.Callback):
 
     def _fields(self, trainer, pl_module, status: str) -> dict:
         return {"steps": trainer.global_step, "seconds_per_step": self.seconds_per_step(trainer), "status": status,
-                "model": pl_module.model_info.label, "trained": pl_module.model_info.trained, **self.extra}
+                "model": pl_module.model_info.label, "trained": pl_module.model_info.trained,
+                "trained_parts": pl_module.model_info.trained_parts, **self.extra}
 
     def write(self, trainer, pl_module, status: str) -> None:
         """Gather every rank's targets (collective), then rank 0 writes the files."""
