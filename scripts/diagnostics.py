@@ -118,17 +118,18 @@ def inversion_seconds(run: Run) -> float:
 
 
 def network_records(name: str, bases: list[Run], extra: list[Run], root: Path) -> list[dict]:
-    """Spectrum and non-uniqueness of every (layer, image) of one network, with the ledger runs' PSNR."""
-    runs = [r for r in [*bases, *extra] if r.ok]
+    """Spectrum and non-uniqueness of every (layer, image) of one network, with the ledger runs' PSNR. Non-uniqueness
+    pairs the first ledger run with the extra seeds, which keep its weights: each ledger seed has weights of its own."""
+    same_weights, ledger = [r for r in [bases[0], *extra] if r.ok], [r for r in bases if r.ok]
     out = []
     for row in spectrum_of(bases[0], root):
-        key = (row["layer"], row["image"])
-        found = [(run, next(r for r in run.records if (r["layer"], r["image"]) == key)) for run in runs]
-        ledger = [r for run, r in found if any(run is b for b in bases)]
+        def record(run: Run, key=(row["layer"], row["image"])) -> dict:
+            return next(r for r in run.records if (r["layer"], r["image"]) == key)
+
         out.append({**row, "model": name, "variant": "as_configured",
-                    **pairwise(torch.stack([reconstruction(run, r) for run, r in found]),
-                               [bool(r[ACCURATE]) for _, r in found]),
-                    **inversion_quality(ledger),
+                    **pairwise(torch.stack([reconstruction(run, record(run)) for run in same_weights]),
+                               [bool(record(run)[ACCURATE]) for run in same_weights]),
+                    **inversion_quality([record(run) for run in ledger]),
                     "inversion_seconds": sum(map(inversion_seconds, bases)) / len(bases),
                     "nonunique_seconds": sum(map(inversion_seconds, extra))})
     return out

@@ -260,6 +260,27 @@ def test_diagnostics_from_ledger_runs_one_extra_seed_per_network(ledger, monkeyp
     assert launches == [], "a second call reuses the extra inversions and the spectra"
 
 
+def test_ledger_non_uniqueness_compares_inversions_of_one_network_only(tmp_path, monkeypatch):
+    """Each ledger seed has weights of its own; the extra seeds keep the first's. Only inversions of the same weights
+    measure non-uniqueness, while every ledger seed counts for the inversion's PSNR."""
+    import torch
+
+    diagnostics = _script("diagnostics")
+
+    def run(seed: int, psnr: float) -> study.Run:
+        record = {"layer": "L0", "image": "chelsea", "psnr": psnr, "accurate": True, "seconds_per_step": 1.0, "steps": 2}
+        return study.Run((f"seed={seed}",), tmp_path / str(seed), FINISHED, [record])
+
+    first, second, extra = run(0, 10.0), run(1, 20.0), run(2, 12.0)
+    pixels = {"0": 0.5, "1": 0.0, "2": 0.6}  # by seed: the second network's inversion is far from the others
+    monkeypatch.setattr(diagnostics, "spectrum_of", lambda base, root: [{"layer": "L0", "image": "chelsea"}])
+    monkeypatch.setattr(diagnostics, "reconstruction", lambda r, record: torch.full((3, 4, 4), pixels[r.folder.name]))
+    [row] = diagnostics.network_records("net", [first, second], [extra], tmp_path)
+    assert (row["nonunique_k"], row["nonunique_pairs"]) == (2, 1)
+    assert row["nonunique_input_l2"] == pytest.approx(0.1 * 48 ** 0.5)
+    assert row["inversion_psnr"] == pytest.approx(15.0)
+
+
 def test_a_run_folders_files_and_statuses_are_named_in_reporting_alone():
     """The study tools read a run folder through repinv.reporting (`read_records`, `all_finished`, `FINISHED`,
     `read_filters`), never by spelling its file names or a record's status, so renaming one there renames it for
