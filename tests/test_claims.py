@@ -272,6 +272,9 @@ def test_a_finished_run_kept_without_what_its_rule_reads_is_incomplete_not_a_cra
     (["model=vit_tiny"], "model=vit_tiny: the ledger sets model in its runs, per claim, seed and recipe, and an extra "
                          "override would replace it in every run; leave it out"),
     (["optimizer.lr=0.1"], "use --lrs instead"),
+    (["--sources", "timm", "--claims", "vit-untrained-constant-depth-tv"],
+     "--claims vit-untrained-constant-depth-tv is checked on torchvision's models, which --sources leaves out (timm); "
+     "add --sources timm,torchvision"),
 ])
 def test_every_argument_is_checked_before_the_first_run(args, needle, tmp_path, capsys, monkeypatch):
     import repinv.study

@@ -183,7 +183,11 @@ def select(ids: str | None, sources: str) -> list[Claim]:
     for name in names:
         if name not in known:
             raise RepinvError(f"--claims {name!r} is not a claim.{suggest(name, known)} The claims are: {listing(known, 40)}.")
-    return [c for c in CLAIMS if c.id in names and c.source in wanted]
+        if known[name].source not in wanted:
+            raise RepinvError(f"--claims {name} is checked on {known[name].source}'s models, which --sources leaves out "
+                              f"({','.join(wanted)}); add --sources {','.join([*wanted, known[name].source])}, or leave the "
+                              "claim out.")
+    return [c for c in CLAIMS if c.id in names]
 
 
 def refuse(err: RepinvError) -> int:
