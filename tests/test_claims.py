@@ -79,6 +79,10 @@ def test_filter_and_class_rules():
     assert rules.about_half_structured({"v": [{"structured": 0.3}]}, "v").holds
     assert not rules.about_half_structured({"v": [{"structured": 0.25}]}, "v").holds
     assert not rules.about_half_structured({"v": [{"structured": 0.8}]}, "v").holds
+    one_lacks = [{"seed": 0, "structured": 0.1}, {"seed": 1, "structured": None}, {"seed": 2, "structured": 0.1}]
+    for rule in (rules.unstructured_filters, rules.about_half_structured):
+        with pytest.raises(rules.Unmeasured, match="the run of v for seed 1 holds no filters.json"):
+            rule({"v": one_lacks}, "v")
     assert rules.generates_classes({"g": [{"rank": 0, "prob": 0.9}, {"rank": 3, "prob": 0.1}]}, "g").holds
     ranks = [{"rank": 0, "prob": 0.9}, {"rank": 3, "prob": 0.1}, {"rank": 1, "prob": 0.2}]
     assert not rules.generates_classes({"g": ranks}, "g").holds
