@@ -26,6 +26,7 @@ import argparse
 import csv
 import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,13 +111,27 @@ def recipe_run(recipe: str, model: Model, seed: int, settings: dict, out: Path, 
                                "checkpoint_every=0", *extra])
 
 
+CSV_LOG = Path("csv") / "metrics.csv"  # in a run folder: what the CSV logger writes, each step's metrics
+
+
+def no_csv_log(run_dir: Path) -> RepinvError:
+    return RepinvError(f"{run_dir} has no CSV log ({run_dir / CSV_LOG}); the recipe study reads each run's PSNR curve "
+                       "from it, so its runs need a CSV logger: the default logger or logger=csv, not logger=none.")
+
+
+def check_logs(runs: Iterable[Run]) -> None:
+    """Before any run is made: a finished run kept without its CSV log (a ledger made with logger=none) is refused."""
+    kept = next((r for r in runs if r.finished and not (r.folder / CSV_LOG).is_file()), None)
+    if kept is not None:
+        raise no_csv_log(kept.folder)
+
+
 def curves(run_dir: Path) -> dict[str, dict[str, dict[int, float]]]:
     """layer -> metric (each of `COMPARED`) -> step -> mean over the run's images; the final metrics count as its last step."""
     values: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    log = run_dir / "csv" / "metrics.csv"
+    log = run_dir / CSV_LOG
     if not log.is_file():
-        raise RepinvError(f"{run_dir} has no CSV log ({log}); the recipe study reads each run's PSNR curve from it, so its "
-                          "runs need a CSV logger: the default logger or logger=csv, not logger=none.")
+        raise no_csv_log(run_dir)
     with open(log) as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
@@ -274,12 +289,14 @@ def main(argv=None) -> int:
     out = args.out = args.out or args.ledger or DEFAULT_OUT
     try:
         jobs, report, studied = (ledger_jobs if args.ledger else study_jobs)(args)
+        runs = {id(run): run for runs in jobs.values() for run in runs}.values()
+        check_logs(runs)
+        study.execute(runs, args.jobs)
+        results = {key: mean_curves([r.folder for r in runs if r.ok]) for key, runs in jobs.items()
+                   if any(r.ok for r in runs)}
     except RepinvError as err:
         print(f"recipes.py: error: {err}", file=sys.stderr)
         return 2
-    study.execute({id(run): run for runs in jobs.values() for run in runs}.values(), args.jobs)
-    results = {key: mean_curves([r.folder for r in runs if r.ok]) for key, runs in jobs.items()
-               if any(r.ok for r in runs)}
     if not results:
         print(f"every run failed; see the logs under {out / 'runs'}", file=sys.stderr)
         return 1

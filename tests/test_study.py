@@ -183,6 +183,17 @@ def test_a_recipe_study_from_a_folder_without_the_ledgers_runs_is_refused(tmp_pa
     assert launches == [] and "Traceback" not in err
 
 
+def test_a_recipe_study_of_a_ledger_made_without_csv_logs_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
+    """Its curves come from each run's CSV log: a ledger made with logger=none has none, said before runs are made."""
+    monkeypatch.setitem(BUDGETS, "quick", TINY)
+    made = ["--budget", "quick", "--claims", "vit-entry-untrained", "--out", str(tmp_path), "logger=none"]
+    assert cli.main(made) == 0
+    launches = _counted(monkeypatch)
+    code = _script("recipes").main(["--ledger", str(tmp_path), "--budget", "quick", "--steps", "2", "logger=none"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "has no CSV log" in err and "Traceback" not in err and launches == [], err
+
+
 def test_the_diagnostics_of_a_ledger_refuse_an_override_of_what_its_runs_set(ledger, monkeypatch, capsys):
     launches = _counted(monkeypatch)
     assert _script("diagnostics").main(["--ledger", str(ledger), "--budget", "quick", "--out", str(ledger / "d"), "seed=3"]) == 2
