@@ -57,6 +57,15 @@ def test_non_rgb_modes_are_converted_with_a_warning(tmp_path, mode, caplog):
     assert "converted to RGB" in caplog.text
 
 
+def test_a_16_bit_image_keeps_its_brightness(tmp_path):
+    """A 16-bit photograph is as bright as its 8-bit copy: 0..65535 is its scale, not its own brightest pixel."""
+    arr = np.full((20, 20), 0.25)
+    arr[:, 10:] = 0.125
+    Image.fromarray((arr * 65535).round().astype(np.uint16)).save(tmp_path / "deep.png")
+    [loaded] = load_images(str(tmp_path / "deep.png"), 20)
+    assert torch.allclose(loaded.pixels[0], torch.from_numpy(arr).float(), atol=1 / 255)
+
+
 def test_a_float_image_in_zero_to_one_keeps_its_brightness(tmp_path, caplog):
     """A float TIFF holds intensities in [0, 1]: read as 0..255 it would load almost black."""
     arr = np.random.default_rng(2).random((20, 20)).astype(np.float32)

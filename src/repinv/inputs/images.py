@@ -71,9 +71,9 @@ def _to_rgb(img: Image.Image, source: str) -> Image.Image:
         hi = arr.max() if arr.max() > 1 else 1.0
         img = Image.fromarray((arr.clip(0, None) / hi * 255).round().astype(np.uint8))
         log.warning("%s: float image (maximum %.3g) scaled to 8 bits and converted to RGB", source, hi)
-    elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.max() > 0 else 1.0
+    elif img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit integer) intensities of 0..65535
+        arr = np.asarray(img, dtype=np.float64).clip(0, None)
+        hi = max(arr.max(), 65535.0)
         img = Image.fromarray((arr / hi * 255).round().astype(np.uint8))
         log.warning("%s: 16-bit image scaled to 8 bits and converted to RGB", source)
     elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
