@@ -146,6 +146,7 @@ CASES = {
     "negative seed": (["seed=-1"], "seed=-1 must be a whole number from 0 to 2^32-1"),
     "fractional seed": (["seed=1.5"], "seed=1.5 must be a whole number"),
     "matmul precision torch does not know": (["matmul_precision=bogus"], "matmul_precision=bogus is not a float32"),
+    "learning rate beyond float32": (["optimizer.lr=1e40"], "optimizer.lr=1e+40 must be a positive number, at most"),
     "one class twice": (["objective=class", "classes=[134,tench,0]"], "names class 0 more than once"),
 }
 

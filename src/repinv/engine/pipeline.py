@@ -82,8 +82,9 @@ class Steps(Dataset):
 
 
 def _positive(name: str, value, hint: str) -> None:
-    if not is_number(value) or value <= 0:
-        raise RepinvError(f"{name}={value} must be a positive number; {hint}")
+    """A positive number that float32 holds (torch steps with it as one)."""
+    if not is_number(value) or not 0 < value <= torch.finfo(torch.float32).max:
+        raise RepinvError(f"{name}={value} must be a positive number, at most float32's largest (3.4e38); {hint}")
 
 
 def _steps(name: str, value, hint: str, zero: str | None = None) -> None:
