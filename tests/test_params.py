@@ -137,6 +137,16 @@ def test_scale_rotate_identity_and_seeded(shape):
     assert (a - c).abs().max() > 0.01 and (a - image).abs().max() > 0.01
 
 
+def test_scale_rotate_draws_a_process_the_rows_one_process_would():
+    """With targets split over processes each process sees its rows of one process's draws, whatever its share."""
+    image = torch.rand((5, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    whole = ScaleRotate(scale=(0.8, 1.2), degrees=15)(image, torch.Generator().manual_seed(3))
+    for start, stop in [(0, 3), (3, 5)]:
+        share = ScaleRotate(scale=(0.8, 1.2), degrees=15)
+        share.take_rows(start, stop, 5)
+        assert torch.equal(share(image[start:stop], torch.Generator().manual_seed(3)), whole[start:stop])
+
+
 def test_scale_rotate_rotates_in_pixel_units():
     both = torch.tensor([1.0, 1.0], dtype=torch.float64)
     wide = noise((2, 3, 48, 64))

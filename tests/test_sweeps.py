@@ -205,15 +205,19 @@ def test_shards_cover_all_targets_in_order():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("devices", [["trainer.devices=2"], ["trainer.devices='2'", "trainer.strategy=ddp"]],
-                         ids=["devices=2", "strategy=ddp"])
-def test_two_processes_equal_one_process(run_repinv, tmp_path, devices):
+@pytest.mark.parametrize("devices,priors", [
+    (["trainer.devices=2"], []),
+    (["trainer.devices='2'", "trainer.strategy=ddp"], []),
+    (["trainer.devices=2"], ["priors=transforms", "priors.jitter.start=0", "priors.jitter.pixels=8"]),
+], ids=["devices=2", "strategy=ddp", "random-transforms"])
+def test_two_processes_equal_one_process(run_repinv, tmp_path, devices, priors):
     """trainer.devices=2 on the CPU (gloo): each rank optimises its own targets, rank 0 writes them all.
-    Lightning's plain DDP (which would average the image's gradients) runs sharded as well."""
+    Lightning's plain DDP (which would average the image's gradients) runs sharded as well. Random per-target
+    transforms draw what one process would."""
     layers = "layers=[0,1,patch_embed]"  # 3 targets: shards of 2 and 1
-    one, one_dir = run_repinv(layers, "logger=none", name="one")
+    one, one_dir = run_repinv(layers, "logger=none", *priors, name="one")
     two_dir = tmp_path / "two"
-    res = repinv(*TINY, layers, "logger=csv", *devices, "trainer.accelerator=cpu", f"hydra.run.dir={two_dir}")
+    res = repinv(*TINY, layers, "logger=csv", *priors, *devices, "trainer.accelerator=cpu", f"hydra.run.dir={two_dir}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Starting with 2 processes" in res.stdout + res.stderr
     two = read_metrics(two_dir)

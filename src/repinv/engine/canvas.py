@@ -72,6 +72,12 @@ class Canvas:
         h, w = self.input_size
         return (self.image if canvas is None else canvas)[:, :, dy : dy + h, dx : dx + w]
 
+    def take_rows(self, start: int, stop: int, total: int) -> None:
+        """This process's targets [start, stop) of `total`, for the priors that draw per target (the parameter's
+        rows are cut with the module's other per-target parts, `repinv.engine.sharding.take_shard`)."""
+        for prior in self.priors:
+            prior.take_rows(start, stop, total)
+
     def seen(self, view: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
         """The crop as the network sees it this step: through the priors' transforms, in their order."""
         for prior in self.priors:
@@ -101,7 +107,3 @@ class Canvas:
             self.view(offset, canvas).copy_(crop)
         divergence.rollback(canvas)
         self.commit(canvas)
-
-    def take_rows(self, start: int, stop: int) -> None:
-        """Keep the targets [start, stop) (this process's share); the next `image` renders them."""
-        self.param.take_rows(start, stop)

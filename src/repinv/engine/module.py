@@ -13,7 +13,7 @@ from repinv.engine.divergence import Divergence
 from repinv.engine.identity import module_identity
 from repinv.engine.measuring import Measuring
 from repinv.engine.precision import StepNetwork, compile_forward, step_network
-from repinv.engine.sharding import gather, gather_rows, gather_tensor, take_checkpoint_rows, take_shard
+from repinv.engine.sharding import gather, gather_rows, gather_tensor, shard_bounds, take_checkpoint_rows, take_shard
 from repinv.errors import RepinvError
 from repinv.inputs.images import TargetImage
 from repinv.models import LoadedModel
@@ -127,6 +127,7 @@ class ImageOptimization(pl.LightningModule):
         """Cut every per-target part (`repinv.engine.sharding.Rows`) to `rank`'s share of the targets."""
         parts = {"objective": self.objective, "image_param": self.image_param, "divergence": self.divergence}
         self.shard, self.sharded_prefixes = take_shard(parts, len(self.targets), rank, world)
+        self.canvas.take_rows(*shard_bounds(len(self.targets), rank, world), len(self.targets))
 
     # -- the frozen network -------------------------------------------------------------
     def train(self, mode: bool = True):

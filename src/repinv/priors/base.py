@@ -11,7 +11,8 @@ class Prior:
     `margin`: extra canvas pixels (height and width) the prior needs around the network's input.
     The hooks, in the order a step calls them: `offset` (where the network's crop lies),
     `transform` (what the network sees of that crop), `penalty` (added to each target's loss),
-    `update` (the image after the optimiser step), `scalars` (logged at log steps).
+    `update` (the image after the optimiser step), `scalars` (logged at log steps); before the run, `check`
+    and, with several processes, `take_rows`.
     """
 
     margin: int = 0
@@ -19,6 +20,11 @@ class Prior:
     def check(self, size: tuple[int, int]) -> None:
         """Before the run, with the network's input (height, width): raise RepinvError for settings that
         cannot work at that size. Default: nothing to check."""
+
+    def take_rows(self, start: int, stop: int, total: int) -> None:
+        """With several processes: this one optimises targets [start, stop) of `total`, the rows of each crop it
+        sees. A prior that draws per target draws for all `total` and keeps these rows, so every process sees the
+        draws one process would. Default: nothing per target."""
 
     def offset(self, step: int, generator: torch.Generator) -> tuple[int, int]:
         """This prior's share of the crop offset, within [0, margin]; random draws use `generator`

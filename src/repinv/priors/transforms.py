@@ -36,6 +36,10 @@ class ScaleRotate(Prior):
                 "non-negative; e.g. scale=[0.9, 1.1], degrees=5 (scale=[1, 1], degrees=0 is no transform)."
             )
         self.scale, self.degrees = (lo, hi), float(degrees)
+        self.rows: tuple[int, int, int] | None = None  # (start, stop, total) of this process's targets; None: all
+
+    def take_rows(self, start: int, stop: int, total: int) -> None:
+        self.rows = (start, stop, total)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` scales and angles (degrees), drawn uniformly on the CPU from `generator`."""
@@ -60,7 +64,12 @@ class ScaleRotate(Prior):
         return F.grid_sample(image, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.apply(image, *self.sample(image.shape[0], generator))
+        """`image` transformed; the draws are those of every target, this process's rows kept (`take_rows`)."""
+        if self.rows is None:
+            return self.apply(image, *self.sample(image.shape[0], generator))
+        start, stop, total = self.rows
+        scales, degrees = self.sample(total, generator)
+        return self.apply(image, scales[start:stop], degrees[start:stop])
 
     def transform(self, view: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
         return self(view, generator)
