@@ -43,7 +43,7 @@ from PIL import Image  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from repinv import study  # noqa: E402
-from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, networks  # noqa: E402
+from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, ledger_networks  # noqa: E402
 from repinv.conf import respell_all  # noqa: E402
 from repinv.diagnostics.nonunique import INVERSION_PSNR, inversion_quality, pairwise  # noqa: E402
 from repinv.diagnostics.run import diagnose  # noqa: E402
@@ -139,8 +139,7 @@ def ledger_records(root: Path, budget: str, extra_seeds: int, extra_steps: int, 
                    models: list[str] | None = None) -> list[dict]:
     """Every network (or those named in `models`) and layer of the ledger at `root`: its runs (made if missing), the
     extra seeds, the spectra."""
-    nets = {name: by[DEFAULT_RECIPE] for name, by in networks(root, BUDGETS[budget], overrides).items()
-            if not models or name in models}
+    nets = {name: by[DEFAULT_RECIPE] for name, by in ledger_networks(root, BUDGETS[budget], overrides, models).items()}
     extra = {name: [study.run_for(root, [*base.overrides, f"model.seed={study.value(base.overrides, 'seed')}",
                                          f"seed={len(bases) + k}", f"steps={extra_steps}"])
                     for base in bases[:1] for k in range(extra_seeds)] for name, bases in nets.items()}

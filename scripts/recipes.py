@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from repinv import study  # noqa: E402
-from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, networks  # noqa: E402
+from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, ledger_networks  # noqa: E402
 from repinv.errors import RepinvError  # noqa: E402
 from repinv.metrics import COMPARED, PSNR, axis_label  # noqa: E402
 from repinv.reporting.results import read_records  # noqa: E402
@@ -228,14 +228,7 @@ def study_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple
 def ledger_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple[str, ...]]:
     """The ledger's runs under its own recipes (the study recipes), and every other recipe's runs on the same networks."""
     budget = BUDGETS[args.budget]
-    nets = networks(args.ledger, budget, args.overrides)
-    if not any(run.finished for by in nets.values() for runs in by.values() for run in runs):
-        raise RepinvError(f"--ledger {args.ledger} holds none of the runs of a ledger made at --budget {budget.name} "
-                          "(with these overrides), so every one would be made anew. Give the folder of a ledger and "
-                          "the --budget (and overrides) it was made with, e.g. --ledger docs/study/cpu --budget cpu.")
-    if args.models and not set(args.models) & set(nets):
-        raise RepinvError(f"--models {' '.join(args.models)} names none of the ledger's networks: {', '.join(nets)}.")
-    nets = {net: by for net, by in nets.items() if not args.models or net in args.models}
+    nets = ledger_networks(args.ledger, budget, args.overrides, args.models)
     steps = args.steps or LEDGER_STEPS
     jobs = {(recipe, net): runs for net, by in nets.items() for recipe, runs in by.items()}
     for net, by in nets.items():

@@ -174,13 +174,23 @@ def _final_psnr(nets) -> dict[tuple[str, str, str], float]:
     }
 
 
-def test_a_recipe_study_from_a_folder_without_the_ledgers_runs_is_refused(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("script", ["recipes", "diagnostics"])
+def test_a_study_of_a_folder_without_the_ledgers_runs_is_refused(script, tmp_path, monkeypatch, capsys):
     """A mistyped --ledger, or the wrong --budget, would make every run of a ledger anew: refused, nothing launched."""
     launches = _counted(monkeypatch)
-    assert _script("recipes").main(["--ledger", str(tmp_path / "no-ledger"), "--budget", "quick"]) == 2
+    assert _script(script).main(["--ledger", str(tmp_path / "no-ledger"), "--budget", "quick"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"--ledger {tmp_path / 'no-ledger'} holds none of the runs of a ledger made at --budget quick" in err
     assert launches == [] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("script", ["recipes", "diagnostics"])
+def test_a_study_of_networks_the_ledger_lacks_is_refused(script, ledger, monkeypatch, capsys):
+    launches = _counted(monkeypatch)
+    args = ["--ledger", str(ledger), "--budget", "quick", "--out", str(ledger / "none"), *EXTRA, "--models", "vit_b_32"]
+    assert _script(script).main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--models vit_b_32 names none of the ledger's networks" in err and launches == [] and "Traceback" not in err
 
 
 def test_a_recipe_study_of_a_ledger_made_without_csv_logs_is_refused_before_any_run(tmp_path, monkeypatch, capsys):

@@ -188,6 +188,21 @@ def networks(root: Path, budget: Budget, extra: Sequence[str] = ()) -> dict[str,
     return {network_name(cond, list(by_condition)): recipes for cond, recipes in by_condition.items()}
 
 
+def ledger_networks(root: Path, budget: Budget, extra: Sequence[str] = (),
+                    models: Sequence[str] | None = None) -> dict[str, dict[str, list[Run]]]:
+    """`networks` of the ledger at `root`, those named in `models` if given, for a study that reads its runs: a
+    folder that holds none of them (a mistyped folder, another --budget) or `models` naming none is a RepinvError,
+    rather than every run made anew."""
+    nets = networks(root, budget, extra)
+    if not any(run.finished for by in nets.values() for runs in by.values() for run in runs):
+        raise RepinvError(f"--ledger {root} holds none of the runs of a ledger made at --budget {budget.name} "
+                          "(with these overrides), so every one would be made anew. Give the folder of a ledger and "
+                          "the --budget (and overrides) it was made with, e.g. --ledger docs/study/cpu --budget cpu.")
+    if models and not set(models) & set(nets):
+        raise RepinvError(f"--models {' '.join(models)} names none of the ledger's networks: {', '.join(nets)}.")
+    return {net: by for net, by in nets.items() if not models or net in models}
+
+
 def network_name(condition: Sequence[str], conditions: Sequence[Sequence[str]]) -> str:
     """`study.label` of a condition, with the overrides that no other condition of that label shares."""
     label = study.label(condition)
