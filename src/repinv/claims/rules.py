@@ -149,6 +149,8 @@ def _structured(m: Measurements, cond: str) -> list[float]:
     """The structured fraction of the input filters of every record of `cond`: each seed's run must hold filters.json,
     or the verdict would rest on fewer seeds than the ledger says."""
     missing = sorted({str(r.get("seed")) for r in m[cond] if r.get("structured") is None})
+    if len(missing) == len({str(r.get("seed")) for r in m[cond]}):
+        raise Unmeasured(f"no run of {cond} holds filters.json (its input filters' structure)")
     if missing:
         raise Unmeasured(f"the run of {cond} for seed {', '.join(missing)} holds no filters.json (its input filters' "
                          "structure)")
