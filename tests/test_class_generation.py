@@ -125,7 +125,8 @@ def test_a_crashed_process_share_keeps_each_class_rank(tmp_path):
     all classes (0 = top) stays what the objective measured."""
     record = {"class": 1, "class_name": "goldfish", "column": "goldfish", "logit": 9.0, "prob": 0.8, "rank": 0.0}
     run = SimpleNamespace(final_metrics=lambda gathered: [dict(record)], images=lambda gathered: torch.rand(1, 3, 8, 8),
-                          model_info=SimpleNamespace(label="vit_tiny", trained=False))
+                          model_info=SimpleNamespace(label="vit_tiny", trained=False, trained_parts=False),
+                          targets=[{"class": 0}, {"class": 1}])
     trainer = SimpleNamespace(global_rank=1, world_size=2, is_global_zero=False, global_step=5)
     ResultWriter(tmp_path).write_share(trainer, run, "crashed")
     (share,) = json.loads((tmp_path / share_file(1)).read_text())
