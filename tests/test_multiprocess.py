@@ -40,6 +40,14 @@ class OnRank(Prior):
         os.kill(os.getpid(), self.signum)
 
 
+class SlowStart(Prior):
+    """Test prior: the second process (LOCAL_RANK=1) is built `seconds` late, as on a loaded machine."""
+
+    def __init__(self, seconds: float):
+        if os.environ.get("LOCAL_RANK") == "1":
+            time.sleep(seconds)
+
+
 def on_rank(rank: int, step: int, signum: int = 0) -> list[str]:
     node = "+regularizer.on_rank"
     return [f"{node}._target_=test_multiprocess.OnRank", f"{node}.rank={rank}", f"{node}.step={step}",
@@ -113,6 +121,22 @@ def test_a_crashed_process_stops_the_other_and_the_survivors_results_are_written
     assert [r["status"] for r in records] == ["aborted", "aborted", "crashed", "crashed"], records
     assert all(5 <= r["steps"] <= 6 and r["psnr"] > 0 and (run_dir / r["png"]).is_file() for r in records)
     assert json.loads((run_dir / "metrics.rank0.json").read_text()) == records[:2]
+
+
+@pytest.mark.slow
+def test_a_process_that_never_joins_leaves_each_target_written_once(tmp_path, monkeypatch):
+    """Rank 1 starts after rank 0 gave up waiting for it, before the targets were shared out: rank 0 writes its own
+    share of them, rank 1's show as missing, and no target is written twice."""
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    run_dir = tmp_path / "late"
+    res = _env_repinv(*FOUR, "steps=50", "checkpoint_every=0", "logger=none", "collective_timeout_s=3",
+                      "+regularizer.slow._target_=test_multiprocess.SlowStart", "+regularizer.slow.seconds=12",
+                      *TWO, f"hydra.run.dir={run_dir}", timeout=240)
+    assert res.returncode not in (0, None), res.stderr[-3000:]
+    records = read_metrics(run_dir)
+    assert [(r[PROCESS], r["status"]) for r in records] == [(0, "aborted"), (0, "aborted"), (1, "missing"), (1, "missing")]
+    assert sorted((r["image"], r["layer"]) for r in records) == [("astronaut", "L0"), ("astronaut", "patch_embed"),
+                                                                 ("chelsea", "L0"), ("chelsea", "patch_embed")]
 
 
 def _logged(out, step: int) -> dict:

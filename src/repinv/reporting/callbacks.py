@@ -181,12 +181,18 @@ class ResultWriter(pl.Callback):
         return self.records
 
     def write_share(self, trainer, pl_module, status: str) -> None:
-        """After a crash with several processes: this rank's share, then (rank 0) metrics.json from every share on disk."""
+        """After a crash with several processes: this rank's share, then (rank 0) metrics.json from every share on disk.
+        A crash before the targets were shared out (a process that never joined) leaves every target in each process:
+        each writes its own share's rows, so no target is written twice."""
+        total, world = len(pl_module.targets), trainer.world_size
+        start, stop = shard_bounds(total, trainer.global_rank, world)
         extra = {**self._fields(trainer, pl_module, status), PROCESS: trainer.global_rank}
         records = [{**r, **extra} for r in pl_module.final_metrics(gathered=False)]
-        write_share(self.out_dir, records, pl_module.images(gathered=False).cpu(), trainer.global_rank)
+        images = pl_module.images(gathered=False).cpu()
+        if len(records) == total > stop - start:
+            records, images = records[start:stop], images[start:stop]
+        write_share(self.out_dir, records, images, trainer.global_rank)
         if trainer.is_global_zero:
-            total, world = len(pl_module.targets), trainer.world_size
             shares = [pl_module.targets[slice(*shard_bounds(total, r, world))] for r in range(world)]
             self.records = merge_shares(self.out_dir, shares)
         log.warning("run %s: this process's share written to %s", status, self.out_dir / share_file(trainer.global_rank))
