@@ -164,6 +164,38 @@ def test_trained_claims_run_with_a_checkpoint_and_check_it_loaded(tmp_path, trai
     assert code == 0 and row["verdict"] in {"holds", "fails"}, row
 
 
+@pytest.mark.parametrize("claim,cond,differ", [
+    ("trained-pos-embed", "pos_embed", {"pos_embed"}),
+    ("trained-norm1", "norm1", {"blocks.0.norm1.weight", "blocks.0.norm1.bias"}),
+    ("trained-pos-embed", "transplant", {"patch_embed.proj.weight", "patch_embed.proj.bias"}),
+])
+def test_a_transplant_claims_conditions_differ_in_the_part_it_names(tmp_path, claim, cond, differ):
+    """The study chains a trained input convolution to an untrained ViT, then swaps in one trained part at a time (the
+    position embeddings, the first LayerNorm): each condition differs from its baseline in that part alone, the baseline
+    from an untrained ViT in the input convolution alone."""
+    import torch
+    from safetensors.torch import save_file
+
+    from conftest import compose_cfg
+    from repinv.claims.registry import CLAIMS
+    from repinv.engine.pipeline import build_model
+
+    untrained = build_model(compose_cfg(["model=vit_tiny"], tmp_path)).net.state_dict()
+    gen = torch.Generator().manual_seed(1)
+    save_file({k: (v + 0.1 * torch.randn(v.shape, generator=gen)).contiguous() for k, v in untrained.items()},
+              str(tmp_path / "trained.safetensors"))  # every tensor trained, LayerNorms included
+
+    def weights(overrides: list[str], trained: bool = True) -> dict:
+        loads = [f"model.checkpoint={tmp_path / 'trained.safetensors'}"] if trained else []
+        return build_model(compose_cfg([*overrides, *loads], tmp_path)).net.state_dict()
+
+    [c] = [c for c in CLAIMS if c.id == claim]
+    mine, transplant = weights(c.overrides(cond, "quick")), c.overrides("transplant", "quick")
+    base = (weights([o for o in transplant if not o.startswith("surgery=")], trained=False) if cond == "transplant"
+            else weights(transplant))
+    assert {k for k in mine if not torch.equal(mine[k], base[k])} == differ
+
+
 def test_a_run_given_weights_whose_network_holds_none_has_failed(tmp_path):
     from repinv import study
 

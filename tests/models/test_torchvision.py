@@ -77,7 +77,7 @@ PRESET_PARTS = {
     "trained_patch_embed": ("conv_proj.",),
     "trained_pos_embed": ("encoder.pos_embedding",),
     "trained_norm1": ("encoder.layers.encoder_layer_0.ln_1.",),
-    "trained_input_untrained_encoders": ("conv_proj.", "class_token", "encoder.pos_embedding"),
+    "trained_input_untrained_encoders": ("conv_proj.",),
 }
 
 
