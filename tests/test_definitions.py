@@ -271,3 +271,46 @@ def test_pyramid_levels_halve_the_size_rounding_up_and_sum_with_the_gain():
     flat = Pyramid((1, 1, 8, 8), levels=3, gain=0.5).encode(torch.full((1, 1, 8, 8), 0.3))
     assert torch.allclose(flat[0, 0, : 64 + 16], torch.zeros(80), atol=1e-7), "a flat image lives in the coarsest level"
     assert torch.allclose(flat[0, 0, 80:], torch.full((4,), 0.3 / 0.5**2))
+
+
+def test_class_generation_descends_on_each_class_logits_distance_from_the_constant_with_blur_and_jitter(tmp_path):
+    """The study's class generation: |C - logit_i| per image, with the 3x3 blur and jitter from about step 200."""
+
+    class Logits(torch.nn.Module):
+        num_classes = 4
+
+        def forward(self, x):
+            return 10 * x.flatten(1)[:, :4]
+
+    cfg = compose_cfg(["objective=class", "classes=[1,3]"], tmp_path)
+    objective = build(cfg.objective)
+    objective.setup(Logits(), identity, [], seed=0)
+    x = torch.rand(2, 3, 4, 4)
+    losses, stats = objective(Logits(), x)
+    logit = Logits()(x)[[0, 1], [1, 3]]
+    assert objective.constant == 100.0 and torch.allclose(losses, (100.0 - logit).abs())
+    priors = build_each(cfg, "priors")
+    assert priors["blur"].kernel_size == 3 and priors["blur"].every == 1
+    assert priors["blur"].sigma(0, 1500) == pytest.approx(2.4) and priors["blur"].sigma(1499, 1500) == pytest.approx(0.4)
+    assert priors["jitter"].start == 200 and priors["jitter"].pixels > 0
+
+
+@pytest.mark.parametrize("arch,layers,steps", [("vit_b_32", ["patch_embed", *range(12)], 1500),
+                                               ("vit_b_32_long", [11], 105000)])
+def test_the_study_budget_inverts_vit_b_32_at_224_through_its_12_encoders(tmp_path, arch, layers, steps):
+    """ViT-B/32 on 3x224x224 inputs, "the twelth and final encoder"; the long panel at n=105,000 steps."""
+    from repinv.claims.ledger import BUDGETS
+    from repinv.claims.registry import ARCHS
+
+    cfg = compose_cfg([f"steps={BUDGETS['study'].steps}", *ARCHS[(arch, "timm")]["study"]], tmp_path)
+    assert (cfg.model.name, cfg.model.input_size) == ("vit_base_patch32_224", 224)
+    assert list(cfg.layers) == layers and cfg.steps == steps
+
+
+def test_the_study_budget_runs_vit_l_16_at_512_in_patches_of_16(tmp_path):
+    """"This model accepts inputs of size 512x512 ... and makes patches of that input of size 16x16"."""
+    from repinv.claims.registry import ARCHS
+
+    for source in ("timm", "torchvision"):
+        model = compose_cfg(ARCHS[("vit_l_16", source)]["study"], tmp_path).model
+        assert model.input_size == 512 and "16" in model.name, source
