@@ -147,6 +147,8 @@ CASES = {
     "fractional seed": (["seed=1.5"], "seed=1.5 must be a whole number"),
     "matmul precision torch does not know": (["matmul_precision=bogus"], "matmul_precision=bogus is not a float32"),
     "learning rate beyond float32": (["optimizer.lr=1e40"], "optimizer.lr=1e+40 must be a positive number, at most"),
+    "a setting that does not resolve": (["steps=${{no_such_key}}"], "steps: its value does not resolve (Interpolation key"),
+    "one unit twice": (["objective=feature", "objective.units=[3,3]"], "objective.units=[3, 3] names unit 3 more than once"),
     "one class twice": (["objective=class", "classes=[134,tench,0]"], "names class 0 more than once"),
 }
 

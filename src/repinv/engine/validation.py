@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from repinv.errors import SettingsError, listing
 
@@ -27,11 +28,24 @@ def _numbers(value) -> Iterator[float]:
             yield from _numbers(item)
 
 
+def resolved(cfg: DictConfig) -> dict:
+    """The config as plain containers, every `${...}` resolved; one that does not resolve (an unknown key, an unset
+    environment variable) is a SettingsError naming the setting."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:
+        raise SettingsError(
+            f"{err.full_key}: its value does not resolve ({err.msg.splitlines()[0]}). Give it a value, or refer to a "
+            "key that exists (e.g. steps=${{...}} needs that key) or an environment variable that is set "
+            "(${{oc.env:NAME}}).",
+            [err.full_key],
+        ) from None
+
+
 def check_finite(cfg: DictConfig) -> None:
     """Refuse NaN and infinity anywhere in the resolved config: no setting means anything with them,
     and a NaN sigma or rate silently turns the image into NaN (a run that ends with loss 0)."""
-    bad = [(key, value) for key, value in flatten(OmegaConf.to_container(cfg, resolve=True))
-           if any(not math.isfinite(x) for x in _numbers(value))]
+    bad = [(key, value) for key, value in flatten(resolved(cfg)) if any(not math.isfinite(x) for x in _numbers(value))]
     if bad:
         raise SettingsError(
             f"{listing(f'{key}={value}' for key, value in bad)}: settings must be finite numbers, not nan or inf. "

@@ -54,6 +54,10 @@ class FeatureVisualization(Objective):
         if not specs:
             raise RepinvError("objective.units is empty: give channel indices, e.g. objective.units=[0,3].")
         self.layer_spec, self.units = layer, [_unit(u) for u in specs]
+        twice = [str(spec) for i, spec in enumerate(specs) if self.units[i] in self.units[:i]]
+        if twice:
+            raise RepinvError(f"objective.units={list(specs)} names unit {', '.join(twice)} more than once; name each unit "
+                              "once, and draw more of one with objective.samples=N.")
         self.samples = samples_count(samples, "unit")
         self.scale = positive(
             "scale",
