@@ -183,6 +183,13 @@ def test_overrides_hydra_refuses_are_one_paragraph_and_exit_2(case, cli):
     assert needle in " ".join(err.split()) and not run_dir.exists()
 
 
+def test_a_run_folder_inside_a_file_is_one_paragraph_and_exit_2(cli, tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    code, _, err, _ = cli(*FAST, name="notes.txt/run")
+    assert code == 2 and err.startswith("repinv: error: ") and "Traceback" not in err, err
+    assert f"{tmp_path / 'notes.txt' / 'run'} cannot be created or written (Not a directory)" in " ".join(err.split())
+
+
 def test_a_long_path_in_an_error_stays_whole_on_its_line(cli, tmp_path):
     """The paragraph wraps between words only: a path longer than a line can still be copied from it."""
     path = str(tmp_path / ("a-very-long-folder-name-" * 6) / "missing-photograph.png")

@@ -100,6 +100,14 @@ def command(hydra_app: Callable[[], object], example: str) -> None:
             raise
         print(paragraph("repinv", composition_error(err, sys.argv[1:], example)), file=sys.stderr)
         sys.exit(2)
+    except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as err:
+        if previous:
+            raise
+        print(paragraph("repinv", RepinvError(
+            f"{err.filename} cannot be created or written ({err.strerror}). Give the run a folder that can be: "
+            "hydra.run.dir=<folder> (a sweep: hydra.sweep.dir=<folder>), not one inside a file or a read-only place.")),
+            file=sys.stderr)
+        sys.exit(2)
     except Exception:  # a crash, or bad input with debug=true: the traceback, exit 1, as Hydra ends them
         traceback.print_exc()
         sys.exit(1)
