@@ -1,7 +1,8 @@
 """The study's definitions against values computed by hand on tiny inputs, and its numbers through the composed config.
 
-Each number the study fixes (loss scale 0.15, noise-shift std 1/18, init N(0.7, 1/20), blur 3x3 from sigma 2.4 to
-0.4, 1,500 steps, lr 0.05) is pinned twice: in the function that uses it and in the config a run composes.
+Each number of the study's recipe (loss scale 0.15, noise-shift std 1/18, init N(0.7, 1/20), blur 3x3 from sigma 2.4
+to 0.4, 1,500 steps) and repinv's lr 0.05 (the study gives none) is pinned twice: in the function that uses it and in
+the config a run composes.
 """
 
 from __future__ import annotations
