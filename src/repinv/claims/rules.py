@@ -148,8 +148,9 @@ def same(m: Measurements, a: str, b: str, layer_a: str | None = None, layer_b: s
 def _structured(m: Measurements, cond: str) -> list[float]:
     """The structured fraction of the input filters of every record of `cond`: each seed's run must hold filters.json,
     or the verdict would rest on fewer seeds than the ledger says."""
+    seeds = {str(r.get("seed")) for r in m[cond]}
     missing = sorted({str(r.get("seed")) for r in m[cond] if r.get("structured") is None})
-    if len(missing) == len({str(r.get("seed")) for r in m[cond]}):
+    if len(missing) == len(seeds):
         raise Unmeasured(f"no run of {cond} holds filters.json (its input filters' structure)")
     if missing:
         raise Unmeasured(f"the run of {cond} for seed {', '.join(missing)} holds no filters.json (its input filters' "

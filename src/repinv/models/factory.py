@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from repinv.engine.plugins import Choice, build
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, is_number
 from repinv.models.packed import pack_linears
 from repinv.models.patchify import patchify_convs
 from repinv.models.sources import IMAGENET_MEAN, IMAGENET_STD, SOURCE_ATTR, ModelSource, for_net, model_source
@@ -81,8 +81,7 @@ def per_channel(key: str, values: Any, example: tuple[float, ...], positive: boo
     if values is None:
         return None
     numbers = list(values) if isinstance(values, Sequence) and not isinstance(values, str) else [values]
-    if len(numbers) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                    and (v > 0 or not positive) for v in numbers):
+    if len(numbers) != 3 or not all(is_number(v) and math.isfinite(v) and (v > 0 or not positive) for v in numbers):
         raise RepinvError(
             f"{key}={values} must be three finite numbers, one per RGB channel"
             f"{', each above 0 (the input is divided by it)' if positive else ''}: e.g. {key}=[{','.join(map(str, example))}] "

@@ -38,6 +38,15 @@ def samples_count(value, per: str) -> int:
     return int(value)
 
 
+def named_once(key: str, given: list, meant: list, what: str) -> None:
+    """Refuse `given` settings of which two mean the same (`meant`, one each): a target named twice would be
+    optimised twice, counted twice in the loss, and its two records would share one image file."""
+    twice = [str(g) for i, g in enumerate(given) if meant[i] in meant[:i]]
+    if twice:
+        raise RepinvError(f"{key}={given} names {what} {', '.join(twice)} more than once; name each {what} once, and "
+                          "draw more of one with objective.samples=N.")
+
+
 def target_seed(seed: int, *parts) -> int:
     """A seed that depends on the run seed and the target's identity only (never on rank)."""
     return (seed * 1_000_003 + zlib.crc32("|".join(map(str, parts)).encode())) % (2**63)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repinv.errors import RepinvError
-from repinv.objectives.base import Objective, positive, samples_count
+from repinv.objectives.base import Objective, named_once, positive, samples_count
 
 CLASS_LOSSES = ("abs", "logit", "ce")
 LOGIT = "logit"  # a record's target logit
@@ -60,10 +60,7 @@ class ClassGeneration(Objective):
         if not h:
             raise RepinvError("objective=class needs a classifier head, but the model has no logits (num_classes=0).")
         idx = [resolve_class(c, int(h)) for c in self.class_specs]
-        twice = sorted({i for i in idx if idx.count(i) > 1})
-        if twice:
-            raise RepinvError(f"classes={self.class_specs} names class {', '.join(map(str, twice))} more than once (by "
-                              "index or name); name each class once, and draw more of one with objective.samples=N.")
+        named_once("classes", self.class_specs, idx, "class")
         self.targets = [
             {"image": f"sample{k}", "class": i, "class_name": class_name(i, int(h))}
             for i in idx

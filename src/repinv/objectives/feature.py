@@ -8,7 +8,7 @@ import torch
 
 from repinv.errors import RepinvError
 from repinv.models.taps import LayerTap, hidden_layer_names, resolve_layer, tap_outputs
-from repinv.objectives.base import Objective, positive, samples_count
+from repinv.objectives.base import Objective, named_once, positive, samples_count
 
 ACTIVATION = "activation"  # a record's mean activation of its unit
 
@@ -54,10 +54,7 @@ class FeatureVisualization(Objective):
         if not specs:
             raise RepinvError("objective.units is empty: give channel indices, e.g. objective.units=[0,3].")
         self.layer_spec, self.units = layer, [_unit(u) for u in specs]
-        twice = [str(spec) for i, spec in enumerate(specs) if self.units[i] in self.units[:i]]
-        if twice:
-            raise RepinvError(f"objective.units={list(specs)} names unit {', '.join(twice)} more than once; name each unit "
-                              "once, and draw more of one with objective.samples=N.")
+        named_once("objective.units", list(specs), self.units, "unit")
         self.samples = samples_count(samples, "unit")
         self.scale = positive(
             "scale",

@@ -118,7 +118,8 @@ def read_job(path: Path) -> Job:
     overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
     job = Job(path, [str(o) for o in overrides])
     metrics, error = path / METRICS_FILE, path / ERROR_FILE
-    if _written_by_job(metrics, path):
+    own = _written_by_job(metrics, path)
+    if own:
         job.records = [{"column": "?", "caption": "", **r} for r in json.loads(metrics.read_text())]
         bad = sorted({r.get("status", FINISHED) for r in job.records} - {FINISHED})
         if bad:
@@ -126,7 +127,7 @@ def read_job(path: Path) -> Job:
     if error.is_file():
         text = error.read_text().strip()
         job.status, job.error = "failed", text.splitlines()[0] if text else "failed"
-    elif not _written_by_job(metrics, path):
+    elif not own:
         job.status, job.error = "failed", "no metrics.json of its own: the job crashed or is still running"
     if job.status != FINISHED and not job.error:
         job.error = f"the run ended with status {job.status}"
