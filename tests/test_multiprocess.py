@@ -54,6 +54,11 @@ def on_rank(rank: int, step: int, signum: int = 0) -> list[str]:
             f"{node}.signum={signum}"]
 
 
+def _joined(text: str) -> str:
+    """Printed text with its line wrapping undone."""
+    return " ".join(text.split())
+
+
 def _env_repinv(*args, timeout=300):
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
     return repinv(*args, timeout=timeout)
@@ -114,8 +119,11 @@ def test_a_crashed_process_stops_the_other_and_the_survivors_results_are_written
         timeout=240,
     )
     took = time.monotonic() - start
-    assert res.returncode not in (0, None), res.stderr[-3000:]
+    assert res.returncode == 1, res.stderr[-3000:]
     assert took < 150, f"the run took {took:.0f} s with collective_timeout_s=20"
+    # the crashed process's traceback, and the survivor's one paragraph
+    assert res.stderr.count("Traceback") == 1 and "test failure on rank 1 at step 5" in res.stderr, res.stderr[-3000:]
+    assert "repinv: error: process 0 of 2: a collective between the processes failed" in _joined(res.stderr)
     records = read_metrics(run_dir)
     assert [r[PROCESS] for r in records] == [0, 0, 1, 1]
     assert [r["status"] for r in records] == ["aborted", "aborted", "crashed", "crashed"], records
@@ -132,7 +140,9 @@ def test_a_process_that_never_joins_leaves_each_target_written_once(tmp_path, mo
     res = _env_repinv(*FOUR, "steps=50", "checkpoint_every=0", "logger=none", "collective_timeout_s=3",
                       "+regularizer.slow._target_=test_multiprocess.SlowStart", "+regularizer.slow.seconds=12",
                       *TWO, f"hydra.run.dir={run_dir}", timeout=240)
-    assert res.returncode not in (0, None), res.stderr[-3000:]
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert ("repinv: error: process 0 of 2: the run's processes did not all join within collective_timeout_s=3 s"
+            in _joined(res.stderr)), res.stderr
     records = read_metrics(run_dir)
     assert [(r[PROCESS], r["status"]) for r in records] == [(0, "aborted"), (0, "aborted"), (1, "missing"), (1, "missing")]
     assert sorted((r["image"], r["layer"]) for r in records) == [("astronaut", "L0"), ("astronaut", "patch_embed"),

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job
 from repinv.conf import respell_all
 from repinv.engine.pipeline import holds_run, record_hydra
-from repinv.errors import RepinvError, paragraph
+from repinv.errors import RepinvError, RunAborted, paragraph
 from repinv.reporting.results import ERROR_FILE
 from repinv.reporting.summary import join_sweep, report as summary_report, start_sweep, summarize
 from repinv.reporting.wandb_logger import announce_offline_sweep
@@ -49,9 +49,10 @@ def report(err: RepinvError, out_dir: str | None, multirun: bool) -> None:
 def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     """One Hydra job of a command: `task(cfg)`'s value, or None when it failed inside a multirun.
 
-    A single run ends bad input with a one-paragraph error and exit code 2 (debug=true: the
-    traceback). In a multirun a failing job must not end the sweep (SystemExit would stop it, and
-    any exception skips the sweep's end), so the job leaves `error.txt` and the sweep goes on.
+    A single run ends bad input with a one-paragraph error and exit code 2, and a process stopped by another
+    one's failure (`RunAborted`) with a one-paragraph error and exit code 1 (debug=true: the traceback). In a
+    multirun a failing job must not end the sweep (SystemExit would stop it, and any exception skips the sweep's
+    end), so the job leaves `error.txt` and the sweep goes on.
     """
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -65,8 +66,11 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
         report(err, hc.runtime.output_dir, multirun)
         if not multirun:
             sys.exit(2)
-    except Exception:
+    except Exception as err:
         if not multirun:
+            if isinstance(err, RunAborted) and not cfg.get("debug"):
+                print(paragraph("repinv", err), file=sys.stderr)
+                sys.exit(1)
             raise
         log.exception("job %s crashed; the sweep goes on", hc.job.num)
         Path(hc.runtime.output_dir, ERROR_FILE).write_text(

@@ -10,6 +10,11 @@ class RepinvError(Exception):
     """Bad input from the user. The CLI prints the message alone, without a traceback."""
 
 
+class RunAborted(RuntimeError):
+    """A process of a multi-process run stopped because another one crashed, left, hung or never joined. Its
+    results are written; there is nothing to debug in this process, so the CLI prints the message alone (exit 1)."""
+
+
 def paragraph(prog: str, message) -> str:
     """`<prog>: error: <message>` wrapped at 100 columns; paths, overrides and hyphenated names stay whole, so
     what the error names can be copied."""

@@ -24,7 +24,7 @@ from pytorch_lightning.trainer.connectors.accelerator_connector import _Accelera
 from torch import nn
 
 from repinv.engine.plugins import located
-from repinv.errors import RepinvError, listing
+from repinv.errors import RepinvError, RunAborted, listing
 
 
 class ShardedDDP(DDPStrategy):
@@ -42,7 +42,13 @@ class ShardedDDP(DDPStrategy):
 
     def setup_distributed(self) -> None:
         """The process group, and beside it a gloo group over the same processes for the host-side collectives."""
-        super().setup_distributed()
+        try:
+            super().setup_distributed()
+        except dist.DistError as err:
+            raise CollectiveFailed(
+                f"process {self.global_rank} of {self.world_size}: the run's processes did not all join within "
+                f"collective_timeout_s={self._timeout.total_seconds():g} s ({err}). Start them together, or give a "
+                f"loaded machine longer, e.g. collective_timeout_s=600.") from err
         _HOST.clear()
         if dist.get_backend() != "gloo":
             _HOST["group"] = dist.new_group(backend="gloo", timeout=self._timeout)
@@ -162,7 +168,7 @@ def any_rank(value: int) -> int:
         return int(flag.item())
 
 
-class CollectiveFailed(RuntimeError):
+class CollectiveFailed(RunAborted):
     """A collective between the processes failed: another process crashed, left, or hung past the timeout."""
 
 
@@ -172,8 +178,9 @@ def collective():
     try:
         yield
     except (RuntimeError, dist.DistError) as err:
-        raise CollectiveFailed(f"a collective between the processes failed: another process crashed, left, or did not "
-                               f"answer within collective_timeout_s ({err})") from err
+        rank = f"process {dist.get_rank()} of {dist.get_world_size()}: " if dist.is_initialized() else ""
+        raise CollectiveFailed(f"{rank}a collective between the processes failed: another process crashed, left, or did "
+                               f"not answer within collective_timeout_s ({err})") from err
 
 
 def _several() -> bool:
