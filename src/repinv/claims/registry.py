@@ -121,7 +121,7 @@ def study_claims() -> list[Claim]:
                      "even at the twelth and final encoder, the representation quality is approximately the same "
                      "as that in the first layer",
                      "vit_vs_resnet_untrained_representations", {"vit": UNTRAINED_VIT},
-                     partial(rules.as_good, a="vit", b="vit", layer_a="last", layer_b="L0"), sensitivity=True, plot=True),
+                     partial(rules.same, a="vit", b="vit", layer_a="last", layer_b="L0"), sensitivity=True, plot=True),
         *_per_source("resnet-untrained-loses-input",
                      "Untrained ResNet50: representation clarity decreases with depth (stem to last stage)",
                      "Compare the decreasing representation clarity with increased depth",
