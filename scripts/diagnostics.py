@@ -117,6 +117,14 @@ def inversion_seconds(run: Run) -> float:
     return first["seconds_per_step"] * first["steps"] / len(run.records)
 
 
+def costs(bases: list[Run], extra: list[Run]) -> dict:
+    """What one target's inversion took (mean over the ledger's runs) and its extra seeds together, from the runs that
+    finished: a run that failed has no time to count."""
+    ledger, done = [r for r in bases if r.ok], [r for r in extra if r.ok]
+    return {"inversion_seconds": sum(map(inversion_seconds, ledger)) / len(ledger),
+            "nonunique_seconds": sum(map(inversion_seconds, done))}
+
+
 def network_records(name: str, bases: list[Run], extra: list[Run], root: Path) -> list[dict]:
     """Spectrum and non-uniqueness of every (layer, image) of one network, with the ledger runs' PSNR. Non-uniqueness
     pairs the first ledger run with the extra seeds, which keep its weights: each ledger seed has weights of its own."""
@@ -129,9 +137,7 @@ def network_records(name: str, bases: list[Run], extra: list[Run], root: Path) -
         out.append({**row, "model": name, "variant": "as_configured",
                     **pairwise(torch.stack([reconstruction(run, record(run)) for run in same_weights]),
                                [bool(record(run)[ACCURATE]) for run in same_weights]),
-                    **inversion_quality([record(run) for run in ledger]),
-                    "inversion_seconds": sum(map(inversion_seconds, bases)) / len(bases),
-                    "nonunique_seconds": sum(map(inversion_seconds, extra))})
+                    **inversion_quality([record(run) for run in ledger]), **costs(bases, extra)})
     return out
 
 
@@ -192,8 +198,9 @@ def main(argv=None) -> int:
                    help="where the table, plot and runs go (default logs/diagnostics; with --ledger its folder)")
     p.add_argument("--ledger", type=Path, help="a claims ledger's folder: diagnose every network and layer it inverted")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="with --ledger: the ledger's budget (default cpu)")
-    p.add_argument("--extra-seeds", type=int, default=1, help="with --ledger: inversions besides the ledger's for non-uniqueness")
-    p.add_argument("--extra-steps", type=int, default=300, help="with --ledger: the steps of each extra inversion")
+    p.add_argument("--extra-seeds", type=study.count_arg("seeds", 2), default=1,
+                   help="with --ledger: inversions besides the ledger's for non-uniqueness (at least 1)")
+    p.add_argument("--extra-steps", type=study.steps_arg, default=300, help="with --ledger: the steps of each extra inversion")
     p.add_argument("--models", nargs="+", help="with --ledger: a subset of its networks by name (e.g. vit_b_32)")
     p.add_argument("overrides", nargs="*", help="extra repinv-diagnose overrides for every model, e.g. image=astronaut "
                    "(with --ledger: the ledger's extra overrides)")

@@ -269,3 +269,40 @@ def test_script_smoke_writes_table_correlations_and_plot(tmp_path, capsys):
     assert all(-1 <= float(corr[d]["spearman"]) <= 1 for d in ("stable_rank_fraction", "null_fraction", "nonunique_psnr"))
     assert (tmp_path / "diagnostics.png").stat().st_size > 10_000
     assert "Spearman" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--extra-steps", "0"], "argument --extra-steps: 0 is not a number of steps: give a whole number of at least 1"),
+    (["--extra-steps", "-5"], "argument --extra-steps: -5 is not a number of steps"),
+    (["--extra-seeds", "0"], "argument --extra-seeds: 0 is not a number of seeds: give a whole number of at least 1"),
+    (["--extra-seeds", "1.5"], "argument --extra-seeds: 1.5 is not a number of seeds"),
+])
+def test_script_refuses_extra_seeds_or_steps_below_one_before_any_run(args, says, tmp_path, capsys, monkeypatch):
+    from repinv import study
+
+    monkeypatch.setattr(study, "execute", lambda *a, **k: pytest.fail("a run started before the arguments were checked"))
+    with pytest.raises(SystemExit) as stop:
+        _script().main(["--ledger", str(tmp_path / "ledger"), *args])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and says in err and "Traceback" not in err, err
+    assert not (tmp_path / "ledger").exists()
+
+
+def test_script_summarises_a_network_from_its_finished_runs_when_extra_seeds_failed(tmp_path, monkeypatch):
+    from repinv.reporting.results import FINISHED
+    from repinv.study import Run
+
+    def run(status: str, seconds_per_step: float = 0.0) -> Run:
+        records = [{"layer": "L0", "image": "chelsea", "psnr": 25.0, "accurate": True, "steps": 100,
+                    "seconds_per_step": seconds_per_step}] if status == FINISHED else []
+        return Run((), tmp_path, status, records)
+
+    script = _script()
+    monkeypatch.setattr(script, "spectrum_of", lambda base, root: [{"layer": "L0", "image": "chelsea"}])
+    monkeypatch.setattr(script, "reconstruction", lambda run, record: torch.zeros(3, 4, 4))
+    failed = run("run failed: the extra seed's inversion stopped")
+    [row] = script.network_records("vit_b_32", [run(FINISHED, 0.2), failed], [run(FINISHED, 0.1), failed], tmp_path)
+    assert row["inversion_seconds"] == pytest.approx(20.0) and row["nonunique_seconds"] == pytest.approx(10.0)
+    assert row["nonunique_k"] == 2 and row["inversion_psnr"] == 25.0
+    [alone] = script.network_records("vit_b_32", [run(FINISHED, 0.2)], [failed], tmp_path)
+    assert alone["nonunique_pairs"] == 0 and alone["nonunique_seconds"] == 0

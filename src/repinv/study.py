@@ -43,11 +43,18 @@ def image_override(images: Sequence[str]) -> str:
     return f"image=[{','.join(map(quote, images))}]"
 
 
-def steps_arg(text: str) -> int:
-    """The study tools' `--steps` (an argparse type): a whole number of at least 1, where 0 would read as the default."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of steps: give a whole number of at least 1, e.g. 300")
-    return int(text)
+def count_arg(unit: str, example: int):
+    """An argparse type for a number of `unit` (steps, seeds): a whole number of at least 1, where 0 would read as the
+    default or make nothing to measure."""
+    def check(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text} is not a number of {unit}: give a whole number of at least 1, "
+                                             f"e.g. {example}")
+        return int(text)
+    return check
+
+
+steps_arg = count_arg("steps", 300)  # the study tools' --steps
 
 
 def key(override: str) -> str:
