@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -279,6 +280,23 @@ def test_report_only_judges_finished_runs_and_launches_nothing(tmp_path, capsys)
     assert len(list(tmp_path.glob("runs/*/metrics.json"))) == 1
     made_with = f"Made with `repinv-claims {' '.join(common)} --claims vit-entry-untrained,resnet-untrained-loses-input`"
     assert made_with in (tmp_path / "claims.md").read_text(), "claims.md names the command that continues it"
+
+
+def test_a_copied_ledger_narrowed_to_fewer_claims_names_the_command_for_the_folder_it_is_in(tmp_path, capsys):
+    common = ["--budget", "quick", "--sources", "timm", "--seeds", "1", "--steps", "2", "logger=none", "--report-only"]
+    both = "vit-entry-untrained,resnet-untrained-loses-input"
+    assert main([*common, "--out", str(tmp_path / "made"), "--claims", both]) == 0
+    shutil.copytree(tmp_path / "made", tmp_path / "copy")
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "copy"), "--claims", "vit-entry-untrained"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"`repinv-claims --budget quick --sources timm --seeds 1 --steps 2 logger=none --out {tmp_path / 'copy'} "
+            f"--claims {both} --report-only` writes that ledger again") in err, err
+    assert str(tmp_path / "made") not in err
+    from repinv.claims.cli import writing_to
+
+    assert writing_to("repinv-claims --out=a --budget cpu", tmp_path) == f"repinv-claims --out {tmp_path} --budget cpu"
+    assert writing_to("repinv-claims --budget cpu", tmp_path) == f"repinv-claims --out {tmp_path} --budget cpu"
 
 
 def test_a_finished_run_kept_without_what_its_rule_reads_is_incomplete_not_a_crash(tmp_path, capsys):

@@ -212,6 +212,17 @@ def made_with(argv: list[str]) -> str:
     return shlex.join(["repinv-claims", *(a for a in argv if a != "--report-only")])
 
 
+def writing_to(command: str, out: Path) -> str:
+    """A recorded repinv-claims command with its --out set to `out`: a ledger copied elsewhere names the folder it was
+    made in, and its command would write there."""
+    words = shlex.split(command)
+    at = next((i for i, w in enumerate(words) if w == "--out" or w.startswith("--out=")), None)
+    if at is None:
+        return shlex.join([*words[:1], "--out", str(out), *words[1:]])
+    words[at:at + (words[at] == "--out") + 1] = ["--out", str(out)]
+    return shlex.join(words)
+
+
 def main(argv=None) -> int:
     """Plan, run and judge; print the paths of claims.md and claims.csv. Exit 1 when a run failed."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -247,7 +258,8 @@ def main(argv=None) -> int:
         return report_cost(p, out, dict(args.peak), made_with(argv))
     execute(p, args.jobs, launch_missing=not args.report_only)
     dropped = [cid for cid in judged(out) if cid not in {c.id for c in claims}]
-    before = made_by(out) or "the command that made it"
+    before = made_by(out)
+    before = writing_to(before, args.out or out) if before else "the command that made it"
     csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds, made_with(argv))
     if dropped:
         print(f"repinv-claims: {md_path} and {csv_path.name} now judge this selection alone; they judged "
