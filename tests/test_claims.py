@@ -329,6 +329,10 @@ def test_a_finished_run_kept_without_what_its_rule_reads_is_incomplete_not_a_cra
     (["model=vit_tiny"], "model=vit_tiny: the ledger sets model in its runs, per claim, seed and recipe, and an extra "
                          "override would replace it in every run; leave it out"),
     (["optimizer.lr=0.1"], "use --lrs instead"),
+    (["--peak", "H200 fp32=67"], "--peak H200 fp32=67: a peak rate gives the least time of a counted plan, and only "
+                                 "--cost counts one; add --cost"),
+    (["--claims", ","], "--claims ',' names no claim; give comma-separated claim ids, or leave --claims out for all. The "
+                        "claims are: class-generation, class-generation-tv, vit-untrained-constant-depth,"),
     (["--sources", "timm", "--claims", "vit-untrained-constant-depth-tv"],
      "--claims vit-untrained-constant-depth-tv is checked on torchvision's models, which --sources leaves out (timm); "
      "add --sources timm,torchvision"),

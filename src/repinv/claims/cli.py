@@ -155,6 +155,9 @@ def check(args, budget) -> None:
     if args.steps is not None and args.steps < 1:
         raise RepinvError(f"--steps {args.steps} must be at least 1 (the budget {budget.name} runs {budget.steps}); "
                           "leave it out for the budget's steps.")
+    if args.peak and not args.cost:
+        raise RepinvError(f"--peak {args.peak[0][0]}={args.peak[0][1]:g}: a peak rate gives the least time of a counted plan, "
+                          "and only --cost counts one; add --cost, or leave --peak out to run the ledger.")
     args.lrs = check_lrs(args.lrs)
     for entry in args.image or []:
         try:
@@ -180,6 +183,9 @@ def select(ids: str | None, sources: str) -> list[Claim]:
     if ids is None:
         return [c for c in CLAIMS if c.source in wanted]
     names = [i.strip() for i in ids.split(",") if i.strip()]
+    if not names:
+        raise RepinvError(f"--claims {ids!r} names no claim; give comma-separated claim ids, or leave --claims out for "
+                          f"all. The claims are: {listing(known, 40)}.")
     for name in names:
         if name not in known:
             raise RepinvError(f"--claims {name!r} is not a claim.{suggest(name, known)} The claims are: {listing(known, 40)}.")
