@@ -17,7 +17,8 @@ folders, not run again); every other recipe runs `--steps` (default 300) steps o
 networks, layers, images and budget overrides (the precision the ledger was made in), under ROOT. It also writes
 `recipes.md`: whether one recipe reaches the better study recipe's final PSNR within `--within`
 (default 150) steps at every layer of every network, and where each recipe falls short.
-(`adam-pyramid-blur` is the recipe of `experiment=fast`.)
+(`adam-pyramid-blur` is the recipe of `experiment=fast`.) `--smoke` is refused with `--ledger`, and
+`--budget` and `--within` without it: the other mode would ignore them.
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def parser() -> argparse.ArgumentParser:
                    help="steps per run (default 1500, with --ledger 300; the report steps above it are left out)")
     p.add_argument("--ledger", type=Path, help="a claims ledger's folder: its runs are the study recipes, the other recipes "
                    "run on its networks and layers (under this folder); --out defaults to it")
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="with --ledger: the ledger's budget (default cpu)")
-    p.add_argument("--within", type=int, default=WITHIN, help="with --ledger: the steps a recipe may take to reach the goal")
+    p.add_argument("--budget", choices=sorted(BUDGETS), help="with --ledger: the ledger's budget (default cpu)")
+    p.add_argument("--within", type=int, help=f"with --ledger: the steps a recipe may take to reach the goal (default {WITHIN})")
     p.add_argument("overrides", nargs="*", help="extra repinv overrides applied to every run")
     return p
 
@@ -211,6 +212,20 @@ def plot(results: dict[tuple[str, str], dict], path: Path) -> None:
     plt.close(fig)
 
 
+def check_modes(args) -> None:
+    """Before any run: the options of one mode (the recipe study, or a ledger's) are refused in the other, where they
+    would be ignored; a ledger's budget and goal take their defaults."""
+    if args.ledger and args.smoke:
+        raise RepinvError(f"--smoke with --ledger {args.ledger}: the ledger's runs set the networks, images and steps, so "
+                          "--smoke (the tiny models) would be ignored; leave out --smoke, or --ledger for the smoke study.")
+    given = [f"--{name} {getattr(args, name)}" for name in ("budget", "within") if getattr(args, name) is not None]
+    if given and not args.ledger:
+        raise RepinvError(f"{' and '.join(given)} without --ledger: a ledger's budget and the steps a recipe may take to "
+                          "reach its best final PSNR mean nothing to the recipe study, which would ignore them; give "
+                          "--ledger ROOT, or leave them out.")
+    args.budget, args.within = args.budget or "cpu", args.within or WITHIN
+
+
 def study_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple[str, ...]]:
     """(recipe, model) -> its runs (one per seed), the report steps, and the study recipes."""
     settings = dict(SMOKE) if args.smoke else dict(images=IMAGES, seeds=SEEDS, steps=STEPS, report=REPORT, log_every=LOG_EVERY)
@@ -281,6 +296,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     out = args.out = args.out or args.ledger or DEFAULT_OUT
     try:
+        check_modes(args)
         jobs, report, studied = (ledger_jobs if args.ledger else study_jobs)(args)
         runs = {id(run): run for runs in jobs.values() for run in runs}.values()
         check_logs(runs)

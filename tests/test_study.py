@@ -204,6 +204,21 @@ def test_a_recipe_study_of_a_ledger_made_without_csv_logs_is_refused_before_any_
     assert code == 2 and "has no CSV log" in err and "Traceback" not in err and launches == [], err
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--ledger", "{tmp}", "--smoke"], "--smoke with --ledger {tmp}: the ledger's runs set the networks, images and steps, "
+                                       "so --smoke (the tiny models) would be ignored"),
+    (["--smoke", "--budget", "cpu"], "--budget cpu without --ledger: a ledger's budget and the steps a recipe may take"),
+    (["--budget", "quick", "--within", "100"], "--budget quick and --within 100 without --ledger"),
+])
+def test_a_recipe_study_refuses_options_of_the_other_mode_before_any_run(args, says, tmp_path, monkeypatch, capsys):
+    """--smoke is the recipe study's, --budget and --within a ledger's: given to the other, they would be ignored."""
+    monkeypatch.setattr(study, "launch", lambda *a: pytest.fail("a run started before the arguments were checked"))
+    assert _script("recipes").main([a.format(tmp=tmp_path) for a in [*args, "--out", "{tmp}/out"]]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("recipes.py: error: ") and says.format(tmp=tmp_path) in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_diagnostics_of_a_ledger_refuse_an_override_of_what_its_runs_set(ledger, monkeypatch, capsys):
     launches = _counted(monkeypatch)
     assert _script("diagnostics").main(["--ledger", str(ledger), "--budget", "quick", "--out", str(ledger / "d"), "seed=3"]) == 2
