@@ -121,8 +121,8 @@ class ResultWriter(pl.Callback):
     With several processes an interrupted run (a signal: every rank stops at the same step) is
     gathered as a finished one is. After a crash the ranks may not reach each other: each rank
     that can writes its share (PNGs, `metrics.rank<k>.json`: status `crashed` on the rank that
-    raised, `aborted` on a rank whose collective failed because another rank was gone), and rank 0
-    writes metrics.json from the share files there are, the other targets as `status: missing`.
+    raised, `aborted` on a rank whose collective failed because another rank was gone), then writes
+    metrics.json anew from the share files there are, the other targets as `status: missing`.
     """
 
     NUMBERS = ("steps", "seconds_per_step")  # the numeric fields it adds to each target's record
@@ -181,7 +181,8 @@ class ResultWriter(pl.Callback):
         return self.records
 
     def write_share(self, trainer, pl_module, status: str) -> None:
-        """After a crash with several processes: this rank's share, then (rank 0) metrics.json from every share on disk.
+        """After a crash with several processes: this rank's share, then metrics.json from every share on disk (every
+        rank merges: whichever crashed, the last to write its share leaves them all in metrics.json).
         A crash before the targets were shared out (a process that never joined) leaves every target in each process:
         each writes its own share's rows, so no target is written twice."""
         total, world = len(pl_module.targets), trainer.world_size
@@ -192,9 +193,8 @@ class ResultWriter(pl.Callback):
         if len(records) == total > stop - start:
             records, images = records[start:stop], images[start:stop]
         write_share(self.out_dir, records, images, trainer.global_rank)
-        if trainer.is_global_zero:
-            shares = [pl_module.targets[slice(*shard_bounds(total, r, world))] for r in range(world)]
-            self.records = merge_shares(self.out_dir, shares)
+        shares = [pl_module.targets[slice(*shard_bounds(total, r, world))] for r in range(world)]
+        self.records = merge_shares(self.out_dir, shares)
         log.warning("run %s: this process's share written to %s", status, self.out_dir / share_file(trainer.global_rank))
 
     def on_exception(self, trainer, pl_module, exception):
