@@ -198,6 +198,12 @@ class ResultWriter(pl.Callback):
         log.warning("run %s: this process's share written to %s", status, self.out_dir / share_file(trainer.global_rank))
 
     def on_exception(self, trainer, pl_module, exception):
+        """The results as far as the run got; results already written at the end of fit (a later hook failed, such as
+        the final checkpoint) are kept as they are."""
+        if self._written:
+            log.error("the run failed after its results were written (%s: %s); they are kept as written",
+                      type(exception).__name__, exception)
+            return
         status = (INTERRUPTED if isinstance(exception, (KeyboardInterrupt, SIGTERMException))
                   else "aborted" if isinstance(exception, (CollectiveFailed, dist.DistError)) else "crashed")
         try:
