@@ -21,6 +21,7 @@ from torch import nn
 from repinv.engine.identity import CHANGES_KEY
 from repinv.engine.runinfo import RunInfo
 from repinv.engine.sharding import CollectiveFailed, any_rank, shard_bounds
+from repinv.errors import RepinvError
 from repinv.models import LoadedModel
 from repinv.objectives import target_key
 from repinv.reporting.figures import filter_grid, filter_stats, input_conv, to_uint8
@@ -215,6 +216,17 @@ class ResultWriter(pl.Callback):
             log.exception("could not write results after the run was %s", status)
 
 
+def _unwritable(folder: Path) -> str | None:
+    """Why `folder` could not be created or written in, or None; judged by it or its nearest ancestor that exists,
+    so nothing is created."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    return None if os.access(existing, os.W_OK | os.X_OK) else f"{existing} is not writable"
+
+
 class Checkpoints(pl.Callback):
     """Lightning checkpoints of the run as `<dirpath>/last.ckpt`, written atomically.
 
@@ -227,8 +239,14 @@ class Checkpoints(pl.Callback):
     """
 
     def __init__(self, dirpath: str | Path, every: int):
+        """A `dirpath` that cannot be created or written is refused now, not after the run's last step."""
         self.dirpath, self.every = Path(dirpath), int(every)
         self.last = self.dirpath / LAST_CHECKPOINT
+        why = _unwritable(self.dirpath)
+        if why:
+            raise RepinvError(f"callbacks.checkpoints.dirpath={self.dirpath} cannot be created or written ({why}). Give "
+                              f"the checkpoints a folder that can be: the default is the run folder's {CHECKPOINT_DIR}/, "
+                              "or callbacks.checkpoints.dirpath=<folder>; callbacks.checkpoints=null saves none.")
 
     def save(self, trainer) -> None:
         """Flush the loggers, then write the checkpoint: whatever a checkpoint holds, the logs on disk hold too."""
