@@ -79,6 +79,8 @@ CASES = {
                                     "one per RGB channel, each above 0"),
     "trained weights offline": (["model.pretrained=true"], "pass it with model.checkpoint=/path/to/model.safetensors"),
     "negative checkpoint_every": (["checkpoint_every=-1"], "checkpoint_every=-1 must be a whole number"),
+    "checkpoint folder inside a file": (["callbacks.checkpoints.dirpath={d}/notes.png/checkpoints"],
+                                        "/notes.png is not a folder). Give the checkpoints a folder that can be"),
     "unknown class name": (["objective=class", "classes=[goldfsh]"], "Did you mean 'goldfish'"),
     "class without classes": (["objective=class"], "objective=class needs classes"),
     "resume without a checkpoint": (["resume={d}/empty"], "names no checkpoint"),

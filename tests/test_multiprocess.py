@@ -8,7 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from test_sweeps import repinv
 
 from conftest import REPO, read_metrics
 from repinv.priors import Prior
-from repinv.reporting.results import PROCESS
+from repinv.reporting.results import PROCESS, merge_shares, write_share
 
 # 4 targets (2 per process), jitter and blur: a resume that got the rows, step, schedule or RNG wrong ends elsewhere.
 FOUR = ["model=vit_tiny", "image=[chelsea,astronaut]", "layers=[0,patch_embed]", "log_every=5",
@@ -132,9 +135,44 @@ def test_a_crashed_process_stops_the_other_and_the_survivors_results_are_written
 
 
 @pytest.mark.slow
+def test_a_crash_on_the_launching_process_leaves_the_others_results_in_metrics_json(tmp_path, monkeypatch):
+    """Rank 0 raises at step 5: rank 1 writes its share after rank 0 wrote metrics.json, and metrics.json holds it."""
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    run_dir = tmp_path / "crash0"
+    res = _env_repinv(*FOUR, "steps=300", "checkpoint_every=0", "logger=none", "collective_timeout_s=60",
+                      *on_rank(0, 5), *TWO, f"hydra.run.dir={run_dir}", timeout=240)
+    assert res.returncode == 1 and "test failure on rank 0 at step 5" in res.stderr, res.stderr[-3000:]
+    assert "repinv: error: process 1 of 2: a collective between the processes failed" in _joined(res.stderr)
+    records = read_metrics(run_dir)
+    assert [(r[PROCESS], r["status"]) for r in records] == [(0, "crashed"), (0, "crashed"), (1, "aborted"), (1, "aborted")]
+    assert all(5 <= r["steps"] <= 6 and r["psnr"] > 0 and (run_dir / r["png"]).is_file() for r in records)
+
+
+def test_processes_merging_their_shares_at_once_leave_every_share_in_metrics_json(tmp_path):
+    """Two processes write their shares and merge at the same moment, many times over: metrics.json ends whole, with
+    both shares, whichever merged last."""
+    shares = [[{"image": "chelsea", "layer": "L0"}], [{"image": "astronaut", "layer": "L0"}]]
+    image = torch.zeros(1, 3, 8, 8)
+
+    def crash(folder: Path, rank: int, ready: threading.Barrier) -> None:
+        ready.wait()
+        write_share(folder, [{**shares[rank][0], "column": "L0", "status": "crashed", PROCESS: rank}], image, rank)
+        merge_shares(folder, shares)
+
+    with ThreadPoolExecutor(2) as pool:
+        for attempt in range(100):
+            folder = tmp_path / str(attempt)
+            folder.mkdir()
+            ready = threading.Barrier(2)
+            for done in [pool.submit(crash, folder, rank, ready) for rank in (0, 1)]:
+                done.result()
+            assert [(r[PROCESS], r["status"]) for r in read_metrics(folder)] == [(0, "crashed"), (1, "crashed")], attempt
+
+
+@pytest.mark.slow
 def test_a_process_that_never_joins_leaves_each_target_written_once(tmp_path, monkeypatch):
-    """Rank 1 starts after rank 0 gave up waiting for it, before the targets were shared out: rank 0 writes its own
-    share of them, rank 1's show as missing, and no target is written twice."""
+    """Rank 1 starts after rank 0 gave up waiting for it, before the targets were shared out: each writes its own
+    share of them when it gives up, metrics.json ends with both, and no target is written twice."""
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     run_dir = tmp_path / "late"
     res = _env_repinv(*FOUR, "steps=50", "checkpoint_every=0", "logger=none", "collective_timeout_s=3",
@@ -144,7 +182,7 @@ def test_a_process_that_never_joins_leaves_each_target_written_once(tmp_path, mo
     assert ("repinv: error: process 0 of 2: the run's processes did not all join within collective_timeout_s=3 s"
             in _joined(res.stderr)), res.stderr
     records = read_metrics(run_dir)
-    assert [(r[PROCESS], r["status"]) for r in records] == [(0, "aborted"), (0, "aborted"), (1, "missing"), (1, "missing")]
+    assert [(r[PROCESS], r["status"]) for r in records] == [(0, "aborted")] * 2 + [(1, "aborted")] * 2
     assert sorted((r["image"], r["layer"]) for r in records) == [("astronaut", "L0"), ("astronaut", "patch_embed"),
                                                                  ("chelsea", "L0"), ("chelsea", "patch_embed")]
 

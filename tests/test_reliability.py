@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import os
 import signal
@@ -104,6 +105,22 @@ def test_a_signal_during_the_last_step_still_ends_the_process_after_the_finished
     assert [(r["status"], r["steps"]) for r in read_metrics(tmp_path / "run")] == [("finished", 10)] * 2
     err = capsys.readouterr().err
     assert "SIGTERM at step 10 of 10: results in" in err and "the run had finished" in err
+
+
+def test_a_failure_after_the_finished_results_were_written_leaves_them_finished(run_repinv, monkeypatch, tmp_path):
+    """Every step ran and the results were written, then the final checkpoint fails (a full disk): the error ends the
+    run, and metrics.json still says finished."""
+    from repinv.reporting.callbacks import Checkpoints
+
+    def full_disk(self, trainer):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Checkpoints, "save", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        run_repinv("steps=3", "checkpoint_every=5", "logger=none")
+    records = read_metrics(tmp_path / "run")
+    assert [(r["status"], r["steps"]) for r in records] == [("finished", 3)] * 2
+    assert all((tmp_path / "run" / r["png"]).is_file() for r in records)
 
 
 def test_same_seed_same_result(run_repinv):

@@ -21,6 +21,7 @@ from torch import nn
 from repinv.engine.identity import CHANGES_KEY
 from repinv.engine.runinfo import RunInfo
 from repinv.engine.sharding import CollectiveFailed, any_rank, shard_bounds
+from repinv.errors import RepinvError
 from repinv.models import LoadedModel
 from repinv.objectives import target_key
 from repinv.reporting.figures import filter_grid, filter_stats, input_conv, to_uint8
@@ -121,8 +122,8 @@ class ResultWriter(pl.Callback):
     With several processes an interrupted run (a signal: every rank stops at the same step) is
     gathered as a finished one is. After a crash the ranks may not reach each other: each rank
     that can writes its share (PNGs, `metrics.rank<k>.json`: status `crashed` on the rank that
-    raised, `aborted` on a rank whose collective failed because another rank was gone), and rank 0
-    writes metrics.json from the share files there are, the other targets as `status: missing`.
+    raised, `aborted` on a rank whose collective failed because another rank was gone), then writes
+    metrics.json anew from the share files there are, the other targets as `status: missing`.
     """
 
     NUMBERS = ("steps", "seconds_per_step")  # the numeric fields it adds to each target's record
@@ -181,7 +182,8 @@ class ResultWriter(pl.Callback):
         return self.records
 
     def write_share(self, trainer, pl_module, status: str) -> None:
-        """After a crash with several processes: this rank's share, then (rank 0) metrics.json from every share on disk.
+        """After a crash with several processes: this rank's share, then metrics.json from every share on disk (every
+        rank merges: whichever crashed, the last to write its share leaves them all in metrics.json).
         A crash before the targets were shared out (a process that never joined) leaves every target in each process:
         each writes its own share's rows, so no target is written twice."""
         total, world = len(pl_module.targets), trainer.world_size
@@ -192,12 +194,17 @@ class ResultWriter(pl.Callback):
         if len(records) == total > stop - start:
             records, images = records[start:stop], images[start:stop]
         write_share(self.out_dir, records, images, trainer.global_rank)
-        if trainer.is_global_zero:
-            shares = [pl_module.targets[slice(*shard_bounds(total, r, world))] for r in range(world)]
-            self.records = merge_shares(self.out_dir, shares)
+        shares = [pl_module.targets[slice(*shard_bounds(total, r, world))] for r in range(world)]
+        self.records = merge_shares(self.out_dir, shares)
         log.warning("run %s: this process's share written to %s", status, self.out_dir / share_file(trainer.global_rank))
 
     def on_exception(self, trainer, pl_module, exception):
+        """The results as far as the run got; results already written at the end of fit (a later hook failed, such as
+        the final checkpoint) are kept as they are."""
+        if self._written:
+            log.error("the run failed after its results were written (%s: %s); they are kept as written",
+                      type(exception).__name__, exception)
+            return
         status = (INTERRUPTED if isinstance(exception, (KeyboardInterrupt, SIGTERMException))
                   else "aborted" if isinstance(exception, (CollectiveFailed, dist.DistError)) else "crashed")
         try:
@@ -207,6 +214,17 @@ class ResultWriter(pl.Callback):
                 self.write_share(trainer, pl_module, status)
         except Exception:  # the original exception matters more than a failed write
             log.exception("could not write results after the run was %s", status)
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why `folder` could not be created or written in, or None; judged by it or its nearest ancestor that exists,
+    so nothing is created."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    return None if os.access(existing, os.W_OK | os.X_OK) else f"{existing} is not writable"
 
 
 class Checkpoints(pl.Callback):
@@ -221,8 +239,14 @@ class Checkpoints(pl.Callback):
     """
 
     def __init__(self, dirpath: str | Path, every: int):
+        """A `dirpath` that cannot be created or written is refused now, not after the run's last step."""
         self.dirpath, self.every = Path(dirpath), int(every)
         self.last = self.dirpath / LAST_CHECKPOINT
+        why = _unwritable(self.dirpath)
+        if why:
+            raise RepinvError(f"callbacks.checkpoints.dirpath={self.dirpath} cannot be created or written ({why}). Give "
+                              f"the checkpoints a folder that can be: the default is the run folder's {CHECKPOINT_DIR}/, "
+                              "or callbacks.checkpoints.dirpath=<folder>; callbacks.checkpoints=null saves none.")
 
     def save(self, trainer) -> None:
         """Flush the loggers, then write the checkpoint: whatever a checkpoint holds, the logs on disk hold too."""

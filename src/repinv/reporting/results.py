@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from pathlib import Path
 
 import torch
@@ -51,7 +52,9 @@ def _clean(value):
 
 
 def write_json_atomic(path: Path, payload) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    """Write `payload` beside `path`, then rename it there: a reader sees the old file or the new one, never a part.
+    The temporary name is the writer's own, so processes writing one file at once cannot write into each other's."""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str, allow_nan=False))
     os.replace(tmp, path)
 
@@ -78,16 +81,27 @@ def write_share(out_dir: str | Path, records: list[dict], images: torch.Tensor, 
     return records
 
 
+def _written_shares(out: Path, world: int) -> set[int]:
+    """The ranks whose share file is in the run folder `out`."""
+    return {rank for rank in range(world) if (out / share_file(rank)).is_file()}
+
+
 def merge_shares(out_dir: str | Path, shares: list[list[dict]]) -> list[dict]:
     """metrics.json from every process's share file on disk; `shares[k]` are rank k's targets (identity fields),
-    written as `status: missing` when rank k left no file. Returns the merged records."""
-    out, records = Path(out_dir), []
-    for rank, targets in enumerate(shares):
-        path = out / share_file(rank)
-        records += (json.loads(path.read_text()) if path.is_file()
-                    else [{**t, "status": "missing", PROCESS: rank} for t in targets])
-    write_json_atomic(out / METRICS_FILE, records)
-    return records
+    written as `status: missing` when rank k left no file. Returns the merged records.
+
+    Every process merges after writing its share, in whatever order they get there. Each writes again while the
+    share files on disk differ from those it read: the last metrics.json written holds every share written before it.
+    """
+    out = Path(out_dir)
+    while True:
+        found, records = _written_shares(out, len(shares)), []
+        for rank, targets in enumerate(shares):
+            records += (json.loads((out / share_file(rank)).read_text()) if rank in found
+                        else [{**t, "status": "missing", PROCESS: rank} for t in targets])
+        write_json_atomic(out / METRICS_FILE, records)
+        if _written_shares(out, len(shares)) == found:
+            return records
 
 
 def write_results(
