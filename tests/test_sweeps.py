@@ -101,6 +101,18 @@ def test_a_sweep_in_the_folder_of_an_earlier_one_summarises_its_own_jobs_only(tm
     assert "1 jobs, 1 failed" in (sweep / "summary.md").read_text()
 
 
+@pytest.mark.slow
+def test_a_job_refused_as_bad_input_fails_in_the_columns_it_planned(tmp_path):
+    """A job the run refuses before it starts still names the layers it would have inverted: the summary shows them
+    failed, not one unnamed column."""
+    sweep = tmp_path / "sweep"
+    res = repinv("-m", "model=vit_tiny", "layers=[0,1],patch_embed", "optimizer.lr=-1", "steps=2", "logger=none",
+                 f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 1, "a sweep whose jobs failed exits 1"
+    cells = [(r["job"], r["column"], r["status"]) for r in _csv(sweep / "summary.csv")]
+    assert cells == [("0", "L0", "failed"), ("0", "L1", "failed"), ("1", "patch_embed", "failed")]
+
+
 def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     """Jobs that crashed (status crashed, or no metrics.json at all) show as failed, not missing."""
     from repinv.reporting.summary import main
@@ -114,8 +126,8 @@ def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     (sweep / "1" / "metrics.json").write_text(json.dumps([{**r, "status": "crashed"} for r in records]))
     (sweep / "2" / ".hydra").mkdir(parents=True)
     (sweep / "2" / ".hydra" / "overrides.yaml").write_text("- model=vit_tiny\n- layers=1\n- seed=2\n")
-    (sweep / "2" / ".hydra" / "config.yaml").write_text(  # as Hydra writes it before the job runs
-        "layers: 1\nobjective:\n  _target_: repinv.objectives.layer.LayerInversion\n  layers: ${layers}\n")
+    (sweep / "2" / "config.yaml").write_text(  # as the run writes it once its settings are accepted
+        "layers: 1\nobjective:\n  _target_: repinv.objectives.layer.LayerInversion\n  layers: 1\n")
     assert main([str(sweep)]) == 1
     rows = {r["job"]: r for r in _csv(sweep / "summary.csv")}
     assert rows["0"]["status"] == "finished" and rows["0"]["condition"] == "seed=0"

@@ -34,16 +34,17 @@ FULL_ERROR = "HYDRA_FULL_ERROR"
 CLI_EXAMPLE = "repinv model=vit_tiny 'layers=[0,5]' steps=100"
 
 
-def report(err: RepinvError, out_dir: str | None, multirun: bool) -> None:
-    """Print the user's error as one paragraph and keep it, with Hydra's files, beside the run's other files
-    (a sweep's summary reads them). A single run leaves a folder that holds an earlier run as it was; a sweep's job
-    keeps its error there too, so the summary reports this job as failed."""
+def report(err: RepinvError, out_dir: str | None, multirun: bool, cfg: DictConfig) -> None:
+    """Print the user's error as one paragraph and keep it, with Hydra's files and the job's config, beside the run's
+    other files (a sweep's summary reads them: the config names the cells the job would have filled). A single run
+    leaves a folder that holds an earlier run as it was; a sweep's job keeps its error there too, so the summary
+    reports this job as failed."""
     text = paragraph("repinv", err)
     print(text, file=sys.stderr)
     if out_dir and (multirun or not holds_run(Path(out_dir))):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / ERROR_FILE).write_text(str(err) + "\n")
-        record_hydra(Path(out_dir))
+        record_hydra(Path(out_dir), cfg)
 
 
 def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
@@ -63,7 +64,7 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     except RepinvError as err:
         if cfg.get("debug"):
             raise
-        report(err, hc.runtime.output_dir, multirun)
+        report(err, hc.runtime.output_dir, multirun, cfg)
         if not multirun:
             sys.exit(2)
     except Exception as err:
