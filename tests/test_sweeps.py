@@ -113,6 +113,18 @@ def test_a_job_refused_as_bad_input_fails_in_the_columns_it_planned(tmp_path):
     assert cells == [("0", "L0", "failed"), ("0", "L1", "failed"), ("1", "patch_embed", "failed")]
 
 
+@pytest.mark.slow
+def test_a_failed_job_names_the_last_layer_as_a_finished_one_does(tmp_path):
+    """layers=-1: the job that failed plans the column the finished job's records name (the stem surgery adds a layer
+    in front of the two blocks, so -1 is L2), and the summary holds that one column."""
+    sweep = tmp_path / "sweep"
+    res = repinv("-m", "model=vit_tiny", "surgery=resnet_stem", "layers=-1", "optimizer.lr=0.05,-1", "steps=2",
+                 "logger=none", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 1, "a sweep with a failed job exits 1"
+    cells = [(r["job"], r["column"], r["status"]) for r in _csv(sweep / "summary.csv")]
+    assert cells == [("0", "L2", "finished"), ("1", "L2", "failed")]
+
+
 def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     """Jobs that crashed (status crashed, or no metrics.json at all) show as failed, not missing."""
     from repinv.reporting.summary import main
