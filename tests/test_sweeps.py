@@ -270,6 +270,29 @@ def test_optuna_search_minimises_the_mean_output_l2(tmp_path):
     assert len(_csv(sweep / "summary.csv")) == 2
 
 
+@pytest.mark.slow
+def test_an_optuna_search_goes_on_past_a_failed_trial_and_ends_with_its_summary(tmp_path):
+    """A job the run refuses is a failed trial: the search goes on, the summary marks the job failed and the sweep
+    exits 1; where every trial failed, the summary is still written, without best values."""
+    import yaml
+
+    search = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "steps=choice(2,3)", "model=vit_tiny",
+              "layers=[0]", "logger=none"]
+    sweep = tmp_path / "some"
+    res = repinv(*search, "seed=0", "optimizer.lr=choice(0.05,-1)", f"hydra.sweep.dir={sweep}")  # seed 0 draws both
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    status = {r["job"]: r["status"] for r in _csv(sweep / "summary.csv")}
+    assert sorted(status.values()) == ["failed", "finished"]
+    [done] = [job for job, s in status.items() if s == "finished"]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    assert best == pytest.approx(read_metrics(sweep / done)[0]["output_l2"], rel=1e-6)
+    none = tmp_path / "none"
+    res = repinv(*search, "optimizer.lr=-1", f"hydra.sweep.dir={none}")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "2 jobs, 2 failed" in (none / "summary.md").read_text() and (none / "summary.png").is_file()
+    assert not (none / "optimization_results.yaml").exists()
+
+
 def test_devices_inside_a_local_multirun_are_refused(tmp_path, monkeypatch):
     """Lightning would re-run the whole `-m` command for each extra process: refuse with a clear error."""
     from types import SimpleNamespace

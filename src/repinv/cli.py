@@ -4,6 +4,7 @@ Hydra command shares (`repinv-diagnose` too): `run_task` around the job, `comman
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import traceback
@@ -81,10 +82,11 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
-def app(cfg: DictConfig) -> float:
-    """Run one job and return its score (what Hydra's Optuna sweeper minimises; NaN for a failed job of a multirun)."""
+def app(cfg: DictConfig) -> float | None:
+    """Run one job and return its score, what Hydra's Optuna sweeper optimises; None where a job of a multirun failed
+    or has no score, which the sweeper counts as a failed trial (a NaN would end the search)."""
     result = run_task(job, cfg)
-    return float("nan") if result is None else result.score
+    return None if result is None or math.isnan(result.score) else result.score
 
 
 def command(hydra_app: Callable[[], object], example: str) -> None:
