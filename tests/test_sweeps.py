@@ -15,6 +15,7 @@ from PIL import Image
 
 import wandb_reader
 from conftest import REPO, TINY, compose_cfg, read_metrics
+from repinv.reporting.summary import SWEEP_ID
 
 FAST = ["model=vit_tiny", "optimizer.lr=1.0", "steps=12", "log_every=4", "image_every=6"]
 
@@ -39,7 +40,7 @@ def _check_sweep(sweep, layers):
         runs = wandb_reader.find_runs(sweep / str(job))
         assert len(runs) == 1, f"job {job} must have exactly one W&B run, found {runs}"
         info = wandb_reader.run_info(runs[0])
-        assert info["group"] == sweep.name and info["job_type"] == "layer"
+        assert info["group"] == f"{sweep.name}-{(sweep / SWEEP_ID).read_text()[:8]}" and info["job_type"] == "layer"
         assert {"vit_tiny", "untrained"} <= set(info["tags"])
         tables = [h["results"] for h in wandb_reader.history(runs[0]) if "results" in h]
         assert tables and tables[0]["_type"] == "table-file" and tables[0]["nrows"] == 1
@@ -99,6 +100,21 @@ def test_a_sweep_in_the_folder_of_an_earlier_one_summarises_its_own_jobs_only(tm
     assert row["job"] == "0" and row["status"] == "failed" and "optimizer.lr=-0.05" in row["error"]
     assert not row.get("psnr"), "no number of the earlier run"
     assert "1 jobs, 1 failed" in (sweep / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_sweep_run_again_in_its_folder_groups_and_uploads_its_own_wandb_runs(tmp_path):
+    """The earlier sweep's offline W&B runs stay in the job folders, but the later sweep's runs form a W&B group of
+    their own, and the `wandb sync` command it prints names those runs only."""
+    sweep, quick = tmp_path / "sweep", ["model=vit_tiny", "steps=2", "layers=[0]", "logger=wandb"]
+    assert repinv("-m", *quick, "seed=0,1", f"hydra.sweep.dir={sweep}").returncode == 0
+    res = repinv("-m", *quick, "seed=2", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    groups = {run.parent: wandb_reader.run_info(run)["group"] for run in wandb_reader.find_runs(sweep)}
+    later = f"{sweep.name}-{(sweep / SWEEP_ID).read_text()[:8]}"
+    assert sorted(groups.values()).count(later) == 1 and len(set(groups.values())) == 2, groups
+    [command] = [line.split("`")[1] for line in res.stdout.splitlines() if "wandb sync" in line]
+    assert command.split()[2:] == [str(run) for run, group in groups.items() if group == later]
 
 
 @pytest.mark.slow

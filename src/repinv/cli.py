@@ -23,8 +23,8 @@ from repinv.conf import respell_all
 from repinv.engine.pipeline import holds_run, record_hydra
 from repinv.errors import RepinvError, RunAborted, paragraph
 from repinv.reporting.results import ERROR_FILE
-from repinv.reporting.summary import join_sweep, report as summary_report, start_sweep, summarize
-from repinv.reporting.wandb_logger import announce_offline_sweep
+from repinv.reporting.summary import join_sweep, report as summary_report, start_sweep, summarize, written_by_jobs
+from repinv.reporting.wandb_logger import OFFLINE_RUNS, announce_offline_sweep
 
 log = logging.getLogger("repinv")
 
@@ -132,7 +132,7 @@ def main() -> None:
 
 class SweepSummary(Callback):
     """At the start of a multirun its id (its jobs carry it); at the end the summary of its jobs, the W&B sync
-    command, exit 1 if a job failed."""
+    command for their offline runs, exit 1 if a job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         start_sweep(str(config.hydra.sweep.dir))
@@ -145,7 +145,7 @@ class SweepSummary(Callback):
             log.warning("no sweep summary: %s", err)
             return
         print(summary_report(out))
-        announce_offline_sweep(sweep_dir)
+        announce_offline_sweep(written_by_jobs(out["jobs"], OFFLINE_RUNS))
         if out["failed"]:
             sys.exit(1)
 

@@ -49,7 +49,7 @@ from repinv.objectives import Objective
 from repinv.reporting.callbacks import CHECKPOINT_DIR, LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal, last_checkpoint
 from repinv.reporting.loggers import make_loggers
 from repinv.reporting.results import METRICS_FILE
-from repinv.reporting.summary import score
+from repinv.reporting.summary import score, sweep_id
 from repinv.reporting.wandb_logger import WANDB_ID, WandbFinished
 
 log = logging.getLogger(__name__)
@@ -234,9 +234,13 @@ def _hydra():
 
 
 def sweep_name() -> str | None:
-    """The sweep folder's name inside a multirun job (the W&B group), else None."""
+    """Inside a multirun job the W&B group: the sweep folder's name, with the sweep's id where the job carries one (a
+    sweep run again in the same folder is a group of its own); else None."""
     hc = _hydra()
-    return Path(str(hc.sweep.dir)).name if hc is not None and hc.mode == RunMode.MULTIRUN else None
+    if hc is None or hc.mode != RunMode.MULTIRUN:
+        return None
+    own = sweep_id(Path(hc.runtime.output_dir))
+    return "-".join([Path(str(hc.sweep.dir)).name, *([own[:8]] if own else [])])
 
 
 def job_device(job_num: int, n_gpus: int) -> int:
