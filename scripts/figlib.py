@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -93,6 +93,13 @@ def panel_run(panel: Panel, experiment: str, args) -> Run:
     return study.run_for(args.out / ("smoke" if args.smoke else ""), overrides)
 
 
+def ran_label(panel: Panel, run: Run) -> str:
+    """The panel's label, saying how many steps ran where --steps or --smoke replaced the panel's own `steps=` (its
+    label names that setting, which then did not run)."""
+    own, ran = study.value(panel.overrides, "steps"), study.value(run.overrides, "steps")
+    return panel.label if own in (None, ran) else f"{panel.label} (ran {ran} steps)"
+
+
 def _reconstruction_rows(panel: Panel, status: str, run_dir: Path, records: list[dict]) -> tuple[list, list[dict]]:
     """A row per target image, named by it where the run has several: the target, then each of its reconstructions
     titled with its column and caption; one CSV row per record."""
@@ -166,6 +173,7 @@ def main(name: str, title: str, experiment: str, panels: list[Panel], argv=None)
     out = args.out / ("smoke" if args.smoke else "")
     started = time.perf_counter()
     runs = run_panels(panels, experiment, args)
+    panels = [replace(panel, label=ran_label(panel, run)) for panel, run in zip(panels, runs)]
     results = {panel.label: (run.status, run.folder, weights(panel, args)[0]) for panel, run in zip(panels, runs)}
     png, csv_path = assemble(name, title, panels, results, out)
     print(png)

@@ -167,3 +167,23 @@ def test_figure_photographs_are_repeatable_and_their_paths_reach_the_run_whole(t
     run = figlib.panel_run(figlib.Panel("vit", []), "fig_vit_b_32_conv", args)
     [image] = [o for o in run.overrides if o.startswith("image=")]
     assert list(compose_cfg([image], tmp_path).image) == ["my photos/cat (1).png", "chelsea"]
+
+
+def test_a_panel_whose_own_steps_were_replaced_says_how_many_ran(tmp_path):
+    """--steps 7 runs both of the trained-input figure's panels (1,500 and 105,000 steps) for 7 steps: their labels
+    say so, and a panel without steps of its own keeps its label."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import figlib
+    from fig_vit_trainedinput_untrained import PANELS
+
+    args = figlib.parser("figure").parse_args(["--steps", "7", "--out", str(tmp_path)])
+    labels = [figlib.ran_label(p, figlib.panel_run(p, "fig_trained_input", args)) for p in PANELS]
+    assert labels == ["1,500 steps (ran 7 steps)", "105,000 steps (ran 7 steps)"]
+    own = figlib.parser("figure").parse_args(["--out", str(tmp_path)])
+    assert [figlib.ran_label(p, figlib.panel_run(p, "fig_trained_input", own)) for p in PANELS] == [p.label for p in PANELS]
+    plain = figlib.Panel("vit", ["model=vit_tiny"])
+    assert figlib.ran_label(plain, figlib.panel_run(plain, "fig_trained_input", args)) == "vit"

@@ -15,6 +15,7 @@ from PIL import Image
 
 import wandb_reader
 from conftest import REPO, TINY, compose_cfg, read_metrics
+from repinv.reporting.summary import SWEEP_ID
 
 FAST = ["model=vit_tiny", "optimizer.lr=1.0", "steps=12", "log_every=4", "image_every=6"]
 
@@ -39,7 +40,7 @@ def _check_sweep(sweep, layers):
         runs = wandb_reader.find_runs(sweep / str(job))
         assert len(runs) == 1, f"job {job} must have exactly one W&B run, found {runs}"
         info = wandb_reader.run_info(runs[0])
-        assert info["group"] == sweep.name and info["job_type"] == "layer"
+        assert info["group"] == f"{sweep.name}-{(sweep / SWEEP_ID).read_text()[:8]}" and info["job_type"] == "layer"
         assert {"vit_tiny", "untrained"} <= set(info["tags"])
         tables = [h["results"] for h in wandb_reader.history(runs[0]) if "results" in h]
         assert tables and tables[0]["_type"] == "table-file" and tables[0]["nrows"] == 1
@@ -101,6 +102,45 @@ def test_a_sweep_in_the_folder_of_an_earlier_one_summarises_its_own_jobs_only(tm
     assert "1 jobs, 1 failed" in (sweep / "summary.md").read_text()
 
 
+@pytest.mark.slow
+def test_a_sweep_run_again_in_its_folder_groups_and_uploads_its_own_wandb_runs(tmp_path):
+    """The earlier sweep's offline W&B runs stay in the job folders, but the later sweep's runs form a W&B group of
+    their own, and the `wandb sync` command it prints names those runs only."""
+    sweep, quick = tmp_path / "sweep", ["model=vit_tiny", "steps=2", "layers=[0]", "logger=wandb"]
+    assert repinv("-m", *quick, "seed=0,1", f"hydra.sweep.dir={sweep}").returncode == 0
+    res = repinv("-m", *quick, "seed=2", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    groups = {run.parent: wandb_reader.run_info(run)["group"] for run in wandb_reader.find_runs(sweep)}
+    later = f"{sweep.name}-{(sweep / SWEEP_ID).read_text()[:8]}"
+    assert sorted(groups.values()).count(later) == 1 and len(set(groups.values())) == 2, groups
+    [command] = [line.split("`")[1] for line in res.stdout.splitlines() if "wandb sync" in line]
+    assert command.split()[2:] == [str(run) for run, group in groups.items() if group == later]
+
+
+@pytest.mark.slow
+def test_a_job_refused_as_bad_input_fails_in_the_columns_it_planned(tmp_path):
+    """A job the run refuses before it starts still names the layers it would have inverted: the summary shows them
+    failed, not one unnamed column."""
+    sweep = tmp_path / "sweep"
+    res = repinv("-m", "model=vit_tiny", "layers=[0,1],patch_embed", "optimizer.lr=-1", "steps=2", "logger=none",
+                 f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 1, "a sweep whose jobs failed exits 1"
+    cells = [(r["job"], r["column"], r["status"]) for r in _csv(sweep / "summary.csv")]
+    assert cells == [("0", "L0", "failed"), ("0", "L1", "failed"), ("1", "patch_embed", "failed")]
+
+
+@pytest.mark.slow
+def test_a_failed_job_names_the_last_layer_as_a_finished_one_does(tmp_path):
+    """layers=-1: the job that failed plans the column the finished job's records name (the stem surgery adds a layer
+    in front of the two blocks, so -1 is L2), and the summary holds that one column."""
+    sweep = tmp_path / "sweep"
+    res = repinv("-m", "model=vit_tiny", "surgery=resnet_stem", "layers=-1", "optimizer.lr=0.05,-1", "steps=2",
+                 "logger=none", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 1, "a sweep with a failed job exits 1"
+    cells = [(r["job"], r["column"], r["status"]) for r in _csv(sweep / "summary.csv")]
+    assert cells == [("0", "L2", "finished"), ("1", "L2", "failed")]
+
+
 def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     """Jobs that crashed (status crashed, or no metrics.json at all) show as failed, not missing."""
     from repinv.reporting.summary import main
@@ -114,8 +154,8 @@ def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     (sweep / "1" / "metrics.json").write_text(json.dumps([{**r, "status": "crashed"} for r in records]))
     (sweep / "2" / ".hydra").mkdir(parents=True)
     (sweep / "2" / ".hydra" / "overrides.yaml").write_text("- model=vit_tiny\n- layers=1\n- seed=2\n")
-    (sweep / "2" / ".hydra" / "config.yaml").write_text(  # as Hydra writes it before the job runs
-        "layers: 1\nobjective:\n  _target_: repinv.objectives.layer.LayerInversion\n  layers: ${layers}\n")
+    (sweep / "2" / "config.yaml").write_text(  # as the run writes it once its settings are accepted
+        "layers: 1\nobjective:\n  _target_: repinv.objectives.layer.LayerInversion\n  layers: 1\n")
     assert main([str(sweep)]) == 1
     rows = {r["job"]: r for r in _csv(sweep / "summary.csv")}
     assert rows["0"]["status"] == "finished" and rows["0"]["condition"] == "seed=0"
@@ -244,6 +284,29 @@ def test_optuna_search_minimises_the_mean_output_l2(tmp_path):
     scores = [read_metrics(sweep / str(job))[0]["output_l2"] for job in range(2)]
     assert best == pytest.approx(min(scores), rel=1e-6)
     assert len(_csv(sweep / "summary.csv")) == 2
+
+
+@pytest.mark.slow
+def test_an_optuna_search_goes_on_past_a_failed_trial_and_ends_with_its_summary(tmp_path):
+    """A job the run refuses is a failed trial: the search goes on, the summary marks the job failed and the sweep
+    exits 1; where every trial failed, the summary is still written, without best values."""
+    import yaml
+
+    search = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "steps=choice(2,3)", "model=vit_tiny",
+              "layers=[0]", "logger=none"]
+    sweep = tmp_path / "some"
+    res = repinv(*search, "seed=0", "optimizer.lr=choice(0.05,-1)", f"hydra.sweep.dir={sweep}")  # seed 0 draws both
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    status = {r["job"]: r["status"] for r in _csv(sweep / "summary.csv")}
+    assert sorted(status.values()) == ["failed", "finished"]
+    [done] = [job for job, s in status.items() if s == "finished"]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    assert best == pytest.approx(read_metrics(sweep / done)[0]["output_l2"], rel=1e-6)
+    none = tmp_path / "none"
+    res = repinv(*search, "optimizer.lr=-1", f"hydra.sweep.dir={none}")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "2 jobs, 2 failed" in (none / "summary.md").read_text() and (none / "summary.png").is_file()
+    assert not (none / "optimization_results.yaml").exists()
 
 
 def test_devices_inside_a_local_multirun_are_refused(tmp_path, monkeypatch):

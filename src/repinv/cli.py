@@ -4,6 +4,7 @@ Hydra command shares (`repinv-diagnose` too): `run_task` around the job, `comman
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import traceback
@@ -22,8 +23,8 @@ from repinv.conf import respell_all
 from repinv.engine.pipeline import holds_run, record_hydra
 from repinv.errors import RepinvError, RunAborted, paragraph
 from repinv.reporting.results import ERROR_FILE
-from repinv.reporting.summary import join_sweep, report as summary_report, start_sweep, summarize
-from repinv.reporting.wandb_logger import announce_offline_sweep
+from repinv.reporting.summary import join_sweep, report as summary_report, start_sweep, summarize, written_by_jobs
+from repinv.reporting.wandb_logger import OFFLINE_RUNS, announce_offline_sweep
 
 log = logging.getLogger("repinv")
 
@@ -34,16 +35,17 @@ FULL_ERROR = "HYDRA_FULL_ERROR"
 CLI_EXAMPLE = "repinv model=vit_tiny 'layers=[0,5]' steps=100"
 
 
-def report(err: RepinvError, out_dir: str | None, multirun: bool) -> None:
-    """Print the user's error as one paragraph and keep it, with Hydra's files, beside the run's other files
-    (a sweep's summary reads them). A single run leaves a folder that holds an earlier run as it was; a sweep's job
-    keeps its error there too, so the summary reports this job as failed."""
+def report(err: RepinvError, out_dir: str | None, multirun: bool, cfg: DictConfig) -> None:
+    """Print the user's error as one paragraph and keep it, with Hydra's files and the job's config, beside the run's
+    other files (a sweep's summary reads them: the config names the cells the job would have filled). A single run
+    leaves a folder that holds an earlier run as it was; a sweep's job keeps its error there too, so the summary
+    reports this job as failed."""
     text = paragraph("repinv", err)
     print(text, file=sys.stderr)
     if out_dir and (multirun or not holds_run(Path(out_dir))):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / ERROR_FILE).write_text(str(err) + "\n")
-        record_hydra(Path(out_dir))
+        record_hydra(Path(out_dir), cfg)
 
 
 def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
@@ -63,7 +65,7 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     except RepinvError as err:
         if cfg.get("debug"):
             raise
-        report(err, hc.runtime.output_dir, multirun)
+        report(err, hc.runtime.output_dir, multirun, cfg)
         if not multirun:
             sys.exit(2)
     except Exception as err:
@@ -80,10 +82,11 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
-def app(cfg: DictConfig) -> float:
-    """Run one job and return its score (what Hydra's Optuna sweeper minimises; NaN for a failed job of a multirun)."""
+def app(cfg: DictConfig) -> float | None:
+    """Run one job and return its score, what Hydra's Optuna sweeper optimises; None where a job of a multirun failed
+    or has no score, which the sweeper counts as a failed trial (a NaN would end the search)."""
     result = run_task(job, cfg)
-    return float("nan") if result is None else result.score
+    return None if result is None or math.isnan(result.score) else result.score
 
 
 def command(hydra_app: Callable[[], object], example: str) -> None:
@@ -129,7 +132,7 @@ def main() -> None:
 
 class SweepSummary(Callback):
     """At the start of a multirun its id (its jobs carry it); at the end the summary of its jobs, the W&B sync
-    command, exit 1 if a job failed."""
+    command for their offline runs, exit 1 if a job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         start_sweep(str(config.hydra.sweep.dir))
@@ -142,7 +145,7 @@ class SweepSummary(Callback):
             log.warning("no sweep summary: %s", err)
             return
         print(summary_report(out))
-        announce_offline_sweep(sweep_dir)
+        announce_offline_sweep(written_by_jobs(out["jobs"], OFFLINE_RUNS))
         if out["failed"]:
             sys.exit(1)
 

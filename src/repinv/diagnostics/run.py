@@ -33,7 +33,7 @@ from repinv.models import LoadedModel
 from repinv.models.taps import resolve_layer
 from repinv.reporting.loggers import make_loggers
 from repinv.reporting.results import METRICS_FILE, read_records
-from repinv.reporting.wandb_logger import WandbFinished, announce_offline_sweep
+from repinv.reporting.wandb_logger import OFFLINE_RUNS, WandbFinished, announce_offline_sweep
 
 log = logging.getLogger("repinv.diagnose")
 EXAMPLE = "repinv-diagnose model=vit_tiny 'layers=[0,5]' diagnostics.nonunique.seeds=0"
@@ -180,7 +180,7 @@ class DiagnoseSweepEnd(Callback):
             print(
                 f"diagnostics of {len(records)} (variant, layer, image) in {write_table(records, sweep_dir / 'diagnostics.csv')}"
             )
-        announce_offline_sweep(sweep_dir)
+        announce_offline_sweep(sorted(sweep_dir.glob(f"*/{OFFLINE_RUNS}")))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ pieces it assembles know nothing of Hydra.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -19,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
@@ -48,7 +49,7 @@ from repinv.objectives import Objective
 from repinv.reporting.callbacks import CHECKPOINT_DIR, LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal, last_checkpoint
 from repinv.reporting.loggers import make_loggers
 from repinv.reporting.results import METRICS_FILE
-from repinv.reporting.summary import score
+from repinv.reporting.summary import score, sweep_id
 from repinv.reporting.wandb_logger import WANDB_ID, WandbFinished
 
 log = logging.getLogger(__name__)
@@ -233,9 +234,13 @@ def _hydra():
 
 
 def sweep_name() -> str | None:
-    """The sweep folder's name inside a multirun job (the W&B group), else None."""
+    """Inside a multirun job the W&B group: the sweep folder's name, with the sweep's id where the job carries one (a
+    sweep run again in the same folder is a group of its own); else None."""
     hc = _hydra()
-    return Path(str(hc.sweep.dir)).name if hc is not None and hc.mode == RunMode.MULTIRUN else None
+    if hc is None or hc.mode != RunMode.MULTIRUN:
+        return None
+    own = sweep_id(Path(hc.runtime.output_dir))
+    return "-".join([Path(str(hc.sweep.dir)).name, *([own[:8]] if own else [])])
 
 
 def job_device(job_num: int, n_gpus: int) -> int:
@@ -316,6 +321,20 @@ def build_model(cfg: DictConfig, surgery: dict | None = None) -> LoadedModel:
     """The configured model after the configured surgery, plus `surgery` (more operations by name, e.g. an ablation's)."""
     ops = {**(cfg.get("surgery") or {}), **(surgery or {})}
     return apply_surgery(build(cfg.model), {k: build(op, f"surgery.{k}") for k, op in ops.items()})
+
+
+UNTRAINED = {"pretrained": False, "weights": None, "checkpoint": None}  # the model settings that load trained weights, off
+
+
+def architecture(cfg: DictConfig) -> LoadedModel:
+    """The configured model after its surgery, untrained and on the meta device: its structure (what layer indices
+    name) without the time and files its weights would take."""
+    plain = copy.deepcopy(cfg)
+    with open_dict(plain.model):
+        plain.model.merge_with({k: v for k, v in UNTRAINED.items() if k in plain.model})
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a transplant of untrained weights says they are untrained
+        return build_model(plain)
 
 
 def check_schedule(cfg: DictConfig, optimizer, scheduler) -> None:

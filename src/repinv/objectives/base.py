@@ -140,6 +140,6 @@ class Objective(nn.Module):
 
     @classmethod
     def plan(cls, cfg) -> list[dict]:
-        """The records a run of this objective's config node would write, as far as the config tells
-        without a model (the cells of a sweep job that failed before it wrote any); [] if unknown."""
+        """The records a run of this objective's config node would write, as far as the job's config tells
+        without running it (the cells of a sweep job that failed before it wrote any); [] if unknown."""
         return []

@@ -101,15 +101,22 @@ def join_sweep(sweep_dir: str | Path, job_dir: str | Path) -> None:
         (job / SWEEP_ID).write_text(sweep.read_text())
 
 
-def _sweep_id(folder: Path) -> str | None:
+def sweep_id(folder: Path) -> str | None:
+    """The id of the sweep that ran last in a sweep folder, or that a job folder's job belongs to; None if unmarked."""
     mark = folder / SWEEP_ID
     return mark.read_text().strip() if mark.is_file() else None
 
 
 def _written_by_job(path: Path, job: Path) -> bool:
-    """Whether file `path` was written by the job that last ran in folder `job` (not left by an earlier run there)."""
+    """Whether `path` (a file or folder) was written by the job that last ran in folder `job`, not left by an earlier
+    run there."""
     mark = job / SWEEP_ID
-    return path.is_file() and (not mark.is_file() or path.stat().st_mtime >= mark.stat().st_mtime)
+    return path.exists() and (not mark.is_file() or path.stat().st_mtime >= mark.stat().st_mtime)
+
+
+def written_by_jobs(jobs: list[Job], pattern: str) -> list[Path]:
+    """What the jobs themselves left in their folders under the glob `pattern`, without what earlier runs there left."""
+    return [p for job in jobs for p in sorted(job.path.glob(pattern)) if _written_by_job(p, job.path)]
 
 
 def read_job(path: Path) -> Job:
@@ -139,9 +146,9 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
     with a sweep id, those that carry it)."""
     root = Path(sweep_dir)
     marks = (".hydra", METRICS_FILE, ERROR_FILE, "config.yaml")
-    own = _sweep_id(root)
+    own = sweep_id(root)
     folders = [p for p in root.iterdir() if p.is_dir() and any((p / m).exists() for m in marks)
-               and own in (None, _sweep_id(p))]
+               and own in (None, sweep_id(p))]
     jobs = [read_job(p) for p in sorted(folders, key=_job_number)]
     keys = dict.fromkeys(override_key(o) for j in jobs for o in j.overrides)
     swept = [k for k in keys if k not in SWEPT_COLUMNS and len({j.override(k) for j in jobs}) > 1]

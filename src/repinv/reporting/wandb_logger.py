@@ -19,6 +19,7 @@ from repinv.engine.runinfo import RunInfo
 
 WANDB_ID = "wandb_run_id"  # the checkpoint's key for the W&B run a resumed run continues
 STEP_KEY = "trainer/global_step"  # the column Lightning's WandbLogger logs each row's step under
+OFFLINE_RUNS = "wandb/offline-run-*"  # in a run folder: the folders of its offline W&B runs
 LAST_STEP = "repinv-last-step"  # written into an offline run's folder once W&B finished it: the last step it holds
 
 
@@ -96,10 +97,10 @@ class WandbFinished:
             print(f"W&B offline run: upload it with `wandb sync {self.offline}`")
 
 
-def announce_offline_sweep(sweep_dir: Path) -> None:
-    """Print how to upload a sweep's offline W&B runs, if its jobs left any."""
-    if any(sweep_dir.glob("*/wandb/offline-run-*")):
-        print(f"W&B offline runs: upload with `wandb sync {sweep_dir}/*/wandb/offline-run-*`")
+def announce_offline_sweep(runs: list[Path]) -> None:
+    """Print how to upload a sweep's offline W&B runs (the folders of those its jobs left), if there are any."""
+    if runs:
+        print(f"W&B offline runs: upload with `wandb sync {' '.join(str(run) for run in runs)}`")
 
 
 class WandbRunId(pl.Callback):
