@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from repinv.errors import RepinvError
+from repinv.inputs.images import TargetImage
 from repinv.metrics import HEADLINE
 from repinv.models.taps import LayerTap, SharedPass, layer_label, resolve_layers, tap_outputs
 from repinv.objectives.base import Objective, positive, target_seed
@@ -49,6 +50,13 @@ def _seconds(step: Callable[[], None], device: torch.device) -> float:
     step()
     synchronize(device)
     return time.perf_counter() - start
+
+
+def noise_shift(seed: int, image: TargetImage) -> torch.Tensor:
+    """The unit noise ε of an image's accuracy bar ‖O(a) − O(a + ε/18)‖: drawn from the seed and the image's name
+    only, so the bar is the same whichever images share the run."""
+    gen = torch.Generator().manual_seed(target_seed(seed, "noise-shift", image.name))
+    return torch.randn(image.pixels.shape, generator=gen)
 
 
 class LayerInversion(Objective):
@@ -91,8 +99,7 @@ class LayerInversion(Objective):
         by `prepare`."""
         self.taps = resolve_layers(net, self.layer_specs)
         pixels = torch.stack([im.pixels for im in images])
-        gen = torch.Generator().manual_seed(target_seed(seed, "noise-shift"))
-        shifted = pixels + torch.randn(pixels.shape, generator=gen) * self.noise_std
+        shifted = pixels + torch.stack([noise_shift(seed, im) for im in images]) * self.noise_std
         dev = next(net.parameters()).device
         self.register_buffer("shifted", shifted.to(dev), persistent=False)
         x = prep(pixels.to(dev))
