@@ -152,6 +152,7 @@ CASES = {
     "a setting that does not resolve": (["steps=${{no_such_key}}"], "steps: its value does not resolve (Interpolation key"),
     "one unit twice": (["objective=feature", "objective.units=[3,3]"], "objective.units=[3, 3] names unit 3 more than once"),
     "one class twice": (["objective=class", "classes=[134,tench,0]"], "names class 0 more than once"),
+    "one layer twice": (["layers=[1,blocks.1]"], "names layer blocks.1 more than once"),
 }
 
 # Refused by Hydra's composition, before any run folder exists.

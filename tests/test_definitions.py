@@ -77,14 +77,15 @@ def test_layer_loss_is_0_15_times_the_summed_absolute_difference_per_target():
 
 # -- the noise-shift baseline ---------------------------------------------------------------
 def test_noise_shift_baseline_is_the_output_distance_under_seeded_noise_of_std_1_18():
-    """‖O(a) − O(a + 1/18·ε)‖ with ε drawn from the run seed's `noise-shift` stream; O the patch embedding, a linear map."""
+    """‖O(a) − O(a + 1/18·ε)‖ with ε drawn from the run seed's `noise-shift` stream of the image; O the patch embedding,
+    a linear map."""
     net = vit()
     image = TargetImage(name="a", pixels=torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))[0])
     objective = LayerInversion(["patch_embed"])
     assert objective.noise_std == pytest.approx(1 / 18)
     objective.setup(net, identity, [image], seed=3)
     objective.prepare(net)
-    eps = torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(target_seed(3, "noise-shift")))
+    eps = torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(target_seed(3, "noise-shift", "a")))
     conv = net.patch_embed.proj
     expected = F.conv2d(eps / 18, conv.weight, stride=conv.stride).norm()  # linear: the bias and the image cancel
     assert objective.noise_shift_l2.item() == pytest.approx(expected.item(), rel=1e-4)
@@ -92,6 +93,20 @@ def test_noise_shift_baseline_is_the_output_distance_under_seeded_noise_of_std_1
     other.setup(net, identity, [image], seed=4)
     other.prepare(net)
     assert other.noise_shift_l2.item() != pytest.approx(expected.item(), rel=1e-4), "the draw depends on the seed"
+
+
+def test_an_images_noise_shift_baseline_does_not_depend_on_the_other_images_of_the_run():
+    """The accuracy bar of one photograph is the same alone and beside another (a verdict must not change with it)."""
+    net = vit()
+    gen = torch.Generator().manual_seed(1)
+    a, b = (TargetImage(name=n, pixels=torch.rand(3, 64, 64, generator=gen)) for n in "ab")
+    bars = []
+    for images in ([a], [b, a]):
+        objective = LayerInversion(["patch_embed"])
+        objective.setup(net, identity, images, seed=3)
+        objective.prepare(net)
+        bars.append(objective.noise_shift_l2[images.index(a)].item())
+    assert bars[0] == pytest.approx(bars[1], rel=1e-6)
 
 
 def test_accurate_means_output_distance_below_the_noise_shift_baseline():

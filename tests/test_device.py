@@ -84,22 +84,23 @@ class LeftBehind(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         tensors = [t for t in tree_flatten((args, kwargs or {}))[0] if isinstance(t, torch.Tensor)]
-        cpu = [t for t in tensors if t.device.type == "cpu" and t.numel() > 1]
+        cpu = [t for t in tensors if t.device.type == "cpu" and t.numel() > 1 and t.layout == torch.strided]
         mixed = cpu and any(t.device.type != "cpu" for t in tensors)
         if mixed or any(t.untyped_storage().data_ptr() in self.held for t in cpu):
             self.ops.append(f"{func} on {[(tuple(t.shape), str(t.device)) for t in tensors]}")
         return func(*args, **(kwargs or {}))
 
 
-def step_on(m: ImageOptimization, device: str, step: int = 1) -> list[str]:
-    """Move `m` to `device`, start it as a fit does (fp32) and take one non-log step; the ops that used left-behind tensors."""
+def step_on(m: ImageOptimization, device: str, step: int = 1, precision: str = "32-true", lr: float = 0.1) -> list[str]:
+    """Move `m` to `device`, start it as a fit does and take one non-log step (under bf16 inside autocast, as Lightning
+    runs it); the ops that used left-behind tensors."""
     m.to(device)
-    m._trainer = SimpleNamespace(precision="32-true", precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
-                                 global_step=step)
-    opt = torch.optim.SGD(m.image_param.parameters(), lr=0.1)
+    m._trainer = SimpleNamespace(precision=precision, global_step=step)
+    opt = torch.optim.SGD(m.image_param.parameters(), lr=lr)
     m.optimizers, m.lr_schedulers, m.manual_backward = (lambda: opt), (lambda: None), (lambda loss: loss.backward())
     m.on_fit_start()
-    with LeftBehind(held_tensors(m)) as watch:
+    mixed = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
+    with LeftBehind(held_tensors(m)) as watch, mixed:
         m.training_step(None, step)
     assert m.image_param.param.device.type == device
     return watch.ops
@@ -134,6 +135,19 @@ def test_each_parametrisation_steps_on_another_device(param):
 @pytest.mark.parametrize("priors", PRIORS)
 def test_each_prior_steps_on_another_device(priors):
     assert step_on(module(priors=PRIORS[priors]), "meta") == []
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_a_bf16_step_keeps_the_image_its_parametrisation_and_priors_in_fp32(param):
+    """Only the network's forward runs in bf16. With a zero rate a step changes the image through its priors alone
+    (blur, then the write-back to the parameter): a bf16 step must leave the image an fp32 step does."""
+    images = {}
+    for precision in ("32-true", "bf16-mixed"):
+        m = module(param=PARAMS[param], priors=[GaussianBlur()])
+        step_on(m, "cpu", precision=precision, lr=0.0)
+        images[precision] = m.canvas.image
+    assert images["bf16-mixed"].dtype == torch.float32
+    assert torch.equal(images["bf16-mixed"], images["32-true"])
 
 
 def test_a_module_built_around_a_network_already_on_its_device_steps_there():

@@ -194,7 +194,7 @@ def _logged(out, step: int) -> dict:
 
 def test_log_steps_report_the_centred_view_in_fp32(run_repinv):
     """With jitter the step's crop is shifted, but the logged psnr is that of the centre crop; under bf16 the
-    logged loss is the fp32 one."""
+    logged numbers are the fp32 ones, of the image rendered in fp32."""
     from repinv.inputs.images import load_images
     from repinv.metrics import psnr
 
@@ -216,11 +216,12 @@ def test_log_steps_report_the_centred_view_in_fp32(run_repinv):
     assert logged == pytest.approx(psnr(centre, ref).item(), abs=1e-4)
     assert abs(psnr(shifted, ref).item() - logged) > 1e-3
 
-    _, fp32 = run_repinv(*args, "steps=1", tiny=False, name="fp32")
-    _, bf16 = run_repinv(*args, "steps=1", "precision=bf16", tiny=False, name="bf16")
-    a, b = _logged(fp32, 0), _logged(bf16, 0)
-    for key in ("loss/chelsea/L0", "output_l2/chelsea/L0", "psnr/chelsea/L0"):
-        assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    for param in ("pixel", "fourier"):  # fourier: an image rendered from its parameter by matmuls
+        _, fp32 = run_repinv(*args, "steps=1", f"param={param}", tiny=False, name=f"fp32-{param}")
+        _, bf16 = run_repinv(*args, "steps=1", f"param={param}", "precision=bf16", tiny=False, name=f"bf16-{param}")
+        a, b = _logged(fp32, 0), _logged(bf16, 0)
+        for key in ("loss/chelsea/L0", "output_l2/chelsea/L0", "psnr/chelsea/L0", "ssim/chelsea/L0"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), (param, key)
 
 
 def test_collective_timeout_reaches_the_processes(tmp_path):

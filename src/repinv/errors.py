@@ -46,6 +46,14 @@ def is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def named_once(key: str, given: list, meant: list, what: str, hint: str = "") -> None:
+    """Refuse `given` settings of which two mean the same (`meant`, one each): a target named twice would be
+    optimised twice, counted twice in the loss, and its two records would share one image file."""
+    twice = [str(g) for i, g in enumerate(given) if meant[i] in meant[:i]]
+    if twice:
+        raise RepinvError(f"{key}={given} names {what} {', '.join(twice)} more than once; name each {what} once{hint}.")
+
+
 class SettingsError(RepinvError):
     """Bad values in named settings; `fields` lists their dotted config keys, for callers and tests."""
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from repinv.engine.precision import autocast_off
 from repinv.objectives import Objective
 
 
@@ -35,7 +36,7 @@ class Measuring:
     @torch.no_grad()
     def fp32(self, net: nn.Module, view: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The objective's losses and stats of `view` through `net` in fp32, autocast off."""
-        with torch.autocast(device_type=view.device.type, enabled=False):
+        with autocast_off(view.device):
             return self.objective(net, self.normalize(view.float()))
 
     @torch.no_grad()

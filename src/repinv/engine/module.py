@@ -12,7 +12,7 @@ from repinv.engine.canvas import Canvas
 from repinv.engine.divergence import Divergence
 from repinv.engine.identity import module_identity
 from repinv.engine.measuring import Measuring
-from repinv.engine.precision import StepNetwork, compile_forward, step_network
+from repinv.engine.precision import StepNetwork, autocast_off, compile_forward, step_network
 from repinv.engine.sharding import gather, gather_rows, gather_tensor, shard_bounds, take_checkpoint_rows, take_shard
 from repinv.errors import RepinvError
 from repinv.inputs.images import TargetImage
@@ -143,7 +143,7 @@ class ImageOptimization(pl.LightningModule):
         self.__dict__["stepper"] = stepper  # not a submodule: not in checkpoints, not synced by DDP
         if self.compile:
             compile_forward(stepper.net, graphs=4 * len(self.targets) + 8)
-        with self.trainer.precision_plugin.forward_context(), stepper.context():
+        with stepper.context():
             self.objective.tune(stepper.net, self.normalize(self.canvas.view()))
 
     # -- checkpoints --------------------------------------------------------------------
@@ -184,6 +184,8 @@ class ImageOptimization(pl.LightningModule):
 
     # -- the step -----------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
+        """One step, in fp32 but for the network's forward (`stepper.context`): Lightning runs it under its precision's
+        autocast, which would otherwise round the parametrisation's, the priors' and the metrics' maths too."""
         step, canvas = self.global_step, self.canvas
         offset = canvas.offset(step, self.generator)
         opt = self.optimizers()
@@ -198,11 +200,12 @@ class ImageOptimization(pl.LightningModule):
                 first.update(loss=loss.detach(), canvas=canvas.image.detach().clone() if canvas.margin else None)
             return loss
 
-        opt.step(closure=closure)
-        sched = self.lr_schedulers()
-        if sched is not None:
-            sched.step()
-        canvas.update(step, self.steps, offset, first["canvas"], self.divergence)
+        with autocast_off(self.device):
+            opt.step(closure=closure)
+            sched = self.lr_schedulers()
+            if sched is not None:
+                sched.step()
+            canvas.update(step, self.steps, offset, first["canvas"], self.divergence)
         # nothing returned and nothing `self.log`ged: Lightning would read either back to the host for its
         # progress bar at every step; the bar shows `logged_loss` instead
 
@@ -217,8 +220,7 @@ class ImageOptimization(pl.LightningModule):
             losses, stats = self.objective(self.stepper.net, self.normalize(seen))
         if check and (step % self.log_every == 0 or step == self.steps - 1):
             self.divergence.check(canvas.image, losses)
-            exact = seen is view and offset == canvas.centre() and self.stepper.net is self.net
-            if exact and not torch.is_autocast_enabled(view.device.type):
+            if seen is view and offset == canvas.centre() and self.stepper.exact(self.net):
                 self._log_step(losses, stats, view)
             else:
                 centre = canvas.view()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import torch
 from torch import nn
@@ -39,19 +39,41 @@ def set_matmul_precision(precision: str) -> None:
     torch.backends.cudnn.allow_tf32 = precision != "highest"
 
 
+def autocast_off(device: torch.device):
+    """fp32 maths inside a step Lightning runs under its precision's autocast (a device without autocast: as it is)."""
+    kind = device.type
+    return torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind) else nullcontext()
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype a mixed `precision` (as Lightning names it) runs a step's forward in; None for fp32."""
+    return torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+
+
 class StepNetwork:
-    """The network for the steps and the attention kernels its forward may use (None: any)."""
+    """The network for the steps, the autocast dtype of its forward (None: fp32) and the attention kernels it may use
+    (None: any). Only the forward runs in `dtype`: the image, its parametrisation, priors and metrics stay fp32."""
 
-    def __init__(self, net: nn.Module, sdpa_backends: list[SDPBackend] | None = None):
-        self.net, self.sdpa_backends = net, sdpa_backends
+    def __init__(self, net: nn.Module, sdpa_backends: list[SDPBackend] | None = None, dtype: torch.dtype | None = None,
+                 device: torch.device = torch.device("cpu")):
+        self.net, self.sdpa_backends, self.dtype, self.device = net, sdpa_backends, dtype, device
 
-    def context(self):
-        """Where a step's forward runs: restricted to `sdpa_backends` when there are some."""
-        return sdpa_kernel(self.sdpa_backends) if self.sdpa_backends else nullcontext()
+    def exact(self, net: nn.Module) -> bool:
+        """Whether a forward here is `net`'s own fp32 forward."""
+        return self.net is net and self.dtype is None
+
+    def context(self) -> ExitStack:
+        """Where a step's forward runs: under autocast to `dtype`, restricted to `sdpa_backends` when there are some."""
+        stack = ExitStack()
+        if self.dtype is not None:
+            stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
+        if self.sdpa_backends:
+            stack.enter_context(sdpa_kernel(self.sdpa_backends))
+        return stack
 
 
 def step_network(net: nn.Module, precision: str, device: torch.device) -> StepNetwork:
-    """The network the steps use under `precision` on `device`.
+    """The network the steps use under `precision` on `device`, its forward autocast to the precision's dtype.
 
     Under bf16 a bfloat16 copy of the frozen weights: autocast would cast them again every step
     (its cache keeps only weights that require grad). On CPU that copy's attention avoids the
@@ -59,15 +81,16 @@ def step_network(net: nn.Module, precision: str, device: torch.device) -> StepNe
     unfused (two matmuls and a softmax, ~8 % faster steps at batch 1 than SDPA's math kernel),
     any other attention runs SDPA's math kernel. Warns when bf16 is emulated on this CPU.
     """
-    if "bf16" not in precision:
-        return StepNetwork(net)
+    dtype = autocast_dtype(precision)
+    if dtype is not torch.bfloat16:
+        return StepNetwork(net, dtype=dtype, device=device)
     copied = copy.deepcopy(net).to(torch.bfloat16)
     if device.type != "cpu":
-        return StepNetwork(copied)
+        return StepNetwork(copied, dtype=dtype, device=device)
     if not native_bf16():
         warnings.warn(BF16_EMULATED)
     unfuse_attention(copied)
-    return StepNetwork(copied, [SDPBackend.MATH])
+    return StepNetwork(copied, [SDPBackend.MATH], dtype=dtype, device=device)
 
 
 def unfuse_attention(net: nn.Module) -> None:

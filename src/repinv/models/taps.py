@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from repinv.errors import RepinvError, listing, suggest
+from repinv.errors import RepinvError, listing, named_once, suggest
 from repinv.models.sources import for_net
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def resolve_layer(net: nn.Module, spec: int | str, key: str = "layers") -> Layer
 
 
 def resolve_layers(net: nn.Module, specs) -> list[LayerTap]:
-    """Resolve `layers=` (one entry or a list) to distinct taps, in the order given."""
+    """Resolve `layers=` (one entry or a list) to taps, in the order given; two entries of one module are refused."""
     if specs is None:
         raise RepinvError(
             "layers= is empty. Give an index such as layers=5, a module path such as layers=patch_embed, "
@@ -177,13 +177,11 @@ def resolve_layers(net: nn.Module, specs) -> list[LayerTap]:
     entries = (
         list(specs) if isinstance(specs, (list, tuple)) or hasattr(specs, "__iter__") and not isinstance(specs, str) else [specs]
     )
-    taps: list[LayerTap] = []
-    for spec in entries:
-        tap = resolve_layer(net, spec)
-        if tap not in taps:
-            taps.append(tap)
+    taps = [resolve_layer(net, spec) for spec in entries]
     if not taps:
         raise RepinvError("layers= is empty. Give at least one layer, e.g. layers=[patch_embed,5].")
+    named_once("layers", entries, [tap.module for tap in taps], "layer",
+               " (an index and its module path, such as 5 and blocks.5, are one layer)")
     return taps
 
 

@@ -21,6 +21,7 @@ from repinv.metrics import describe
 
 # Images one objective may generate per unit or class: each is a full canvas in memory for the whole run.
 MAX_SAMPLES = 1024
+MORE = ", and draw more of one with objective.samples=N"  # how to ask for more images of one class or unit
 
 
 def positive(name: str, value: float, meaning: str) -> float:
@@ -36,15 +37,6 @@ def samples_count(value, per: str) -> int:
         raise RepinvError(f"objective.samples={value} must be a whole number from 1 to {MAX_SAMPLES} (images generated per "
                           f"{per}, each from its own noise); for more, run several seeds (seed=0,1,2 in a multirun).")
     return int(value)
-
-
-def named_once(key: str, given: list, meant: list, what: str) -> None:
-    """Refuse `given` settings of which two mean the same (`meant`, one each): a target named twice would be
-    optimised twice, counted twice in the loss, and its two records would share one image file."""
-    twice = [str(g) for i, g in enumerate(given) if meant[i] in meant[:i]]
-    if twice:
-        raise RepinvError(f"{key}={given} names {what} {', '.join(twice)} more than once; name each {what} once, and "
-                          "draw more of one with objective.samples=N.")
 
 
 def target_seed(seed: int, *parts) -> int:

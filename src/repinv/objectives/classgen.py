@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repinv.errors import RepinvError
-from repinv.objectives.base import Objective, named_once, positive, samples_count
+from repinv.errors import RepinvError, named_once
+from repinv.objectives.base import MORE, Objective, positive, samples_count
 
 CLASS_LOSSES = ("abs", "logit", "ce")
 LOGIT = "logit"  # a record's target logit
@@ -60,7 +60,7 @@ class ClassGeneration(Objective):
         if not h:
             raise RepinvError("objective=class needs a classifier head, but the model has no logits (num_classes=0).")
         idx = [resolve_class(c, int(h)) for c in self.class_specs]
-        named_once("classes", self.class_specs, idx, "class")
+        named_once("classes", self.class_specs, idx, "class", MORE)
         self.targets = [
             {"image": f"sample{k}", "class": i, "class_name": class_name(i, int(h))}
             for i in idx

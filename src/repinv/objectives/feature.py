@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, named_once
 from repinv.models.taps import LayerTap, hidden_layer_names, resolve_layer, tap_outputs
-from repinv.objectives.base import Objective, named_once, positive, samples_count
+from repinv.objectives.base import MORE, Objective, positive, samples_count
 
 ACTIVATION = "activation"  # a record's mean activation of its unit
 
@@ -54,7 +54,7 @@ class FeatureVisualization(Objective):
         if not specs:
             raise RepinvError("objective.units is empty: give channel indices, e.g. objective.units=[0,3].")
         self.layer_spec, self.units = layer, [_unit(u) for u in specs]
-        named_once("objective.units", list(specs), self.units, "unit")
+        named_once("objective.units", list(specs), self.units, "unit", MORE)
         self.samples = samples_count(samples, "unit")
         self.scale = positive(
             "scale",

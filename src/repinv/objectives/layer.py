@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from repinv.errors import RepinvError
+from repinv.inputs.images import TargetImage
 from repinv.metrics import HEADLINE
 from repinv.models.taps import LayerTap, SharedPass, hidden_layer_names, layer_label, resolve_layers, tap_outputs
 from repinv.objectives.base import Objective, positive, target_seed
@@ -59,6 +60,13 @@ def _depth(job_cfg) -> int:
     return len(hidden_layer_names(architecture(job_cfg).net))
 
 
+def noise_shift(seed: int, image: TargetImage) -> torch.Tensor:
+    """The unit noise ε of an image's accuracy bar ‖O(a) − O(a + ε/18)‖: drawn from the seed and the image's name
+    only, so the bar is the same whichever images share the run."""
+    gen = torch.Generator().manual_seed(target_seed(seed, "noise-shift", image.name))
+    return torch.randn(image.pixels.shape, generator=gen)
+
+
 class LayerInversion(Objective):
     """Match a layer's output for a target photograph: one target per (layer, image), layer-major.
 
@@ -99,8 +107,7 @@ class LayerInversion(Objective):
         by `prepare`."""
         self.taps = resolve_layers(net, self.layer_specs)
         pixels = torch.stack([im.pixels for im in images])
-        gen = torch.Generator().manual_seed(target_seed(seed, "noise-shift"))
-        shifted = pixels + torch.randn(pixels.shape, generator=gen) * self.noise_std
+        shifted = pixels + torch.stack([noise_shift(seed, im) for im in images]) * self.noise_std
         dev = next(net.parameters()).device
         self.register_buffer("shifted", shifted.to(dev), persistent=False)
         x = prep(pixels.to(dev))
