@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from test_sweeps import repinv
@@ -49,6 +50,20 @@ class SlowStart(Prior):
     def __init__(self, seconds: float):
         if os.environ.get("LOCAL_RANK") == "1":
             time.sleep(seconds)
+
+
+class SlowAbort(pl.Callback):
+    """Test callback: the second process takes 5 s before the callbacks after this one write its share."""
+
+    def on_exception(self, trainer, pl_module, exception):
+        if trainer.global_rank == 1:
+            time.sleep(5)
+
+
+# the result writer after SlowAbort: the second process writes its share 5 s after it stopped
+SLOW_SECOND_SHARE = ["callbacks.result_writer=null", "+callbacks.slow._target_=test_multiprocess.SlowAbort",
+                     "+callbacks.writer._target_=repinv.reporting.callbacks.ResultWriter",
+                     "+callbacks.writer.out_dir=${output_dir}"]
 
 
 def on_rank(rank: int, step: int, signum: int = 0) -> list[str]:
@@ -135,15 +150,21 @@ def test_a_crashed_process_stops_the_other_and_the_survivors_results_are_written
 
 
 @pytest.mark.slow
-def test_a_crash_on_the_launching_process_leaves_the_others_results_in_metrics_json(tmp_path, monkeypatch):
-    """Rank 0 raises at step 5: rank 1 writes its share after rank 0 wrote metrics.json, and metrics.json holds it."""
-    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+def test_a_crash_on_the_launching_process_leaves_the_others_results_in_metrics_json(tmp_path):
+    """Rank 0 raises at step 5: rank 1 writes its share (5 s late) after rank 0 wrote metrics.json, and metrics.json
+    holds it when the command returns."""
     run_dir = tmp_path / "crash0"
-    res = _env_repinv(*FOUR, "steps=300", "checkpoint_every=0", "logger=none", "collective_timeout_s=60",
-                      *on_rank(0, 5), *TWO, f"hydra.run.dir={run_dir}", timeout=240)
-    assert res.returncode == 1 and "test failure on rank 0 at step 5" in res.stderr, res.stderr[-3000:]
-    assert "repinv: error: process 1 of 2: a collective between the processes failed" in _joined(res.stderr)
-    records = read_metrics(run_dir)
+    # the output goes to files, not pipes: the command returns when the launching process ends, as in a shell
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        code = subprocess.run([sys.executable, "-m", "repinv", *FOUR, "steps=300", "checkpoint_every=0", "logger=none",
+                               "collective_timeout_s=60", *on_rank(0, 5), *SLOW_SECOND_SHARE, *TWO,
+                               f"hydra.run.dir={run_dir}"],
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])},
+                              stdout=out, stderr=err, timeout=240).returncode
+    records = read_metrics(run_dir)  # read the moment the command returned, as a script would
+    stderr = (tmp_path / "err.txt").read_text()
+    assert code == 1 and "test failure on rank 0 at step 5" in stderr, stderr[-3000:]
+    assert "repinv: error: process 1 of 2: a collective between the processes failed" in _joined(stderr)
     assert [(r[PROCESS], r["status"]) for r in records] == [(0, "crashed"), (0, "crashed"), (1, "aborted"), (1, "aborted")]
     assert all(5 <= r["steps"] <= 6 and r["psnr"] > 0 and (run_dir / r["png"]).is_file() for r in records)
 

@@ -39,7 +39,7 @@ from repinv.engine.module import ImageOptimization
 from repinv.engine.plugins import build, build_each, called, check_arguments, check_metrics, check_prior
 from repinv.engine.precision import MATMUL_PRECISIONS, set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
-from repinv.engine.sharding import process_count, sharded_strategy
+from repinv.engine.sharding import ShardedDDP, process_count, sharded_strategy
 from repinv.engine.validation import check_finite
 from repinv.errors import RepinvError, is_number, is_whole
 from repinv.inputs.images import load_images
@@ -314,7 +314,18 @@ def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None) -> No
             trainer.fit(module, train_dataloaders=DataLoader(Steps(module.steps), batch_size=None),
                         ckpt_path=str(ckpt) if ckpt else None)
         except SIGTERMException:  # several processes: Lightning's own SIGTERM handling, which would exit 0
+            await_started(trainer)
             raise SystemExit(128 + signal.SIGTERM) from None
+        except BaseException:
+            await_started(trainer)
+            raise
+
+
+def await_started(trainer: pl.Trainer) -> None:
+    """After a failure of a run on several processes: the processes this one started have ended (see
+    `ShardedDDP.await_started`)."""
+    if isinstance(trainer.strategy, ShardedDDP):
+        trainer.strategy.await_started()
 
 
 def build_model(cfg: DictConfig, surgery: dict | None = None) -> LoadedModel:

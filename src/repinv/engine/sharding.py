@@ -10,6 +10,8 @@ when loading), so a run resumes on any number of processes.
 
 from __future__ import annotations
 
+import logging
+import subprocess
 from collections.abc import Mapping
 from contextlib import contextmanager
 from datetime import timedelta
@@ -25,6 +27,8 @@ from torch import nn
 
 from repinv.engine.plugins import located
 from repinv.errors import RepinvError, RunAborted, listing
+
+log = logging.getLogger(__name__)
 
 
 class ShardedDDP(DDPStrategy):
@@ -56,6 +60,20 @@ class ShardedDDP(DDPStrategy):
     def teardown(self) -> None:
         _HOST.clear()
         super().teardown()
+
+    def await_started(self) -> None:
+        """In the launching process, after a failure: wait for the processes it started (each gives up within the
+        collective timeout, then writes and merges its share), so that when the command returns metrics.json holds
+        every share. Its process group closes first: a process waiting on this one in a collective gives up at once."""
+        procs = getattr(self.launcher, "procs", [])
+        if procs and dist.is_initialized():
+            _HOST.clear()
+            dist.destroy_process_group()
+        for proc in procs:
+            try:
+                proc.wait(timeout=self._timeout.total_seconds() + 60)
+            except subprocess.TimeoutExpired:
+                log.warning("process %d still runs; metrics.json may lack its share until it ends", proc.pid)
 
 
 # The group `any_rank` and `gather` use: gloo over the run's processes when the process group is
