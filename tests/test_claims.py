@@ -333,6 +333,10 @@ def test_a_finished_run_kept_without_what_its_rule_reads_is_incomplete_not_a_cra
                                  "--cost counts one; add --cost"),
     (["--claims", ","], "--claims ',' names no claim; give comma-separated claim ids, or leave --claims out for all. The "
                         "claims are: class-generation, class-generation-tv, vit-untrained-constant-depth,"),
+    (["--claims", ""], "--claims '' names no claim"),
+    (["--sources", ","], "--sources ',' names no model source; give a comma-separated list of timm, torchvision, or "
+                         "leave --sources out for the budget's (timm,torchvision)"),
+    (["--sources", ""], "--sources '' names no model source"),
     (["--sources", "timm", "--claims", "vit-untrained-constant-depth-tv"],
      "--claims vit-untrained-constant-depth-tv is checked on torchvision's models, which --sources leaves out (timm); "
      "add --sources timm,torchvision"),

@@ -14,6 +14,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -173,10 +174,14 @@ def check(args, budget) -> None:
     check_checkpoints(args.checkpoint)
 
 
-def select(ids: str | None, sources: str) -> list[Claim]:
-    """The claims asked for, in the study's order; unknown ids or sources are an error."""
+def select(ids: str | None, sources: str | None, default: Sequence[str]) -> list[Claim]:
+    """The claims asked for, in the study's order (from the `default` sources unless --sources is given); unknown ids or
+    sources, and a selection that names none (`--sources ,`, `--claims ''`), are an error."""
     known = {c.id: c for c in CLAIMS}
-    wanted = [s.strip() for s in sources.split(",") if s.strip()]
+    wanted = list(default) if sources is None else [s.strip() for s in sources.split(",") if s.strip()]
+    if not wanted:
+        raise RepinvError(f"--sources {sources!r} names no model source; give a comma-separated list of timm, torchvision, "
+                          f"or leave --sources out for the budget's ({','.join(default)}).")
     for s in wanted:
         if s not in {c.source for c in CLAIMS}:
             raise RepinvError(f"--sources {s!r} is not a model source; use a comma-separated list of timm, torchvision.")
@@ -236,7 +241,7 @@ def main(argv=None) -> int:
     budget = BUDGETS[args.budget]
     args.seeds = budget.seeds if args.seeds is None else args.seeds
     try:
-        claims = select(args.claims, args.sources or ",".join(budget.sources))
+        claims = select(args.claims, args.sources, budget.sources)
         check(args, budget)
     except RepinvError as err:
         return refuse(err)
