@@ -11,12 +11,15 @@ of them may be missing (a stage cut off, failed or not chosen), and the page say
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
+
+from repinv.errors import paragraph
 
 
 def stages(folder: Path) -> list[str]:
@@ -138,8 +141,20 @@ def summary(folder: Path) -> str:
     return "\n".join(parts)
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpu_summary.py", description=__doc__.split("\n")[0])
+    p.add_argument("folder", type=Path, help="the result folder scripts/gpu_check.sh wrote (summary.md goes there)")
+    return p
+
+
 def main(argv=None) -> int:
-    folder = Path((argv or sys.argv[1:])[0])
+    """Write `<folder>/summary.md` and print it; a folder that is not there is refused (exit 2)."""
+    folder = parser().parse_args(argv).folder
+    if not folder.is_dir():
+        print(paragraph("gpu_summary.py", f"{folder} is not a folder; give the result folder scripts/gpu_check.sh "
+                        "wrote (its work/ folder, holding stages.tsv and gpu.txt)."),
+              file=sys.stderr)
+        return 2
     text = summary(folder)
     (folder / "summary.md").write_text(text)
     print(text)

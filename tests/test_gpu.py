@@ -286,3 +286,22 @@ def test_the_summary_reads_a_result_folder_and_says_what_is_missing(tmp_path):
     page = gpu_summary.summary(tmp_path)
     assert "18 PFLOP (cost.json, `repinv-claims --cost`); no measured matmul ceiling" in page
     assert "No benchmark results (benchmark.json missing)." in page and "No test results (tests.xml missing)." in page
+
+
+@pytest.mark.parametrize("args,needle", [
+    ([], "the following arguments are required: folder"),
+    (["{tmp}/missing"], "gpu_summary.py: error: {tmp}/missing is not a folder; give the result folder"),
+    (["{tmp}/file"], "{tmp}/file is not a folder"),
+])
+def test_the_summary_refuses_a_missing_folder_in_one_paragraph(args, needle, tmp_path):
+    (tmp_path / "file").write_text("")
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_summary.py"), *(a.format(tmp=tmp_path) for a in args)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert needle.format(tmp=tmp_path) in " ".join(proc.stderr.split()) and not (tmp_path / "missing").exists()
+
+
+def test_the_summary_help_describes_it_and_writes_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_summary.py"), "--help"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and "usage: gpu_summary.py" in proc.stdout and list(tmp_path.iterdir()) == []
