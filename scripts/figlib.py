@@ -18,6 +18,9 @@ from pathlib import Path
 from PIL import Image
 
 from repinv import study
+from repinv.claims.cli import check_checkpoints, check_images, check_runs
+from repinv.claims.ledger import refuse_planned
+from repinv.errors import RepinvError, paragraph
 from repinv.reporting.callbacks import FILTERS, read_filters
 from repinv.reporting.figures import titled_grid
 from repinv.reporting.results import FINISHED, cell_title, read_records, target_png
@@ -85,12 +88,32 @@ def panel_overrides(panel: Panel, args) -> list[str]:
     return [model_config(o, args.source) for o in [*panel.overrides, *(panel.smoke + SMOKE if args.smoke else [])]]
 
 
-def panel_run(panel: Panel, experiment: str, args) -> Run:
-    """The study run of one panel: its overrides, weights, --image, --steps and the extra overrides, under --out."""
+def panel_settings(panel: Panel, experiment: str, args) -> list[str]:
+    """What the figure sets in a panel's run: its experiment, its overrides, its weights, --image and --steps."""
     picked = [study.image_override(args.image)] if args.image else []
     picked += [f"steps={args.steps}"] if args.steps else []
-    overrides = [f"experiment={experiment}", *panel_overrides(panel, args), *weights(panel, args)[1], *picked, *args.overrides]
-    return study.run_for(args.out / ("smoke" if args.smoke else ""), overrides)
+    return [f"experiment={experiment}", *panel_overrides(panel, args), *weights(panel, args)[1], *picked]
+
+
+def panel_run(panel: Panel, experiment: str, args) -> Run:
+    """The study run of one panel: what the figure sets in it and the extra overrides, under --out."""
+    return study.run_for(args.out / ("smoke" if args.smoke else ""), [*panel_settings(panel, experiment, args), *args.overrides])
+
+
+# The flags that set what a panel's run holds; an extra override of the same key is refused, naming the flag.
+FLAGS = {"image": "--image", "steps": "--steps", "model.checkpoint": "--checkpoint", "model.pretrained": "--pretrained",
+         "model.weights": "--pretrained"}
+
+
+def check(panels: list[Panel], experiment: str, args) -> None:
+    """Before any run: no extra override replaces what a panel sets, --image and --checkpoint name files (or embedded
+    photographs), and every panel's overrides compose with repinv's config."""
+    settings = [panel_settings(panel, experiment, args) for panel in panels]
+    refuse_planned(args.overrides, {study.key(o) for s in settings for o in s} | set(FLAGS), FLAGS, "the figure", "per panel")
+    check_images(args.image or [])
+    check_checkpoints([args.checkpoint] if args.checkpoint else [])
+    check_runs([panel_run(panel, experiment, args) for panel in panels], args.overrides, "the figure", (),
+               "precision=bf16 trainer.accelerator=gpu")
 
 
 def ran_label(panel: Panel, run: Run) -> str:
@@ -168,10 +191,17 @@ def run_panels(panels: list[Panel], experiment: str, args) -> list[Run]:
 
 
 def main(name: str, title: str, experiment: str, panels: list[Panel], argv=None) -> int:
-    """Parse the script's arguments, run every panel, write `<out>/<name>.png` and `.csv`, print the paths."""
-    args = parser(title).parse_args(argv)
+    """Parse and check the script's arguments (exit 2 before any run when one is wrong), run every panel, write
+    `<out>/<name>.png` and `.csv`, print the paths."""
+    p = parser(title)
+    args = p.parse_args(argv)
     out = args.out / ("smoke" if args.smoke else "")
     started = time.perf_counter()
+    try:
+        check(panels, experiment, args)
+    except RepinvError as err:
+        print(paragraph(p.prog, err), file=sys.stderr)
+        return 2
     runs = run_panels(panels, experiment, args)
     panels = [replace(panel, label=ran_label(panel, run)) for panel, run in zip(panels, runs)]
     results = {panel.label: (run.status, run.folder, weights(panel, args)[0]) for panel, run in zip(panels, runs)}

@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from repinv import study  # noqa: E402
-from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, ledger_networks  # noqa: E402
+from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, ledger_networks, refuse_planned  # noqa: E402
 from repinv.errors import RepinvError  # noqa: E402
 from repinv.metrics import COMPARED, PSNR, axis_label  # noqa: E402
 from repinv.reporting.results import read_records  # noqa: E402
@@ -105,11 +105,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def recipe_settings(recipe: str, model: Model, seed: int, settings: dict) -> list[str]:
+    """What the study sets in the run of one recipe, model and seed."""
+    return [*model.overrides, *RECIPES[recipe], f"image=[{','.join(settings['images'])}]", f"seed={seed}",
+            f"steps={settings['steps']}", f"log_every={settings['log_every']}", "logger=csv", "checkpoint_every=0"]
+
+
 def recipe_run(recipe: str, model: Model, seed: int, settings: dict, out: Path, extra: list[str]) -> Run:
     """The study run of one recipe, model and seed under `out`."""
-    return study.run_for(out, [*model.overrides, *RECIPES[recipe], f"image=[{','.join(settings['images'])}]", f"seed={seed}",
-                               f"steps={settings['steps']}", f"log_every={settings['log_every']}", "logger=csv",
-                               "checkpoint_every=0", *extra])
+    return study.run_for(out, [*recipe_settings(recipe, model, seed, settings), *extra])
+
+
+def refuse_set(extra: list[str], runs: Iterable[list[str]]) -> None:
+    """Refuse an extra override of a key the study sets in a run (`runs`: what it sets in each), naming --steps."""
+    refuse_planned(extra, {study.key(o) for run in runs for o in run}, {"steps": "--steps"}, "the recipe study",
+                   "per recipe, model and seed")
 
 
 CSV_LOG = Path("csv") / "metrics.csv"  # in a run folder: what the CSV logger writes, each step's metrics
@@ -235,6 +245,7 @@ def study_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple
     models = [m for m in known if not args.models or m.label in args.models]
     if not models:
         raise RepinvError(f"--models {' '.join(args.models)} names none of the models: {', '.join(m.label for m in known)}.")
+    refuse_set(args.overrides, (recipe_settings(r, m, 0, settings) for r in args.recipes for m in models))
     jobs = {(r, m.label): [recipe_run(r, m, seed, settings, args.out, args.overrides) for seed in settings["seeds"]]
             for r in args.recipes for m in models}
     return jobs, report, STUDY
@@ -243,6 +254,7 @@ def study_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple
 def ledger_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple[str, ...]]:
     """The ledger's runs under its own recipes (the study recipes), and every other recipe's runs on the same networks."""
     budget = BUDGETS[args.budget]
+    refuse_set(args.overrides, ([*RECIPES[r], "steps="] for r in args.recipes))  # on top of what the ledger sets
     nets = ledger_networks(args.ledger, budget, args.overrides, args.models)
     steps = args.steps or LEDGER_STEPS
     jobs = {(recipe, net): runs for net, by in nets.items() for recipe, runs in by.items()}

@@ -187,3 +187,37 @@ def test_a_panel_whose_own_steps_were_replaced_says_how_many_ran(tmp_path):
     assert [figlib.ran_label(p, figlib.panel_run(p, "fig_trained_input", own)) for p in PANELS] == [p.label for p in PANELS]
     plain = figlib.Panel("vit", ["model=vit_tiny"])
     assert figlib.ran_label(plain, figlib.panel_run(plain, "fig_trained_input", args)) == "vit"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["model=vit_tiny", "layers=[0]"], "model=vit_tiny: the figure sets model in its runs, per panel, and an extra override "
+                                       "would replace it in every run; leave it out"),
+    (["steps=5"], "steps=5: the figure sets steps in its runs, per panel, and an extra override would replace it in every "
+                  "run; use --steps instead"),
+    (["model.checkpoint={file}"], "use --checkpoint instead"),
+    (["+image=[coffee]"], "use --image instead"),
+    (["bogus=1"], "The overrides ['bogus=1'] do not compose (Could not override 'bogus'."),
+    (["param=nonexistent"], "param=nonexistent: there is no config 'nonexistent' in the group 'param'"),
+    (["--checkpoint", "/no/such.safetensors"], "--checkpoint /no/such.safetensors: /no/such.safetensors is not a file"),
+    (["--image", "/nonexistent.jpg"], "--image /nonexistent.jpg: image=/nonexistent.jpg is neither an embedded photograph"),
+])
+def test_a_figure_refuses_bad_arguments_before_any_run(args, needle, tmp_path, capsys, monkeypatch):
+    """An extra override of what a panel sets would make every panel the same run; a bad override or file would fail
+    every panel. Each is refused in one paragraph before the first run."""
+    import importlib
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import repinv.study
+
+    monkeypatch.setattr(repinv.study, "execute", lambda *a, **k: pytest.fail("a panel ran before the arguments were checked"))
+    (tmp_path / "file").write_text("")
+    figure = importlib.import_module("fig_vit_vs_resnet_untrained_representations")
+    code = figure.main("fig", "figure", "fig_vit_vs_resnet", figure.PANELS,
+                       ["--out", str(tmp_path / "out"), *(a.format(file=tmp_path / "file") for a in args)])
+    err = capsys.readouterr().err
+    assert code == 2 and ": error: " in err and "Traceback" not in err and len(err.strip().split("\n\n")) == 1, err
+    assert needle.format(file=tmp_path / "file") in " ".join(err.split()), err
+    assert not (tmp_path / "out").exists()

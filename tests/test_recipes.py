@@ -78,3 +78,27 @@ def test_a_network_whose_study_recipes_all_failed_is_answered_without_a_goal():
     lines = answer(table(results, [10], studied=("study",)), 10)
     assert lines[0].startswith("No recipe reaches")
     assert "net L0 (never: 20.0 dB at step 10 vs no goal (no study recipe's run finished))" in lines[2]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["optimizer=adam"], "optimizer=adam: the recipe study sets optimizer in its runs, per recipe, model and seed, and an "
+                         "extra override would replace it in every run; leave it out"),
+    (["regularizer=tv"], "priors=tv: the recipe study sets priors in its runs"),
+    (["steps=4"], "steps=4: the recipe study sets steps in its runs, per recipe, model and seed, and an extra override "
+                  "would replace it in every run; use --steps instead"),
+    (["model=vit_tiny"], "model=vit_tiny: the recipe study sets model"),
+    (["--ledger", "{tmp}/ledger", "param=fourier"], "param=fourier: the recipe study sets param in its runs"),
+])
+def test_an_extra_override_of_what_a_recipe_sets_is_refused_before_any_run(args, needle, tmp_path, capsys, monkeypatch):
+    """As the last value it would win in every run, so every recipe (or model) would be the same run."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import recipes
+
+    import repinv.study
+
+    monkeypatch.setattr(repinv.study, "execute", lambda *a, **k: pytest.fail("a run started before the overrides were checked"))
+    smoke = [] if "--ledger" in args else ["--smoke"]
+    code = recipes.main([*smoke, "--out", str(tmp_path / "out"), *(a.format(tmp=tmp_path) for a in args)])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in " ".join(err.split()), err
+    assert not (tmp_path / "out").exists()

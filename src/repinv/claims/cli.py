@@ -125,9 +125,20 @@ def check_checkpoints(specs: list[str]) -> None:
                               "(e.g. vit_b_32=vit.safetensors).")
 
 
-def check_runs(runs, extra: list[str]) -> None:
-    """Every planned run's overrides must compose with repinv's config, so an unknown key or option among the extra
-    overrides is found before the first run, not run by run."""
+def check_images(entries: list[str]) -> None:
+    """Each --image is an embedded photograph's name or an image file."""
+    for entry in entries:
+        try:
+            locate(entry)
+        except RepinvError as err:
+            raise RepinvError(f"--image {entry}: {err}") from None
+
+
+def check_runs(runs, extra: list[str], who: str = "the ledger's rules", needs: Sequence[str] = (PSNR,),
+               example: str = EXAMPLE) -> None:
+    """Every planned run's overrides must compose with repinv's config and keep the metrics `who` reads (`needs`), so
+    an unknown key or option among the extra overrides is found before the first run, not run by run; `example` is
+    the command the error shows."""
     groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
 
     def shape(overrides) -> tuple:
@@ -143,8 +154,8 @@ def check_runs(runs, extra: list[str]) -> None:
                     cfg = compose(CONFIG_NAME, overrides=respell_all(run.overrides))
                 except (ConfigCompositionException, OverrideParseException) as err:
                     where = f" (in the run {' '.join(run.overrides)})" if extra else ""
-                    raise RepinvError(f"{composition_error(err, list(extra) or list(run.overrides), EXAMPLE)}{where}") from None
-                require(cfg, "the ledger's rules", PSNR)
+                    raise RepinvError(f"{composition_error(err, list(extra) or list(run.overrides), example)}{where}") from None
+                require(cfg, who, *needs)
     finally:
         GlobalHydra.instance().clear()
 
@@ -160,11 +171,7 @@ def check(args, budget) -> None:
         raise RepinvError(f"--peak {args.peak[0][0]}={args.peak[0][1]:g}: a peak rate gives the least time of a counted plan, "
                           "and only --cost counts one; add --cost, or leave --peak out to run the ledger.")
     args.lrs = check_lrs(args.lrs)
-    for entry in args.image or []:
-        try:
-            locate(entry)
-        except RepinvError as err:
-            raise RepinvError(f"--image {entry}: {err}") from None
+    check_images(args.image or [])
     # a file at --out, or at a folder above it, would stop the ledger folder from being made
     blocked = next((p for p in (args.out, *args.out.parents) if p.exists() and not p.is_dir()), None) if args.out else None
     if blocked is not None:

@@ -9,7 +9,7 @@ a finished folder is reused and an interrupted one resumes, so an interrupted le
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,16 +120,19 @@ FLAGS = {"image": "--image", "steps": "--steps", "seed": "--seeds", "optimizer.l
          "model.pretrained": "--pretrained", "model.weights": "--weights"}
 
 
-def refuse_planned(extra: Sequence[str], planned: set[str]) -> None:
-    """Refuse an extra override of a key the ledger sets in its runs: as the last value it would win in every run,
-    so the conditions (seeds, models, recipes) would be one run and the verdicts judged from it."""
+def refuse_planned(extra: Sequence[str], planned: set[str], flags: Mapping[str, str] = FLAGS, who: str = "the ledger",
+                   per: str = "per claim, seed and recipe") -> None:
+    """Refuse an extra override of a key `who` sets in its runs (`planned`): as the last value it would win in every
+    run, so the conditions (seeds, models, recipes; a figure's panels) would be one run and judged from it. The error
+    names the flag of `flags` that sets the key, if one does."""
+    planned = set(respell_all(planned))
     for override in respell_all(extra):
         name = study.key(override)
         if name in planned:
-            how = f"use {FLAGS[name]} instead" if name in FLAGS else "leave it out: the claims fix it per condition"
-            raise RepinvError(f"{override}: the ledger sets {name} in its runs, per claim, seed and recipe, and an extra "
-                              f"override would replace it in every run; {how}. Extra overrides are for what the ledger "
-                              "leaves open, e.g. logger=csv precision=bf16 trainer.accelerator=gpu.")
+            how = f"use {flags[name]} instead" if name in flags else "leave it out"
+            raise RepinvError(f"{override}: {who} sets {name} in its runs, {per}, and an extra override would replace it "
+                              f"in every run; {how}. Extra overrides are for what {who} leaves open, e.g. "
+                              "precision=bf16 trainer.accelerator=gpu.")
 
 
 def tagged(seed: int, run: Run) -> list[dict]:
