@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from repinv.conf import override_key
+from repinv.errors import paragraph
 from repinv.metrics import COMPARED, axis_label
 from repinv.objectives import OUTPUT_L2
 from repinv.reporting import tables
@@ -143,12 +144,12 @@ def read_job(path: Path) -> Job:
 
 def find_jobs(sweep_dir: str | Path) -> list[Job]:
     """Every job folder of the sweep that ran last in `sweep_dir` (those Hydra gave a `.hydra/` or that hold results;
-    with a sweep id, those that carry it)."""
+    with a sweep id, those that carry it). Hidden folders, such as a run's own `.hydra/`, are no jobs."""
     root = Path(sweep_dir)
     marks = (".hydra", METRICS_FILE, ERROR_FILE, "config.yaml")
     own = sweep_id(root)
-    folders = [p for p in root.iterdir() if p.is_dir() and any((p / m).exists() for m in marks)
-               and own in (None, sweep_id(p))]
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+               and any((p / m).exists() for m in marks) and own in (None, sweep_id(p))]
     jobs = [read_job(p) for p in sorted(folders, key=_job_number)]
     keys = dict.fromkeys(override_key(o) for j in jobs for o in j.overrides)
     swept = [k for k in keys if k not in SWEPT_COLUMNS and len({j.override(k) for j in jobs}) > 1]
@@ -270,13 +271,24 @@ def score(records: list[dict], metric: str = OUTPUT_L2) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
+def single_run(folder: Path) -> bool:
+    """Whether `folder` is the folder of one run (it holds its metrics.json or Hydra's `.hydra/`), not of a multirun."""
+    return (folder / METRICS_FILE).is_file() or (folder / ".hydra").is_dir()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`repinv-summary SWEEP_DIR`: exit 1 when a job failed, 2 when the folder holds no jobs."""
+    """`repinv-summary SWEEP_DIR`: exit 1 when a job failed, 2 when the folder holds no jobs or is a single run."""
     parser = argparse.ArgumentParser(prog="repinv-summary", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. logs/multiruns/2025-01-01_12-00-00")
     args = parser.parse_args(argv)
+    root = Path(args.sweep_dir)
+    if single_run(root):
+        print(paragraph("repinv-summary", f"{root} is a single run, not a multirun's folder; its results are in "
+                        f"{root / METRICS_FILE} and the images beside it. Give the folder of a multirun, which holds "
+                        "one folder per job (e.g. logs/multiruns/<date>_<time>)."), file=sys.stderr)
+        return 2
     try:
-        out = summarize(args.sweep_dir)
+        out = summarize(root)
     except (FileNotFoundError, NotADirectoryError) as err:
         print(f"repinv-summary: error: {err}; give the folder of a multirun (e.g. logs/multiruns/<date>_<time>)",
               file=sys.stderr)
