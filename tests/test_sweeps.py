@@ -209,6 +209,20 @@ def test_hidden_folders_of_a_sweep_folder_are_no_jobs(tmp_path):
     assert [j.path.name for j in find_jobs(tmp_path)] == ["0"]
 
 
+def test_a_job_whose_metrics_cannot_be_read_fails_alone(tmp_path, capsys):
+    """metrics.json that is not JSON, or not a list of records: that job is failed, the others are summarised."""
+    from repinv.reporting.summary import main
+
+    for job, metrics in enumerate([FINISHED_RECORD, "{bad", '{"a": 1}', "[1, 2]"]):
+        _fake_job(tmp_path / str(job), metrics, f"- layers=0\n- seed={job}\n")
+    assert main([str(tmp_path)]) == 1
+    rows = {r["job"]: r for r in _csv(tmp_path / "summary.csv")}
+    assert rows["0"]["status"] == "finished" and rows["0"]["psnr"] == "20"
+    for job in "123":
+        assert rows[job]["status"] == "failed" and rows[job]["error"].startswith("metrics.json unreadable: ")
+    assert "4 jobs, 3 failed" in (tmp_path / "summary.md").read_text() and "Traceback" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("failed_records", [True, False], ids=["crashed", "no-records"])
 def test_a_failed_job_never_covers_a_finished_jobs_cell_of_its_condition(failed_records, tmp_path, monkeypatch):
     """layers=[0,1],[1,2]: two jobs of one condition share column L1; the one that failed leaves the finished

@@ -5,7 +5,7 @@
 `summary.png` (rows: the swept conditions, columns: the target then each record's `column`,
 e.g. each layer), `summary_metrics.png` (the compared metrics, `repinv.metrics.COMPARED`: PSNR and
 SSIM, against column, one line per condition),
-`summary.csv` (every field of the records) and `summary.md`. A job without a finished
+`summary.csv` (every field of the records) and `summary.md`. A job without a finished, readable
 `metrics.json` shows as failed, with its error, in the columns its objective planned.
 """
 
@@ -120,15 +120,27 @@ def written_by_jobs(jobs: list[Job], pattern: str) -> list[Path]:
     return [p for job in jobs for p in sorted(job.path.glob(pattern)) if _written_by_job(p, job.path)]
 
 
+def _job_records(metrics: Path) -> list[dict]:
+    """The records of a job's metrics.json; ValueError when it is not JSON or not a list of records."""
+    records = json.loads(metrics.read_text())
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"it holds {json.dumps(records)[:80]}, not a list of records")
+    return [{"column": "?", "caption": "", **r} for r in records]
+
+
 def read_job(path: Path) -> Job:
-    """A job's overrides, records and status: failed when it left an error or no finished metrics of its own."""
+    """A job's overrides, records and status: failed when it left an error, no finished metrics of its own, or
+    metrics that cannot be read."""
     overrides_file = path / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
     job = Job(path, [str(o) for o in overrides])
     metrics, error = path / METRICS_FILE, path / ERROR_FILE
     own = _written_by_job(metrics, path)
     if own:
-        job.records = [{"column": "?", "caption": "", **r} for r in json.loads(metrics.read_text())]
+        try:
+            job.records = _job_records(metrics)
+        except ValueError as err:
+            job.status, job.error = "failed", f"{METRICS_FILE} unreadable: {err}"
         bad = sorted({r.get("status", FINISHED) for r in job.records} - {FINISHED})
         if bad:
             job.status = bad[0]
