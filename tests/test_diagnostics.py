@@ -201,6 +201,15 @@ def test_settings_repinv_refuses_are_refused_before_any_work(overrides, says, tm
     assert "\n" not in str(err.value) and not (tmp_path / "config.yaml").exists()
 
 
+@pytest.mark.parametrize("layers, says", [("[]", "layers= is empty"), ("[1,blocks.1]", "names layer blocks.1 more than once")])
+def test_layers_repinv_refuses_are_refused(layers, says, tmp_path):
+    cfg = _diagnose_cfg("model=vit_tiny", f"layers={layers}", "diagnostics.nonunique.seeds=0",
+                        "diagnostics.norm_ablation=[]", f"output_dir={tmp_path}")
+    with pytest.raises(RepinvError, match=says):
+        diagnose(cfg)
+    assert not (tmp_path / "metrics.json").exists()
+
+
 FIELDS = ("model", "variant", "layer", "module", "depth", "image", "n_in", "n_out", "completeness", "null_dim_min",
           "sigma_top", "sigma_small", "sigma_max", "sigma_min_found", "condition", "stable_rank", "numerical_rank",
           "entropy_rank", "svd_seconds", "lanczos_seconds", "nonunique_psnr", "nonunique_input_l2", "nonunique_accurate",

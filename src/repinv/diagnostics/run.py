@@ -30,7 +30,7 @@ from repinv.errors import RepinvError, is_whole
 from repinv.inputs.images import load_images
 from repinv.metrics import PSNR, require
 from repinv.models import LoadedModel
-from repinv.models.taps import resolve_layer
+from repinv.models.taps import resolve_layers
 from repinv.reporting.loggers import make_loggers
 from repinv.reporting.results import METRICS_FILE, read_records
 from repinv.reporting.wandb_logger import OFFLINE_RUNS, WandbFinished, announce_offline_sweep
@@ -89,17 +89,11 @@ def settings(cfg: DictConfig) -> tuple[SpectrumSettings, int, int, list[str]]:
     return spec, seeds, steps, check_ablations(d.get("norm_ablation"))
 
 
-def _layers(cfg: DictConfig) -> list:
-    layers = cfg.get("layers")
-    return list(layers) if isinstance(layers, (list, tuple)) or OmegaConf.is_list(layers) else [layers]
-
-
 def spectra(cfg: DictConfig, model: LoadedModel, spec: SpectrumSettings) -> list[dict]:
     """The spectral measures of every layer of `cfg.layers` at every target image."""
     images = load_images(cfg.image, model.input_size)
     out = []
-    for depth, layer in enumerate(_layers(cfg)):
-        tap = resolve_layer(model.net, layer)
+    for depth, tap in enumerate(resolve_layers(model.net, cfg.get("layers"))):
         fn = layer_function(model, tap)
         for im in images:
             log.info("spectrum of %s at %s (%s)", tap.label, im.name, model.label)
