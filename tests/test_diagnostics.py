@@ -187,6 +187,29 @@ def test_bad_settings_are_one_paragraph_errors(tmp_path):
         assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("overrides, says", [
+    (["seed=1.5", "diagnostics.nonunique.seeds=2"], "seed=1.5 must be a whole number"),
+    (["seed=-1"], "seed=-1 must be a whole number from 0 to"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1 must be a positive number"),
+    (["seed=4294967294", "diagnostics.nonunique.seeds=3"], "would seed inversions up to 4294967296"),
+])
+def test_settings_repinv_refuses_are_refused_before_any_work(overrides, says, tmp_path, monkeypatch):
+    monkeypatch.setattr("repinv.diagnostics.run.build_model", lambda *a: pytest.fail("the model was built"))
+    cfg = _diagnose_cfg("model=vit_tiny", *overrides, f"output_dir={tmp_path}")
+    with pytest.raises(RepinvError, match=says) as err:
+        diagnose(cfg)
+    assert "\n" not in str(err.value) and not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("layers, says", [("[]", "layers= is empty"), ("[1,blocks.1]", "names layer blocks.1 more than once")])
+def test_layers_repinv_refuses_are_refused(layers, says, tmp_path):
+    cfg = _diagnose_cfg("model=vit_tiny", f"layers={layers}", "diagnostics.nonunique.seeds=0",
+                        "diagnostics.norm_ablation=[]", f"output_dir={tmp_path}")
+    with pytest.raises(RepinvError, match=says):
+        diagnose(cfg)
+    assert not (tmp_path / "metrics.json").exists()
+
+
 FIELDS = ("model", "variant", "layer", "module", "depth", "image", "n_in", "n_out", "completeness", "null_dim_min",
           "sigma_top", "sigma_small", "sigma_max", "sigma_min_found", "condition", "stable_rank", "numerical_rank",
           "entropy_rank", "svd_seconds", "lanczos_seconds", "nonunique_psnr", "nonunique_input_l2", "nonunique_accurate",

@@ -175,6 +175,54 @@ def test_summary_of_a_folder_that_is_not_there_is_one_line_and_exit_2(given, tmp
     assert err.startswith("repinv-summary: error: ") and "give the folder of a multirun" in err and "Traceback" not in err
 
 
+def _fake_job(folder, metrics: str, overrides: str = "- layers=0\n"):
+    """A job folder as a run leaves it: Hydra's config and overrides, and metrics.json holding `metrics`."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(overrides)
+    (folder / ".hydra" / "config.yaml").write_text("layers: 0\n")
+    (folder / "metrics.json").write_text(metrics)
+
+
+FINISHED_RECORD = json.dumps([{"image": "cat", "column": "L0", "status": "finished", "psnr": 20.0}])
+
+
+@pytest.mark.parametrize("marks", ["metrics", "hydra"])
+def test_summary_of_a_single_run_is_refused_and_writes_nothing_there(marks, tmp_path, capsys):
+    from repinv.reporting.summary import main
+
+    run = tmp_path / "run"
+    _fake_job(run, FINISHED_RECORD)
+    if marks == "hydra":
+        (run / "metrics.json").unlink()  # a run that crashed before writing its results
+    assert main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("repinv-summary: error: ") and "a single run, not a multirun's folder" in " ".join(err.split())
+    assert "Traceback" not in err and not list(run.glob("summary*")), "nothing written into the run folder"
+
+
+def test_hidden_folders_of_a_sweep_folder_are_no_jobs(tmp_path):
+    from repinv.reporting.summary import find_jobs
+
+    _fake_job(tmp_path / "0", FINISHED_RECORD)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("layers: 0\n")
+    assert [j.path.name for j in find_jobs(tmp_path)] == ["0"]
+
+
+def test_a_job_whose_metrics_cannot_be_read_fails_alone(tmp_path, capsys):
+    """metrics.json that is not JSON, or not a list of records: that job is failed, the others are summarised."""
+    from repinv.reporting.summary import main
+
+    for job, metrics in enumerate([FINISHED_RECORD, "{bad", '{"a": 1}', "[1, 2]"]):
+        _fake_job(tmp_path / str(job), metrics, f"- layers=0\n- seed={job}\n")
+    assert main([str(tmp_path)]) == 1
+    rows = {r["job"]: r for r in _csv(tmp_path / "summary.csv")}
+    assert rows["0"]["status"] == "finished" and rows["0"]["psnr"] == "20"
+    for job in "123":
+        assert rows[job]["status"] == "failed" and rows[job]["error"].startswith("metrics.json unreadable: ")
+    assert "4 jobs, 3 failed" in (tmp_path / "summary.md").read_text() and "Traceback" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("failed_records", [True, False], ids=["crashed", "no-records"])
 def test_a_failed_job_never_covers_a_finished_jobs_cell_of_its_condition(failed_records, tmp_path, monkeypatch):
     """layers=[0,1],[1,2]: two jobs of one condition share column L1; the one that failed leaves the finished

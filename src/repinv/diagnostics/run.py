@@ -24,13 +24,13 @@ from repinv.diagnostics.ablation import AS_CONFIGURED, Variant, check_ablations,
 from repinv.diagnostics.nonunique import INVERSION_PSNR, seed_inversions
 from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectrum
 from repinv.diagnostics.table import write_table
-from repinv.engine.pipeline import build_model, record_config, sweep_name
+from repinv.engine.pipeline import build_model, record_config, sweep_name, validate
 from repinv.engine.runinfo import RunInfo
 from repinv.errors import RepinvError, is_whole
 from repinv.inputs.images import load_images
 from repinv.metrics import PSNR, require
 from repinv.models import LoadedModel
-from repinv.models.taps import resolve_layer
+from repinv.models.taps import resolve_layers
 from repinv.reporting.loggers import make_loggers
 from repinv.reporting.results import METRICS_FILE, read_records
 from repinv.reporting.wandb_logger import OFFLINE_RUNS, WandbFinished, announce_offline_sweep
@@ -52,7 +52,9 @@ def _whole(name: str, value, low: int, example: str) -> int:
 
 
 def settings(cfg: DictConfig) -> tuple[SpectrumSettings, int, int, list[str]]:
-    """The checked diagnostics settings: spectrum settings, seeds K, inversion steps, ablation kinds."""
+    """The checked diagnostics settings: spectrum settings, seeds K, inversion steps, ablation kinds. The settings
+    `repinv` checks are checked first, as it checks them, so that a bad one is refused before any work."""
+    validate(cfg)
     d = cfg.get("diagnostics")
     if d is None:
         raise RepinvError("the config has no diagnostics node; run repinv-diagnose (config diagnose.yaml), not repinv.")
@@ -76,23 +78,22 @@ def settings(cfg: DictConfig) -> tuple[SpectrumSettings, int, int, list[str]]:
         raise RepinvError(
             "diagnostics.nonunique.seeds=1 gives no pair to compare; use 0 (no non-uniqueness) or at least 2, e.g. 3."
         )
+    if cfg.seed + seeds - 1 >= 2**32:
+        raise RepinvError(
+            f"seed={cfg.seed} with diagnostics.nonunique.seeds={seeds} would seed inversions up to {cfg.seed + seeds - 1}, "
+            f"past 2^32-1 (what torch and numpy seed with); use seed={2**32 - seeds} or less."
+        )
     steps = _whole("nonunique.steps", d.nonunique.steps, 1, "1500 (the study's recipe)")
     if seeds:
         require(cfg, "the non-uniqueness diagnostic (diagnostics.nonunique.seeds > 0)", PSNR)
     return spec, seeds, steps, check_ablations(d.get("norm_ablation"))
 
 
-def _layers(cfg: DictConfig) -> list:
-    layers = cfg.get("layers")
-    return list(layers) if isinstance(layers, (list, tuple)) or OmegaConf.is_list(layers) else [layers]
-
-
 def spectra(cfg: DictConfig, model: LoadedModel, spec: SpectrumSettings) -> list[dict]:
     """The spectral measures of every layer of `cfg.layers` at every target image."""
     images = load_images(cfg.image, model.input_size)
     out = []
-    for depth, layer in enumerate(_layers(cfg)):
-        tap = resolve_layer(model.net, layer)
+    for depth, tap in enumerate(resolve_layers(model.net, cfg.get("layers"))):
         fn = layer_function(model, tap)
         for im in images:
             log.info("spectrum of %s at %s (%s)", tap.label, im.name, model.label)

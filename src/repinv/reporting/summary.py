@@ -5,7 +5,7 @@
 `summary.png` (rows: the swept conditions, columns: the target then each record's `column`,
 e.g. each layer), `summary_metrics.png` (the compared metrics, `repinv.metrics.COMPARED`: PSNR and
 SSIM, against column, one line per condition),
-`summary.csv` (every field of the records) and `summary.md`. A job without a finished
+`summary.csv` (every field of the records) and `summary.md`. A job without a finished, readable
 `metrics.json` shows as failed, with its error, in the columns its objective planned.
 """
 
@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from repinv.conf import override_key
+from repinv.errors import paragraph
 from repinv.metrics import COMPARED, axis_label
 from repinv.objectives import OUTPUT_L2
 from repinv.reporting import tables
@@ -119,15 +120,27 @@ def written_by_jobs(jobs: list[Job], pattern: str) -> list[Path]:
     return [p for job in jobs for p in sorted(job.path.glob(pattern)) if _written_by_job(p, job.path)]
 
 
+def _job_records(metrics: Path) -> list[dict]:
+    """The records of a job's metrics.json; ValueError when it is not JSON or not a list of records."""
+    records = json.loads(metrics.read_text())
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"it holds {json.dumps(records)[:80]}, not a list of records")
+    return [{"column": "?", "caption": "", **r} for r in records]
+
+
 def read_job(path: Path) -> Job:
-    """A job's overrides, records and status: failed when it left an error or no finished metrics of its own."""
+    """A job's overrides, records and status: failed when it left an error, no finished metrics of its own, or
+    metrics that cannot be read."""
     overrides_file = path / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
     job = Job(path, [str(o) for o in overrides])
     metrics, error = path / METRICS_FILE, path / ERROR_FILE
     own = _written_by_job(metrics, path)
     if own:
-        job.records = [{"column": "?", "caption": "", **r} for r in json.loads(metrics.read_text())]
+        try:
+            job.records = _job_records(metrics)
+        except ValueError as err:
+            job.status, job.error = "failed", f"{METRICS_FILE} unreadable: {err}"
         bad = sorted({r.get("status", FINISHED) for r in job.records} - {FINISHED})
         if bad:
             job.status = bad[0]
@@ -143,12 +156,12 @@ def read_job(path: Path) -> Job:
 
 def find_jobs(sweep_dir: str | Path) -> list[Job]:
     """Every job folder of the sweep that ran last in `sweep_dir` (those Hydra gave a `.hydra/` or that hold results;
-    with a sweep id, those that carry it)."""
+    with a sweep id, those that carry it). Hidden folders, such as a run's own `.hydra/`, are no jobs."""
     root = Path(sweep_dir)
     marks = (".hydra", METRICS_FILE, ERROR_FILE, "config.yaml")
     own = sweep_id(root)
-    folders = [p for p in root.iterdir() if p.is_dir() and any((p / m).exists() for m in marks)
-               and own in (None, sweep_id(p))]
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+               and any((p / m).exists() for m in marks) and own in (None, sweep_id(p))]
     jobs = [read_job(p) for p in sorted(folders, key=_job_number)]
     keys = dict.fromkeys(override_key(o) for j in jobs for o in j.overrides)
     swept = [k for k in keys if k not in SWEPT_COLUMNS and len({j.override(k) for j in jobs}) > 1]
@@ -270,13 +283,24 @@ def score(records: list[dict], metric: str = OUTPUT_L2) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
+def single_run(folder: Path) -> bool:
+    """Whether `folder` is the folder of one run (it holds its metrics.json or Hydra's `.hydra/`), not of a multirun."""
+    return (folder / METRICS_FILE).is_file() or (folder / ".hydra").is_dir()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`repinv-summary SWEEP_DIR`: exit 1 when a job failed, 2 when the folder holds no jobs."""
+    """`repinv-summary SWEEP_DIR`: exit 1 when a job failed, 2 when the folder holds no jobs or is a single run."""
     parser = argparse.ArgumentParser(prog="repinv-summary", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. logs/multiruns/2025-01-01_12-00-00")
     args = parser.parse_args(argv)
+    root = Path(args.sweep_dir)
+    if single_run(root):
+        print(paragraph("repinv-summary", f"{root} is a single run, not a multirun's folder; its results are in "
+                        f"{root / METRICS_FILE} and the images beside it. Give the folder of a multirun, which holds "
+                        "one folder per job (e.g. logs/multiruns/<date>_<time>)."), file=sys.stderr)
+        return 2
     try:
-        out = summarize(args.sweep_dir)
+        out = summarize(root)
     except (FileNotFoundError, NotADirectoryError) as err:
         print(f"repinv-summary: error: {err}; give the folder of a multirun (e.g. logs/multiruns/<date>_<time>)",
               file=sys.stderr)
