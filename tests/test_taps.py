@@ -10,7 +10,7 @@ import torch
 from timm.models.mlp_mixer import MlpMixer
 
 from repinv.errors import RepinvError
-from repinv.models.taps import SharedPass, hidden_layer_names, resolve_layers
+from repinv.models.taps import SharedPass, hidden_layer_names, log as taps_log, resolve_layers
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +40,16 @@ def test_module_tap_returns_module_output_and_stops_early(vit):
     assert not ran, "the forward pass must stop at the tapped module"
 
 
-def test_negative_index_and_dedup(vit):
-    taps = resolve_layers(vit, [-1, 2, "patch_embed"])
-    assert [t.label for t in taps] == ["L2", "patch_embed"]
+def test_a_negative_index_counts_from_the_last_layer(vit):
+    taps = resolve_layers(vit, [-1, 0, "patch_embed"])
+    assert [(t.label, t.module) for t in taps] == [("L2", "blocks.2"), ("L0", "blocks.0"), ("patch_embed", "patch_embed")]
     assert hidden_layer_names(vit) == ["blocks.0", "blocks.1", "blocks.2"]
+
+
+@pytest.mark.parametrize("twice", [[-1, 2], [2, "blocks.2"], [0, 0]])
+def test_one_layer_named_twice_is_refused(vit, twice):
+    with pytest.raises(RepinvError, match="more than once"):
+        resolve_layers(vit, twice)
 
 
 @pytest.mark.parametrize("bad", [3, -4, "blocks.9", "patch_embd"])
@@ -107,7 +113,7 @@ def test_a_tap_inside_a_residual_block_is_not_shared(caplog):
     net = _tiny("vit")
     taps = resolve_layers(net, ["blocks.0.norm1", 1])
     x = torch.rand(1, 3, 64, 64)
-    with caplog.at_level("INFO", logger="repinv.taps"):
+    with caplog.at_level("INFO", logger=taps_log.name):
         assert SharedPass.checked(net, taps, x) is None
     assert "layers blocks.0.norm1, L1 run one forward pass each" in caplog.text
 
