@@ -160,6 +160,9 @@ COMPOSITION = {
     "unknown option": (["param=bogus"], "param=bogus: there is no config 'bogus' in the group 'param'"),
     "unknown key": (["bogus=1"], "Could not override 'bogus'"),
     "malformed override": (["layers=[0,"], "do not compose"),
+    "group set to null": (["scheduler=null"], "scheduler=null: a config group is chosen by the name of one of its configs, "
+                          "and null names none. scheduler cannot be left out; scheduler=constant gives a constant learning rate"),
+    "group with a none option set to null": (["logger=null"], "To leave logger out use logger=none."),
 }
 
 
