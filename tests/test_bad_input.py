@@ -125,8 +125,19 @@ CASES = {
                                      "_target_=torch.optim.lr_scheduler.LinearLR (ValueError: Ending multiplicative factor"),
     "scheduler start factor 0": (["scheduler.start_factor=0"], "scheduler could not be built from "
                                  "_target_=torch.optim.lr_scheduler.LinearLR (ValueError: Starting multiplicative factor"),
-    "cosine schedule over no steps": (["scheduler=cosine", "scheduler.T_max=0"], "scheduler could not be built from "
-                                      "_target_=torch.optim.lr_scheduler.CosineAnnealingLR (ZeroDivisionError"),
+    "cosine schedule over no steps": (["scheduler=cosine", "scheduler.T_max=0"],
+                                      "scheduler.T_max=0 must be a positive whole number of steps"),
+    "cosine schedule over negative steps": (["scheduler=cosine", "scheduler.T_max=-1"],
+                                            "scheduler.T_max=-1 must be a positive whole number of steps; the scheduler "
+                                            "configs count in steps, e.g. scheduler.T_max=${steps}"),
+    "cosine schedule over a fraction of a step": (["scheduler=cosine", "scheduler.T_max=0.5"],
+                                                  "scheduler.T_max=0.5 must be a positive whole number of steps"),
+    "linear schedule over negative steps": (["scheduler.total_iters=-5"],
+                                            "scheduler.total_iters=-5 must be a positive whole number of steps"),
+    "step schedule over a fraction of a step": (["scheduler._target_=torch.optim.lr_scheduler.StepLR",
+                                                 "~scheduler.start_factor", "~scheduler.end_factor", "~scheduler.total_iters",
+                                                 "+scheduler.step_size=2.5"],
+                                                "scheduler.step_size=2.5 must be a positive whole number of steps"),
     "target that does not exist": (["param._target_=repinv.params.Nope"],
                                    "param could not be built from _target_=repinv.params.Nope"),
     "arguments a target does not take": (["+param.levels=3"], "param could not be built from _target_=repinv.params.Pixel"),
@@ -204,9 +215,9 @@ def test_a_long_path_in_an_error_stays_whole_on_its_line(cli, tmp_path):
 
 
 def test_a_schedule_that_fails_at_its_first_step_is_refused_before_the_run_folder_is_written(cli):
-    """A cosine over T_max=0 steps divides by zero only when stepped: tried before the run, it leaves no run behind."""
-    code, _, err, run_dir = cli(*FAST, "scheduler=cosine", "scheduler.T_max=0")
-    assert code == 2 and "ZeroDivisionError" in err
+    """A cosine annealing to eta_min=abc fails only when stepped: tried before the run, it leaves no run behind."""
+    code, _, err, run_dir = cli(*FAST, "scheduler=cosine", "scheduler.eta_min=abc")
+    assert code == 2 and "CosineAnnealingLR" in err, err
     assert not (run_dir / "config.yaml").exists() and not (run_dir / "metrics.json").exists()
 
 

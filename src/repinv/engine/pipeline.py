@@ -348,13 +348,23 @@ def architecture(cfg: DictConfig) -> LoadedModel:
         return build_model(plain)
 
 
+# The lengths in steps torch's schedulers take (CosineAnnealingLR's T_max, LinearLR's total_iters, StepLR's step_size,
+# the warm restarts' T_0): torch accepts a negative or fractional one and runs a schedule that makes no sense.
+SCHEDULE_LENGTHS = ("T_max", "total_iters", "step_size", "T_0")
+
+
 def check_schedule(cfg: DictConfig, optimizer, scheduler) -> None:
     """Build the optimiser on a throwaway parameter and step the scheduler on it twice: a setting their constructors or
-    first steps refuse (a negative momentum, end_factor=2, a cosine over T_max=0 steps), which Lightning's fit would meet
-    only after the run folder is written, is one paragraph naming optimizer or scheduler now."""
+    first steps refuse (a negative momentum, end_factor=2), which Lightning's fit would meet only after the run folder
+    is written, is one paragraph naming optimizer or scheduler now; so is a schedule length that is not a positive
+    whole number of steps."""
     opt = called("optimizer", cfg.optimizer, optimizer, [torch.nn.Parameter(torch.zeros(1))])
     if scheduler is None:
         return
+    for key in SCHEDULE_LENGTHS:
+        if key in cfg.scheduler:
+            _steps(f"scheduler.{key}", cfg.scheduler[key], "the scheduler configs count in steps, e.g. "
+                   f"scheduler.{key}=${{steps}} (the run's length).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scheduler steps without optimiser steps
         sched = called("scheduler", cfg.scheduler, scheduler, opt)
