@@ -22,8 +22,16 @@ FAST = [*TINY, "steps=2", "logger=none"]
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """A file that is not an image, a truncated PNG, an empty directory, and grey, palette, RGBA and 16-bit PNGs."""
+    """A file that is not an image, a truncated PNG, an empty directory, grey, palette, RGBA and 16-bit PNGs, and a torch
+    file holding a list, alone and as a run folder's checkpoint."""
+    import torch
+
+    from repinv.reporting.callbacks import last_checkpoint
+
     d = tmp_path_factory.mktemp("inputs")
+    torch.save([1, 2], d / "list.ckpt")
+    last_checkpoint(d / "list_run").parent.mkdir(parents=True)
+    torch.save([1, 2], last_checkpoint(d / "list_run"))
     (d / "notes.png").write_text("not an image")
     arr = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
     Image.fromarray(arr).convert("RGB").save(d / "whole.png")
@@ -84,6 +92,10 @@ CASES = {
     "unknown class name": (["objective=class", "classes=[goldfsh]"], "Did you mean 'goldfish'"),
     "class without classes": (["objective=class"], "objective=class needs classes"),
     "resume without a checkpoint": (["resume={d}/empty"], "names no checkpoint"),
+    "resume from a torch file that is no checkpoint": (["resume={d}/list.ckpt"], "list.ckpt could not be read as a "
+                                                       "checkpoint (it holds a list, not a dict)"),
+    "resume a run folder whose checkpoint is no checkpoint": (["resume={d}/list_run"], "last.ckpt could not be read as "
+                                                              "a checkpoint (it holds a list, not a dict)"),
     "unknown precision": (["precision=fp8"], "precision=fp8 is not a precision repinv knows. Use precision=32-true"),
     "half-precision image": (["precision=bf16-true"], "would make the image itself half precision"),
     "nan setting": (["priors.blur.sigma_start=nan"], "priors.blur.sigma_start=nan: settings must be finite"),
