@@ -168,6 +168,10 @@ CASES = {
                                            "trainer could not be built from _target_=pytorch_lightning"),
     "init std missing": (["init.std=null"], "init.mean=0.7 and init.std=None must be numbers"),
     "init mean a word": (["init.mean=abc"], "init.mean=abc and init.std=0.05 must be numbers"),
+    "init std beyond float32": (["init.std=1e39"], "init.mean=0.7 and init.std=1e+39 must be numbers, at most "
+                                "float32's largest (3.4e38) in size"),
+    "init mean beyond float32": (["init.mean=-1e39"], "init.mean=-1e+39 and init.std=0.05 must be numbers, at most "
+                                 "float32's largest"),
     "negative seed": (["seed=-1"], "seed=-1 must be a whole number from 0 to 2^32-1"),
     "fractional seed": (["seed=1.5"], "seed=1.5 must be a whole number"),
     "matmul precision torch does not know": (["matmul_precision=bogus"], "matmul_precision=bogus is not a float32"),

@@ -82,9 +82,14 @@ class Steps(Dataset):
         return i
 
 
+def _float32(value) -> bool:
+    """A number float32 holds: torch computes with the settings as float32, where a larger one is infinity."""
+    return is_number(value) and abs(value) <= torch.finfo(torch.float32).max
+
+
 def _positive(name: str, value, hint: str) -> None:
     """A positive number that float32 holds (torch steps with it as one)."""
-    if not is_number(value) or not 0 < value <= torch.finfo(torch.float32).max:
+    if not _float32(value) or value <= 0:
         raise RepinvError(f"{name}={value} must be a positive number, at most float32's largest (3.4e38); {hint}")
 
 
@@ -108,9 +113,10 @@ def validate(cfg: DictConfig) -> None:
     _steps("image_every", cfg.get("image_every", 0), "e.g. image_every=100.", zero="the final images alone")
     _steps("checkpoint_every", cfg.get("checkpoint_every", 0), "e.g. checkpoint_every=500.",
            zero="no periodic checkpoints")
-    if not (is_number(cfg.init.mean) and is_number(cfg.init.std) and cfg.init.std >= 0):
-        raise RepinvError(f"init.mean={cfg.init.mean} and init.std={cfg.init.std} must be numbers, std non-negative; the "
-                          "study initialises from N(0.7, 1/20): init.mean=0.7 init.std=0.05.")
+    if not (_float32(cfg.init.mean) and _float32(cfg.init.std) and cfg.init.std >= 0):
+        raise RepinvError(f"init.mean={cfg.init.mean} and init.std={cfg.init.std} must be numbers, at most float32's "
+                          "largest (3.4e38) in size, std non-negative; the study initialises from N(0.7, 1/20): "
+                          "init.mean=0.7 init.std=0.05.")
     if not (is_whole(cfg.seed) and 0 <= cfg.seed < 2**32):
         raise RepinvError(f"seed={cfg.seed} must be a whole number from 0 to 2^32-1 (what torch and numpy seed with); "
                           "e.g. seed=0.")
