@@ -173,6 +173,9 @@ CASES = {
     "init mean beyond float32": (["init.mean=-1e39"], "init.mean=-1e+39 and init.std=0.05 must be numbers, at most "
                                  "float32's largest"),
     "negative seed": (["seed=-1"], "seed=-1 must be a whole number from 0 to 2^32-1"),
+    "compile a word": (["compile=abc"], "compile=abc: a switch is true or false, e.g. compile=true or debug=false."),
+    "debug a word": (["debug=abc"], "debug=abc: a switch is true or false"),
+    "compile a number": (["compile=1"], "compile=1: a switch is true or false"),
     "fractional seed": (["seed=1.5"], "seed=1.5 must be a whole number"),
     "matmul precision torch does not know": (["matmul_precision=bogus"], "matmul_precision=bogus is not a float32"),
     "learning rate beyond float32": (["optimizer.lr=1e40"], "optimizer.lr=1e+40 must be a positive number, at most"),

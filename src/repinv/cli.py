@@ -60,17 +60,18 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         join_sweep(hc.sweep.dir, hc.runtime.output_dir)
+    debug = cfg.get("debug") is True  # debug=abc is bad input, refused as such
     try:
         return task(cfg)
     except RepinvError as err:
-        if cfg.get("debug"):
+        if debug:
             raise
         report(err, hc.runtime.output_dir, multirun, cfg)
         if not multirun:
             sys.exit(2)
     except Exception as err:
         if not multirun:
-            if isinstance(err, RunAborted) and not cfg.get("debug"):
+            if isinstance(err, RunAborted) and not debug:
                 print(paragraph("repinv", err), file=sys.stderr)
                 sys.exit(1)
             raise
