@@ -22,8 +22,16 @@ FAST = [*TINY, "steps=2", "logger=none"]
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """A file that is not an image, a truncated PNG, an empty directory, and grey, palette, RGBA and 16-bit PNGs."""
+    """A file that is not an image, a truncated PNG, an empty directory, grey, palette, RGBA and 16-bit PNGs, and a torch
+    file holding a list, alone and as a run folder's checkpoint."""
+    import torch
+
+    from repinv.reporting.callbacks import last_checkpoint
+
     d = tmp_path_factory.mktemp("inputs")
+    torch.save([1, 2], d / "list.ckpt")
+    last_checkpoint(d / "list_run").parent.mkdir(parents=True)
+    torch.save([1, 2], last_checkpoint(d / "list_run"))
     (d / "notes.png").write_text("not an image")
     arr = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
     Image.fromarray(arr).convert("RGB").save(d / "whole.png")
@@ -84,6 +92,10 @@ CASES = {
     "unknown class name": (["objective=class", "classes=[goldfsh]"], "Did you mean 'goldfish'"),
     "class without classes": (["objective=class"], "objective=class needs classes"),
     "resume without a checkpoint": (["resume={d}/empty"], "names no checkpoint"),
+    "resume from a torch file that is no checkpoint": (["resume={d}/list.ckpt"], "list.ckpt could not be read as a "
+                                                       "checkpoint (it holds a list, not a dict)"),
+    "resume a run folder whose checkpoint is no checkpoint": (["resume={d}/list_run"], "last.ckpt could not be read as "
+                                                              "a checkpoint (it holds a list, not a dict)"),
     "unknown precision": (["precision=fp8"], "precision=fp8 is not a precision repinv knows. Use precision=32-true"),
     "half-precision image": (["precision=bf16-true"], "would make the image itself half precision"),
     "nan setting": (["priors.blur.sigma_start=nan"], "priors.blur.sigma_start=nan: settings must be finite"),
@@ -125,8 +137,19 @@ CASES = {
                                      "_target_=torch.optim.lr_scheduler.LinearLR (ValueError: Ending multiplicative factor"),
     "scheduler start factor 0": (["scheduler.start_factor=0"], "scheduler could not be built from "
                                  "_target_=torch.optim.lr_scheduler.LinearLR (ValueError: Starting multiplicative factor"),
-    "cosine schedule over no steps": (["scheduler=cosine", "scheduler.T_max=0"], "scheduler could not be built from "
-                                      "_target_=torch.optim.lr_scheduler.CosineAnnealingLR (ZeroDivisionError"),
+    "cosine schedule over no steps": (["scheduler=cosine", "scheduler.T_max=0"],
+                                      "scheduler.T_max=0 must be a positive whole number of steps"),
+    "cosine schedule over negative steps": (["scheduler=cosine", "scheduler.T_max=-1"],
+                                            "scheduler.T_max=-1 must be a positive whole number of steps; the scheduler "
+                                            "configs count in steps, e.g. scheduler.T_max=${steps}"),
+    "cosine schedule over a fraction of a step": (["scheduler=cosine", "scheduler.T_max=0.5"],
+                                                  "scheduler.T_max=0.5 must be a positive whole number of steps"),
+    "linear schedule over negative steps": (["scheduler.total_iters=-5"],
+                                            "scheduler.total_iters=-5 must be a positive whole number of steps"),
+    "step schedule over a fraction of a step": (["scheduler._target_=torch.optim.lr_scheduler.StepLR",
+                                                 "~scheduler.start_factor", "~scheduler.end_factor", "~scheduler.total_iters",
+                                                 "+scheduler.step_size=2.5"],
+                                                "scheduler.step_size=2.5 must be a positive whole number of steps"),
     "target that does not exist": (["param._target_=repinv.params.Nope"],
                                    "param could not be built from _target_=repinv.params.Nope"),
     "arguments a target does not take": (["+param.levels=3"], "param could not be built from _target_=repinv.params.Pixel"),
@@ -145,7 +168,14 @@ CASES = {
                                            "trainer could not be built from _target_=pytorch_lightning"),
     "init std missing": (["init.std=null"], "init.mean=0.7 and init.std=None must be numbers"),
     "init mean a word": (["init.mean=abc"], "init.mean=abc and init.std=0.05 must be numbers"),
+    "init std beyond float32": (["init.std=1e39"], "init.mean=0.7 and init.std=1e+39 must be numbers, at most "
+                                "float32's largest (3.4e38) in size"),
+    "init mean beyond float32": (["init.mean=-1e39"], "init.mean=-1e+39 and init.std=0.05 must be numbers, at most "
+                                 "float32's largest"),
     "negative seed": (["seed=-1"], "seed=-1 must be a whole number from 0 to 2^32-1"),
+    "compile a word": (["compile=abc"], "compile=abc: a switch is true or false, e.g. compile=true or debug=false."),
+    "debug a word": (["debug=abc"], "debug=abc: a switch is true or false"),
+    "compile a number": (["compile=1"], "compile=1: a switch is true or false"),
     "fractional seed": (["seed=1.5"], "seed=1.5 must be a whole number"),
     "matmul precision torch does not know": (["matmul_precision=bogus"], "matmul_precision=bogus is not a float32"),
     "learning rate beyond float32": (["optimizer.lr=1e40"], "optimizer.lr=1e+40 must be a positive number, at most"),
@@ -160,6 +190,9 @@ COMPOSITION = {
     "unknown option": (["param=bogus"], "param=bogus: there is no config 'bogus' in the group 'param'"),
     "unknown key": (["bogus=1"], "Could not override 'bogus'"),
     "malformed override": (["layers=[0,"], "do not compose"),
+    "group set to null": (["scheduler=null"], "scheduler=null: a config group is chosen by the name of one of its configs, "
+                          "and null names none. scheduler cannot be left out; scheduler=constant gives a constant learning rate"),
+    "group with a none option set to null": (["logger=null"], "To leave logger out use logger=none."),
 }
 
 
@@ -201,9 +234,9 @@ def test_a_long_path_in_an_error_stays_whole_on_its_line(cli, tmp_path):
 
 
 def test_a_schedule_that_fails_at_its_first_step_is_refused_before_the_run_folder_is_written(cli):
-    """A cosine over T_max=0 steps divides by zero only when stepped: tried before the run, it leaves no run behind."""
-    code, _, err, run_dir = cli(*FAST, "scheduler=cosine", "scheduler.T_max=0")
-    assert code == 2 and "ZeroDivisionError" in err
+    """A cosine annealing to eta_min=abc fails only when stepped: tried before the run, it leaves no run behind."""
+    code, _, err, run_dir = cli(*FAST, "scheduler=cosine", "scheduler.eta_min=abc")
+    assert code == 2 and "CosineAnnealingLR" in err, err
     assert not (run_dir / "config.yaml").exists() and not (run_dir / "metrics.json").exists()
 
 

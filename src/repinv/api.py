@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from importlib.resources import files
 
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig
@@ -65,6 +67,39 @@ def composition_error(err: ConfigCompositionException | OverrideParseException, 
     )
 
 
+# Groups without a `none` option whose option changes nothing of the run: what `group=null` most likely meant.
+NEUTRAL = {"scheduler": ("constant", "a constant learning rate")}
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group of repinv's configs (`scheduler`, `hydra/launcher`); [] for a name that is none."""
+    folder = files(CONFIG_MODULE).joinpath(group)
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")) \
+        if folder.is_dir() else []
+
+
+def refuse_null_groups(overrides: Sequence[str]) -> None:
+    """`group=null` (Hydra picks a group's config by name and ends in a traceback on null) as a RepinvError saying how
+    to leave the group out (`logger=none`) or, where no option does, which options there are."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException:
+        return  # Hydra refuses the malformed override itself
+    for override in parsed:
+        options = group_options(override.key_or_group)
+        if override.value() is not None or override.is_delete() or not options:
+            continue
+        group = override.key_or_group
+        if "none" in options:
+            instead = f"To leave {group} out use {group}=none."
+        else:
+            name, what = NEUTRAL.get(group, (None, None))
+            instead = (f"{group} cannot be left out{f'; {group}={name} gives {what}' if name else ''}. "
+                       f"The options are: {listing(options)}.")
+        raise RepinvError(f"{override.input_line}: a config group is chosen by the name of one of its configs, and null "
+                          f"names none. {instead}")
+
+
 def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
     """Run one job as `repinv OVERRIDES...` would, in this process; returns its records, images and folder.
 
@@ -77,6 +112,7 @@ def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
         raise RepinvError(f"repinv.run({overrides!r}): pass the overrides as a list of strings, one per "
                           f"override, e.g. repinv.run({overrides.split()!r}).")
     overrides = respell_all(overrides)
+    refuse_null_groups(overrides)
     caller = get_gh_backup()  # a notebook's own hydra.initialize, or a Hydra app calling this
     GlobalHydra.instance().clear()
     try:

@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job
+from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job, refuse_null_groups
 from repinv.conf import respell_all
 from repinv.engine.pipeline import holds_run, record_hydra
 from repinv.errors import RepinvError, RunAborted, paragraph
@@ -60,17 +60,18 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         join_sweep(hc.sweep.dir, hc.runtime.output_dir)
+    debug = cfg.get("debug") is True  # debug=abc is bad input, refused as such
     try:
         return task(cfg)
     except RepinvError as err:
-        if cfg.get("debug"):
+        if debug:
             raise
         report(err, hc.runtime.output_dir, multirun, cfg)
         if not multirun:
             sys.exit(2)
     except Exception as err:
         if not multirun:
-            if isinstance(err, RunAborted) and not cfg.get("debug"):
+            if isinstance(err, RunAborted) and not debug:
                 print(paragraph("repinv", err), file=sys.stderr)
                 sys.exit(1)
             raise
@@ -92,12 +93,17 @@ def app(cfg: DictConfig) -> float | None:
 def command(hydra_app: Callable[[], object], example: str) -> None:
     """A Hydra app as a command: its overrides with former names spelled anew (`repinv.conf.respell`), and
     Hydra's own refusals of the command line (an unknown option such as param=bogus, an unknown key, a
-    malformed override) as one paragraph and exit 2.
+    malformed override, a group set to null) as one paragraph and exit 2.
 
     Hydra prints these itself and exits 1 unless HYDRA_FULL_ERROR is set; set for the app's
     duration, they reach this function as exceptions.
     """
     sys.argv[1:] = respell_all(sys.argv[1:])  # Hydra reads them there
+    try:
+        refuse_null_groups(sys.argv[1:])
+    except RepinvError as err:
+        print(paragraph("repinv", err), file=sys.stderr)
+        sys.exit(2)
     previous = os.environ.get(FULL_ERROR)
     os.environ[FULL_ERROR] = "1"
     try:

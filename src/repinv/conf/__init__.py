@@ -8,8 +8,12 @@ so `regularizer.blur.sigma_start=1` is `priors.blur.sigma_start=1`, and runs sav
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
+from importlib.resources import files
+
+import yaml
 
 ALIASES = {"regularizer": "priors"}  # former name -> name
 # an override's prefix (+, ++ or ~) and its first key part, up to `.`, `=`, `@` or the end
@@ -39,3 +43,10 @@ def respell_key(key: str) -> str:
     """A dotted config key with a former first part spelled anew: `regularizer.blur.sigma_start` -> `priors.blur.sigma_start`."""
     first, dot, rest = key.partition(".")
     return ALIASES.get(first, first) + dot + rest
+
+
+@functools.cache
+def switches() -> tuple[str, ...]:
+    """The top-level settings config.yaml sets to true or false (`compile`, `debug`): they take nothing else."""
+    main = yaml.safe_load(files(__name__).joinpath("config.yaml").read_text())
+    return tuple(key for key, value in main.items() if isinstance(value, bool))

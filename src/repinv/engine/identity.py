@@ -66,12 +66,17 @@ def config_identity(cfg: DictConfig) -> dict:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """The checkpoint as Lightning will load it, or a RepinvError saying it is not one."""
+    """The checkpoint as Lightning will load it (a dict), or a RepinvError saying it is not one."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise RepinvError(f"resume={path} could not be read as a checkpoint ({type(err).__name__}: {err}). "
-                          "Pass a checkpoints/last.ckpt written by repinv, or start afresh without resume=.") from None
+        saved, why = None, f"{type(err).__name__}: {err}"
+    else:
+        why = f"it holds a {type(saved).__name__}, not a dict"
+    if not isinstance(saved, dict):
+        raise RepinvError(f"resume={path} could not be read as a checkpoint ({why}). "
+                          "Pass a checkpoints/last.ckpt written by repinv, or start afresh without resume=.")
+    return saved
 
 
 def _short(values: dict, key: str) -> str:

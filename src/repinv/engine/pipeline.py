@@ -25,7 +25,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.conf import respell_key
+from repinv.conf import respell_key, switches
 from repinv.engine.identity import (
     CHANGES_KEY,
     CONFIG_KEY,
@@ -40,7 +40,7 @@ from repinv.engine.plugins import build, build_each, called, check_arguments, ch
 from repinv.engine.precision import MATMUL_PRECISIONS, set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
 from repinv.engine.sharding import ShardedDDP, process_count, sharded_strategy
-from repinv.engine.validation import check_finite
+from repinv.engine.validation import check_finite, check_switches
 from repinv.errors import RepinvError, is_number, is_whole
 from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
@@ -82,9 +82,14 @@ class Steps(Dataset):
         return i
 
 
+def _float32(value) -> bool:
+    """A number float32 holds: torch computes with the settings as float32, where a larger one is infinity."""
+    return is_number(value) and abs(value) <= torch.finfo(torch.float32).max
+
+
 def _positive(name: str, value, hint: str) -> None:
     """A positive number that float32 holds (torch steps with it as one)."""
-    if not is_number(value) or not 0 < value <= torch.finfo(torch.float32).max:
+    if not _float32(value) or value <= 0:
         raise RepinvError(f"{name}={value} must be a positive number, at most float32's largest (3.4e38); {hint}")
 
 
@@ -102,15 +107,17 @@ PRECISIONS = ("32-true", "32", "bf16", "bf16-mixed", "16-mixed", "16")
 def validate(cfg: DictConfig) -> None:
     """Check the numbers a run cannot start with, before anything is built."""
     check_finite(cfg)
+    check_switches(cfg, switches())
     _steps("steps", cfg.steps, "the study uses steps=1500 (up to 105000 for slow-converging layers).")
     _positive("optimizer.lr", cfg.optimizer.get("lr"), "the default SGD uses optimizer.lr=0.05.")
     _steps("log_every", cfg.log_every, "e.g. log_every=25.")
     _steps("image_every", cfg.get("image_every", 0), "e.g. image_every=100.", zero="the final images alone")
     _steps("checkpoint_every", cfg.get("checkpoint_every", 0), "e.g. checkpoint_every=500.",
            zero="no periodic checkpoints")
-    if not (is_number(cfg.init.mean) and is_number(cfg.init.std) and cfg.init.std >= 0):
-        raise RepinvError(f"init.mean={cfg.init.mean} and init.std={cfg.init.std} must be numbers, std non-negative; the "
-                          "study initialises from N(0.7, 1/20): init.mean=0.7 init.std=0.05.")
+    if not (_float32(cfg.init.mean) and _float32(cfg.init.std) and cfg.init.std >= 0):
+        raise RepinvError(f"init.mean={cfg.init.mean} and init.std={cfg.init.std} must be numbers, at most float32's "
+                          "largest (3.4e38) in size, std non-negative; the study initialises from N(0.7, 1/20): "
+                          "init.mean=0.7 init.std=0.05.")
     if not (is_whole(cfg.seed) and 0 <= cfg.seed < 2**32):
         raise RepinvError(f"seed={cfg.seed} must be a whole number from 0 to 2^32-1 (what torch and numpy seed with); "
                           "e.g. seed=0.")
@@ -348,13 +355,23 @@ def architecture(cfg: DictConfig) -> LoadedModel:
         return build_model(plain)
 
 
+# The lengths in steps torch's schedulers take (CosineAnnealingLR's T_max, LinearLR's total_iters, StepLR's step_size,
+# the warm restarts' T_0): torch accepts a negative or fractional one and runs a schedule that makes no sense.
+SCHEDULE_LENGTHS = ("T_max", "total_iters", "step_size", "T_0")
+
+
 def check_schedule(cfg: DictConfig, optimizer, scheduler) -> None:
     """Build the optimiser on a throwaway parameter and step the scheduler on it twice: a setting their constructors or
-    first steps refuse (a negative momentum, end_factor=2, a cosine over T_max=0 steps), which Lightning's fit would meet
-    only after the run folder is written, is one paragraph naming optimizer or scheduler now."""
+    first steps refuse (a negative momentum, end_factor=2), which Lightning's fit would meet only after the run folder
+    is written, is one paragraph naming optimizer or scheduler now; so is a schedule length that is not a positive
+    whole number of steps."""
     opt = called("optimizer", cfg.optimizer, optimizer, [torch.nn.Parameter(torch.zeros(1))])
     if scheduler is None:
         return
+    for key in SCHEDULE_LENGTHS:
+        if key in cfg.scheduler:
+            _steps(f"scheduler.{key}", cfg.scheduler[key], "the scheduler configs count in steps, e.g. "
+                   f"scheduler.{key}=${{steps}} (the run's length).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scheduler steps without optimiser steps
         sched = called("scheduler", cfg.scheduler, scheduler, opt)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
@@ -51,5 +51,17 @@ def check_finite(cfg: DictConfig) -> None:
             f"{listing(f'{key}={value}' for key, value in bad)}: settings must be finite numbers, not nan or inf. "
             "Give each a real value (e.g. priors.blur.sigma_start=2.4, optimizer.lr=0.05), or leave it at its "
             "default by dropping the override.",
+            [key for key, _ in bad],
+        )
+
+
+def check_switches(cfg: DictConfig, names: Iterable[str]) -> None:
+    """Refuse a switch (`names`: `compile`, `debug`) set to anything but true or false: `compile=abc` would count as
+    true, and compile."""
+    bad = [(name, cfg[name]) for name in names if name in cfg and not isinstance(cfg[name], bool)]
+    if bad:
+        raise SettingsError(
+            f"{listing(f'{key}={value}' for key, value in bad)}: a switch is true or false, e.g. compile=true or "
+            "debug=false.",
             [key for key, _ in bad],
         )
