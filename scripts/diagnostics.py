@@ -141,11 +141,23 @@ def network_records(name: str, bases: list[Run], extra: list[Run], root: Path) -
     return out
 
 
+def check_reconstructions(nets: dict[str, list[Run]]) -> None:
+    """Refuse, before any run, a ledger whose finished first runs lack their reconstruction PNGs: non-uniqueness
+    compares them with the extra seeds' (a ledger copied without its images keeps only its records)."""
+    missing = [f"{name} ({bases[0].folder})" for name, bases in nets.items() if bases[0].finished
+               and not all((bases[0].folder / r["png"]).is_file() for r in read_records(bases[0].folder))]
+    if missing:
+        raise RepinvError(f"the ledger's runs of {', '.join(missing)} hold their records but not their reconstruction "
+                          "PNGs, which non-uniqueness compares with a second inversion. Give a ledger folder whose runs "
+                          "were made there (repinv-claims --out writes them), or leave those networks out with --models.")
+
+
 def ledger_records(root: Path, budget: str, extra_seeds: int, extra_steps: int, overrides: list[str],
                    models: list[str] | None = None) -> list[dict]:
     """Every network (or those named in `models`) and layer of the ledger at `root`: its runs (made if missing), the
     extra seeds, the spectra."""
     nets = {name: by[DEFAULT_RECIPE] for name, by in ledger_networks(root, BUDGETS[budget], overrides, models).items()}
+    check_reconstructions(nets)
     extra = {name: [study.run_for(root, [*base.overrides, f"model.seed={study.value(base.overrides, 'seed')}",
                                          f"seed={len(bases) + k}", f"steps={extra_steps}"])
                     for base in bases[:1] for k in range(extra_seeds)] for name, bases in nets.items()}

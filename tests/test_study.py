@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -191,6 +192,21 @@ def test_a_study_of_networks_the_ledger_lacks_is_refused(script, ledger, monkeyp
     assert _script(script).main(args) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "--models vit_b_32 names none of the ledger's networks" in err and launches == [] and "Traceback" not in err
+
+
+def test_diagnostics_of_a_ledger_without_its_reconstruction_images_is_refused_before_any_run(ledger, tmp_path,
+                                                                                            monkeypatch, capsys):
+    """A committed ledger keeps each run's records, not its PNGs; non-uniqueness needs them: said before runs are made."""
+    copied = tmp_path / "committed"
+    shutil.copytree(ledger, copied)
+    for folder in copied.glob("runs/*/reconstructions"):
+        shutil.rmtree(folder)
+    launches = _counted(monkeypatch)
+    args = ["--ledger", str(copied), "--budget", "quick", "--out", str(copied / "none"), *EXTRA]
+    assert _script("diagnostics").main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "hold their records but not their reconstruction PNGs" in err and "Traceback" not in err, err
+    assert launches == []
 
 
 def test_a_recipe_study_of_a_ledger_made_without_csv_logs_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
