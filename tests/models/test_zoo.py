@@ -41,9 +41,10 @@ def test_big_config_composes_and_its_shrunk_build_reaches_every_layer(config, tm
     n = len(hidden_layer_names(model.net))
     assert n >= 2
     x = torch.rand(1, 3, *model.input_size, requires_grad=True)
-    taps = resolve_layers(model.net, [*range(n), -1, module])
+    taps = resolve_layers(model.net, [*range(n), module])
     outs = [tap(model.net, x) for tap in taps]
     assert taps[-1].module == module and all(o.ndim >= 3 for o in outs)
+    assert resolve_layers(model.net, [-1])[0].module == taps[n - 1].module
     outs[0].abs().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
 
