@@ -41,8 +41,8 @@ class Mutation:
 
 MUTATIONS = [
     Mutation("noise-shift std 1/8 instead of the configured 1/18",
-             (("objectives/layer.py", "torch.randn(pixels.shape, generator=gen) * self.noise_std",
-               "torch.randn(pixels.shape, generator=gen) / 8"),),
+             (("objectives/layer.py", "torch.stack([noise_shift(seed, im) for im in images]) * self.noise_std",
+               "torch.stack([noise_shift(seed, im) for im in images]) / 8"),),
              (DEFS + "test_noise_shift_baseline_is_the_output_distance_under_seeded_noise_of_std_1_18",)),
     Mutation("noise-shift std 1/8 in the objective's config",
              (("conf/objective/layer.yaml", "noise_std: 0.05556", "noise_std: 0.125"),),
