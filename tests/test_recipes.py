@@ -88,6 +88,8 @@ def test_a_network_whose_study_recipes_all_failed_is_answered_without_a_goal():
                   "would replace it in every run; use --steps instead"),
     (["model=vit_tiny"], "model=vit_tiny: the recipe study sets model"),
     (["--ledger", "{tmp}/ledger", "param=fourier"], "param=fourier: the recipe study sets param in its runs"),
+    (["--ledger", "{tmp}/ledger", "seed=3"], "seed=3: the ledger sets seed in its runs, per claim, seed and recipe, and "
+                                             "an extra override would replace it in every run; leave it out."),
 ])
 def test_an_extra_override_of_what_a_recipe_sets_is_refused_before_any_run(args, needle, tmp_path, capsys, monkeypatch):
     """As the last value it would win in every run, so every recipe (or model) would be the same run."""

@@ -88,10 +88,16 @@ class Plan:
     out_of_budget: set[str] = field(default_factory=set)
 
 
+# The flags that set what a ledger plans per run; an extra override of the same key would replace it.
+FLAGS = {"image": "--image", "steps": "--steps", "seed": "--seeds", "optimizer.lr": "--lrs", "model.checkpoint": "--checkpoint",
+         "model.pretrained": "--pretrained", "model.weights": "--weights"}
+
+
 def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images: Sequence[str], lrs: Sequence[float] | None,
-         weights, extra: Sequence[str], steps: int | None = None) -> Plan:
+         weights, extra: Sequence[str], steps: int | None = None, flags: Mapping[str, str] = FLAGS) -> Plan:
     """The runs each claim needs. Claims whose trained runs have no weights get none (needs trained weights);
-    claims whose models the budget does not hold are out of budget."""
+    claims whose models the budget does not hold are out of budget. An extra override of a planned key is refused,
+    naming the flag of `flags` that sets it."""
     p, every_run, planned = Plan(), budget.overrides(out), set()
     for claim in claims:
         if not claim.fits(budget.name):
@@ -111,13 +117,8 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
                     planned.update(map(study.key, [*head, *fixed]))
                     run = study.run_for(out, [*head, *every_run, *fixed, *extra])
                     conds.setdefault(name, []).append((seed, p.runs.setdefault(run.overrides, run)))
-    refuse_planned(extra, planned)
+    refuse_planned(extra, planned, flags)
     return p
-
-
-# The flags that set what a ledger plans per run; an extra override of the same key would replace it.
-FLAGS = {"image": "--image", "steps": "--steps", "seed": "--seeds", "optimizer.lr": "--lrs", "model.checkpoint": "--checkpoint",
-         "model.pretrained": "--pretrained", "model.weights": "--weights"}
 
 
 def refuse_planned(extra: Sequence[str], planned: set[str], flags: Mapping[str, str] = FLAGS, who: str = "the ledger",
@@ -180,9 +181,10 @@ def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_b
 def networks(root: Path, budget: Budget, extra: Sequence[str] = ()) -> dict[str, dict[str, list[Run]]]:
     """The untrained runs the ledger plans at `budget` under `root` (its images, seeds and recipes), by network and
     recipe: what the recipe study and the diagnostics read instead of inverting again. A network is named
-    `<model>[-<surgery>]`, followed by the overrides that tell it from another network of that name."""
+    `<model>[-<surgery>]`, followed by the overrides that tell it from another network of that name. A reader of the
+    ledger has none of repinv-claims' flags, so an extra override of a planned key is refused with no flag to use."""
     claims = {c.id: c for c in CLAIMS if c.source in budget.sources}
-    p = plan(list(claims.values()), budget, root, budget.seeds, budget.images, None, lambda *_: None, extra)
+    p = plan(list(claims.values()), budget, root, budget.seeds, budget.images, None, lambda *_: None, extra, flags={})
     by_condition: dict[tuple[str, ...], dict[str, list[Run]]] = {}
     for (cid, recipe), conds in p.conditions.items():
         for name, runs in conds.items():
