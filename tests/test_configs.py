@@ -14,6 +14,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose_cfg
+from repinv.conf import NEUTRAL, group_options
 
 CONF = REPO / "src" / "repinv" / "conf"
 # every config group folder (not hydra/, not the package's own __pycache__/)
@@ -108,3 +109,22 @@ def test_an_override_names_the_key_it_sets_whatever_its_prefix(override, key):
     from repinv.conf import override_key
 
     assert override_key(override) == key
+
+
+@pytest.mark.parametrize("group", sorted(NEUTRAL))
+def test_the_option_suggested_for_group_null_leaves_the_learning_rate_as_configured(group, tmp_path):
+    """`scheduler=null` is refused with `scheduler=<neutral>` as the way to leave the schedule out: that option must
+    exist and keep the optimiser's learning rate over the whole run."""
+    import torch
+
+    option, _ = NEUTRAL[group]
+    assert option in group_options(group)
+    cfg = compose_cfg([f"{group}={option}", "steps=10", "optimizer.lr=0.3"], tmp_path)
+    opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    sched = instantiate(cfg[group])(opt)
+    lrs = []
+    for _ in range(cfg.steps):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == [0.3] * cfg.steps

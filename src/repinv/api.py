@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib.resources import files
 
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -19,7 +18,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig
 
-from repinv.conf import respell_all
+from repinv.conf import NEUTRAL, group_options, respell_all
 from repinv.engine import pipeline
 from repinv.errors import RepinvError, listing, suggest
 
@@ -65,17 +64,6 @@ def composition_error(err: ConfigCompositionException | OverrideParseException, 
         f"The overrides {overrides} do not compose ({reason}). Overrides are Hydra's key=value strings, "
         f"one per item, e.g. {example}; a key the config does not have is added with a leading +."
     )
-
-
-# Groups without a `none` option whose option changes nothing of the run: what `group=null` most likely meant.
-NEUTRAL = {"scheduler": ("constant", "a constant learning rate")}
-
-
-def group_options(group: str) -> list[str]:
-    """The options of a config group of repinv's configs (`scheduler`, `hydra/launcher`); [] for a name that is none."""
-    folder = files(CONFIG_MODULE).joinpath(group)
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")) \
-        if folder.is_dir() else []
 
 
 def refuse_null_groups(overrides: Sequence[str]) -> None:

@@ -45,6 +45,17 @@ def respell_key(key: str) -> str:
     return ALIASES.get(first, first) + dot + rest
 
 
+# Groups without a `none` option whose option changes nothing of the run: what `group=null` most likely meant.
+NEUTRAL = {"scheduler": ("constant", "a constant learning rate")}
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group of repinv's configs (`scheduler`, `hydra/launcher`); [] for a name that is none."""
+    folder = files(__name__).joinpath(group)
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")) \
+        if folder.is_dir() else []
+
+
 @functools.cache
 def switches() -> tuple[str, ...]:
     """The top-level settings config.yaml sets to true or false (`compile`, `debug`): they take nothing else."""
