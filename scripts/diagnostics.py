@@ -23,6 +23,8 @@ folders, not run again). Sized for the CPU budget's 18 layers in about 20 minute
   `--extra-steps` (default 300) steps: runs of the study runner under ROOT, so they are made once.
   A 300-step inversion is less converged than the ledger's 1,500-step one, so the pair's
   disagreement bounds the non-uniqueness from above; more seeds or steps sharpen it at their cost.
+`--models` diagnoses some of the ledger's networks: their rows of the folder's diagnostics.csv are
+remade, the other networks' rows kept, and the correlations and plot cover them all.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, ledger_networks  # noq
 from repinv.conf import respell_all  # noqa: E402
 from repinv.diagnostics.nonunique import INVERSION_PSNR, inversion_quality, pairwise  # noqa: E402
 from repinv.diagnostics.run import diagnose  # noqa: E402
-from repinv.diagnostics.table import write_table  # noqa: E402
+from repinv.diagnostics.table import read_table, write_table  # noqa: E402
 from repinv.errors import RepinvError  # noqa: E402
 from repinv.objectives import ACCURATE  # noqa: E402
 from repinv.reporting.results import METRICS_FILE, read_records  # noqa: E402
@@ -166,6 +168,13 @@ def ledger_records(root: Path, budget: str, extra_seeds: int, extra_steps: int, 
             for r in network_records(name, bases, extra[name], root)]
 
 
+def keeping_others(records: list[dict], table: Path, diagnosed: list[str]) -> list[dict]:
+    """The rows of an earlier `table` of every network but the `diagnosed` ones, then `records`: diagnosing part of a
+    ledger (--models) into its table replaces those networks' rows and keeps the rest."""
+    kept = [r for r in read_table(table) if r["model"] not in diagnosed] if table.is_file() else []
+    return [*kept, *records]
+
+
 def correlations(records: list[dict]) -> list[dict]:
     """Per diagnostic: Spearman ρ with the inversion's PSNR over every record, and mean costs."""
     target = [r[TARGET] for r in records]
@@ -213,7 +222,8 @@ def main(argv=None) -> int:
     p.add_argument("--extra-seeds", type=study.count_arg("seeds", 2), default=1,
                    help="with --ledger: inversions besides the ledger's for non-uniqueness (at least 1)")
     p.add_argument("--extra-steps", type=study.steps_arg, default=300, help="with --ledger: the steps of each extra inversion")
-    p.add_argument("--models", nargs="+", help="with --ledger: a subset of its networks by name (e.g. vit_b_32)")
+    p.add_argument("--models", nargs="+", help="with --ledger: a subset of its networks by name (e.g. vit_b_32); the "
+                   "other networks' rows of OUT/diagnostics.csv are kept, and the correlations cover them all")
     p.add_argument("overrides", nargs="*", help="extra repinv-diagnose overrides for every model, e.g. image=astronaut "
                    "(with --ledger: the ledger's extra overrides)")
     args = p.parse_args(argv)
@@ -223,6 +233,8 @@ def main(argv=None) -> int:
     if args.ledger:
         try:
             records = ledger_records(args.ledger, args.budget, args.extra_seeds, args.extra_steps, args.overrides, args.models)
+            if args.models:
+                records = keeping_others(records, args.out / "diagnostics.csv", args.models)
         except RepinvError as err:
             print(f"diagnostics.py: error: {err}", file=sys.stderr)
             return 2

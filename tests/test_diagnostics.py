@@ -329,3 +329,33 @@ def test_script_summarises_a_network_from_its_finished_runs_when_extra_seeds_fai
     assert row["nonunique_k"] == 2 and row["inversion_psnr"] == 25.0
     [alone] = script.network_records("vit_b_32", [run(FINISHED, 0.2)], [failed], tmp_path)
     assert alone["nonunique_pairs"] == 0 and alone["nonunique_seconds"] == 0
+
+
+def _row(model: str, depth: int, psnr: float) -> dict:
+    """A diagnostics.csv row with every column the correlations and the plot read."""
+    return {"model": model, "variant": "as_configured", "layer": f"L{depth}", "depth": depth, "image": "chelsea",
+            "n_in": 100, "null_fraction": 0.1 * depth, "sigma_top": [2.0, 1.5], "condition": 10.0 ** depth,
+            "stable_rank": 5.0 + depth, "entropy_rank": 3.0 - depth, "forward_seconds": 0.1, "svd_seconds": 1.0,
+            "lanczos_seconds": 0.5, "nonunique_psnr": psnr + 1, "nonunique_input_l2": 9.0 - depth,
+            "nonunique_seconds": 20.0, "inversion_psnr": psnr, "inversion_accurate": True, "inversion_seconds": 200.0}
+
+
+def test_diagnosing_some_networks_of_a_ledger_keeps_the_other_networks_rows_and_correlates_them_all(tmp_path,
+                                                                                                    monkeypatch):
+    """--models remakes the named networks' rows of the ledger's table; the others stay as they were."""
+    from repinv.diagnostics.table import write_table
+
+    script = _script()
+    before = [_row("vit", d, 30.0 - d) for d in range(3)] + [_row("mixer", d, 20.0) for d in range(2)]
+    write_table(before, tmp_path / "diagnostics.csv")
+    remade = [_row("mixer", d, 25.0 - 2 * d) for d in range(2)]
+    monkeypatch.setattr(script, "ledger_records", lambda root, *a: [dict(r) for r in remade])
+    assert script.main(["--ledger", str(tmp_path), "--models", "mixer"]) == 0
+    with open(tmp_path / "diagnostics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["layer"], float(r["inversion_psnr"])) for r in rows] == \
+        [("vit", "L0", 30.0), ("vit", "L1", 29.0), ("vit", "L2", 28.0), ("mixer", "L0", 25.0), ("mixer", "L1", 23.0)]
+    assert rows[0]["sigma_top"] == "2 1.5" and rows[0]["inversion_accurate"] == "True"
+    with open(tmp_path / "correlations.csv") as f:
+        corr = {r["diagnostic"]: r for r in csv.DictReader(f)}
+    assert int(corr["nonunique_psnr"]["n"]) == 5 and float(corr["nonunique_psnr"]["spearman"]) == pytest.approx(1.0)
