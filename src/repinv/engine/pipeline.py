@@ -215,6 +215,7 @@ def record_hydra(out_dir: Path, cfg: DictConfig | None = None) -> None:
     for name, node in files.items():
         (folder / name).write_text(OmegaConf.to_yaml(node))
 
+
 def instantiate_callbacks(cfg: DictConfig, run: RunInfo) -> list[pl.Callback]:
     """The callbacks of `cfg.callbacks`, in their order: those whose constructor takes `run` are given the RunInfo;
     progress bars are left out with trainer.enable_progress_bar=false (Lightning refuses them then)."""
