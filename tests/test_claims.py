@@ -98,7 +98,7 @@ def test_the_mixer_patch_claim_compares_the_studys_200k_and_800k_element_layers(
     import torch
 
     from conftest import compose_cfg
-    from repinv.engine.pipeline import build_model
+    from repinv.models.build import build_model
 
     claim = next(c for c in CLAIMS if c.id == "mixer-patch8")
     elements = {}
@@ -182,7 +182,7 @@ def test_a_transplant_claims_conditions_differ_in_the_part_it_names(tmp_path, cl
 
     from conftest import compose_cfg
     from repinv.claims.registry import CLAIMS
-    from repinv.engine.pipeline import build_model
+    from repinv.models.build import build_model
 
     untrained = build_model(compose_cfg(["model=vit_tiny"], tmp_path)).net.state_dict()
     gen = torch.Generator().manual_seed(1)

@@ -100,7 +100,7 @@ class Blob(Objective):
         return f"wobble={record['wobble']:.1f}"
 
     @classmethod
-    def plan(cls, cfg):
+    def plan(cls, cfg, depth):
         return [{"blob": b, "column": f"blob {b}"} for b in cfg.blobs]
 
 

@@ -141,6 +141,21 @@ def test_a_failed_job_names_the_last_layer_as_a_finished_one_does(tmp_path):
     assert cells == [("0", "L2", "finished"), ("1", "L2", "failed")]
 
 
+def test_a_layer_named_from_the_end_is_planned_by_the_depth_the_caller_counts(tmp_path):
+    """The plan counts back from the depth it is handed (the job's model after its surgery: the stem adds a layer in
+    front of vit_tiny's two blocks) and asks for it only when a layer is named from the end."""
+    from conftest import compose_cfg
+    from repinv.models.build import depth
+    from repinv.objectives import LayerInversion
+
+    job = compose_cfg(["model=vit_tiny", "surgery=resnet_stem", "layers=[-1,0,patch_embed]"], tmp_path)
+    assert depth(job) == 3
+    planned = LayerInversion.plan(job.objective, lambda: depth(job))
+    assert [r["column"] for r in planned] == ["L2", "L0", "patch_embed"]
+    unasked = LayerInversion.plan(OmegaConf.create({"layers": [1]}), lambda: pytest.fail("the model was built"))
+    assert unasked == [{"layer": "L1", "column": "L1"}]
+
+
 def test_summary_marks_crashed_and_unfinished_jobs(run_repinv, tmp_path):
     """Jobs that crashed (status crashed, or no metrics.json at all) show as failed, not missing."""
     from repinv.reporting.summary import main

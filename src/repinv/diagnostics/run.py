@@ -1,7 +1,7 @@
 """`repinv-diagnose`: why a layer cannot be inverted, per (model variant, layer, image).
 
 A thin Hydra entry point over `diagnose(cfg)` (the shell `repinv` has: `repinv.cli.command` and
-`repinv.cli.run_task`), which builds the model as `repinv` does (`repinv.engine.pipeline.build_model`), and for
+`repinv.cli.run_task`), which builds the model as `repinv` does (`repinv.models.build.build_model`), and for
 every normalisation variant, layer and image measures the Jacobian's spectrum
 (`repinv.diagnostics.spectrum`) and the non-uniqueness of K seeded inversions
 (`repinv.diagnostics.nonunique`). The run folder holds config.yaml and metrics.json (one record
@@ -24,12 +24,13 @@ from repinv.diagnostics.ablation import AS_CONFIGURED, Variant, check_ablations,
 from repinv.diagnostics.nonunique import INVERSION_PSNR, seed_inversions
 from repinv.diagnostics.spectrum import SpectrumSettings, layer_function, spectrum
 from repinv.diagnostics.table import write_table
-from repinv.engine.pipeline import build_model, record_config, sweep_name, validate
+from repinv.engine.pipeline import record_config, sweep_name, validate
 from repinv.engine.runinfo import RunInfo
 from repinv.errors import RepinvError, is_whole
 from repinv.inputs.images import load_images
 from repinv.metrics import PSNR, require
 from repinv.models import LoadedModel
+from repinv.models.build import build_model
 from repinv.models.taps import resolve_layers
 from repinv.reporting.loggers import make_loggers
 from repinv.reporting.results import METRICS_FILE, read_records

@@ -6,7 +6,6 @@ pieces it assembles know nothing of Hydra.
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import os
@@ -20,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
@@ -44,7 +43,7 @@ from repinv.engine.validation import check_finite, check_switches
 from repinv.errors import RepinvError, is_number, is_whole
 from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
-from repinv.models.surgery import apply_surgery
+from repinv.models.build import build_model
 from repinv.objectives import Objective
 from repinv.reporting.callbacks import CHECKPOINT_DIR, LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal, last_checkpoint
 from repinv.reporting.loggers import make_loggers
@@ -334,26 +333,6 @@ def await_started(trainer: pl.Trainer) -> None:
     `ShardedDDP.await_started`)."""
     if isinstance(trainer.strategy, ShardedDDP):
         trainer.strategy.await_started()
-
-
-def build_model(cfg: DictConfig, surgery: dict | None = None) -> LoadedModel:
-    """The configured model after the configured surgery, plus `surgery` (more operations by name, e.g. an ablation's)."""
-    ops = {**(cfg.get("surgery") or {}), **(surgery or {})}
-    return apply_surgery(build(cfg.model), {k: build(op, f"surgery.{k}") for k, op in ops.items()})
-
-
-UNTRAINED = {"pretrained": False, "weights": None, "checkpoint": None}  # the model settings that load trained weights, off
-
-
-def architecture(cfg: DictConfig) -> LoadedModel:
-    """The configured model after its surgery, untrained and on the meta device: its structure (what layer indices
-    name) without the time and files its weights would take."""
-    plain = copy.deepcopy(cfg)
-    with open_dict(plain.model):
-        plain.model.merge_with({k: v for k, v in UNTRAINED.items() if k in plain.model})
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a transplant of untrained weights says they are untrained
-        return build_model(plain)
 
 
 # The lengths in steps torch's schedulers take (CosineAnnealingLR's T_max, LinearLR's total_iters, StepLR's step_size,

@@ -131,7 +131,8 @@ class Objective(nn.Module):
         return []
 
     @classmethod
-    def plan(cls, cfg) -> list[dict]:
+    def plan(cls, cfg, depth: Callable[[], int]) -> list[dict]:
         """The records a run of this objective's config node would write, as far as the job's config tells
-        without running it (the cells of a sweep job that failed before it wrote any); [] if unknown."""
+        without running it (the cells of a sweep job that failed before it wrote any); [] if unknown. `depth()` is
+        the number of hidden layers of the job's model (it builds the model's structure: call it only if needed)."""
         return []

@@ -8,12 +8,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from repinv.errors import RepinvError
 from repinv.inputs.images import TargetImage
 from repinv.metrics import HEADLINE
-from repinv.models.taps import LayerTap, SharedPass, hidden_layer_names, layer_label, resolve_layers, tap_outputs
+from repinv.models.taps import LayerTap, SharedPass, layer_label, resolve_layers, tap_outputs
 from repinv.objectives.base import Objective, positive, target_seed
 
 log = logging.getLogger(__name__)
@@ -51,13 +50,6 @@ def _seconds(step: Callable[[], None], device: torch.device) -> float:
     step()
     synchronize(device)
     return time.perf_counter() - start
-
-
-def _depth(job_cfg) -> int:
-    """How many hidden layers the job's model has: what an index from the end counts back from."""
-    from repinv.engine.pipeline import architecture  # the engine imports the objectives
-
-    return len(hidden_layer_names(architecture(job_cfg).net))
 
 
 def noise_shift(seed: int, image: TargetImage) -> torch.Tensor:
@@ -221,12 +213,12 @@ class LayerInversion(Objective):
         return [f"layer:{tap.label}" for tap in self.taps]
 
     @classmethod
-    def plan(cls, cfg):
+    def plan(cls, cfg, depth):
         """Each entry of `layers=` named as the records name it: an index from the end (-1) by its place in the model,
-        which takes the job's model and surgery (`repinv.engine.pipeline.architecture`, no weights)."""
+        whose number of hidden layers `depth()` counts (called only for such an index)."""
         specs = cfg.get("layers")
         specs = list(specs) if isinstance(specs, Sequence) and not isinstance(specs, str) else [specs]
         indices = [int(s) if str(s).lstrip("-").isdigit() else None for s in specs]
-        depth = _depth(OmegaConf.select(cfg, "..")) if any(i is not None and i < 0 for i in indices) else 0
+        depth = depth() if any(i is not None and i < 0 for i in indices) else 0
         labels = [str(s) if i is None else layer_label(i + depth if i < 0 else i) for s, i in zip(specs, indices)]
         return [{"layer": label, "column": label} for label in labels]

@@ -28,6 +28,7 @@ from PIL import Image
 from repinv.conf import override_key
 from repinv.errors import paragraph
 from repinv.metrics import COMPARED, axis_label
+from repinv.models.build import depth
 from repinv.objectives import OUTPUT_L2
 from repinv.reporting import tables
 from repinv.reporting.figures import plt, titled_grid
@@ -70,8 +71,8 @@ def planned_records(path: Path) -> list[dict]:
     if config is None:
         return []
     try:
-        node = OmegaConf.load(config).objective
-        return get_class(node._target_).plan(node)
+        job = OmegaConf.load(config)
+        return get_class(job.objective._target_).plan(job.objective, lambda: depth(job))
     except Exception:  # a config that does not resolve or names no objective: the job's cells stay unnamed
         return []
 
