@@ -207,3 +207,36 @@ def test_a_run_saved_when_the_priors_were_called_regularizer_resumes(run_repinv,
     torch.save(saved, ckpt)
     records, _ = run_repinv(*RESUMABLE, "resume=last", name="cut")
     assert {r["status"] for r in records} == {"finished"} and "resumed_with_changes" not in records[0]
+
+
+@pytest.mark.parametrize("name,before,after", [
+    ("LinearLR", {"end_factor": 0.05, "total_iters": 30}, {"end_factor": 0.5, "total_iters": 30}),
+    ("CosineAnnealingLR", {"T_max": 30, "eta_min": 0.0}, {"T_max": 60, "eta_min": 0.1}),
+    ("ConstantLR", {"factor": 1.0, "total_iters": 30}, {"factor": 0.5, "total_iters": 30}),
+])
+def test_a_changed_schedule_restarts_at_the_rate_the_new_settings_give_at_that_step(name, before, after):
+    """What a resume with allowed schedule changes does: the rate at step 14 and every later step is the new
+    schedule's, as if it had run from the start."""
+    from repinv.engine.identity import restart
+
+    def stepped(settings: dict, steps: int):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = getattr(torch.optim.lr_scheduler, name)(opt, **settings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(steps):
+                opt.step()
+                sched.step()
+        return opt, sched
+
+    opt, sched = stepped(before, 14)
+    for key, value in after.items():
+        setattr(sched, key, value)
+    restart(sched)
+    _, fresh = stepped(after, 14)
+    rates = []
+    for _ in range(10):
+        rates.append((opt.param_groups[0]["lr"], fresh.optimizer.param_groups[0]["lr"]))
+        opt.step(), sched.step(), fresh.optimizer.step(), fresh.step()
+    assert [a for a, _ in rates] == pytest.approx([b for _, b in rates], rel=1e-9)
+    assert sched.get_last_lr() == pytest.approx(fresh.get_last_lr())
