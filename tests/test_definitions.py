@@ -161,7 +161,7 @@ def test_study_config_fixes_the_blur_loss_noise_init_steps_and_lr(tmp_path):
     assert blur.sigma(0, cfg.steps) == pytest.approx(2.4) and blur.sigma(cfg.steps - 1, cfg.steps) == pytest.approx(0.4)
     objective = build(cfg.objective)
     assert isinstance(objective, LayerInversion) and objective.loss == "l1"
-    assert objective.scale == 0.15 and objective.noise_std == pytest.approx(1 / 18, rel=1e-4)
+    assert objective.scale == 0.15 and objective.noise_std == pytest.approx(1 / 18, rel=1e-12)
     opt = build(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     assert opt.param_groups[0]["lr"] == 0.05
 
