@@ -105,6 +105,9 @@ CASES = {
                                     "param.gain=1000.0 must lie in [0.0001, 1] for 4 levels"),
     "objective scale 0": (["objective.scale=0"], "objective.scale=0 must be positive"),
     "negative noise baseline": (["objective.noise_std=-1"], "objective.noise_std=-1 must be positive"),
+    "octaves that never reach full size": (["priors=octaves", "priors.octaves.scales=[0.25,0.5]"],
+                                           "priors.octaves.scales=[0.25, 0.5] must be ascending scales in (0, 1] "
+                                           "ending at 1.0"),
     "feature samples beyond memory": (["objective=feature", "objective.samples=1e9"], "objective.samples=1000000000.0 must be"),
     "jitter wider than the image": (["priors=blur_jitter", "priors.jitter.pixels=1000000000"],
                                     "priors.jitter.pixels=1000000000 shifts the crop by more than the 64x64 input"),

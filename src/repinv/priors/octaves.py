@@ -20,10 +20,12 @@ class Octaves(Prior):
 
     def __init__(self, scales=(0.5, 1.0)):
         self.scales = [float(s) for s in scales]
-        if not self.scales or any(not 0 < s <= 1 for s in self.scales) or self.scales != sorted(self.scales):
+        if not self.scales or any(not 0 < s <= 1 for s in self.scales) or self.scales != sorted(self.scales) \
+                or self.scales[-1] != 1:
             raise RepinvError(
-                f"priors.octaves.scales={scales} must be ascending scales in (0, 1], e.g. [0.25, 0.5, 1.0]: "
-                "the image is generated at each fraction of the model's input size in turn."
+                f"priors.octaves.scales={scales} must be ascending scales in (0, 1] ending at 1.0, e.g. [0.25, 0.5, "
+                "1.0]: the image is generated at each fraction of the model's input size in turn, the last octave at "
+                "full size (without it the run ends on an upscaled small image)."
             )
 
     def scale(self, step: int, total: int) -> float:
