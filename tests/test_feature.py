@@ -82,6 +82,22 @@ def test_a_shard_scores_only_its_own_targets():
     assert torch.allclose(stats["activation"], expected) and resolve_layer(net, "out").label == whole.targets[0]["layer"]
 
 
+def test_two_spellings_of_one_layer_start_a_unit_from_the_same_noise():
+    """`layer=0` and `layer=blocks.0` are one layer of a ViT: each unit starts from the same noise either way, and
+    each unit (and sample) from noise of its own."""
+    import timm
+
+    from repinv.objectives.feature import FeatureVisualization
+
+    net = timm.create_model("vit_tiny_patch16_224", depth=2, img_size=32, patch_size=8, embed_dim=16, num_heads=2)
+    seeds = {}
+    for spelling in (0, "blocks.0"):
+        objective = FeatureVisualization(spelling, units=[1, 3], samples=2)
+        objective.setup(net, lambda x: x, [], 7)
+        seeds[spelling] = objective.init_seeds(7)
+    assert seeds[0] == seeds["blocks.0"] and len(set(seeds[0])) == 4
+
+
 def test_a_unit_outside_the_layer_is_a_clear_error(run_repinv):
     with pytest.raises(RepinvError, match="channels 0..63"):
         run_repinv("model=vit_tiny", "objective=feature", "objective.layer=1", "objective.units=[64]", "steps=2",

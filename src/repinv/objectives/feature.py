@@ -47,6 +47,7 @@ class FeatureVisualization(Objective):
 
     kind = "feature"
     stats = (ACTIVATION,)
+    labels = ("layer",)  # the layer as spelled (5 or blocks.5); its seed comes from `module`, the path it resolves to
 
     def __init__(self, layer=None, units=(0,), samples: int = 1, scale: float = 1.0):
         super().__init__()
@@ -70,7 +71,8 @@ class FeatureVisualization(Objective):
         self.tap = resolve_layer(net, spec, "objective.layer")
         dev = next(net.parameters()).device
         self.targets = [
-            {"image": f"sample{k}", "layer": self.tap.label, "unit": c, **({} if t is None else {"token": t})}
+            {"image": f"sample{k}", "layer": self.tap.label, "module": self.tap.module or self.tap.label, "unit": c,
+             **({} if t is None else {"token": t})}
             for t, c in self.units
             for k in range(self.samples)
         ]
