@@ -71,6 +71,21 @@ def test_rebuild_with_patch_size(tmp_path):
     assert model.surgery == ["patch8"]
 
 
+@pytest.mark.parametrize("model_name,patch,read,expected", [
+    ("mixer_b16", 8, lambda net: (net.stem.proj.kernel_size, len(net.blocks), net.embed_dim), ((8, 8), 12, 768)),
+    ("convmixer", 14, lambda net: (net.stem[0].kernel_size, len(net.blocks), net.blocks[0][0].fn[0].kernel_size,
+                                   type(net.stem[1]).__name__), ((14, 14), 32, (7, 7), "ReLU")),
+])
+def test_a_rebuild_of_a_preset_whose_entry_point_fixes_its_sizes_keeps_the_others(tmp_path, model_name, patch, read,
+                                                                                   expected):
+    """mixer_b16_224 and convmixer_768_32 state their own sizes: a rebuild with another patch size is that model with
+    that patch size (Mixer-B's 12 blocks of width 768; ConvMixer-768/32's kernel 7 and ReLU), not the class's
+    defaults."""
+    with torch.device("meta"):
+        model = apply_surgery(_model(tmp_path, f"model={model_name}"), {"patch": Rebuild(patch_size=patch)})
+    assert read(model.net) == expected
+
+
 @pytest.mark.parametrize("model_name,size_kwarg", [("vit_tiny", "img_size"), ("tv_vit_tiny", "image_size")])
 def test_a_rebuild_at_another_input_size_feeds_the_model_at_that_size(tmp_path, model_name, size_kwarg):
     """Each source spells the input size its own way; the rebuilt model's input size follows either spelling."""

@@ -102,23 +102,48 @@ def _load_file(net: nn.Module, name: str, checkpoint: str, path: Path) -> None:
     net.load_state_dict(state)
 
 
+class _Captured(Exception):
+    """Stops an entry point at timm's builder, holding the builder's arguments."""
+
+    def __init__(self, cls: type, kwargs: dict[str, Any]):
+        super().__init__(cls.__name__)
+        self.cls, self.kwargs = cls, kwargs
+
+
+def entry_arguments(name: str) -> tuple[type, dict[str, Any]]:
+    """The model class and keyword arguments timm's entry point `name` hands `build_model_with_cfg` (its own sizes,
+    filter and feature settings), read by stopping the entry point at that call: nothing is built."""
+    module = sys.modules[timm.models.model_entrypoint(name).__module__]
+    builder = module.build_model_with_cfg
+
+    def capture(cls, variant, pretrained=False, **kwargs):
+        raise _Captured(cls, kwargs)
+
+    module.build_model_with_cfg = capture
+    try:
+        timm.create_model(name)
+    except _Captured as found:
+        return found.cls, found.kwargs
+    finally:
+        module.build_model_with_cfg = builder
+    raise RuntimeError(f"timm's entry point {name} did not call build_model_with_cfg")
+
+
 def build(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     """timm.create_model; where the entry point fixes a size that `kwargs` sets, timm's builder on its class.
 
     Some entry points pass their own sizes next to the caller's kwargs (mixer_b16_224's patch size,
     depth and width), which Python refuses as a duplicate keyword. Then the model is built by
-    `timm.models.build_model_with_cfg` from the entry point's model class and pretrained config
-    with `kwargs` as the whole architecture (the class's defaults fill the rest): a patch-8 Mixer
-    B gives patch_size, num_blocks and embed_dim.
+    `timm.models.build_model_with_cfg` with the entry point's own arguments and `kwargs` over them:
+    patch_size=8 on mixer_b16_224 is a Mixer-B (12 blocks, width 768) with patch 8.
     """
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:
         if DUPLICATE not in str(err):
             raise
-        with torch.device("meta"):
-            cls = type(timm.create_model(name))
-    return timm.models.build_model_with_cfg(cls, name, pretrained, pretrained_filter_fn=_filter_fn(cls), **kwargs)
+    cls, own = entry_arguments(name)
+    return timm.models.build_model_with_cfg(cls, name, pretrained, **{**own, **kwargs})
 
 
 class TimmSource(ModelSource):
