@@ -96,6 +96,8 @@ CASES = {
                                                        "checkpoint (it holds a list, not a dict)"),
     "resume a run folder whose checkpoint is no checkpoint": (["resume={d}/list_run"], "last.ckpt could not be read as "
                                                               "a checkpoint (it holds a list, not a dict)"),
+    "empty checkpoint path": (["model.checkpoint=''"], "model.checkpoint is empty (''), which would run the model "
+                                                          "untrained"),
     "unknown precision": (["precision=fp8"], "precision=fp8 is not a precision repinv knows. Use precision=32-true"),
     "half-precision image": (["precision=bf16-true"], "would make the image itself half precision"),
     "nan setting": (["priors.blur.sigma_start=nan"], "priors.blur.sigma_start=nan: settings must be finite"),

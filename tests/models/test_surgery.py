@@ -120,6 +120,27 @@ def test_two_presets_without_a_donor_keep_both_parts_of_the_configured_weights(t
     assert not model.trained and model.surgery == ["trained_patch_embed", "trained_pos_embed"]
 
 
+def test_a_donor_is_built_from_its_own_loading_settings_not_the_models(tmp_path, trained_file, monkeypatch):
+    """A model loaded from a checkpoint with a donor of `pretrained: true`: the donor is timm's trained weights,
+    not the model's checkpoint again (which would make the transplant copy the model's own tensors)."""
+    import repinv.models.surgery as surgery
+
+    path, _ = trained_file
+    model = _model(tmp_path, f"model.checkpoint={path}")
+    built = []
+
+    def create(**spec):
+        built.append(spec)
+        raise RepinvError("stop after the donor's settings")
+
+    monkeypatch.setattr(surgery, "create_model", create)
+    with pytest.raises(RepinvError, match="stop after the donor's settings"):
+        apply_surgery(model, {"pos": Transplant(["pos_embed"], donor={"pretrained": True})})
+    [donor] = built
+    assert (donor["pretrained"], donor["checkpoint"], donor["weights"]) == (True, None, None)
+    assert donor["name"] == model.arch and donor["seed"] == model.spec["seed"]
+
+
 def test_a_transplant_without_a_donor_into_a_model_without_trained_weights_changes_nothing(tmp_path, trained_file):
     path, _ = trained_file
     model = apply_surgery(_model(tmp_path), {"pos": Transplant(["pos_embed"], donor={"checkpoint": str(path)})})

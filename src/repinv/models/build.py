@@ -9,11 +9,9 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from repinv.engine.plugins import build
-from repinv.models.factory import LoadedModel
+from repinv.models.factory import UNTRAINED, LoadedModel
 from repinv.models.surgery import apply_surgery
 from repinv.models.taps import hidden_layer_names
-
-UNTRAINED = {"pretrained": False, "weights": None, "checkpoint": None}  # the model settings that load trained weights, off
 
 
 def build_model(cfg: DictConfig, surgery: dict | None = None) -> LoadedModel:

@@ -21,6 +21,8 @@ from repinv.models.packed import pack_linears
 from repinv.models.patchify import patchify_convs
 from repinv.models.sources import IMAGENET_MEAN, IMAGENET_STD, SOURCE_ATTR, ModelSource, for_net, model_source
 
+UNTRAINED = {"pretrained": False, "weights": None, "checkpoint": None}  # the model settings that load trained weights, off
+
 
 @dataclass
 class LoadedModel:
@@ -112,6 +114,11 @@ def create_model(
     (`model_source`, `cpu_kernels_choice`); config nodes inside `kwargs` are built too (the model config
     is not built recursively). The net is marked with its source (`for_net`).
     """
+    for setting, value in (("checkpoint", checkpoint), ("weights", weights)):
+        if isinstance(value, str) and not value.strip():
+            raise RepinvError(f"model.{setting} is empty ('{value}'), which would run the model untrained: give a "
+                              f"{'weights file' if setting == 'checkpoint' else 'torchvision weights enum'} or leave "
+                              f"model.{setting}=null for untrained weights.")
     mean, std = per_channel("model.mean", mean, IMAGENET_MEAN), per_channel("model.std", std, IMAGENET_STD, positive=True)
     kwargs = dict(build(kwargs, "model.kwargs")) if kwargs else {}  # a node with _target_ inside (act_layer) is built here
     spec = dict(name=name, label=label, input_size=input_size, pretrained=pretrained, checkpoint=checkpoint, mean=mean,

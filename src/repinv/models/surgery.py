@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from repinv.errors import RepinvError, listing, suggest
-from repinv.models.factory import LoadedModel, create_model, freeze
+from repinv.models.factory import UNTRAINED, LoadedModel, create_model, freeze
 from repinv.models.stem import StemLayers, put_stem_first
 
 
@@ -110,7 +110,8 @@ class Transplant(Operation):
                 "a transplant donor must be trained: set donor.pretrained=true (timm's weights), donor.checkpoint=FILE "
                 "or, for torchvision, donor.weights; or leave donor unset to take the model's own configured weights."
             )
-        spec = {**model.spec, **{k: v for k, v in self.donor.items() if k != "name"}}
+        # the donor's own loading settings only: the model's (a checkpoint next to donor.pretrained) would win
+        spec = {**model.spec, **UNTRAINED, **{k: v for k, v in self.donor.items() if k != "name"}}
         try:
             donor = create_model(**spec)
         except RepinvError as err:
