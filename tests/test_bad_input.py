@@ -96,6 +96,15 @@ CASES = {
                                                        "checkpoint (it holds a list, not a dict)"),
     "resume a run folder whose checkpoint is no checkpoint": (["resume={d}/list_run"], "last.ckpt could not be read as "
                                                               "a checkpoint (it holds a list, not a dict)"),
+    "layer a surgery removed": (["model=mixer_tiny", "+surgery.x._target_=repinv.models.surgery.Remove",
+                                 "+surgery.x.pattern=blocks", "layers=[0]"],
+                                "layers=0 names blocks.0, which this model no longer has"),
+    "torchvision kwargs its build refuses": (["model=tv_vit_tiny", "+model.kwargs.representation_size=-1"],
+                                             "do not fit torchvision's vit_b_32: RuntimeError"),
+    "network built for another size": (["model.kwargs.img_size=32"], "model.kwargs.img_size=32 builds the network for "
+                                                                      "another input size than model.input_size=64"),
+    "input size 0": (["model=resnet_tiny", "model.input_size=0"], "model.input_size=0 must be an image size in pixels"),
+    "input size of three sides": (["model.input_size=[32,32,32]"], "model.input_size=[32, 32, 32] must be an image size"),
     "empty checkpoint path": (["model.checkpoint=''"], "model.checkpoint is empty (''), which would run the model "
                                                           "untrained"),
     "unknown precision": (["precision=fp8"], "precision=fp8 is not a precision repinv knows. Use precision=32-true"),

@@ -76,6 +76,16 @@ def builtin_name(node: Any) -> str | None:
     return model_source.short_name(node) or cpu_kernels_choice.short_name(node)
 
 
+def side_pair(key: str, value) -> tuple[int, int]:
+    """An image size given as one side or (height, width) as (height, width); one paragraph if it is neither."""
+    sides = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    sides = sides * 2 if len(sides) == 1 else sides
+    if len(sides) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides):
+        raise RepinvError(f"{key}={value} must be an image size in pixels: one positive whole number (a square side) "
+                          f"or two (height, width), e.g. {key}=224 or {key}=[224,224].")
+    return sides[0], sides[1]
+
+
 def per_channel(key: str, values: Any, example: tuple[float, ...], positive: bool = False) -> tuple[float, ...] | None:
     """`model.mean` or `model.std` as three finite numbers, one per RGB channel (each above 0 with `positive`: the
     input is divided by std); None leaves the model's own. Anything else would fail to broadcast at the first step, or
@@ -124,7 +134,13 @@ def create_model(
     spec = dict(name=name, label=label, input_size=input_size, pretrained=pretrained, checkpoint=checkpoint, mean=mean,
                 std=std, seed=seed, kwargs=kwargs, source=source, weights=weights, cpu_kernels=cpu_kernels)
     lib, prepare = model_source(source), cpu_kernels_choice(cpu_kernels)
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    size = side_pair("model.input_size", input_size)
+    if lib.size_kwarg in kwargs and side_pair(f"model.kwargs.{lib.size_kwarg}", kwargs[lib.size_kwarg]) != size:
+        raise RepinvError(
+            f"model.kwargs.{lib.size_kwarg}={kwargs[lib.size_kwarg]} builds the network for another input size than "
+            f"model.input_size={input_size}, the size the images are fed at: set them alike (the presets write "
+            f"{lib.size_kwarg}: ${{model.input_size}}), or leave {lib.size_kwarg} out of model.kwargs."
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net, trained = lib.create(name, dict(kwargs), pretrained=pretrained, weights=weights, checkpoint=checkpoint)

@@ -158,6 +158,12 @@ def resolve_layer(net: nn.Module, spec: int | str, key: str = "layers") -> Layer
         if not names or not -len(names) <= spec < len(names):
             raise _invalid(spec, net, key)
         index = spec % len(names)
+        if names[index] not in dict(net.named_modules()):
+            raise RepinvError(
+                f"{key}={spec} names {names[index]}, which this model no longer has (a surgery removed or replaced "
+                f"what held it). Name a layer the model still has: a module path such as "
+                f"{listing([n for n, _ in net.named_modules() if n and n.count('.') <= 1], 16)}."
+            )
         return LayerTap(label=layer_label(index), module=names[index])
     if not isinstance(spec, str) or not spec:
         raise _invalid(spec, net, key)

@@ -105,7 +105,10 @@ class TorchvisionSource(ModelSource):
                 net.load_state_dict(fit_state(net, trained.state_dict()))
         except TypeError as err:
             raise RepinvError(f"model.kwargs={kwargs} do not fit torchvision's {name}: {err}.") from None
-        except (OSError, RuntimeError) as err:  # download refused offline, or a broken cache
+        except (OSError, RuntimeError) as err:  # download refused offline, or a broken cache; or kwargs the build refuses
+            if not weights:
+                raise RepinvError(f"model.kwargs={kwargs} do not fit torchvision's {name}: {type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''}.") from None
             url = torchvision.models.get_model_weights(name)[weights].url
             raise RepinvError(
                 f"trained weights {weights} for torchvision's {name} could not be loaded ({type(err).__name__}: "
