@@ -97,7 +97,8 @@ def _load_file(net: nn.Module, name: str, checkpoint: str, path: Path) -> None:
         raise RepinvError(
             f"model.checkpoint={checkpoint} does not fit model.name={name} as configured: {listing(problems, 3)}. "
             "The file must hold weights for the whole model as configured, under its own names: saved from the same "
-            "architecture with the same timm kwargs (patch size, width, depth, num_classes)."
+            "architecture with the same timm kwargs (width, depth, num_classes; timm's filter resamples a ViT's "
+            "position and patch embeddings to the model's size and patch size)."
         )
     net.load_state_dict(state)
 
