@@ -45,7 +45,7 @@ MUTATIONS = [
                "torch.stack([noise_shift(seed, im) for im in images]) / 8"),),
              (DEFS + "test_noise_shift_baseline_is_the_output_distance_under_seeded_noise_of_std_1_18",)),
     Mutation("noise-shift std 1/8 in the objective's config",
-             (("conf/objective/layer.yaml", "noise_std: 0.05556", "noise_std: 0.125"),),
+             (("conf/objective/layer.yaml", "noise_std: 0.05555555555555555", "noise_std: 0.125"),),
              (DEFS + "test_study_config_fixes_the_blur_loss_noise_init_steps_and_lr",)),
     Mutation("blur schedule reversed (sigma 0.4 -> 2.4)",
              (("priors/blur.py", "linear(self.sigma_start, self.sigma_end, step, total)",
