@@ -408,3 +408,22 @@ def test_compare_of_a_folder_without_a_ledger_is_one_paragraph(tmp_path, capsys)
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith(f"repinv-claims: error: --compare {tmp_path}: no ledger there") and "Traceback" not in err
     assert "docs/study/cpu docs/study/cpu-astronaut" in err
+
+
+@pytest.mark.parametrize("claim_id,cond,holds", [("trained-norm1", "norm1", True), ("trained-pos-embed", "pos_embed", False)])
+def test_the_first_encoder_claims_judge_the_first_encoder_alone(claim_id, cond, holds):
+    """"the change in first encoder layer representational accuracy", "the first layer norm (...) of the first
+    encoder": a 6 dB change at L0 is judged as 6 dB, not diluted by the shared patch embedding and deeper layers."""
+    claim = next(c for c in CLAIMS if c.id == claim_id)
+    transplant = {"patch_embed": [25, 25], "L0": [20, 20], "L5": [15, 15], "L11": [14, 14]}
+    verdict = claim.rule({"transplant": recs(transplant), cond: recs({**transplant, "L0": [26, 26]})})
+    assert verdict.holds is holds and verdict.measured.startswith(f"{cond}@L0 − transplant@L0 6.0"), verdict
+
+
+def test_a_verdict_within_rounding_of_its_threshold_shows_the_second_decimal():
+    """3.01 dB holds and 2.99 dB fails a 3 dB gap: both would read "3.0" at one decimal."""
+    for a, holds, shown in ((33.01, True, "3.01 ± 0.00 dB"), (32.99, False, "2.99 ± 0.00 dB"), (35.04, True, "5.0 ± 0.0 dB")):
+        verdict = rules.better({"a": recs({"L0": [a, a]}), "b": recs({"L0": [30.0, 30.0]})}, "a", "b")
+        assert verdict.holds is holds and verdict.measured == f"a − b {shown}", verdict
+    kept = rules.keeps_input({"vit": recs({"L0": [19.98, 19.98]})}, "vit")
+    assert not kept.holds and kept.measured == "lowest L0 19.98 ± 0.00 dB"

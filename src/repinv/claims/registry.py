@@ -160,8 +160,9 @@ def study_claims() -> list[Claim]:
                      "no discernable pattern at all is visible in the weights of around half of the input convolutional filters",
                      "vit_b_32_conv_representations", {"vit": TRAINED_VIT}, partial(rules.about_half_structured, cond="vit")),
         *_per_source("resnet-conv1-3-as-vit",
-                     "ResNet50 conv1 restricted to its first three filters (37,632 outputs) represents the input "
-                     "about as well as ViT-B/32's patch embedding (untrained here; trained with weights)",
+                     "Untrained ResNet50 conv1 restricted to its first three filters (37,632 outputs) represents the "
+                     "input about as well as untrained ViT-B/32's patch embedding (the study's trained half is not "
+                     "checked)",
                      "For trained and untrained ResNet models, this yields an input representation of approximately "
                      "the same resolution that is found using the first convolutional layer of ViT", "resnet_conv1_vit (text)",
                      {"conv1_3": Run("resnet_conv1_3"), "vit": UNTRAINED_VIT},
@@ -181,19 +182,20 @@ def study_claims() -> list[Claim]:
                       "transplant": TRANSPLANT},
                      partial(rules.better, a="long", b="transplant", layer_a="last", layer_b="L0")),
         *_per_source("trained-pos-embed",
-                     "The trained positional embedding in the transplanted ViT-B/32 makes no noticeable difference",
+                     "The trained positional embedding in the transplanted ViT-B/32 makes no noticeable difference at "
+                     "the first encoder",
                      "there is no noticeable difference in the representation quality", "vitb32_encoder1_ln",
                      {"transplant": TRANSPLANT,
                       "pos_embed": Run("vit_b_32", ("surgery=[trained_input_untrained_encoders,trained_pos_embed]",), True)},
-                     partial(rules.same, a="pos_embed", b="transplant")),
+                     partial(rules.same, a="pos_embed", b="transplant", layer_a="L0", layer_b="L0")),
         *_per_source("trained-norm1",
-                     "The trained first LayerNorm in the transplanted ViT-B/32 increases the representation quality "
-                     "substantially",
+                     "The trained first LayerNorm in the transplanted ViT-B/32 increases the first encoder's "
+                     "representation quality substantially",
                      "substituting the first layer norm (...) of the first encoder for a trained version is capable of "
                      "increasing the representational quality substantially", "vitb32_encoder1_ln",
                      {"transplant": TRANSPLANT,
                       "norm1": Run("vit_b_32", ("surgery=[trained_input_untrained_encoders,trained_norm1]",), True)},
-                     partial(rules.better, a="norm1", b="transplant"), plot=True),
+                     partial(rules.better, a="norm1", b="transplant", layer_a="L0", layer_b="L0"), plot=True),
         *_per_source("vit-l16-first16", "A trained ViT-L/16 at 512x512 represents the input accurately in its first 16 encoders",
                      "we see that the first 16 encoder layers are capable of", "vitl16_encoder_representations",
                      {"vit": Run("vit_l_16", trained=True)}, partial(rules.keeps_input, cond="vit"), plot=True),
