@@ -27,7 +27,7 @@ def recs(psnr_by_layer: dict[str, list[float]], **extra) -> list[dict]:
 
 def test_keeps_input_needs_every_layer_at_or_above_20_db():
     kept = rules.keeps_input({"vit": recs({"patch_embed": [30, 32], "L0": [20, 20], "L11": [27.5, 29.5]})}, "vit")
-    assert kept.holds and kept.measured == "lowest L0 20.0 ± 0.0 dB" and kept.rule == "PSNR ≥ 20 dB at every layer"
+    assert kept.holds and kept.measured == "lowest L0 20.00 ± 0.00 dB" and kept.rule == "PSNR ≥ 20 dB at every layer"
     low = rules.keeps_input({"vit": recs({"patch_embed": [30, 32], "L0": [19, 20], "L11": [29, 31]})}, "vit")
     assert not low.holds and "lowest L0 19.5" in low.measured
 

@@ -53,7 +53,7 @@ def test_better_compares_only_the_samples_both_conditions_have():
 def test_better_between_layers_pairs_per_sample_and_as_good_allows_3_db_less():
     vit = {"vit": recs({"patch_embed": [30, 28, 32, 30], "L0": [27, 26, 28, 27], "L11": [20, 20, 21, 19]})}
     first_over_l0 = rules.better(vit, "vit", "vit", layer_a="first", layer_b="L0")  # 3, 2, 4, 3
-    assert first_over_l0.holds and first_over_l0.measured == "vit@first − vit@L0 3.0 ± 0.8 dB"
+    assert first_over_l0.holds and first_over_l0.measured == "vit@first − vit@L0 3.00 ± 0.82 dB"
     l0_vs_first = rules.as_good(vit, "vit", "vit", layer_a="L0", layer_b="first")  # −3.0 ± 0.8
     assert l0_vs_first.holds and l0_vs_first.rule == "vit@L0 − vit@first ≥ −3 dB"
     last_vs_first = rules.as_good(vit, "vit", "vit", layer_a="last", layer_b="first")  # −10, −8, −11, −11
@@ -62,7 +62,7 @@ def test_better_between_layers_pairs_per_sample_and_as_good_allows_3_db_less():
 
 def test_keeps_input_needs_every_layers_mean_at_20_db_or_above():
     kept = rules.keeps_input({"vit": recs({"patch_embed": [30, 28, 32, 30], "L5": [21, 19, 22, 18]})}, "vit")
-    assert kept.holds and kept.measured == "lowest L5 20.0 ± 1.8 dB"  # mean 20.0 with two images below 20
+    assert kept.holds and kept.measured == "lowest L5 20.00 ± 1.83 dB"  # mean 20.00 with two images below 20
     lost = rules.keeps_input({"vit": recs({"patch_embed": [30, 28, 32, 30], "L5": [21, 19, 21, 18]})}, "vit")
     assert not lost.holds and lost.measured == "lowest L5 19.8 ± 1.5 dB"
 
@@ -77,7 +77,7 @@ def test_loses_input_needs_the_last_layer_3_db_below_the_first():
 def test_filter_rules_average_the_structured_fraction_over_seeds():
     runs = {"v": [{"structured": 0.05, "seed": 0}, {"structured": 0.15, "seed": 1}]}
     unstructured = rules.unstructured_filters(runs, "v")
-    assert unstructured.holds and unstructured.measured == "structured 0.1 ± 0.1"
+    assert unstructured.holds and unstructured.measured == "structured 0.10 ± 0.07"
     assert not rules.about_half_structured(runs, "v").holds
     trained = {"v": [{"structured": 0.5, "seed": 0}, {"structured": 0.7, "seed": 1}]}
     assert rules.about_half_structured(trained, "v").holds and not rules.unstructured_filters(trained, "v").holds
@@ -128,7 +128,7 @@ def test_ledger_verdicts_and_measured_text_come_from_the_run_folders(tmp_path):
 def test_ledger_reads_each_seeds_filters_json(tmp_path):
     conds = {"vit": [(s, run_folder(tmp_path, "vit", s, {"patch_embed": [30, 30]}, structured=f))
                      for s, f in [(0, 0.6), (1, 0.8)]]}
-    assert judge(claim(partial(rules.about_half_structured, cond="vit"), vit=1), conds)[:2] == ("holds", "structured 0.7 ± 0.1")
+    assert judge(claim(partial(rules.about_half_structured, cond="vit"), vit=1), conds)[:2] == ("holds", "structured 0.70 ± 0.12")
     assert judge(claim(partial(rules.unstructured_filters, cond="vit"), vit=1), conds)[0] == "fails"
 
 

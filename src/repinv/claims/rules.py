@@ -54,9 +54,12 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def fmt(values: Sequence[float], unit: str = " dB") -> str:
+def fmt(values: Sequence[float], unit: str = " dB", *thresholds: float) -> str:
+    """Mean ± sd to one decimal; to two where the mean rounds to a threshold its rule compares it with, so a verdict
+    that holds by 0.01 does not read like one that fails by 0.01."""
     m, s = mean_sd(values)
-    return f"{m:.1f} ± {s:.1f}{unit}"
+    places = 2 if any(f"{m:.1f}" == f"{t:.1f}" for t in thresholds) else 1
+    return f"{m:.{places}f} ± {s:.{places}f}{unit}"
 
 
 def _sample(r: Mapping) -> tuple:
@@ -89,7 +92,7 @@ def keeps_input(m: Measurements, cond: str) -> Verdict:
     """Holds when the mean PSNR is ≥ KEEP_DB at every layer (each layer represents the input accurately)."""
     layers = by_layer(m[cond])
     worst = min(layers, key=lambda k: statistics.fmean(layers[k]))
-    measured = f"lowest {worst} {fmt(layers[worst])}"
+    measured = f"lowest {worst} {fmt(layers[worst], ' dB', KEEP_DB)}"
     return Verdict(statistics.fmean(layers[worst]) >= KEEP_DB, measured, f"PSNR ≥ {KEEP_DB:g} dB at every layer")
 
 
@@ -97,7 +100,7 @@ def loses_input(m: Measurements, cond: str) -> Verdict:
     """Holds when the mean PSNR falls by ≥ GAP_DB from the first layer to the last."""
     first, last, change = _first_last(m[cond])
     layers = by_layer(m[cond])
-    measured = f"{first} {fmt(layers[first])}, {last} {fmt(layers[last])}; {last} − {first} {fmt(change)}"
+    measured = f"{first} {fmt(layers[first])}, {last} {fmt(layers[last])}; {last} − {first} {fmt(change, ' dB', -GAP_DB)}"
     return Verdict(statistics.fmean(change) <= -GAP_DB, measured, f"{last} − {first} ≤ −{GAP_DB:g} dB")
 
 
@@ -106,7 +109,7 @@ def poor_and_declining(m: Measurements, cond: str) -> Verdict:
     first, last, change = _first_last(m[cond])
     at_first = by_layer(m[cond])[first]
     holds = statistics.fmean(at_first) < KEEP_DB and statistics.fmean(change) <= -GAP_DB
-    return Verdict(holds, f"{first} {fmt(at_first)}; {last} − {first} {fmt(change)}",
+    return Verdict(holds, f"{first} {fmt(at_first, ' dB', KEEP_DB)}; {last} − {first} {fmt(change, ' dB', -GAP_DB)}",
                    f"{first} < {KEEP_DB:g} dB and {last} − {first} ≤ −{GAP_DB:g} dB")
 
 
@@ -130,19 +133,20 @@ def _difference(m: Measurements, a: str, b: str, layer_a: str | None, layer_b: s
 def better(m: Measurements, a: str, b: str, layer_a: str | None = None, layer_b: str | None = None) -> Verdict:
     """Holds when condition (or layer) `a` reconstructs ≥ GAP_DB better than `b` (mean paired PSNR difference)."""
     name, diff = _difference(m, a, b, layer_a, layer_b)
-    return Verdict(statistics.fmean(diff) >= GAP_DB, f"{name} {fmt(diff)}", f"{name} ≥ {GAP_DB:g} dB")
+    return Verdict(statistics.fmean(diff) >= GAP_DB, f"{name} {fmt(diff, ' dB', GAP_DB)}", f"{name} ≥ {GAP_DB:g} dB")
 
 
 def as_good(m: Measurements, a: str, b: str, layer_a: str | None = None, layer_b: str | None = None) -> Verdict:
     """Holds when `a` is within GAP_DB of `b` or better (mean paired PSNR difference ≥ −GAP_DB)."""
     name, diff = _difference(m, a, b, layer_a, layer_b)
-    return Verdict(statistics.fmean(diff) >= -GAP_DB, f"{name} {fmt(diff)}", f"{name} ≥ −{GAP_DB:g} dB")
+    return Verdict(statistics.fmean(diff) >= -GAP_DB, f"{name} {fmt(diff, ' dB', -GAP_DB)}", f"{name} ≥ −{GAP_DB:g} dB")
 
 
 def same(m: Measurements, a: str, b: str, layer_a: str | None = None, layer_b: str | None = None) -> Verdict:
     """Holds when `a` and `b` differ by less than GAP_DB either way (mean paired PSNR difference)."""
     name, diff = _difference(m, a, b, layer_a, layer_b)
-    return Verdict(abs(statistics.fmean(diff)) < GAP_DB, f"{name} {fmt(diff)}", f"|{name}| < {GAP_DB:g} dB")
+    return Verdict(abs(statistics.fmean(diff)) < GAP_DB, f"{name} {fmt(diff, ' dB', GAP_DB, -GAP_DB)}",
+                   f"|{name}| < {GAP_DB:g} dB")
 
 
 def _structured(m: Measurements, cond: str) -> list[float]:
@@ -161,14 +165,15 @@ def _structured(m: Measurements, cond: str) -> list[float]:
 def unstructured_filters(m: Measurements, cond: str) -> Verdict:
     """Holds when at most UNSTRUCTURED_MAX of the input filters are structured (mean over seeds)."""
     values = _structured(m, cond)
-    return Verdict(statistics.fmean(values) <= UNSTRUCTURED_MAX, f"structured {fmt(values, '')}",
+    return Verdict(statistics.fmean(values) <= UNSTRUCTURED_MAX, f"structured {fmt(values, '', UNSTRUCTURED_MAX)}",
                    f"structured fraction ≤ {UNSTRUCTURED_MAX:g}")
 
 
 def about_half_structured(m: Measurements, cond: str) -> Verdict:
     """Holds when the structured fraction of the input filters is within HALF_TOLERANCE of one half (mean over seeds)."""
     values = _structured(m, cond)
-    return Verdict(abs(statistics.fmean(values) - HALF) <= HALF_TOLERANCE, f"structured {fmt(values, '')}",
+    return Verdict(abs(statistics.fmean(values) - HALF) <= HALF_TOLERANCE,
+                   f"structured {fmt(values, '', HALF - HALF_TOLERANCE, HALF + HALF_TOLERANCE)}",
                    f"|structured fraction − {HALF:g}| ≤ {HALF_TOLERANCE:g}")
 
 
