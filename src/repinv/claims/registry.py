@@ -152,12 +152,16 @@ def study_claims() -> list[Claim]:
                      "vit_entry_representations", {"trained": TRAINED_VIT, "untrained": UNTRAINED_VIT},
                      partial(rules.better, a="trained", b="untrained", layer_a="first", layer_b="first")),
         *_per_source("filters-untrained-unstructured",
-                     "Untrained ViT-B/32 patch-embedding filters show no pattern (before training)",
-                     "we plot the normalized (...) weights before and after training", "vit_b_32_conv_representations",
+                     "Untrained ViT-B/32 patch-embedding filters show no pattern: the wavelets come with training "
+                     "(the figure's untrained panel; the text names only the effect of training)",
+                     "It may be wondered if the same effect of training is observed for these strided convolutions",
+                     "vit_b_32_conv_representations",
                      {"vit": UNTRAINED_VIT}, partial(rules.unstructured_filters, cond="vit")),
         *_per_source("filters-trained-half",
-                     "Trained ViT-B/32 patch-embedding filters: about half wavelets, about half without pattern",
-                     "no discernable pattern at all is visible in the weights of around half of the input convolutional filters",
+                     "Trained ViT-B/32 patch-embedding filters: wavelets in some, no pattern in about half",
+                     "In some convolutions we do indeed see wavelets (of various frequencies too) but in other we see "
+                     "something curious: no discernable pattern at all is visible in the weights of around half of the "
+                     "input convolutional filters",
                      "vit_b_32_conv_representations", {"vit": TRAINED_VIT}, partial(rules.about_half_structured, cond="vit")),
         *_per_source("resnet-conv1-3-as-vit",
                      "Untrained ResNet50 conv1 restricted to its first three filters (37,632 outputs) represents the "
