@@ -267,3 +267,26 @@ def test_a_process_that_imports_a_test_module_leaves_no_temporary_folder(tmp_pat
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not list(tmp_path.glob("repinv-wandb-*"))
+
+
+def test_the_launching_process_outlives_lightnings_observer_while_it_waits_for_the_others(monkeypatch):
+    """After a failure the launching process waits for the processes it started, which end with an error code;
+    Lightning's observer thread, which watches them, must not SIGKILL it (its exit code and error would be lost).
+    A stand-in process plays the launching one, so the observer's kill would land there."""
+    from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    from repinv.engine.sharding import ShardedDDP
+
+    launching = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = [subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(1)"])]
+    observer = _ChildProcessObserver(main_pid=launching.pid, child_processes=started, sleep_period=0)
+    strategy = ShardedDDP(timeout_s=5)
+    monkeypatch.setattr(ShardedDDP, "launcher", property(lambda self: type("Launcher", (), {"procs": started})()))
+    try:
+        strategy.await_started()
+        assert started == [], "the processes left the list the observer watches"
+        observer._run()
+        assert launching.poll() is None, "the observer killed the launching process"
+    finally:
+        launching.kill()
+        launching.wait()

@@ -64,8 +64,12 @@ class ShardedDDP(DDPStrategy):
     def await_started(self) -> None:
         """In the launching process, after a failure: wait for the processes it started (each gives up within the
         collective timeout, then writes and merges its share), so that when the command returns metrics.json holds
-        every share. Its process group closes first: a process waiting on this one in a collective gives up at once."""
-        procs = getattr(self.launcher, "procs", [])
+        every share. Its process group closes first: a process waiting on this one in a collective gives up at once.
+        The processes leave the launcher's list first, which Lightning's observer thread watches: it would SIGKILL this
+        process once one of them ends with an error code (as each does after the failure) before this one exits."""
+        listed = getattr(self.launcher, "procs", [])
+        procs = list(listed)
+        listed.clear()
         if procs and dist.is_initialized():
             _HOST.clear()
             dist.destroy_process_group()
