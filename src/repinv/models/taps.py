@@ -70,6 +70,12 @@ class LayerTap:
     label: str
     module: str
 
+    @property
+    def path(self) -> str:
+        """What every spelling of this layer shares (its module path; its label for the whole net): a record's
+        `module`, from which its noise is seeded."""
+        return self.module or self.label
+
     def __call__(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Run `net` on `x` up to this layer and return that layer's output."""
         return forward_until(net, x, {self.module: lambda _m, _i, out: _first_tensor(out)})[self.module]

@@ -71,7 +71,7 @@ class FeatureVisualization(Objective):
         self.tap = resolve_layer(net, spec, "objective.layer")
         dev = next(net.parameters()).device
         self.targets = [
-            {"image": f"sample{k}", "layer": self.tap.label, "module": self.tap.module or self.tap.label, "unit": c,
+            {"image": f"sample{k}", "layer": self.tap.label, "module": self.tap.path, "unit": c,
              **({} if t is None else {"token": t})}
             for t, c in self.units
             for k in range(self.samples)

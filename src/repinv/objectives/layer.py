@@ -110,7 +110,7 @@ class LayerInversion(Objective):
         self.__dict__["prep"] = prep  # the module's normalisation: not a submodule
         self.shard(list(range(len(self.taps) * len(images))))
         self.targets = [
-            {"image": im.name, "layer": tap.label, "module": tap.module or tap.label}
+            {"image": im.name, "layer": tap.label, "module": tap.path}
             for tap in self.taps
             for im in images
         ]
