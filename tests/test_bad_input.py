@@ -158,6 +158,9 @@ CASES = {
                                             "configs count in steps, e.g. scheduler.T_max=${steps}"),
     "cosine schedule over a fraction of a step": (["scheduler=cosine", "scheduler.T_max=0.5"],
                                                   "scheduler.T_max=0.5 must be a positive whole number of steps"),
+    "cosine schedule to a negative floor": (["steps=20", "scheduler=cosine", "scheduler.eta_min=-1"],
+                                            "scheduler (_target_=torch.optim.lr_scheduler.CosineAnnealingLR) takes the "
+                                            "learning rate to -0.1564 at step 11 of 20: a negative rate steps up the loss"),
     "linear schedule over negative steps": (["scheduler.total_iters=-5"],
                                             "scheduler.total_iters=-5 must be a positive whole number of steps"),
     "step schedule over a fraction of a step": (["scheduler._target_=torch.optim.lr_scheduler.StepLR",

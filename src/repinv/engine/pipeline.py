@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import signal
 import sys
@@ -341,10 +342,10 @@ SCHEDULE_LENGTHS = ("T_max", "total_iters", "step_size", "T_0")
 
 
 def check_schedule(cfg: DictConfig, optimizer, scheduler) -> None:
-    """Build the optimiser on a throwaway parameter and step the scheduler on it twice: a setting their constructors or
-    first steps refuse (a negative momentum, end_factor=2), which Lightning's fit would meet only after the run folder
-    is written, is one paragraph naming optimizer or scheduler now; so is a schedule length that is not a positive
-    whole number of steps."""
+    """Build the optimiser on a throwaway parameter and step the scheduler on it through the run: a setting their
+    constructors or steps refuse (a negative momentum, end_factor=2), which Lightning's fit would meet only after the
+    run folder is written, is one paragraph naming optimizer or scheduler now; so is a schedule length that is not a
+    positive whole number of steps, and a learning rate the schedule takes below 0 (a step up the loss) or to NaN."""
     opt = called("optimizer", cfg.optimizer, optimizer, [torch.nn.Parameter(torch.zeros(1))])
     if scheduler is None:
         return
@@ -355,8 +356,22 @@ def check_schedule(cfg: DictConfig, optimizer, scheduler) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scheduler steps without optimiser steps
         sched = called("scheduler", cfg.scheduler, scheduler, opt)
-        for _ in range(2):
+        for step in range(1, cfg.steps + 1):  # Lightning steps it after every step, the last included
             called("scheduler", cfg.scheduler, sched.step)
+            if step < cfg.steps:
+                _rate_at(cfg, step, sched.get_last_lr())
+
+
+def _rate_at(cfg: DictConfig, step: int, rates: list[float]) -> None:
+    """One paragraph if the schedule's learning rate at `step` is negative or not a number."""
+    for rate in rates:
+        if not (math.isfinite(rate) and rate >= 0):
+            raise RepinvError(
+                f"scheduler (_target_={cfg.scheduler.get('_target_')}) takes the learning rate to {rate:.4g} at step "
+                f"{step} of {cfg.steps}: a negative rate steps up the loss and a NaN one ends the image. Give the "
+                "schedule a floor of 0 or more (scheduler.eta_min=0, scheduler.end_factor in (0, 1]), or use "
+                "scheduler=constant."
+            )
 
 
 def build_module(cfg: DictConfig) -> tuple[LoadedModel, Objective, ImageOptimization]:
