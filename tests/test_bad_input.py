@@ -91,6 +91,7 @@ CASES = {
                                         "/notes.png is not a folder). Give the checkpoints a folder that can be"),
     "unknown class name": (["objective=class", "classes=[goldfsh]"], "Did you mean 'goldfish'"),
     "class without classes": (["objective=class"], "objective=class needs classes"),
+    "class that is a boolean": (["objective=class", "classes=[true]"], "class True is neither an index nor a name"),
     "resume without a checkpoint": (["resume={d}/empty"], "names no checkpoint"),
     "resume from a torch file that is no checkpoint": (["resume={d}/list.ckpt"], "list.ckpt could not be read as a "
                                                        "checkpoint (it holds a list, not a dict)"),
@@ -328,3 +329,18 @@ def test_the_real_command_exits_2_without_a_traceback(tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
     assert res.stderr.startswith("repinv: error: image=/no/such/photo.png is neither") and "Traceback" not in res.stderr
+
+
+def test_the_examples_the_errors_suggest_run(tmp_path):
+    """The example command and call that an error about the overrides ends with work as given (steps shortened)."""
+    import ast
+    import shlex
+
+    import repinv
+    from repinv.api import RUN_EXAMPLE
+    from repinv.cli import CLI_EXAMPLE
+
+    call = ast.literal_eval(RUN_EXAMPLE.removeprefix("repinv.run(").removesuffix(")"))
+    for i, overrides in enumerate((call, shlex.split(CLI_EXAMPLE)[1:])):
+        short = [o for o in overrides if not o.startswith("steps=")] + ["steps=2", "logger=none", f"hydra.run.dir={tmp_path / str(i)}"]
+        assert repinv.run(short).records, overrides

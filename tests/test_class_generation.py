@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -12,8 +13,9 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import compose_cfg, read_metrics
+from conftest import REPO, compose_cfg, read_metrics
 from repinv.engine.module import ImageOptimization
+from repinv.inputs.classes import resolve_class
 from repinv.priors import Jitter, Octaves
 from repinv.reporting.callbacks import ResultWriter
 from repinv.reporting.results import PROCESS, share_file
@@ -131,3 +133,13 @@ def test_a_crashed_process_share_keeps_each_class_rank(tmp_path):
     ResultWriter(tmp_path).write_share(trainer, run, "crashed")
     (share,) = json.loads((tmp_path / share_file(1)).read_text())
     assert share["rank"] == 0.0 and share[PROCESS] == 1 and share["status"] == "crashed"
+
+
+def test_the_readme_class_commands_name_each_class_once():
+    """The README's class-generation commands run as shown: every class they list is an ImageNet class, named once."""
+    commands = [line for line in (REPO / "README.md").read_text().splitlines() if "objective=class" in line and "classes=[" in line]
+    assert commands
+    for line in commands:
+        listed = re.search(r"classes=\[([^\]]*)\]", line).group(1).split(",")
+        indices = [resolve_class(name, 1000) for name in listed]
+        assert len(set(indices)) == len(indices), line

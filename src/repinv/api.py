@@ -48,7 +48,7 @@ def job(cfg: DictConfig) -> pipeline.RunResult:
         return pipeline.run(cfg)
 
 
-RUN_EXAMPLE = 'repinv.run(["model=vit_tiny", "layers=[0,5]", "steps=100"])'
+RUN_EXAMPLE = 'repinv.run(["model=vit_tiny", "layers=[0,1]", "steps=100"])'
 
 
 def composition_error(err: ConfigCompositionException | OverrideParseException, overrides: list[str],

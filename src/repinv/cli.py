@@ -32,7 +32,7 @@ log = logging.getLogger("repinv")
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 FULL_ERROR = "HYDRA_FULL_ERROR"
-CLI_EXAMPLE = "repinv model=vit_tiny 'layers=[0,5]' steps=100"
+CLI_EXAMPLE = "repinv model=vit_tiny 'layers=[0,1]' steps=100"
 
 
 def report(err: RepinvError, out_dir: str | None, multirun: bool, cfg: DictConfig) -> None:

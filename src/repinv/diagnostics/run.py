@@ -37,7 +37,7 @@ from repinv.reporting.results import METRICS_FILE, read_records
 from repinv.reporting.wandb_logger import OFFLINE_RUNS, WandbFinished, announce_offline_sweep
 
 log = logging.getLogger("repinv.diagnose")
-EXAMPLE = "repinv-diagnose model=vit_tiny 'layers=[0,5]' diagnostics.nonunique.seeds=0"
+EXAMPLE = "repinv-diagnose model=vit_tiny 'layers=[0,1]' diagnostics.nonunique.seeds=0"
 
 # Scalar measures sent to the loggers (lists and labels stay in metrics.json).
 SCALARS = ("sigma_max", "sigma_min_found", "condition", "stable_rank", "numerical_rank", "entropy_rank",

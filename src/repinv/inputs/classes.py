@@ -31,6 +31,11 @@ def class_name(index: int, num_classes: int = 1000) -> str:
 
 def resolve_class(spec: int | str, num_classes: int) -> int:
     """An index into the model's logits from an index (`207`, `"207"`) or an ImageNet name (`golden retriever`)."""
+    if isinstance(spec, bool) or not isinstance(spec, (int, str)):
+        raise RepinvError(
+            f"class {spec} is neither an index nor a name. Give an index into the model's {num_classes} logits "
+            f"(0 to {num_classes - 1}) or an ImageNet class name, e.g. classes=[207,goldfish]."
+        )
     if isinstance(spec, str) and spec.strip().lstrip("-").isdigit():
         spec = int(spec)
     if isinstance(spec, int):
