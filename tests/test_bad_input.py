@@ -55,6 +55,8 @@ CASES = {
     "image that is a number": (["image=2024"], "image=2024 is neither an embedded photograph nor an existing file"),
     "image that is a boolean": (["image=true"], "image=True is neither an embedded photograph nor an existing file"),
     "unknown model": (["model.name=vit_base_patch32_22"], "Did you mean 'vit_base_patch32_224'"),
+    "the models' shared settings as a model": (["model=base"], "model=base holds the settings every model config "
+                                                "shares and is not a model itself. Choose a model config (convmixer,"),
     "unknown model source": (["model.source=timmm"], "model.source=timmm is not a model source. Did you mean 'timm'?"),
     "unknown cpu kernels": (["model.cpu_kernels=fast"], "model.cpu_kernels=fast is not a kernel choice."),
     "model source target that does not exist": (["model.source._target_=repinv.models.sources.Nope"],
