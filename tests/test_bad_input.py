@@ -53,6 +53,9 @@ CASES = {
     "truncated image": (["image={d}/truncated.png"], "image file is truncated"),
     "empty directory": (["image={d}/empty"], "is a directory with no images in it"),
     "image that is a number": (["image=2024"], "image=2024 is neither an embedded photograph nor an existing file"),
+    "empty image": (["image="], "image= is empty or names an empty entry"),
+    "empty image list": (["image=[]"], "image=[] is empty or names an empty entry"),
+    "image list with an empty entry": (["image=[chelsea,'']"], "image=['chelsea', ''] is empty or names an empty entry"),
     "image that is a boolean": (["image=true"], "image=True is neither an embedded photograph nor an existing file"),
     "unknown model": (["model.name=vit_base_patch32_22"], "Did you mean 'vit_base_patch32_224'"),
     "the models' shared settings as a model": (["model=base"], "model=base holds the settings every model config "
