@@ -249,6 +249,23 @@ def test_a_run_folder_inside_a_file_is_one_paragraph_and_exit_2(cli, tmp_path):
     assert f"{tmp_path / 'notes.txt' / 'run'} cannot be created or written (Not a directory)" in " ".join(err.split())
 
 
+def test_a_run_folder_inside_a_file_is_a_repinv_error_through_the_python_call(tmp_path):
+    import repinv
+    from repinv.errors import RepinvError
+
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(RepinvError, match=re.escape(f"{tmp_path / 'notes.txt' / 'run'} cannot be created or written")):
+        repinv.run([*FAST, f"hydra.run.dir={tmp_path / 'notes.txt' / 'run'}"])
+
+
+def test_a_setting_a_config_leaves_to_the_command_line_is_one_paragraph(tmp_path):
+    """The SLURM launcher needs a partition; without one the sweep is refused before any job, naming the key."""
+    res = subprocess.run([sys.executable, "-m", "repinv", "-m", "hydra/launcher=slurm", *FAST,
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "hydra.launcher.partition has no value" in " ".join(res.stderr.split()), res.stderr
+
+
 def test_a_long_path_in_an_error_stays_whole_on_its_line(cli, tmp_path):
     """The paragraph wraps between words only: a path longer than a line can still be copied from it."""
     path = str(tmp_path / ("a-very-long-folder-name-" * 6) / "missing-photograph.png")

@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from repinv.conf import NEUTRAL, group_options, respell_all
 from repinv.engine import pipeline
@@ -66,6 +67,25 @@ def composition_error(err: ConfigCompositionException | OverrideParseException, 
     )
 
 
+FOLDER_ERRORS = (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
+
+
+def refusal_of(err: Exception, overrides: list[str], example: str = RUN_EXAMPLE) -> RepinvError | None:
+    """What a failure of Hydra's run means to the user as one paragraph, where it is bad input rather than a crash:
+    overrides that do not compose, a run folder that cannot be written, a setting a config leaves for the user."""
+    if isinstance(err, (ConfigCompositionException, OverrideParseException)):
+        return composition_error(err, overrides, example)
+    if isinstance(err, FOLDER_ERRORS):
+        return RepinvError(
+            f"{err.filename} cannot be created or written ({err.strerror}). Give the run a folder that can be: "
+            "hydra.run.dir=<folder> (a sweep: hydra.sweep.dir=<folder>), not one inside a file or a read-only place.")
+    if isinstance(err, MissingMandatoryValue):
+        return RepinvError(
+            f"{err.full_key} has no value: its config leaves it to the command line (???). Set it, e.g. "
+            f"{err.full_key}=<value>, with the rest of the overrides.")
+    return None
+
+
 def refuse_null_groups(overrides: Sequence[str]) -> None:
     """`group=null` (Hydra picks a group's config by name and ends in a traceback on null) as a RepinvError saying how
     to leave the group out (`logger=none`) or, where no option does, which options there are."""
@@ -108,7 +128,10 @@ def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
             try:
                 return GlobalHydra.instance().hydra.run(config_name=CONFIG_NAME, task_function=job,
                                                         overrides=overrides).return_value
-            except (ConfigCompositionException, OverrideParseException) as err:
-                raise composition_error(err, overrides) from None
+            except Exception as err:
+                refusal = refusal_of(err, list(overrides))
+                if refusal is None:
+                    raise
+                raise refusal from None
     finally:
         restore_gh_from_backup(caller)

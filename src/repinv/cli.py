@@ -13,12 +13,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error, job, refuse_null_groups
+from repinv.api import CONFIG_MODULE, CONFIG_NAME, job, refusal_of, refuse_null_groups
 from repinv.conf import respell_all
 from repinv.engine.pipeline import holds_run, record_hydra
 from repinv.errors import RepinvError, RunAborted, paragraph
@@ -108,22 +107,15 @@ def command(hydra_app: Callable[[], object], example: str) -> None:
     os.environ[FULL_ERROR] = "1"
     try:
         hydra_app()
-    except (ConfigCompositionException, OverrideParseException) as err:
-        if previous:
+    except Exception as err:  # bad input: one paragraph, exit 2; a crash (or bad input with debug=true): the traceback
+        refusal = refusal_of(err, sys.argv[1:], example)
+        if refusal is not None and previous:
             raise
-        print(paragraph("repinv", composition_error(err, sys.argv[1:], example)), file=sys.stderr)
+        if refusal is None:
+            traceback.print_exc()
+            sys.exit(1)
+        print(paragraph("repinv", refusal), file=sys.stderr)
         sys.exit(2)
-    except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as err:
-        if previous:
-            raise
-        print(paragraph("repinv", RepinvError(
-            f"{err.filename} cannot be created or written ({err.strerror}). Give the run a folder that can be: "
-            "hydra.run.dir=<folder> (a sweep: hydra.sweep.dir=<folder>), not one inside a file or a read-only place.")),
-            file=sys.stderr)
-        sys.exit(2)
-    except Exception:  # a crash, or bad input with debug=true: the traceback, exit 1, as Hydra ends them
-        traceback.print_exc()
-        sys.exit(1)
     finally:
         if previous is None:
             os.environ.pop(FULL_ERROR, None)
