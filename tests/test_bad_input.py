@@ -111,6 +111,8 @@ CASES = {
                                                                       "another input size than model.input_size=64"),
     "input size 0": (["model=resnet_tiny", "model.input_size=0"], "model.input_size=0 must be an image size in pixels"),
     "input size of three sides": (["model.input_size=[32,32,32]"], "model.input_size=[32, 32, 32] must be an image size"),
+    "pretrained that is not a switch": (["model.pretrained=abc"], "model.pretrained=abc must be true (the model "
+                                        "library's trained weights) or false (untrained)"),
     "empty checkpoint path": (["model.checkpoint=''"], "model.checkpoint is empty (''), which would run the model "
                                                           "untrained"),
     "unknown precision": (["precision=fp8"], "precision=fp8 is not a precision repinv knows. Use precision=32-true"),

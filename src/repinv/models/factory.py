@@ -102,6 +102,19 @@ def per_channel(key: str, values: Any, example: tuple[float, ...], positive: boo
     return tuple(float(v) for v in numbers)
 
 
+def check_loading(pretrained, checkpoint, weights) -> None:
+    """The settings that choose trained weights say which: `pretrained` true or false, a file or enum not empty (an
+    empty one, or pretrained=abc, would run untrained, or load the library's weights, without a word)."""
+    if not isinstance(pretrained, bool):
+        raise RepinvError(f"model.pretrained={pretrained} must be true (the model library's trained weights) or false "
+                          "(untrained).")
+    for setting, value in (("checkpoint", checkpoint), ("weights", weights)):
+        if isinstance(value, str) and not value.strip():
+            raise RepinvError(f"model.{setting} is empty ('{value}'), which would run the model untrained: give a "
+                              f"{'weights file' if setting == 'checkpoint' else 'torchvision weights enum'} or leave "
+                              f"model.{setting}=null for untrained weights.")
+
+
 def create_model(
     name: str,
     label: str | None = None,
@@ -124,11 +137,7 @@ def create_model(
     (`model_source`, `cpu_kernels_choice`); config nodes inside `kwargs` are built too (the model config
     is not built recursively). The net is marked with its source (`for_net`).
     """
-    for setting, value in (("checkpoint", checkpoint), ("weights", weights)):
-        if isinstance(value, str) and not value.strip():
-            raise RepinvError(f"model.{setting} is empty ('{value}'), which would run the model untrained: give a "
-                              f"{'weights file' if setting == 'checkpoint' else 'torchvision weights enum'} or leave "
-                              f"model.{setting}=null for untrained weights.")
+    check_loading(pretrained, checkpoint, weights)
     mean, std = per_channel("model.mean", mean, IMAGENET_MEAN), per_channel("model.std", std, IMAGENET_STD, positive=True)
     kwargs = dict(build(kwargs, "model.kwargs")) if kwargs else {}  # a node with _target_ inside (act_layer) is built here
     spec = dict(name=name, label=label, input_size=input_size, pretrained=pretrained, checkpoint=checkpoint, mean=mean,
