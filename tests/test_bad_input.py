@@ -366,5 +366,6 @@ def test_the_examples_the_errors_suggest_run(tmp_path):
 
     call = ast.literal_eval(RUN_EXAMPLE.removeprefix("repinv.run(").removesuffix(")"))
     for i, overrides in enumerate((call, shlex.split(CLI_EXAMPLE)[1:])):
-        short = [o for o in overrides if not o.startswith("steps=")] + ["steps=2", "logger=none", f"hydra.run.dir={tmp_path / str(i)}"]
+        short = [*(o for o in overrides if not o.startswith("steps=")), "steps=2", "logger=none",
+                 f"hydra.run.dir={tmp_path / str(i)}"]
         assert repinv.run(short).records, overrides

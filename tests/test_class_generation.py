@@ -137,7 +137,8 @@ def test_a_crashed_process_share_keeps_each_class_rank(tmp_path):
 
 def test_the_readme_class_commands_name_each_class_once():
     """The README's class-generation commands run as shown: every class they list is an ImageNet class, named once."""
-    commands = [line for line in (REPO / "README.md").read_text().splitlines() if "objective=class" in line and "classes=[" in line]
+    readme = (REPO / "README.md").read_text().splitlines()
+    commands = [line for line in readme if "objective=class" in line and "classes=[" in line]
     assert commands
     for line in commands:
         listed = re.search(r"classes=\[([^\]]*)\]", line).group(1).split(",")

@@ -158,10 +158,10 @@ def load_images(spec: str | list | tuple, size: int | tuple[int, int]) -> list[T
     size = (size, size) if isinstance(size, int) else tuple(size)
     many = isinstance(spec, Sequence) and not isinstance(spec, str)
     entries = list(spec) if many else [] if spec is None else [spec]
-    if not entries or not all(str(entry).strip() for entry in entries):  # "" would be the current folder
+    if not entries or not all(str(entry).strip() for entry in entries):  # "" is the current folder
         raise RepinvError(
-            f"image={spec if many else ''} is empty or names an empty entry. Give an embedded photograph such as 'chelsea', a file, a "
-            "directory, or a list such as image=[chelsea,astronaut]."
+            f"image={spec if many else ''} is empty or names an empty entry. Give an embedded photograph such as "
+            "'chelsea', a file, a directory, or a list such as image=[chelsea,astronaut]."
         )
     out: list[TargetImage] = []
     taken: set[str] = set()
