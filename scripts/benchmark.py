@@ -64,6 +64,7 @@ from repinv.models.taps import resolve_layer
 from repinv.objectives import LayerInversion, distance
 from repinv.priors import GaussianBlur
 from repinv.reporting.cost import StepCost
+from repinv.study import count_arg
 
 FIELDS = ["variant", "layer", "batch", "precision", "seconds_per_step", "image_steps_per_second", "gflops_per_step",
           "gflops_per_second", "fraction_of_matmul_peak", "peak_memory_mib"]
@@ -267,8 +268,8 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a tiny ViT and a few steps (what the tests run)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument("--steps", type=int, help="timed steps per variant and round")
-    p.add_argument("--rounds", type=int, help="interleaved rounds")
+    p.add_argument("--steps", type=count_arg("steps", 6), help="timed steps per variant and round")
+    p.add_argument("--rounds", type=count_arg("rounds", 3), help="interleaved rounds")
     p.add_argument("--vit-l", action="store_true", help="also invert ViT-L/16 at 512x512, batch 1, and report its memory")
     p.add_argument("--compile", action="store_true", help="also time compile=true (torch.compile) against eager")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction,

@@ -39,7 +39,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from repinv import study  # noqa: E402
 from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, ledger_networks, refuse_planned  # noqa: E402
-from repinv.errors import RepinvError  # noqa: E402
+from repinv.errors import RepinvError, known_names  # noqa: E402
 from repinv.metrics import COMPARED, PSNR, axis_label  # noqa: E402
 from repinv.reporting.results import read_records  # noqa: E402
 from repinv.reporting.tables import columns, write_csv  # noqa: E402
@@ -100,7 +100,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ledger", type=Path, help="a claims ledger's folder: its runs are the study recipes, the other recipes "
                    "run on its networks and layers (under this folder); --out defaults to it")
     p.add_argument("--budget", choices=sorted(BUDGETS), help="with --ledger: the ledger's budget (default cpu)")
-    p.add_argument("--within", type=int, help=f"with --ledger: the steps a recipe may take to reach the goal (default {WITHIN})")
+    p.add_argument("--within", type=study.steps_arg,
+                   help=f"with --ledger: the steps a recipe may take to reach the goal (default {WITHIN})")
     p.add_argument("overrides", nargs="*", help="extra repinv overrides applied to every run")
     return p
 
@@ -233,7 +234,8 @@ def check_modes(args) -> None:
         raise RepinvError(f"{' and '.join(given)} without --ledger: a ledger's budget and the steps a recipe may take to "
                           "reach its best final PSNR mean nothing to the recipe study, which would ignore them; give "
                           "--ledger ROOT, or leave them out.")
-    args.budget, args.within = args.budget or "cpu", args.within or WITHIN
+    args.budget = args.budget or "cpu"
+    args.within = WITHIN if args.within is None else args.within
 
 
 def study_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple[str, ...]]:
@@ -242,9 +244,8 @@ def study_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple
     settings["steps"] = args.steps or settings["steps"]
     report = sorted({s for s in settings["report"] if s < settings["steps"]} | {settings["steps"]})
     known = SMOKE_MODELS if args.smoke else MODELS
+    known_names("--models", args.models, [m.label for m in known], "a model of the recipe study")
     models = [m for m in known if not args.models or m.label in args.models]
-    if not models:
-        raise RepinvError(f"--models {' '.join(args.models)} names none of the models: {', '.join(m.label for m in known)}.")
     refuse_set(args.overrides, (recipe_settings(r, m, 0, settings) for r in args.recipes for m in models))
     jobs = {(r, m.label): [recipe_run(r, m, seed, settings, args.out, args.overrides) for seed in settings["seeds"]]
             for r in args.recipes for m in models}

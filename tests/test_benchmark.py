@@ -158,3 +158,13 @@ def test_compile_run_gives_the_eager_result(run_repinv):
     for c, e in zip(compiled, eager):
         assert c["psnr"] > 10 and c["psnr"] == pytest.approx(e["psnr"], abs=0.05)
         assert c["output_l2"] == pytest.approx(e["output_l2"], rel=1e-2)
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--rounds"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_count_below_one_is_refused_before_anything_is_timed(flag, value, capsys):
+    """--steps -1 crashed with an AttributeError and --steps 0 ran the default: both are one line and exit 2."""
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main(["--quick", flag, value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {flag}: {value} is not a number of" in err and "Traceback" not in err, err

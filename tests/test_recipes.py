@@ -104,3 +104,18 @@ def test_an_extra_override_of_what_a_recipe_sets_is_refused_before_any_run(args,
     err = capsys.readouterr().err
     assert code == 2 and needle in " ".join(err.split()), err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("within", ["0", "-5", "1.5"])
+def test_a_goal_of_no_steps_is_refused_before_any_run(within, tmp_path, capsys, monkeypatch):
+    """--within 0 read as the default and --within -5 answered 'within -5 steps': both are refused."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import recipes
+
+    import repinv.study
+
+    monkeypatch.setattr(repinv.study, "execute", lambda *a, **k: pytest.fail("a run started before the arguments were checked"))
+    with pytest.raises(SystemExit) as stop:
+        recipes.main(["--ledger", str(tmp_path / "ledger"), "--within", within])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument --within: {within} is not a number of steps" in err, err

@@ -54,6 +54,15 @@ def named_once(key: str, given: list, meant: list, what: str, hint: str = "") ->
         raise RepinvError(f"{key}={given} names {what} {', '.join(twice)} more than once; name each {what} once{hint}.")
 
 
+def known_names(flag: str, given: Iterable[str] | None, known: Iterable[str], what: str) -> None:
+    """Refuse names in `given` that are none of `known`: a mistyped one would be left out without a word."""
+    known = list(known)
+    unknown = [name for name in given or () if name not in known]
+    if unknown:
+        raise RepinvError(f"{flag} {' '.join(given)}: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
+                          f"{what}.{suggest(unknown[0], known)} The options are: {listing(known)}.")
+
+
 class SettingsError(RepinvError):
     """Bad values in named settings; `fields` lists their dotted config keys, for callers and tests."""
 

@@ -17,7 +17,7 @@ from repinv import study
 from repinv.claims import rules
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.conf import respell_all
-from repinv.errors import RepinvError
+from repinv.errors import RepinvError, known_names
 from repinv.reporting.callbacks import read_filters
 from repinv.study import Run, image_override
 
@@ -203,8 +203,7 @@ def ledger_networks(root: Path, budget: Budget, extra: Sequence[str] = (),
         raise RepinvError(f"--ledger {root} holds none of the runs of a ledger made at --budget {budget.name} "
                           "(with these overrides), so every one would be made anew. Give the folder of a ledger and "
                           "the --budget (and overrides) it was made with, e.g. --ledger docs/study/cpu --budget cpu.")
-    if models and not set(models) & set(nets):
-        raise RepinvError(f"--models {' '.join(models)} names none of the ledger's networks: {', '.join(nets)}.")
+    known_names("--models", models, nets, "a network of the ledger")
     return {net: by for net, by in nets.items() if not models or net in models}
 
 
