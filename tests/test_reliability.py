@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, TINY, read_metrics
+from repinv.reporting.callbacks import last_checkpoint
 
 # Blur, linear learning-rate decay and jitter all depend on the step: a resume that got the step,
 # the schedule or the jitter RNG wrong would end with a different image.
@@ -105,6 +106,78 @@ def test_a_signal_during_the_last_step_still_ends_the_process_after_the_finished
     assert [(r["status"], r["steps"]) for r in read_metrics(tmp_path / "run")] == [("finished", 10)] * 2
     err = capsys.readouterr().err
     assert "SIGTERM at step 10 of 10: results in" in err and "the run had finished" in err
+
+
+def test_ctrl_c_while_a_resumed_run_starts_stops_it_after_a_step_from_its_checkpoint(run_repinv, monkeypatch, tmp_path):
+    """Ctrl+C before the checkpoint's state is restored (the module's own start, the first step's timing) neither
+    writes step 0's results over the run nor exits 1: the run takes one step from its checkpoint and stops there."""
+    import repinv.engine.pipeline as pipeline
+
+    plain = pipeline.ImageOptimization
+    _signal_at(pipeline, monkeypatch, 4)
+    with pytest.raises(SystemExit, match=f"^{128 + signal.SIGTERM}$"):
+        run_repinv("steps=10", "logger=none")
+
+    class SignalledAtStart(plain):
+        def on_fit_start(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            super().on_fit_start()
+
+    monkeypatch.setattr(pipeline, "ImageOptimization", SignalledAtStart)
+    with pytest.raises(SystemExit, match=f"^{128 + signal.SIGINT}$"):
+        run_repinv("steps=10", "logger=none", "resume=last")
+    assert [(r["status"], r["steps"]) for r in read_metrics(tmp_path / "run")] == [("interrupted", 6)] * 2
+    assert torch.load(last_checkpoint(tmp_path / "run"), weights_only=True)["global_step"] == 6
+
+
+@pytest.mark.parametrize("step, status", [(4, "interrupted"), (9, "finished")])
+def test_a_second_signal_stops_at_once_with_the_signals_exit_and_the_runs_status(run_repinv, monkeypatch, capsys,
+                                                                               tmp_path, step, status):
+    """The second SIGTERM raises in the step (or while the finished results are written): the results say how far
+    the run got, and the process exits 143 with where to continue, as after one signal."""
+    import repinv.engine.pipeline as pipeline
+    import repinv.reporting.callbacks as callbacks
+
+    class SignalledTwice(pipeline.ImageOptimization):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+                if step < 9:
+                    os.kill(os.getpid(), signal.SIGTERM)
+            return super().training_step(batch, batch_idx)
+
+    written, calls = callbacks.write_results, []
+
+    def signalled_write(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return written(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "ImageOptimization", SignalledTwice)
+    monkeypatch.setattr(callbacks, "write_results", signalled_write if step == 9 else written)
+    with pytest.raises(SystemExit, match=f"^{128 + signal.SIGTERM}$"):
+        run_repinv("steps=10", "logger=none")
+    steps = 10 if status == "finished" else step
+    assert [(r["status"], r["steps"]) for r in read_metrics(tmp_path / "run")] == [(status, steps)] * 2
+    assert f"SIGTERM at step {steps} of 10: results in" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_leaves_the_signal_handlers_as_it_found_them(run_repinv, monkeypatch):
+    """A crashed run's handler left in place would catch the next run's Ctrl+C (a notebook, a study in one process)."""
+    import repinv.engine.pipeline as pipeline
+
+    class FailsAtStep2(pipeline.ImageOptimization):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 2:
+                raise RuntimeError("a crash in the step")
+            return super().training_step(batch, batch_idx)
+
+    monkeypatch.setattr(pipeline, "ImageOptimization", FailsAtStep2)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(RuntimeError, match="a crash in the step"):
+        run_repinv("steps=5", "logger=none")
+    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before
 
 
 def test_a_failure_after_the_finished_results_were_written_leaves_them_finished(run_repinv, monkeypatch, tmp_path):

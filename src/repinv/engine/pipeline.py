@@ -311,8 +311,9 @@ def respelled(checkpoint: dict) -> dict:
     return {**checkpoint, CONFIG_KEY: identity, CHANGES_KEY: changes}
 
 
-def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None) -> None:
-    """`trainer.fit` over one dummy batch per step, from the checkpoint when resuming."""
+def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None, stopper: StopOnSignal | None) -> None:
+    """`trainer.fit` over one dummy batch per step, from the checkpoint when resuming. A second signal stops the run
+    at once, and Lightning then exits 1 without the stopper's teardown: the run ends as one stopped by the signal."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
@@ -324,9 +325,17 @@ def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None) -> No
         except SIGTERMException:  # several processes: Lightning's own SIGTERM handling, which would exit 0
             await_started(trainer)
             raise SystemExit(128 + signal.SIGTERM) from None
+        except SystemExit:
+            await_started(trainer)
+            if stopper is None or not stopper.received:
+                raise
+            stopper.teardown(trainer, module, "fit")
         except BaseException:
             await_started(trainer)
             raise
+        finally:
+            if stopper is not None:
+                stopper.restore()
 
 
 def await_started(trainer: pl.Trainer) -> None:
@@ -461,7 +470,7 @@ def run(cfg: DictConfig) -> RunResult:
             max_steps=cfg.steps,
             **overrides,
         )
-        fit(trainer, module, ckpt)
+        fit(trainer, module, ckpt, stopper)
     if trainer.is_global_zero and sweep_name() is None:
         wandb_run.announce()
     if stopper is not None and stopper.stopped_at is not None:

@@ -135,12 +135,14 @@ class ResultWriter(pl.Callback):
         self.extra = {CHANGES_KEY: run.changes} if run and run.changes else {}
         self.records: list[dict] = []
         self.images: torch.Tensor | None = None
+        self.resumed = bool(run and run.resume_step)
         self._t0: float | None = None
         self._step0 = 0
         self._written = False
+        self._started = False
 
     def on_train_start(self, trainer, pl_module: RunView):
-        self._t0, self._step0, self._written = None, trainer.global_step, False
+        self._t0, self._step0, self._written, self._started = None, trainer.global_step, False, True
         (self.out_dir / share_file(trainer.global_rank)).unlink(missing_ok=True)  # from an earlier crash
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -201,11 +203,13 @@ class ResultWriter(pl.Callback):
     def on_exception(self, trainer, pl_module, exception):
         """The results as far as the run got; results already written at the end of fit (a later hook failed, such as
         the final checkpoint) are kept as they are."""
-        if self._written:
-            log.error("the run failed after its results were written (%s: %s); they are kept as written",
+        if self._written or (self.resumed and not self._started):
+            log.error("the run failed %s (%s: %s); the results there are kept as they are",
+                      "after its results were written" if self._written else "before its checkpoint's state was restored",
                       type(exception).__name__, exception)
             return
-        status = (INTERRUPTED if isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        stopped = FINISHED if trainer.global_step >= pl_module.steps else INTERRUPTED  # a second signal stops at once
+        status = (stopped if isinstance(exception, (KeyboardInterrupt, SIGTERMException))
                   else "aborted" if isinstance(exception, (CollectiveFailed, dist.DistError)) else "crashed")
         try:
             if trainer.world_size == 1:
@@ -293,13 +297,18 @@ class StopOnSignal(pl.Callback):
         self.previous: dict = {}
 
     def setup(self, trainer, pl_module, stage):
-        """Record the handlers from before the run (Lightning installs its own right after this hook)."""
+        """Record the handlers from before the run and put this one in their place: from here on (a resumed run's
+        state and the module's own start are still to come) a signal stops the run at a step boundary."""
         if threading.current_thread() is not threading.main_thread():
             return
         handlers = {s: signal.getsignal(s) for s in (*self.SIGNALS, *self.HANDED_ON)}
         self.previous = {s: h for s, h in handlers.items() if s in self.SIGNALS or callable(h)}
+        self._install()
 
     def on_train_start(self, trainer, pl_module):
+        self._install()  # over Lightning's own SIGTERM handler, which it registers after setup
+
+    def _install(self) -> None:
         for signum in self.previous:
             signal.signal(signum, self._handle)
 
@@ -320,11 +329,17 @@ class StopOnSignal(pl.Callback):
 
     def teardown(self, trainer, pl_module, stage):
         """Restore the handlers from before the run. A signal that came during the last step or while the results
-        were written stopped nothing, yet must still end the process (SLURM's SIGTERM, Ctrl+C between a study's runs)."""
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
+        were written stopped nothing, yet must still end the process (SLURM's SIGTERM, Ctrl+C between a study's runs).
+        Lightning calls this hook after a run that ended normally; after a second signal, `pipeline.fit` does."""
+        self.restore()
         if self.received and self.stopped_at is None:
             self.stopped_at = trainer.global_step
+
+    def restore(self) -> None:
+        """The handlers from before the run, back in place. After a failed fit Lightning puts back the handlers it
+        found, this one among them: `pipeline.fit` calls this whichever way fit ended."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
     def exit(self) -> None:
         """After an early stop: pass the signal to the handler from before the run, else exit 128 + signum."""
