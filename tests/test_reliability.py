@@ -163,6 +163,19 @@ def test_a_second_signal_stops_at_once_with_the_signals_exit_and_the_runs_status
     assert f"SIGTERM at step {steps} of 10: results in" in capsys.readouterr().err
 
 
+def test_a_run_resumed_into_a_new_folder_has_the_models_filters_there_too(run_repinv, monkeypatch, tmp_path):
+    import repinv.engine.pipeline as pipeline
+
+    plain = pipeline.ImageOptimization
+    _signal_at(pipeline, monkeypatch, 4)
+    with pytest.raises(SystemExit):
+        run_repinv("steps=10", "logger=none", name="cut")
+    monkeypatch.setattr(pipeline, "ImageOptimization", plain)
+    run_repinv("steps=10", "logger=none", f"resume={tmp_path / 'cut'}", name="new")
+    assert (tmp_path / "new" / "filters.png").is_file()
+    assert (tmp_path / "new" / "filters.json").read_text() == (tmp_path / "cut" / "filters.json").read_text()
+
+
 def test_a_run_that_fails_leaves_the_signal_handlers_as_it_found_them(run_repinv, monkeypatch):
     """A crashed run's handler left in place would catch the next run's Ctrl+C (a notebook, a study in one process)."""
     import repinv.engine.pipeline as pipeline

@@ -218,7 +218,7 @@ def record_hydra(out_dir: Path, cfg: DictConfig | None = None) -> None:
 
 def instantiate_callbacks(cfg: DictConfig, run: RunInfo) -> list[pl.Callback]:
     """The callbacks of `cfg.callbacks`, in their order: those whose constructor takes `run` are given the RunInfo;
-    progress bars are left out with trainer.enable_progress_bar=false (Lightning refuses them then)."""
+    progress bars are left out with +trainer.enable_progress_bar=false (Lightning refuses them then)."""
     out = []
     for name, factory in build_each(cfg, "callbacks", _partial_=True).items():
         callback = called(f"callbacks.{name}", cfg.callbacks[name], given_run, factory, run)

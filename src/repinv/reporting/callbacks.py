@@ -97,7 +97,8 @@ def read_filters(folder: str | Path, key: str = FILTERS) -> dict | None:
 class FilterGrid(pl.Callback):
     """At train start, the model's first filters on the image as `filters.png` (and their numbers
     as `filters.json`) in the run folder, also logged as image `filters`. Models without a
-    3-channel first convolution are skipped."""
+    3-channel first convolution are skipped. A resumed run writes the files where its folder lacks
+    them (a resume into a new folder) and logs nothing: its logger has them from step 0."""
 
     def __init__(self, out_dir: str | Path, key: str = FILTERS):
         self.out_dir, self.key = Path(out_dir), key
@@ -105,12 +106,15 @@ class FilterGrid(pl.Callback):
     @rank_zero_only
     def on_train_start(self, trainer, pl_module: RunView):
         found = input_conv(pl_module.net)
-        if found is None or trainer.global_step:
+        numbers = self.out_dir / f"{self.key}.json"
+        if found is None or (trainer.global_step and numbers.exists()):
             return
         module, conv = found
         filters = conv.weight.detach().float().cpu()
         path = filter_grid(filters, self.out_dir / f"{self.key}.png")
-        (self.out_dir / f"{self.key}.json").write_text(json.dumps({"module": module, **filter_stats(filters)}, indent=1))
+        numbers.write_text(json.dumps({"module": module, **filter_stats(filters)}, indent=1))
+        if trainer.global_step:
+            return
         caption = f"{module}: {filters.shape[0]} filters {filters.shape[-2]}x{filters.shape[-1]}"
         for lg in _image_loggers(trainer):
             lg.log_image(key=self.key, images=[str(path)], step=0, caption=[caption])
