@@ -86,6 +86,22 @@ def test_a_fresh_run_does_not_overwrite_an_unfinished_one(cli, interrupted):
     assert snapshot(interrupted) == before
 
 
+def test_a_run_resumed_from_another_folder_does_not_overwrite_an_unfinished_one(cli, interrupted, monkeypatch):
+    """Its checkpoint and its logs would be replaced by (and mixed with) the other run's."""
+    import repinv.engine.pipeline as pipeline
+
+    plain = pipeline.ImageOptimization
+    _signal_at(pipeline, monkeypatch, 2)
+    code, _, _, other = cli(*FOURIER, name="other")
+    monkeypatch.setattr(pipeline, "ImageOptimization", plain)
+    assert code == 128 + signal.SIGTERM
+    before = snapshot(interrupted)
+    code, _, err, _ = cli(*FOURIER, f"resume={other}")
+    message = one_paragraph(code, err)
+    assert f"{interrupted} holds an unfinished run" in message and "step 6 of 8" in message, message
+    assert snapshot(interrupted) == before
+
+
 def test_a_run_without_psnr_finishes_with_its_other_metrics(cli):
     code, _, err, run_dir = cli(*FAST, "metrics.psnr=null")
     assert code == 0, err[-3000:]

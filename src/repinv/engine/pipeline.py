@@ -176,7 +176,8 @@ def holds_run(out_dir: Path) -> bool:
 
 
 def refuse_unfinished(out_dir: Path) -> None:
-    """A fresh run (no `resume=`) in a folder whose checkpoint belongs to an unfinished run would overwrite it: refused."""
+    """A fresh run, or one resumed from another folder's checkpoint, in a folder whose checkpoint belongs to an
+    unfinished run would overwrite it (and append to its logs): refused."""
     own = last_checkpoint(out_dir)
     if not own.is_file():
         return
@@ -185,7 +186,7 @@ def refuse_unfinished(out_dir: Path) -> None:
     if steps is not None and step >= steps:
         return
     raise RepinvError(
-        f"{out_dir} holds an unfinished run (its checkpoint {own} is at step {step} of {steps}), and a new run there would "
+        f"{out_dir} holds an unfinished run (its checkpoint {own} is at step {step} of {steps}), and another run there would "
         "overwrite it. Continue that run with resume=last and hydra.run.dir set to that folder (with the overrides in its "
         "config.yaml), or start afresh in a new folder (hydra.run.dir=<new folder>, or no hydra.run.dir for a dated one)."
     )
@@ -442,7 +443,7 @@ def run(cfg: DictConfig) -> RunResult:
     validate(cfg)
     out_dir = Path(cfg.output_dir)
     ckpt = resume_path(cfg.get("resume"), out_dir)
-    if ckpt is None:
+    if ckpt is None or ckpt.resolve() != last_checkpoint(out_dir).resolve():
         refuse_unfinished(out_dir)
     pl.seed_everything(cfg.seed, verbose=False)
     set_matmul_precision(cfg.get("matmul_precision", "highest"))
