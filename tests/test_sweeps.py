@@ -406,3 +406,41 @@ def test_a_table_puts_the_named_columns_first_and_the_error_last(tmp_path):
         reader = csv.DictReader(f)
         assert reader.fieldnames == ["b", "a", "c", "error"]
         assert list(reader) == [{"b": "1", "a": "2", "c": "", "error": "no|file"}, {"b": "", "a": "", "c": "3", "error": ""}]
+
+
+def _age(path, seconds: float) -> None:
+    """Date `path` back by `seconds`, as if an earlier run had written it."""
+    stat = path.stat()
+    os.utime(path, (stat.st_atime - seconds, stat.st_mtime - seconds))
+
+
+def test_a_requeued_job_keeps_what_it_wrote_before_the_requeue(tmp_path):
+    """The W&B run a job wrote before SLURM requeued it is still its own: `wandb sync` of the sweep names it too."""
+    from repinv.reporting.summary import join_sweep, read_job, start_sweep, written_by_jobs
+
+    sweep, job = tmp_path / "sweep", tmp_path / "sweep" / "0"
+    start_sweep(sweep)
+    join_sweep(sweep, job)
+    before = job / "wandb" / "offline-run-1"
+    before.mkdir(parents=True)
+    _age(job / SWEEP_ID, 20)
+    _age(before, 10)
+    join_sweep(sweep, job)  # the requeued job starts again
+    (job / "wandb" / "offline-run-2").mkdir()
+    assert [p.name for p in written_by_jobs([read_job(job)], "wandb/offline-run-*")] == ["offline-run-1", "offline-run-2"]
+
+
+def test_a_failed_job_plans_its_columns_from_its_own_config_not_an_earlier_runs(tmp_path):
+    """A sweep run again in its folder: a job refused before it wrote config.yaml plans the layers it was given, not
+    those of the earlier run whose config.yaml is still there."""
+    from repinv.reporting.summary import join_sweep, planned_records, start_sweep
+
+    sweep, job = tmp_path / "sweep", tmp_path / "sweep" / "0"
+    job.mkdir(parents=True)
+    OmegaConf.save(compose_cfg(["model=vit_tiny", "layers=[0]"], job), job / "config.yaml")
+    _age(job / "config.yaml", 10)
+    start_sweep(sweep)
+    join_sweep(sweep, job)
+    (job / ".hydra").mkdir()
+    OmegaConf.save(compose_cfg(["model=vit_tiny", "layers=[0,1]"], job), job / ".hydra" / "config.yaml")
+    assert [r["column"] for r in planned_records(job)] == ["L0", "L1"]

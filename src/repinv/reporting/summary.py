@@ -66,8 +66,9 @@ class Job:
 
 def planned_records(path: Path) -> list[dict]:
     """What a job folder's objective would have written, from the job's config (the run's resolved
-    config.yaml, else Hydra's copy): the class its `objective._target_` names plans the records."""
-    config = next((c for c in (path / "config.yaml", path / ".hydra" / "config.yaml") if c.is_file()), None)
+    config.yaml if this job wrote it, else Hydra's copy): the class its `objective._target_` names plans the records."""
+    configs = (path / "config.yaml", path / ".hydra" / "config.yaml")
+    config = next((c for c in configs if c.is_file() and (c.parent != path or _written_by_job(c, path))), None)
     if config is None:
         return []
     try:
@@ -94,13 +95,14 @@ def start_sweep(sweep_dir: str | Path) -> None:
 
 def join_sweep(sweep_dir: str | Path, job_dir: str | Path) -> None:
     """Mark `job_dir` as a job of the sweep now running in `sweep_dir`, dropping the error an earlier job there left
-    (this job's outcome replaces it). Its results count only if written after this mark (`read_job`)."""
+    (this job's outcome replaces it). Its results count only if written after this mark (`read_job`); a job of the
+    same sweep that starts again (a requeue) keeps the mark it has, so the files it wrote before count too."""
     job = Path(job_dir)
     job.mkdir(parents=True, exist_ok=True)
     (job / ERROR_FILE).unlink(missing_ok=True)
-    sweep = Path(sweep_dir) / SWEEP_ID
-    if sweep.is_file():
-        (job / SWEEP_ID).write_text(sweep.read_text())
+    own = sweep_id(Path(sweep_dir))
+    if own is not None and sweep_id(job) != own:  # a requeued job keeps its mark: what it wrote before stays its own
+        (job / SWEEP_ID).write_text(own)
 
 
 def sweep_id(folder: Path) -> str | None:
