@@ -444,3 +444,25 @@ def test_a_failed_job_plans_its_columns_from_its_own_config_not_an_earlier_runs(
     (job / ".hydra").mkdir()
     OmegaConf.save(compose_cfg(["model=vit_tiny", "layers=[0,1]"], job), job / ".hydra" / "config.yaml")
     assert [r["column"] for r in planned_records(job)] == ["L0", "L1"]
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_job_process_is_killed_ends_with_its_summary(tmp_path):
+    """A job's process that dies at once (here it exits 9 as its callbacks are built, as an OOM kill would end it)
+    fails joblib's pool: one paragraph instead of joblib's traceback, and the summary names each job failed."""
+    sweep = tmp_path / "sweep"
+    res = repinv("-m", "hydra/launcher=joblib", "model=vit_tiny", "layers=[0]", "steps=2", "logger=none", "seed=0,1",
+                 "+callbacks.die._target_=os._exit", "+callbacks.die._args_=[9]", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "its launcher failed (TerminatedWorkerError" in " ".join(res.stderr.split())
+    assert [(r["job"], r["status"]) for r in _csv(sweep / "summary.csv")] == [("0", "failed"), ("1", "failed")]
+
+
+@pytest.mark.slow
+def test_a_sweep_with_nested_job_folders_summarises_them_and_fails_with_its_failed_job(tmp_path):
+    """hydra.sweep.subdir=runs/${hydra.job.num}: the jobs sit one folder deeper, and the sweep still exits 1."""
+    sweep = tmp_path / "sweep"
+    res = repinv("-m", "model=vit_tiny", "layers=[0]", "steps=2,-1", "logger=none", f"hydra.sweep.dir={sweep}",
+                 "hydra.sweep.subdir=runs/${hydra.job.num}")
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert [(r["job"], r["status"]) for r in _csv(sweep / "summary.csv")] == [("0", "finished"), ("1", "failed")]

@@ -112,7 +112,10 @@ def command(hydra_app: Callable[[], object], example: str) -> None:
         if refusal is not None and previous:
             raise
         if refusal is None:
-            traceback.print_exc()
+            if SweepSummary.running is None or previous:
+                traceback.print_exc()
+            else:
+                end_broken_sweep(SweepSummary.running, err)
             sys.exit(1)
         print(paragraph("repinv", refusal), file=sys.stderr)
         sys.exit(2)
@@ -130,22 +133,44 @@ def main() -> None:
 
 class SweepSummary(Callback):
     """At the start of a multirun its id (its jobs carry it); at the end the summary of its jobs, the W&B sync
-    command for their offline runs, exit 1 if a job failed."""
+    command for their offline runs, exit 1 if a job failed. `running` is the folder of the multirun this process
+    has under way: a launcher that fails (a job process killed) skips the end, and `command` ends the sweep then."""
+
+    running: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        start_sweep(str(config.hydra.sweep.dir))
+        SweepSummary.running = Path(str(config.hydra.sweep.dir))
+        start_sweep(SweepSummary.running)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        try:
-            out = summarize(sweep_dir)
-        except FileNotFoundError as err:
-            log.warning("no sweep summary: %s", err)
-            return
-        print(summary_report(out))
-        announce_offline_sweep(written_by_jobs(out["jobs"], OFFLINE_RUNS))
-        if out["failed"]:
+        SweepSummary.running = None
+        out = summarize_sweep(Path(str(config.hydra.sweep.dir)))
+        if out is not None and out["failed"]:
             sys.exit(1)
+
+
+def summarize_sweep(sweep_dir: Path) -> dict | None:
+    """Write and print the summary of the sweep in `sweep_dir` and the W&B sync command for its offline runs."""
+    try:
+        out = summarize(sweep_dir)
+    except FileNotFoundError as err:
+        log.warning("no sweep summary: %s", err)
+        return None
+    print(summary_report(out))
+    announce_offline_sweep(written_by_jobs(out["jobs"], OFFLINE_RUNS))
+    return out
+
+
+def end_broken_sweep(sweep_dir: Path, err: Exception) -> None:
+    """The launcher failed (a job's process was killed, out of memory or by a signal): one paragraph, then the summary
+    of what the jobs left, those without results marked failed."""
+    SweepSummary.running = None
+    first = (str(err).strip().splitlines() or [""])[0]
+    reason = f"{type(err).__name__}: {first[:200]}{'...' if len(first) > 200 else ''}"
+    print(paragraph("repinv", f"the sweep in {sweep_dir} stopped: its launcher failed ({reason}). The jobs that finished "
+                              "kept their results; the summary below marks the others failed. Set HYDRA_FULL_ERROR=1 "
+                              "for the traceback."), file=sys.stderr)
+    summarize_sweep(sweep_dir)
 
 
 if __name__ == "__main__":

@@ -158,13 +158,18 @@ def read_job(path: Path) -> Job:
 
 
 def find_jobs(sweep_dir: str | Path) -> list[Job]:
-    """Every job folder of the sweep that ran last in `sweep_dir` (those Hydra gave a `.hydra/` or that hold results;
-    with a sweep id, those that carry it). Hidden folders, such as a run's own `.hydra/`, are no jobs."""
+    """Every job folder of the sweep that ran last in `sweep_dir`: with a sweep id, the folders that carry it, at any
+    depth (`hydra.sweep.subdir=runs/${hydra.job.num}`); else those directly inside that Hydra gave a `.hydra/` or
+    that hold results. Hidden folders, such as a run's own `.hydra/`, are no jobs."""
     root = Path(sweep_dir)
-    marks = (".hydra", METRICS_FILE, ERROR_FILE, "config.yaml")
     own = sweep_id(root)
-    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-               and any((p / m).exists() for m in marks) and own in (None, sweep_id(p))]
+    if own is None:
+        marks = (".hydra", METRICS_FILE, ERROR_FILE, "config.yaml")
+        folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                   and any((p / m).exists() for m in marks)]
+    else:
+        folders = [m.parent for m in root.rglob(SWEEP_ID) if m.parent != root and sweep_id(m.parent) == own
+                   and not any(part.startswith(".") for part in m.parent.relative_to(root).parts)]
     jobs = [read_job(p) for p in sorted(folders, key=_job_number)]
     keys = dict.fromkeys(override_key(o) for j in jobs for o in j.overrides)
     swept = [k for k in keys if k not in SWEPT_COLUMNS and len({j.override(k) for j in jobs}) > 1]
