@@ -111,6 +111,10 @@ CASES = {
                                                                       "another input size than model.input_size=64"),
     "input size 0": (["model=resnet_tiny", "model.input_size=0"], "model.input_size=0 must be an image size in pixels"),
     "input size of three sides": (["model.input_size=[32,32,32]"], "model.input_size=[32, 32, 32] must be an image size"),
+    "a trainer length apart from steps": (["trainer.max_steps=5"], "trainer.max_steps=5 differs from steps=2, which it "
+                                           "is taken from and which the run follows: set steps=5 instead"),
+    "objective layers apart from layers": (["objective.layers=[0]", "layers=[1]"], "objective.layers=[0] differs from "
+                                           "layers=[1]"),
     "pretrained that is not a switch": (["model.pretrained=abc"], "model.pretrained=abc must be true (the model "
                                         "library's trained weights) or false (untrained)"),
     "empty checkpoint path": (["model.checkpoint=''"], "model.checkpoint is empty (''), which would run the model "

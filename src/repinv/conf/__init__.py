@@ -48,6 +48,10 @@ def respell_key(key: str) -> str:
 # Groups without a `none` option whose option changes nothing of the run: what `group=null` most likely meant.
 NEUTRAL = {"scheduler": ("constant", "a constant learning rate")}
 
+# Settings the configs take from a top-level one (`trainer.max_steps: ${steps}`) that the run reads from the top-level
+# one alone: set apart, the run and its config.yaml would disagree.
+MIRRORS = {"trainer.max_steps": "steps", "objective.layers": "layers"}
+
 
 def group_options(group: str) -> list[str]:
     """The options of a config group of repinv's configs (`scheduler`, `hydra/launcher`); [] for a name that is none."""

@@ -25,7 +25,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.conf import respell_key, switches
+from repinv.conf import MIRRORS, respell_key, switches
 from repinv.engine.identity import (
     CHANGES_KEY,
     CONFIG_KEY,
@@ -40,7 +40,7 @@ from repinv.engine.plugins import build, build_each, called, check_arguments, ch
 from repinv.engine.precision import MATMUL_PRECISIONS, set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
 from repinv.engine.sharding import ShardedDDP, process_count, sharded_strategy
-from repinv.engine.validation import check_finite, check_switches
+from repinv.engine.validation import check_finite, check_mirrors, check_switches
 from repinv.errors import RepinvError, is_number, is_whole
 from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
@@ -108,6 +108,7 @@ def validate(cfg: DictConfig) -> None:
     """Check the numbers a run cannot start with, before anything is built."""
     check_finite(cfg)
     check_switches(cfg, switches())
+    check_mirrors(cfg, MIRRORS)
     _steps("steps", cfg.steps, "the study uses steps=1500 (up to 105000 for slow-converging layers).")
     _positive("optimizer.lr", cfg.optimizer.get("lr"), "the default SGD uses optimizer.lr=0.05.")
     _steps("log_every", cfg.log_every, "e.g. log_every=25.")

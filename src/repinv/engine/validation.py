@@ -65,3 +65,15 @@ def check_switches(cfg: DictConfig, names: Iterable[str]) -> None:
             "debug=false.",
             [key for key, _ in bad],
         )
+
+
+def check_mirrors(cfg: DictConfig, mirrors: dict[str, str]) -> None:
+    """Refuse a setting of `mirrors` (key -> the setting it is taken from) set apart from the one it mirrors."""
+    for key, source in mirrors.items():
+        value, meant = OmegaConf.select(cfg, key), OmegaConf.select(cfg, source)
+        if value is not None and value != meant:
+            raise SettingsError(
+                f"{key}={value} differs from {source}={meant}, which it is taken from and which the run follows: "
+                f"set {source}={value} instead, and leave {key} as it is.",
+                [key],
+            )
