@@ -8,9 +8,7 @@ import warnings
 import torch
 from omegaconf import DictConfig, open_dict
 
-from repinv.conf import group_options
 from repinv.engine.plugins import build
-from repinv.errors import RepinvError, listing
 from repinv.models.factory import UNTRAINED, LoadedModel
 from repinv.models.surgery import apply_surgery
 from repinv.models.taps import hidden_layer_names
@@ -18,13 +16,6 @@ from repinv.models.taps import hidden_layer_names
 
 def build_model(cfg: DictConfig, surgery: dict | None = None) -> LoadedModel:
     """The configured model after the configured surgery, plus `surgery` (more operations by name, e.g. an ablation's)."""
-    if not cfg.model.get("name"):
-        models = [m for m in group_options("model") if m != "base"]
-        raise RepinvError(
-            "model names no network (model.name is empty): model=base holds the settings every model config shares "
-            f"and is not a model itself. Choose a model config ({listing(models)}) or set model.name to a model of "
-            "the model's library, e.g. model.name=vit_base_patch32_224."
-        )
     ops = {**(cfg.get("surgery") or {}), **(surgery or {})}
     return apply_surgery(build(cfg.model), {k: build(op, f"surgery.{k}") for k, op in ops.items()})
 

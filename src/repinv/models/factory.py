@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from repinv.conf import group_options
 from repinv.engine.plugins import Choice, build
-from repinv.errors import RepinvError, is_number
+from repinv.errors import RepinvError, is_number, listing
 from repinv.models.packed import pack_linears
 from repinv.models.patchify import patchify_convs
 from repinv.models.sources import IMAGENET_MEAN, IMAGENET_STD, SOURCE_ATTR, ModelSource, for_net, model_source
@@ -116,7 +117,7 @@ def check_loading(pretrained, checkpoint, weights) -> None:
 
 
 def create_model(
-    name: str,
+    name: str | None = None,
     label: str | None = None,
     input_size: int | tuple[int, int] = 224,
     pretrained: bool = False,
@@ -137,6 +138,13 @@ def create_model(
     (`model_source`, `cpu_kernels_choice`); config nodes inside `kwargs` are built too (the model config
     is not built recursively). The net is marked with its source (`for_net`).
     """
+    if not name:
+        models = [m for m in group_options("model") if m != "base"]
+        raise RepinvError(
+            "model names no network (model.name is empty): model=base holds the settings every model config shares "
+            f"and is not a model itself. Choose a model config ({listing(models)}) or set model.name to a model of "
+            "the model's library, e.g. model.name=vit_base_patch32_224."
+        )
     check_loading(pretrained, checkpoint, weights)
     mean, std = per_channel("model.mean", mean, IMAGENET_MEAN), per_channel("model.std", std, IMAGENET_STD, positive=True)
     kwargs = dict(build(kwargs, "model.kwargs")) if kwargs else {}  # a node with _target_ inside (act_layer) is built here
