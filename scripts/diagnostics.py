@@ -229,16 +229,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     mode = "smoke" if args.smoke else "full"
     args.out = args.out or args.ledger or REPO / "logs" / "diagnostics"
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.ledger:
-        try:
+    try:
+        study.check_out(args.out, "the diagnostics' table, plot and runs go in a folder")
+        if args.ledger:
             records = ledger_records(args.ledger, args.budget, args.extra_seeds, args.extra_steps, args.overrides, args.models)
             if args.models:
                 records = keeping_others(records, args.out / "diagnostics.csv", args.models)
-        except RepinvError as err:
-            print(f"diagnostics.py: error: {err}", file=sys.stderr)
-            return 2
-    else:
+    except RepinvError as err:
+        print(f"diagnostics.py: error: {err}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.ledger:
         records = [r for model, layers in MODELS[mode].items() for r in run_model(model, layers, mode, args.out, args.overrides)]
     write_table(records, args.out / "diagnostics.csv")
     corr = correlations(records)

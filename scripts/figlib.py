@@ -108,6 +108,7 @@ FLAGS = {"image": "--image", "steps": "--steps", "model.checkpoint": "--checkpoi
 def check(panels: list[Panel], experiment: str, args) -> None:
     """Before any run: no extra override replaces what a panel sets, --image and --checkpoint name files (or embedded
     photographs), and every panel's overrides compose with repinv's config."""
+    study.check_out(args.out, "the figure and its runs go in a folder")
     settings = [panel_settings(panel, experiment, args) for panel in panels]
     refuse_planned(args.overrides, {study.key(o) for s in settings for o in s} | set(FLAGS), FLAGS, "the figure", "per panel")
     check_images(args.image or [])

@@ -226,6 +226,7 @@ def plot(results: dict[tuple[str, str], dict], path: Path) -> None:
 def check_modes(args) -> None:
     """Before any run: the options of one mode (the recipe study, or a ledger's) are refused in the other, where they
     would be ignored; a ledger's budget and goal take their defaults."""
+    study.check_out(args.out, "the recipe study's runs, table and plot go in a folder")
     if args.ledger and args.smoke:
         raise RepinvError(f"--smoke with --ledger {args.ledger}: the ledger's runs set the networks, images and steps, so "
                           "--smoke (the tiny models) would be ignored; leave out --smoke, or --ledger for the smoke study.")

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -344,3 +345,23 @@ def test_a_run_folders_files_and_statuses_are_named_in_reporting_alone():
     own = REPO / "src" / "repinv" / "reporting" / "results.py"
     readers = [p for p in [*(REPO / "src" / "repinv").rglob("*.py"), *(REPO / "scripts").glob("*.py")] if p != own]
     assert [hit for p in readers for hit in spelled(p, names, whole=True)] == []
+
+
+@pytest.mark.parametrize("script, args", [
+    ("recipes", ["--smoke", "--recipes", "study-decay"]),
+    ("diagnostics", ["--smoke"]),
+    ("fig_vit_entry_representations", ["--smoke"]),
+])
+def test_an_out_folder_inside_a_file_is_refused_before_any_run(script, args, tmp_path, monkeypatch, capsys):
+    """It failed only when the first run's folder was made, with a traceback."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # the figure scripts import figlib from there
+    launches = _counted(monkeypatch)
+    (tmp_path / "notes.txt").write_text("")
+    out = tmp_path / "notes.txt" / "out"
+    module = _script(script)
+    main = module.main if script != "fig_vit_entry_representations" else \
+        partial(module.main, "vit_entry_representations", "entry", "fig_vit_entry", module.PANELS)
+    assert main([*args, "--out", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--out {out} is inside {tmp_path / 'notes.txt'}, which is a file" in err, err
+    assert launches == [] and "Traceback" not in err

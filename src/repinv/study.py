@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from repinv.errors import RepinvError
 from repinv.naming import slug
 from repinv.reporting.callbacks import last_checkpoint
 from repinv.reporting.results import FINISHED, all_finished, read_records
@@ -55,6 +56,15 @@ def count_arg(unit: str, example: int):
 
 
 steps_arg = count_arg("steps", 300)  # the study tools' --steps
+
+
+def check_out(out: Path | None, holds: str) -> None:
+    """`--out` is a folder or can become one: a file there, or at a folder above it, would stop it from being made
+    after the arguments were accepted. `holds` says what the folder is for."""
+    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None) if out else None
+    if blocked is not None:
+        where = "" if blocked == out else f" is inside {blocked}, which"
+        raise RepinvError(f"--out {out}{where} is a file; {holds}. Give a new or existing folder.")
 
 
 def key(override: str) -> str:

@@ -33,7 +33,7 @@ from repinv.errors import RepinvError, listing, paragraph, suggest
 from repinv.inputs.images import locate
 from repinv.metrics import PSNR, require
 from repinv.sources import Weights
-from repinv.study import NOT_MADE
+from repinv.study import NOT_MADE, check_out
 
 EXAMPLE = "repinv-claims --budget quick logger=csv"
 
@@ -172,12 +172,7 @@ def check(args, budget) -> None:
                           "and only --cost counts one; add --cost, or leave --peak out to run the ledger.")
     args.lrs = check_lrs(args.lrs)
     check_images(args.image or [])
-    # a file at --out, or at a folder above it, would stop the ledger folder from being made
-    blocked = next((p for p in (args.out, *args.out.parents) if p.exists() and not p.is_dir()), None) if args.out else None
-    if blocked is not None:
-        where = "" if blocked == args.out else f" is inside {blocked}, which"
-        raise RepinvError(f"--out {args.out}{where} is a file; the ledger is a folder (claims.md, claims.csv, runs/). "
-                          "Give a new or existing folder.")
+    check_out(args.out, "the ledger is a folder (claims.md, claims.csv, runs/)")
     check_checkpoints(args.checkpoint)
 
 
