@@ -115,6 +115,10 @@ CASES = {
                                            "is taken from and which the run follows: set steps=5 instead"),
     "objective layers apart from layers": (["objective.layers=[0]", "layers=[1]"], "objective.layers=[0] differs from "
                                            "layers=[1]"),
+    "a prior's weight that is text": (["priors=tv", "priors.tv.weight=abc"],
+                                      "priors.tv.weight=abc must be a number, e.g. priors.tv.weight=0.0001 (its default)"),
+    "an optimiser setting that is text": (["+optimizer.weight_decay=abc"],
+                                          "optimizer.weight_decay=abc must be a number, e.g. optimizer.weight_decay=0"),
     "pretrained that is not a switch": (["model.pretrained=abc"], "model.pretrained=abc must be true (the model "
                                         "library's trained weights) or false (untrained)"),
     "empty checkpoint path": (["model.checkpoint=''"], "model.checkpoint is empty (''), which would run the model "

@@ -19,7 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
-from repinv.errors import RepinvError, suggest
+from repinv.errors import RepinvError, is_number, suggest
 from repinv.priors import Prior
 
 
@@ -44,6 +44,7 @@ def build(node, key: str | None = None, **kwargs):
     """`instantiate` the config node at `key`; a RepinvError raised inside the target goes through unwrapped
     (Hydra wraps it), any other failure (a `_target_` that does not exist, arguments it does not take, also
     for a partial whose call comes later) becomes a RepinvError naming the key."""
+    check_numbers(key or _key(node), node)
     try:
         built = instantiate(node, **kwargs)
         if isinstance(built, functools.partial):
@@ -57,6 +58,20 @@ def build(node, key: str | None = None, **kwargs):
         raise
     except Exception as err:
         raise plugin_error(key or _key(node), node, err) from None
+
+
+def check_numbers(key: str, node) -> None:
+    """A setting whose default in its `_target_`'s signature is a number is given a number, not text: `weight=abc`
+    would fail in a comparison inside the constructor with a message that names neither the setting nor the value."""
+    try:
+        parameters = inspect.signature(get_object(str(node["_target_"]))).parameters
+    except Exception:  # no target, or no signature: build says what is wrong
+        return
+    for name, parameter in parameters.items():
+        given = node.get(name) if name in node else None
+        if is_number(parameter.default) and isinstance(given, (str, bool)):
+            raise RepinvError(f"{key}.{name}={given} must be a number, e.g. {key}.{name}={parameter.default} "
+                              "(its default).")
 
 
 def called(key: str, node, factory: Callable, *args, **kwargs):
