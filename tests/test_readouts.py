@@ -254,9 +254,9 @@ def test_wandb_results_table_does_not_depend_on_the_callback_order(tmp_path, mon
 
     fit = pipeline.fit
 
-    def reversed_fit(trainer, module, ckpt):
+    def reversed_fit(trainer, *args):
         trainer.callbacks.reverse()
-        fit(trainer, module, ckpt)
+        fit(trainer, *args)
 
     monkeypatch.setattr(pipeline, "fit", reversed_fit)
     out = tmp_path / "reversed"
