@@ -260,6 +260,10 @@ def test_a_diverging_target_keeps_its_last_finite_image_and_the_others_go_on(run
     key = f"{good['image']}/{good['layer']}"
     assert good["psnr"] > float(rows[10][f"psnr/{key}"]) + 1, "the other target must go on improving"
     assert math.isfinite(float(rows[25]["loss"])), "the run's total loss leaves the diverged target out"
+    # the row of the step that caught it shows the image that step saw, beside the loss that image gave
+    caught = rows[15]
+    assert math.isnan(float(caught[f"psnr/{bad['image']}/{bad['layer']}"]))
+    assert math.isnan(float(caught[f"loss/{bad['image']}/{bad['layer']}"]))
 
 
 def test_requeued_job_resumes_from_its_own_folder(tmp_path, monkeypatch):

@@ -210,8 +210,8 @@ class ImageOptimization(pl.LightningModule):
         # progress bar at every step; the bar shows `logged_loss` instead
 
     def _loss(self, step: int, offset: tuple[int, int], check: bool) -> torch.Tensor:
-        """Render, take the crop through the priors and the network; at log steps (`check`) stop
-        diverged targets and log. Returns the summed loss of the targets still running."""
+        """Render, take the crop through the priors and the network; at log steps (`check`) log, then stop
+        diverged targets. Returns the summed loss of the targets still running."""
         canvas = self.canvas
         canvas.render()
         view = canvas.view(offset)
@@ -219,12 +219,13 @@ class ImageOptimization(pl.LightningModule):
         with self.stepper.context():
             losses, stats = self.objective(self.stepper.net, self.normalize(seen))
         if check and (step % self.log_every == 0 or step == self.steps - 1):
-            self.divergence.check(canvas.image, losses)
             if seen is view and offset == canvas.centre() and self.stepper.exact(self.net):
                 self._log_step(losses, stats, view)
             else:
                 centre = canvas.view()
                 self._log_step(*self.measuring.fp32(self.net, centre), centre)
+            # after the row is logged: it shows the image the losses came from, not the one a rollback puts back
+            self.divergence.check(canvas.image, losses)
         # masked after the check, which updates the mask in place (autograd would refuse it afterwards)
         return self.divergence.masked(canvas.penalised(losses, view, step)).sum()
 
