@@ -67,7 +67,7 @@ def test_a_refused_resume_leaves_the_run_folder_as_it_was_and_its_advice_works(c
     assert [(r["status"], r["steps"]) for r in read_metrics(interrupted)] == [("finished", 8)]
 
 
-@pytest.mark.parametrize("allowed", ["[model]", "[model.name]", "[image]", "[layers]", "[seed]", "[init.std]",
+@pytest.mark.parametrize("allowed", ["model", "[model]", "[model.name]", "[image]", "[layers]", "[seed]", "[init.std]",
                                      "[objective]", "[surgery]"])
 def test_a_resume_may_not_allow_changes_to_what_the_run_optimises(cli, interrupted, allowed):
     before = snapshot(interrupted)

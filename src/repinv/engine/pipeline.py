@@ -301,7 +301,8 @@ def resume_state(cfg: DictConfig, ckpt: Path | None, module: ImageOptimization) 
     if ckpt is None:
         return identity, [], {}
     saved = respelled(read_checkpoint(ckpt))
-    allowed = [respell_key(str(a)) for a in cfg.get("resume_allow_changes") or []]
+    given = cfg.get("resume_allow_changes") or []
+    allowed = [respell_key(str(a)) for a in ([given] if isinstance(given, str) else given)]  # one field, unbracketed
     return identity, check_resume(ckpt, saved, identity, module.identity(), allowed), saved
 
 
