@@ -119,6 +119,8 @@ CASES = {
                                       "priors.tv.weight=abc must be a number, e.g. priors.tv.weight=0.0001 (its default)"),
     "an optimiser setting that is text": (["+optimizer.weight_decay=abc"],
                                           "optimizer.weight_decay=abc must be a number, e.g. optimizer.weight_decay=0"),
+    "checkpoint that is a folder": (["model.checkpoint={d}/empty"], "/empty is a folder. Pass the path of a safetensors "
+                                    "or torch state-dict file"),
     "pretrained that is not a switch": (["model.pretrained=abc"], "model.pretrained=abc must be true (the model "
                                         "library's trained weights) or false (untrained)"),
     "empty checkpoint path": (["model.checkpoint=''"], "model.checkpoint is empty (''), which would run the model "
@@ -284,8 +286,8 @@ def test_a_long_path_in_an_error_stays_whole_on_its_line(cli, tmp_path):
 
 
 def test_a_schedule_that_fails_at_its_first_step_is_refused_before_the_run_folder_is_written(cli):
-    """A cosine annealing to eta_min=abc fails only when stepped: tried before the run, it leaves no run behind."""
-    code, _, err, run_dir = cli(*FAST, "scheduler=cosine", "scheduler.eta_min=abc")
+    """A cosine annealing to eta_min=[1] fails only when stepped: tried before the run, it leaves no run behind."""
+    code, _, err, run_dir = cli(*FAST, "scheduler=cosine", "scheduler.eta_min=[1]")
     assert code == 2 and "CosineAnnealingLR" in err, err
     assert not (run_dir / "config.yaml").exists() and not (run_dir / "metrics.json").exists()
 
