@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,6 +115,11 @@ def check_loading(pretrained, checkpoint, weights) -> None:
             raise RepinvError(f"model.{setting} is empty ('{value}'), which would run the model untrained: give a "
                               f"{'weights file' if setting == 'checkpoint' else 'torchvision weights enum'} or leave "
                               f"model.{setting}=null for untrained weights.")
+    path = Path(str(checkpoint)).expanduser() if checkpoint else None
+    if path is not None and not path.is_file():
+        raise RepinvError(f"model.checkpoint={checkpoint} {'is a folder' if path.is_dir() else 'does not exist'}. Pass "
+                          "the path of a safetensors or torch state-dict file holding the model's weights, or leave "
+                          "model.checkpoint=null.")
 
 
 def create_model(

@@ -165,12 +165,7 @@ class TimmSource(ModelSource):
                 "timm's trained weights with model.pretrained=true, or a file with model.checkpoint=FILE."
             )
         kwargs = dict(kwargs)
-        path = Path(checkpoint).expanduser() if checkpoint else None
-        if path is not None and not path.is_file():
-            raise RepinvError(
-                f"model.checkpoint={checkpoint} does not exist. Pass the path of a safetensors "
-                f"or torch state-dict file holding weights for {name}, or leave model.checkpoint=null."
-            )
+        path = Path(checkpoint).expanduser() if checkpoint else None  # a file: create_model checks
         hub = bool(pretrained) and path is None  # a checkpoint file replaces every tensor timm's weights would give
         try:
             net = build(name, hub, kwargs)

@@ -55,11 +55,7 @@ def _check_name_and_weights(name: str, weights: str | None) -> None:
 
 
 def _load_checkpoint(net: nn.Module, name: str, checkpoint: str, kwargs) -> None:
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise RepinvError(
-            f"model.checkpoint={checkpoint} does not exist. Pass a safetensors or torch state-dict file for {name}."
-        )
+    path = Path(checkpoint).expanduser()  # a file: create_model checks
     try:
         net.load_state_dict(fit_state(net, load_state_file(path)))
     except RuntimeError as err:
