@@ -80,9 +80,9 @@ CASES = {
     "fractional steps": (["steps=30.5"], "steps=30.5 must be a positive whole number of steps"),
     "image_every not a count": (["image_every=abc"],
                                 "image_every=abc must be a whole number of steps, or 0 for the final images alone"),
-    "callback setting its constructor refuses": (["callbacks.image_timeline.every=abc"],
-                                                 "callbacks.image_timeline could not be built from "
-                                                 "_target_=repinv.reporting.callbacks.ImageTimeline (ValueError"),
+    "callback setting that is text": (["callbacks.image_timeline.every=abc"],
+                                      "callbacks.image_timeline.every=abc must be a number, e.g. "
+                                      "callbacks.image_timeline.every=100 (its default)"),
     "negative lr": (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be a positive number"),
     "negative sigma": (["priors.blur.sigma_start=-1"], "blur sigma must be positive"),
     "unknown loss": (["objective.loss=l3"], "Use one of l1, mse, cosine"),
@@ -158,9 +158,12 @@ CASES = {
                                              "metrics.x (torch.dist) returned a tensor of shape [] for 2 images"),
     "metric with an image per image": (["+metrics.x._target_=torch.sub", "+metrics.x._partial_=true"],
                                        "metrics.x (torch.sub) returned a tensor of shape [2, 3, 64, 64] for 2 images"),
-    "fourier decay that is not a number": (["param=fourier", "param.decay=abc"], "param.decay=abc must be a non-negative number"),
-    "pyramid levels that are not a number": (["param=pyramid", "param.levels=two"], "param.levels=two must be a whole number"),
-    "pyramid gain that is not a number": (["param=pyramid", "param.gain=abc"], "param.gain=abc must lie in [0.0001, 1]"),
+    "fourier decay that is not a number": (["param=fourier", "param.decay=abc"],
+                                           "param.decay=abc must be a number, e.g. param.decay=1.0"),
+    "pyramid levels that are not a number": (["param=pyramid", "param.levels=two"],
+                                             "param.levels=two must be a number, e.g. param.levels=4"),
+    "pyramid gain that is not a number": (["param=pyramid", "param.gain=abc"],
+                                          "param.gain=abc must be a number, e.g. param.gain=0.5"),
     "parametrisation whose constructor fails": (["param._target_=collections.OrderedDict"],
                                                 "param could not be built from _target_=collections.OrderedDict (TypeError"),
     "optimizer setting its constructor refuses": (["+optimizer.momentum=-1"], "optimizer could not be built from "

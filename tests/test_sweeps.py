@@ -449,13 +449,14 @@ def test_a_failed_job_plans_its_columns_from_its_own_config_not_an_earlier_runs(
 @pytest.mark.slow
 def test_a_sweep_whose_job_process_is_killed_ends_with_its_summary(tmp_path):
     """A job's process that dies at once (here it exits 9 as its callbacks are built, as an OOM kill would end it)
-    fails joblib's pool: one paragraph instead of joblib's traceback, and the summary names each job failed."""
+    fails joblib's pool: one paragraph instead of joblib's traceback, and the summary names the job failed. (One job:
+    with two, the pool may end the other before it starts.)"""
     sweep = tmp_path / "sweep"
-    res = repinv("-m", "hydra/launcher=joblib", "model=vit_tiny", "layers=[0]", "steps=2", "logger=none", "seed=0,1",
+    res = repinv("-m", "hydra/launcher=joblib", "model=vit_tiny", "layers=[0]", "steps=2", "logger=none", "seed=0",
                  "+callbacks.die._target_=os._exit", "+callbacks.die._args_=[9]", f"hydra.sweep.dir={sweep}")
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
     assert "its launcher failed (TerminatedWorkerError" in " ".join(res.stderr.split())
-    assert [(r["job"], r["status"]) for r in _csv(sweep / "summary.csv")] == [("0", "failed"), ("1", "failed")]
+    assert [(r["job"], r["status"]) for r in _csv(sweep / "summary.csv")] == [("0", "failed")]
 
 
 @pytest.mark.slow

@@ -133,9 +133,11 @@ def test_a_loading_setting_of_the_other_library_is_refused(name, source, setting
         create_model(name, input_size=64, source=source, **setting)
 
 
-def test_a_transplant_donor_its_source_builds_untrained_is_refused():
+def test_a_transplant_donor_its_source_builds_untrained_is_refused(tmp_path):
     from repinv.models.surgery import Transplant, apply_surgery
 
+    (tmp_path / "weights.pt").write_bytes(b"")  # a file the source is handed and loads nothing from
     with pytest.raises(RepinvError, match=r"donor \(tinynet, .*\) was built without trained weights: the model source "
                                           r"test_sources.TinySource loaded none"):
-        apply_surgery(instantiate(tiny_config()), {"t": Transplant(["patch_embed"], donor={"checkpoint": "weights.pt"})})
+        donor = {"checkpoint": str(tmp_path / "weights.pt")}
+        apply_surgery(instantiate(tiny_config()), {"t": Transplant(["patch_embed"], donor=donor)})
