@@ -332,7 +332,7 @@ def fit(trainer: pl.Trainer, module: ImageOptimization, ckpt: Path | None, stopp
             await_started(trainer)
             if stopper is None or not stopper.received:
                 raise
-            stopper.teardown(trainer, module, "fit")
+            stopper.end(trainer.global_step)
         except BaseException:
             await_started(trainer)
             raise

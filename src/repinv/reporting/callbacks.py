@@ -333,11 +333,15 @@ class StopOnSignal(pl.Callback):
 
     def teardown(self, trainer, pl_module, stage):
         """Restore the handlers from before the run. A signal that came during the last step or while the results
-        were written stopped nothing, yet must still end the process (SLURM's SIGTERM, Ctrl+C between a study's runs).
-        Lightning calls this hook after a run that ended normally; after a second signal, `pipeline.fit` does."""
+        were written stopped nothing, yet must still end the process (SLURM's SIGTERM, Ctrl+C between a study's runs)."""
+        self.end(trainer.global_step)
+
+    def end(self, step: int) -> None:
+        """The run is over at `step`: the handlers from before are back, and a signal received stopped it there.
+        Lightning's teardown calls this after a fit that ended normally; after a second signal, `pipeline.fit` does."""
         self.restore()
         if self.received and self.stopped_at is None:
-            self.stopped_at = trainer.global_step
+            self.stopped_at = step
 
     def restore(self) -> None:
         """The handlers from before the run, back in place. After a failed fit Lightning puts back the handlers it
