@@ -83,6 +83,12 @@ CASES = {
     "callback setting that is text": (["callbacks.image_timeline.every=abc"],
                                       "callbacks.image_timeline.every=abc must be a number, e.g. "
                                       "callbacks.image_timeline.every=100 (its default)"),
+    "negative image timeline interval set on the callback": (["callbacks.image_timeline.every=-1"],
+                                                             "callbacks.image_timeline.every=-1 must be a whole number "
+                                                             "of steps, or 0 for the final images alone"),
+    "fractional checkpoint interval set on the callback": (["callbacks.checkpoints.every=2.5"],
+                                                           "callbacks.checkpoints.every=2.5 must be a whole number of "
+                                                           "steps, or 0 for no periodic checkpoints"),
     "negative lr": (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be a positive number"),
     "negative sigma": (["priors.blur.sigma_start=-1"], "blur sigma must be positive"),
     "unknown loss": (["objective.loss=l3"], "Use one of l1, mse, cosine"),

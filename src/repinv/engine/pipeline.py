@@ -40,7 +40,7 @@ from repinv.engine.plugins import build, build_each, called, check_arguments, ch
 from repinv.engine.precision import MATMUL_PRECISIONS, set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
 from repinv.engine.sharding import ShardedDDP, process_count, sharded_strategy
-from repinv.engine.validation import check_finite, check_mirrors, check_switches
+from repinv.engine.validation import check_finite, check_mirrors, check_steps, check_switches
 from repinv.errors import RepinvError, is_number, is_whole
 from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
@@ -93,14 +93,6 @@ def _positive(name: str, value, hint: str) -> None:
         raise RepinvError(f"{name}={value} must be a positive number, at most float32's largest (3.4e38); {hint}")
 
 
-def _steps(name: str, value, hint: str, zero: str | None = None) -> None:
-    """A count of steps is a whole number, positive, or 0 where `zero` says what 0 means: a fraction would be cut
-    by one part of the run and not by another (the Trainer would take one step more than the schedules)."""
-    if not is_whole(value) or value < (0 if zero else 1):
-        what = f"a whole number of steps, or 0 for {zero}" if zero else "a positive whole number of steps"
-        raise RepinvError(f"{name}={value} must be {what}; {hint}")
-
-
 PRECISIONS = ("32-true", "32", "bf16", "bf16-mixed", "16-mixed", "16")
 
 
@@ -109,11 +101,11 @@ def validate(cfg: DictConfig) -> None:
     check_finite(cfg)
     check_switches(cfg, switches())
     check_mirrors(cfg, MIRRORS)
-    _steps("steps", cfg.steps, "the study uses steps=1500 (up to 105000 for slow-converging layers).")
+    check_steps("steps", cfg.steps, "the study uses steps=1500 (up to 105000 for slow-converging layers).")
     _positive("optimizer.lr", cfg.optimizer.get("lr"), "the default SGD uses optimizer.lr=0.05.")
-    _steps("log_every", cfg.log_every, "e.g. log_every=25.")
-    _steps("image_every", cfg.get("image_every", 0), "e.g. image_every=100.", zero="the final images alone")
-    _steps("checkpoint_every", cfg.get("checkpoint_every", 0), "e.g. checkpoint_every=500.",
+    check_steps("log_every", cfg.log_every, "e.g. log_every=25.")
+    check_steps("image_every", cfg.get("image_every", 0), "e.g. image_every=100.", zero="the final images alone")
+    check_steps("checkpoint_every", cfg.get("checkpoint_every", 0), "e.g. checkpoint_every=500.",
            zero="no periodic checkpoints")
     if not (_float32(cfg.init.mean) and _float32(cfg.init.std) and cfg.init.std >= 0):
         raise RepinvError(f"init.mean={cfg.init.mean} and init.std={cfg.init.std} must be numbers, at most float32's "
@@ -363,7 +355,7 @@ def check_schedule(cfg: DictConfig, optimizer, scheduler) -> None:
         return
     for key in SCHEDULE_LENGTHS:
         if key in cfg.scheduler:
-            _steps(f"scheduler.{key}", cfg.scheduler[key], "the scheduler configs count in steps, e.g. "
+            check_steps(f"scheduler.{key}", cfg.scheduler[key], "the scheduler configs count in steps, e.g. "
                    f"scheduler.{key}=${{steps}} (the run's length).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scheduler steps without optimiser steps

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from repinv.errors import SettingsError, listing
+from repinv.errors import RepinvError, SettingsError, is_whole, listing
 
 
 def flatten(node, prefix: str = "") -> Iterator[tuple[str, object]]:
@@ -77,3 +77,11 @@ def check_mirrors(cfg: DictConfig, mirrors: dict[str, str]) -> None:
                 f"set {source}={value} instead, and leave {key} as it is.",
                 [key],
             )
+
+
+def check_steps(name: str, value, hint: str, zero: str | None = None) -> None:
+    """A count of steps is a whole number, positive, or 0 where `zero` says what 0 means: a fraction would be cut
+    by one part of the run and not by another (the Trainer would take one step more than the schedules)."""
+    if not is_whole(value) or value < (0 if zero else 1):
+        what = f"a whole number of steps, or 0 for {zero}" if zero else "a positive whole number of steps"
+        raise RepinvError(f"{name}={value} must be {what}; {hint}")

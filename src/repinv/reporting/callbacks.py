@@ -21,6 +21,7 @@ from torch import nn
 from repinv.engine.identity import CHANGES_KEY
 from repinv.engine.runinfo import RunInfo
 from repinv.engine.sharding import CollectiveFailed, any_rank, shard_bounds
+from repinv.engine.validation import check_steps
 from repinv.errors import RepinvError
 from repinv.models import LoadedModel
 from repinv.objectives import target_key
@@ -62,6 +63,8 @@ class ImageTimeline(pl.Callback):
     """Every `every` steps (0: at the last step alone), log the reconstructions to each logger that takes images (W&B)."""
 
     def __init__(self, every: int = 100):
+        check_steps("callbacks.image_timeline.every", every, "image_every sets it, e.g. image_every=100.",
+                    zero="the final images alone")
         self.every = int(every)
 
     @rank_zero_only
@@ -248,6 +251,8 @@ class Checkpoints(pl.Callback):
 
     def __init__(self, dirpath: str | Path, every: int):
         """A `dirpath` that cannot be created or written is refused now, not after the run's last step."""
+        check_steps("callbacks.checkpoints.every", every, "checkpoint_every sets it, e.g. checkpoint_every=500.",
+                    zero="no periodic checkpoints")
         self.dirpath, self.every = Path(dirpath), int(every)
         self.last = self.dirpath / LAST_CHECKPOINT
         why = _unwritable(self.dirpath)
