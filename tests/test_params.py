@@ -235,7 +235,7 @@ def test_lbfgs_run_evaluates_several_times_per_step_and_logs_once(tmp_path):
     result = _tiny_run(tmp_path, "lbfgs", "optimizer=lbfgs", "priors=none", "objective.loss=mse")
     with open(result.out_dir / "csv" / "metrics.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("loss")]
-    assert steps == [0, 5, 10, 15, 19]
+    assert steps == [0, 5, 10, 15, 20]
     start = _tiny_run(tmp_path, "one", "optimizer=lbfgs", "priors=none", "objective.loss=mse", "steps=1").records
     assert all(r["output_l2"] < 0.5 * s["output_l2"] for r, s in zip(result.records, start))
 

@@ -51,6 +51,20 @@ def test_inversion_improves_psnr_and_output_l2(default_run):
         assert r["steps"] == 60 and r["status"] == "finished"
 
 
+def test_the_logged_curves_end_with_the_image_the_run_returns(default_run):
+    """The last CSV and W&B rows are at step `steps` and hold metrics.json's numbers."""
+    records, out = default_run
+    last = _csv_rows(out)[-1]
+    [run] = wandb_reader.find_runs(out)
+    final = [h for h in wandb_reader.history(run) if "loss" in h][-1]
+    assert int(last["step"]) == final["trainer/global_step"] == 60
+    for r in records:
+        key = f"{r['image']}/{r['layer']}"
+        for name in ("psnr", "ssim", "output_l2", "input_l2"):
+            assert float(last[f"{name}/{key}"]) == pytest.approx(r[name], rel=1e-6), f"{name}/{key}"
+            assert final[f"{name}/{key}"] == pytest.approx(r[name], rel=1e-6), f"{name}/{key}"
+
+
 def test_metrics_json_follows_schema(default_run):
     _, out = default_run
     records = read_metrics(out)
@@ -82,7 +96,7 @@ def test_wandb_offline_run_holds_scalars_and_images_like_csv(default_run):
     history = wandb_reader.history(runs[0])
     scalar_rows = [h for h in history if "psnr/chelsea/L0" in h]
     csv_rows = _csv_rows(out)
-    assert len(scalar_rows) == len(csv_rows) == 7  # steps 0,10,...,50 and the last step 59
+    assert len(scalar_rows) == len(csv_rows) == 7  # steps 0,10,...,50 and the end, 60
     for h, c in zip(scalar_rows, csv_rows):
         assert h["psnr/chelsea/L0"] == pytest.approx(float(c["psnr/chelsea/L0"]), rel=1e-5)
         assert h["output_l2/chelsea/blocks.0.norm1"] == pytest.approx(float(c["output_l2/chelsea/blocks.0.norm1"]), rel=1e-5)
@@ -205,7 +219,7 @@ def test_a_logger_defined_outside_repinv_is_used_from_config_alone(run_repinv):
                               "+logger.mine._target_=test_pipeline.RecordingLogger")
     [logger] = RecordingLogger.built
     assert (logger.run.name, logger.run.kind) == (f"vit_tiny-{records[0]['column']}-untrained", "layer")
-    assert [step for step, _ in logger.logged] == [0, 1, 2] and logger.params["steps"] == 3
+    assert [step for step, _ in logger.logged] == [0, 1, 2, 3] and logger.params["steps"] == 3
     assert (out / "csv" / "metrics.csv").is_file()
 
 

@@ -163,6 +163,6 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_logs_every_step(tmp_path):
 
     done = subprocess.run([*args, "resume=last"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _csv_steps(run_dir) == [*range(0, 400, 5), 399]
-    assert _wandb_steps(run_dir) == {*range(0, 400, 5), 399}, "the W&B history lacks steps the checkpoint holds"
+    assert _csv_steps(run_dir) == [*range(0, 400, 5), 400]
+    assert _wandb_steps(run_dir) == {*range(0, 400, 5), 400}, "the W&B history lacks steps the checkpoint holds"
     assert "not resumable" not in done.stdout + done.stderr, "the steps' dataloader needs no state to resume"

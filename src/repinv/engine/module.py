@@ -218,7 +218,7 @@ class ImageOptimization(pl.LightningModule):
         seen = canvas.seen(view, step, self.generator)
         with self.stepper.context():
             losses, stats = self.objective(self.stepper.net, self.normalize(seen))
-        if check and (step % self.log_every == 0 or step == self.steps - 1):
+        if check and step % self.log_every == 0:
             if seen is view and offset == canvas.centre() and self.stepper.exact(self.net):
                 self._log_step(losses, stats, view)
             else:
@@ -229,14 +229,24 @@ class ImageOptimization(pl.LightningModule):
         # masked after the check, which updates the mask in place (autograd would refuse it afterwards)
         return self.divergence.masked(canvas.penalised(losses, view, step)).sum()
 
-    def _log_step(self, losses, stats, view) -> None:
+    def on_train_end(self) -> None:
+        """A finished run's curves end with the image it returns: the metrics after its last step, at step `steps`
+        (after the result callbacks, which put a target that diverged since its last check back to its last finite
+        image). Each earlier row shows the image its step starts from."""
+        if self.global_step >= self.steps:
+            view = self.canvas.view()
+            self._log_step(*self.measuring.fp32(self.net, view), view, settings=False)
+
+    def _log_step(self, losses, stats, view, settings: bool = True) -> None:
+        """Log the targets' metrics and their summed loss, with the step's learning rate and priors' `settings`."""
         rows = gather(self.measuring.rows(losses, stats, view, self.shard))
         diverged = gather(self.divergence.mask.tolist())
         flat = {f"{name}/{target_key(self.targets[i])}": value for i, row in enumerate(rows) for name, value in row.items()}
         total = float(sum(r["loss"] for r, d in zip(rows, diverged) if not d))
-        flat["lr"] = self.optimizers().param_groups[0]["lr"]
-        for prior in self.canvas.priors:
-            flat.update(prior.scalars(self.global_step, self.steps))
+        if settings:
+            flat["lr"] = self.optimizers().param_groups[0]["lr"]
+            for prior in self.canvas.priors:
+                flat.update(prior.scalars(self.global_step, self.steps))
         flat["loss"] = total
         for logger in self.loggers:
             logger.log_metrics(flat, step=self.global_step)
