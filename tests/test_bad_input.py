@@ -91,7 +91,7 @@ CASES = {
                                                            "steps, or 0 for no periodic checkpoints"),
     "negative lr": (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be a positive number"),
     "negative sigma": (["priors.blur.sigma_start=-1"], "blur sigma must be positive"),
-    "unknown loss": (["objective.loss=l3"], "Use one of l1, mse, cosine"),
+    "unknown loss": (["objective.loss=l3"], "Use one of l1, sse, mse, cosine"),
     "normalisation with two channels": (["model.mean=[0.5,0.5]"],
                                         "model.mean=[0.5, 0.5] must be three finite numbers, one per RGB channel"),
     "normalisation dividing by 0": (["model.std=[0.5,0,0.5]"], "model.std=[0.5, 0, 0.5] must be three finite numbers, "

@@ -45,13 +45,24 @@ def test_l1_distance_is_the_sum_of_absolute_differences():
     assert distance(OUT, TARGET, "l1").item() == pytest.approx(1 + 2 + 2)
 
 
-def test_mse_distance_is_the_mean_squared_difference_and_cosine_is_one_minus_cos():
+def test_sse_is_the_squared_l2_norm_mse_its_mean_and_cosine_is_one_minus_cos():
+    assert distance(OUT, TARGET, "sse").item() == pytest.approx(1 + 4 + 4)
     assert distance(OUT, TARGET, "mse").item() == pytest.approx((1 + 4 + 4) / 3)
     assert distance(OUT, TARGET, "cosine").item() == pytest.approx(1 - 15 / (math.sqrt(14) * 5))
 
 
+def test_sse_steps_the_image_at_l1s_scale_and_mse_far_below_it():
+    """The squared L2 norm keeps the study's step size working; the mean divides the gradient by the outputs."""
+    net, x = vit(), (torch.randn(1, 3, 64, 64) * 0.05 + 0.7).requires_grad_()
+    out, target = net.forward_features(x), net.forward_features(torch.rand(1, 3, 64, 64)).detach()
+    norm = {kind: torch.autograd.grad(0.15 * distance(out, target, kind).sum(), x, retain_graph=True)[0].norm()
+            for kind in ("l1", "sse", "mse")}
+    assert 0.2 < norm["sse"] / norm["l1"] < 5
+    assert norm["mse"] == pytest.approx(norm["sse"] / out[0].numel(), rel=1e-4)
+
+
 def test_unknown_loss_names_the_choices():
-    with pytest.raises(RepinvError, match="objective.loss=huber is not a layer loss. Use one of l1, mse, cosine"):
+    with pytest.raises(RepinvError, match="objective.loss=huber is not a layer loss. Use one of l1, sse, mse, cosine"):
         LayerInversion([0], loss="huber")
 
 

@@ -17,7 +17,7 @@ from repinv.objectives.base import Objective, positive, target_seed
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("l1", "mse", "cosine")
+LOSSES = ("l1", "sse", "mse", "cosine")
 OUTPUT_L2 = "output_l2"  # a record's distance of its layer output to the target
 NOISE_SHIFT_L2 = "noise_shift_l2"  # the distance of the noise-shifted target's output to the target's
 ACCURATE = "accurate"  # whether that distance is below the noise-shifted target's (the study's criterion)
@@ -25,10 +25,14 @@ STACK = ("auto", True, False)
 
 
 def distance(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-sample distance over all non-batch dims: l1 = Σ|d|, mse = mean d², cosine = 1 − cos."""
+    """Per-sample distance over all non-batch dims: l1 = Σ|d|, sse = Σd² (the squared L2 norm), mse = mean d²,
+    cosine = 1 − cos. Sums keep the gradient's scale where the study's step works (l1 and sse alike); the mean divides
+    it by the number of outputs."""
     o, t = output.flatten(1).float(), target.flatten(1).float()
     if kind == "l1":
         return (o - t).abs().sum(1)
+    if kind == "sse":
+        return (o - t).pow(2).sum(1)
     if kind == "mse":
         return (o - t).pow(2).mean(1)
     if kind == "cosine":
