@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -12,10 +14,12 @@ from repinv.priors.base import Prior
 class Octaves(Prior):
     """Generate small, upscale, continue: the run's steps split evenly over `scales` (ascending, last 1.0).
 
-    During an octave at scale s < 1 the image is kept at s times its size: after each step it
-    is resized down (area) and back up (bilinear), so what grows is a smooth upscaled small
-    image. At the next octave the finer detail is free to form. The canvas keeps its size, so
-    the optimiser state, checkpoints and logging are the same as without octaves.
+    During an octave at scale s < 1 the image is kept at s times its size: after each step it is
+    projected onto the bilinear upscalings of an image s times its size (the least-squares fit of
+    one, upscaled), so what grows is a smooth upscaled small image; the projection leaves such an
+    image as it is, however many steps the octave has. At the next octave the finer detail is free
+    to form. The canvas keeps its size, so the optimiser state, checkpoints and logging are the
+    same as without octaves.
     """
 
     def __init__(self, scales=(0.5, 1.0)):
@@ -38,5 +42,15 @@ class Octaves(Prior):
         if s >= 1:
             return
         h, w = img.shape[-2:]
-        small = F.interpolate(img, size=(max(1, round(h * s)), max(1, round(w * s))), mode="area")
-        img.copy_(F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False))
+        rows, cols = (upscalings(n, max(1, round(n * s)), img.device, img.dtype) for n in (h, w))
+        img.copy_(rows @ img @ cols)
+
+
+@functools.lru_cache(maxsize=8)
+def upscalings(size: int, small: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[size, size]: the orthogonal projection onto the linear upscalings (align_corners=False) of length-`small`
+    signals to length `size`, one axis of a bilinear upscaling; symmetric, so it applies from either side. Kept on
+    `device`: a step copies nothing to it."""
+    eye = torch.eye(small, dtype=torch.float64).unsqueeze(0)  # `small` unit signals as channels
+    up = F.interpolate(eye, size=size, mode="linear", align_corners=False)[0].T  # [size, small]
+    return (up @ torch.linalg.pinv(up)).to(device, dtype)
