@@ -247,6 +247,7 @@ def test_stem_runs_the_donor_conv_first_and_counts_it_as_layer_0(tmp_path, resne
     torch.testing.assert_close(resolve_layer(net, 0)(net, x), expected)
     torch.testing.assert_close(resolve_layer(net, "stem")(net, x), expected)
     assert resolve_layer(net, "stem.conv1")(net, x).shape == (2, 64, 32, 32)
+    torch.testing.assert_close(resolve_layer(net, "stem.maps")(net, x), conv)  # the three maps before the resize
     assert input_conv(net)[0] == "stem.conv1", "the filters a run draws are the stem's: they see the image"
     entry = "patch_embed" if vit == "vit_tiny" else "conv_proj"
     assert resolve_layer(net, entry)(net, x).shape == ((2, 16, 64) if vit == "vit_tiny" else (2, 768, 2, 2))

@@ -14,8 +14,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class FirstChannels(nn.Module):
+    """The first `channels` maps of its input: the stem's own output, before it is resized (`stem.maps`, a layer to
+    invert: ResNet50's conv1 gives 3x112x112 there, as many outputs as ViT-B/32's patch embedding)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, : self.channels]
+
+
 class StemLayers(nn.Module):
-    """Donor layers run in order; their first `channels` maps, resized to `size`, are the ViT's input.
+    """Donor layers run in order; their first `channels` maps (`maps`), resized to `size`, are the ViT's input.
 
     Each layer is registered under its donor path with dots as underscores (conv1, layer1_0).
     """
@@ -24,15 +36,16 @@ class StemLayers(nn.Module):
         super().__init__()
         for path, module in layers.items():
             self.add_module(path.replace(".", "_"), module)
-        self.channels, self.size = channels, tuple(size)
+        self.maps = FirstChannels(channels)
+        self.size = tuple(size)
 
-    def run_layers(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self.children():
-            x = module(x)
-        return x
+    @property
+    def channels(self) -> int:
+        return self.maps.channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.run_layers(x)[:, : self.channels]
+        for module in self.children():
+            x = module(x)
         if tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
         return x

@@ -245,9 +245,10 @@ class Stem(Operation):
 
     `donor` holds create_model's arguments (name, source, pretrained, checkpoint, weights,
     kwargs); it is built at the model's input size and seed. The donor's `layers` (module paths,
-    run in order) become the frozen module `stem`; its output is resized bilinearly to the ViT's
-    input size, so the ViT runs as configured (ResNet50's 112x112 conv1 maps feed ViT-B/32's
-    7x7 patch grid, each 32x32 patch covering 16x16 of the map). The image is normalised the
+    run in order) become the frozen module `stem`, whose `stem.maps` are their first `channels`
+    maps; these are resized bilinearly to the ViT's input size, so the ViT runs as configured
+    (ResNet50's 112x112 conv1 maps feed ViT-B/32's 7x7 patch grid, each 32x32 patch covering
+    16x16 of the map). The image is normalised the
     donor's way, since the donor sees it first. Layer index 0 becomes the stem's output and
     index k the k-th encoder; module paths keep their names (stem.conv1, patch_embed, blocks.0).
     """
@@ -284,10 +285,11 @@ class Stem(Operation):
                     f"stem layer '{path}' is not a module of the donor {donor.arch}.{suggest(path, [m for m in modules if m])} "
                     f"It has {listing(_top_names(donor.net), 30)}; the study's stem is layers: [conv1]."
                 )
-        stem = StemLayers({p: modules[p] for p in self.layers}, self.channels, model.input_size)
         try:
             with torch.no_grad():
-                out = stem.run_layers(torch.zeros(1, 3, *model.input_size))
+                out = torch.zeros(1, 3, *model.input_size)
+                for path in self.layers:
+                    out = modules[path](out)
         except RuntimeError as err:
             raise RepinvError(f"stem layers {self.layers} of {donor.arch} do not run in that order on an image: "
                               f"{str(err).splitlines()[0]}") from None
@@ -297,7 +299,7 @@ class Stem(Operation):
                 f"stem channels={self.channels} but {donor.arch}'s {self.layers[-1]} gives {have}; "
                 f"pick channels from 1 to {out.shape[1] if out.ndim == 4 else 'its channel count'} (the study keeps 3)."
             )
-        return stem
+        return StemLayers({p: modules[p] for p in self.layers}, self.channels, model.input_size)
 
     def __call__(self, model: LoadedModel) -> LoadedModel:
         stemmed = model.source.stem_classes.get(type(model.net))
