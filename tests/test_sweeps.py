@@ -201,6 +201,16 @@ def _fake_job(folder, metrics: str, overrides: str = "- layers=0\n"):
 FINISHED_RECORD = json.dumps([{"image": "cat", "column": "L0", "status": "finished", "psnr": 20.0}])
 
 
+def test_summary_csv_keeps_every_digit(tmp_path):
+    """A sweep's CSV holds the records' numbers as they are: differences below 0.01 dB matter."""
+    from repinv.reporting.summary import main
+
+    psnr = 12.034185123
+    _fake_job(tmp_path / "0", json.dumps([{"image": "cat", "column": "L0", "status": "finished", "psnr": psnr}]))
+    assert main([str(tmp_path)]) == 0
+    assert float(_csv(tmp_path / "summary.csv")[0]["psnr"]) == psnr
+
+
 @pytest.mark.parametrize("marks", ["metrics", "hydra"])
 def test_summary_of_a_single_run_is_refused_and_writes_nothing_there(marks, tmp_path, capsys):
     from repinv.reporting.summary import main
@@ -232,7 +242,7 @@ def test_a_job_whose_metrics_cannot_be_read_fails_alone(tmp_path, capsys):
         _fake_job(tmp_path / str(job), metrics, f"- layers=0\n- seed={job}\n")
     assert main([str(tmp_path)]) == 1
     rows = {r["job"]: r for r in _csv(tmp_path / "summary.csv")}
-    assert rows["0"]["status"] == "finished" and rows["0"]["psnr"] == "20"
+    assert rows["0"]["status"] == "finished" and float(rows["0"]["psnr"]) == 20
     for job in "123":
         assert rows[job]["status"] == "failed" and rows[job]["error"].startswith("metrics.json unreadable: ")
     assert "4 jobs, 3 failed" in (tmp_path / "summary.md").read_text() and "Traceback" not in capsys.readouterr().err

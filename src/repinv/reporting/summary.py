@@ -193,15 +193,17 @@ def rows(jobs: list[Job], root: Path) -> list[dict]:
     return out
 
 
-def _fmt(value) -> str:
+def _fmt(value, short: bool = True) -> str:
+    """A table cell: numbers to 4 significant digits where `short` (summary.md), else every digit (summary.csv)."""
     if isinstance(value, float):
-        return "" if not math.isfinite(value) else f"{value:.4g}"
+        return "" if not math.isfinite(value) else f"{value:.4g}" if short else repr(value)
     return "" if value is None else str(value)
 
 
 def write_tables(table: list[dict], root: Path, n_jobs: int, n_failed: int) -> tuple[Path, Path]:
     csv_path, md_path = root / "summary.csv", root / "summary.md"
-    tables.write_csv(csv_path, [{k: _fmt(v) for k, v in row.items()} for row in table], tables.columns(table, IDENTITY))
+    tables.write_csv(csv_path, [{k: _fmt(v, short=False) for k, v in row.items()} for row in table],
+                     tables.columns(table, IDENTITY))
     lines = [f"# Sweep {root.name}", "", f"{n_jobs} jobs, {n_failed} failed.", "",
              *tables.md_table([{c: _fmt(row.get(c)) for c in MD_FIELDS} for row in table], MD_FIELDS)]
     md_path.write_text("\n".join(lines) + "\n")
