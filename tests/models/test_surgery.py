@@ -289,3 +289,16 @@ def test_stem_twice_or_without_a_donor_name_is_an_error(tmp_path):
         Stem({"pretrained": True})
     with pytest.raises(RepinvError, match="already has a stem"):
         apply_surgery(_model(tmp_path), {"a": Stem(TINY_RESNET), "b": Stem(TINY_RESNET)})
+
+
+def test_a_transplant_without_a_donor_after_a_stem_is_refused_and_before_it_keeps_its_part(tmp_path, trained_file,
+                                                                                         resnet_file):
+    """After a stem the model counts as untrained whatever its ViT holds: the transplant would keep every trained
+    weight. Before the stem it untrains all but its part."""
+    path, trained = trained_file
+    stem, graft = Stem({**TINY_RESNET, "checkpoint": str(resnet_file[0])}), Transplant(["patch_embed"])
+    with pytest.raises(RepinvError, match=r"comes after a stem in surgery \(stem\).*Put the transplant before the stem"):
+        apply_surgery(_model(tmp_path, f"model.checkpoint={path}"), {"stem": stem, "graft": graft})
+    net = apply_surgery(_model(tmp_path, f"model.checkpoint={path}"), {"graft": graft, "stem": stem}).net.state_dict()
+    assert torch.equal(net["patch_embed.proj.weight"], trained["patch_embed.proj.weight"])
+    assert not torch.equal(net["blocks.0.attn.qkv.weight"], trained["blocks.0.attn.qkv.weight"])

@@ -151,6 +151,13 @@ class Transplant(Operation):
         names = self._names(model)
         own = {**dict(model.net.named_parameters()), **dict(model.net.named_buffers())}
         keys = self._keys(model, own, names)
+        if self.donor is None and has_stem(model):
+            raise RepinvError(
+                f"transplant of {names} without a donor comes after a stem in surgery ({', '.join(model.surgery)}), "
+                "which makes the model count as untrained whatever its ViT holds, so the transplant cannot tell which "
+                "weights to keep. Put the transplant before the stem (surgery=[trained_patch_embed,resnet_stem]), or "
+                "give it a donor (donor={checkpoint: FILE})."
+            )
         if self.donor is not None:
             source = self._donor(model)
         elif model.trained:
@@ -304,8 +311,7 @@ class Stem(Operation):
     def __call__(self, model: LoadedModel) -> LoadedModel:
         stemmed = model.source.stem_classes.get(type(model.net))
         if stemmed is None:
-            already = (" already has a stem" if type(model.net) in model.source.stem_classes.values()
-                       else f" is a {type(model.net).__name__}")
+            already = " already has a stem" if has_stem(model) else f" is a {type(model.net).__name__}"
             raise RepinvError(
                 f"a stem goes in front of a ViT's encoder stack, but {model.arch}{already}. Use it on a timm or "
                 "torchvision VisionTransformer (model=vit_b_32, tv_vit_b_32, vit_tiny), once."
@@ -314,6 +320,11 @@ class Stem(Operation):
         net = put_stem_first(model.net, self._stem(model, donor), stemmed)
         return replace(model, net=net, mean=donor.mean, std=donor.std, trained=model.trained and donor.trained,
                        trained_parts=model.trained_parts or donor.trained)
+
+
+def has_stem(model: LoadedModel) -> bool:
+    """Whether a `Stem` runs in front of the model's network."""
+    return type(model.net) in model.source.stem_classes.values()
 
 
 def apply_surgery(model: LoadedModel, operations: Mapping[str, Operation]) -> LoadedModel:
