@@ -94,3 +94,42 @@ def test_an_unreadable_checkpoint_file_is_one_paragraph(config, name, tmp_path):
                                           r"file\): \w+: .*Pass a file written by safetensors' save_file") as err:
         build(compose_cfg([f"model={config}", f"model.checkpoint={path}"], tmp_path).model)
     assert "\n" not in str(err.value)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """timm's `test_vit` trained weights as the hub cache holds them after a download (any weights will do)."""
+    import huggingface_hub
+    import timm
+
+    repo = tmp_path / "hub" / "models--timm--test_vit.r160_in1k"
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_vit").state_dict().items()},
+              str(repo / "snapshots" / "abc" / "model.safetensors"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_cached_trained_weights_that_do_not_fit_the_kwargs_are_called_so(hub_cache):
+    assert create_model("test_vit", pretrained=True).trained, "the cached weights load as they are"
+    with pytest.raises(RepinvError, match=r"trained weights for model.name=test_vit do not fit the model "
+                                          r"model.kwargs=\{'depth': 1\} builds: Unexpected key\(s\).*blocks.1") as err:
+        create_model("test_vit", pretrained=True, kwargs={"depth": 1})
+    assert "nothing is cached" not in str(err.value)
+
+
+def test_trained_weights_whose_head_timm_would_drop_are_refused(hub_cache):
+    with pytest.raises(RepinvError, match=r"num_classes=10 with model.pretrained=true: .* a 1000-class head, which timm "
+                                          r"would drop"):
+        create_model("test_vit", pretrained=True, kwargs={"num_classes": 10})
+    assert create_model("test_vit", pretrained=True, kwargs={"num_classes": 0}).trained
+
+
+def test_a_torchvision_file_that_does_not_fit_names_its_tensors(tmp_path):
+    state = _saved_state("tv_vit_tiny", tmp_path)
+    path = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith("heads.")}, path)
+    with pytest.raises(RepinvError, match=r"does not fit torchvision's vit_b_32 .*: heads.head.weight is missing there"):
+        build(compose_cfg(["model=tv_vit_tiny", f"model.checkpoint={path}"], tmp_path).model)

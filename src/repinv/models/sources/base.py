@@ -110,6 +110,13 @@ def load_state_file(path: Path, read: Callable[[Path], Any] | None = None) -> di
     return state
 
 
+def state_misfits(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """Each tensor the model has that `state` lacks or holds in another shape, and each it holds that the model lacks."""
+    problems = [f"{k} is missing there" if k not in state else f"{k} is {tuple(state[k].shape)} there and {tuple(v.shape)} here"
+                for k, v in own.items() if k not in state or state[k].shape != v.shape]
+    return problems + [f"{k} is there but not in the model" for k in state if k not in own]
+
+
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a safetensors or torch file (a dict holding 'state_dict' or 'model' is unwrapped)."""
     if path.suffix == ".safetensors":

@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from repinv.errors import RepinvError, listing, suggest
-from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource, load_state_file
+from repinv.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, ModelSource, load_state_file, state_misfits
 
 # The TypeErrors that mean kwargs do not fit a model: an entry point's own size next to the same one in
 # kwargs (mixer_b16_224's patch_size), and a constructor without that setting. Any other TypeError is a fault.
@@ -73,6 +73,33 @@ def _weights_missing(name: str, err: Exception) -> RepinvError:
     )
 
 
+LOAD_ERROR = "Error(s) in loading state_dict"  # torch's load_state_dict on a model of another shape
+
+
+def _weights_misfit(name: str, kwargs: dict, err: Exception) -> RepinvError:
+    found = " ".join(" ".join(str(err).splitlines()[1:]).split())
+    return RepinvError(
+        f"timm's trained weights for model.name={name} do not fit the model model.kwargs={kwargs} builds: "
+        f"{found[:300]}{'...' if len(found) > 300 else ''}. Trained weights fit the architecture they were trained "
+        "as: leave out the kwargs that change its shape (depth, width, heads), or run untrained with "
+        "model.pretrained=false."
+    )
+
+
+def _check_head(name: str, kwargs: dict) -> None:
+    """timm drops trained weights' classifier where num_classes differs and keeps the rest: the head would be
+    untrained in a model counted as trained."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    classes, trained = kwargs.get("num_classes"), getattr(cfg, "num_classes", None)
+    if classes is not None and trained and classes not in (0, trained):
+        raise RepinvError(
+            f"model.kwargs.num_classes={classes} with model.pretrained=true: timm's trained weights for {name} have a "
+            f"{trained}-class head, which timm would drop, leaving this model's head untrained while the run counts "
+            f"the model as trained. Use num_classes={trained} (the weights' own), num_classes=0 (no head), or a file "
+            "holding a head of that size with model.checkpoint=FILE."
+        )
+
+
 def _filter_fn(cls: type) -> Callable | None:
     """The checkpoint filter of a timm model class's module (renamed keys, resampled position and patch embeddings)."""
     return getattr(sys.modules[cls.__module__], "checkpoint_filter_fn", None)
@@ -89,10 +116,7 @@ def _load_file(net: nn.Module, name: str, checkpoint: str, path: Path) -> None:
     filter_fn = _filter_fn(type(net))
     if filter_fn is not None:
         state = filter_fn(state, net)
-    own = net.state_dict()
-    problems = [f"{k} is missing there" if k not in state else f"{k} is {tuple(state[k].shape)} there and {tuple(v.shape)} here"
-                for k, v in own.items() if k not in state or state[k].shape != v.shape]
-    problems += [f"{k} is there but not in the model" for k in state if k not in own]
+    problems = state_misfits(net.state_dict(), state)
     if problems:
         raise RepinvError(
             f"model.checkpoint={checkpoint} does not fit model.name={name} as configured: {listing(problems, 3)}. "
@@ -167,6 +191,8 @@ class TimmSource(ModelSource):
         kwargs = dict(kwargs)
         path = Path(checkpoint).expanduser() if checkpoint else None  # a file: create_model checks
         hub = bool(pretrained) and path is None  # a checkpoint file replaces every tensor timm's weights would give
+        if hub:
+            _check_head(name, kwargs)
         try:
             net = build(name, hub, kwargs)
         except TypeError as err:
@@ -177,6 +203,8 @@ class TimmSource(ModelSource):
                 f"timm's {name} constructor takes (depth, embed_dim, num_heads, img_size, patch_size, ...)."
             ) from None
         except (RuntimeError, OSError, ValueError, ImportError) as err:
+            if hub and LOAD_ERROR in str(err):
+                raise _weights_misfit(name, kwargs, err) from None
             if hub:
                 raise _weights_missing(name, err) from None
             raise

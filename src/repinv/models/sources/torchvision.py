@@ -15,8 +15,8 @@ import torch
 import torchvision
 from torch import nn
 
-from repinv.errors import RepinvError, suggest
-from repinv.models.sources.base import ModelSource, load_state_file
+from repinv.errors import RepinvError, listing, suggest
+from repinv.models.sources.base import ModelSource, load_state_file, state_misfits
 
 BLOCK = r"blocks\.(\d+|\*)"  # a block index, or * in a shell pattern
 LAYER = r"encoder.layers.encoder_layer_\1"
@@ -55,14 +55,14 @@ def _check_name_and_weights(name: str, weights: str | None) -> None:
 
 
 def _load_checkpoint(net: nn.Module, name: str, checkpoint: str, kwargs) -> None:
-    path = Path(checkpoint).expanduser()  # a file: create_model checks
-    try:
-        net.load_state_dict(fit_state(net, load_state_file(path)))
-    except RuntimeError as err:
+    state = fit_state(net, load_state_file(Path(checkpoint).expanduser()))  # a file: create_model checks
+    problems = state_misfits(net.state_dict(), state)
+    if problems:
         raise RepinvError(
             f"model.checkpoint={checkpoint} does not fit torchvision's {name} with kwargs {kwargs}: "
-            f"{str(err).splitlines()[0]} ... Pass a state dict saved from the same architecture."
-        ) from None
+            f"{listing(problems, 3)}. Pass a state dict saved from the same architecture."
+        )
+    net.load_state_dict(state)
 
 
 class TorchvisionSource(ModelSource):
