@@ -122,7 +122,7 @@ CASES = {
     "objective layers apart from layers": (["objective.layers=[0]", "layers=[1]"], "objective.layers=[0] differs from "
                                            "layers=[1]"),
     "a prior's weight that is text": (["priors=tv", "priors.tv.weight=abc"],
-                                      "priors.tv.weight=abc must be a number, e.g. priors.tv.weight=0.0001 (its default)"),
+                                      "priors.tv.weight=abc must be a number, e.g. priors.tv.weight=0.1 (its default)"),
     "an optimiser setting that is text": (["+optimizer.weight_decay=abc"],
                                           "optimizer.weight_decay=abc must be a number, e.g. optimizer.weight_decay=0"),
     "checkpoint that is a folder": (["model.checkpoint={d}/empty"], "/empty is a folder. Pass the path of a safetensors "

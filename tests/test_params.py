@@ -250,3 +250,26 @@ def test_take_rows_keeps_a_shard_of_the_batch(name):
     assert (p.render().detach() - image[1:3]).abs().max() < 1e-5
     p.set_image(image[:2])
     assert (p.render().detach() - image[:2]).abs().max() < 1e-5
+
+
+def test_default_penalty_weights_put_each_gradient_near_a_tenth_of_the_data_terms(tmp_path):
+    """From the starting noise at an untrained ViT-B/32's block 5 (what the defaults follow): a prior that shapes
+    the image without replacing the objective, not one four orders of magnitude below it."""
+    from conftest import compose_cfg
+    from repinv.engine.module import noise_canvas
+    from repinv.engine.pipeline import build_each
+    from repinv.inputs.images import load_images
+    from repinv.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("vit_base_patch32_224")
+    mean, std = (torch.tensor(v)[:, None, None] for v in (model.mean, model.std))
+    net = model.net.requires_grad_(False)
+    block5 = lambda x: net.forward_intermediates((x - mean) / std, indices=[5], intermediates_only=True)[0]  # noqa: E731
+    target = block5(load_images("chelsea", 224)[0].pixels[None])
+    start = noise_canvas([0], (224, 224), 0.7, 0.05).requires_grad_(True)
+    data = torch.autograd.grad(0.15 * (block5(start) - target).abs().sum(), start)[0].norm()
+    priors = {**build_each(compose_cfg(["priors=penalties"], tmp_path), "priors"), "l2": L2Decay()}
+    for name, prior in priors.items():
+        ratio = torch.autograd.grad(prior.penalty(start, 0).sum(), start)[0].norm() / data
+        assert 1 / 30 < ratio < 1 / 3, f"{name}: gradient {ratio:.2g} of the data term's"

@@ -4,6 +4,11 @@ Each takes the crop the network saw [N, C, H, W], in pixel space whatever the pa
 and returns one weighted value per image [N], so each image's loss carries its own prior.
 Mahendran & Vedaldi use total variation and an alpha-norm; the L2 decay is the alpha-norm at
 alpha 2. Calling a penalty on an image gives the same values as its `penalty` hook.
+
+Default weights: each penalty's input gradient is about a tenth of the study's data term's (0.15·L1 on the
+normalised image) from the starting noise at an untrained ViT-B/32's block 5 (gradient norms 172 for TV, 2.0 for the
+alpha-norm and 160 for the L2 decay at weight 1, against 231 for the data term), so a preset's prior shapes the image
+without replacing the objective.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class Penalty(Prior):
 class TotalVariation(Penalty):
     """`weight` times the per-image total variation of exponent `beta` (1: edges kept sharp; 2: smooth)."""
 
-    def __init__(self, weight: float = 1e-4, beta: float = 2.0):
+    def __init__(self, weight: float = 0.1, beta: float = 2.0):
         if weight < 0 or beta <= 0:
             raise RepinvError(f"tv weight={weight} must be non-negative and beta={beta} positive (1 or 2 are usual).")
         self.weight, self.beta = float(weight), float(beta)
@@ -60,7 +65,7 @@ class TotalVariation(Penalty):
 class AlphaNorm(Penalty):
     """`weight` times the per-image alpha-norm |x - center|^alpha summed over pixels and channels."""
 
-    def __init__(self, weight: float = 1e-4, alpha: float = 6.0, center: float = 0.5):
+    def __init__(self, weight: float = 10.0, alpha: float = 6.0, center: float = 0.5):
         if weight < 0 or alpha < 1:
             raise RepinvError(f"alpha_norm weight={weight} must be non-negative and alpha={alpha} at least 1 (6 is usual).")
         self.weight, self.alpha, self.center = float(weight), float(alpha), float(center)
@@ -72,5 +77,5 @@ class AlphaNorm(Penalty):
 class L2Decay(AlphaNorm):
     """`weight` times the per-image sum of (x - center)²: pulls every pixel towards mid-grey."""
 
-    def __init__(self, weight: float = 1e-4, center: float = 0.5):
+    def __init__(self, weight: float = 0.1, center: float = 0.5):
         super().__init__(weight, alpha=2.0, center=center)
