@@ -150,6 +150,22 @@ def test_an_allowed_schedule_change_follows_the_new_schedule_from_the_resume(run
     assert lr[15] == pytest.approx(1 - 0.5 * 15 / 30) and lr[25] == pytest.approx(1 - 0.5 * 25 / 30)
 
 
+def test_resume_auto_continues_an_unfinished_run_keeps_a_finished_one_and_starts_an_absent_one(run_repinv, monkeypatch):
+    """What a sweep run again in its folder after a stop needs of each job, whatever state it was left in."""
+    from repinv.errors import SettingsError
+
+    _interrupted(run_repinv, monkeypatch, "logger=csv")
+    records, out = run_repinv(*RESUMABLE, "logger=csv", "resume=auto", name="cut")
+    assert [(r["status"], r["steps"]) for r in records] == [("finished", 30)] * 2
+    before, rows = (out / "metrics.json").read_bytes(), _csv_rows(out)
+    kept, _ = run_repinv(*RESUMABLE, "logger=csv", "resume=auto", name="cut")
+    assert kept == read_metrics(out) and (out / "metrics.json").read_bytes() == before and _csv_rows(out) == rows
+    with pytest.raises(SettingsError, match=r"optimizer.lr: 1.0 there, 2.0 here"):
+        run_repinv(*RESUMABLE, "logger=csv", "optimizer.lr=2.0", "resume=auto", name="cut")
+    fresh, _ = run_repinv(*RESUMABLE, "resume=auto", name="absent")
+    assert [r["steps"] for r in fresh] == [30, 30]
+
+
 def test_another_kind_of_optimiser_on_resume_is_refused_not_a_crash(run_repinv, monkeypatch, tmp_path):
     """The checkpoint holds SGD's state, which Adam cannot take up: even with the optimiser's settings allowed to
     change, its kind is refused, naming it, and the interrupted run's files stay as they were."""

@@ -90,8 +90,8 @@ def module_identity(targets: list[dict], steps: int, image_shape: tuple[int, ...
 
 
 def check_resume(path: Path, checkpoint: dict, config: dict, module: dict, allowed: list[str]) -> list[dict]:
-    """Refuse a checkpoint of another run (SettingsError naming each differing field) or one that
-    already finished; returns the allowed changes as {field, was, now, step}, earlier resumes' first."""
+    """Refuse a checkpoint of another run (SettingsError naming each differing field); returns the allowed changes
+    as {field, was, now, step}, earlier resumes' first."""
     saved = {**checkpoint.get(CONFIG_KEY, {}), **(checkpoint.get(MODULE_KEY) or {})}
     mine = {**config, **module}
     fixed = [a for a in allowed if _under(a, FIXED) or any(_under(f, [a]) for f in FIXED)]
@@ -126,13 +126,21 @@ def check_resume(path: Path, checkpoint: dict, config: dict, module: dict, allow
             f"resume={path} was written by a different run ({diff}). Resume with the overrides of the run that wrote "
             f"it (its config.yaml); {'; '.join(a for a in advice if a)}.", refused)
     step = checkpoint.get("global_step", 0)
-    if step >= module["steps"]:
-        raise RepinvError(
-            f"resume={path}: that run already finished its {module['steps']} steps, so there is nothing to continue; its "
-            "results are in its folder. For a longer run start a new one with more steps (the schedules depend on them)."
-        )
     return [*checkpoint.get(CHANGES_KEY, []), *({"field": k, "was": saved.get(k), "now": mine.get(k), "step": step}
                                                for k in differ)]
+
+
+def finished(checkpoint: dict, module: dict) -> bool:
+    """Whether the checkpoint's run made every one of its steps."""
+    return checkpoint.get("global_step", 0) >= module["steps"]
+
+
+def refuse_finished(path: Path, module: dict) -> None:
+    raise RepinvError(
+        f"resume={path}: that run already finished its {module['steps']} steps, so there is nothing to continue; its "
+        "results are in its folder. For a longer run start a new one with more steps (the schedules depend on them); "
+        "resume=auto keeps a finished run's results (a sweep run again in its folder)."
+    )
 
 
 class RunIdentity(pl.Callback):

@@ -33,7 +33,9 @@ from repinv.engine.identity import (
     RunIdentity,
     check_resume,
     config_identity,
+    finished,
     read_checkpoint,
+    refuse_finished,
 )
 from repinv.engine.module import ImageOptimization
 from repinv.engine.plugins import build, build_each, called, check_arguments, check_metrics, check_prior
@@ -48,7 +50,7 @@ from repinv.models.build import build_model
 from repinv.objectives import Objective
 from repinv.reporting.callbacks import CHECKPOINT_DIR, LAST_CHECKPOINT, Checkpoints, ResultWriter, StopOnSignal, last_checkpoint
 from repinv.reporting.loggers import make_loggers
-from repinv.reporting.results import METRICS_FILE
+from repinv.reporting.results import METRICS_FILE, all_finished, read_records
 from repinv.reporting.summary import score, sweep_id
 from repinv.reporting.wandb_logger import WANDB_ID, WandbFinished
 
@@ -138,11 +140,14 @@ def requeued() -> bool:
 def resume_path(resume, out_dir: Path) -> Path | None:
     """The checkpoint a run continues from.
 
-    `resume=` is a .ckpt file, a run folder (its checkpoints/last.ckpt) or `last` (this run
-    folder's). With `resume=null` a requeued SLURM job continues from its own folder's last
-    checkpoint when there is one: the requeued job has the same folder, and nothing else reuses one.
+    `resume=` is a .ckpt file, a run folder (its checkpoints/last.ckpt), `last` (this run
+    folder's) or `auto` (this run folder's if it has one, else none: a fresh run). With
+    `resume=null` a requeued SLURM job continues from its own folder's last checkpoint when there
+    is one: the requeued job has the same folder, and nothing else reuses one.
     """
     own = last_checkpoint(out_dir)
+    if str(resume) == AUTO:
+        return own if own.is_file() else None
     if resume is None:
         if requeued() and own.is_file():
             log.info("requeued job: resuming from %s", own)
@@ -161,6 +166,9 @@ def resume_path(resume, out_dir: Path) -> Path | None:
         "Pass a .ckpt file, the folder of the run to continue (runs save checkpoints/last.ckpt every checkpoint_every "
         "steps and when interrupted), or resume=last together with hydra.run.dir=<that folder>."
     )
+
+
+AUTO = "auto"  # resume=auto: continue this folder's run, keep it if finished, start it if absent
 
 
 def holds_run(out_dir: Path) -> bool:
@@ -295,7 +303,27 @@ def resume_state(cfg: DictConfig, ckpt: Path | None, module: ImageOptimization) 
     saved = respelled(read_checkpoint(ckpt))
     given = cfg.get("resume_allow_changes") or []
     allowed = [respell_key(str(a)) for a in ([given] if isinstance(given, str) else given)]  # one field, unbracketed
-    return identity, check_resume(ckpt, saved, identity, module.identity(), allowed), saved
+    changes = check_resume(ckpt, saved, identity, module.identity(), allowed)
+    if finished(saved, module.identity()) and str(cfg.get("resume")) != AUTO:
+        refuse_finished(ckpt, module.identity())
+    return identity, changes, saved
+
+
+def kept(out_dir: Path, metric: str) -> RunResult:
+    """`resume=auto` on a run that finished with these settings: its results as they are, counted by a sweep now
+    running in its folder (their date is this job's, see `repinv.reporting.summary.join_sweep`)."""
+    try:
+        complete = all_finished(out_dir)
+    except (OSError, ValueError):
+        complete = False
+    if not complete:
+        raise RepinvError(f"{out_dir} holds a finished run's checkpoint but no finished results ({METRICS_FILE}), so "
+                          "resume=auto can neither keep nor continue it. Start it afresh in a new folder "
+                          "(hydra.run.dir=<new folder>).")
+    os.utime(out_dir / METRICS_FILE)
+    log.info("resume=auto: %s finished with these settings before; its results are kept", out_dir)
+    records = read_records(out_dir)
+    return RunResult(records, None, out_dir, score(records, metric))
 
 
 def respelled(checkpoint: dict) -> dict:
@@ -421,8 +449,10 @@ def score_metric(cfg: DictConfig, module: ImageOptimization) -> str:
 
 def exit_stopped(stopper: StopOnSignal, checkpoints: Checkpoints | None, steps: int, out_dir: Path) -> None:
     """A run a signal stopped: say where its results are and how to continue it, then exit as the signal asks."""
-    resume = ("the run had finished" if stopper.stopped_at >= steps else f"continue with resume={checkpoints.last}"
-              if checkpoints else "no checkpoint (callbacks.checkpoints=null)")
+    hc = _hydra()
+    resume = ("the run had finished" if stopper.stopped_at >= steps else "no checkpoint (callbacks.checkpoints=null)"
+              if not checkpoints else f"continue with resume={checkpoints.last}" if sweep_name() is None else
+              f"continue the sweep with the same command and resume=auto hydra.sweep.dir={hc.sweep.dir}")
     print(f"repinv: {signal.Signals(stopper.signum).name} at step {stopper.stopped_at} of {steps}: results in "
           f"{out_dir}, {resume}", file=sys.stderr)
     stopper.exit()
@@ -448,6 +478,8 @@ def run(cfg: DictConfig) -> RunResult:
     name = run_name("-".join([model.label, *model.surgery]), objective.name(), model.trained)
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery, *objective.tags()]
     identity, changes, saved = resume_state(cfg, ckpt, module)
+    if saved and finished(saved, module.identity()):
+        return kept(out_dir, metric)
     info = RunInfo(name, tags, objective.kind, group=sweep_name(), resume_id=saved.get(WANDB_ID),
                    resume_step=saved.get("global_step"), changes=changes)
     callbacks = instantiate_callbacks(cfg, info)
