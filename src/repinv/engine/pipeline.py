@@ -62,7 +62,8 @@ class RunResult:
     """What a run leaves for its caller: one record per target, the final images, the run folder and its score.
 
     `images` are the reconstructions as the network sees them ([targets, 3, H, W] in [0, 1]; None
-    on processes other than rank 0), `score` the number a sweeper minimises (NaN without records).
+    on processes other than rank 0, and for a finished run `resume=auto` kept: its PNGs hold them), `score` the number
+    a sweeper minimises (NaN without records).
     """
 
     records: list[dict]
