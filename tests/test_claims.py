@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -267,7 +269,8 @@ def test_report_only_judges_finished_runs_and_launches_nothing(tmp_path, capsys)
     assert main([*common, *both]) == 0
     assert not list(tmp_path.glob("runs/*/metrics.json"))
     assert {r["verdict"] for r in _ledger(tmp_path)} == {"pending"}
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    assert "not made yet: " in err and "run failed" not in err, "a run not made yet has not failed"
     assert main([*common, "--claims", "vit-entry-untrained"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert (f"judged resnet-untrained-loses-input too. Its runs are kept: `repinv-claims {' '.join(common)} --claims "
@@ -360,18 +363,24 @@ def test_a_selection_with_no_runnable_claim_still_writes_its_ledger(tmp_path, ca
         assert [r["verdict"] for r in csv.DictReader(f)] == ["needs trained weights"]
 
 
-def test_lrs_none_is_the_default_recipe_only(capsys):
+@pytest.mark.parametrize("budget", ["quick", "study"])
+def test_lrs_none_is_the_default_recipe_only(budget, tmp_path, capsys):
+    """No constant rate is no sensitivity check: a recipe-sensitive claim is judged under the default recipe alone."""
     from repinv.claims.cli import check_lrs, parser
 
     assert check_lrs(parser().parse_args(["--lrs", "none"]).lrs) == []
     assert main(["--lrs", "none", "--list"]) == 0
+    assert main(["--budget", budget, "--claims", "vit-untrained-constant-depth", "--sources", "timm", "--lrs", "none",
+                 "--out", str(tmp_path), "--report-only"]) == 0
+    assert [r["recipe"] for r in csv.DictReader(open(tmp_path / "sensitivity.csv"))] == ["default (linear lr)"]
 
 
-def _fake_ledger(root, image: str, precision: str | None, sensitivity: list[tuple[str, str, str, str]]):
+def _fake_ledger(root, image: str, precision: str | None, sensitivity: list[tuple[str, str, str, str]], seeds: int = 1):
     """A ledger folder as repinv-claims leaves it, reduced to what --compare reads."""
     (root / "runs" / "run-0").mkdir(parents=True)
     (root / "runs" / "run-0" / "command.txt").write_text("\n".join(["model=vit_b_32", *([precision] if precision else [])]))
-    report.write_csv(root / "claims.csv", [{"claim": s[0], "images": image} for s in sensitivity], ["claim", "images"])
+    report.write_csv(root / "claims.csv", [{"claim": s[0], "images": image, "seeds": seeds} for s in sensitivity],
+                     ["claim", "images", "seeds"])
     report.write_csv(root / "sensitivity.csv", [dict(zip(("claim", "recipe", "measured", "verdict"), s)) for s in sensitivity],
                      ["claim", "recipe", "measured", "verdict"])
 
@@ -389,6 +398,21 @@ def test_compare_sets_ledgers_side_by_side_naming_photograph_and_precision(tmp_p
     assert table[2:] == ["| depth | default | holds: d 1.7 dB | fails: d -4.0 ± 0.5 dB |",
                          "| depth | constant | fails: d -9.0 dB |  |",
                          "| mixer | default |  | holds: m 3.1 dB |"]
+
+
+def test_compare_drops_only_an_sd_of_one_value_and_never_part_of_a_number(tmp_path, capsys):
+    """One seed on one photograph: "± 0.0" is the sd of one value and goes, "± 0.04" stays whole; three seeds: every sd
+    stays, zero or not."""
+    _fake_ledger(tmp_path / "one", "chelsea", None, [("depth", "default", "d 2.99 ± 0.04 dB", "fails"),
+                                                     ("loses", "default", "L0 31.1 ± 0.0 dB; L4 − L0 -3.00 ± 0.00 dB", "holds")])
+    _fake_ledger(tmp_path / "three", "chelsea", None, [("depth", "default", "d 2.99 ± 0.00 dB", "fails"),
+                                                       ("loses", "default", "L0 31.1 ± 0.0 dB; L4 − L0 -3.0 ± 0.2 dB", "holds")],
+                 seeds=3)
+    assert main(["--compare", str(tmp_path / "one"), str(tmp_path / "three")]) == 0
+    table = capsys.readouterr().out.split("| claim")[1].splitlines()
+    assert table[2] == "| depth | default | fails: d 2.99 ± 0.04 dB | fails: d 2.99 ± 0.00 dB |"
+    assert table[3] == ("| loses | default | holds: L0 31.1 dB; L4 − L0 -3.00 dB | "
+                        "holds: L0 31.1 ± 0.0 dB; L4 − L0 -3.0 ± 0.2 dB |")
 
 
 def test_compare_keeps_a_column_for_each_of_two_ledgers_in_folders_of_one_name(tmp_path, capsys):
@@ -427,3 +451,134 @@ def test_a_verdict_within_rounding_of_its_threshold_shows_the_second_decimal():
         assert verdict.holds is holds and verdict.measured == f"a − b {shown}", verdict
     kept = rules.keeps_input({"vit": recs({"L0": [19.98, 19.98]})}, "vit")
     assert not kept.holds and kept.measured == "lowest L0 19.98 ± 0.00 dB"
+
+
+def test_a_relative_image_path_names_the_file_it_points_at(tmp_path, monkeypatch, capsys):
+    """`--image photo.png` typed in two folders is two photographs: the second's ledger does not reuse the first's runs,
+    and the runs and the recorded command name the file by its absolute path."""
+    import numpy as np
+    from PIL import Image
+
+    for i, name in enumerate(("a", "b")):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((32, 32, 3), 60 + 120 * i, np.uint8)).save(tmp_path / name / "photo.png")
+    args = ["--budget", "quick", "--sources", "timm", "--seeds", "1", "--steps", "2", "--claims", "vit-entry-untrained",
+            "--image", "photo.png", "--out", str(tmp_path / "ledger"), "logger=none"]
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(args) == 0 and _ledger(tmp_path / "ledger")[0]["verdict"] in {"holds", "fails"}
+    [command] = (tmp_path / "ledger").glob("runs/*/command.txt")
+    assert f"image=['{tmp_path / 'a' / 'photo.png'}']" in command.read_text().splitlines()
+    assert f"--image {tmp_path / 'a' / 'photo.png'}" in (tmp_path / "ledger" / "claims.md").read_text()
+    monkeypatch.chdir(tmp_path / "b")
+    capsys.readouterr()
+    assert main([*args, "--report-only"]) == 2
+    assert f"--image {tmp_path / 'a' / 'photo.png'}" in " ".join(capsys.readouterr().err.split())
+    assert main([*args, "--out", str(tmp_path / "other"), "--report-only"]) == 0
+    assert _ledger(tmp_path / "other")[0]["verdict"] == "pending", "the other photo.png has no run yet"
+
+
+def _bf16_run_in(root):
+    """A finished run recorded in `root` as having stepped in bf16."""
+    (root / "runs" / "made").mkdir(parents=True)
+    (root / "runs" / "made" / "command.txt").write_text("model=vit_tiny\nprecision=bf16")
+
+
+def test_only_the_cpu_budget_keeps_the_precision_of_the_runs_a_ledger_holds(tmp_path, monkeypatch):
+    """A quick ledger in a folder that holds a bf16 run steps in fp32 as its command says; the cpu budget keeps bf16."""
+    from repinv import study
+    from repinv.claims.ledger import BUDGETS, plan
+    from repinv.sources import Weights
+
+    monkeypatch.setattr("repinv.models.packed.native_bf16", lambda: False)
+    for budget, bf16 in (("quick", False), ("cpu", True)):
+        _bf16_run_in(tmp_path / budget)
+        p = plan([c for c in CLAIMS if c.id == "vit-entry-untrained"], BUDGETS[budget], tmp_path / budget, 1, ["chelsea"],
+                 None, Weights().overrides, [])
+        assert {study.value(o, "precision") for o in p.runs} == {"bf16" if bf16 else None}, budget
+        assert main(["--budget", budget, "--claims", "vit-entry-untrained", "--sources", "timm", "--out",
+                     str(tmp_path / budget), "--report-only"]) == 0
+        made_with = re.search(r"Made with `(.+?)`", (tmp_path / budget / "claims.md").read_text()).group(1)
+        assert ("precision=bf16" in made_with) is bf16, made_with
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-native-bf16"])
+def test_a_cpu_ledgers_command_names_its_precision_and_plans_its_runs_on_any_cpu(native, tmp_path, monkeypatch):
+    """The cpu budget's precision depends on the CPU: the recorded command names it, and run on a CPU of the other
+    kind in a new folder it plans the runs the ledger holds."""
+    from repinv.claims.cli import parser
+
+    ledger = ["--budget", "cpu", "--claims", "vit-entry-untrained", "--report-only"]
+    monkeypatch.setattr("repinv.models.packed.native_bf16", lambda: native)
+    assert main([*ledger, "--out", str(tmp_path / "made")]) == 0
+    made_with = re.search(r"Made with `(.+?)`", (tmp_path / "made" / "claims.md").read_text()).group(1)
+    assert made_with.endswith("precision=bf16" if native else "precision=32-true"), made_with
+    monkeypatch.setattr("repinv.models.packed.native_bf16", lambda: not native)
+    again = shlex.split(made_with)[1:]
+    assert parser().parse_args(again).overrides == [made_with.split()[-1]]
+    assert main([*again, "--out", str(tmp_path / "again"), "--report-only"]) == 0
+    runs = [_ledger(tmp_path / folder)[0]["runs"] for folder in ("made", "again")]
+    assert runs[0] == runs[1] and runs[0]
+
+
+def test_report_only_with_other_settings_than_the_ledgers_is_refused(tmp_path, capsys, monkeypatch):
+    """The ledger's own command writes it again; another budget, seed count or photograph would judge runs it does not
+    hold, so the ledger is left as it is and the error names its settings and the command that re-reports it."""
+    monkeypatch.setattr("repinv.models.packed.native_bf16", lambda: False)
+    own = ["--budget", "cpu", "--claims", "vit-entry-untrained", "--out", str(tmp_path), "--report-only"]
+    assert main(own) == 0
+    before = {f: (tmp_path / f).read_text() for f in ("claims.md", "claims.csv", "sensitivity.csv")}
+    capsys.readouterr()
+    for other, own_setting in ((["--budget", "quick"], "--budget cpu"), (["--budget", "cpu", "--seeds", "2"], "--seeds 1"),
+                               (["--budget", "cpu", "--image", "astronaut"], "--image chelsea")):
+        assert main(["--out", str(tmp_path), "--report-only", *other]) == 2, other
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.startswith("repinv-claims: error: --report-only would write the ledger") and "Traceback" not in err
+        assert f"it was made with {own_setting}" in err, err
+        assert (f"Write it again with `repinv-claims --budget cpu --claims vit-entry-untrained --out {tmp_path} "
+                "precision=32-true --report-only`") in err, err
+        assert {f: (tmp_path / f).read_text() for f in before} == before
+    assert main(own) == 0
+
+
+def _run(tmp_path, seed: int, psnr: dict[str, float], **extra):
+    """A finished run of seed `seed` whose records hold these PSNRs by layer."""
+    from repinv import study
+
+    folder = tmp_path / "runs" / f"vit-seed{seed}"
+    return seed, study.Run(("model=vit_b_32",), folder, study.FINISHED,
+                           [{"layer": layer, "psnr": v, "image": "chelsea", "diverged": False, **extra} for layer, v in
+                            psnr.items()])
+
+
+@pytest.mark.parametrize("bad", [{"psnr": float("nan")}, {"psnr": None}, {"diverged": True}],
+                         ids=["nan", "null", "diverged"])
+def test_a_run_that_diverged_gives_its_claim_no_verdict_and_names_the_run(bad, tmp_path):
+    from repinv.claims.ledger import DIVERGED, judge
+
+    claim = next(c for c in CLAIMS if c.id == "vit-untrained-constant-depth")
+    good = {"patch_embed": 30.0, "L0": 25.0, "L11": 24.0}
+    for seeds in (1, 2):
+        runs = [_run(tmp_path, seed, good) for seed in range(seeds - 1)]
+        seed, broken = _run(tmp_path, seeds - 1, good)
+        broken.records[-1].update(bad)
+        verdict, measured, rule = judge(claim, {"vit": [*runs, (seed, broken)]})
+        assert verdict == DIVERGED and rule == "", (verdict, measured)
+        assert measured.startswith(f"runs/{broken.folder.name} diverged or measured a non-finite number at L11 on chelsea")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, where no folder can be made")
+def test_an_out_folder_that_cannot_be_made_is_one_paragraph(capsys):
+    assert main(["--budget", "quick", "--claims", "vit-entry-untrained", "--out", "/proc/nope/x", "--report-only"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("repinv-claims: error: --out /proc/nope/x: the folder could not be made") and "Traceback" not in err
+    assert "Give a folder this user can write to" in err
+
+
+def test_the_readme_names_the_depths_the_study_budget_runs():
+    from repinv.claims.registry import ARCHS
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert all("layers=[0,1,4,8]" in ARCHS[(mixer, "timm")]["study"] for mixer in ("mixer_l16", "mixer_l8"))
+    assert "layers=[0,3,7,11,15]" in ARCHS[("vit_l_16", "timm")]["study"]
+    assert "the Mixers at `layers=[0,1,4,8]`, ViT-L/16 at `layers=[0,3,7,11,15]`" in readme
+    assert "on the study's models at every depth" not in readme

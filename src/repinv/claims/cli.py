@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import redirect_stderr
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -24,16 +26,16 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 from repinv.api import CONFIG_MODULE, CONFIG_NAME, composition_error
 from repinv.claims.compare import comparison
 from repinv.claims.cost import plan_cost, write_plan
-from repinv.claims.ledger import BUDGETS, execute, plan
+from repinv.claims.ledger import BUDGETS, PRECISION, execute, plan
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import judged, made_by, write
 from repinv.cli import CONFIG_DIR
 from repinv.conf import override_key, respell_all
 from repinv.errors import RepinvError, listing, paragraph, suggest
-from repinv.inputs.images import locate
+from repinv.inputs.images import EMBEDDED, locate
 from repinv.metrics import PSNR, require
 from repinv.sources import Weights
-from repinv.study import NOT_MADE, check_out
+from repinv.study import NOT_MADE, canonical, check_out, value
 
 EXAMPLE = "repinv-claims --budget quick logger=csv"
 
@@ -123,6 +125,12 @@ def check_checkpoints(specs: list[str]) -> None:
         if not Path(file).expanduser().is_file():
             raise RepinvError(f"--checkpoint {spec}: {file} is not a file. Give the trained weights file "
                               "(e.g. vit_b_32=vit.safetensors).")
+
+
+def resolved(entries: Sequence[str]) -> list[str]:
+    """Each --image as the runs name it: an embedded photograph by its name, a file or folder by its absolute path,
+    so that a run names the photograph it inverts wherever the command is run from."""
+    return [e if e in EMBEDDED else str(Path(e).expanduser().resolve()) for e in entries]
 
 
 def check_images(entries: list[str]) -> None:
@@ -220,9 +228,22 @@ def report_cost(p, out: Path, peaks: dict[str, float], command: str) -> int:
     return 0
 
 
-def made_with(argv: list[str]) -> str:
-    """The command that makes (and continues) this ledger: the arguments given, less --report-only."""
-    return shlex.join(["repinv-claims", *(a for a in argv if a != "--report-only")])
+def made_with(argv: list[str], images: Mapping[str, str] | None = None, overrides: Sequence[str] = (),
+              stated: Sequence[str] = ()) -> str:
+    """The command that makes (and continues) this ledger: the arguments given, less --report-only, each --image as
+    `images` maps it (to the path its runs name), and the `stated` overrides after the given `overrides`."""
+    words, images = [a for a in argv if a != "--report-only"], images or {}
+    for i, word in enumerate(words):
+        if word.startswith("--image="):
+            words[i] = "--image=" + images.get(word.partition("=")[2], word.partition("=")[2])
+        elif i and words[i - 1] == "--image":
+            words[i] = images.get(word, word)
+    if stated:
+        n = len(overrides)
+        at = max((i + n for i in range(len(words) - n + 1) if n and words[i:i + n] == list(overrides)), default=len(words))
+        ends_list = not n and next((w for w in reversed(words) if w.startswith("--")), None) == "--lrs"
+        words[at:at] = ["--"] * ends_list + list(stated)  # after a bare --lrs, `--` ends its list of rates
+    return shlex.join(["repinv-claims", *words])
 
 
 def writing_to(command: str, out: Path) -> str:
@@ -234,6 +255,47 @@ def writing_to(command: str, out: Path) -> str:
         return shlex.join([*words[:1], "--out", str(out), *words[1:]])
     words[at:at + (words[at] == "--out") + 1] = ["--out", str(out)]
     return shlex.join(words)
+
+
+def settings(args, out: Path) -> dict[str, str]:
+    """What names a ledger's runs, by the flag that sets it (the extra overrides as every run gets them, its precision
+    included): a ledger written with other settings than its own judges runs it does not hold."""
+    budget = BUDGETS[args.budget]
+    lrs = budget.lrs if args.lrs is None else args.lrs
+    return {"--budget": budget.name, "--image": " ".join(resolved(args.image or budget.images)), "--seeds": str(args.seeds),
+            "--steps": str(args.steps or budget.steps), "--lrs": " ".join(f"{lr:g}" for lr in lrs) or "none",
+            "--pretrained": "yes" if args.pretrained else "no", "--checkpoint": " ".join(sorted(args.checkpoint)) or "none",
+            "--weights": args.weights or "none",
+            "overrides": " ".join(canonical(budget.overrides(out, args.overrides))) or "none given"}
+
+
+def recorded_args(command: str):
+    """The arguments of a recorded repinv-claims command, normalised as `main` normalises its own (None where they do
+    not parse, as a hand-edited claims.md may not)."""
+    try:
+        with redirect_stderr(io.StringIO()):  # argparse's usage message is for a user, and this user typed none of it
+            args = parser().parse_args(shlex.split(command)[1:])
+        args.seeds = BUDGETS[args.budget].seeds if args.seeds is None else args.seeds
+        args.lrs = check_lrs(args.lrs)
+    except (SystemExit, RepinvError, ValueError):
+        return None
+    return args
+
+
+def check_report_only(args, out: Path, made: str | None) -> None:
+    """--report-only rewrites a ledger from its runs: with other settings than the command the ledger recorded
+    (`made`), it would overwrite that ledger with verdicts on runs it does not hold. A RepinvError naming both."""
+    ledger = recorded_args(made) if made else None
+    if ledger is None:
+        return
+    own, asked = settings(ledger, out), settings(args, out)
+    differ = [k for k in own if own[k] != asked[k]]
+    if differ:
+        raise RepinvError(f"--report-only would write the ledger in {out} anew from other runs than its own: it was made "
+                          f"with {'; '.join(f'{k} {own[k]}' for k in differ)}, and this command asks for "
+                          f"{'; '.join(f'{k} {asked[k]}' for k in differ)}, so claims.md, claims.csv and sensitivity.csv "
+                          f"would judge runs it does not hold. Write it again with `{writing_to(made, args.out or out)} "
+                          "--report-only`, or give these settings a ledger folder of their own (--out).")
 
 
 def main(argv=None) -> int:
@@ -257,23 +319,34 @@ def main(argv=None) -> int:
         print("\n".join(f"{c.id:<36} {c.source:<12} {'trained' if c.trained else 'untrained':<10} {c.text}" for c in claims))
         return 0
     out = (args.out or Path("logs") / "claims" / budget.name).resolve()
-    images = args.image or list(budget.images)
+    images = resolved(args.image or []) or list(budget.images)
     started = time.perf_counter()
     weights = Weights.parse(args.checkpoint, args.pretrained, args.weights)
+    made = made_by(out)
     try:
         p = plan(claims, budget, out, args.seeds, images, args.lrs, weights.overrides, args.overrides, args.steps)
         check_runs(p.runs.values(), args.overrides)
+        if args.report_only:
+            check_report_only(args, out, made)
     except RepinvError as err:
         return refuse(err)
+    # a bf16 budget's precision depends on the CPU and on the runs the folder holds: the command says which it was
+    stated = [f"{PRECISION}={budget.precision(out, args.overrides)}"] if budget.bf16 and value(
+        args.overrides, PRECISION) is None else []
+    command = made_with(argv, dict(zip(args.image or [], images)), args.overrides, stated)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return refuse(RepinvError(f"--out {args.out or out}: the folder could not be made ({err.strerror or err}); the "
+                                  "ledger is a folder (claims.md, claims.csv, runs/). Give a folder this user can "
+                                  f"write to, e.g. --out logs/claims/{budget.name}."))
     print(f"{len(claims)} claims, {len(p.runs)} runs -> {out}", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
     if args.cost:
-        return report_cost(p, out, dict(args.peak), made_with(argv))
+        return report_cost(p, out, dict(args.peak), command)
     execute(p, args.jobs, launch_missing=not args.report_only)
     dropped = [cid for cid in judged(out) if cid not in {c.id for c in claims}]
-    before = made_by(out)
-    before = writing_to(before, args.out or out) if before else "the command that made it"
-    csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds, made_with(argv))
+    before = writing_to(made, args.out or out) if made else "the command that made it"
+    csv_path, md_path = write(out, budget.name, claims, p, images, args.seeds, command)
     if dropped:
         print(f"repinv-claims: {md_path} and {csv_path.name} now judge this selection alone; they judged "
               f"{listing(dropped, 6)} too. Its runs are kept: `{before} --report-only` writes that ledger again.",

@@ -6,25 +6,28 @@ Ledgers of one budget made on other photographs, precisions or machines answer w
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from repinv import study
-from repinv.claims.ledger import BF16
-from repinv.cli import CONFIG_DIR
+from repinv.claims.ledger import PRECISION, default_precision
 from repinv.errors import RepinvError
 from repinv.reporting.tables import md_table
 
-KEY = BF16.partition("=")[0]
+ZERO_SD = re.compile(r" ± 0\.0+(?!\d)")  # a whole "± 0.0" or "± 0.00", never the start of "± 0.04"
 
 
 def precisions(root: Path) -> str:
     """The precisions the ledger's runs stepped in, from their recorded commands (the app config's when unset)."""
-    found = {study.value(c, KEY) for c in study.recorded(root)}
+    found = {study.value(c, PRECISION) for c in study.recorded(root)}
     if None in found:
-        found = found - {None} | {str(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml")[KEY])}
+        found = found - {None} | {default_precision()}
     return ", ".join(sorted(found)) or "no runs"
+
+
+def one_sample(row: dict) -> bool:
+    """Whether a claims.csv row was measured on one seed and one photograph (its sd of one value reads 0)."""
+    return row.get("seeds") == "1" and len(row.get("images", "").split(", ")) == 1
 
 
 def read(root: Path) -> tuple[str, dict[tuple[str, str], str]]:
@@ -33,10 +36,12 @@ def read(root: Path) -> tuple[str, dict[tuple[str, str], str]]:
         raise RepinvError(f"--compare {root}: no ledger there (sensitivity.csv and claims.csv are missing). Give folders "
                           "that repinv-claims wrote, e.g. --compare docs/study/cpu docs/study/cpu-astronaut.")
     with open(root / "claims.csv", newline="") as f:
-        images = next(csv.DictReader(f), {}).get("images", "")
+        first = next(csv.DictReader(f), {})
+    single = one_sample(first)
     with open(root / "sensitivity.csv", newline="") as f:
-        cells = {(r["claim"], r["recipe"]): f"{r['verdict']}: {r['measured'].replace(' ± 0.0', '')}" for r in csv.DictReader(f)}
-    return f"{images}; {precisions(root)}", cells
+        cells = {(r["claim"], r["recipe"]): f"{r['verdict']}: {ZERO_SD.sub('', r['measured']) if single else r['measured']}"
+                 for r in csv.DictReader(f)}
+    return f"{first.get('images', '')}; {precisions(root)}", cells
 
 
 def names(roots: list[Path]) -> list[str]:
@@ -58,7 +63,8 @@ def comparison(roots: list[Path], command: str) -> str:
     table = [{"claim": claim, "recipe": recipe, **{name: cells.get((claim, recipe), "") for name, cells in columns.items()}}
              for claim, recipe in keys]
     lines = ["# Ledgers side by side", "",
-             "Each cell: the verdict and what was measured (mean ± sd as in each ledger's claims.md; no sd where one value). "
+             "Each cell: the verdict and what was measured (mean ± sd as in each ledger's claims.md; no sd where a ledger "
+             "measured one seed on one photograph and it reads 0). "
              "A column names the ledger folder, its photographs and the precision its runs stepped in.", "",
              f"Made with `{command}`.", "", *md_table(table, ["claim", "recipe", *columns])]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ a finished folder is reused and an interrupted one resumes, so an interrupted le
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from repinv.claims import rules
 from repinv.claims.registry import CLAIMS, Claim
 from repinv.conf import respell_all
 from repinv.errors import RepinvError, known_names
+from repinv.metrics import PSNR
+from repinv.objectives import PROB, RANK
 from repinv.reporting.callbacks import read_filters
 from repinv.study import Run, image_override
 
@@ -26,10 +29,13 @@ WEIGHTS = "--pretrained or --checkpoint [MODEL=]FILE"  # how a ledger gets train
 GPU_BUDGET = "GPU budget"
 DEFAULT_RECIPE = "default (linear lr)"
 RUN_FAILED = "run failed"
+DIVERGED = "run diverged"
 PENDING = "pending"
 INCOMPLETE = "incomplete runs"
 NO_NORM = ["model.mean=[0,0,0]", "model.std=[1,1,1]"]
 BF16 = "precision=bf16"
+PRECISION = study.key(BF16)
+MEASURES = (PSNR, PROB, RANK)  # what the rules read from a record, each a finite number in a run that converged
 COLUMNS = ["claim", "text", "study says", "figure", "model source", "images", "seeds", "measured", "rule", "verdict",
            "recipe-dependent", "runs"]
 
@@ -54,24 +60,47 @@ class Budget:
 
     def recipes(self, lrs: Sequence[float] | None = None) -> dict[str, list[str]]:
         """The default recipe (decaying lr, input normalised), then each constant lr under each of `norms`;
-        with both norms the default also runs without normalisation."""
-        base = {DEFAULT_RECIPE: []} | {f"constant lr={lr:g}": ["scheduler=constant", f"optimizer.lr={lr:g}"]
-                                       for lr in (self.lrs if lrs is None else lrs)}
+        with both norms the default also runs without normalisation. No constant lr (`--lrs none`) is no
+        sensitivity check: the default recipe alone."""
+        lrs = self.lrs if lrs is None else lrs
+        if not lrs:
+            return {DEFAULT_RECIPE: []}
+        base = {DEFAULT_RECIPE: []} | {f"constant lr={lr:g}": ["scheduler=constant", f"optimizer.lr={lr:g}"] for lr in lrs}
         out = {}
         for name, o in base.items():
             for norm in self.norms if name != DEFAULT_RECIPE or len(self.norms) > 1 else (True,):
                 out[name if norm else f"{name}, no input norm"] = o if norm else [*o, *NO_NORM]
         return out
 
-    def overrides(self, root: Path) -> list[str]:
-        """What every run of this budget's ledger at `root` adds: bf16 where the budget steps in it and this CPU runs it
-        natively, unless the ledger already holds runs, whose precision it keeps (so a ledger read or continued on
-        another CPU plans the runs it holds)."""
+    def overrides(self, root: Path, extra: Sequence[str] = ()) -> list[str]:
+        """What every run of this budget's ledger at `root` ends with: the extra overrides, after the budget's precision
+        where it picks one. A bf16 budget steps in bf16 where this CPU runs it natively, unless `extra` names a
+        precision or the ledger already holds runs, whose precision it keeps (so a ledger read or continued on another
+        CPU plans the runs it holds). There `extra`'s fp32 (the config's default) is left out of the runs, so the
+        command a ledger made in fp32 records, which names its precision, plans the runs it made."""
+        if not self.bf16:
+            return list(extra)
+        asked = study.value(extra, PRECISION)
+        if asked is not None:
+            return [o for o in extra if study.key(o) != PRECISION] if asked == default_precision() else list(extra)
         from repinv.models.packed import native_bf16
 
         made = study.recorded(root)
-        bf16 = any(BF16 in c for c in made) if made else self.bf16 and native_bf16()
-        return [BF16] if bf16 else []
+        bf16 = any(BF16 in c for c in made) if made else native_bf16()
+        return [*([BF16] if bf16 else []), *extra]
+
+    def precision(self, root: Path, extra: Sequence[str] = ()) -> str:
+        """The precision the runs of this budget's ledger at `root` step in, with these extra overrides."""
+        return study.value(self.overrides(root, extra), PRECISION) or default_precision()
+
+
+def default_precision() -> str:
+    """The precision a run steps in where no override names one (the app config's)."""
+    from omegaconf import OmegaConf
+
+    from repinv.cli import CONFIG_DIR
+
+    return str(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml")[PRECISION])
 
 
 BUDGETS = {"study": Budget("study", 1500, ("chelsea", "astronaut", "coffee"), (0.01, 0.05, 0.2, 0.5)),
@@ -98,7 +127,7 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
     """The runs each claim needs. Claims whose trained runs have no weights get none (needs trained weights);
     claims whose models the budget does not hold are out of budget. An extra override of a planned key is refused,
     naming the flag of `flags` that sets it."""
-    p, every_run, planned = Plan(), budget.overrides(out), set()
+    p, every_run, planned = Plan(), budget.overrides(out, extra), set()
     for claim in claims:
         if not claim.fits(budget.name):
             p.out_of_budget.add(claim.id)
@@ -115,7 +144,7 @@ def plan(claims: Sequence[Claim], budget: Budget, out: Path, seeds: int, images:
                     head = [image_override(images), f"steps={budget.steps if steps is None else steps}", f"seed={seed}"]
                     fixed = [*claim.overrides(name, budget.name), *recipe_overrides, *loads.get(name, [])]
                     planned.update(map(study.key, [*head, *fixed]))
-                    run = study.run_for(out, [*head, *every_run, *fixed, *extra])
+                    run = study.run_for(out, [*head, *fixed, *every_run])
                     conds.setdefault(name, []).append((seed, p.runs.setdefault(run.overrides, run)))
     refuse_planned(extra, planned, flags)
     return p
@@ -159,8 +188,8 @@ def execute(p: Plan, jobs: int, launch_missing: bool = True) -> None:
 
 
 def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_budget: bool = False) -> tuple[str, str, str]:
-    """The claim's verdict (holds, fails, needs trained weights, GPU budget, run failed, pending, incomplete runs),
-    what was measured, and the rule."""
+    """The claim's verdict (holds, fails, needs trained weights, GPU budget, run failed, run diverged, pending,
+    incomplete runs), what was measured, and the rule."""
     if out_of_budget:
         weights = f" with trained weights ({WEIGHTS})" if claim.trained else ""
         return GPU_BUDGET, f"not run at this budget: --budget study runs it{weights}", ""
@@ -171,11 +200,26 @@ def judge(claim: Claim, conds: dict[str, list[tuple[int, Run]]] | None, out_of_b
     failed = [r.status for rs in conds.values() for _, r in rs if not r.ok]
     if failed:
         return RUN_FAILED, failed[0], ""
+    for run in (r for rs in conds.values() for _, r in rs):
+        if broken := [x for x in run.records if not converged(x)]:
+            where = ", ".join(f"{x.get('layer')} on {x.get('image')}" for x in broken)
+            return DIVERGED, (f"{run.folder.parent.name}/{run.folder.name} diverged or measured a non-finite number at "
+                              f"{where} (see {run.log}): a reconstruction that blew up is no measurement, so this "
+                              "recipe gives the claim no verdict"), ""
     try:
         v = claim.rule({name: [x for seed, r in rs for x in tagged(seed, r)] for name, rs in conds.items()})
     except rules.Unmeasured as e:
         return INCOMPLETE, f"{e}: delete those run folders and rerun the same command to remake them", ""
     return ("holds" if v.holds else "fails"), v.measured, v.rule
+
+
+def converged(record: Mapping) -> bool:
+    """Whether a record's target ran to the end with a finite number for every measure a rule reads (metrics.json
+    writes a non-finite number as null)."""
+    def finite(value) -> bool:
+        return value is not None and math.isfinite(float(value))
+
+    return not record.get("diverged") and all(finite(record[k]) for k in MEASURES if k in record)
 
 
 def networks(root: Path, budget: Budget, extra: Sequence[str] = ()) -> dict[str, dict[str, list[Run]]]:
