@@ -48,11 +48,11 @@ from repinv import study  # noqa: E402
 from repinv.claims.ledger import BUDGETS, DEFAULT_RECIPE, ledger_networks  # noqa: E402
 from repinv.conf import respell_all  # noqa: E402
 from repinv.diagnostics.nonunique import INVERSION_PSNR, inversion_quality, pairwise  # noqa: E402
-from repinv.diagnostics.run import diagnose  # noqa: E402
+from repinv.diagnostics.run import diagnose, finished_diagnosis  # noqa: E402
 from repinv.diagnostics.table import read_table, write_table  # noqa: E402
 from repinv.errors import RepinvError  # noqa: E402
 from repinv.objectives import ACCURATE  # noqa: E402
-from repinv.reporting.results import METRICS_FILE, read_records  # noqa: E402
+from repinv.reporting.results import read_records  # noqa: E402
 from repinv.reporting.tables import write_csv  # noqa: E402
 from repinv.study import Run  # noqa: E402
 
@@ -71,7 +71,8 @@ DIAGNOSTICS = {
     "null_fraction": (lambda r: r["null_fraction"], ["forward_seconds"]),
     "stable_rank_fraction": (lambda r: r["stable_rank"] / r["n_in"], ["svd_seconds"]),
     "entropy_rank": (lambda r: r["entropy_rank"], ["svd_seconds"]),
-    "log10_condition": (lambda r: math.log10(r["condition"]) if r["condition"] > 0 else math.nan,
+    "log10_condition": (lambda r: math.inf if r["condition"] is None  # infinite: written as null
+                        else math.log10(r["condition"]) if r["condition"] > 0 else math.nan,
                         ["svd_seconds", "lanczos_seconds"]),
     "nonunique_psnr": (lambda r: r["nonunique_psnr"], ["nonunique_seconds"]),
     "nonunique_input_l2": (lambda r: r["nonunique_input_l2"], ["nonunique_seconds"]),
@@ -102,9 +103,10 @@ def spectrum_of(base: Run, root: Path) -> list[dict]:
     """The spectrum of every layer of a ledger run at its targets, made once under `root/spectra/`."""
     overrides = study.canonical([*base.overrides, *LEDGER_SPECTRUM])
     folder = root / "spectra" / study.folder_name(overrides)
-    if (folder / METRICS_FILE).is_file():
+    if finished_diagnosis(folder):
         return read_records(folder)
-    return diagnose_with([*overrides, f"output_dir={study.quote(folder)}"])
+    resume = ["resume=last"] if (folder / "config.yaml").is_file() else []  # one stopped before it finished
+    return diagnose_with([*overrides, *resume, f"output_dir={study.quote(folder)}"])
 
 
 def reconstruction(run: Run, record: dict) -> torch.Tensor:

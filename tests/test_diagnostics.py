@@ -6,13 +6,18 @@ import csv
 import importlib.util
 import json
 import math
+import os
+import signal
 import sys
+from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torchvision
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
 from torch import nn
 
 import wandb_reader
@@ -21,8 +26,10 @@ from repinv.cli import CONFIG_DIR
 from repinv.diagnostics.nonunique import pairwise
 from repinv.diagnostics.run import diagnose
 from repinv.diagnostics.spectrum import SpectrumSettings, spectrum
+from repinv.diagnostics.table import read_table
 from repinv.errors import RepinvError
 from repinv.models import LoadedModel
+from repinv.reporting.results import read_records
 
 SHAPE = (3, 4, 4)  # n = 48 inputs
 N = 48
@@ -53,6 +60,18 @@ def test_singular_values_match_the_exact_ones():
     # Lanczos with as many steps as the Gram matrix has dimensions finds the small end exactly
     torch.testing.assert_close(torch.tensor(got["sigma_small"], dtype=torch.float64), exact.flip(0)[:3], rtol=1e-3, atol=0)
     assert got["condition"] == pytest.approx(float(exact[0] / exact[-1]), rel=1e-3)
+
+
+def test_top_singular_values_of_a_flat_spectrum_are_within_one_percent_by_default():
+    """512 singular values falling slowly from 1 to 0.6, as those of a ViT's patch embedding and first blocks do: the
+    default basis (16 + 16 probes, 6 Krylov iterations: 224 of 512 directions) finds the top 16 within 1%, each from
+    below, and the largest agrees with sigma_max (Lanczos)."""
+    a = _known(512, 640, 1 - 0.4 * torch.arange(512, dtype=torch.float64) / 512).float()
+    exact = torch.linalg.svdvals(a.double())[:16]
+    got = spectrum(_linear(a), torch.rand(1, 640), SpectrumSettings())
+    top = torch.tensor(got["sigma_top"], dtype=torch.float64)
+    assert float(((exact - top) / exact).max()) < 0.01 and bool((top <= exact * (1 + 1e-5)).all())
+    assert got["sigma_top"][0] == pytest.approx(got["sigma_max"], rel=0.01)
 
 
 def test_orthogonal_layer_has_flat_spectrum_and_exact_stable_rank():
@@ -127,26 +146,30 @@ def test_pairwise_of_equal_and_different_images():
 
 
 class Toy(nn.Module):
-    """One fixed linear `layer` on 16x16 images: an orthogonal mixing (invertible) or a coordinate projection."""
+    """One fixed linear `layer` on 16x16 images: an orthogonal mixing (invertible), a coordinate projection, or zero (a
+    layer that keeps nothing); with `norm`, a LayerNorm after it (a variant without it is then diagnosed too)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, norm: bool = False):
         super().__init__()
         n = 3 * 16 * 16
         gen = torch.Generator().manual_seed(0)
         if kind == "orthogonal":
             w = torch.linalg.qr(torch.randn(n, n, generator=gen)).Q
+        elif kind == "zero":
+            w = torch.zeros(n // 4, n)
         else:
             w = torch.eye(n)[torch.randperm(n, generator=gen)[: n // 4]]
         self.layer = nn.Linear(n, len(w), bias=False).requires_grad_(False)
         self.layer.weight.copy_(w)
+        self.norm = nn.LayerNorm(len(w)) if norm else nn.Identity()
 
     def forward(self, x):
-        return self.layer(x.flatten(1))
+        return self.norm(self.layer(x.flatten(1)))
 
 
-def toy_model(kind: str, seed: int = 0) -> LoadedModel:
+def toy_model(kind: str, seed: int = 0, norm: bool = False) -> LoadedModel:
     """A LoadedModel around `Toy`, built through a config's _target_ like any model."""
-    return LoadedModel(Toy(kind).eval(), f"toy_{kind}", "toy", (16, 16), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False)
+    return LoadedModel(Toy(kind, norm).eval(), f"toy_{kind}", "toy", (16, 16), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False)
 
 
 def _diagnose_cfg(*overrides):
@@ -156,12 +179,17 @@ def _diagnose_cfg(*overrides):
         return compose("diagnose", overrides=list(overrides))
 
 
-def _toy_records(tmp_path, kind):
+def _toy_cfg(out, kind, *overrides, norm=False):
+    """The diagnose config of the `Toy` layer (overrides after the defaults win)."""
     cfg = _diagnose_cfg("layers=[layer]", "logger=none", "priors=none", "optimizer.lr=0.2", "steps=200", "log_every=50",
                         "diagnostics.nonunique.seeds=3", "diagnostics.norm_ablation=[]", "diagnostics.top_k=4",
-                        "diagnostics.lanczos_steps=2", f"output_dir={tmp_path / kind}")
-    cfg.model = {"_target_": f"{__name__}.toy_model", "kind": kind, "seed": 0}
-    return diagnose(cfg)
+                        "diagnostics.lanczos_steps=2", *overrides, f"output_dir={out}")
+    cfg.model = {"_target_": f"{__name__}.toy_model", "kind": kind, "seed": 0, "norm": norm}
+    return cfg
+
+
+def _toy_records(tmp_path, kind):
+    return diagnose(_toy_cfg(tmp_path / kind, kind))
 
 
 def test_nonuniqueness_is_zero_for_an_invertible_layer_and_large_for_a_projection(tmp_path):
@@ -175,11 +203,121 @@ def test_nonuniqueness_is_zero_for_an_invertible_layer_and_large_for_a_projectio
     assert projection["null_dim_min"] == 576 and invertible["null_dim_min"] == 0
 
 
+def test_nonunique_null_measures_no_nonuniqueness(tmp_path):
+    """diagnostics.nonunique=null is none, as diagnostics.norm_ablation=null is no ablation."""
+    [record] = diagnose(_toy_cfg(tmp_path, "orthogonal", "diagnostics.nonunique=null"))
+    assert "sigma_top" in record and "nonunique_psnr" not in record and not (tmp_path / "inversions").exists()
+
+
+def test_an_infinite_condition_is_null_in_metrics_json(tmp_path):
+    """A layer that keeps nothing (J = 0) has condition ∞: metrics.json is strict JSON with null there, as `repinv`
+    writes non-finite numbers."""
+    [record] = diagnose(_toy_cfg(tmp_path, "zero", "diagnostics.nonunique.seeds=0"))
+    assert record["condition"] == math.inf and record["sigma_max"] == 0
+
+    def refuse(name):
+        raise ValueError(f"metrics.json holds {name}, which JSON does not allow")
+
+    [written] = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert written["condition"] is None and written["sigma_max"] == 0
+
+
+class SignalAt(pl.Callback):
+    """Ctrl+C (SIGINT to this process) after step `step` of the inversion whose folder ends with `folder`; each
+    inversion's first step is noted in `starts` as (variant/seed, step)."""
+
+    starts: list[tuple[str, int]] = []
+
+    def __init__(self, out_dir: str, folder: str = "", step: int = -1):
+        self.out_dir, self.folder, self.step = out_dir, folder, step
+
+    def on_train_start(self, trainer, pl_module):
+        SignalAt.starts.append(("/".join(Path(self.out_dir).parts[-2:]), trainer.global_step))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and self.out_dir.endswith(self.folder):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_keeps_the_finished_variants_and_resume_last_continues_the_diagnosis(tmp_path, capsys):
+    out = tmp_path / "diag"
+
+    def cfg(*overrides, ctrl_c_at):
+        c = _toy_cfg(out, "orthogonal", "steps=20", "log_every=10", "diagnostics.nonunique.seeds=2",
+                     "diagnostics.norm_ablation=[all]", *overrides, norm=True)
+        with open_dict(c):
+            c.callbacks.ctrl_c = {"_target_": f"{__name__}.SignalAt", "out_dir": "${output_dir}",
+                                  "folder": "no_layernorm/seed1", "step": ctrl_c_at}
+        return c
+
+    SignalAt.starts.clear()
+    with pytest.raises(SystemExit) as stop:
+        diagnose(cfg(ctrl_c_at=5))
+    assert stop.value.code == 130
+    assert f"resume=last hydra.run.dir={out}" in capsys.readouterr().err
+    first = json.loads((out / "metrics.json").read_text())
+    assert [(r["variant"], r["status"]) for r in first] == [("as_configured", "finished"), ("no_layernorm", "interrupted")]
+    assert "nonunique_psnr" in first[0] and "sigma_top" in first[1] and "nonunique_psnr" not in first[1]
+    with pytest.raises(RepinvError, match="holds an unfinished diagnosis"):
+        diagnose(cfg(ctrl_c_at=-1))
+    stopped_at = read_records(out / "inversions" / "no_layernorm" / "seed1")[0]["steps"]
+    SignalAt.starts.clear()
+    records = diagnose(cfg("resume=last", ctrl_c_at=-1))
+    assert [(r["variant"], r["status"]) for r in records] == [("as_configured", "finished"), ("no_layernorm", "finished")]
+    assert records[0] == first[0], "the finished variant is kept, not measured again"
+    assert SignalAt.starts == [("no_layernorm/seed0", 0), ("no_layernorm/seed1", stopped_at)]
+    assert json.loads((out / "metrics.json").read_text())[1]["nonunique_k"] == 2
+
+
+@pytest.mark.parametrize("stop, code, status", [("SIGTERM", 143, "interrupted"), ("crash", None, "crashed")])
+def test_a_diagnosis_stopped_or_crashed_keeps_the_finished_variants(stop, code, status, tmp_path, monkeypatch, capsys):
+    from repinv.diagnostics import run
+
+    measured = []
+
+    def spectra(*args):
+        if measured:  # the second variant
+            if stop == "crash":
+                raise RuntimeError("the layer broke")
+            os.kill(os.getpid(), signal.SIGTERM)
+            pytest.fail("SIGTERM did not stop the diagnosis")
+        measured.append(True)
+        return run_spectra(*args)
+
+    run_spectra = run.spectra
+    monkeypatch.setattr(run, "spectra", spectra)
+    before = signal.signal(signal.SIGTERM, lambda *a: pytest.fail("SIGTERM reached the handler from before the diagnosis"))
+    try:
+        with pytest.raises(SystemExit if code else RuntimeError) as end:
+            diagnose(_toy_cfg(tmp_path, "orthogonal", "diagnostics.nonunique.seeds=0", "diagnostics.norm_ablation=[all]",
+                              norm=True))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert code is None or end.value.code == code
+    records = json.loads((tmp_path / "metrics.json").read_text())
+    assert [(r["variant"], r["status"]) for r in records] == [("as_configured", "finished"), ("no_layernorm", status)]
+    assert "sigma_top" in records[0] and "resume=last" in capsys.readouterr().err
+
+
+def test_a_sweep_names_its_failed_jobs_exits_1_and_tables_its_own_jobs_only(tmp_path, monkeypatch, capsys):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "model=vit_tiny", "layers=0", "diagnostics.nonunique.seeds=0", "diagnostics.norm_ablation=[]",
+            "diagnostics.oversample=0", "diagnostics.power_iters=1", "diagnostics.lanczos_steps=2", "logger=none",
+            f"hydra.sweep.dir={sweep}"]
+    assert _diagnose_cli(monkeypatch, *args, "diagnostics.top_k=4,3") == 0
+    capsys.readouterr()
+    assert _diagnose_cli(monkeypatch, *args, "diagnostics.top_k=2,0") == 1
+    assert "job 1 (diagnostics.top_k=0) failed: diagnostics.top_k=0 must be a whole number" in capsys.readouterr().out
+    rows = read_table(sweep / "diagnostics.csv")  # not job 1's records of the earlier sweep, still in its folder
+    assert [(r["job"], len(r["sigma_top"])) for r in rows] == [(0, 2)]
+
+
 def test_bad_settings_are_one_paragraph_errors(tmp_path):
     for override, says in [("diagnostics.top_k=0", "top_k=0 must be a whole number"),
                            ("diagnostics.nonunique.seeds=1", "no pair to compare"),
                            ("diagnostics.norm_ablation=[eachh]", "Did you mean 'each'"),
                            ("diagnostics.norm_ablation=true", "norm_ablation=True is not a normalisation ablation"),
+                           ("diagnostics.nonunique=3", "nonunique=3 must hold seeds and steps"),
                            ("metrics.psnr=null", "must hold psnr for the non-uniqueness diagnostic")]:
         cfg = _diagnose_cfg("model=vit_tiny", override, f"output_dir={tmp_path}")
         with pytest.raises(RepinvError, match=says) as err:
@@ -276,6 +414,11 @@ def _script():
     return module
 
 
+def test_an_infinite_condition_read_back_as_null_is_the_highest_log_condition():
+    read = _script().DIAGNOSTICS["log10_condition"][0]
+    assert read({"condition": None}) == math.inf and read({"condition": 100.0}) == pytest.approx(2)
+
+
 @pytest.mark.slow
 def test_script_smoke_writes_table_correlations_and_plot(tmp_path, capsys):
     _script().main(["--smoke", "--out", str(tmp_path)])
@@ -329,6 +472,24 @@ def test_script_summarises_a_network_from_its_finished_runs_when_extra_seeds_fai
     assert row["nonunique_k"] == 2 and row["inversion_psnr"] == 25.0
     [alone] = script.network_records("vit_b_32", [run(FINISHED, 0.2)], [failed], tmp_path)
     assert alone["nonunique_pairs"] == 0 and alone["nonunique_seconds"] == 0
+
+
+def test_script_reuses_finished_ledger_spectra_and_continues_stopped_ones(tmp_path, monkeypatch):
+    from repinv import study
+    from repinv.study import Run
+
+    script = _script()
+    base = Run(("model=vit_tiny", "seed=0"), tmp_path)
+    calls = []
+    monkeypatch.setattr(script, "diagnose_with", lambda overrides: calls.append(overrides) or [{"layer": "L0"}])
+    folder = tmp_path / "spectra" / study.folder_name(study.canonical([*base.overrides, *script.LEDGER_SPECTRUM]))
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("{}\n")
+    (folder / "metrics.json").write_text(json.dumps([{"variant": "as_configured", "status": "interrupted"}]))
+    script.spectrum_of(base, tmp_path)
+    assert len(calls) == 1 and "resume=last" in calls[0], "a diagnosis stopped part way is continued, not read"
+    (folder / "metrics.json").write_text(json.dumps([{"layer": "L0", "sigma_max": 1.5}]))  # a finished one, without status
+    assert script.spectrum_of(base, tmp_path) == [{"layer": "L0", "sigma_max": 1.5}] and len(calls) == 1
 
 
 def _row(model: str, depth: int, psnr: float) -> dict:

@@ -21,6 +21,8 @@ from omegaconf import DictConfig, open_dict
 from repinv.engine.pipeline import run
 from repinv.metrics import PSNR
 from repinv.objectives import ACCURATE
+from repinv.reporting.callbacks import last_checkpoint
+from repinv.reporting.results import all_finished
 
 PSNR_CAP = 100.0  # dB, for identical images (mean squared difference below 1e-10)
 INVERSION_PSNR = f"inversion_{PSNR}"  # the inversions' mean PSNR to the target
@@ -49,20 +51,26 @@ def inversion_quality(records: list[dict]) -> dict:
             "inversion_accurate": sum(bool(r[ACCURATE]) for r in records) / len(records)}
 
 
-def seeded_config(cfg: DictConfig, seed: int, steps: int, out_dir: Path, surgery: dict | None = None) -> DictConfig:
-    """The run config for one inversion: `cfg` with another noise seed, the same weights, no loggers."""
+def seeded_config(cfg: DictConfig, seed: int, steps: int, out_dir: Path, surgery: dict | None = None,
+                  resume: bool = False) -> DictConfig:
+    """The run config for one inversion: `cfg` with another noise seed, the same weights, no loggers. With `resume`
+    (a diagnosis continued), an unfinished inversion in `out_dir` continues from its checkpoint; one that finished or
+    saved none starts afresh."""
     c = copy.deepcopy(cfg)
     with open_dict(c):
         c.model.seed = cfg.model.seed  # untrained weights stay those of the base seed
         c.seed, c.steps, c.output_dir = int(seed), int(steps), str(out_dir)
+        c.resume = "last" if resume and last_checkpoint(out_dir).is_file() and not all_finished(out_dir) else None
         c.logger = {}
         c.surgery = {**(cfg.get("surgery") or {}), **(surgery or {})}
         c.pop("diagnostics", None)
     return c
 
 
-def seed_inversions(cfg: DictConfig, seeds: list[int], steps: int, out_dir: Path, surgery: dict | None = None) -> list[dict]:
-    """Invert every (layer, image) of `cfg` once per seed; one record per target with the pairwise measures.
+def seed_inversions(cfg: DictConfig, seeds: list[int], steps: int, out_dir: Path, surgery: dict | None = None,
+                    resume: bool = False) -> list[dict]:
+    """Invert every (layer, image) of `cfg` once per seed (`seeded_config`); one record per target with the pairwise
+    measures.
 
     Each record also carries the inversions' mean PSNR to the target and the fraction accurate
     (`inversion_quality`), and the wall time of one inversion per target (`inversion_seconds`).
@@ -70,7 +78,7 @@ def seed_inversions(cfg: DictConfig, seeds: list[int], steps: int, out_dir: Path
     results, seconds = [], []
     for s in seeds:
         t0 = time.perf_counter()
-        results.append(run(seeded_config(cfg, s, steps, out_dir / f"seed{s}", surgery)))
+        results.append(run(seeded_config(cfg, s, steps, out_dir / f"seed{s}", surgery, resume)))
         seconds.append((time.perf_counter() - t0) / max(1, len(results[-1].records)))
     out = []
     for t, record in enumerate(results[0].records):

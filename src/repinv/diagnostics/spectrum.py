@@ -8,9 +8,14 @@ whose rows the frozen network keeps apart (eval mode).
 
 Measures (the fields of `spectrum`):
 
-- `sigma_top`: the top-k singular values, by randomised SVD (Halko, Martinsson & Tropp 2011,
-  algorithms 4.4 and 5.1: a Gaussian sketch of k + oversample columns, `power_iters`
-  rounds of subspace iteration, the SVD of QᵀJ). Exact when the sketch spans min(m, n).
+- `sigma_top`: the top-k singular values, by randomised block Krylov iteration (Musco & Musco
+  2015; Halko, Martinsson & Tropp 2011 for the sketch): the span of JΩ, (JJᵀ)JΩ, ...,
+  (JJᵀ)^q JΩ for a Gaussian Ω of k + `oversample` columns, q = `power_iters`, and the singular
+  values of J on it. Each is a lower bound on the true value of its rank, exact when the basis
+  spans min(m, n). Measured against exact Jacobians of vit_tiny's patch embedding and first two
+  blocks, with and without LayerNorm (flat spectra: σ32 ≥ 0.86 σ1), the defaults (k = 16,
+  oversample 16, q = 6) are at most 1.1% below every exact top-16 value (three seeds); plain
+  subspace iteration (oversample 8, q = 2) was 6-11% low on them.
 - `sigma_small`: the smallest singular values found: the smallest Ritz values of Lanczos (full
   reorthogonalisation) on the Gram matrix of the smaller side, JJᵀ if m ≤ n else JᵀJ, after
   `lanczos_steps` steps. Ritz values lie inside the spectrum, so each is an upper bound on the
@@ -110,18 +115,32 @@ def _orth(a: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(a).Q
 
 
-def randomized_svd(op: LayerJacobian, k: int, oversample: int = 8, power_iters: int = 2,
-                   gen: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
-    """Top-k singular values (descending, float64) and ‖J‖²_F, by a sketch of k + oversample probes."""
-    width = min(k + oversample, op.m, op.n)
-    omega = torch.randn(op.n, width, generator=gen, dtype=torch.float64)
-    y = op.matvec(omega)
+def block_krylov_svd(op: LayerJacobian, k: int, oversample: int = 16, power_iters: int = 6,
+                     gen: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
+    """Top-k singular values (descending, float64) and ‖J‖²_F, by randomised block Krylov iteration.
+
+    The basis spans JΩ, (JJᵀ)JΩ, ..., (JJᵀ)^q JΩ (q = `power_iters`) for a Gaussian Ω of k + oversample
+    columns, at most min(m, n) in all; the values are those of J restricted to it (Rayleigh–Ritz), so each
+    is a lower bound on the true value of its rank. Every block's Jᵀ image is computed once, to grow the
+    basis and for the Ritz values: (k + oversample)(2q + 2) products, as many as q subspace iterations.
+    """
+    width = min(k + oversample, op.gram_dim)
+    y = op.matvec(torch.randn(op.n, width, generator=gen, dtype=torch.float64))
     frobenius2 = float(y.pow(2).sum() / width)  # Hutchinson: E‖Jω‖² = ‖J‖²_F
-    q = _orth(y)
+    basis = _orth(y)
+    block, images = basis, []  # images: Jᵀ of each block; side by side they are (QᵀJ)ᵀ for the whole basis Q
     for _ in range(power_iters):
-        q = _orth(op.matvec(_orth(op.rmatvec(q))))
-    sigma = torch.linalg.svdvals(op.rmatvec(q))  # (QᵀJ)ᵀ = JᵀQ has the same singular values
-    if width == op.gram_dim:  # the sketch spans the whole spectrum: the Frobenius norm is exact
+        room = op.gram_dim - basis.shape[1]
+        if room <= 0:
+            break
+        images.append(op.rmatvec(block))
+        # one QR of the basis and the new vectors: the new block is orthogonal to the basis even where the
+        # Krylov space has closed (a layer of low rank) and the new vectors are rounding noise
+        block = _orth(torch.cat([basis, op.matvec(images[-1])], 1))[:, basis.shape[1]:][:, :room]
+        basis = torch.cat([basis, block], 1)
+    images.append(op.rmatvec(block))
+    sigma = torch.linalg.svdvals(torch.cat(images, 1))
+    if basis.shape[1] == op.gram_dim:  # the basis spans the whole spectrum: the Frobenius norm is exact
         frobenius2 = float(sigma.pow(2).sum())
     return sigma[:k], frobenius2
 
@@ -152,13 +171,13 @@ def lanczos_ritz(apply: Callable[[torch.Tensor], torch.Tensor], dim: int, steps:
 
 @dataclass
 class SpectrumSettings:
-    """How hard to look: `top_k` singular values from a sketch of top_k + `oversample` probes,
-    `power_iters` subspace iterations, `lanczos_steps` steps for the small end, `small_k` of its
+    """How hard to look: `top_k` singular values from a block Krylov basis grown from top_k + `oversample`
+    probes by `power_iters` iterations, `lanczos_steps` steps for the small end, `small_k` of its
     values kept, `rank_tol` for the numerical rank, `probe_batch` probes per forward pass."""
 
     top_k: int = 16
-    oversample: int = 8
-    power_iters: int = 2
+    oversample: int = 16
+    power_iters: int = 6
     lanczos_steps: int = 24
     small_k: int = 4
     rank_tol: float = 1e-3
@@ -176,7 +195,7 @@ def spectrum(fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, setti
     start = time.perf_counter()
     op = LayerJacobian(fn, x0, settings.probe_batch)  # one forward pass: the dimensions
     t0 = time.perf_counter()
-    top, frobenius2 = randomized_svd(op, settings.top_k, settings.oversample, settings.power_iters, gen)
+    top, frobenius2 = block_krylov_svd(op, settings.top_k, settings.oversample, settings.power_iters, gen)
     t1 = time.perf_counter()
     ritz = lanczos_ritz(op.gram, op.gram_dim, settings.lanczos_steps, gen).clamp(min=0).sqrt()
     t2 = time.perf_counter()

@@ -45,7 +45,8 @@ def png_name(record: dict) -> str:
     return "__".join(slug(p) for p in parts if p is not None) + ".png"
 
 
-def _clean(value):
+def finite_or_none(value):
+    """`value`, or None for a non-finite float: metrics.json holds null there, as JSON has no NaN or infinity."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -61,7 +62,7 @@ def write_json_atomic(path: Path, payload) -> None:
 
 def _write_pngs(out: Path, records: list[dict], images: torch.Tensor) -> list[dict]:
     """One PNG per record under reconstructions/; the records with non-finite numbers as None and their PNG's path."""
-    records = [{k: _clean(v) for k, v in r.items()} for r in records]
+    records = [{k: finite_or_none(v) for k, v in r.items()} for r in records]
     for record, img in zip(records, images):
         record["png"] = str((out / "reconstructions" / png_name(record)).relative_to(out))
         save_png(img, out / record["png"])
