@@ -80,3 +80,29 @@ def test_the_priors_former_name_gives_the_same_run(tmp_path):
         cfg.pop("output_dir")
     assert configs[0] == configs[1] and "regularizer" not in configs[0]
     assert configs[0]["priors"]["tv"]["weight"] == 0.01 and configs[0]["priors"]["jitter"]["pixels"] == 2
+
+
+def test_a_run_leaves_the_callers_logging_and_torch_precision_as_they_were(tmp_path):
+    """A notebook's own log file keeps its lines after a run, and its matmul precision stays its own."""
+    import logging
+
+    root, mine = logging.getLogger(), logging.FileHandler(tmp_path / "mine.log")
+    handlers, level = list(root.handlers), root.level
+    matmul, tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    root.addHandler(mine)
+    root.setLevel(logging.WARNING)
+    torch.set_float32_matmul_precision("medium")
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        repinv.run([*FAST, "matmul_precision=highest", f"hydra.run.dir={tmp_path / 'run'}"])
+        logging.warning("a line after the run")
+        assert mine in root.handlers and root.level == logging.WARNING
+        assert torch.get_float32_matmul_precision() == "medium" and torch.backends.cudnn.allow_tf32
+    finally:
+        mine.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = tf32
+    assert "a line after the run" in (tmp_path / "mine.log").read_text()
+    assert "a line after the run" not in (tmp_path / "run" / "cli.log").read_text()

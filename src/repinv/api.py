@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import torch
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -41,6 +42,26 @@ def warnings_to_log() -> Iterator[None]:
         yield
     finally:
         logging.captureWarnings(False)
+
+
+@contextmanager
+def callers_state() -> Iterator[None]:
+    """Put back what a job sets for the whole process: the root logger's handlers and level (Hydra's job logging
+    replaces them with the run's console and `cli.log`), torch's fp32 matmul precision and cuDNN's TF32 switch (the
+    run's `matmul_precision`). The command's process ends with its job; a notebook goes on with its own settings."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    matmul, tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()  # the run's log file
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def job(cfg: DictConfig) -> pipeline.RunResult:
@@ -114,7 +135,7 @@ def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
     Former names in the overrides are spelled anew (`repinv.conf.respell`: `regularizer.` is `priors.`).
     Bad input (an unknown config or key, a malformed override, values the run refuses) raises
     `RepinvError`. Each call composes afresh, so it can be called again in the same process; a
-    Hydra the caller initialised is put back afterwards.
+    Hydra the caller initialised, its logging and torch's precision settings are put back afterwards.
     """
     if isinstance(overrides, str):
         raise RepinvError(f"repinv.run({overrides!r}): pass the overrides as a list of strings, one per "
@@ -124,7 +145,7 @@ def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
     caller = get_gh_backup()  # a notebook's own hydra.initialize, or a Hydra app calling this
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module(config_module=CONFIG_MODULE, job_name=JOB_NAME, version_base="1.3"):
+        with callers_state(), initialize_config_module(config_module=CONFIG_MODULE, job_name=JOB_NAME, version_base="1.3"):
             try:
                 return GlobalHydra.instance().hydra.run(config_name=CONFIG_NAME, task_function=job,
                                                         overrides=overrides).return_value
