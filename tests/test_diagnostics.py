@@ -312,6 +312,23 @@ def test_a_sweep_names_its_failed_jobs_exits_1_and_tables_its_own_jobs_only(tmp_
     assert [(r["job"], len(r["sigma_top"])) for r in rows] == [(0, 2)]
 
 
+def test_a_sweep_whose_launcher_fails_ends_with_its_own_table_not_repinvs_summary(tmp_path, monkeypatch, capsys):
+    from repinv.cli import end_broken_sweep
+    from repinv.diagnostics.run import DiagnoseSweepEnd
+
+    sweep = tmp_path / "sweep"
+    assert _diagnose_cli(monkeypatch, "-m", "model=vit_tiny", "layers=0", "diagnostics.nonunique.seeds=0",
+                         "diagnostics.norm_ablation=[]", "diagnostics.top_k=2", "diagnostics.oversample=0",
+                         "diagnostics.power_iters=1", "diagnostics.lanczos_steps=2", "logger=none",
+                         f"hydra.sweep.dir={sweep}") == 0
+    (sweep / "diagnostics.csv").unlink()
+    ended = DiagnoseSweepEnd()
+    ended.sweep_dir = sweep  # as the sweep's start sets it
+    end_broken_sweep(ended, RuntimeError("a job's process was killed"))
+    assert [r["job"] for r in read_table(sweep / "diagnostics.csv")] == [0]
+    assert not (sweep / "summary.csv").exists() and "its launcher failed" in " ".join(capsys.readouterr().err.split())
+
+
 def test_bad_settings_are_one_paragraph_errors(tmp_path):
     for override, says in [("diagnostics.top_k=0", "top_k=0 must be a whole number"),
                            ("diagnostics.nonunique.seeds=1", "no pair to compare"),

@@ -133,20 +133,25 @@ def main() -> None:
 
 class SweepSummary(Callback):
     """At the start of a multirun its id (its jobs carry it); at the end the summary of its jobs, the W&B sync
-    command for their offline runs, exit 1 if a job failed. `running` is the folder of the multirun this process
-    has under way: a launcher that fails (a job process killed) skips the end, and `command` ends the sweep then."""
+    command for their offline runs, exit 1 if a job failed. `running` is the sweep this process has under way: a
+    launcher that fails (a job process killed) skips the end, and `command` ends the sweep through it then."""
 
-    running: Path | None = None
+    running: SweepSummary | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        SweepSummary.running = Path(str(config.hydra.sweep.dir))
-        start_sweep(SweepSummary.running)
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        SweepSummary.running = self
+        start_sweep(self.sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         SweepSummary.running = None
-        out = summarize_sweep(Path(str(config.hydra.sweep.dir)))
-        if out is not None and out["failed"]:
+        if self.summarize():
             sys.exit(1)
+
+    def summarize(self) -> bool:
+        """Write and print the summary of the sweep's own jobs; whether one of them failed."""
+        out = summarize_sweep(self.sweep_dir)
+        return out is not None and bool(out["failed"])
 
 
 def summarize_sweep(sweep_dir: Path) -> dict | None:
@@ -161,16 +166,16 @@ def summarize_sweep(sweep_dir: Path) -> dict | None:
     return out
 
 
-def end_broken_sweep(sweep_dir: Path, err: Exception) -> None:
-    """The launcher failed (a job's process was killed, out of memory or by a signal): one paragraph, then the summary
-    of what the jobs left, those without results marked failed."""
+def end_broken_sweep(sweep: SweepSummary, err: Exception) -> None:
+    """The launcher failed (a job's process was killed, out of memory or by a signal): one paragraph, then the sweep's
+    summary of what the jobs left, those without results marked failed."""
     SweepSummary.running = None
     first = (str(err).strip().splitlines() or [""])[0]
     reason = f"{type(err).__name__}: {first[:200]}{'...' if len(first) > 200 else ''}"
-    print(paragraph("repinv", f"the sweep in {sweep_dir} stopped: its launcher failed ({reason}). The jobs that finished "
-                              "kept their results; the summary below marks the others failed. Set HYDRA_FULL_ERROR=1 "
-                              "for the traceback."), file=sys.stderr)
-    summarize_sweep(sweep_dir)
+    print(paragraph("repinv", f"the sweep in {sweep.sweep_dir} stopped: its launcher failed ({reason}). The jobs that "
+                              "finished kept their results; the summary below marks the others failed. Set "
+                              "HYDRA_FULL_ERROR=1 for the traceback."), file=sys.stderr)
+    sweep.summarize()
 
 
 if __name__ == "__main__":

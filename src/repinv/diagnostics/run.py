@@ -325,25 +325,22 @@ def main() -> None:
 
 
 class DiagnoseSweepEnd(SweepSummary):
-    """A `repinv-diagnose -m` sweep: at its start its id, as `repinv -m` gives one (`SweepSummary`); at its end the
-    records of its own jobs (not those an earlier sweep left in the folder, `find_jobs`) in one diagnostics.csv in the
-    sweep folder, each job that did not finish named with its error, and exit 1 if there is one, as `repinv -m`."""
+    """A `repinv-diagnose -m` sweep: at its start its id, as `repinv -m` gives one (`SweepSummary`); at its end, or
+    when its launcher fails, the records of its own jobs (not those an earlier sweep left in the folder, `find_jobs`)
+    in one diagnostics.csv in the sweep folder, each job that did not finish named with its error, and exit 1 if there
+    is one, as `repinv -m`."""
 
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        SweepSummary.running = None
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        jobs = find_jobs(sweep_dir)
+    def summarize(self) -> bool:
+        jobs = find_jobs(self.sweep_dir)
         records = [dict(r, job=j.path.name) for j in jobs if j.records for r in read_records(j.path)]
         if records:
-            print(
-                f"diagnostics of {len(records)} (variant, layer, image) in {write_table(records, sweep_dir / 'diagnostics.csv')}"
-            )
+            table = write_table(records, self.sweep_dir / "diagnostics.csv")
+            print(f"diagnostics of {len(records)} (variant, layer, image) in {table}")
         failed = [j for j in jobs if j.status != FINISHED]
         for j in failed:
             print(f"  job {j.path.name} ({j.condition}) {j.status}: {j.error}")
         announce_offline_sweep(written_by_jobs(jobs, OFFLINE_RUNS))
-        if failed:
-            sys.exit(1)
+        return bool(failed)
 
 
 if __name__ == "__main__":
