@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from repinv import study
-from repinv.claims.cli import check_checkpoints, check_images, check_runs
+from repinv.claims.cli import check_checkpoints, check_images, check_runs, resolved
 from repinv.claims.ledger import refuse_planned
 from repinv.errors import RepinvError, paragraph
 from repinv.reporting.callbacks import FILTERS, read_filters
@@ -75,11 +75,13 @@ def weights(panel: Panel, args) -> tuple[str, list[str]]:
     """What a panel's weights are (the CSV's `weights`) and the overrides that load them.
 
     A trained panel without --pretrained or --checkpoint (or in --smoke mode) runs untrained
-    weights: it says so (`none given`) rather than passing for trained.
+    weights: it says so (`none given`) rather than passing for trained. A --checkpoint is named by its absolute path, so
+    that the run names the file it loads wherever the script is run from.
     """
     if not panel.trained:
         return "untrained", []
-    given = Weights() if args.smoke else Weights.parse([args.checkpoint] if args.checkpoint else [], args.pretrained)
+    files = [str(Path(args.checkpoint).expanduser().resolve())] if args.checkpoint else []
+    given = Weights() if args.smoke else Weights.parse(files, args.pretrained)
     return given.choose(args.source, panel_overrides(panel, args)) or (NO_WEIGHTS, [])
 
 
@@ -89,8 +91,9 @@ def panel_overrides(panel: Panel, args) -> list[str]:
 
 
 def panel_settings(panel: Panel, experiment: str, args) -> list[str]:
-    """What the figure sets in a panel's run: its experiment, its overrides, its weights, --image and --steps."""
-    picked = [study.image_override(args.image)] if args.image else []
+    """What the figure sets in a panel's run: its experiment, its overrides, its weights, --image (a file by its absolute
+    path, as `resolved` names it) and --steps."""
+    picked = [study.image_override(resolved(args.image))] if args.image else []
     picked += [f"steps={args.steps}"] if args.steps else []
     return [f"experiment={experiment}", *panel_overrides(panel, args), *weights(panel, args)[1], *picked]
 
@@ -105,10 +108,22 @@ FLAGS = {"image": "--image", "steps": "--steps", "model.checkpoint": "--checkpoi
          "model.weights": "--pretrained"}
 
 
+def without_photograph(panel: Panel) -> str | None:
+    """What a panel's row shows where it inverts no photograph (so --image changes nothing in it); None where it does."""
+    if panel.show == "filters":
+        return "the model's input filters"
+    return "images generated for classes" if study.value(panel.overrides, "classes") is not None else None
+
+
 def check(panels: list[Panel], experiment: str, args) -> None:
-    """Before any run: no extra override replaces what a panel sets, --image and --checkpoint name files (or embedded
-    photographs), and every panel's overrides compose with repinv's config."""
+    """Before any run: no extra override replaces what a panel sets, --image is given only to a figure that inverts it,
+    --image and --checkpoint name files (or embedded photographs), and every panel's overrides compose with repinv's
+    config (their keys and options; a value a run refuses, such as seed=x, fails its panel)."""
     study.check_out(args.out, "the figure and its runs go in a folder")
+    shown = {without_photograph(panel) for panel in panels}
+    if args.image and None not in shown:
+        raise RepinvError(f"--image {' '.join(args.image)}: this figure's rows show {' and '.join(sorted(shown))}, not an "
+                          "inverted photograph, so --image would change nothing it draws; leave it out.")
     settings = [panel_settings(panel, experiment, args) for panel in panels]
     refuse_planned(args.overrides, {study.key(o) for s in settings for o in s} | set(FLAGS), FLAGS, "the figure", "per panel")
     check_images(args.image or [])
@@ -192,8 +207,8 @@ def run_panels(panels: list[Panel], experiment: str, args) -> list[Run]:
 
 
 def main(name: str, title: str, experiment: str, panels: list[Panel], argv=None) -> int:
-    """Parse and check the script's arguments (exit 2 before any run when one is wrong), run every panel, write
-    `<out>/<name>.png` and `.csv`, print the paths."""
+    """Parse and check the script's arguments (exit 2 before any run when `check` finds one wrong), run every panel,
+    write `<out>/<name>.png` and `.csv`, print the paths; exit 1 when a panel failed."""
     p = parser(title)
     args = p.parse_args(argv)
     out = args.out / ("smoke" if args.smoke else "")

@@ -118,7 +118,9 @@ def recipe_run(recipe: str, model: Model, seed: int, settings: dict, out: Path, 
 
 
 def refuse_set(extra: list[str], runs: Iterable[list[str]]) -> None:
-    """Refuse an extra override of a key the study sets in a run (`runs`: what it sets in each), naming --steps."""
+    """Refuse an extra override of a key the study sets in a run (`runs`: what it sets in each, with every recipe's
+    keys, selected or not: `optimizer=adam` on study-decay alone would run Adam under the study recipe's name), naming
+    --steps."""
     refuse_planned(extra, {study.key(o) for run in runs for o in run}, {"steps": "--steps"}, "the recipe study",
                    "per recipe, model and seed")
 
@@ -247,7 +249,7 @@ def study_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple
     known = SMOKE_MODELS if args.smoke else MODELS
     known_names("--models", args.models, [m.label for m in known], "a model of the recipe study")
     models = [m for m in known if not args.models or m.label in args.models]
-    refuse_set(args.overrides, (recipe_settings(r, m, 0, settings) for r in args.recipes for m in models))
+    refuse_set(args.overrides, (recipe_settings(r, m, 0, settings) for r in RECIPES for m in models))
     jobs = {(r, m.label): [recipe_run(r, m, seed, settings, args.out, args.overrides) for seed in settings["seeds"]]
             for r in args.recipes for m in models}
     return jobs, report, STUDY
@@ -256,7 +258,7 @@ def study_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple
 def ledger_jobs(args) -> tuple[dict[tuple[str, str], list[Run]], list[int], tuple[str, ...]]:
     """The ledger's runs under its own recipes (the study recipes), and every other recipe's runs on the same networks."""
     budget = BUDGETS[args.budget]
-    refuse_set(args.overrides, ([*RECIPES[r], "steps="] for r in args.recipes))  # on top of what the ledger sets
+    refuse_set(args.overrides, [*RECIPES.values(), ["steps="]])  # on top of what the ledger sets
     nets = ledger_networks(args.ledger, budget, args.overrides, args.models)
     steps = args.steps or LEDGER_STEPS
     jobs = {(recipe, net): runs for net, by in nets.items() for recipe, runs in by.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -166,7 +167,7 @@ def test_figure_photographs_are_repeatable_and_their_paths_reach_the_run_whole(t
     args = figlib.parser("figure").parse_args(["--image", "my photos/cat (1).png", "--image", "chelsea", "--out", str(tmp_path)])
     run = figlib.panel_run(figlib.Panel("vit", []), "fig_vit_b_32_conv", args)
     [image] = [o for o in run.overrides if o.startswith("image=")]
-    assert list(compose_cfg([image], tmp_path).image) == ["my photos/cat (1).png", "chelsea"]
+    assert list(compose_cfg([image], tmp_path).image) == [str(Path("my photos/cat (1).png").resolve()), "chelsea"]
 
 
 def test_a_panel_whose_own_steps_were_replaced_says_how_many_ran(tmp_path):

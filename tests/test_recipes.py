@@ -88,11 +88,15 @@ def test_a_network_whose_study_recipes_all_failed_is_answered_without_a_goal():
                   "would replace it in every run; use --steps instead"),
     (["model=vit_tiny"], "model=vit_tiny: the recipe study sets model"),
     (["--ledger", "{tmp}/ledger", "param=fourier"], "param=fourier: the recipe study sets param in its runs"),
+    (["optimizer=adam", "--recipes", "study-decay"], "optimizer=adam: the recipe study sets optimizer in its runs"),
+    (["regularizer=tv", "--recipes", "study-decay", "study-constant"], "priors=tv: the recipe study sets priors"),
+    (["--ledger", "{tmp}/ledger", "param=fourier", "--recipes", "study-decay"], "param=fourier: the recipe study sets param"),
     (["--ledger", "{tmp}/ledger", "seed=3"], "seed=3: the ledger sets seed in its runs, per claim, seed and recipe, and "
                                              "an extra override would replace it in every run; leave it out."),
 ])
 def test_an_extra_override_of_what_a_recipe_sets_is_refused_before_any_run(args, needle, tmp_path, capsys, monkeypatch):
-    """As the last value it would win in every run, so every recipe (or model) would be the same run."""
+    """As the last value it would win in every run, so every recipe (or model) would be the same run; a key of a recipe
+    left out of --recipes too, or the study recipe would run it under its own name."""
     sys.path.insert(0, str(REPO / "scripts"))
     import recipes
 

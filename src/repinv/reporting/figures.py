@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,14 +30,23 @@ def save_png(img: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
-def titled_grid(
+LABEL_SIZE = 8  # points, of the titles and row labels
+
+
+def row_label(text: str, height: float) -> str:
+    """`text` wrapped into lines that fit along a row `height` inches tall (a row label runs up the row's side)."""
+    chars = max(8, int(height * 72 / (0.62 * LABEL_SIZE)))  # a character is at most about 0.62 em wide
+    return textwrap.fill(text, chars)
+
+
+def grid_figure(
     rows: Sequence[Sequence[tuple[np.ndarray | torch.Tensor | None, str]]],
-    path: str | Path,
     row_labels: Sequence[str] | None = None,
     suptitle: str | None = None,
     cell: float = 2.2,
-) -> Path:
-    """A grid of images, each with its title; None leaves a blank cell. Saved as PNG."""
+):
+    """A grid of images, each with its title, and each row's label wrapped to the row's height; None leaves a blank
+    cell."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows + (0.4 if suptitle else 0)), squeeze=False)
     for r, row in enumerate(rows):
@@ -50,12 +60,24 @@ def titled_grid(
                 continue
             img, title = row[c]
             ax.imshow(to_uint8(img) if isinstance(img, torch.Tensor) else img, cmap="gray" if np.ndim(img) == 2 else None)
-            ax.set_title(title, fontsize=8)
+            ax.set_title(title, fontsize=LABEL_SIZE)
         if row_labels:
-            axes[r][0].set_ylabel(row_labels[r], fontsize=8)
+            axes[r][0].set_ylabel(row_label(row_labels[r], 0.8 * cell), fontsize=LABEL_SIZE)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def titled_grid(
+    rows: Sequence[Sequence[tuple[np.ndarray | torch.Tensor | None, str]]],
+    path: str | Path,
+    row_labels: Sequence[str] | None = None,
+    suptitle: str | None = None,
+    cell: float = 2.2,
+) -> Path:
+    """`grid_figure` saved as PNG."""
+    fig = grid_figure(rows, row_labels, suptitle, cell)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
