@@ -217,7 +217,7 @@ def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
     assert sorted(n.split("/")[2] for n in names if n.endswith("command.txt")) == finished
     assert len([n for n in names if n.endswith("metrics.json")]) == len(list(committed.glob("runs/*/metrics.json")))
     assert ledger == {r["claim"]: r["verdict"] for r in csv.DictReader((committed / "claims.csv").open())}
-    assert "study/cost.json" in names and "The plan counts 62.9 PFLOP (cost.json" in page, "the plan's committed cost"
+    assert "study/cost.json" in names and "The plan counts 63.0 PFLOP (cost.json" in page, "the plan's committed cost"
 
 
 @pytest.mark.slow

@@ -64,12 +64,12 @@ def test_a_ledger_read_on_another_cpu_plans_the_runs_it_holds(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("bf16", [True, False], ids=["native-bf16", "no-native-bf16"])
-def test_cpu_budget_plans_the_study_models_at_1500_steps_in_11_runs(tmp_path, monkeypatch, bf16):
+def test_cpu_budget_plans_the_study_models_at_1500_steps_in_12_runs(tmp_path, monkeypatch, bf16):
     monkeypatch.setattr("repinv.models.packed.native_bf16", lambda: bf16)
     budget = BUDGETS["cpu"]
     timm = [c for c in CLAIMS if c.source in budget.sources]
     p = plan(timm, budget, tmp_path, budget.seeds, budget.images, None, Weights().overrides, [])
-    assert len(p.runs) == 11 and sum(int(study.value(o, "steps")) for o in p.runs) == 11 * 1500
+    assert len(p.runs) == 12 and sum(int(study.value(o, "steps")) for o in p.runs) == 12 * 1500
     for o in p.runs:
         assert study.value(o, "image") == "['chelsea']" and study.value(o, "seed") == "0"
         assert (study.value(o, "precision") == "bf16") is bf16
@@ -83,7 +83,7 @@ def test_cpu_budget_plans_the_study_models_at_1500_steps_in_11_runs(tmp_path, mo
         assert layers[("mixer-layernorm", recipe)] == {"layernorm": "[0,2]", "no_layernorm": "[0,2]"}
     assert layers[("vit-l16-untrained-input-conv", DEFAULT_RECIPE)] == {"vit": "[patch_embed]"}
     assert layers[("mixer-patch8", DEFAULT_RECIPE)] == {"patch8": "[0,2]", "patch16": "[0,2]"}
-    assert layers[("resnet-conv1-3-as-vit", DEFAULT_RECIPE)] == {"conv1_3": "[stem]", "vit": "[patch_embed,0,2,5,8,11]"}
+    assert layers[("resnet-conv1-3-as-vit", DEFAULT_RECIPE)] == {"conv1_3": "[stem.maps]", "vit": "[patch_embed,0,2,5,8,11]"}
     assert {recipe for _, recipe in p.conditions} == {DEFAULT_RECIPE, constant}
     assert {"vit-l16-first16", "trained-input-105k"} <= p.out_of_budget and "mixer-patch8" not in p.out_of_budget
     assert not {c.id for c in timm if c.trained} & {cid for cid, _ in p.conditions}, "no weights given: no trained runs"

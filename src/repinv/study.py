@@ -192,8 +192,8 @@ def execute(runs: Iterable[Run], jobs: int = 1, launch_missing: bool = True) -> 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         try:
             for run in pool.map(partial(one, in_process=False), runs) if jobs > 1 else map(one, runs):
-                said = {FINISHED: "finished", NOT_MADE: "not made yet"}.get(run.status)
-                print(f"{said}: {run.folder}" if said else f"run failed: {run.status}", file=sys.stderr)
+                made_yet = run.status in (FINISHED, NOT_MADE)
+                print(f"{run.status}: {run.folder}" if made_yet else f"run failed: {run.status}", file=sys.stderr)
                 made.append(run)
         except BaseException:
             pool.shutdown(cancel_futures=True)  # an interrupted study starts no further run

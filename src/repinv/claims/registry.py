@@ -47,12 +47,12 @@ ARCHS: dict[tuple[str, str], dict[str, list[str]]] = {
     ("vit_b_32_long", "torchvision"): {"study": ["model=tv_vit_b_32", "layers=[11]", "steps=105000"],
                                        "quick": ["model=tv_vit_tiny", "layers=[1]", "steps=20"]},
     # ResNet50's conv1 restricted to its first three maps (3x112x112 = 37,632 outputs, the size of
-    # ViT-B/32's patch embedding), read as the resnet_stem surgery's stem output.
-    ("resnet_conv1_3", "timm"): {"study": ["model=vit_b_32", "surgery=resnet_stem", "layers=[stem]"],
-                                 "cpu": ["model=vit_b_32", "surgery=resnet_stem", "layers=[stem]"],
-                                 "quick": ["model=vit_tiny", "surgery=resnet_stem", "layers=[stem]"]},
-    ("resnet_conv1_3", "torchvision"): {"study": ["model=tv_vit_b_32", "surgery=resnet_stem", "layers=[stem]"],
-                                        "quick": ["model=tv_vit_tiny", "surgery=resnet_stem", "layers=[stem]"]},
+    # ViT-B/32's patch embedding), read at the resnet_stem surgery's stem.maps, before their resize.
+    ("resnet_conv1_3", "timm"): {"study": ["model=vit_b_32", "surgery=resnet_stem", "layers=[stem.maps]"],
+                                 "cpu": ["model=vit_b_32", "surgery=resnet_stem", "layers=[stem.maps]"],
+                                 "quick": ["model=vit_tiny", "surgery=resnet_stem", "layers=[stem.maps]"]},
+    ("resnet_conv1_3", "torchvision"): {"study": ["model=tv_vit_b_32", "surgery=resnet_stem", "layers=[stem.maps]"],
+                                        "quick": ["model=tv_vit_tiny", "surgery=resnet_stem", "layers=[stem.maps]"]},
     ("vit_b_32_head", "timm"): {"study": ["model=vit_b_32"], "cpu": ["model=vit_b_32"], "quick": ["model=vit_tiny"]},
     ("vit_b_32_head", "torchvision"): {"study": ["model=tv_vit_b_32"], "quick": ["model=tv_vit_tiny"]},
 }
@@ -170,7 +170,7 @@ def study_claims() -> list[Claim]:
                      "For trained and untrained ResNet models, this yields an input representation of approximately "
                      "the same resolution that is found using the first convolutional layer of ViT", "resnet_conv1_vit (text)",
                      {"conv1_3": Run("resnet_conv1_3"), "vit": UNTRAINED_VIT},
-                     partial(rules.same, a="conv1_3", b="vit", layer_a="first", layer_b="first")),
+                     partial(rules.same, a="conv1_3", b="vit", layer_a="first", layer_b="first"), sensitivity=True),
         *_per_source("trained-input-falls-with-depth",
                      "Trained input convolution + untrained encoders: accuracy falls with depth at 1,500 steps",
                      "there is a decrease in representation accuracy as depth increases in the encoder stack "
