@@ -217,7 +217,7 @@ def test_gpu_check_continues_the_committed_ledger_of_its_gpu_model(tmp_path):
     assert sorted(n.split("/")[2] for n in names if n.endswith("command.txt")) == finished
     assert len([n for n in names if n.endswith("metrics.json")]) == len(list(committed.glob("runs/*/metrics.json")))
     assert ledger == {r["claim"]: r["verdict"] for r in csv.DictReader((committed / "claims.csv").open())}
-    assert "study/cost.json" in names and "The plan counts 63.0 PFLOP (cost.json" in page, "the plan's committed cost"
+    assert "study/cost.json" in names and "The plan counts 63 PFLOP (cost.json" in page, "the plan's committed cost"
 
 
 @pytest.mark.slow
@@ -228,7 +228,7 @@ def test_gpu_check_study_args_start_a_ledger_of_their_own(tmp_path):
     res = gpu_check({**stand_in_h200(tmp_path), "GPU_CHECK_STUDY_ARGS": "precision=bf16"}, timeout=300)
     page = (tmp_path / "out" / "summary.md").read_text()
     assert "It continues" not in page and "0 runs finished in" in page, res.stdout
-    assert "The plan counts 62.9 PFLOP" in page, "the same plan's FLOPs, from the committed GPU ledger"
+    assert "The plan counts 63 PFLOP" in page, "the same plan's FLOPs, from the committed GPU ledger"
     with tarfile.open(tmp_path / "out" / "study.tar.gz") as tar:
         made_with = tar.extractfile("study/claims.md").read().decode()
     assert "trainer.devices=1 checkpoint_every=250 precision=bf16` (the same command continues it" in made_with

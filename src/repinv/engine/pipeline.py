@@ -109,7 +109,7 @@ def validate(cfg: DictConfig) -> None:
     check_steps("log_every", cfg.log_every, "e.g. log_every=25.")
     check_steps("image_every", cfg.get("image_every", 0), "e.g. image_every=100.", zero="the final images alone")
     check_steps("checkpoint_every", cfg.get("checkpoint_every", 0), "e.g. checkpoint_every=500.",
-           zero="no periodic checkpoints")
+                zero="no periodic checkpoints")
     if not (_float32(cfg.init.mean) and _float32(cfg.init.std) and cfg.init.std >= 0):
         raise RepinvError(f"init.mean={cfg.init.mean} and init.std={cfg.init.std} must be numbers, at most float32's "
                           "largest (3.4e38) in size, std non-negative; the study initialises from N(0.7, 1/20): "
@@ -385,7 +385,7 @@ def check_schedule(cfg: DictConfig, optimizer, scheduler) -> None:
     for key in SCHEDULE_LENGTHS:
         if key in cfg.scheduler:
             check_steps(f"scheduler.{key}", cfg.scheduler[key], "the scheduler configs count in steps, e.g. "
-                   f"scheduler.{key}=${{steps}} (the run's length).")
+                        f"scheduler.{key}=${{steps}} (the run's length).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scheduler steps without optimiser steps
         sched = called("scheduler", cfg.scheduler, scheduler, opt)
