@@ -491,6 +491,18 @@ def test_script_summarises_a_network_from_its_finished_runs_when_extra_seeds_fai
     assert alone["nonunique_pairs"] == 0 and alone["nonunique_seconds"] == 0
 
 
+def test_ledger_spectrum_settings_find_the_top_of_a_flat_spectrum_within_one_percent():
+    """`scripts/diagnostics.py --ledger` reads ViT-B/32's flat spectra with its own cheaper basis (top 8): it must still
+    find them within 1% (a single Krylov iteration was 6.5% low)."""
+    settings = {k.removeprefix("diagnostics."): int(v) for k, v in (o.split("=") for o in _script().LEDGER_SPECTRUM)
+                if k in {f"diagnostics.{n}" for n in ("top_k", "oversample", "power_iters", "lanczos_steps", "small_k")}}
+    a = _known(512, 640, 1 - 0.4 * torch.arange(512, dtype=torch.float64) / 512).float()
+    exact = torch.linalg.svdvals(a.double())[:8]
+    top = torch.tensor(spectrum(_linear(a), torch.rand(1, 640), SpectrumSettings(**settings))["sigma_top"],
+                       dtype=torch.float64)
+    assert len(top) == 8 and float(((exact - top) / exact).max()) < 0.01
+
+
 def test_script_reuses_finished_ledger_spectra_and_continues_stopped_ones(tmp_path, monkeypatch):
     from repinv import study
     from repinv.study import Run
