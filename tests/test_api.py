@@ -55,6 +55,7 @@ def test_two_calls_in_one_process_each_write_their_own_folder(tmp_path, monkeypa
     ("stepz=3", "Could not override 'stepz'"),
     ("layers=[0,", "do not compose"),
     ("steps=0", "steps=0 must be a positive whole number"),
+    ("hydra.mode=MULTIRUN", "repinv.run runs one job. Run a sweep with the command"),
 ])
 def test_bad_input_raises_repinv_error(tmp_path, override, needle):
     with pytest.raises(repinv.RepinvError, match=re.escape(needle)) as err:
@@ -106,3 +107,24 @@ def test_a_run_leaves_the_callers_logging_and_torch_precision_as_they_were(tmp_p
         torch.backends.cudnn.allow_tf32 = tf32
     assert "a line after the run" in (tmp_path / "mine.log").read_text()
     assert "a line after the run" not in (tmp_path / "run" / "cli.log").read_text()
+
+
+def test_ctrl_c_raises_keyboard_interrupt_after_writing_the_results(tmp_path, monkeypatch):
+    """A notebook or script stops a call with Ctrl+C as any other Python code: KeyboardInterrupt, not the command's
+    exit code; the run stopped after a step and kept its results."""
+    import os
+    import signal
+
+    import repinv.engine.pipeline as pipeline
+
+    class CtrlCAt2(pipeline.ImageOptimization):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().training_step(batch, batch_idx)
+
+    monkeypatch.setattr(pipeline, "ImageOptimization", CtrlCAt2)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        repinv.run([*TINY, "steps=30", "logger=none", f"hydra.run.dir={out}"])
+    assert {(r["status"], r["steps"]) for r in read_metrics(out)} == {("interrupted", 3)}

@@ -8,6 +8,7 @@ folder `logs/runs/<date>_<time>/` under the current folder unless `hydra.run.dir
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -29,6 +30,7 @@ CONFIG_NAME = "config"
 # Hydra names the command's job after its module (cli.py); the call uses the same name, so
 # both write the run's log to `cli.log`.
 JOB_NAME = "cli"
+CTRL_C = 128 + signal.SIGINT  # how a run stopped by Ctrl+C exits the command
 
 
 @contextmanager
@@ -129,19 +131,30 @@ def refuse_null_groups(overrides: Sequence[str]) -> None:
                           f"names none. {instead}")
 
 
+def refuse_sweeps(overrides: Sequence[str]) -> None:
+    """`hydra.mode=MULTIRUN` as a RepinvError: a call runs one job (Hydra itself fails on an assertion)."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") == "hydra.mode" and value.strip().upper() != "RUN":
+            raise RepinvError(f"{override}: repinv.run runs one job. Run a sweep with the command, e.g. repinv -m "
+                              "seed=0,1,2 (hydra.mode=MULTIRUN there too), or call repinv.run once per setting.")
+
+
 def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
     """Run one job as `repinv OVERRIDES...` would, in this process; returns its records, images and folder.
 
     Former names in the overrides are spelled anew (`repinv.conf.respell`: `regularizer.` is `priors.`).
     Bad input (an unknown config or key, a malformed override, values the run refuses) raises
-    `RepinvError`. Each call composes afresh, so it can be called again in the same process; a
-    Hydra the caller initialised, its logging and torch's precision settings are put back afterwards.
+    `RepinvError`; Ctrl+C stops the run after a step, writes its results and raises KeyboardInterrupt. Each call
+    composes afresh, so it can be called again in the same process; a Hydra the caller initialised, its logging and
+    torch's precision settings are put back afterwards.
     """
     if isinstance(overrides, str):
         raise RepinvError(f"repinv.run({overrides!r}): pass the overrides as a list of strings, one per "
                           f"override, e.g. repinv.run({overrides.split()!r}).")
     overrides = respell_all(overrides)
     refuse_null_groups(overrides)
+    refuse_sweeps(overrides)
     caller = get_gh_backup()  # a notebook's own hydra.initialize, or a Hydra app calling this
     GlobalHydra.instance().clear()
     try:
@@ -149,6 +162,10 @@ def run(overrides: Sequence[str] = ()) -> pipeline.RunResult:
             try:
                 return GlobalHydra.instance().hydra.run(config_name=CONFIG_NAME, task_function=job,
                                                         overrides=overrides).return_value
+            except SystemExit as stop:
+                if stop.code == CTRL_C:  # the results are written: the caller sees what Ctrl+C raises in Python
+                    raise KeyboardInterrupt from None
+                raise
             except Exception as err:
                 refusal = refusal_of(err, list(overrides))
                 if refusal is None:
