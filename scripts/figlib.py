@@ -118,7 +118,7 @@ def without_photograph(panel: Panel) -> str | None:
 def check(panels: list[Panel], experiment: str, args) -> None:
     """Before any run: no extra override replaces what a panel sets, --image is given only to a figure that inverts it,
     --image and --checkpoint name files (or embedded photographs), and every panel's overrides compose with repinv's
-    config (their keys and options; a value a run refuses, such as seed=x, fails its panel)."""
+    config and hold values a run can start with (not seed=x)."""
     study.check_out(args.out, "the figure and its runs go in a folder")
     shown = {without_photograph(panel) for panel in panels}
     if args.image and None not in shown:

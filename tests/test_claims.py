@@ -332,6 +332,7 @@ def test_a_finished_run_kept_without_what_its_rule_reads_is_incomplete_not_a_cra
     (["model=vit_tiny"], "model=vit_tiny: the ledger sets model in its runs, per claim, seed and recipe, and an extra "
                          "override would replace it in every run; leave it out"),
     (["optimizer.lr=0.1"], "use --lrs instead"),
+    (["init.std=-1"], "init.mean=0.7 and init.std=-1 must be numbers"),
     (["--peak", "H200 fp32=67"], "--peak H200 fp32=67: a peak rate gives the least time of a counted plan, and only "
                                  "--cost counts one; add --cost"),
     (["--claims", ","], "--claims ',' names no claim; give comma-separated claim ids, or leave --claims out for all. The "

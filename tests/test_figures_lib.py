@@ -199,6 +199,7 @@ def test_a_panel_whose_own_steps_were_replaced_says_how_many_ran(tmp_path):
     (["+image=[coffee]"], "use --image instead"),
     (["bogus=1"], "The overrides ['bogus=1'] do not compose (Could not override 'bogus'."),
     (["param=nonexistent"], "param=nonexistent: there is no config 'nonexistent' in the group 'param'"),
+    (["seed=x"], "seed=x must be a whole number from 0 to 2^32-1"),
     (["--checkpoint", "/no/such.safetensors"], "--checkpoint /no/such.safetensors: /no/such.safetensors is not a file"),
     (["--image", "/nonexistent.jpg"], "--image /nonexistent.jpg: image=/nonexistent.jpg is neither an embedded photograph"),
 ])

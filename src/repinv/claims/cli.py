@@ -31,11 +31,12 @@ from repinv.claims.registry import CLAIMS, Claim
 from repinv.claims.report import judged, made_by, write
 from repinv.cli import CONFIG_DIR
 from repinv.conf import override_key, respell_all
+from repinv.engine.pipeline import validate
 from repinv.errors import RepinvError, listing, paragraph, suggest
 from repinv.inputs.images import EMBEDDED, locate
 from repinv.metrics import PSNR, require
 from repinv.sources import Weights
-from repinv.study import NOT_MADE, canonical, check_out, value
+from repinv.study import NOT_MADE, canonical, check_out, quote, value
 
 EXAMPLE = "repinv-claims --budget quick logger=csv"
 
@@ -144,9 +145,9 @@ def check_images(entries: list[str]) -> None:
 
 def check_runs(runs, extra: list[str], who: str = "the ledger's rules", needs: Sequence[str] = (PSNR,),
                example: str = EXAMPLE) -> None:
-    """Every planned run's overrides must compose with repinv's config and keep the metrics `who` reads (`needs`), so
-    an unknown key or option among the extra overrides is found before the first run, not run by run; `example` is
-    the command the error shows."""
+    """Every planned run's overrides must compose with repinv's config, hold values a run can start with (not seed=x)
+    and keep the metrics `who` reads (`needs`), so an unknown key, option or bad value among the extra overrides is
+    found before the first run, not run by run; `example` is the command the error shows."""
     groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
 
     def shape(overrides) -> tuple:
@@ -159,11 +160,12 @@ def check_runs(runs, extra: list[str], who: str = "the ledger's rules", needs: S
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             for run in {shape(r.overrides): r for r in runs}.values():
                 try:
-                    cfg = compose(CONFIG_NAME, overrides=respell_all(run.overrides))
+                    cfg = compose(CONFIG_NAME, overrides=[*respell_all(run.overrides), f"output_dir={quote(run.folder)}"])
                 except (ConfigCompositionException, OverrideParseException) as err:
                     where = f" (in the run {' '.join(run.overrides)})" if extra else ""
                     raise RepinvError(f"{composition_error(err, list(extra) or list(run.overrides), example)}{where}") from None
                 require(cfg, who, *needs)
+                validate(cfg)
     finally:
         GlobalHydra.instance().clear()
 
