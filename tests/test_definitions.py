@@ -322,16 +322,24 @@ def test_class_generation_descends_on_each_class_logits_distance_from_the_consta
     assert priors["jitter"].start == 200 and priors["jitter"].pixels > 0
 
 
-@pytest.mark.parametrize("arch,layers,steps", [("vit_b_32", ["patch_embed", *range(12)], 1500),
-                                               ("vit_b_32_long", [11], 105000)])
-def test_the_study_budget_inverts_vit_b_32_at_224_through_its_12_encoders(tmp_path, arch, layers, steps):
-    """ViT-B/32 on 3x224x224 inputs, "the twelth and final encoder"; the long panel at n=105,000 steps."""
-    from repinv.claims.ledger import BUDGETS
-    from repinv.claims.registry import ARCHS
+@pytest.mark.parametrize("source,model,entry", [("timm", "vit_base_patch32_224", "patch_embed"),
+                                                ("torchvision", "vit_b_32", "conv_proj")])
+def test_the_study_budget_inverts_vit_b_32_at_224_through_its_12_encoders_and_the_last_at_105000_steps(
+        tmp_path, source, model, entry):
+    """ViT-B/32 on 3x224x224 inputs, "the twelth and final encoder" at n=1,500 steps; the long panel's last encoder at
+    n=105,000, as the ledger plans them (its own steps after the budget's), for each model source."""
+    from repinv.claims.ledger import BUDGETS, plan
+    from repinv.claims.registry import CLAIMS
 
-    cfg = compose_cfg([f"steps={BUDGETS['study'].steps}", *ARCHS[(arch, "timm")]["study"]], tmp_path)
-    assert (cfg.model.name, cfg.model.input_size) == ("vit_base_patch32_224", 224)
-    assert list(cfg.layers) == layers and cfg.steps == steps
+    suffix = "" if source == "timm" else "-tv"
+    claims = [c for c in CLAIMS if c.id in {f"vit-untrained-constant-depth{suffix}", f"trained-input-105k{suffix}"}]
+    p = plan(claims, BUDGETS["study"], tmp_path, 1, ["chelsea"], None, lambda source, overrides: [], [])
+    depth = p.conditions[(claims[0].id, "default (linear lr)")]
+    long = p.conditions[(claims[1].id, "default (linear lr)")]
+    for runs, layers, steps in ((depth["vit"], [entry, *range(12)], 1500), (long["long"], [11], 105000),
+                                (long["transplant"], [entry, *range(12)], 1500)):
+        cfg = compose_cfg(list(runs[0][1].overrides), tmp_path)
+        assert (cfg.model.name, cfg.model.input_size, cfg.steps, list(cfg.layers)) == (model, 224, steps, layers)
 
 
 def test_the_study_budget_runs_vit_l_16_at_512_in_patches_of_16(tmp_path):

@@ -243,3 +243,20 @@ def test_the_image_timeline_logs_every_n_steps_and_the_last_and_0_means_the_last
         timeline.on_train_batch_end(SimpleNamespace(global_step=step, is_global_zero=True, loggers=[logger]), module,
                                     None, None, step)
     assert steps == logged
+
+
+def test_a_run_blurs_after_every_step_from_sigma_2_4_down_to_0_4(run_repinv, monkeypatch):
+    """The study's blur schedule as a run applies it: one 3x3 blur after each of the run's steps, its sigma falling
+    linearly from 2.4 at the first step to 0.4 at the last (not only what the config names or the log shows)."""
+    from repinv.priors.blur import GaussianBlur
+
+    sigmas = []
+    real = GaussianBlur.update
+
+    def spy(self, img, step, total):
+        sigmas.append(self.sigma(step, total) if step % self.every == 0 else None)
+        return real(self, img, step, total)
+
+    monkeypatch.setattr(GaussianBlur, "update", spy)
+    run_repinv("steps=11", "logger=none", "checkpoint_every=0")
+    assert sigmas == pytest.approx([2.4 - 0.2 * k for k in range(11)])
