@@ -164,7 +164,7 @@ def test_study_config_fixes_the_blur_loss_noise_init_steps_and_lr(tmp_path):
     cfg = compose_cfg(["experiment=study"], tmp_path)
     assert cfg.steps == 1500 and cfg.init.mean == 0.7 and cfg.init.std == pytest.approx(1 / 20)
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.05
-    assert cfg.scheduler.total_iters == 1500 and cfg.scheduler.start_factor == 1.0
+    assert cfg.scheduler.total_iters == 1500 and (cfg.scheduler.start_factor, cfg.scheduler.end_factor) == (1.0, 0.05)
     priors = build_each(cfg, "priors")
     assert list(priors) == ["blur", "jitter"] and priors["jitter"].pixels == 0, "the study blurs and does not jitter"
     blur = priors["blur"]

@@ -84,7 +84,7 @@ class LayerInversion(Objective):
         self.layer_specs = layers
         self.loss = loss
         self.scale = positive("scale", scale, "the loss is scale x the distance, so 0 optimises nothing and a negative scale "
-                              "pushes the layer's output away from the target; the study uses 0.15.")
+                              "pushes the layer's output away from the target; the default is 0.15.")
         self.noise_std = positive("noise_std", noise_std, "the noise-shift baseline that defines an accurate "
                                   "reconstruction perturbs the target photograph by N(0, noise_std); the study uses 1/18.")
         if stack not in STACK:

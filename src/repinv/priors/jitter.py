@@ -19,13 +19,14 @@ class Jitter(Prior):
     def __init__(self, pixels: int = 0, start: int = 0):
         if not (is_whole(pixels) and is_whole(start) and pixels >= 0 and start >= 0):
             raise RepinvError(f"priors.jitter.pixels={pixels} and priors.jitter.start={start} must be non-negative whole "
-                              "numbers, of pixels and of steps (pixels=0 switches jitter off); the study uses 16 from step 200.")
+                              "numbers, of pixels and of steps (pixels=0 switches jitter off); the study jitters from about "
+                              "step 200, by 16 in priors=blur_jitter.")
         self.pixels, self.start = pixels, start
 
     def check(self, size: tuple[int, int]) -> None:
         if self.pixels > min(size):
             raise RepinvError(f"priors.jitter.pixels={self.pixels} shifts the crop by more than the {size[0]}x{size[1]} "
-                              f"input itself; use at most {min(size)} (the study uses 16 at 224x224).")
+                              f"input itself; use at most {min(size)} (priors=blur_jitter uses 16 at 224x224).")
 
     @property
     def margin(self) -> int:
