@@ -311,3 +311,19 @@ def test_sigterm_to_the_cli_leaves_results_and_a_checkpoint_then_resume_finishes
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == records[0]["steps"]
     resumed, _ = run_repinv("steps=60", "checkpoint_every=2", "logger=none", f"resume={run_dir}", name="resumed")
     assert all(r["status"] == "finished" and r["steps"] == 60 for r in resumed)
+
+
+def test_a_run_resumed_to_its_end_without_periodic_checkpoints_leaves_no_older_checkpoint(run_repinv, monkeypatch,
+                                                                                          tmp_path):
+    """checkpoint_every=0 still saves the interrupted run; once resumed to its end, the checkpoint is the finished
+    run's, so resume=auto keeps the results and a new run in the folder is not refused as unfinished."""
+    import repinv.engine.pipeline as pipeline
+
+    plain = pipeline.ImageOptimization
+    _signal_at(pipeline, monkeypatch, 2)
+    with pytest.raises(SystemExit):
+        run_repinv("steps=10", "checkpoint_every=0", "logger=none")
+    monkeypatch.setattr(pipeline, "ImageOptimization", plain)
+    records, run_dir = run_repinv("steps=10", "checkpoint_every=0", "logger=none", "resume=last")
+    assert {(r["status"], r["steps"]) for r in records} == {("finished", 10)}
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10

@@ -241,8 +241,9 @@ def _unwritable(folder: Path) -> str | None:
 class Checkpoints(pl.Callback):
     """Lightning checkpoints of the run as `<dirpath>/last.ckpt`, written atomically.
 
-    Saved every `every` steps (0: never), at the end of a run when `every` > 0, and always at the
-    end of an interrupted run, so `resume=` can continue it. Lightning's own atomic save goes
+    Saved every `every` steps (0: never), at the end of a run when `every` > 0, always at the end
+    of an interrupted run, so `resume=` can continue it, and at the end of a run that left one
+    before (a resumed one), so the folder never holds a checkpoint older than its results. Lightning's own atomic save goes
     through a temporary file in /tmp and a move, which is a copy across filesystems; here the
     file is written beside its destination and renamed. With several processes every rank takes
     part (each contributes its rows, see `ImageOptimization.on_save_checkpoint`) and rank 0 writes
@@ -279,7 +280,7 @@ class Checkpoints(pl.Callback):
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module):
-        if self.every or trainer.global_step < pl_module.steps:
+        if self.every or trainer.global_step < pl_module.steps or self.last.is_file():
             self.save(trainer)
 
 
