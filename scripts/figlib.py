@@ -18,9 +18,10 @@ from pathlib import Path
 from PIL import Image
 
 from repinv import study
-from repinv.claims.cli import check_checkpoints, check_images, check_runs, resolved
+from repinv.claims.cli import check_checkpoints, check_images, check_runs
 from repinv.claims.ledger import refuse_planned
 from repinv.errors import RepinvError, paragraph
+from repinv.inputs.images import resolved
 from repinv.reporting.callbacks import FILTERS, read_filters
 from repinv.reporting.figures import titled_grid
 from repinv.reporting.results import FINISHED, cell_title, read_records, target_png

@@ -33,7 +33,7 @@ from repinv.cli import CONFIG_DIR
 from repinv.conf import override_key, respell_all
 from repinv.engine.pipeline import validate
 from repinv.errors import RepinvError, listing, paragraph, suggest
-from repinv.inputs.images import EMBEDDED, locate
+from repinv.inputs.images import locate, resolved
 from repinv.metrics import PSNR, require
 from repinv.sources import Weights
 from repinv.study import NOT_MADE, canonical, check_out, quote, value
@@ -126,12 +126,6 @@ def check_checkpoints(specs: list[str]) -> None:
         if not Path(file).expanduser().is_file():
             raise RepinvError(f"--checkpoint {spec}: {file} is not a file. Give the trained weights file "
                               "(e.g. vit_b_32=vit.safetensors).")
-
-
-def resolved(entries: Sequence[str]) -> list[str]:
-    """Each --image as the runs name it: an embedded photograph by its name, a file or folder by its absolute path,
-    so that a run names the photograph it inverts wherever the command is run from."""
-    return [e if e in EMBEDDED else str(Path(e).expanduser().resolve()) for e in entries]
 
 
 def check_images(entries: list[str]) -> None:

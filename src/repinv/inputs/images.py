@@ -111,6 +111,12 @@ def _expand(entry: str) -> list[tuple[str, np.ndarray]]:
     return [(p.stem, _read_file(p)) for p in files]
 
 
+def resolved(entries: Sequence[str]) -> list[str]:
+    """Each image entry as a run names it: an embedded photograph by its name, a file or folder by its absolute path,
+    so that a run names the photograph it inverts wherever the command is run from."""
+    return [e if e in EMBEDDED else str(Path(e).expanduser().resolve()) for e in entries]
+
+
 def locate(entry: str) -> list[Path] | None:
     """The image files one `image=` entry names (None: an embedded photograph), without reading them;
     a RepinvError when there are none."""
