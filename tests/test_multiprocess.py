@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from test_sweeps import repinv
 
-from conftest import REPO, read_metrics
+from conftest import REPO, TINY, read_metrics
 from repinv.priors import Prior
 from repinv.reporting.results import PROCESS, merge_shares, write_share
 
@@ -243,6 +243,27 @@ def test_log_steps_report_the_centred_view_in_fp32(run_repinv):
         a, b = _logged(fp32, 0), _logged(bf16, 0)
         for key in ("loss/chelsea/L0", "output_l2/chelsea/L0", "psnr/chelsea/L0", "ssim/chelsea/L0"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), (param, key)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["trainer.devices=3"], "the run has 2 target(s) but 3 processes"),
+    (["optimizer=lbfgs", "trainer.devices=2"], "optimizer=lbfgs with 2 processes"),
+    (["trainer.devices=2", "trainer.strategy=ddp_fork"], "trainer.strategy=ddp_fork starts the processes by fork"),
+])
+def test_what_several_processes_cannot_run_is_one_paragraph_before_the_run_folder_is_written(cli, monkeypatch, overrides,
+                                                                                            needle):
+    """More processes than targets, L-BFGS (one history and line search over the whole batch) and a strategy whose
+    launching process takes no part: refused in one paragraph, exit 2, with nothing of the run written."""
+    import repinv.engine.pipeline as pipeline
+
+    def fit(*args):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(pipeline, "fit", fit)
+    code, _, err, run_dir = cli(*TINY, "logger=csv", "trainer.accelerator=cpu", *overrides)
+    assert code == 2 and err.count("repinv: error:") == 1 and "Traceback" not in err, err
+    assert needle in _joined(err), err
+    assert not (run_dir / "config.yaml").exists() and not (run_dir / "csv").exists()
 
 
 def test_collective_timeout_reaches_the_processes(tmp_path):

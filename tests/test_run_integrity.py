@@ -63,28 +63,36 @@ def test_a_small_image_is_upscaled_with_a_warning_saying_how_much(tmp_path):
 
 # -- several processes ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides,start", [
-    (["trainer.devices=2"], "popen"),
-    (["trainer.devices='2'", "trainer.strategy=ddp"], "popen"),
-    (["trainer.devices=2", "trainer.strategy=ddp_spawn"], "spawn"),
-    (["trainer.devices=2", "trainer.strategy=ddp_fork_find_unused_parameters_true"], "fork"),
-    (["trainer.devices=1", "trainer.num_nodes=2", "trainer.strategy={_target_:pytorch_lightning.strategies.DDPStrategy}"],
-     "popen"),
+@pytest.mark.parametrize("overrides", [
+    ["trainer.devices=2"],
+    ["trainer.devices='2'", "trainer.strategy=ddp"],
+    ["trainer.devices=2", "trainer.strategy=ddp_find_unused_parameters_true"],
+    ["trainer.devices=1", "trainer.num_nodes=2", "trainer.strategy={_target_:pytorch_lightning.strategies.DDPStrategy}"],
 ])
-def test_every_ddp_setting_on_several_processes_runs_sharded(tmp_path, overrides, start):
+def test_every_ddp_setting_on_several_processes_runs_sharded(tmp_path, overrides):
     from repinv.engine.pipeline import trainer_overrides
     from repinv.engine.sharding import ShardedDDP
 
     strategy = trainer_overrides(compose_cfg(overrides, tmp_path))["strategy"]
-    assert isinstance(strategy, ShardedDDP) and strategy._start_method == start
+    assert isinstance(strategy, ShardedDDP) and strategy._start_method == "popen"
+
+
+SHARDED = "repinv.engine.sharding.ShardedDDP"
 
 
 @pytest.mark.parametrize("overrides,needle", [
     (["trainer.devices=2", "trainer.strategy=fsdp"], "trainer.strategy=fsdp"),
     (["trainer.devices=2", "trainer.strategy=deepspeed"], "trainer.strategy=deepspeed"),
     (["trainer.devices=-1", "trainer.accelerator=cpu"], "trainer.devices=-1"),
+    # spawn and fork leave the launching process out of the run (it would load rank 0's share into its whole batch)
+    (["trainer.devices=2", "trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn starts the processes by spawn"),
+    (["trainer.devices=2", "trainer.strategy=ddp_fork_find_unused_parameters_true"], "by fork"),
+    (["trainer.devices=2", "trainer.strategy=ddp_notebook"], "trainer.strategy=ddp_notebook starts the processes by fork"),
+    (["trainer.devices=2", "trainer.strategy={_target_:pytorch_lightning.strategies.DDPStrategy,start_method:spawn}"],
+     "trainer.strategy.start_method=spawn"),
+    (["trainer.devices=2", f"trainer.strategy={{_target_:{SHARDED},start_method:fork}}"], "trainer.strategy.start_method=fork"),
 ])
-def test_strategies_that_would_average_the_image_are_refused(tmp_path, overrides, needle):
+def test_strategies_a_sharded_run_cannot_use_are_refused(tmp_path, overrides, needle):
     from repinv.engine.pipeline import trainer_overrides
     from repinv.errors import RepinvError
 

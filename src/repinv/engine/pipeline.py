@@ -38,10 +38,10 @@ from repinv.engine.identity import (
     refuse_finished,
 )
 from repinv.engine.module import ImageOptimization
-from repinv.engine.plugins import build, build_each, called, check_arguments, check_metrics, check_prior
+from repinv.engine.plugins import build, build_each, called, check_arguments, check_metrics, check_prior, located
 from repinv.engine.precision import MATMUL_PRECISIONS, set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
-from repinv.engine.sharding import ShardedDDP, process_count, sharded_strategy
+from repinv.engine.sharding import ShardedDDP, process_count, shard_bounds, sharded_strategy
 from repinv.engine.validation import check_finite, check_mirrors, check_steps, check_switches
 from repinv.errors import RepinvError, is_number, is_whole
 from repinv.inputs.images import load_images
@@ -295,6 +295,23 @@ def trainer_overrides(cfg: DictConfig) -> dict:
     return out
 
 
+def check_shares(cfg: DictConfig, module: ImageOptimization) -> None:
+    """What a run on several processes cannot do, refused before the run folder is written: more processes than
+    targets, and L-BFGS, whose curvature history and line search span the whole batch, not one process's share."""
+    world = processes(cfg)
+    if world == 1:
+        return
+    shard_bounds(len(module.targets), 0, world)
+    target = located("optimizer", cfg.optimizer)
+    if isinstance(target, type) and issubclass(target, torch.optim.LBFGS):
+        raise RepinvError(
+            f"optimizer=lbfgs with {world} processes (trainer.devices x trainer.num_nodes): L-BFGS keeps one curvature "
+            "history and one line search for the whole image batch, so each process would step its share differently "
+            "from a one-process run, and a checkpoint would hold one process's history only. Run L-BFGS on one "
+            "process (trainer.devices=1), or use another optimizer (optimizer=sgd or adam) on several."
+        )
+
+
 def resume_state(cfg: DictConfig, ckpt: Path | None, module: ImageOptimization) -> tuple[dict, list[dict], dict]:
     """The run's identity (see `repinv.engine.identity`), the changes allowed against the checkpoint, and the
     checkpoint itself ({} when starting afresh); a checkpoint of another run is refused."""
@@ -475,6 +492,7 @@ def run(cfg: DictConfig) -> RunResult:
     model, objective, module = build_module(cfg)
     metric = score_metric(cfg, module)
     overrides = trainer_overrides(cfg)
+    check_shares(cfg, module)
     check_arguments("trainer", cfg.trainer, "logger", "callbacks", "max_steps", *overrides)
     name = run_name("-".join([model.label, *model.surgery]), objective.name(), model.trained)
     tags = [model.label, "trained" if model.trained else "untrained", objective.kind, *model.surgery, *objective.tags()]

@@ -255,7 +255,7 @@ SHARDABLE = sorted(k for k in StrategyRegistry if StrategyRegistry[k]["strategy"
 def sharded_strategy(strategy, timeout_s: float = 600) -> ShardedDDP | None:
     """The strategy for a run on several processes: `ShardedDDP`, keeping a DDP strategy's settings.
 
-    "auto" and Lightning's DDP strategies (ddp, ddp_spawn, ddp_fork, ...: their start method)
+    "auto" and Lightning's DDP strategies that start the processes as `ddp` does (see `popen_settings`)
     become `ShardedDDP` with `timeout_s` (how long a collective waits for a rank that crashed or hangs);
     a config node building `ShardedDDP` itself is kept (None: nothing to replace). Any other strategy would wrap or
     shard the image and average its gradients, so it is refused.
@@ -265,13 +265,14 @@ def sharded_strategy(strategy, timeout_s: float = 600) -> ShardedDDP | None:
     if isinstance(strategy, ShardedDDP):
         return strategy
     if isinstance(strategy, str) and strategy in SHARDABLE:
-        return ShardedDDP(timeout_s=timeout_s, **StrategyRegistry[strategy]["init_params"])
+        return ShardedDDP(timeout_s=timeout_s, **popen_settings(strategy, StrategyRegistry[strategy]["init_params"]))
     if isinstance(strategy, Mapping) and "_target_" in strategy:
         cls = located("trainer.strategy", strategy)
         if isinstance(cls, type) and issubclass(cls, ShardedDDP):
+            popen_settings(strategy, strategy)
             return None
         if cls is DDPStrategy:
-            settings = {k: v for k, v in strategy.items() if k != "_target_"}
+            settings = popen_settings(strategy, {k: v for k, v in strategy.items() if k != "_target_"})
             if "timeout" in settings:
                 raise RepinvError(f"trainer.strategy.timeout={settings['timeout']}: how long a collective waits for "
                                   "the other processes is collective_timeout_s (seconds), e.g. collective_timeout_s=600.")
@@ -279,7 +280,24 @@ def sharded_strategy(strategy, timeout_s: float = 600) -> ShardedDDP | None:
     raise RepinvError(
         f"trainer.strategy={strategy} with several processes: repinv splits the targets across the processes, "
         "each optimising its own share, and that strategy would synchronise or shard the image and average its "
-        f"gradients across processes (wrong results). Use trainer.strategy=auto or one of Lightning's DDP strategies "
-        f"({listing(k for k in SHARDABLE if 'find_unused' not in k)}), which run as repinv.engine.sharding.ShardedDDP, "
-        "or trainer.devices=1."
+        "gradients across processes (wrong results). Use trainer.strategy=auto or ddp, which run as "
+        "repinv.engine.sharding.ShardedDDP, or trainer.devices=1."
     )
+
+
+POPEN = "popen"  # the start method of `ddp`: the launching process runs rank 0, the others run the command again
+
+
+def popen_settings(strategy, settings: Mapping) -> dict:
+    """A DDP strategy's `settings`, refused unless it starts the processes as `ddp` does: with spawn or fork the
+    launching process takes no part, and Lightning then loads rank 0's share into its whole batch and fails."""
+    method = settings.get("start_method", POPEN)
+    if method != POPEN:
+        given = f"trainer.strategy={strategy}" if isinstance(strategy, str) else f"trainer.strategy.start_method={method}"
+        raise RepinvError(
+            f"{given} starts the processes by {method}, and the launching process then takes no part in the run: "
+            "Lightning loads rank 0's share of the image into its whole batch, which fails and overwrites the written "
+            "results with its untrained images. Use trainer.strategy=auto or ddp (the launching process runs rank 0 and "
+            "starts the others by running the command again; in sweeps, hydra/launcher=slurm), or trainer.devices=1."
+        )
+    return dict(settings)
