@@ -458,25 +458,26 @@ def test_a_failed_job_plans_its_columns_from_its_own_config_not_an_earlier_runs(
 
 @pytest.mark.slow
 def test_a_sweep_stopped_by_a_signal_continues_with_resume_auto_and_keeps_what_finished(tmp_path):
-    """SIGTERM in job 0 stops the sweep and names the command that continues it; run again with resume=auto, job 0
-    continues from its checkpoint to the image an unbroken run reaches (job 1's) and job 1 runs; once more, both are
-    kept as they are and summarised."""
+    """SIGTERM in job 1 stops the sweep and names the command that continues it; run again with resume=auto, job 0 is
+    kept and job 1 continues from its checkpoint to the image an unbroken run reaches (job 0's); once more, both are
+    kept as they are, and summarised as the conditions they ran (resume=auto names none)."""
     sweep = tmp_path / "sweep"
-    stop = ["+priors.stop._target_=test_multiprocess.OnRank", "+priors.stop.rank=0", "+priors.stop.step=6,1000",
-            "+priors.stop.signum=15"]  # job 0 signals itself at step 6, job 1 never
+    stop = ["+priors.stop._target_=test_multiprocess.OnRank", "+priors.stop.rank=0", "+priors.stop.step=1000,6",
+            "+priors.stop.signum=15"]  # job 1 signals itself at step 6, job 0 never
     args = ["-m", *FAST, "logger=csv", "layers=[0]", "checkpoint_every=4", *stop, f"hydra.sweep.dir={sweep}"]
     first = repinv(*args, cwd=REPO / "tests")
     assert first.returncode == 143, first.stderr[-3000:]
     assert f"continue the sweep with the same command and resume=auto hydra.sweep.dir={sweep}" in first.stderr
     second = repinv(*args, "resume=auto", cwd=REPO / "tests")
     assert second.returncode == 0, second.stderr[-3000:]
-    stopped, plain = (read_metrics(sweep / job)[0] for job in "01")
+    stopped, plain = (read_metrics(sweep / job)[0] for job in "10")
     assert stopped["status"] == plain["status"] == "finished" and stopped["psnr"] == plain["psnr"]
     before = [(sweep / job / "metrics.json").read_bytes() for job in "01"]
     third = repinv(*args, "resume=auto", cwd=REPO / "tests")
     assert third.returncode == 0, third.stderr[-3000:]
     assert [(sweep / job / "metrics.json").read_bytes() for job in "01"] == before
-    assert [(r["job"], r["status"]) for r in _csv(sweep / "summary.csv")] == [("0", "finished"), ("1", "finished")]
+    assert [(r["job"], r["status"], r["condition"]) for r in _csv(sweep / "summary.csv")] == \
+        [("0", "finished", "priors.stop.step=1000"), ("1", "finished", "priors.stop.step=6")]
 
 
 @pytest.mark.slow

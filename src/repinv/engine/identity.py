@@ -31,8 +31,9 @@ from repinv.errors import RepinvError, SettingsError, listing, suggest
 from repinv.models.factory import builtin_name
 from repinv.objectives import target_key
 
+CONTINUATION = ("resume", "resume_allow_changes")  # how a run continues an earlier one, never what it computes
 RUN_ONLY = (
-    "output_dir", "logger", "callbacks", "resume", "resume_allow_changes", "log_every", "image_every", "checkpoint_every",
+    "output_dir", "logger", "callbacks", *CONTINUATION, "log_every", "image_every", "checkpoint_every",
     "debug", "compile", "optimized_metric", "collective_timeout_s", "hydra", "trainer.devices", "trainer.accelerator",
     "trainer.num_nodes", "trainer.strategy", "trainer.default_root_dir", "trainer.log_every_n_steps",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing", "trainer.num_sanity_val_steps",

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from repinv.conf import override_key
+from repinv.engine.identity import CONTINUATION
 from repinv.errors import paragraph
 from repinv.metrics import COMPARED, axis_label
 from repinv.models.build import depth
@@ -35,6 +36,7 @@ from repinv.reporting.figures import plt, titled_grid
 from repinv.reporting.results import ERROR_FILE, FINISHED, METRICS_FILE, cell_title, target_png
 
 SWEPT_COLUMNS = ("layers",)  # overrides that pick a column, not a row
+NOT_SWEPT = (*SWEPT_COLUMNS, *CONTINUATION)  # overrides that name no condition: a column, or how a job was continued
 IDENTITY = ["job", "condition", "status", "image", "column"]  # the first table columns; the records' own fields follow
 MD_FIELDS = [*IDENTITY, "caption", "error"]
 FAILED_CELL = np.full((64, 64, 3), (235, 200, 200), dtype=np.uint8)
@@ -172,7 +174,7 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
                    and not any(part.startswith(".") for part in m.parent.relative_to(root).parts)]
     jobs = [read_job(p) for p in sorted(folders, key=_job_number)]
     keys = dict.fromkeys(override_key(o) for j in jobs for o in j.overrides)
-    swept = [k for k in keys if k not in SWEPT_COLUMNS and len({j.override(k) for j in jobs}) > 1]
+    swept = [k for k in keys if k not in NOT_SWEPT and len({j.override(k) for j in jobs}) > 1]
     for job in jobs:
         job.condition = ", ".join(f"{k}={job.override(k)}" for k in swept) or "default"
     return jobs
