@@ -23,6 +23,7 @@ from repinv.models.packed import pack_linears
 from repinv.models.patchify import patchify_convs
 from repinv.models.sources import IMAGENET_MEAN, IMAGENET_STD, SOURCE_ATTR, ModelSource, for_net, model_source
 
+DEFAULT_INPUT_SIZE = 224  # create_model's; the size the study's models are built at
 UNTRAINED = {"pretrained": False, "weights": None, "checkpoint": None}  # the model settings that load trained weights, off
 
 
@@ -88,6 +89,20 @@ def side_pair(key: str, value) -> tuple[int, int]:
     return sides[0], sides[1]
 
 
+def check_fits(name: str, input_size, size: tuple[int, int], need: tuple[int, int]) -> None:
+    """An image at least as large as the net's input layer needs (`ModelSource.min_input_size`): a smaller one leaves a
+    patch embedding no patch, and the run would end with every number 0 (the layers no longer see the image) or fail
+    inside a kernel."""
+    if size[0] >= need[0] and size[1] >= need[1]:
+        return
+    works = [-(-DEFAULT_INPUT_SIZE // n) * n for n in need]
+    raise RepinvError(
+        f"model.input_size={input_size} is smaller than the {need[0]}x{need[1]} patch of {name}'s input layer (its "
+        "kernel less its padding): no patch fits the image, so the layers after it would not depend on the image. Give "
+        f"at least {need[0]} pixels high and {need[1]} wide, e.g. model.input_size={works[0] if works[0] == works[1] else works}."
+    )
+
+
 def per_channel(key: str, values: Any, example: tuple[float, ...], positive: bool = False) -> tuple[float, ...] | None:
     """`model.mean` or `model.std` as three finite numbers, one per RGB channel (each above 0 with `positive`: the
     input is divided by std); None leaves the model's own. Anything else would fail to broadcast at the first step, or
@@ -125,7 +140,7 @@ def check_loading(pretrained, checkpoint, weights) -> None:
 def create_model(
     name: str | None = None,
     label: str | None = None,
-    input_size: int | tuple[int, int] = 224,
+    input_size: int | tuple[int, int] = DEFAULT_INPUT_SIZE,
     pretrained: bool = False,
     checkpoint: str | None = None,
     mean: list[float] | None = None,
@@ -167,6 +182,7 @@ def create_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net, trained = lib.create(name, dict(kwargs), pretrained=pretrained, weights=weights, checkpoint=checkpoint)
+    check_fits(name, input_size, size, lib.min_input_size(net))
     setattr(net, SOURCE_ATTR, lib)
     prepare(net)
     default_mean, default_std = lib.normalisation(net)

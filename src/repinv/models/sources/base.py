@@ -68,6 +68,18 @@ class ModelSource:
                 return path, module
         return None
 
+    def min_input_size(self, net: nn.Module) -> tuple[int, int]:
+        """The smallest image (height, width) the net's input layer gives an output for: `input_conv`'s reach (its
+        kernel, dilated) less its padding, a ViT's or Mixer's patch; (1, 1) where it pads enough or has no such layer.
+        A smaller image leaves a patch embedding no patch, so the layers after it do not depend on the image."""
+        found = self.input_conv(net)
+        if found is None or found[1].padding == "same":
+            return 1, 1
+        conv = found[1]
+        pads = (0, 0) if conv.padding == "valid" else conv.padding
+        need = [max(1, d * (k - 1) + 1 - 2 * p) for k, d, p in zip(conv.kernel_size, conv.dilation, pads)]
+        return need[0], need[1]
+
     def owns(self, net: nn.Module) -> bool:
         """Whether `net` is one of this library's models (for nets built outside `create_model`)."""
         return self.package is not None and any(c.__module__.startswith(self.package) for c in type(net).__mro__)
