@@ -119,6 +119,13 @@ CASES = {
     "input size of three sides": (["model.input_size=[32,32,32]"], "model.input_size=[32, 32, 32] must be an image size"),
     "a trainer length apart from steps": (["trainer.max_steps=5"], "trainer.max_steps=5 differs from steps=2, which it "
                                            "is taken from and which the run follows: set steps=5 instead"),
+    "a trainer precision apart from precision": (["trainer.precision=bf16"], "trainer.precision=bf16 differs from "
+                                                 "precision=32-true, which it is taken from and which the run follows: set "
+                                                 "precision=bf16 instead"),
+    "float16 on a CPU": (["precision=16-mixed", "trainer.accelerator=cpu"], "precision=16-mixed on a CPU: Lightning would "
+                         "run bfloat16 instead"),
+    "an accelerator Lightning does not know": (["trainer.accelerator=abacus"], "trainer.accelerator=abacus: there is no "
+                                               "such accelerator. Use auto, cpu or gpu"),
     "objective layers apart from layers": (["objective.layers=[0]", "layers=[1]"], "objective.layers=[0] differs from "
                                            "layers=[1]"),
     "a prior's weight that is text": (["priors=tv", "priors.tv.weight=abc"],

@@ -50,7 +50,7 @@ NEUTRAL = {"scheduler": ("constant", "a constant learning rate")}
 
 # Settings the configs take from a top-level one (`trainer.max_steps: ${steps}`) that the run reads from the top-level
 # one alone: set apart, the run and its config.yaml would disagree.
-MIRRORS = {"trainer.max_steps": "steps", "objective.layers": "layers"}
+MIRRORS = {"trainer.max_steps": "steps", "objective.layers": "layers", "trainer.precision": "precision"}
 
 
 def group_options(group: str) -> list[str]:

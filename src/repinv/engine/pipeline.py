@@ -41,7 +41,7 @@ from repinv.engine.module import ImageOptimization
 from repinv.engine.plugins import build, build_each, called, check_arguments, check_metrics, check_prior, located
 from repinv.engine.precision import MATMUL_PRECISIONS, set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
-from repinv.engine.sharding import ShardedDDP, process_count, shard_bounds, sharded_strategy
+from repinv.engine.sharding import ShardedDDP, accelerator_name, process_count, shard_bounds, sharded_strategy
 from repinv.engine.validation import check_finite, check_mirrors, check_steps, check_switches
 from repinv.errors import RepinvError, is_number, is_whole
 from repinv.inputs.images import load_images
@@ -128,6 +128,10 @@ def validate(cfg: DictConfig) -> None:
                else " is not a precision repinv knows")
         raise RepinvError(f"precision={precision}{why}. Use precision=32-true (the default), precision=bf16 "
                           "(bfloat16 steps, fp32 image, targets and metrics) or precision=16-mixed (float16 autocast, GPUs).")
+    if precision.startswith("16") and accelerator_name(cfg.trainer.get("accelerator", "auto")) == "cpu":
+        raise RepinvError(f"precision={precision} on a CPU: Lightning would run bfloat16 instead while the run's config "
+                          "and checkpoint name float16. Use precision=bf16 here (what would run) or precision=32-true; "
+                          "16-mixed is for GPUs.")
 
 
 HYDRA_FILES = ".hydra"

@@ -225,20 +225,30 @@ def gather_tensor(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
+def accelerator_name(accelerator) -> str:
+    """The accelerator Lightning runs for `trainer.accelerator` ("auto" and "gpu" chosen by availability)."""
+    name = str(accelerator)
+    try:
+        if name in ("auto", "gpu"):
+            name = (_AcceleratorConnector._choose_auto_accelerator() if name == "auto"
+                    else _AcceleratorConnector._choose_gpu_accelerator_backend())
+    except MisconfigurationException as err:
+        raise RepinvError(f"trainer.accelerator={accelerator} cannot be used here ({err}). Use trainer.accelerator=auto "
+                          "(a GPU where there is one, else the CPU) or cpu.") from None
+    if name not in AcceleratorRegistry:
+        raise RepinvError(f"trainer.accelerator={accelerator}: there is no such accelerator. Use auto, cpu or gpu "
+                          f"(Lightning knows {listing(sorted(AcceleratorRegistry))}).")
+    return name
+
+
 def process_count(accelerator, devices, num_nodes: int = 1) -> int:
     """How many processes Lightning starts for these Trainer arguments (devices -1, "auto", "2", lists).
 
     Resolved as Lightning does: the accelerator ("auto", "gpu" chosen by availability) parses
     the devices flag into its parallel devices; times the number of nodes.
     """
-    name = str(accelerator)
     try:
-        if name in ("auto", "gpu"):
-            name = (_AcceleratorConnector._choose_auto_accelerator() if name == "auto"
-                    else _AcceleratorConnector._choose_gpu_accelerator_backend())
-        if name not in AcceleratorRegistry:
-            raise MisconfigurationException(f"there is no accelerator {name!r}; known: {listing(sorted(AcceleratorRegistry))}")
-        acc = AcceleratorRegistry[name]["accelerator"]
+        acc = AcceleratorRegistry[accelerator_name(accelerator)]["accelerator"]
         flag = acc.auto_device_count() if devices == "auto" else devices
         return len(acc.get_parallel_devices(acc.parse_devices(flag))) * int(num_nodes)
     except (MisconfigurationException, TypeError, ValueError) as err:
