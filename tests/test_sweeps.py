@@ -501,3 +501,13 @@ def test_a_sweep_with_nested_job_folders_summarises_them_and_fails_with_its_fail
                  "hydra.sweep.subdir=runs/${hydra.job.num}")
     assert res.returncode == 1, res.stderr[-3000:]
     assert [(r["job"], r["status"]) for r in _csv(sweep / "summary.csv")] == [("0", "finished"), ("1", "failed")]
+
+
+@pytest.mark.parametrize("objective,score", [([], "output_l2"), (["objective=class", "classes=[1]"], "rank")])
+def test_the_optuna_search_minimises_each_objectives_own_score(tmp_path, objective, score):
+    """hparams_search=optuna scores a job by its objective's score: a class generation search is not refused for
+    lacking the layer inversion's output_l2."""
+    from repinv.engine.pipeline import build_module, score_metric
+
+    cfg = compose_cfg([*TINY, "hparams_search=optuna", *objective], tmp_path)
+    assert score_metric(cfg, build_module(cfg)[2]) == score
