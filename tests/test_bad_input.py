@@ -122,6 +122,11 @@ CASES = {
     "a trainer precision apart from precision": (["trainer.precision=bf16"], "trainer.precision=bf16 differs from "
                                                  "precision=32-true, which it is taken from and which the run follows: set "
                                                  "precision=bf16 instead"),
+    "a Trainer length of its own": (["+trainer.max_epochs=1", "+trainer.limit_train_batches=1"], "trainer.max_epochs=1: "
+                                    "the run takes `steps` steps, one optimiser step on the image each, and Lightning's "
+                                    "max_epochs would stop it early"),
+    "gradient clipping by the Trainer": (["+trainer.gradient_clip_val=0.1"], "trainer.gradient_clip_val=0.1: the run "
+                                         "takes `steps` steps"),
     "float16 on a CPU": (["precision=16-mixed", "trainer.accelerator=cpu"], "precision=16-mixed on a CPU: Lightning would "
                          "run bfloat16 instead"),
     "an accelerator Lightning does not know": (["trainer.accelerator=abacus"], "trainer.accelerator=abacus: there is no "

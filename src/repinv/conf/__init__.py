@@ -52,6 +52,11 @@ NEUTRAL = {"scheduler": ("constant", "a constant learning rate")}
 # one alone: set apart, the run and its config.yaml would disagree.
 MIRRORS = {"trainer.max_steps": "steps", "objective.layers": "layers", "trainer.precision": "precision"}
 
+# Trainer arguments that would end the run before `steps` or change what a step does with the image's gradient: the
+# run's own loop decides both (one optimiser step per batch, `steps` batches).
+LOOP_OWNED = ("max_epochs", "min_epochs", "min_steps", "max_time", "limit_train_batches", "overfit_batches",
+              "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
+
 
 def group_options(group: str) -> list[str]:
     """The options of a config group of repinv's configs (`scheduler`, `hydra/launcher`); [] for a name that is none."""

@@ -25,7 +25,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
-from repinv.conf import MIRRORS, respell_key, switches
+from repinv.conf import LOOP_OWNED, MIRRORS, respell_key, switches
 from repinv.engine.identity import (
     CHANGES_KEY,
     CONFIG_KEY,
@@ -42,7 +42,7 @@ from repinv.engine.plugins import build, build_each, called, check_arguments, ch
 from repinv.engine.precision import MATMUL_PRECISIONS, set_matmul_precision
 from repinv.engine.runinfo import RunInfo, given_run
 from repinv.engine.sharding import ShardedDDP, accelerator_name, process_count, shard_bounds, sharded_strategy
-from repinv.engine.validation import check_finite, check_mirrors, check_steps, check_switches
+from repinv.engine.validation import check_finite, check_loop_owned, check_mirrors, check_steps, check_switches
 from repinv.errors import RepinvError, is_number, is_whole
 from repinv.inputs.images import load_images
 from repinv.models import LoadedModel
@@ -104,6 +104,7 @@ def validate(cfg: DictConfig) -> None:
     check_finite(cfg)
     check_switches(cfg, switches())
     check_mirrors(cfg, MIRRORS)
+    check_loop_owned(cfg.trainer, LOOP_OWNED)
     check_steps("steps", cfg.steps, "the study uses steps=1500 (up to 105000 for slow-converging layers).")
     _positive("optimizer.lr", cfg.optimizer.get("lr"), "the default SGD uses optimizer.lr=0.05.")
     check_steps("log_every", cfg.log_every, "e.g. log_every=25.")

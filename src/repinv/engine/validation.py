@@ -67,6 +67,17 @@ def check_switches(cfg: DictConfig, names: Iterable[str]) -> None:
         )
 
 
+def check_loop_owned(trainer: DictConfig, owned: Iterable[str]) -> None:
+    """Refuse a Trainer argument of `owned`: it would stop the run early (exit 0, results marked interrupted) or fail
+    inside Lightning's optimisation after the run folder is written."""
+    given = [k for k in owned if trainer.get(k) is not None]
+    if given:
+        raise SettingsError(
+            f"trainer.{given[0]}={trainer[given[0]]}: the run takes `steps` steps, one optimiser step on the image each, "
+            f"and Lightning's {given[0]} would stop it early or change its steps. Leave it out: set the length with "
+            "steps=N, and the step with optimizer.* and priors.*.", [f"trainer.{given[0]}"])
+
+
 def check_mirrors(cfg: DictConfig, mirrors: dict[str, str]) -> None:
     """Refuse a setting of `mirrors` (key -> the setting it is taken from) set apart from the one it mirrors."""
     for key, source in mirrors.items():
