@@ -511,3 +511,12 @@ def test_the_optuna_search_minimises_each_objectives_own_score(tmp_path, objecti
 
     cfg = compose_cfg([*TINY, "hparams_search=optuna", *objective], tmp_path)
     assert score_metric(cfg, build_module(cfg)[2]) == score
+
+
+def test_a_sweep_preset_run_without_multirun_says_it_ran_one_job(cli):
+    """A config that names sweeper params (a preset, hparams_search) run without -m makes one job with the defaults:
+    the run says so instead of passing for the sweep."""
+    code, _, _, run_dir = cli(*TINY, "hparams_search=optuna", "steps=2", "logger=none")
+    assert code == 0
+    log = " ".join((run_dir / "cli.log").read_text().split())
+    assert "this config sweeps optimizer.lr, priors.blur.sigma_start, steps, but a run without -m is one job" in log

@@ -59,6 +59,9 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         join_sweep(hc.sweep.dir, hc.runtime.output_dir)
+    elif hc.sweeper.get("params"):
+        log.warning("this config sweeps %s, but a run without -m is one job with the defaults; run the sweep with "
+                    "repinv -m ...", ", ".join(hc.sweeper.params))
     debug = cfg.get("debug") is True  # debug=abc is bad input, refused as such
     try:
         return task(cfg)
