@@ -494,6 +494,67 @@ def test_a_sweep_whose_job_process_is_killed_ends_with_its_summary(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_sweep_whose_launcher_fails_summarises_every_planned_job_under_its_condition(tmp_path):
+    """Each job process dies as its callbacks are built and breaks joblib's pool of two, so job 2 never starts: the
+    summary still lists all three jobs failed under their own conditions, those that started in the column they
+    planned, job 2 as never started."""
+    from repinv.reporting.summary import NEVER_STARTED
+
+    sweep = tmp_path / "sweep"
+    res = repinv("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=vit_tiny", "layers=0", "steps=2",
+                 "logger=none", "seed=0,1,2", "+callbacks.die._target_=os._exit", "+callbacks.die._args_=[9]",
+                 f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    rows = _csv(sweep / "summary.csv")
+    assert [(r["job"], r["condition"], r["status"]) for r in rows] == [(str(k), f"seed={k}", "failed") for k in range(3)]
+    started = [r["column"] for r in rows if r["error"] != NEVER_STARTED]
+    assert started and set(started) == {"L0"}, rows
+    assert rows[2]["error"] == NEVER_STARTED and rows[2]["column"] == "?"
+    assert "3 jobs, 3 failed" in (sweep / "summary.md").read_text()
+    assert "those that never started too" in " ".join(res.stderr.split())
+
+
+def test_the_planned_jobs_of_a_sweep_are_those_the_basic_sweeper_launches():
+    """Each job's overrides in job order, as Hydra's basic sweeper launches them: a preset's sweeper params by the
+    command's own sweeps; an Optuna search picks its jobs as it goes, so none are planned."""
+    from hydra import compose, initialize_config_dir
+
+    from repinv.cli import CONFIG_DIR, planned_jobs
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        preset = compose("config", ["experiment=depth_vit"], return_hydra_config=True)
+        preset.hydra.overrides.task = ["experiment=depth_vit", "seed=0,1"]
+        planned = planned_jobs(preset.hydra)
+        assert planned_jobs(compose("config", ["hparams_search=optuna"], return_hydra_config=True).hydra) is None
+    assert len(planned) == 2 * 7 * 2
+    assert planned[0] == ["model.pretrained=False", "layers=0", "experiment=depth_vit", "seed=0"]
+    assert planned[-1] == ["model.pretrained=True", "layers=11", "experiment=depth_vit", "seed=1"]
+
+
+def test_planned_jobs_that_never_started_are_listed_failed_and_borrow_nothing_from_their_folder(tmp_path):
+    """Job 1 started and died before its results; jobs 0 and 2 never started. Given the planned jobs, the summary lists
+    all three under their conditions; the folder an earlier sweep left for job 2 lends it neither columns nor W&B runs.
+    Without them (a sweep that ended normally) only the jobs that ran count."""
+    from repinv.reporting.summary import NEVER_STARTED, join_sweep, start_sweep, summarize, written_by_jobs
+
+    sweep = tmp_path / "sweep"
+    for job, layer in (("2", 7), ("1", 0)):  # job 2 of an earlier sweep in the folder, then job 1 of this one
+        start_sweep(sweep)
+        (sweep / job / ".hydra").mkdir(parents=True)
+        (sweep / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        (sweep / job / ".hydra" / "config.yaml").write_text(
+            f"objective:\n  _target_: repinv.objectives.layer.LayerInversion\n  layers: [{layer}]\n")
+        join_sweep(sweep, sweep / job)
+        (sweep / job / "wandb" / "offline-run-1").mkdir(parents=True)
+    out = summarize(sweep, [["seed=0"], ["seed=1"], ["seed=2"]])
+    assert [(r["job"], r["condition"], r["status"], r["column"], r["error"] == NEVER_STARTED)
+            for r in _csv(sweep / "summary.csv")] == \
+        [("0", "seed=0", "failed", "?", True), ("1", "seed=1", "failed", "L0", False), ("2", "seed=2", "failed", "?", True)]
+    assert written_by_jobs(out["jobs"], "wandb/offline-run-*") == [sweep / "1" / "wandb" / "offline-run-1"]
+    assert [j.path.name for j in summarize(sweep)["jobs"]] == ["1"]
+
+
+@pytest.mark.slow
 def test_a_sweep_with_nested_job_folders_summarises_them_and_fails_with_its_failed_job(tmp_path):
     """hydra.sweep.subdir=runs/${hydra.job.num}: the jobs sit one folder deeper, and the sweep still exits 1."""
     sweep = tmp_path / "sweep"

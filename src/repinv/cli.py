@@ -12,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -57,7 +60,8 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     """
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    if multirun:
+    if multirun:  # Hydra's files first: a job that dies before it records its config still names its condition
+        record_hydra(Path(hc.runtime.output_dir), cfg)
         join_sweep(hc.sweep.dir, hc.runtime.output_dir)
     elif hc.sweeper.get("params"):
         log.warning("this config sweeps %s, but a run without -m is one job with the defaults; run the sweep with "
@@ -135,14 +139,15 @@ def main() -> None:
 
 
 class SweepSummary(Callback):
-    """At the start of a multirun its id (its jobs carry it); at the end the summary of its jobs, the W&B sync
-    command for their offline runs, exit 1 if a job failed. `running` is the sweep this process has under way: a
-    launcher that fails (a job process killed) skips the end, and `command` ends the sweep through it then."""
+    """At the start of a multirun its id (its jobs carry it) and its planned jobs; at the end the summary of its jobs,
+    the W&B sync command for their offline runs, exit 1 if a job failed. `running` is the sweep this process has under
+    way: a launcher that fails (a job process killed) skips the end, and `command` ends the sweep through it then."""
 
     running: SweepSummary | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.planned = planned_jobs(config.hydra)
         SweepSummary.running = self
         start_sweep(self.sweep_dir)
 
@@ -151,16 +156,27 @@ class SweepSummary(Callback):
         if self.summarize():
             sys.exit(1)
 
-    def summarize(self) -> bool:
-        """Write and print the summary of the sweep's own jobs; whether one of them failed."""
-        out = summarize_sweep(self.sweep_dir)
+    def summarize(self, planned: list[list[str]] | None = None) -> bool:
+        """Write and print the summary of the sweep's own jobs (with `planned`, also those that never started); whether
+        one of them failed."""
+        out = summarize_sweep(self.sweep_dir, planned)
         return out is not None and bool(out["failed"])
 
 
-def summarize_sweep(sweep_dir: Path) -> dict | None:
+def planned_jobs(hydra_cfg: DictConfig) -> list[list[str]] | None:
+    """Each job's overrides, in job order, where the sweeper fixes its jobs up front (Hydra's basic sweeper: the
+    cartesian product of its params and the command's overrides); None where it picks them as it goes (Optuna)."""
+    if hydra_cfg.sweeper._target_ != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":  # by name: Hydra imports its own copy
+        return None
+    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    return BasicSweeper.split_arguments(parser.parse_overrides([*params, *hydra_cfg.overrides.task]), None)[0]
+
+
+def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> dict | None:
     """Write and print the summary of the sweep in `sweep_dir` and the W&B sync command for its offline runs."""
     try:
-        out = summarize(sweep_dir)
+        out = summarize(sweep_dir, planned)
     except FileNotFoundError as err:
         log.warning("no sweep summary: %s", err)
         return None
@@ -171,14 +187,18 @@ def summarize_sweep(sweep_dir: Path) -> dict | None:
 
 def end_broken_sweep(sweep: SweepSummary, err: Exception) -> None:
     """The launcher failed (a job's process was killed, out of memory or by a signal): one paragraph, then the sweep's
-    summary of what the jobs left, those without results marked failed."""
+    summary of what the jobs left, those without results and those that never started marked failed (where the
+    sweeper planned its jobs up front; an Optuna search had not yet picked them)."""
     SweepSummary.running = None
     first = (str(err).strip().splitlines() or [""])[0]
     reason = f"{type(err).__name__}: {first[:200]}{'...' if len(first) > 200 else ''}"
+    others = ("the summary below marks the others failed, those that never started too" if sweep.planned is not None
+              else "the summary below marks the others that started failed; the jobs this sweeper had yet to pick "
+                   "are unknown, so it lists none of them")
     print(paragraph("repinv", f"the sweep in {sweep.sweep_dir} stopped: its launcher failed ({reason}). The jobs that "
-                              "finished kept their results; the summary below marks the others failed. Set "
-                              "HYDRA_FULL_ERROR=1 for the traceback."), file=sys.stderr)
-    sweep.summarize()
+                              f"finished kept their results; {others}. Set HYDRA_FULL_ERROR=1 for the traceback."),
+          file=sys.stderr)
+    sweep.summarize(sweep.planned)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ NOT_SWEPT = (*SWEPT_COLUMNS, *CONTINUATION)  # overrides that name no condition:
 IDENTITY = ["job", "condition", "status", "image", "column"]  # the first table columns; the records' own fields follow
 MD_FIELDS = [*IDENTITY, "caption", "error"]
 FAILED_CELL = np.full((64, 64, 3), (235, 200, 200), dtype=np.uint8)
+NEVER_STARTED = "never started: the launcher failed before it ran this job"
 
 
 @dataclass
@@ -52,13 +54,15 @@ class Job:
     status: str = FINISHED
     error: str = ""
     condition: str = "default"  # the swept overrides other than layers, e.g. "model=resnet50"
+    started: bool = True  # False: a job the sweep planned but never ran, whose folder (if any) holds no files of its own
 
     def override(self, key: str) -> str | None:
         return next((o.partition("=")[2] for o in self.overrides if override_key(o) == key), None)
 
     def planned(self) -> list[dict]:
         """The records this job wrote, else those its objective planned (one unnamed column if unknown)."""
-        return self.records or planned_records(self.path) or [{"column": "?"}]
+        own = planned_records(self.path) if self.started else []
+        return self.records or own or [{"column": "?"}]
 
     @property
     def columns(self) -> list[str]:
@@ -122,7 +126,7 @@ def _written_by_job(path: Path, job: Path) -> bool:
 
 def written_by_jobs(jobs: list[Job], pattern: str) -> list[Path]:
     """What the jobs themselves left in their folders under the glob `pattern`, without what earlier runs there left."""
-    return [p for job in jobs for p in sorted(job.path.glob(pattern)) if _written_by_job(p, job.path)]
+    return [p for job in jobs if job.started for p in sorted(job.path.glob(pattern)) if _written_by_job(p, job.path)]
 
 
 def _job_records(metrics: Path) -> list[dict]:
@@ -159,10 +163,11 @@ def read_job(path: Path) -> Job:
     return job
 
 
-def find_jobs(sweep_dir: str | Path) -> list[Job]:
+def find_jobs(sweep_dir: str | Path, planned: list[list[str]] | None = None) -> list[Job]:
     """Every job folder of the sweep that ran last in `sweep_dir`: with a sweep id, the folders that carry it, at any
     depth (`hydra.sweep.subdir=runs/${hydra.job.num}`); else those directly inside that Hydra gave a `.hydra/` or
-    that hold results. Hidden folders, such as a run's own `.hydra/`, are no jobs."""
+    that hold results. Hidden folders, such as a run's own `.hydra/`, are no jobs. With `planned` (each planned job's
+    overrides, in job order), also the planned jobs no folder ran (`never_started`)."""
     root = Path(sweep_dir)
     own = sweep_id(root)
     if own is None:
@@ -172,12 +177,26 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
     else:
         folders = [m.parent for m in root.rglob(SWEEP_ID) if m.parent != root and sweep_id(m.parent) == own
                    and not any(part.startswith(".") for part in m.parent.relative_to(root).parts)]
-    jobs = [read_job(p) for p in sorted(folders, key=_job_number)]
+    jobs = [read_job(p) for p in folders]
+    jobs = sorted([*jobs, *never_started(jobs, planned or [], root)], key=lambda j: _job_number(j.path))
     keys = dict.fromkeys(override_key(o) for j in jobs for o in j.overrides)
     swept = [k for k in keys if k not in NOT_SWEPT and len({j.override(k) for j in jobs}) > 1]
     for job in jobs:
         job.condition = ", ".join(f"{k}={job.override(k)}" for k in swept) or "default"
     return jobs
+
+
+def never_started(jobs: list[Job], planned: list[list[str]], root: Path) -> list[Job]:
+    """The planned jobs (each its overrides, in job order) that none of `jobs` ran, marked failed and numbered as the
+    launcher would have numbered them."""
+    ran = Counter(tuple(j.overrides) for j in jobs)
+    out = []
+    for num, overrides in enumerate(planned):
+        if ran[tuple(overrides)] > 0:
+            ran[tuple(overrides)] -= 1
+        else:
+            out.append(Job(root / str(num), list(overrides), status="failed", error=NEVER_STARTED, started=False))
+    return out
 
 
 def rows(jobs: list[Job], root: Path) -> list[dict]:
@@ -274,10 +293,11 @@ def write_metric_plot(table: list[dict], root: Path) -> Path:
     return path
 
 
-def summarize(sweep_dir: str | Path) -> dict:
-    """Write the summary files of a sweep folder; returns their paths and the failed jobs."""
+def summarize(sweep_dir: str | Path, planned: list[list[str]] | None = None) -> dict:
+    """Write the summary files of a sweep folder (with `planned`, also the planned jobs that never started); returns
+    their paths and the failed jobs."""
     root = Path(sweep_dir)
-    jobs = find_jobs(root)
+    jobs = find_jobs(root, planned)
     if not jobs:
         raise FileNotFoundError(f"{root} holds no job folders (expected 0/, 1/, ... from `repinv -m`)")
     table = rows(jobs, root)
