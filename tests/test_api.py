@@ -56,6 +56,8 @@ def test_two_calls_in_one_process_each_write_their_own_folder(tmp_path, monkeypa
     ("layers=[0,", "do not compose"),
     ("steps=0", "steps=0 must be a positive whole number"),
     ("hydra.mode=MULTIRUN", "repinv.run runs one job. Run a sweep with the command"),
+    ("image=/data/photo (1).png", "A path with spaces, parentheses, brackets, ~ or letters beyond ASCII goes in quotes "
+                                  "inside its override, e.g. 'image=\"~/photos/café (1).png\"'."),
 ])
 def test_bad_input_raises_repinv_error(tmp_path, override, needle):
     with pytest.raises(repinv.RepinvError, match=re.escape(needle)) as err:

@@ -34,11 +34,12 @@ def test_images_whose_file_names_would_be_one_get_names_of_their_own(tmp_path):
     from repinv.naming import slug
 
     arr = (np.random.default_rng(0).random((20, 20, 3)) * 255).astype(np.uint8)
-    for rel in ("s/my cat.png", "s/my-cat.png", "a/cat.png", "b/cat.png", "b/cat_2.png"):
+    for rel in ("s/my cat.png", "s/my-cat.png", "a/cat.png", "b/cat.png", "b/cat_2.png", "c/Cat.png"):
         (tmp_path / rel).parent.mkdir(exist_ok=True)
         Image.fromarray(arr).save(tmp_path / rel)
-    names = [i.name for i in load_images([str(tmp_path / d) for d in "sab"], 16)]
-    assert len(names) == 5 and len({slug(n) for n in names}) == 5, names
+    names = [i.name for i in load_images([str(tmp_path / d) for d in "sabc"], 16)]
+    assert len(names) == 6 and len({slug(n).casefold() for n in names}) == 6, \
+        f"{names}: on a case-insensitive file system Cat.png is cat.png"
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
@@ -102,6 +103,25 @@ def test_empty_directory_and_broken_file(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(RepinvError, match="could not be read as an image"):
         load_images(str(tmp_path / "broken.jpg"), 32)
+
+
+def test_an_image_larger_than_pillow_reads_is_a_clear_error(tmp_path, monkeypatch):
+    """Pillow refuses a decompression bomb (above 179 megapixels by default, as a microscopy TIFF may be)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(RepinvError, match="is larger than Pillow reads by default .* Downscale it first"):
+        load_images(str(tmp_path / "big.png"), 16)
+
+
+def test_a_folder_named_as_an_embedded_photograph_is_not_taken_for_it(tmp_path, monkeypatch):
+    """`image=cat` with a folder ./cat would invert scikit-image's cat instead of the folder's images: refused, naming
+    both and how to say which."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "cat" / "mine.png")
+    with pytest.raises(RepinvError, match=r"image=cat names both an embedded photograph and the folder .* image=\./cat"):
+        load_images("cat", 16)
+    assert [i.name for i in load_images("./cat", 16)] == ["mine"]
 
 
 def test_a_number_is_one_name(tmp_path, monkeypatch):

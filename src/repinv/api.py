@@ -84,9 +84,12 @@ def composition_error(err: ConfigCompositionException | OverrideParseException, 
         return RepinvError(f"{group}={name}: there is no config '{name}' in the group '{group}'."
                            f"{suggest(name, options)} The options are: {listing(options)}.")
     reason = " ".join(str(err).split())
+    paths = isinstance(err, OverrideParseException) and any("/" in o.partition("=")[2] for o in overrides)
     return RepinvError(
         f"The overrides {overrides} do not compose ({reason}). Overrides are Hydra's key=value strings, "
         f"one per item, e.g. {example}; a key the config does not have is added with a leading +."
+        + (" A path with spaces, parentheses, brackets, ~ or letters beyond ASCII goes in quotes inside its override, "
+           "e.g. 'image=\"~/photos/café (1).png\"'." if paths else "")
     )
 
 

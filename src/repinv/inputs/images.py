@@ -93,6 +93,11 @@ def _read_file(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             return np.asarray(_to_rgb(ImageOps.exif_transpose(img), str(path)))
+    except Image.DecompressionBombError as err:
+        raise RepinvError(
+            f"image={path} is larger than Pillow reads by default ({err}). Downscale it first (the run resizes every "
+            "image to the model's input size anyway), or raise PIL.Image.MAX_IMAGE_PIXELS where you trust the file."
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise RepinvError(
             f"image={path} could not be read as an image ({err}). Pass a readable PNG, JPEG, "
@@ -120,9 +125,14 @@ def resolved(entries: Sequence[str]) -> list[str]:
 def locate(entry: str) -> list[Path] | None:
     """The image files one `image=` entry names (None: an embedded photograph), without reading them;
     a RepinvError when there are none."""
-    if entry in EMBEDDED:
-        return None
     path = Path(entry).expanduser()
+    if entry in EMBEDDED:
+        if path.exists():
+            raise RepinvError(
+                f"image={entry} names both an embedded photograph and the {'folder' if path.is_dir() else 'file'} "
+                f"{path.resolve()}. Say which: image=./{entry} (or its absolute path) for yours, or rename it; "
+                f"the embedded {entry} is meant where no such file or folder is in the current folder.")
+        return None
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -182,11 +192,12 @@ def load_images(spec: str | list | tuple, size: int | tuple[int, int]) -> list[T
 
 
 def _unused(name: str, taken: set[str]) -> str:
-    """`name`, or `name_2`, `name_3`, ... : the first whose file name (its slug: `my cat` and `my-cat` are one) no
-    earlier image has, so no image's target and reconstruction files overwrite another's. Adds it to `taken`."""
+    """`name`, or `name_2`, `name_3`, ... : the first whose file name (its slug, case folded: `my cat`, `my-cat` and,
+    on a case-insensitive file system, `My-Cat` are one) no earlier image has, so no image's target and reconstruction
+    files overwrite another's. Adds it to `taken`."""
     unique, k = name, 1
-    while slug(unique) in taken:
+    while slug(unique).casefold() in taken:
         k += 1
         unique = f"{name}_{k}"
-    taken.add(slug(unique))
+    taken.add(slug(unique).casefold())
     return unique
