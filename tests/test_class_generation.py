@@ -49,12 +49,15 @@ def test_samples_are_distinct_images_of_one_class(run_repinv):
     assert not torch.equal(a, b)
 
 
-def test_two_classes_of_one_name_keep_an_image_each(run_repinv):
-    """ImageNet's 134 and 517 are both 'crane': each class's image is its own file, its column names its index."""
-    records, out = run_repinv(*CLASS, "classes=[134,517]", "steps=2", tiny=False)
-    assert [r["column"] for r in records] == ["crane (134)", "crane (517)"]
+@pytest.mark.parametrize("classes,columns", [("[134,517]", ["crane (134)", "crane (517)"]),
+                                             ("[264,474]", ["Cardigan (264)", "cardigan (474)"])])
+def test_two_classes_of_one_name_keep_an_image_each(run_repinv, classes, columns):
+    """ImageNet's 134 and 517 are both 'crane', 264 and 474 'Cardigan' and 'cardigan' (one file name on a
+    case-insensitive file system): each class's image is its own file, its column names its index."""
+    records, out = run_repinv(*CLASS, f"classes={classes}", "steps=2", tiny=False)
+    assert [r["column"] for r in records] == columns
     a, b = (out / r["png"] for r in records)
-    assert a != b and a.is_file() and b.is_file()
+    assert a.name.casefold() != b.name.casefold() and a.is_file() and b.is_file()
 
 
 @pytest.mark.parametrize("model", ["mixer_tiny", "resnet_tiny", "convmixer_tiny", "tv_vit_tiny"])

@@ -91,9 +91,11 @@ class ClassGeneration(Objective):
         return self.scale * losses, stats
 
     def column(self, record):
-        """The class's name, with its index where another class of the run has that name too (ImageNet's 134 and
-        517 are both 'crane'): columns name the images a run writes, one per class."""
-        shared = {r["class"] for r in self.targets if r["class_name"] == record["class_name"]}
+        """The class's name, with its index where another class of the run has that name too, in any case (ImageNet's
+        134 and 517 are both 'crane'; 264 'Cardigan' and 474 'cardigan' share a file on a case-insensitive file
+        system): columns name the images a run writes, one per class."""
+        name = record["class_name"].casefold()
+        shared = {r["class"] for r in self.targets if r["class_name"].casefold() == name}
         return record["class_name"] if len(shared) == 1 else f"{record['class_name']} ({record['class']})"
 
     def caption(self, record, metrics=()):
