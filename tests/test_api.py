@@ -130,3 +130,22 @@ def test_ctrl_c_raises_keyboard_interrupt_after_writing_the_results(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         repinv.run([*TINY, "steps=30", "logger=none", f"hydra.run.dir={out}"])
     assert {(r["status"], r["steps"]) for r in read_metrics(out)} == {("interrupted", 3)}
+
+
+def test_each_record_measures_and_saves_its_own_photographs_reconstruction(tmp_path):
+    """Two photographs at two layers: each record's PNG is the reconstruction returned for it (to the uint8 rounding),
+    and its PSNR is that reconstruction's against its own photograph, not another target's."""
+    import numpy as np
+    from PIL import Image
+
+    from repinv.inputs.images import load_images
+    from repinv.metrics import psnr
+
+    result = repinv.run([*FAST, "layers=[0,1]", "image=[chelsea,astronaut]", f"hydra.run.dir={tmp_path / 'run'}"])
+    photos = {i.name: i.pixels for i in load_images(["chelsea", "astronaut"], 64)}
+    assert sorted(r["image"] for r in result.records) == ["astronaut", "astronaut", "chelsea", "chelsea"]
+    for record, image in zip(result.records, result.images):
+        png = np.asarray(Image.open(result.out_dir / record["png"]).convert("RGB"), dtype=np.float32) / 255
+        assert np.abs(png - image.permute(1, 2, 0).numpy()).max() <= 1 / 255 + 1e-6, record["png"]
+        own = float(psnr(image[None], photos[record["image"]][None]))
+        assert record["psnr"] == pytest.approx(own, abs=1e-3), record["image"]

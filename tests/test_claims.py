@@ -583,3 +583,13 @@ def test_the_readme_names_the_depths_the_study_budget_runs():
     assert "layers=[0,3,7,11,15]" in ARCHS[("vit_l_16", "timm")]["study"]
     assert "the Mixers at `layers=[0,1,4,8]`, ViT-L/16 at `layers=[0,3,7,11,15]`" in readme
     assert "on the study's models at every depth" not in readme
+
+
+def test_the_falling_rules_decide_at_3_db_and_the_poor_first_layer_at_20_db():
+    """Each threshold from both sides, 0.01 dB away: a fall of 3.01 dB holds and of 2.99 dB does not; a first layer
+    at 19.99 dB is poor and at 20.01 dB is not."""
+    for fall, holds in ((3.01, True), (2.99, False)):
+        assert rules.loses_input({"r": recs({"L0": [25, 25], "L4": [25 - fall] * 2})}, "r").holds is holds, fall
+        assert rules.poor_and_declining({"m": recs({"L0": [19, 19], "L4": [19 - fall] * 2})}, "m").holds is holds, fall
+    for first, holds in ((19.99, True), (20.01, False)):
+        assert rules.poor_and_declining({"m": recs({"L0": [first, first], "L4": [10, 10]})}, "m").holds is holds, first

@@ -223,3 +223,17 @@ def test_a_figure_refuses_bad_arguments_before_any_run(args, needle, tmp_path, c
     assert code == 2 and ": error: " in err and "Traceback" not in err and len(err.strip().split("\n\n")) == 1, err
     assert needle.format(file=tmp_path / "file") in " ".join(err.split()), err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_filter_is_structured_when_its_neighbour_correlation_exceeds_one_half():
+    """Noise blended into a smooth ramp, in steps: each filter counts as structured exactly when its own neighbour
+    correlation is above 0.5, and the blends reach both sides of 0.5 closely (within 0.1)."""
+    ramp = torch.linspace(0, 1, 8)
+    smooth = (ramp[:, None] + ramp[None, :]).expand(1, 3, 8, 8)
+    noise = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    seen = []
+    for w in torch.linspace(0, 1, 41):
+        stats = filter_stats(smooth * (1 - w) + noise * w * 0.5)
+        seen.append(stats["neighbour_corr"])
+        assert stats["structured"] == float(stats["neighbour_corr"] > 0.5), stats
+    assert any(0.4 < c <= 0.5 for c in seen) and any(0.5 < c < 0.6 for c in seen), seen

@@ -24,8 +24,18 @@ def test_list_file_and_directory(tmp_path):
     imgs = load_images([str(tmp_path / "a.png"), "astronaut", str(tmp_path)], 32)
     assert [i.name for i in imgs] == ["a", "astronaut", "a_2", "b"]
     assert all(i.pixels.shape == (3, 32, 32) for i in imgs)
-    # shorter side resized, then centre crop: the centre column of a.png survives
-    assert torch.allclose(imgs[0].pixels, imgs[2].pixels)
+    assert torch.allclose(imgs[0].pixels, imgs[2].pixels), "a file and the same file found in its folder"
+
+
+def test_the_shorter_side_is_resized_and_the_centre_kept():
+    """A 40x120 image whose middle third is white, the rest black: resized to 32x96, its centre 32x32 is the white
+    third (a crop from the corner would be black)."""
+    from repinv.inputs.images import resize_center_crop
+
+    arr = np.zeros((40, 120, 3), np.uint8)
+    arr[:, 40:80] = 255
+    crop = resize_center_crop(arr, (32, 32))
+    assert crop.shape == (3, 32, 32) and float(crop[:, :, 2:30].min()) > 0.99 and float(crop.mean()) > 0.9
 
 
 def test_images_whose_file_names_would_be_one_get_names_of_their_own(tmp_path):
