@@ -144,6 +144,7 @@ class SweepSummary(Callback):
     way: a launcher that fails (a job process killed) skips the end, and `command` ends the sweep through it then."""
 
     running: SweepSummary | None = None
+    planned: list[list[str]] | None = None  # each planned job's overrides, set at the sweep's start (None: unknown)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))

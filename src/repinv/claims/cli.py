@@ -1,6 +1,6 @@
 """`repinv-claims`: check every claim of the study that can be checked, and write the ledger.
 
-    repinv-claims --budget quick                 # tiny models, one image, 10 steps: a minute or two
+    repinv-claims --budget quick                 # tiny models, one image, 10 steps: a few minutes
     repinv-claims --budget study --jobs 2        # the study's models and 1,500 steps
     repinv-claims --budget study --pretrained    # also the trained-weight claims
     repinv-claims --budget study --report-only   # the ledger of the runs finished so far, making none

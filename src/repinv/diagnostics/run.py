@@ -330,8 +330,8 @@ class DiagnoseSweepEnd(SweepSummary):
     in one diagnostics.csv in the sweep folder, each job that did not finish named with its error, and exit 1 if there
     is one, as `repinv -m`."""
 
-    def summarize(self) -> bool:
-        jobs = find_jobs(self.sweep_dir)
+    def summarize(self, planned: list[list[str]] | None = None) -> bool:
+        jobs = find_jobs(self.sweep_dir, planned)
         records = [dict(r, job=j.path.name) for j in jobs if j.records for r in read_records(j.path)]
         if records:
             table = write_table(records, self.sweep_dir / "diagnostics.csv")
